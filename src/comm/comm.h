@@ -1,0 +1,89 @@
+/* comm.h — one communicator interface, three backends (DESIGN.md "Communication and launch"):
+ *   self  one rank, no MPI needed (every collective is a copy)
+ *   mpi   host memory over MPI (Debian's OpenMPI)
+ *   nccl  device memory over NCCL, bootstrapped by MPI (GPU builds; a later issue)
+ * Counts are in elements of `dtype`, never bytes. Every call returns a status; a failure records a
+ * message naming the rank. Each communicator counts what it sends, so tests can assert on it. */
+#ifndef LASP_COMM_H
+#define LASP_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum lasp_comm_backend {
+    LASP_COMM_SELF = 0,
+    LASP_COMM_MPI = 1,
+    LASP_COMM_NCCL = 2,
+} lasp_comm_backend;
+
+typedef enum lasp_reduce_op {
+    LASP_REDUCE_SUM = 0,
+    LASP_REDUCE_MAX = 1,
+    LASP_REDUCE_MIN = 2,
+} lasp_reduce_op;
+
+typedef struct lasp_comm lasp_comm;
+
+/* Traffic this communicator originated (sends of p2p, contributions to collectives). */
+typedef struct lasp_comm_stats {
+    uint64_t p2p_msgs;      /* point-to-point messages sent */
+    uint64_t p2p_bytes;     /* bytes in them */
+    uint64_t coll_calls;    /* collectives entered */
+    uint64_t coll_bytes;    /* bytes this rank sent in collectives (algorithm-independent estimate) */
+} lasp_comm_stats;
+
+/* The world: MPI_COMM_WORLD when lasp runs under mpirun (MPI initialised here if needed), else self.
+ * `backend` LASP_COMM_SELF forces one rank. */
+lasp_status lasp_comm_world(lasp_comm_backend backend, int *argc, char ***argv, lasp_comm **out, lasp_err *err);
+/* Ranks with equal color form a new communicator, ordered by key (collective over c). */
+lasp_status lasp_comm_split(lasp_comm *c, int color, int key, lasp_comm **out, lasp_err *err);
+void lasp_comm_free(lasp_comm *c);  /* the world last; finalises MPI if lasp initialised it */
+
+int lasp_comm_rank(const lasp_comm *c);
+int lasp_comm_size(const lasp_comm *c);
+lasp_comm_backend lasp_comm_backend_of(const lasp_comm *c);
+lasp_comm_stats lasp_comm_get_stats(const lasp_comm *c);
+void lasp_comm_reset_stats(lasp_comm *c);
+
+/* Point-to-point, grouped: send to `dst` and receive from `src` at once (either may be −1 = none),
+ * so a chain of neighbours never deadlocks. Blocking. */
+lasp_status lasp_comm_sendrecv(lasp_comm *c, const void *sendbuf, size_t send_count, int dst, void *recvbuf,
+                               size_t recv_count, int src, lasp_dtype dtype, lasp_err *err);
+
+/* Non-blocking halves, for overlapping a transfer with computation (MATH.md §3). */
+typedef struct lasp_comm_req lasp_comm_req;
+lasp_status lasp_comm_irecv(lasp_comm *c, void *buf, size_t count, int src, lasp_dtype dtype, lasp_comm_req **req,
+                            lasp_err *err);
+lasp_status lasp_comm_isend(lasp_comm *c, const void *buf, size_t count, int dst, lasp_dtype dtype,
+                            lasp_comm_req **req, lasp_err *err);
+lasp_status lasp_comm_wait(lasp_comm *c, lasp_comm_req *req, lasp_err *err);  /* frees req */
+
+/* Collectives (sendbuf == recvbuf means in place where MPI allows it). */
+lasp_status lasp_comm_allreduce(lasp_comm *c, const void *sendbuf, void *recvbuf, size_t count, lasp_dtype dtype,
+                                lasp_reduce_op op, lasp_err *err);
+/* recvbuf gets this rank's block of recv_count elements of the reduction of size·recv_count. */
+lasp_status lasp_comm_reduce_scatter(lasp_comm *c, const void *sendbuf, void *recvbuf, size_t recv_count,
+                                     lasp_dtype dtype, lasp_reduce_op op, lasp_err *err);
+/* recvbuf = concatenation over ranks of send_count elements each. */
+lasp_status lasp_comm_allgather(lasp_comm *c, const void *sendbuf, void *recvbuf, size_t send_count, lasp_dtype dtype,
+                                lasp_err *err);
+/* Block i of sendbuf (count elements) goes to rank i; block j of recvbuf comes from rank j. */
+lasp_status lasp_comm_alltoall(lasp_comm *c, const void *sendbuf, void *recvbuf, size_t count, lasp_dtype dtype,
+                               lasp_err *err);
+lasp_status lasp_comm_bcast(lasp_comm *c, void *buf, size_t count, lasp_dtype dtype, int root, lasp_err *err);
+lasp_status lasp_comm_barrier(lasp_comm *c, lasp_err *err);
+
+/* End the whole job now (MPI_Abort / ncclCommAbort), after printing "rank R: message". Never returns. */
+void lasp_comm_abort(lasp_comm *c, const char *message) __attribute__((noreturn));
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
