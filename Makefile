@@ -118,17 +118,21 @@ $(BUILD)/%.cu.o: %.cu $(wildcard include/*.h src/*/*.h)
 
 $(BUILD)/liblasp.a: $(LIB_O)
 	@rm -f $@
-	ar rcs $@ $^
+	@echo "  AR    $@"
+	@ar rcs $@ $^
 
 $(BUILD)/liblasp.so: $(LIB_O)
-	$(CC) -shared $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	@echo "  LD    $@"
+	@$(CC) -shared $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/lasp: $(TOOL_O) $(BUILD)/liblasp.a
-	$(CC) $(LDFLAGS) $(TOOL_O) $(BUILD)/liblasp.a -o $@ $(LDLIBS)
+	@echo "  LD    $@"
+	@$(CC) $(LDFLAGS) $(TOOL_O) $(BUILD)/liblasp.a -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/liblasp.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/liblasp.a -o $@ $(LDLIBS)
+	@echo "  CC    $@"
+	@$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/liblasp.a -o $@ $(LDLIBS)
 
 $(BUILD)/tests/gpu_%: tests/gpu_%.cu tests/test.h $(BUILD)/liblasp.a
 	@mkdir -p $(dir $@)

@@ -1,0 +1,98 @@
+/* opts.c — see opts.h. Accepts `--name value` and `--name=value`. */
+#include "opts.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void opts_help(const cmd_spec *spec) {
+    printf("usage: %s\n\n%s\n\noptions:\n", spec->usage, spec->summary);
+    for (int i = 0; i < spec->n_opts; i++) {
+        const opt *o = &spec->opts[i];
+        char left[64];
+        if (o->kind == OPT_FLAG) snprintf(left, sizeof left, "%s", o->name);
+        else snprintf(left, sizeof left, "%s %s", o->name, o->meta ? o->meta : "X");
+        printf("  %-24s %s", left, o->help);
+        if (o->required) printf(" (required)");
+        else if (o->kind == OPT_INT && *(long long *)o->dst) printf(" (default %lld)", *(long long *)o->dst);
+        else if (o->kind == OPT_DOUBLE && *(double *)o->dst) printf(" (default %g)", *(double *)o->dst);
+        else if (o->kind == OPT_STR && *(const char **)o->dst) printf(" (default %s)", *(const char **)o->dst);
+        printf("\n");
+    }
+    printf("  %-24s %s\n", "--help", "show this help");
+    if (spec->example) printf("\nexample:\n  %s\n", spec->example);
+}
+
+static const opt *find(const cmd_spec *spec, const char *name, size_t len) {
+    for (int i = 0; i < spec->n_opts; i++)
+        if (strlen(spec->opts[i].name) == len && !strncmp(spec->opts[i].name, name, len)) return &spec->opts[i];
+    return NULL;
+}
+
+int opts_parse(const cmd_spec *spec, int argc, char **argv) {
+    char seen[128] = {0};
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+            opts_help(spec);
+            return 1;
+        }
+        if (strncmp(arg, "--", 2) != 0) {
+            fprintf(stderr, "error: unexpected argument '%s' (hint: options start with --; see --help)\n", arg);
+            return -1;
+        }
+        const char *eq = strchr(arg, '=');
+        size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
+        const opt *o = find(spec, arg, len);
+        if (!o) {
+            fprintf(stderr, "error: unknown option '%.*s' (hint: see --help for the options of this command)\n",
+                    (int)len, arg);
+            return -1;
+        }
+        seen[o - spec->opts] = 1;
+        if (o->kind == OPT_FLAG) {
+            if (eq) {
+                fprintf(stderr, "error: %s takes no value\n", o->name);
+                return -1;
+            }
+            *(int *)o->dst = 1;
+            continue;
+        }
+        const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!val) {
+            fprintf(stderr, "error: %s needs a value (%s)\n", o->name, o->meta ? o->meta : "X");
+            return -1;
+        }
+        char *end;
+        errno = 0;
+        switch (o->kind) {
+        case OPT_STR: *(const char **)o->dst = val; break;
+        case OPT_INT: {
+            long long v = strtoll(val, &end, 10);
+            if (end == val || *end || errno) {
+                fprintf(stderr, "error: %s expects an integer, got '%s'\n", o->name, val);
+                return -1;
+            }
+            *(long long *)o->dst = v;
+            break;
+        }
+        case OPT_DOUBLE: {
+            double v = strtod(val, &end);
+            if (end == val || *end || errno) {
+                fprintf(stderr, "error: %s expects a number, got '%s'\n", o->name, val);
+                return -1;
+            }
+            *(double *)o->dst = v;
+            break;
+        }
+        case OPT_FLAG: break;
+        }
+    }
+    for (int i = 0; i < spec->n_opts; i++)
+        if (spec->opts[i].required && !seen[i]) {
+            fprintf(stderr, "error: %s is required (hint: see --help)\n", spec->opts[i].name);
+            return -1;
+        }
+    return 0;
+}
