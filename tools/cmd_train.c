@@ -65,7 +65,7 @@ static lasp_status agree(lasp_comm *w, lasp_status s, lasp_err *err) {
 typedef struct train_args {
     const char *model, *data, *ckpt, *out, *sp_mode;
     long long vocab, recall_pairs, batch, seq_len, steps, warmup, sp, zero, seed, val_every, val_batches, ckpt_every;
-    long long threads;
+    long long threads, stop_after;
     double lr, min_lr, wd, clip, val_frac;
     int resume, quiet;
 } train_args;
@@ -118,6 +118,7 @@ int cmd_train(int argc, char **argv) {
         {"--resume", OPT_FLAG, &a.resume, NULL, "continue from the checkpoint in --ckpt DIR", 0},
         {"--out", OPT_STR, &a.out, "DIR", "run directory for the log train.jsonl", 0},
         {"--threads", OPT_INT, &a.threads, "N", "CPU threads per rank (0 = OpenMP's default)", 0},
+        {"--stop-after", OPT_INT, &a.stop_after, "N", "stop after N steps of this invocation (as if interrupted)", 0},
         {"--quiet", OPT_FLAG, &a.quiet, NULL, "only the summary and errors", 0},
     };
     const cmd_spec spec = {
@@ -253,7 +254,7 @@ int cmd_train(int argc, char **argv) {
     const double t_start = now_s();
     const int64_t first = t.step;
     double vloss = 0, vacc = 0, last_loss = 0;
-    while (t.step < o.steps) {
+    while (t.step < o.steps && !(a.stop_after && t.step - first >= a.stop_after)) {
         lasp_step_stats st;
         if (lasp_trainer_step(&t, &st) != LASP_OK) BAIL("step %lld: %s\n", (long long)t.step + 1, e->msg);
         last_loss = st.loss;
@@ -265,12 +266,12 @@ int cmd_train(int argc, char **argv) {
                        (long long)t.step, (long long)o.steps, st.loss, st.lr, st.grad_norm, st.ms, rate,
                        100.0 * st.comm_ms / st.ms);
             if (log)
-                fprintf(log, "{\"step\":%lld,\"loss\":%.6f,\"lr\":%.6e,\"norm\":%.6f,\"ms\":%.3f,\"tok_s\":%.1f,"
+                fprintf(log, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.6e,\"norm\":%.6f,\"ms\":%.3f,\"tok_s\":%.1f,"
                              "\"comm_ms\":%.3f,\"train_acc\":%.6f}\n",
                         (long long)t.step, st.loss, st.lr, st.grad_norm, st.ms, tokens_per_step / (st.ms / 1e3),
                         st.comm_ms, st.acc);
         }
-        const int last = t.step == o.steps;
+        const int last = t.step == o.steps || (a.stop_after && t.step - first >= a.stop_after);
         if ((a.val_every && t.step % a.val_every == 0) || last) {
             if (a.val_batches && lasp_trainer_eval(&t, &vloss, &vacc) != LASP_OK) BAIL("validation: %s\n", e->msg);
             if (rank == 0) {
@@ -298,7 +299,7 @@ int cmd_train(int argc, char **argv) {
             if (save_ckpt(&t, &a, &data, world, rank) != LASP_OK) BAIL("%s\n", e->msg);
     }
     if (rank == 0) {
-        printf("# done: %lld steps, final loss %.4f", (long long)o.steps, last_loss);
+        printf("# done: %lld of %lld steps, final loss %.4f", (long long)t.step, (long long)o.steps, last_loss);
         if (a.val_batches)
             printf(data.kind == LASP_DATA_RECALL ? ", validation loss %.4f, recall accuracy %.1f%%" : ", validation loss %.4f",
                    vloss, 100 * vacc);
