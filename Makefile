@@ -11,7 +11,7 @@ NVCC      ?= $(CUDA_HOME)/bin/nvcc
 CUDA_ARCH ?= -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=sm_80 \
              -gencode arch=compute_80,code=compute_80
 
-OPT      ?= -O2
+OPT      ?= -O3 -march=native
 CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-format-truncation -Iinclude -Isrc -fPIC
 LDLIBS   := -lm
 BUILD    := build
