@@ -11,7 +11,7 @@ NVCC      ?= $(CUDA_HOME)/bin/nvcc
 CUDA_ARCH ?= -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=sm_80 \
              -gencode arch=compute_80,code=compute_80
 
-OPT      ?= -O2
+OPT      ?= -O3 -march=native
 CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-format-truncation -Iinclude -Isrc -fPIC
 LDLIBS   := -lm
 BUILD    := build
@@ -98,6 +98,11 @@ GPU_TESTS := $(if $(HAVE_CUDA),$(GPU_TEST_CU:tests/%.cu=$(BUILD)/tests/%))
 DEV_CU  := $(if $(HAVE_CUDA),$(wildcard dev/cuda/*.cu))
 DEV_BIN := $(DEV_CU:dev/cuda/%.cu=$(BUILD)/dev/%)
 
+# Rebuild everything when the flags change (a probe result, SAN, NO_*), not only when sources do.
+FLAGS_FILE := $(BUILD)/.flags
+FLAGS_NOW  := $(CFLAGS) $(LDLIBS) $(NVFLAGS)
+$(shell mkdir -p $(BUILD); echo '$(FLAGS_NOW)' | cmp -s - $(FLAGS_FILE) || echo '$(FLAGS_NOW)' > $(FLAGS_FILE))
+
 yn = $(if $(filter 1,$(1)),✓,✗)
 
 .PHONY: all lib test test-gpu bench-gpu demo clean features dev
@@ -106,12 +111,12 @@ all: features $(BUILD)/liblasp.a $(BUILD)/liblasp.so $(BUILD)/lasp $(DEV_BIN)
 features:
 	@echo "lasp build: OpenMP $(call yn,$(HAVE_OPENMP))  MPI $(call yn,$(HAVE_MPI))  BLAS $(call yn,$(HAVE_BLAS))  CUDA $(call yn,$(HAVE_CUDA))  NCCL $(call yn,$(HAVE_NCCL))  [$(BUILD)/]"
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
+$(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h tools/*.h) $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.cu.o: %.cu $(wildcard include/*.h src/*/*.h)
+$(BUILD)/%.cu.o: %.cu $(wildcard include/*.h src/*/*.h) $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	@echo "  NVCC  $<"
 	@$(NVCC) $(NVFLAGS) -c $< -o $@

@@ -1,7 +1,7 @@
 /*
  * lasp.h — the public API of lasp: decayed causal linear attention and LASP sequence parallelism.
  *
- * The op (docs: ../docs/MATH.md §1, shared team docs MATH.md):
+ * The op (docs/MATH.md §1–2):
  *
  *     o_t = Σ_{j ≤ t} λ^{t−j} (q_t · k_j) v_j  +  λ^t q_t KV_in,        λ = exp(−slope_h)
  *     KV_out = λ^T KV_in + Σ_j λ^{T−j} k_jᵀ v_j

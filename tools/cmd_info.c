@@ -27,7 +27,8 @@ static void print_cuda(void) {
     cudaRuntimeGetVersion(&rt);
     cudaDriverGetVersion(&drv);
     cudaError_t e = cudaGetDeviceCount(&n);
-    printf("  CUDA runtime    %d.%d, driver %d.%d\n", rt / 1000, rt % 1000 / 10, drv / 1000, drv % 1000 / 10);
+    if (drv) printf("  CUDA runtime    %d.%d, driver %d.%d\n", rt / 1000, rt % 1000 / 10, drv / 1000, drv % 1000 / 10);
+    else printf("  CUDA runtime    %d.%d, no driver on this machine\n", rt / 1000, rt % 1000 / 10);
     if (e != cudaSuccess) {
         printf("  GPUs            none usable (%s)\n", cudaGetErrorString(e));
         return;
