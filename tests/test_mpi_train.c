@@ -11,6 +11,10 @@
 #include "train/trainer.h"
 #include "test.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 static lasp_comm *world;
 static int rank;
 
@@ -80,6 +84,9 @@ static int run(lasp_comm *w, int sp_size, int zero, const lasp_data *d, lasp_ctx
 
 int main(int argc, char **argv) {
     lasp_err err = {0};
+#ifdef _OPENMP
+    omp_set_num_threads(1);  /* ranks share the cores: one thread each, as under the launcher in docs */
+#endif
     if (lasp_comm_world(LASP_COMM_MPI, &argc, &argv, &world, &err) != LASP_OK) {
         printf("FAIL comm world: %s\n", err.msg);
         return 1;

@@ -23,7 +23,7 @@ lasp_status lasp_model_preset(const char *name, int32_t vocab, lasp_model_config
         const char *name;
         int32_t C, L, H, F;
     } presets[] = {
-        {"tiny", 64, 2, 4, 128},       /* seconds on a laptop core: tests, finite differences */
+        {"tiny", 32, 2, 2, 64},        /* seconds on a laptop core: tests, finite differences */
         {"small", 128, 4, 4, 256},     /* the demo: learns the recall task in minutes on 2 cores */
         {"400m", 1024, 24, 8, 2816},   /* ~0.4 B with a GPT-2 vocab */
         {"1b", 2048, 16, 16, 5632},    /* ~1.1 B with a GPT-2 vocab (TARGETS.md's 1B shape) */
