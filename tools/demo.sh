@@ -2,7 +2,7 @@
 # tools/demo.sh — what `make demo` runs: trains the small preset on the built-in recall task with
 # LASP over 2 ranks (`mpirun -np 2 lasp train --sp 2`: every sequence is split in two, and only the
 # attention states cross between the ranks), shows the loss falling and the recall accuracy rising,
-# then generates from the checkpoint with the recurrent form. About two minutes on 2 CPU cores.
+# then generates from the checkpoint with the recurrent form. About three minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LASP=${1:-build/lasp}
@@ -29,7 +29,7 @@ echo "# lasp demo: the small TransNormerLLM-style model learns multi-query assoc
 echo "# each sequence of 128 tokens split over 2 ranks (LASP, --sp 2)."
 echo "# Chance recall accuracy is 1/64 = 1.6%; only attention state carried along the sequence can beat it."
 mpirun --oversubscribe --bind-to none -np 2 "$LASP" train --model small --sp 2 --recall-pairs 4 --seq-len 128 \
-    --batch 16 --steps 1200 --warmup 50 --lr 1e-2 --min-lr 1e-3 --val-every 100 --seed 1 \
+    --batch 16 --steps 1600 --warmup 50 --lr 1e-2 --min-lr 1e-3 --val-every 100 --seed 1 \
     --out "$out" --ckpt "$out/ckpt" | awk '/^step / { n++; if (n % 25 && n != 1) next } { print; fflush() }'
 echo
 echo "# generating from the checkpoint (recurrent form, constant memory per token):"
