@@ -134,6 +134,12 @@ static void outer_sum(float *M, const float *A, const float *X, int c, int64_t m
         }
 }
 
+/* dst = this head's state from src [B,H,d,e], or zero when there is none */
+static void load_state(float *dst, const float *src, int64_t bh, size_t de) {
+    if (src) memcpy(dst, src + bh * de, de * sizeof(float));
+    else memset(dst, 0, de * sizeof(float));
+}
+
 /* KV = γ KV + M */
 static void state_step(float *KV, const float *M, float g, size_t n) {
     for (size_t i = 0; i < n; i++) KV[i] = g * KV[i] + M[i];
@@ -185,8 +191,7 @@ static void fwd_head(tiles *tl, const lasp_attn_desc *a, int64_t b, int64_t h, c
     const size_t de = (size_t)d * e;
     float *pw = tl->pw, *w = tl->w;
     decay_table(pw, C, s);
-    if (kv_in) memcpy(tl->KV, kv_in + (b * H + h) * de, de * sizeof(float));
-    else memset(tl->KV, 0, de * sizeof(float));
+    load_state(tl->KV, kv_in, b * H + h, de);
     for (int64_t t0 = 0; t0 < T; t0 += C) {
         const int c = (int)(T - t0 < C ? T - t0 : C);
         gather(tl->Q, q, b, h, t0, c, T, H, d);
@@ -221,8 +226,7 @@ static void bwd_head(tiles *tl, const lasp_attn_desc *a, int64_t b, int64_t h, c
     decay_table(pw, C, s);
 
     /* forward sweep: dQ, with the state carried as in the forward pass */
-    if (kv_in) memcpy(tl->KV, kv_in + (b * H + h) * de, de * sizeof(float));
-    else memset(tl->KV, 0, de * sizeof(float));
+    load_state(tl->KV, kv_in, b * H + h, de);
     for (int64_t t0 = 0; t0 < T; t0 += C) {
         const int c = (int)(T - t0 < C ? T - t0 : C);
         gather(tl->K, k, b, h, t0, c, T, H, d);
@@ -244,8 +248,7 @@ static void bwd_head(tiles *tl, const lasp_attn_desc *a, int64_t b, int64_t h, c
     }
 
     /* reverse sweep: dK, dV, with dKV carried from the end of the piece */
-    if (dkv_out) memcpy(tl->KV, dkv_out + (b * H + h) * de, de * sizeof(float));
-    else memset(tl->KV, 0, de * sizeof(float));
+    load_state(tl->KV, dkv_out, b * H + h, de);
     int have_dkv = dkv_out != NULL;
     const int64_t last = ((T - 1) / C) * C;
     for (int64_t t0 = last; t0 >= 0; t0 -= C) {
