@@ -134,7 +134,7 @@ $(BUILD)/lasp: $(TOOL_O) $(BUILD)/liblasp.a
 	@echo "  LD    $@"
 	@$(CC) $(LDFLAGS) $(TOOL_O) $(BUILD)/liblasp.a -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/liblasp.a
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/liblasp.a
 	@mkdir -p $(dir $@)
 	@echo "  CC    $@"
 	@$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/liblasp.a -o $@ $(LDLIBS)

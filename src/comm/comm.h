@@ -45,6 +45,10 @@ lasp_status lasp_comm_world(lasp_comm_backend backend, int *argc, char ***argv, 
 lasp_status lasp_comm_split(lasp_comm *c, int color, int key, lasp_comm **out, lasp_err *err);
 void lasp_comm_free(lasp_comm *c);  /* the world last; finalises MPI if lasp initialised it */
 
+/* Ranks a process launcher (mpirun, srun) says this job has, from its environment; 0 if none
+ * started this process. Lets a tool choose the mpi backend only when it runs under one. */
+int lasp_comm_launcher_size(void);
+
 int lasp_comm_rank(const lasp_comm *c);
 int lasp_comm_size(const lasp_comm *c);
 lasp_comm_backend lasp_comm_backend_of(const lasp_comm *c);

@@ -36,6 +36,8 @@ void lasp_sp_free(lasp_sp *sp);
 typedef struct lasp_sp_cache {
     float *kv_in;     /* [B, H, d, e]: state entering this rank's piece */
     size_t n;         /* elements allocated */
+    float *work;      /* scratch: local states and receive buffers ((sp + 1) states for LASP-2) */
+    size_t work_n;    /* elements allocated */
 } lasp_sp_cache;
 void lasp_sp_cache_free(lasp_sp_cache *c);
 

@@ -1,0 +1,59 @@
+/* comm_impl.h — what a backend provides to the dispatch in comm.c. Private to src/comm.
+ *
+ * comm.c validates arguments, counts traffic and calls through `ops`, so a backend only moves bytes.
+ * A new backend (NCCL, a later issue) is one more table and one more case in lasp_comm_world. */
+#ifndef LASP_COMM_IMPL_H
+#define LASP_COMM_IMPL_H
+
+#include "comm/comm.h"
+
+typedef struct lasp_comm_ops {
+    const char *name;
+    lasp_status (*split)(lasp_comm *c, int color, int key, lasp_comm *out, lasp_err *err);
+    void (*free)(lasp_comm *c);
+    lasp_status (*sendrecv)(lasp_comm *c, const void *sbuf, size_t scount, int dst, void *rbuf, size_t rcount,
+                            int src, lasp_dtype t, lasp_err *err);
+    lasp_status (*irecv)(lasp_comm *c, void *buf, size_t count, int src, lasp_dtype t, lasp_comm_req *req,
+                         lasp_err *err);
+    lasp_status (*isend)(lasp_comm *c, const void *buf, size_t count, int dst, lasp_dtype t, lasp_comm_req *req,
+                         lasp_err *err);
+    lasp_status (*wait)(lasp_comm *c, lasp_comm_req *req, lasp_err *err);
+    lasp_status (*allreduce)(lasp_comm *c, const void *sbuf, void *rbuf, size_t count, lasp_dtype t,
+                             lasp_reduce_op op, lasp_err *err);
+    lasp_status (*reduce_scatter)(lasp_comm *c, const void *sbuf, void *rbuf, size_t rcount, lasp_dtype t,
+                                  lasp_reduce_op op, lasp_err *err);
+    lasp_status (*allgather)(lasp_comm *c, const void *sbuf, void *rbuf, size_t scount, lasp_dtype t, lasp_err *err);
+    lasp_status (*alltoall)(lasp_comm *c, const void *sbuf, void *rbuf, size_t count, lasp_dtype t, lasp_err *err);
+    lasp_status (*bcast)(lasp_comm *c, void *buf, size_t count, lasp_dtype t, int root, lasp_err *err);
+    lasp_status (*barrier)(lasp_comm *c, lasp_err *err);
+    void (*abort)(lasp_comm *c, int code);
+} lasp_comm_ops;
+
+struct lasp_comm {
+    const lasp_comm_ops *ops;
+    lasp_comm_backend backend;
+    int rank, size;
+    int world_rank;       /* rank in the world, for messages that name a rank */
+    int is_world;
+    int owns_init;        /* the world initialised MPI, so freeing it finalises */
+    lasp_comm_stats stats;
+    void *impl;           /* backend handle (an MPI_Comm for mpi) */
+};
+
+/* A pending non-blocking transfer. `impl` belongs to the backend; the self backend pairs a send
+ * with a receive through `peer`. */
+struct lasp_comm_req {
+    int is_send, done;
+    void *buf;
+    size_t bytes;
+    lasp_comm_req *peer;   /* self: the matching half, once both are posted */
+    lasp_comm_req *next;   /* self: unmatched requests of the communicator */
+    void *impl;
+};
+
+#ifdef LASP_HAVE_MPI
+/* comm_mpi.c */
+lasp_status lasp_comm_mpi_world(int *argc, char ***argv, lasp_comm *out, lasp_err *err);
+#endif
+
+#endif
