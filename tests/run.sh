@@ -6,7 +6,22 @@ set -u
 BUILD=${BUILD:-build}
 HAVE_MPI=${HAVE_MPI:-}
 TIMEOUT=${LASP_TEST_TIMEOUT:-900}
+# Multi-rank runs get a shorter limit: a deadlock must fail quickly, not stall the suite.
+MPI_TIMEOUT=${LASP_MPI_TEST_TIMEOUT:-180}
 passed=0 failed=0
+
+# OpenMPI refuses to run as root unless told that it is on purpose (CI containers run as root), and
+# one OpenMP thread per rank keeps N ranks from fighting over a few cores.
+export OMPI_ALLOW_RUN_AS_ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-1} OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
+if [ "${SAN:-}" = 1 ]; then
+    # OpenMPI keeps memory until exit on purpose (its own caches, the PMIx client): LeakSanitizer reports
+    # it as leaks inside libmpi/libopen-pal and plugins already unloaded at exit (so a suppression list
+    # cannot name them); none has a lasp frame. Leak checking stays on for the single-process tests; the
+    # multi-rank runs check addresses and undefined behaviour only.
+    MPI_ASAN="ASAN_OPTIONS=detect_leaks=0"
+else
+    MPI_ASAN=
+fi
 logdir=$BUILD/test-logs
 mkdir -p "$logdir"
 
@@ -15,7 +30,9 @@ run() {
     local name=$1; shift
     local log="$logdir/${name//[^A-Za-z0-9_.-]/_}.log"
     local t0=$SECONDS
-    timeout --kill-after=10 "$TIMEOUT" "$@" >"$log" 2>&1
+    local limit=$TIMEOUT
+    case $name in *" -np "* | test_cli_sp) limit=$MPI_TIMEOUT ;; esac
+    timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
     local rc=$?
     local p f
     p=$(grep -c '^PASS ' "$log")
@@ -23,7 +40,7 @@ run() {
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
         f=1
         if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-            echo "FAIL $name (timed out after ${TIMEOUT}s)" >>"$log"
+            echo "FAIL $name (timed out after ${limit}s)" >>"$log"
         else
             echo "FAIL $name (exit status $rc)" >>"$log"
         fi
@@ -44,6 +61,8 @@ for t in "$BUILD"/tests/test_*; do
     case $name in
     test_mpi_*) continue ;;                     # multi-rank: below
     test_cli) run "$name" "$t" "$BUILD/lasp" ;;
+    test_cli_sp)                                # `lasp attn --sp` under mpirun, from inside the test
+        if [ "$HAVE_MPI" = 1 ]; then run "$name" env $MPI_ASAN OMP_NUM_THREADS=1 "$t" "$BUILD/lasp"; fi ;;
     *) run "$name" "$t" ;;
     esac
 done
@@ -56,7 +75,8 @@ if [ "$HAVE_MPI" = 1 ]; then
     for t in "$BUILD"/tests/test_mpi_*; do
         [ -x "$t" ] || continue
         for np in 1 2 4; do
-            run "$(basename "$t") -np $np" mpirun --oversubscribe --bind-to none -np "$np" "$t" "$BUILD/lasp"
+            run "$(basename "$t") -np $np" env $MPI_ASAN OMP_NUM_THREADS=1 \
+                mpirun --oversubscribe --bind-to none -np "$np" "$t" "$BUILD/lasp"
         done
     done
 else

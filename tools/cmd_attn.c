@@ -14,21 +14,11 @@
 #include "core/rng.h"
 #include "lasp.h"
 #include "opts.h"
+#include "attn_io.h"
+#include "comm/comm.h"
 
-typedef struct attn_args {
-    const char *q, *k, *v, *slopes, *kv_in, *do_, *dkv_out, *out, *device, *dtype, *random;
-    long long block, threads, seed;
-    int check;
-    double tol;
-} attn_args;
 
-/* Everything read from the files, and the shapes that follow from them. */
-typedef struct attn_files {
-    lasp_npy q, k, v, slopes, kv_in, do_, dkv_out;
-    lasp_attn_desc a;
-} attn_files;
-
-static void files_free(attn_files *f) {
+void attn_files_free(attn_files *f) {
     lasp_npy *all[] = {&f->q, &f->k, &f->v, &f->slopes, &f->kv_in, &f->do_, &f->dkv_out};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) lasp_npy_free(all[i]);
 }
@@ -88,7 +78,7 @@ static int state_shape_ok(const char *name, const lasp_npy *s, const lasp_attn_d
     return 1;
 }
 
-static int load_all(const attn_args *o, attn_files *f) {
+int attn_load_all(const attn_args *o, attn_files *f) {
     static const int BTH[] = {0, 1, 2}, BTHD[] = {0, 1, 2, 3};
     if (load("--q", o->q, 4, &f->q) || load("--k", o->k, 4, &f->k) || load("--v", o->v, 4, &f->v) ||
         load("--slopes", o->slopes, 1, &f->slopes))
@@ -124,7 +114,7 @@ static int fill(lasp_npy *x, int ndim, const int64_t *shape, lasp_rng *r, double
     return 0;
 }
 
-static int make_random(const attn_args *o, attn_files *f) {
+int attn_make_random(const attn_args *o, attn_files *f) {
     long long s[5];
     char tail;
     if (sscanf(o->random, "%lld,%lld,%lld,%lld,%lld%c", &s[0], &s[1], &s[2], &s[3], &s[4], &tail) != 5 ||
@@ -154,7 +144,7 @@ static int parse_device(const attn_args *o, lasp_device *dev, lasp_dtype *dt) {
     return 0;
 }
 
-static int make_dir(const char *dir) {
+int attn_make_dir(const char *dir) {
     if (mkdir(dir, 0755) == 0 || errno == EEXIST) {
         struct stat sb;
         if (stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode)) return 0;
@@ -172,7 +162,7 @@ static double *widen(const lasp_npy *x) {
 }
 
 /* The fp64 reference on the same inputs; prints one row per output; returns 1 if any is above tol. */
-static int check(lasp_ctx *ctx, const attn_files *f, int bwd, const float *const outs[6], double tol) {
+int attn_check(lasp_ctx *ctx, const attn_files *f, int bwd, const float *const outs[6], double tol) {
     const lasp_attn_desc *a = &f->a;
     const size_t nq = f->q.count, nv = f->v.count, ns = (size_t)(a->B * a->H * a->d * a->e);
     double *q = widen(&f->q), *k = widen(&f->k), *v = widen(&f->v), *sl = widen(&f->slopes);
@@ -208,7 +198,7 @@ done:
     return bad != 0;
 }
 
-static int write_out(const char *dir, const char *name, int ndim, const int64_t *shape, const float *x) {
+int attn_write_out(const char *dir, const char *name, int ndim, const int64_t *shape, const float *x) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s.npy", dir, name);
     lasp_err err = {0};
@@ -235,14 +225,20 @@ int cmd_attn(int argc, char **argv) {
         {"--threads", OPT_INT, &o.threads, "N", "CPU threads (0 = all)", 0},
         {"--check", OPT_FLAG, &o.check, NULL, "also run the fp64 reference and report relative errors", 0},
         {"--tol", OPT_DOUBLE, &o.tol, "X", "tolerance of --check (default 1e-5 for f32, 1e-2 for bf16/f16)", 0},
+        {"--sp", OPT_INT, &o.sp, "N", "under mpirun: ranks per sequence; world = dp × sp (default 1 under mpirun)", 0},
+        {"--sp-mode", OPT_STR, &o.sp_mode, "lasp|lasp2", "SP schedule: the LASP chain (default) or the LASP-2 all-gather", 0},
     };
     const cmd_spec spec = {
         "lasp attn --q Q.npy --k K.npy --v V.npy --slopes S.npy [--kv-in KV.npy] [--do DO.npy] "
-        "[--dkv-out G.npy] [--block N] [--check] --out DIR\n       lasp attn --random B,T,H,d,e [--seed N] [--check] --out DIR",
+        "[--dkv-out G.npy] [--block N] [--check] --out DIR\n       lasp attn --random B,T,H,d,e [--seed N] [--check] --out DIR\n"
+        "       mpirun -np N lasp attn ... --sp S [--sp-mode lasp|lasp2] --out DIR",
         "Runs decayed causal linear attention o_t = Σ_{j≤t} λ^{t−j} (q_t·k_j) v_j + λ^t q_t KV_in on .npy files\n"
         "and writes DIR/o.npy and DIR/kv_out.npy; with --do also the gradients DIR/dq.npy, dk.npy, dv.npy and\n"
         "dkv_in.npy. All files are little-endian float32, C order. Exit status: 0 ok, 1 error or --check above\n"
-        "tolerance, 2 bad usage.",
+        "tolerance, 2 bad usage.\n\n"
+        "Under mpirun each rank reads the full inputs and takes its batch slice (dp = ranks / sp) and its piece of\n"
+        "the sequence (sp); only fp32 states cross ranks (LASP). Rank 0 gathers and writes the same files as one\n"
+        "process would. T must divide by sp and B by dp.",
         "lasp attn --q q.npy --k k.npy --v v.npy --slopes s.npy --do do.npy --check --out out/",
         opts, N_OPTS(opts)};
     int r = opts_parse(&spec, argc, argv);
@@ -260,23 +256,27 @@ int cmd_attn(int argc, char **argv) {
     }
     if (o.tol == 0) o.tol = dt == LASP_F32 ? 1e-5 : 1e-2;
 
+    if (o.random && (o.q || o.k || o.v || o.slopes || o.do_ || o.kv_in || o.dkv_out)) {
+        fprintf(stderr, "error: --random replaces the input files; give one or the other\n");
+        return 2;
+    }
+    if (!o.random && (!o.q || !o.k || !o.v || !o.slopes)) {
+        fprintf(stderr, "error: --q, --k, --v and --slopes are required (or --random B,T,H,d,e; see --help)\n");
+        return 2;
+    }
+    /* several ranks writing the same files would race: under mpirun the SP path runs, with sp = 1 (pure
+     * data parallel) unless --sp says otherwise */
+    if (o.sp || o.sp_mode || lasp_comm_launcher_size() > 1) return attn_sp(&o);
+
     attn_files f = {0};
     lasp_ctx *ctx = NULL;
     float *out[6] = {0};
     int rc = 1;
     if (o.random) {
-        if (o.q || o.k || o.v || o.slopes || o.do_ || o.kv_in || o.dkv_out) {
-            fprintf(stderr, "error: --random replaces the input files; give one or the other\n");
-            return 2;
-        }
         o.do_ = "(random)";
-        if (make_random(&o, &f)) goto done;
-    } else {
-        if (!o.q || !o.k || !o.v || !o.slopes) {
-            fprintf(stderr, "error: --q, --k, --v and --slopes are required (or --random B,T,H,d,e; see --help)\n");
-            return 2;
-        }
-        if (load_all(&o, &f)) goto done;
+        if (attn_make_random(&o, &f)) goto done;
+    } else if (attn_load_all(&o, &f)) {
+        goto done;
     }
     f.a.dtype = dt;
     lasp_ctx_params cp = lasp_ctx_default_params();
@@ -303,23 +303,23 @@ int cmd_attn(int argc, char **argv) {
         fprintf(stderr, "error: %s: %s\n", lasp_status_string(s), lasp_ctx_error(ctx));
         goto done;
     }
-    if (make_dir(o.out)) goto done;
+    if (attn_make_dir(o.out)) goto done;
     const int64_t st_shape[4] = {a->B, a->H, a->d, a->e};
-    if (write_out(o.out, "o", 4, f.v.shape, out[0]) || write_out(o.out, "kv_out", 4, st_shape, out[1])) goto done;
-    if (o.random && (write_out(o.out, "q", 4, f.q.shape, f.q.data) || write_out(o.out, "k", 4, f.k.shape, f.k.data) ||
-                     write_out(o.out, "v", 4, f.v.shape, f.v.data) || write_out(o.out, "do", 4, f.do_.shape, f.do_.data) ||
-                     write_out(o.out, "slopes", 1, f.slopes.shape, f.slopes.data)))
+    if (attn_write_out(o.out, "o", 4, f.v.shape, out[0]) || attn_write_out(o.out, "kv_out", 4, st_shape, out[1])) goto done;
+    if (o.random && (attn_write_out(o.out, "q", 4, f.q.shape, f.q.data) || attn_write_out(o.out, "k", 4, f.k.shape, f.k.data) ||
+                     attn_write_out(o.out, "v", 4, f.v.shape, f.v.data) || attn_write_out(o.out, "do", 4, f.do_.shape, f.do_.data) ||
+                     attn_write_out(o.out, "slopes", 1, f.slopes.shape, f.slopes.data)))
         goto done;
-    if (bwd && (write_out(o.out, "dq", 4, f.q.shape, out[2]) || write_out(o.out, "dk", 4, f.k.shape, out[3]) ||
-                write_out(o.out, "dv", 4, f.v.shape, out[4]) || write_out(o.out, "dkv_in", 4, st_shape, out[5])))
+    if (bwd && (attn_write_out(o.out, "dq", 4, f.q.shape, out[2]) || attn_write_out(o.out, "dk", 4, f.k.shape, out[3]) ||
+                attn_write_out(o.out, "dv", 4, f.v.shape, out[4]) || attn_write_out(o.out, "dkv_in", 4, st_shape, out[5])))
         goto done;
     printf("lasp attn: B=%lld T=%lld H=%lld d=%lld e=%lld on %s (%s): wrote %s/{o,kv_out%s}.npy\n", (long long)a->B,
            (long long)a->T, (long long)a->H, (long long)a->d, (long long)a->e, o.device, o.dtype, o.out,
            bwd ? ",dq,dk,dv,dkv_in" : "");
-    rc = o.check ? check(ctx, &f, bwd, (const float *const *)out, o.tol) : 0;
+    rc = o.check ? attn_check(ctx, &f, bwd, (const float *const *)out, o.tol) : 0;
 done:
     for (int i = 0; i < 6; i++) free(out[i]);
-    files_free(&f);
+    attn_files_free(&f);
     lasp_ctx_free(ctx);
     return rc;
 }

@@ -1,0 +1,184 @@
+/* cmd_bench_sp.c — `lasp bench sp` under mpirun: one attention layer forward+backward over an SP group of
+ * W ranks (the first W of the job; the others wait), for W = 1, 2, 4, … up to the job's size, at fixed
+ * tokens per rank (weak scaling) and at fixed total tokens (strong scaling), for the LASP chain and
+ * LASP-2. Time is the slowest rank's, median over repeats; bytes are what one rank sent (the most over
+ * the group), counted by the communicator. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "comm/comm.h"
+#include "core/rng.h"
+#include "opts.h"
+#include "sp/sp.h"
+
+int lasp_bench_sp(int argc, char **argv);
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct bench_cfg {
+    long long B, H, D, t_local, t_total, repeat, threads, block;
+} bench_cfg;
+
+typedef struct bench_row {
+    double ms;        /* slowest rank, median */
+    double sent;      /* bytes the busiest rank sent per fwd+bwd */
+} bench_row;
+
+/* One layer on the first W ranks of world with T_local tokens each. Collective over world. */
+static int run_one(lasp_comm *world, const bench_cfg *c, int W, int64_t Tl, lasp_sp_mode mode, lasp_ctx *ctx,
+                   bench_row *row) {
+    lasp_err err = {0};
+    const int r = lasp_comm_rank(world);
+    lasp_comm *g = NULL;
+    if (lasp_comm_split(world, r < W ? 0 : 1, r, &g, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+    int rc = 0;
+    double sent = 0, med = 0;
+    if (r < W) {
+        lasp_sp sp;
+        if (lasp_sp_init(g, W, mode, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+        lasp_attn_desc a = {.B = c->B, .T = Tl, .H = c->H, .d = c->D, .e = c->D, .block = (int)c->block,
+                            .dtype = LASP_F32};
+        const size_t n = (size_t)(c->B * Tl * c->H * c->D), ns = (size_t)(c->B * c->H * c->D * c->D);
+        float *q = malloc(n * 4), *k = malloc(n * 4), *v = malloc(n * 4), *dO = malloc(n * 4), *o = malloc(n * 4);
+        float *dq = malloc(n * 4), *dk = malloc(n * 4), *dv = malloc(n * 4), *st = malloc(ns * 4);
+        float *sl = malloc((size_t)c->H * 4);
+        if (!q || !k || !v || !dO || !o || !dq || !dk || !dv || !st || !sl) lasp_comm_abort(world, "bench sp: no memory");
+        lasp_rng rng;
+        lasp_rng_seed(&rng, 1234 + (uint64_t)r);
+        for (size_t i = 0; i < n; i++)
+            q[i] = 0.1f * (float)lasp_rng_normal(&rng), k[i] = (float)lasp_rng_normal(&rng),
+            v[i] = (float)lasp_rng_normal(&rng), dO[i] = (float)lasp_rng_normal(&rng);
+        for (int h = 0; h < c->H; h++) sl[h] = (float)pow(2.0, -8.0 * (h + 1) / (double)c->H);
+        lasp_sp_cache cache = {0};
+        const int reps = (int)c->repeat;
+        double *t = malloc(sizeof(double) * (size_t)reps);
+        for (int it = -1; it < reps; it++) {  /* −1: warm-up (allocations, page faults) */
+            if (lasp_comm_barrier(sp.sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+            lasp_comm_reset_stats(sp.sp);
+            const double t0 = now_ms();
+            if (lasp_sp_attn_fwd(ctx, &sp, &a, q, k, v, sl, NULL, o, st, &cache) != LASP_OK ||
+                lasp_sp_attn_bwd(ctx, &sp, &a, q, k, v, sl, &cache, dO, NULL, dq, dk, dv, st) != LASP_OK)
+                lasp_comm_abort(world, lasp_ctx_error(ctx));
+            double dt = now_ms() - t0, slowest = 0;
+            const lasp_comm_stats s = lasp_comm_get_stats(sp.sp);
+            double mine = (double)(s.p2p_bytes + s.coll_bytes), most = 0;
+            if (lasp_comm_allreduce(sp.sp, &dt, &slowest, 1, LASP_F64, LASP_REDUCE_MAX, &err) != LASP_OK ||
+                lasp_comm_allreduce(sp.sp, &mine, &most, 1, LASP_F64, LASP_REDUCE_MAX, &err) != LASP_OK)
+                lasp_comm_abort(world, err.msg);
+            if (it >= 0) t[it] = slowest;
+            sent = most;
+        }
+        qsort(t, (size_t)reps, sizeof *t, cmp_double);
+        med = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+        free(t), free(q), free(k), free(v), free(dO), free(o), free(dq), free(dk), free(dv), free(st), free(sl);
+        lasp_sp_cache_free(&cache);
+        lasp_sp_free(&sp);
+    }
+    lasp_comm_free(g);
+    /* rank 0 is always in the group; the waiting ranks join here */
+    if (lasp_comm_barrier(world, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+    row->ms = med, row->sent = sent;
+    return rc;
+}
+
+int lasp_bench_sp(int argc, char **argv) {
+    bench_cfg c = {.B = 1, .H = 8, .D = 64, .t_local = 2048, .t_total = 8192, .repeat = 5, .threads = 0,
+                   .block = LASP_ATTN_DEFAULT_BLOCK};
+    const char *device = "cpu", *mode = "both";
+    int quick = 0;
+    const opt opts[] = {
+        {"--device", OPT_STR, &device, "cpu", "where to run (the GPU version comes with the NCCL backend)", 0},
+        {"--mode", OPT_STR, &mode, "lasp|lasp2|both", "SP schedules to time", 0},
+        {"--B", OPT_INT, &c.B, "N", "batch", 0},
+        {"--H", OPT_INT, &c.H, "N", "heads", 0},
+        {"--D", OPT_INT, &c.D, "N", "head dim (d = e)", 0},
+        {"--t-local", OPT_INT, &c.t_local, "N", "tokens per rank in the weak-scaling rows", 0},
+        {"--t-total", OPT_INT, &c.t_total, "N", "tokens of the whole sequence in the strong-scaling rows", 0},
+        {"--block", OPT_INT, &c.block, "N", "chunk size C", 0},
+        {"--repeat", OPT_INT, &c.repeat, "N", "timed runs per row (the median is reported)", 0},
+        {"--threads", OPT_INT, &c.threads, "N", "OpenMP threads per rank (0 = OpenMP's default)", 0},
+        {"--quick", OPT_FLAG, &quick, NULL, "tiny shapes, one repeat: a smoke test", 0},
+    };
+    const cmd_spec spec = {
+        "mpirun -np N lasp bench sp [--device cpu] [--mode lasp|lasp2|both] [--t-local N] [--t-total N] ...",
+        "Times one linear-attention layer forward+backward over an SP group of W = 1, 2, 4, … ranks (the first\n"
+        "W ranks of the job), weak scaling (T = W · t-local) and strong scaling (T = t-total), for the LASP chain\n"
+        "and LASP-2, with the bytes one rank sent. Time is the slowest rank's; eff is t(1)/t(W) for weak and\n"
+        "t(1)/(W·t(W)) for strong scaling.",
+        "OMP_NUM_THREADS=1 mpirun -np 2 lasp bench sp --device cpu", opts, N_OPTS(opts)};
+    int pr = opts_parse(&spec, argc, argv);
+    if (pr) return pr > 0 ? 0 : 2;
+    if (strcmp(device, "cpu")) {
+        fprintf(stderr, "error: --device '%s': the SP bench runs on the CPU for now (hint: --device cpu)\n", device);
+        return 2;
+    }
+    const int do_chain = !strcmp(mode, "lasp") || !strcmp(mode, "both"), do_l2 = !strcmp(mode, "lasp2") || !strcmp(mode, "both");
+    if (!do_chain && !do_l2) {
+        fprintf(stderr, "error: --mode '%s' is not known (hint: lasp, lasp2 or both)\n", mode);
+        return 2;
+    }
+    if (quick) c.B = 1, c.H = 2, c.D = 16, c.t_local = 128, c.t_total = 256, c.repeat = 1;
+    if (c.B < 1 || c.H < 1 || c.t_local < 1 || c.t_total < 1 || c.repeat < 1 || c.threads < 0 || c.block < 1 ||
+        !lasp_head_dim_supported(c.D)) {
+        fprintf(stderr, "error: sizes must be ≥ 1 and --D one of 16, 32, 64, 128, 256\n");
+        return 2;
+    }
+    lasp_err err = {0};
+    lasp_comm *world = NULL;
+    const lasp_comm_backend be = lasp_comm_launcher_size() > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
+    if (lasp_comm_world(be, NULL, NULL, &world, &err) != LASP_OK) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        return 1;
+    }
+    const int n = lasp_comm_size(world), rank = lasp_comm_rank(world);
+    lasp_ctx *ctx = NULL;
+    lasp_ctx_params cp = lasp_ctx_default_params();
+    cp.n_threads = (int)c.threads;
+    if (lasp_ctx_create(&cp, &ctx) != LASP_OK) lasp_comm_abort(world, "bench sp: cannot create a context");
+    const char *omp = getenv("OMP_NUM_THREADS");
+    if (rank == 0) {
+        printf("# lasp bench sp — device cpu, %d ranks, f32, B %lld H %lld D %lld, block %lld, median of %lld, "
+               "OpenMP threads per rank: %s\n", n, c.B, c.H, c.D, c.block, c.repeat,
+               c.threads ? "--threads" : omp ? omp : "default");
+        printf("# state message: B·H·D²·4 = %lld bytes; time = slowest rank; sent = bytes of the busiest rank per "
+               "fwd+bwd\n", c.B * c.H * c.D * c.D * 4);
+        printf("# %-7s %-6s %3s %8s %8s %11s %12s %12s %6s\n", "scaling", "mode", "W", "T_local", "T", "fwd+bwd ms",
+               "Mtokens/s", "sent bytes", "eff");
+    }
+    for (int weak = 1; weak >= 0; weak--)
+        for (int m = 0; m < 2; m++) {
+            if ((m == 0 && !do_chain) || (m == 1 && !do_l2)) continue;
+            double base = 0;
+            for (int W = 1; W <= n; W *= 2) {
+                const int64_t T = weak ? c.t_local * W : c.t_total;
+                if (T % W) continue;
+                bench_row row;
+                run_one(world, &c, W, T / W, m ? LASP_SP_LASP2 : LASP_SP_CHAIN, ctx, &row);
+                if (W == 1) base = row.ms;
+                const double eff = weak ? base / row.ms : base / (W * row.ms);
+                if (rank == 0) {
+                    printf("  %-7s %-6s %3d %8lld %8lld %11.2f %12.3f %12.0f %6.2f\n", weak ? "weak" : "strong",
+                           m ? "lasp2" : "lasp", W, (long long)(T / W), (long long)T, row.ms,
+                           (double)(c.B * T) / row.ms * 1e-3, row.sent, eff);
+                    fflush(stdout);
+                }
+            }
+        }
+    if (rank == 0 && n < 2)
+        printf("# one rank: run under `mpirun -np N` to see W > 1\n");
+    lasp_ctx_free(ctx);
+    lasp_comm_free(world);
+    return 0;
+}
