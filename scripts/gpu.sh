@@ -34,16 +34,17 @@ if has san; then
     done
 fi
 if has quickbench; then
-    build/lasp bench attn --device cuda --dtype bf16 --repeat 20 --dim 128 2>&1 | tee "$OUT/bench.txt"
+    build/lasp bench attn --device cuda --dtype bf16 --repeat 20 2>&1 | tee "$OUT/bench.txt"
 fi
 if has bench; then
     build/lasp bench attn --device cuda --dtype bf16 2>&1 | tee "$OUT/bench.txt"
 fi
 if has ncu; then
-    ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-        --launch-skip 40 --launch-count 12 build/lasp bench attn --device cuda --dim 128 --repeat 3 --warmup 1 --quick \
-        >"$OUT/ncu.txt" 2>&1
-    grep -E "k_state|k_scan|k_out|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy" "$OUT/ncu.txt" | head -60
+    # one fwd and one fwd+bwd of B1 H16 T32768 D128: per-kernel time, DRAM bytes and throughput
+    ncu --clock-control none --print-units base -k 'regex:k_(state|scan|out)' --launch-count 15 --csv \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active \
+        build/lasp bench attn --device cuda --quick --dim 128 --repeat 1 --warmup 0 >"$OUT/ncu.csv" 2>"$OUT/ncu.err"
+    python3 scripts/ncu_table.py "$OUT/ncu.csv" | tee "$OUT/ncu.txt"
 fi
 echo "# ---- summary ----"
 for s in "${summary[@]}"; do echo "$s"; done

@@ -165,7 +165,7 @@ int lasp_bench_attn_cuda(int argc, char **argv) {
         {"--repeat", OPT_INT, &repeat, "N", "timed runs per shape (the median is reported)", 0},
         {"--warmup", OPT_INT, &warmup, "N", "untimed runs first", 0},
         {"--dim", OPT_INT, &dim, "D", "only shapes of head dim D (64 or 128; 0 = both)", 0},
-        {"--quick", OPT_FLAG, &quick, NULL, "one small shape per head dim", 0},
+        {"--quick", OPT_FLAG, &quick, NULL, "only B1 H16 T32768, per head dim", 0},
     };
     const cmd_spec spec = {
         "lasp bench attn --device cuda [--dtype bf16|f16|f32] [--repeat N] [--warmup N] [--dim D] [--quick]",
@@ -197,7 +197,7 @@ int lasp_bench_attn_cuda(int argc, char **argv) {
     }
     const shape full[] = {{1, 16, 32768, 128}, {1, 32, 32768, 128}, {4, 16, 8192, 128}, {1, 16, 131072, 128},
                           {1, 16, 32768, 64},  {1, 32, 32768, 64},  {4, 16, 8192, 64},  {1, 16, 131072, 64}};
-    const shape small[] = {{1, 16, 4096, 128}, {1, 16, 4096, 64}};
+    const shape small[] = {{1, 16, 32768, 128}, {1, 16, 32768, 64}};
     const shape *shapes = quick ? small : full;
     const int n_shapes = quick ? 2 : 8;
 

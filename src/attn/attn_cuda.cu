@@ -117,11 +117,20 @@ __global__ void k_scan(DirParams P) {
     }
     const float lam_sigma = expf(-s * (float)P.sigma), gam = expf(-s * (float)P.seg);
     float *w = P.ws + (size_t)bh * P.ns * n + idx;
-    for (int k = 0; k < P.ns; k++) {
-        const float m = w[(size_t)k * n];
-        w[(size_t)k * n] = lam_sigma * H;
-        const int64_t len = (k + 1 < P.ns) ? P.seg : P.T - (int64_t)k * P.seg;
-        H = (len == P.seg ? gam : expf(-s * (float)len)) * H + m;
+    /* 8 independent loads in flight before the serial Horner steps (latency, not bandwidth, bounds this) */
+    for (int k0 = 0; k0 < P.ns; k0 += 8) {
+        float m[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) m[j] = k0 + j < P.ns ? w[(size_t)(k0 + j) * n] : 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int k = k0 + j;
+            if (k < P.ns) {
+                w[(size_t)k * n] = lam_sigma * H;
+                const int64_t len = (k + 1 < P.ns) ? P.seg : P.T - (int64_t)k * P.seg;
+                H = (len == P.seg ? gam : expf(-s * (float)len)) * H + m[j];
+            }
+        }
     }
     if (P.s_end) P.s_end[(size_t)bh * n + idx] = H;
 }
@@ -149,13 +158,15 @@ static int pick_seg(const cuda_state *cs, int64_t T, int64_t BH, int slices) {
     return (int)(chunks * 64);
 }
 
-static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams P) {
+/* One directed op. P.seg = 0 picks the segment length; P.out_only reuses the segment states already in
+ * the workspace (read transposed when P.ws_trans), with P.seg as the op that left them there. */
+static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
     P.T = a->T, P.H = (int)a->H, P.BH = (int)(a->B * a->H);
     const int esz = (int)lasp_dtype_size(a->dtype);
     const int slices = P.ezt / lasp_cu::slice_width(esz, P.dx, P.ezt);
-    P.seg = pick_seg(cs, a->T, (int64_t)P.BH, slices);
+    if (!P.seg) P.seg = pick_seg(cs, a->T, (int64_t)P.BH, slices);
     P.ns = (int)((a->T + P.seg - 1) / P.seg);
-    LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
+    if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
     P.ws = cs->ws;
     cudaError_t e;
     switch (a->dtype) {
@@ -214,15 +225,16 @@ extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
     P.slopes = slopes;
     /* dq = op(dO, v, k; kv_inᵀ) */
     P.x = do_, P.y = v, P.z = k, P.out = dq, P.s_in = kv_in, P.s_in_trans = 1, P.s_end = NULL;
-    P.dx = e, P.ezt = d, P.rev = 0, P.sigma = 0;
+    P.dx = e, P.ezt = d, P.rev = 0, P.sigma = 0, P.seg = 0;
     LASP_TRY(run_dir(ctx, cs, a, P));
     /* dv, dkv_in = op(k, q, dO; dkv_out), backwards */
     P.x = k, P.y = q, P.z = do_, P.out = dv, P.s_in = dkv_out, P.s_in_trans = 0, P.s_end = dkv_in;
-    P.dx = d, P.ezt = e, P.rev = 1, P.sigma = 1;
+    P.dx = d, P.ezt = e, P.rev = 1, P.sigma = 1, P.seg = 0;
     LASP_TRY(run_dir(ctx, cs, a, P));
-    /* dk = op(v, dO, q; dkv_outᵀ), backwards */
-    P.x = v, P.y = do_, P.z = q, P.out = dk, P.s_in = dkv_out, P.s_in_trans = 1, P.s_end = NULL;
-    P.dx = e, P.ezt = d, P.rev = 1, P.sigma = 1;
+    /* dk = op(v, dO, q; dkv_outᵀ), backwards: its segment states are the transposes of dv's, still in
+     * the workspace, so only its output kernel runs */
+    P.x = v, P.y = do_, P.z = q, P.out = dk, P.s_in = NULL, P.s_end = NULL;
+    P.dx = e, P.ezt = d, P.rev = 1, P.sigma = 1, P.out_only = 1, P.ws_trans = 1;
     return run_dir(ctx, cs, a, P);
 }
 

@@ -22,6 +22,8 @@ struct DirParams {
     int dx, ezt;
     int seg, ns;  /* segment length (a multiple of 64) and count */
     int rev, sigma, s_in_trans;
+    int out_only;  /* skip kernels 1–2: the workspace already holds the states entering each segment */
+    int ws_trans;  /* ... as [dx'=ezt][ezt'=dx], the transposes of this op's (k_out reads them so) */
 };
 
 /* The z-slice width EZ that the kernels use: the widest whose fp32 state fits 64 registers a thread

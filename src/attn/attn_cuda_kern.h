@@ -79,6 +79,14 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p) {
                  : "r"(smem_u32(p)));
 }
 
+/* 16 bytes global → shared without registers; src_bytes = 0 writes zeros */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -226,6 +234,37 @@ __device__ __forceinline__ void load_tile(const Tile<SPLIT> &t, const T *base, c
     }
 }
 
+/* load_tile for bf16 I/O, asynchronously (cp.async, 16 bytes a thread, no conversion needed). */
+template <int W>
+__device__ __forceinline__ void load_tile_async(const Tile<false> &t, const bf16 *base, const DirParams &P, int64_t b,
+                                                int h, int D, int col0, int64_t pos0, int64_t end) {
+    constexpr int VPR = W / 8;
+#pragma unroll
+    for (int v = threadIdx.x; v < CH * VPR; v += NTHR) {
+        const int r = v / VPR, c = (v % VPR) * 8;
+        const int64_t pos = pos0 + r;
+        const bool ok = pos < end;
+        const int64_t tk = ok ? (P.rev ? P.T - 1 - pos : pos) : 0;
+        cp_async16(t.p + r * t.ld + c, base + ((b * P.T + tk) * P.H + h) * (int64_t)D + col0 + c, ok ? 16 : 0);
+    }
+}
+
+/* Stores two adjacent output elements. */
+template <typename T>
+__device__ __forceinline__ void store2(T *p, float a, float b);
+template <>
+__device__ __forceinline__ void store2<bf16>(bf16 *p, float a, float b) {
+    *reinterpret_cast<uint32_t *>(p) = pack_bf16(a, b);
+}
+template <>
+__device__ __forceinline__ void store2<__half>(__half *p, float a, float b) {
+    *reinterpret_cast<__half2 *>(p) = __floats2half2_rn(a, b);
+}
+template <>
+__device__ __forceinline__ void store2<float>(float *p, float a, float b) {
+    *reinterpret_cast<float2 *>(p) = make_float2(a, b);
+}
+
 /* ---- the state product: acc[DX×EZ] += (diag(w) Y)ᵀ Z over one chunk ------------------------- */
 
 /* How the DX×EZ state is spread over the 4 warps: WM × WN warps, each MTW × NTW tiles of 16×8. */
@@ -284,33 +323,58 @@ __device__ __forceinline__ void state_mma(float (&acc)[StateLayout<DX, EZ>::MTW]
 
 /* ---- kernel 1: per-segment states ---------------------------------------------------------- */
 
-template <int DX, int EZ, bool SPLIT>
+template <typename T, int DX, int EZ>
 struct Smem {
+    static constexpr bool SPLIT = sizeof(T) == 4;
+    static constexpr bool ASYNC = sizeof(T) == 2 && !__is_same(T, __half); /* bf16: cp.async, double buffer */
+    static constexpr int NBUF = ASYNC ? 2 : 1;
     static constexpr int P = SPLIT ? 2 : 1;
-    static constexpr int LDX = DX + 8, LDZ = EZ + 8, LDO = EZ + 4;
+    static constexpr int LDX = DX + 8, LDZ = EZ + 8;
     static constexpr size_t X = (size_t)CH * LDX * P * 2, Y = X, Z = (size_t)CH * LDZ * P * 2,
-                            KV = (size_t)DX * LDZ * P * 2, O = (size_t)CH * LDO * 4, TAB = 2 * (CH + 8) * 4;
-    static constexpr size_t state_bytes = Y + Z + TAB;
-    static constexpr size_t out_bytes = X + Y + Z + KV + O + TAB;
+                            KV = (size_t)DX * LDZ * P * 2, TAB = 2 * (CH + 8) * 4;
+    static constexpr size_t state_bytes = NBUF * (Y + Z) + TAB;
+    static constexpr size_t out_bytes = NBUF * (X + Y + Z) + KV + TAB;
 };
+
+/* Chunk [pos0, pos0+64) of y (and x) and the z slice into buffer `buf`: asynchronously for bf16 (the
+ * caller commits and waits), else through registers with the conversion. */
+template <typename T, int DX, int EZ, bool SPLIT>
+__device__ __forceinline__ void load_chunk(const Tile<SPLIT> *xs, const Tile<SPLIT> &ys, const Tile<SPLIT> &zs,
+                                           const DirParams &P, int64_t b, int h, int slice, int64_t pos0,
+                                           int64_t end) {
+    if constexpr (Smem<T, DX, EZ>::ASYNC) {
+        if (xs) load_tile_async<DX>(*xs, (const bf16 *)P.x, P, b, h, DX, 0, pos0, end);
+        load_tile_async<DX>(ys, (const bf16 *)P.y, P, b, h, DX, 0, pos0, end);
+        load_tile_async<EZ>(zs, (const bf16 *)P.z, P, b, h, P.ezt, slice * EZ, pos0, end);
+        cp_async_commit();
+    } else {
+        if (xs) load_tile<T, DX, SPLIT>(*xs, (const T *)P.x, P, b, h, DX, 0, pos0, end);
+        load_tile<T, DX, SPLIT>(ys, (const T *)P.y, P, b, h, DX, 0, pos0, end);
+        load_tile<T, EZ, SPLIT>(zs, (const T *)P.z, P, b, h, P.ezt, slice * EZ, pos0, end);
+    }
+}
+
+/* ---- kernel 1: per-segment states ---------------------------------------------------------- */
 
 template <typename T, int DX, int EZ>
 __global__ void __launch_bounds__(NTHR) k_state(DirParams P) {
-    constexpr bool SPLIT = sizeof(T) == 4;
+    typedef Smem<T, DX, EZ> S;
+    constexpr bool SPLIT = S::SPLIT;
     typedef StateLayout<DX, EZ> L;
-    typedef Smem<DX, EZ, SPLIT> S;
     extern __shared__ __align__(16) unsigned char smem[];
     const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
     const int64_t b = bh / P.H;
     const int h = bh % P.H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    Tile<SPLIT> Ys{(bf16 *)smem, S::LDX, CH * S::LDX};
-    Tile<SPLIT> Zs{(bf16 *)(smem + S::Y), S::LDZ, CH * S::LDZ};
-    float *wt = (float *)(smem + S::Y + S::Z);
+    /* buffer i's tiles (computed, not indexed: an indexed array of tiles would go to local memory) */
+    auto Yt = [&](int i) { return Tile<SPLIT>{(bf16 *)(smem + i * (S::Y + S::Z)), S::LDX, CH * S::LDX}; };
+    auto Zt = [&](int i) { return Tile<SPLIT>{(bf16 *)(smem + i * (S::Y + S::Z) + S::Y), S::LDZ, CH * S::LDZ}; };
+    float *wt = (float *)(smem + S::NBUF * (S::Y + S::Z));
 
     const float s = P.slopes[h];
     const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
     const int64_t L_s = p1 - p0;
+    const int nch = (int)((L_s + CH - 1) / CH);
 
     float acc[L::MTW][L::NTW][4];
 #pragma unroll
@@ -320,16 +384,27 @@ __global__ void __launch_bounds__(NTHR) k_state(DirParams P) {
 #pragma unroll
             for (int r = 0; r < 4; r++) acc[a][c][r] = 0.f;
 
-    for (int64_t c0 = p0; c0 < p1; c0 += CH) {
-        __syncthreads();
-        load_tile<T, DX, SPLIT>(Ys, (const T *)P.y, P, b, h, DX, 0, c0, p1);
-        load_tile<T, EZ, SPLIT>(Zs, (const T *)P.z, P, b, h, P.ezt, slice * EZ, c0, p1);
+    if constexpr (S::ASYNC) load_chunk<T, DX, EZ, SPLIT>(nullptr, Yt(0), Zt(0), P, b, h, slice, p0, p1);
+    for (int ci = 0; ci < nch; ci++) {
+        const int64_t c0 = p0 + (int64_t)ci * CH;
+        const int buf = S::NBUF == 2 ? (ci & 1) : 0;
+        if constexpr (S::ASYNC) {
+            if (ci + 1 < nch) {
+                load_chunk<T, DX, EZ, SPLIT>(nullptr, Yt(buf ^ 1), Zt(buf ^ 1), P, b, h, slice, c0 + CH, p1);
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+        } else {
+            load_chunk<T, DX, EZ, SPLIT>(nullptr, Yt(0), Zt(0), P, b, h, slice, c0, p1);
+        }
         if (threadIdx.x < CH) {
             const int64_t n = L_s - P.sigma - (c0 - p0 + threadIdx.x); /* λ^{L−σ−l}, n ≥ 0 for valid rows */
             wt[threadIdx.x] = n >= 0 ? expf(-s * (float)n) : 0.f;
         }
         __syncthreads();
-        if (L::active(warp)) state_mma<DX, EZ, SPLIT>(acc, Ys, Zs, wt, warp, lane);
+        if (L::active(warp)) state_mma<DX, EZ, SPLIT>(acc, Yt(buf), Zt(buf), wt, warp, lane);
+        __syncthreads();
     }
     if (!L::active(warp)) return;
     float *out = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt + slice * EZ;
@@ -349,29 +424,23 @@ __global__ void __launch_bounds__(NTHR) k_state(DirParams P) {
 
 template <typename T, int DX, int EZ>
 __global__ void __launch_bounds__(NTHR) k_out(DirParams P) {
-    constexpr bool SPLIT = sizeof(T) == 4;
+    typedef Smem<T, DX, EZ> S;
+    constexpr bool SPLIT = S::SPLIT;
     constexpr int NT = EZ / 8;
     typedef StateLayout<DX, EZ> L;
-    typedef Smem<DX, EZ, SPLIT> S;
     extern __shared__ __align__(16) unsigned char smem[];
     const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
     const int64_t b = bh / P.H;
     const int h = bh % P.H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 3, i8 = lane & 7;
-    size_t off = 0;
-    Tile<SPLIT> Xs{(bf16 *)(smem + off), S::LDX, CH * S::LDX};
-    off += S::X;
-    Tile<SPLIT> Ys{(bf16 *)(smem + off), S::LDX, CH * S::LDX};
-    off += S::Y;
-    Tile<SPLIT> Zs{(bf16 *)(smem + off), S::LDZ, CH * S::LDZ};
-    off += S::Z;
-    Tile<SPLIT> KVs{(bf16 *)(smem + off), S::LDZ, DX * S::LDZ};
-    off += S::KV;
-    float *Os = (float *)(smem + off);
-    off += S::O;
-    float *pw = (float *)(smem + off); /* pw[n] = λ^n, n = 0..64 */
-    float *wt = pw + CH + 4;           /* wt[j] = λ^{C−j} */
+    constexpr size_t BUF = S::X + S::Y + S::Z;
+    auto Xt = [&](int i) { return Tile<SPLIT>{(bf16 *)(smem + i * BUF), S::LDX, CH * S::LDX}; };
+    auto Yt = [&](int i) { return Tile<SPLIT>{(bf16 *)(smem + i * BUF + S::X), S::LDX, CH * S::LDX}; };
+    auto Zt = [&](int i) { return Tile<SPLIT>{(bf16 *)(smem + i * BUF + S::X + S::Y), S::LDZ, CH * S::LDZ}; };
+    Tile<SPLIT> KVs{(bf16 *)(smem + S::NBUF * (S::X + S::Y + S::Z)), S::LDZ, DX * S::LDZ};
+    float *pw = (float *)(smem + S::NBUF * (S::X + S::Y + S::Z) + S::KV); /* pw[n] = λ^n, n = 0..64 */
+    float *wt = pw + CH + 4;                                              /* wt[j] = λ^{C−j} */
 
     const float s = P.slopes[h];
     if (threadIdx.x <= CH) pw[threadIdx.x] = expf(-s * (float)threadIdx.x);
@@ -379,6 +448,11 @@ __global__ void __launch_bounds__(NTHR) k_out(DirParams P) {
     const float gammaC = expf(-s * (float)CH);
 
     const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
+    const int nch = (int)((p1 - p0 + CH - 1) / CH);
+    if constexpr (S::ASYNC) {
+        const Tile<SPLIT> x0 = Xt(0);
+        load_chunk<T, DX, EZ, SPLIT>(&x0, Yt(0), Zt(0), P, b, h, slice, p0, p1);
+    }
 
     /* the state entering this segment (from k_scan), fp32 in registers */
     float kv[L::MTW][L::NTW][4];
@@ -392,18 +466,24 @@ __global__ void __launch_bounds__(NTHR) k_out(DirParams P) {
             for (int ni = 0; ni < L::NTW; ni++) {
                 const int r = (m0 + mi) * 16 + (lane >> 2), c = (n0 + ni) * 8 + 2 * (lane & 3);
                 float2 u = make_float2(0.f, 0.f), v = make_float2(0.f, 0.f);
-                if (act) {
+                if (act && !P.ws_trans) {
                     u = *reinterpret_cast<const float2 *>(src + (size_t)r * P.ezt + c);
                     v = *reinterpret_cast<const float2 *>(src + (size_t)(r + 8) * P.ezt + c);
+                } else if (act) {
+                    const float *t = src - slice * EZ + (size_t)(slice * EZ + c) * DX;
+                    u = make_float2(t[r], t[DX + r]);
+                    v = make_float2(t[r + 8], t[DX + r + 8]);
                 }
                 kv[mi][ni][0] = u.x, kv[mi][ni][1] = u.y, kv[mi][ni][2] = v.x, kv[mi][ni][3] = v.y;
             }
     }
 
     const int r0 = warp * 16;
-    for (int64_t c0 = p0; c0 < p1; c0 += CH) {
-        /* the state as a bf16 (hi, lo) operand; everyone is past the last chunk's reads */
-        __syncthreads();
+    T *outp = (T *)P.out;
+    for (int ci = 0; ci < nch; ci++) {
+        const int64_t c0 = p0 + (int64_t)ci * CH;
+        const int buf = S::NBUF == 2 ? (ci & 1) : 0;
+        /* the state as a bf16 (hi, lo) operand; every warp is past the last chunk's reads */
         if (act) {
 #pragma unroll
             for (int mi = 0; mi < L::MTW; mi++)
@@ -424,10 +504,20 @@ __global__ void __launch_bounds__(NTHR) k_out(DirParams P) {
                     *reinterpret_cast<uint32_t *>(KVs.p + (r + 8) * KVs.ld + c) = h1;
                 }
         }
-        load_tile<T, DX, SPLIT>(Xs, (const T *)P.x, P, b, h, DX, 0, c0, p1);
-        load_tile<T, DX, SPLIT>(Ys, (const T *)P.y, P, b, h, DX, 0, c0, p1);
-        load_tile<T, EZ, SPLIT>(Zs, (const T *)P.z, P, b, h, P.ezt, slice * EZ, c0, p1);
+        if constexpr (S::ASYNC) {
+            if (ci + 1 < nch) {
+                const Tile<SPLIT> xn = Xt(buf ^ 1);
+                load_chunk<T, DX, EZ, SPLIT>(&xn, Yt(buf ^ 1), Zt(buf ^ 1), P, b, h, slice, c0 + CH, p1);
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+        } else {
+            const Tile<SPLIT> x0 = Xt(0);
+            load_chunk<T, DX, EZ, SPLIT>(&x0, Yt(0), Zt(0), P, b, h, slice, c0, p1);
+        }
         __syncthreads();
+        const Tile<SPLIT> X = Xt(buf), Y = Yt(buf), Z = Zt(buf);
 
         /* scores X Yᵀ (causal tiles only) and the inter term X·KV, sharing X's fragments */
         float sc[8][4], o[NT][4];
@@ -442,12 +532,12 @@ __global__ void __launch_bounds__(NTHR) k_out(DirParams P) {
 #pragma unroll
         for (int ks = 0; ks < DX / 16; ks++) {
             Frag<SPLIT> a;
-            ld_frag(a, Xs, r0 + (lane & 15), ks * 16 + (lane >> 4) * 8);
+            ld_frag(a, X, r0 + (lane & 15), ks * 16 + (lane >> 4) * 8);
 #pragma unroll
             for (int jp = 0; jp < 4; jp++) {
                 if (jp <= warp) {
                     Frag<SPLIT> by;
-                    ld_frag(by, Ys, jp * 16 + i8 + (g >> 1) * 8, ks * 16 + (g & 1) * 8);
+                    ld_frag(by, Y, jp * 16 + i8 + (g >> 1) * 8, ks * 16 + (g & 1) * 8);
                     mma_t<SPLIT>(sc[2 * jp], a, by, 0);
                     mma_t<SPLIT>(sc[2 * jp + 1], a, by, 1);
                 }
@@ -492,44 +582,35 @@ __global__ void __launch_bounds__(NTHR) k_out(DirParams P) {
 #pragma unroll
                 for (int np = 0; np < NT / 2; np++) {
                     Frag<SPLIT> bz;
-                    ld_frag_t(bz, Zs, kk * 16 + i8 + (g & 1) * 8, np * 16 + (g >> 1) * 8);
+                    ld_frag_t(bz, Z, kk * 16 + i8 + (g & 1) * 8, np * 16 + (g >> 1) * 8);
                     mma_t<SPLIT>(o[2 * np], a, bz, 0);
                     mma_t<SPLIT>(o[2 * np + 1], a, bz, 1);
                 }
             }
         }
+        /* outputs straight from the accumulators: 4 lanes write 8 contiguous elements of a row */
+        {
+            const int64_t pa_ = c0 + ra, pb_ = c0 + rb;
+            T *oa = pa_ < p1 ? outp + ((b * P.T + (P.rev ? P.T - 1 - pa_ : pa_)) * P.H + h) * (int64_t)P.ezt : nullptr;
+            T *ob = pb_ < p1 ? outp + ((b * P.T + (P.rev ? P.T - 1 - pb_ : pb_)) * P.H + h) * (int64_t)P.ezt : nullptr;
 #pragma unroll
-        for (int j = 0; j < NT; j++) {
-            const int c = j * 8 + 2 * (lane & 3);
-            *reinterpret_cast<float2 *>(Os + ra * S::LDO + c) = make_float2(o[j][0], o[j][1]);
-            *reinterpret_cast<float2 *>(Os + rb * S::LDO + c) = make_float2(o[j][2], o[j][3]);
+            for (int j = 0; j < NT; j++) {
+                const int c = slice * EZ + j * 8 + 2 * (lane & 3);
+                if (oa) store2<T>(oa + c, o[j][0], o[j][1]);
+                if (ob) store2<T>(ob + c, o[j][2], o[j][3]);
+            }
         }
         /* the state moves on to the next chunk (not needed after the segment's last one) */
-        if (c0 + CH < p1 && act) {
+        if (ci + 1 < nch && act) {
 #pragma unroll
             for (int mi = 0; mi < L::MTW; mi++)
 #pragma unroll
                 for (int ni = 0; ni < L::NTW; ni++)
 #pragma unroll
                     for (int r = 0; r < 4; r++) kv[mi][ni][r] *= gammaC;
-            state_mma<DX, EZ, SPLIT>(kv, Ys, Zs, wt, warp, lane);
+            state_mma<DX, EZ, SPLIT>(kv, Y, Z, wt, warp, lane);
         }
         __syncthreads();
-        /* coalesced 16-byte stores of the staged outputs */
-        constexpr int VPR = EZ / 8;
-        for (int v = threadIdx.x; v < CH * VPR; v += NTHR) {
-            const int r = v / VPR, c = (v % VPR) * 8;
-            const int64_t pos = c0 + r;
-            if (pos < p1) {
-                const int64_t tk = P.rev ? P.T - 1 - pos : pos;
-                float x[8];
-                const float4 lo4 = *reinterpret_cast<const float4 *>(Os + r * S::LDO + c);
-                const float4 hi4 = *reinterpret_cast<const float4 *>(Os + r * S::LDO + c + 4);
-                x[0] = lo4.x, x[1] = lo4.y, x[2] = lo4.z, x[3] = lo4.w;
-                x[4] = hi4.x, x[5] = hi4.y, x[6] = hi4.z, x[7] = hi4.w;
-                IO<T>::store8((T *)P.out + ((b * P.T + tk) * P.H + h) * (int64_t)P.ezt + slice * EZ + c, x);
-            }
-        }
     }
 }
 
@@ -537,7 +618,7 @@ __global__ void __launch_bounds__(NTHR) k_out(DirParams P) {
 
 template <typename T, int DX, int EZ>
 cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
-    typedef Smem<DX, EZ, sizeof(T) == 4> S;
+    typedef Smem<T, DX, EZ> S;
     if ((int)S::out_bytes > max_smem) return cudaErrorInvalidConfiguration;
     cudaError_t e;
     if ((e = cudaFuncSetAttribute(k_state<T, DX, EZ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -547,9 +628,11 @@ cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
                                   (int)S::out_bytes)) != cudaSuccess)
         return e;
     const dim3 grid(P.ezt / EZ, P.ns, P.BH);
-    k_state<T, DX, EZ><<<grid, NTHR, S::state_bytes, st>>>(P);
-    if ((e = cudaGetLastError()) != cudaSuccess) return e;
-    if ((e = lasp_cu_scan(P, st)) != cudaSuccess) return e;
+    if (!P.out_only) {
+        k_state<T, DX, EZ><<<grid, NTHR, S::state_bytes, st>>>(P);
+        if ((e = cudaGetLastError()) != cudaSuccess) return e;
+        if ((e = lasp_cu_scan(P, st)) != cudaSuccess) return e;
+    }
     k_out<T, DX, EZ><<<grid, NTHR, S::out_bytes, st>>>(P);
     return cudaGetLastError();
 }
