@@ -1,0 +1,540 @@
+/* model.c — the TransNormerLLM-style LM on the CPU: layout, init, forward, backward (docs/MODEL.md).
+ * Plain loops are the spec; the matrix products go to BLAS when the build has it (and m->no_blas
+ * is 0). Letters as in model.h: N = B·T tokens of this rank's piece, C, H, D = C/H, F, V, L. */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn/attn.h"
+#include "core/rng.h"
+
+#ifdef LASP_HAVE_BLAS
+#include <cblas.h>
+#endif
+
+#define RMS_EPS 1e-6f
+
+/* ---- config, presets, layout ------------------------------------------------------------------ */
+
+lasp_status lasp_model_preset(const char *name, int32_t vocab, lasp_model_config *out, lasp_err *err) {
+    static const struct {
+        const char *name;
+        int32_t C, L, H, F;
+    } presets[] = {
+        {"tiny", 32, 2, 2, 64},        /* seconds on a laptop core: tests, finite differences */
+        {"small", 128, 4, 4, 256},     /* the demo: learns the recall task in minutes on 2 cores */
+        {"400m", 1024, 24, 8, 2816},   /* ~0.4 B with a GPT-2 vocab */
+        {"1b", 2048, 16, 16, 5632},    /* ~1.1 B with a GPT-2 vocab (TARGETS.md's 1B shape) */
+    };
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+        if (!strcmp(name, presets[i].name)) {
+            *out = (lasp_model_config){vocab, presets[i].C, presets[i].L, presets[i].H, presets[i].F};
+            return lasp_model_config_check(out, err);
+        }
+    return lasp_fail(err, LASP_ERR_ARG, "unknown model preset '%s' (hint: tiny, small, 400m or 1b)", name);
+}
+
+lasp_status lasp_model_config_check(const lasp_model_config *c, lasp_err *err) {
+    if (c->vocab < 2 || c->vocab > (1 << 24))
+        return lasp_fail(err, LASP_ERR_ARG, "vocab %d is out of range 2..16777216", c->vocab);
+    if (c->n_layers < 1 || c->n_layers > 1024 || c->n_heads < 1 || c->d_model < 1 || c->ffn_dim < 1 ||
+        c->d_model > 65536 || c->ffn_dim > 262144)
+        return lasp_fail(err, LASP_ERR_ARG, "model config out of range: d_model %d, layers %d, heads %d, ffn %d",
+                         c->d_model, c->n_layers, c->n_heads, c->ffn_dim);
+    if (c->d_model % c->n_heads || !lasp_head_dim_supported(c->d_model / c->n_heads))
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED,
+                         "d_model %d / heads %d does not give a supported head dim (hint: 16, 32, 64, 128 or 256)",
+                         c->d_model, c->n_heads);
+    return LASP_OK;
+}
+
+lasp_status lasp_layout_make(const lasp_model_config *c, lasp_layout *out, lasp_err *err) {
+    LASP_TRY(lasp_model_config_check(c, err));
+    const size_t C = (size_t)c->d_model, F = (size_t)c->ffn_dim, V = (size_t)c->vocab, L = (size_t)c->n_layers;
+    lasp_layout l = {0};
+    lasp_block_off *b = &l.blk;
+    size_t o = 0;
+    b->ln1 = o, o += C;
+    b->wqkvu = o, o += C * 4 * C;
+    b->onorm = o, o += C;
+    b->wo = o, o += C * C;
+    b->ln2 = o, o += C;
+    b->w12 = o, o += C * 2 * F;
+    b->w3 = o, o += F * C;
+    b->size = o;
+    l.head_lnf = 0, l.head_w = C;
+    l.n_units = (int)L + 2;
+    l.unit_off = malloc(((size_t)l.n_units + 1) * sizeof *l.unit_off);
+    if (!l.unit_off) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the parameter layout");
+    l.unit_off[0] = 0;
+    l.unit_off[1] = V * C;
+    for (size_t i = 0; i < L; i++) l.unit_off[2 + i] = l.unit_off[1 + i] + b->size;
+    l.unit_off[L + 2] = l.unit_off[L + 1] + C + C * V;
+    l.n_params = l.unit_off[L + 2];
+    for (int u = 0; u < l.n_units; u++)
+        if (l.unit_off[u + 1] - l.unit_off[u] > l.max_unit) l.max_unit = l.unit_off[u + 1] - l.unit_off[u];
+    *out = l;
+    return LASP_OK;
+}
+
+void lasp_layout_free(lasp_layout *l) {
+    free(l->unit_off);
+    l->unit_off = NULL;
+}
+
+int lasp_layout_decays(const lasp_layout *l, size_t i) {
+    const int L = l->n_units - 2;
+    if (i < l->unit_off[1]) return 1;                                    /* embedding */
+    if (i >= l->unit_off[L + 1]) return i - l->unit_off[L + 1] >= l->head_w; /* head yes, final gain no */
+    const size_t r = (i - l->unit_off[1]) % l->blk.size;
+    const lasp_block_off *b = &l->blk;
+    return !((r >= b->ln1 && r < b->wqkvu) || (r >= b->onorm && r < b->wo) || (r >= b->ln2 && r < b->w12));
+}
+
+void lasp_model_init_params(const lasp_model_config *c, const lasp_layout *l, uint64_t seed, float *p) {
+    const size_t C = (size_t)c->d_model, F = (size_t)c->ffn_dim;
+    lasp_rng r;
+    lasp_rng_seed(&r, seed ^ 0x5eed1a5bULL);
+    const double sd = 0.02, sd_out = 0.02 / sqrt(2.0 * c->n_layers);  /* residual branches add up over depth */
+    for (size_t i = 0; i < l->n_params; i++) p[i] = (float)(sd * lasp_rng_normal(&r));
+    const lasp_block_off *b = &l->blk;
+    for (int k = 0; k < c->n_layers; k++) {
+        float *w = p + l->unit_off[1 + k];
+        for (size_t i = 0; i < C; i++) w[b->ln1 + i] = w[b->onorm + i] = w[b->ln2 + i] = 1.0f;
+        for (size_t i = 0; i < C * C; i++) w[b->wo + i] = (float)(sd_out * lasp_rng_normal(&r));
+        for (size_t i = 0; i < F * C; i++) w[b->w3 + i] = (float)(sd_out * lasp_rng_normal(&r));
+    }
+    float *h = p + l->unit_off[c->n_layers + 1];
+    for (size_t i = 0; i < C; i++) h[l->head_lnf + i] = 1.0f;
+}
+
+void lasp_model_slopes(const lasp_model_config *c, int layer, float *s) {
+    const int H = c->n_heads, L = c->n_layers;
+    const double scale = L > 1 ? 1.0 - (double)layer / (L - 1) + 1e-5 : 1.0;
+    for (int h = 0; h < H; h++) s[h] = (float)(pow(2.0, -8.0 * (h + 1) / H) * scale);
+}
+
+/* ---- create / reserve / free ------------------------------------------------------------------- */
+
+lasp_status lasp_model_create(const lasp_model_config *c, lasp_model *m, lasp_err *err) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *c;
+    LASP_TRY(lasp_layout_make(c, &m->lay, err));
+    m->slopes = malloc((size_t)c->n_layers * c->n_heads * sizeof(float));
+    m->acts = calloc((size_t)c->n_layers, sizeof *m->acts);
+    if (!m->slopes || !m->acts) {
+        lasp_model_free(m);
+        return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the model");
+    }
+    for (int l = 0; l < c->n_layers; l++) lasp_model_slopes(c, l, m->slopes + (size_t)l * c->n_heads);
+    return LASP_OK;
+}
+
+static void acts_free(lasp_model *m) {
+    for (int l = 0; m->acts && l < m->cfg.n_layers; l++) {
+        lasp_layer_acts *a = &m->acts[l];
+        free(a->x), free(a->rstd1), free(a->xn1), free(a->pre), free(a->q), free(a->k), free(a->v), free(a->o);
+        free(a->rstdo), free(a->y), free(a->xm), free(a->rstd2), free(a->xn2), free(a->h), free(a->a);
+        lasp_sp_cache_free(&a->cache);
+        memset(a, 0, sizeof *a);
+    }
+    free(m->xL), free(m->rstdf), free(m->xf), free(m->logits), free(m->dres), free(m->dbuf), free(m->dbig);
+    free(m->dq), free(m->dk), free(m->dv), free(m->dob);
+    m->xL = m->rstdf = m->xf = m->logits = m->dres = m->dbuf = m->dbig = m->dq = m->dk = m->dv = m->dob = NULL;
+    m->B = m->T = 0;
+}
+
+lasp_status lasp_model_reserve(lasp_model *m, int64_t B, int64_t T, lasp_err *err) {
+    if (B == m->B && T == m->T) return LASP_OK;
+    acts_free(m);
+    if (B < 1 || T < 1) return lasp_fail(err, LASP_ERR_ARG, "batch %lld and tokens %lld must be ≥ 1", (long long)B,
+                                         (long long)T);
+    const size_t N = (size_t)(B * T), C = (size_t)m->cfg.d_model, F = (size_t)m->cfg.ffn_dim;
+    const size_t V = (size_t)m->cfg.vocab, big = 4 * C > 3 * F ? 4 * C : 3 * F;
+    int bad = 0;
+#define ALLOC(p, n) bad |= !((p) = malloc((n) * sizeof(float)))
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        lasp_layer_acts *a = &m->acts[l];
+        ALLOC(a->x, N * C), ALLOC(a->rstd1, N), ALLOC(a->xn1, N * C), ALLOC(a->pre, N * 4 * C);
+        ALLOC(a->q, N * C), ALLOC(a->k, N * C), ALLOC(a->v, N * C), ALLOC(a->o, N * C), ALLOC(a->rstdo, N);
+        ALLOC(a->y, N * C), ALLOC(a->xm, N * C), ALLOC(a->rstd2, N), ALLOC(a->xn2, N * C);
+        ALLOC(a->h, N * 2 * F), ALLOC(a->a, N * F);
+    }
+    ALLOC(m->xL, N * C), ALLOC(m->rstdf, N), ALLOC(m->xf, N * C), ALLOC(m->logits, N * V);
+    ALLOC(m->dres, N * C), ALLOC(m->dbuf, N * C), ALLOC(m->dbig, N * big);
+    ALLOC(m->dq, N * C), ALLOC(m->dk, N * C), ALLOC(m->dv, N * C), ALLOC(m->dob, N * C);
+#undef ALLOC
+    if (bad) {
+        acts_free(m);
+        return lasp_fail(err, LASP_ERR_NOMEM, "no memory for activations of B=%lld T=%lld (hint: smaller --batch or "
+                         "--seq-len, or more --sp ranks)", (long long)B, (long long)T);
+    }
+    m->B = B, m->T = T;
+    return LASP_OK;
+}
+
+void lasp_model_free(lasp_model *m) {
+    acts_free(m);
+    free(m->acts), free(m->slopes);
+    lasp_layout_free(&m->lay);
+    m->acts = NULL, m->slopes = NULL;
+}
+
+/* ---- parameter access ------------------------------------------------------------------------- */
+
+static lasp_status get_w(lasp_model *m, int u, const float **w, lasp_err *err) {
+    if (m->access.get) return m->access.get(m->access.user, u, w, err);
+    *w = m->params + m->lay.unit_off[u];
+    return LASP_OK;
+}
+
+static lasp_status get_g(lasp_model *m, int u, float **g, lasp_err *err) {
+    if (m->access.grad) return m->access.grad(m->access.user, u, g, err);
+    *g = m->grads + m->lay.unit_off[u];
+    return LASP_OK;
+}
+
+static lasp_status grad_done(lasp_model *m, int u, lasp_err *err) {
+    return m->access.grad_done ? m->access.grad_done(m->access.user, u, err) : LASP_OK;
+}
+
+/* ---- building blocks -------------------------------------------------------------------------- */
+
+/* out[N,O] = in[N,K] · W[K,O] */
+static void mm_fwd(const lasp_model *m, float *out, const float *in, const float *W, int64_t N, int64_t K, int64_t O) {
+#ifdef LASP_HAVE_BLAS
+    if (!m->no_blas) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)O, (int)K, 1.0f, in, (int)K, W, (int)O,
+                    0.0f, out, (int)O);
+        return;
+    }
+#endif
+    (void)m;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        float *y = out + n * O;
+        memset(y, 0, (size_t)O * sizeof *y);
+        for (int64_t i = 0; i < K; i++) {
+            const float a = in[n * K + i], *w = W + i * O;
+            for (int64_t o = 0; o < O; o++) y[o] += a * w[o];
+        }
+    }
+}
+
+/* din[N,K] = dout[N,O] · Wᵀ (if din), dW[K,O] += inᵀ · dout */
+static void mm_bwd(const lasp_model *m, float *din, float *dW, const float *dout, const float *in, const float *W,
+                   int64_t N, int64_t K, int64_t O) {
+#ifdef LASP_HAVE_BLAS
+    if (!m->no_blas) {
+        if (din)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)K, (int)O, 1.0f, dout, (int)O, W,
+                        (int)O, 0.0f, din, (int)K);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)O, (int)N, 1.0f, in, (int)K, dout, (int)O,
+                    1.0f, dW, (int)O);
+        return;
+    }
+#endif
+    (void)m;
+    if (din) {
+#pragma omp parallel for schedule(static)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < K; i++) {
+                const float *g = dout + n * O, *w = W + i * O;
+                float s = 0;
+                for (int64_t o = 0; o < O; o++) s += g[o] * w[o];
+                din[n * K + i] = s;
+            }
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < K; i++) {
+        float *dw = dW + i * O;
+        for (int64_t n = 0; n < N; n++) {
+            const float a = in[n * K + i], *g = dout + n * O;
+            for (int64_t o = 0; o < O; o++) dw[o] += a * g[o];
+        }
+    }
+}
+
+/* out = x · rstd · g per row, rstd = 1/√(mean(x²) + ε) */
+static void rms_fwd(float *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C) {
+    for (int64_t n = 0; n < N; n++) {
+        const float *xr = x + n * C;
+        double ss = 0;
+        for (int64_t c = 0; c < C; c++) ss += (double)xr[c] * xr[c];
+        const float r = 1.0f / sqrtf((float)(ss / C) + RMS_EPS);
+        if (rstd) rstd[n] = r;
+        for (int64_t c = 0; c < C; c++) out[n * C + c] = xr[c] * r * g[c];
+    }
+}
+
+/* dx += ∂/∂x, dg += ∂/∂g of rms_fwd, given dy: with n̂ = x·rstd, dx = rstd·(dy·g − n̂·mean(dy·g·n̂)) */
+static void rms_bwd(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,
+                    int64_t N, int64_t C) {
+    for (int64_t n = 0; n < N; n++) {
+        const float *xr = x + n * C, *dr = dy + n * C, r = rstd[n];
+        double dot = 0;
+        for (int64_t c = 0; c < C; c++) dot += (double)dr[c] * g[c] * xr[c] * r;
+        const float mean = (float)(dot / C);
+        for (int64_t c = 0; c < C; c++) {
+            const float nh = xr[c] * r;
+            dx[n * C + c] += r * (dr[c] * g[c] - nh * mean);
+            dg[c] += dr[c] * nh;
+        }
+    }
+}
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* The op, through the SP layer when the sequence is split over ranks. */
+static lasp_status attn_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, lasp_layer_acts *A,
+                            const float *slopes) {
+    if (sp && sp->sp_size > 1)
+        return lasp_sp_attn_fwd(ctx, sp, a, A->q, A->k, A->v, slopes, NULL, A->o, NULL, &A->cache);
+    return lasp_attn_fwd(ctx, a, A->q, A->k, A->v, slopes, NULL, A->o, NULL);
+}
+
+static lasp_status attn_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, lasp_model *m,
+                            const lasp_layer_acts *A, const float *slopes) {
+    if (sp && sp->sp_size > 1)
+        return lasp_sp_attn_bwd(ctx, sp, a, A->q, A->k, A->v, slopes, &A->cache, m->dob, NULL, m->dq, m->dk, m->dv,
+                                NULL);
+    return lasp_attn_bwd(ctx, a, A->q, A->k, A->v, slopes, NULL, m->dob, NULL, m->dq, m->dk, m->dv, NULL);
+}
+
+/* ---- forward ---------------------------------------------------------------------------------- */
+
+lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const int32_t *tokens,
+                               const int32_t *targets, const uint8_t *mask, float grad_scale, double *loss_out,
+                               int64_t *correct_out, int64_t *count_out) {
+    lasp_err *err = &ctx->err;
+    const int64_t B = m->B, T = m->T, N = B * T, C = m->cfg.d_model, H = m->cfg.n_heads, D = C / H;
+    const int64_t F = m->cfg.ffn_dim, V = m->cfg.vocab, L = m->cfg.n_layers;
+    const lasp_block_off *bo = &m->lay.blk;
+    if (N == 0) return lasp_fail(err, LASP_ERR_ARG, "model has no activation buffers (hint: lasp_model_reserve)");
+    const float *w;
+
+    /* embedding: x[n] = wte[token[n]]   wte [V, C] */
+    LASP_TRY(get_w(m, 0, &w, err));
+    for (int64_t n = 0; n < N; n++) {
+        const int32_t t = tokens[n];
+        if (t < 0 || t >= V)
+            return lasp_fail(err, LASP_ERR_ARG, "token %d at position %lld is outside the vocab 0..%lld", t,
+                             (long long)n, (long long)V - 1);
+        memcpy(m->acts[0].x + n * C, w + (int64_t)t * C, (size_t)C * sizeof(float));
+    }
+
+    const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = LASP_F32};
+    for (int64_t l = 0; l < L; l++) {
+        lasp_layer_acts *A = &m->acts[l];
+        float *xout = l + 1 < L ? m->acts[l + 1].x : m->xL;
+        LASP_TRY(get_w(m, 1 + (int)l, &w, err));
+        /* attention branch: xn1 = RMSNorm(x); pre [N,4C] = xn1 · wqkvu */
+        rms_fwd(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C);
+        mm_fwd(m, A->pre, A->xn1, w + bo->wqkvu, N, C, 4 * C);
+        /* q = SiLU, k = SiLU, v as is — each [N, C] = [B, T, H, D] */
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < C; c++) {
+                const float *p = A->pre + n * 4 * C;
+                A->q[n * C + c] = p[c] * sigmoidf(p[c]);
+                A->k[n * C + c] = p[C + c] * sigmoidf(p[C + c]);
+                A->v[n * C + c] = p[2 * C + c];
+            }
+        LASP_TRY(attn_fwd(ctx, sp, &ad, A, m->slopes + l * H));
+        /* y = RMSNorm(o) ⊙ σ(u): the output norm keeps the un-normalised linear attention in scale */
+        rms_fwd(A->y, A->rstdo, A->o, w + bo->onorm, N, C);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < C; c++) A->y[n * C + c] *= sigmoidf(A->pre[n * 4 * C + 3 * C + c]);
+        /* xm = x + y · wo */
+        mm_fwd(m, A->xm, A->y, w + bo->wo, N, C, C);
+        for (int64_t i = 0; i < N * C; i++) A->xm[i] += A->x[i];
+        /* GLU FFN: h [N,2F] = RMSNorm(xm) · w12; a = h1 ⊙ h2; xout = xm + a · w3 */
+        rms_fwd(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C);
+        mm_fwd(m, A->h, A->xn2, w + bo->w12, N, C, 2 * F);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t f = 0; f < F; f++) A->a[n * F + f] = A->h[n * 2 * F + f] * A->h[n * 2 * F + F + f];
+        mm_fwd(m, xout, A->a, w + bo->w3, N, F, C);
+        for (int64_t i = 0; i < N * C; i++) xout[i] += A->xm[i];
+    }
+
+    /* head: xf = RMSNorm(xL); logits [N,V] = xf · wh */
+    LASP_TRY(get_w(m, (int)L + 1, &w, err));
+    rms_fwd(m->xf, m->rstdf, m->xL, w + m->lay.head_lnf, N, C);
+    mm_fwd(m, m->logits, m->xf, w + m->lay.head_w, N, C, V);
+    if (!targets) return LASP_OK;
+
+    /* cross-entropy, and (training) dlogits = grad_scale · (softmax − onehot) / N in place */
+    double loss = 0;
+    int64_t correct = 0, count = 0;
+    for (int64_t n = 0; n < N; n++) {
+        float *z = m->logits + n * V;
+        const int32_t t = targets[n];
+        if (t < 0 || t >= V)
+            return lasp_fail(err, LASP_ERR_ARG, "target %d at position %lld is outside the vocab 0..%lld", t,
+                             (long long)n, (long long)V - 1);
+        int64_t arg = 0;
+        for (int64_t v = 1; v < V; v++)
+            if (z[v] > z[arg]) arg = v;
+        if (!mask || mask[n]) correct += arg == t, count++;
+        const float mx = z[arg];
+        double sum = 0;
+        for (int64_t v = 0; v < V; v++) sum += exp((double)(z[v] - mx));
+        loss += log(sum) - (double)(z[t] - mx);
+        if (grad_scale > 0) {
+            const float inv = (float)(1.0 / sum), s = grad_scale / (float)N;
+            for (int64_t v = 0; v < V; v++) z[v] = expf(z[v] - mx) * inv * s;
+            z[t] -= s;
+        }
+    }
+    if (!isfinite(loss))
+        return lasp_fail(err, LASP_ERR_NONFINITE, "the loss is not finite (hint: lower --lr, or check the data)");
+    if (loss_out) *loss_out = loss / N;
+    if (correct_out) *correct_out = correct;
+    if (count_out) *count_out = count;
+    return LASP_OK;
+}
+
+/* ---- backward --------------------------------------------------------------------------------- */
+
+lasp_status lasp_model_backward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const int32_t *tokens) {
+    lasp_err *err = &ctx->err;
+    const int64_t B = m->B, T = m->T, N = B * T, C = m->cfg.d_model, H = m->cfg.n_heads, D = C / H;
+    const int64_t F = m->cfg.ffn_dim, V = m->cfg.vocab, L = m->cfg.n_layers;
+    const lasp_block_off *bo = &m->lay.blk;
+    const float *w;
+    float *g;
+
+    /* head: dxf = dlogits · whᵀ, dwh += xfᵀ · dlogits; dres = ∂/∂xL through the final norm */
+    LASP_TRY(get_w(m, (int)L + 1, &w, err));
+    LASP_TRY(get_g(m, (int)L + 1, &g, err));
+    mm_bwd(m, m->dbuf, g + m->lay.head_w, m->logits, m->xf, w + m->lay.head_w, N, C, V);
+    memset(m->dres, 0, (size_t)(N * C) * sizeof(float));
+    rms_bwd(m->dres, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C);
+    LASP_TRY(grad_done(m, (int)L + 1, err));
+
+    const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = LASP_F32};
+    for (int64_t l = L - 1; l >= 0; l--) {
+        lasp_layer_acts *A = &m->acts[l];
+        LASP_TRY(get_w(m, 1 + (int)l, &w, err));
+        LASP_TRY(get_g(m, 1 + (int)l, &g, err));
+        /* dres = ∂/∂xout. FFN: da [N,F] = dres · w3ᵀ; dh1 = da ⊙ h2, dh2 = da ⊙ h1 */
+        float *dh = m->dbig, *da = m->dbig + N * 2 * F;
+        mm_bwd(m, da, g + bo->w3, m->dres, A->a, w + bo->w3, N, F, C);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t f = 0; f < F; f++) {
+                const float d = da[n * F + f];
+                dh[n * 2 * F + f] = d * A->h[n * 2 * F + F + f];
+                dh[n * 2 * F + F + f] = d * A->h[n * 2 * F + f];
+            }
+        mm_bwd(m, m->dbuf, g + bo->w12, dh, A->xn2, w + bo->w12, N, C, 2 * F);
+        rms_bwd(m->dres, g + bo->ln2, m->dbuf, A->xm, A->rstd2, w + bo->ln2, N, C);  /* dres = ∂/∂xm */
+
+        /* attention: dy = dres · woᵀ; y = ô·σ(u) with ô = RMSNorm(o) */
+        mm_bwd(m, m->dbuf, g + bo->wo, m->dres, A->y, w + bo->wo, N, C, C);
+        float *dpre = m->dbig;  /* [N, 4C] */
+        const float *go = w + bo->onorm;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < C; c++) {
+                const float s = sigmoidf(A->pre[n * 4 * C + 3 * C + c]);
+                const float oh = A->o[n * C + c] * A->rstdo[n] * go[c];
+                const float dy = m->dbuf[n * C + c];
+                dpre[n * 4 * C + 3 * C + c] = dy * oh * s * (1 - s);
+                m->dbuf[n * C + c] = dy * s;  /* now ∂/∂ô */
+            }
+        memset(m->dob, 0, (size_t)(N * C) * sizeof(float));
+        rms_bwd(m->dob, g + bo->onorm, m->dbuf, A->o, A->rstdo, go, N, C);
+        LASP_TRY(attn_bwd(ctx, sp, &ad, m, A, m->slopes + l * H));
+        /* through SiLU (q, k) into the projections: silu'(x) = σ(x)·(1 + x·(1 − σ(x))) */
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < C; c++) {
+                const float *p = A->pre + n * 4 * C;
+                const float sq = sigmoidf(p[c]), sk = sigmoidf(p[C + c]);
+                dpre[n * 4 * C + c] = m->dq[n * C + c] * sq * (1 + p[c] * (1 - sq));
+                dpre[n * 4 * C + C + c] = m->dk[n * C + c] * sk * (1 + p[C + c] * (1 - sk));
+                dpre[n * 4 * C + 2 * C + c] = m->dv[n * C + c];
+            }
+        mm_bwd(m, m->dbuf, g + bo->wqkvu, dpre, A->xn1, w + bo->wqkvu, N, C, 4 * C);
+        rms_bwd(m->dres, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C);  /* dres = ∂/∂x */
+        LASP_TRY(grad_done(m, 1 + (int)l, err));
+    }
+
+    /* embedding: dwte[token[n]] += dres[n] */
+    LASP_TRY(get_g(m, 0, &g, err));
+    for (int64_t n = 0; n < N; n++) {
+        float *gr = g + (int64_t)tokens[n] * C;
+        const float *d = m->dres + n * C;
+        for (int64_t c = 0; c < C; c++) gr[c] += d[c];
+    }
+    return grad_done(m, 0, err);
+}
+
+/* ---- recurrent decoding ------------------------------------------------------------------------ */
+
+lasp_status lasp_decoder_create(const lasp_model *m, const float *params, lasp_decoder *d, lasp_err *err) {
+    memset(d, 0, sizeof *d);
+    const size_t C = (size_t)m->cfg.d_model, F = (size_t)m->cfg.ffn_dim, H = (size_t)m->cfg.n_heads, D = C / H;
+    d->cfg = &m->cfg, d->lay = &m->lay, d->params = params, d->slopes = m->slopes;
+    d->state = calloc((size_t)m->cfg.n_layers * H * D * D, sizeof(float));
+    d->x = malloc(C * 4), d->xn = malloc(C * 4), d->pre = malloc(4 * C * 4), d->o = malloc(C * 4);
+    d->y = malloc(C * 4), d->h = malloc(2 * F * 4), d->a = malloc(F * 4);
+    d->logits = malloc((size_t)m->cfg.vocab * 4);
+    if (!d->state || !d->x || !d->xn || !d->pre || !d->o || !d->y || !d->h || !d->a || !d->logits) {
+        lasp_decoder_free(d);
+        return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the decoder");
+    }
+    return LASP_OK;
+}
+
+void lasp_decoder_free(lasp_decoder *d) {
+    free(d->state), free(d->x), free(d->xn), free(d->pre), free(d->o), free(d->y), free(d->h), free(d->a);
+    free(d->logits);
+    memset(d, 0, sizeof *d);
+}
+
+/* y[O] = x[K] · W[K,O] for one token */
+static void vm(float *y, const float *x, const float *W, int64_t K, int64_t O) {
+    memset(y, 0, (size_t)O * sizeof *y);
+    for (int64_t i = 0; i < K; i++)
+        for (int64_t o = 0; o < O; o++) y[o] += x[i] * W[i * O + o];
+}
+
+void lasp_decoder_step(lasp_decoder *d, int32_t token) {
+    const int64_t C = d->cfg->d_model, H = d->cfg->n_heads, D = C / H, F = d->cfg->ffn_dim, V = d->cfg->vocab;
+    const lasp_layout *lay = d->lay;
+    const lasp_block_off *bo = &lay->blk;
+    memcpy(d->x, d->params + (int64_t)token * C, (size_t)C * sizeof(float));
+    float rstd;
+    for (int l = 0; l < d->cfg->n_layers; l++) {
+        const float *w = d->params + lay->unit_off[1 + l];
+        rms_fwd(d->xn, &rstd, d->x, w + bo->ln1, 1, C);
+        vm(d->pre, d->xn, w + bo->wqkvu, C, 4 * C);
+        /* S = λ S + kᵀ v, o = q S per head (the state convention of MATH.md §1's recurrent form) */
+        for (int64_t h = 0; h < H; h++) {
+            float *S = d->state + ((int64_t)l * H + h) * D * D;
+            const float lam = expf(-d->slopes[(int64_t)l * H + h]);
+            const float *pq = d->pre + h * D, *pk = d->pre + C + h * D, *pv = d->pre + 2 * C + h * D;
+            for (int64_t i = 0; i < D; i++) {
+                const float k = pk[i] * sigmoidf(pk[i]);
+                for (int64_t j = 0; j < D; j++) S[i * D + j] = lam * S[i * D + j] + k * pv[j];
+            }
+            for (int64_t j = 0; j < D; j++) d->o[h * D + j] = 0;
+            for (int64_t i = 0; i < D; i++) {
+                const float q = pq[i] * sigmoidf(pq[i]);
+                for (int64_t j = 0; j < D; j++) d->o[h * D + j] += q * S[i * D + j];
+            }
+        }
+        rms_fwd(d->y, &rstd, d->o, w + bo->onorm, 1, C);
+        for (int64_t c = 0; c < C; c++) d->y[c] *= sigmoidf(d->pre[3 * C + c]);
+        vm(d->xn, d->y, w + bo->wo, C, C);
+        for (int64_t c = 0; c < C; c++) d->x[c] += d->xn[c];
+        rms_fwd(d->xn, &rstd, d->x, w + bo->ln2, 1, C);
+        vm(d->h, d->xn, w + bo->w12, C, 2 * F);
+        for (int64_t f = 0; f < F; f++) d->a[f] = d->h[f] * d->h[F + f];
+        vm(d->xn, d->a, w + bo->w3, F, C);
+        for (int64_t c = 0; c < C; c++) d->x[c] += d->xn[c];
+    }
+    const float *w = d->params + lay->unit_off[d->cfg->n_layers + 1];
+    rms_fwd(d->xn, &rstd, d->x, w + lay->head_lnf, 1, C);
+    vm(d->logits, d->xn, w + lay->head_w, C, V);
+}

@@ -1,0 +1,331 @@
+/* trainer.c — see trainer.h. */
+#include "train/trainer.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+lasp_train_opts lasp_train_default_opts(void) {
+    lasp_train_opts o = {0};
+    o.batch = 8, o.seq_len = 256, o.steps = 100, o.warmup = 10;
+    o.lr = 3e-3, o.min_lr = 3e-4, o.weight_decay = 0.1, o.beta1 = 0.9, o.beta2 = 0.95, o.eps = 1e-8, o.clip = 1.0;
+    o.zero = 0, o.seed = 1337, o.val_batches = 4;
+    return o;
+}
+
+/* ---- collectives, timed ------------------------------------------------------------------------ */
+
+static lasp_status allreduce(lasp_trainer *t, void *buf, size_t n, lasp_dtype dt) {
+    if (t->W == 1) return LASP_OK;
+    const double t0 = now_ms();
+    lasp_status s = lasp_comm_allreduce(t->world, buf, buf, n, dt, LASP_REDUCE_SUM, &t->ctx->err);
+    t->comm_ms += now_ms() - t0;
+    return s;
+}
+
+/* Unit u of the full layout from every rank's chunk, into dst[unit size]. */
+static lasp_status gather_unit(lasp_trainer *t, int u, const float *shard, float *dst) {
+    const size_t n = t->m.lay.unit_off[u + 1] - t->m.lay.unit_off[u], c = t->chunk[u];
+    if (t->W == 1) {
+        memcpy(dst, shard + t->soff[u], n * sizeof(float));
+        return LASP_OK;
+    }
+    const double t0 = now_ms();
+    lasp_status s = lasp_comm_allgather(t->world, shard + t->soff[u], t->wscratch, c, LASP_F32, &t->ctx->err);
+    t->comm_ms += now_ms() - t0;
+    if (s == LASP_OK && dst != t->wscratch) memcpy(dst, t->wscratch, n * sizeof(float));
+    return s;
+}
+
+/* This rank's chunk of unit u, copied out of a full array (zero padding past the unit's end). */
+static void slice_unit(const lasp_trainer *t, int u, const float *full, float *shard) {
+    const size_t lo = t->m.lay.unit_off[u], hi = t->m.lay.unit_off[u + 1], c = t->chunk[u];
+    const size_t a = lo + (size_t)t->rank * c, b = a + c < hi ? a + c : hi;
+    float *dst = shard + t->soff[u];
+    memset(dst, 0, c * sizeof(float));
+    if (a < b) memcpy(dst, full + a, (b - a) * sizeof(float));
+}
+
+/* ---- the model's access to sharded parameters and gradients ----------------------------------- */
+
+static lasp_status zero_get(void *user, int u, const float **w, lasp_err *err) {
+    (void)err;
+    lasp_trainer *t = user;
+    LASP_TRY(gather_unit(t, u, t->pshard, t->wscratch));
+    *w = t->wscratch;
+    return LASP_OK;
+}
+
+static lasp_status zero_grad(void *user, int u, float **g, lasp_err *err) {
+    (void)err;
+    lasp_trainer *t = user;
+    memset(t->gscratch, 0, (size_t)t->W * t->chunk[u] * sizeof(float));
+    *g = t->gscratch;
+    return LASP_OK;
+}
+
+static lasp_status zero_grad_done(void *user, int u, lasp_err *err) {
+    (void)err;
+    lasp_trainer *t = user;
+    const size_t c = t->chunk[u];
+    if (t->W == 1) {
+        memcpy(t->gshard + t->soff[u], t->gscratch, c * sizeof(float));
+        return LASP_OK;
+    }
+    const double t0 = now_ms();
+    lasp_status s = lasp_comm_reduce_scatter(t->world, t->gscratch, t->gshard + t->soff[u], c, LASP_F32,
+                                             LASP_REDUCE_SUM, &t->ctx->err);
+    t->comm_ms += now_ms() - t0;
+    return s;
+}
+
+/* ---- init / free ------------------------------------------------------------------------------- */
+
+void lasp_trainer_free(lasp_trainer *t) {
+    lasp_model_free(&t->m);
+    free(t->chunk), free(t->soff), free(t->params), free(t->grads), free(t->pshard), free(t->gshard);
+    free(t->mom), free(t->vel), free(t->decay), free(t->wscratch), free(t->gscratch);
+    free(t->tok), free(t->tgt), free(t->mask);
+    memset(t, 0, sizeof *t);
+}
+
+lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const lasp_data *data,
+                              const lasp_train_opts *o) {
+    memset(t, 0, sizeof *t);
+    lasp_err *err = &ctx->err;
+    t->o = *o, t->ctx = ctx, t->sp = sp, t->world = sp->world, t->data = data;
+    t->W = sp->world_size, t->rank = sp->world_rank;
+    if (o->zero < 0 || o->zero > 3)
+        return lasp_fail(err, LASP_ERR_ARG, "--zero %d: the stages are 0 (DDP), 1, 2 and 3", o->zero);
+    if (o->batch < 1 || o->batch % sp->dp_size)
+        return lasp_fail(err, LASP_ERR_ARG,
+                         "--batch %lld is not divisible by dp = %d (world %d / sp %d) (hint: a multiple of %d)",
+                         (long long)o->batch, sp->dp_size, sp->world_size, sp->sp_size, sp->dp_size);
+    if (o->seq_len < 1 || o->seq_len % sp->sp_size)
+        return lasp_fail(err, LASP_ERR_ARG,
+                         "--seq-len %lld is not divisible by --sp %d: every rank holds an equal piece "
+                         "(hint: a multiple of %d)", (long long)o->seq_len, sp->sp_size, sp->sp_size);
+    if (o->steps < 1 || o->warmup < 0 || !(o->lr > 0) || !(o->min_lr >= 0) || !(o->clip >= 0) ||
+        !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) || !(o->weight_decay >= 0))
+        return lasp_fail(err, LASP_ERR_ARG, "optimizer settings out of range (steps %lld, warmup %lld, lr %g, "
+                         "min lr %g, clip %g)", (long long)o->steps, (long long)o->warmup, o->lr, o->min_lr, o->clip);
+    LASP_TRY(lasp_data_check(data, o->seq_len, err));
+    if (data->max_token >= o->model.vocab)
+        return lasp_fail(err, LASP_ERR_ARG, "the data holds token %d but the model's vocab is %d (hint: --vocab %d)",
+                         data->max_token, o->model.vocab, data->max_token + 1);
+    LASP_TRY(lasp_model_create(&o->model, &t->m, err));
+    t->Bl = o->batch / sp->dp_size, t->Tl = o->seq_len / sp->sp_size;
+    lasp_status s = lasp_model_reserve(&t->m, t->Bl, t->Tl, err);
+    if (s != LASP_OK) {
+        lasp_trainer_free(t);
+        return s;
+    }
+
+    const lasp_layout *lay = &t->m.lay;
+    const int U = lay->n_units;
+    t->P = lay->n_params;
+    t->chunk = malloc((size_t)U * sizeof(size_t)), t->soff = malloc((size_t)U * sizeof(size_t));
+    if (!t->chunk || !t->soff) goto nomem;
+    for (int u = 0; u < U; u++) {
+        const size_t n = lay->unit_off[u + 1] - lay->unit_off[u];
+        t->chunk[u] = (n + (size_t)t->W - 1) / (size_t)t->W;
+        t->soff[u] = t->S;
+        t->S += t->chunk[u];
+        if (t->chunk[u] > t->max_chunk) t->max_chunk = t->chunk[u];
+    }
+    const size_t N = (size_t)(t->Bl * t->Tl), scratch = (size_t)t->W * t->max_chunk;
+    const size_t dom = o->zero == 0 ? t->P : t->S;
+    t->tok = malloc(N * sizeof(int32_t)), t->tgt = malloc(N * sizeof(int32_t)), t->mask = malloc(N);
+    t->mom = calloc(dom, sizeof(float)), t->vel = calloc(dom, sizeof(float)), t->decay = calloc(dom, 1);
+    if (!t->tok || !t->tgt || !t->mask || !t->mom || !t->vel || !t->decay) goto nomem;
+    if (o->zero <= 2 && !(t->params = malloc(t->P * sizeof(float)))) goto nomem;
+    if (o->zero <= 1 && !(t->grads = malloc(t->P * sizeof(float)))) goto nomem;
+    if (o->zero >= 1 && (!(t->pshard = calloc(t->S, sizeof(float))) || !(t->gshard = calloc(t->S, sizeof(float)))))
+        goto nomem;
+    if (!(t->wscratch = malloc(scratch * sizeof(float)))) goto nomem;
+    if (o->zero >= 2 && !(t->gscratch = malloc(scratch * sizeof(float)))) goto nomem;
+
+    /* the weight-decay mask over the optimizer's domain */
+    if (o->zero == 0) {
+        for (size_t i = 0; i < t->P; i++) t->decay[i] = (uint8_t)lasp_layout_decays(lay, i);
+    } else {
+        for (int u = 0; u < U; u++) {
+            const size_t a = lay->unit_off[u] + (size_t)t->rank * t->chunk[u];
+            for (size_t j = 0; j < t->chunk[u] && a + j < lay->unit_off[u + 1]; j++)
+                t->decay[t->soff[u] + j] = (uint8_t)lasp_layout_decays(lay, a + j);
+        }
+    }
+
+    t->m.params = t->params, t->m.grads = t->grads;
+    if (o->zero >= 2) {
+        t->m.access.user = t;
+        t->m.access.grad = zero_grad, t->m.access.grad_done = zero_grad_done;
+        if (o->zero == 3) t->m.access.get = zero_get;
+    }
+    lasp_rng_seed(&t->rng, o->seed);
+
+    float *init = o->zero <= 2 ? t->params : malloc(t->P * sizeof(float));
+    if (!init) goto nomem;
+    lasp_model_init_params(&o->model, lay, o->seed, init);
+    if (o->zero >= 1)
+        for (int u = 0; u < U; u++) slice_unit(t, u, init, t->pshard);
+    if (init != t->params) free(init);
+    return LASP_OK;
+nomem:
+    lasp_trainer_free(t);
+    return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the trainer (hint: a higher --zero stage shards it)");
+}
+
+/* ---- schedule, step ---------------------------------------------------------------------------- */
+
+double lasp_trainer_lr(const lasp_train_opts *o, int64_t step) {
+    if (step < o->warmup) return o->lr * (double)(step + 1) / (double)o->warmup;
+    const int64_t span = o->steps - o->warmup;
+    if (span <= 1) return o->lr;
+    double f = (double)(step - o->warmup) / (double)(span - 1);
+    if (f > 1) f = 1;
+    return o->min_lr + 0.5 * (o->lr - o->min_lr) * (1 + cos(M_PI * f));
+}
+
+/* Forward + backward of the training batch at the cursor; gradients reduced over the world. */
+static lasp_status forward_backward(lasp_trainer *t, double out[3]) {
+    lasp_err *err = &t->ctx->err;
+    const lasp_sp *sp = t->sp;
+    LASP_TRY(lasp_data_batch(t->data, LASP_SPLIT_TRAIN, t->cursor, t->o.batch, t->o.seq_len, sp->dp_rank,
+                             sp->dp_size, sp->sp_rank, sp->sp_size, t->tok, t->tgt, t->mask, err));
+    if (t->grads) memset(t->grads, 0, t->P * sizeof(float));
+    double loss;
+    int64_t correct, count;
+    LASP_TRY(lasp_model_forward(&t->m, t->ctx, t->sp, t->tok, t->tgt, t->mask, 1.0f / (float)t->W, &loss, &correct,
+                                &count));
+    LASP_TRY(lasp_model_backward(&t->m, t->ctx, t->sp, t->tok));
+    if (t->o.zero <= 1) LASP_TRY(allreduce(t, t->grads, t->P, LASP_F32));
+    if (t->o.zero == 1)
+        for (int u = 0; u < t->m.lay.n_units; u++) slice_unit(t, u, t->grads, t->gshard);
+    out[0] = loss, out[1] = (double)correct, out[2] = (double)count;
+    return allreduce(t, out, 3, LASP_F64);
+}
+
+lasp_status lasp_trainer_step(lasp_trainer *t, lasp_step_stats *st) {
+    const double t0 = now_ms();
+    t->comm_ms = 0;
+    double red[3];
+    LASP_TRY(forward_backward(t, red));
+
+    /* the optimizer's domain: everything (stage 0) or this rank's shard */
+    const int z = t->o.zero;
+    const size_t n = z == 0 ? t->P : t->S;
+    float *p = z == 0 ? t->params : t->pshard, *g = z == 0 ? t->grads : t->gshard;
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    if (z >= 1) LASP_TRY(allreduce(t, &ss, 1, LASP_F64));
+    const double norm = sqrt(ss);
+    if (!isfinite(norm))
+        return lasp_fail(&t->ctx->err, LASP_ERR_NONFINITE, "gradient norm is %g at step %lld (hint: lower --lr)", norm,
+                         (long long)t->step + 1);
+    const float clip = t->o.clip > 0 && norm > t->o.clip ? (float)(t->o.clip / norm) : 1.0f;
+
+    /* AdamW (decoupled weight decay), bias-corrected */
+    const double lr = lasp_trainer_lr(&t->o, t->step);
+    const float b1 = (float)t->o.beta1, b2 = (float)t->o.beta2, eps = (float)t->o.eps;
+    const float bc1 = (float)(1 - pow(t->o.beta1, (double)(t->step + 1)));
+    const float bc2 = (float)(1 - pow(t->o.beta2, (double)(t->step + 1)));
+    const float flr = (float)lr, wd = (float)t->o.weight_decay;
+    for (size_t i = 0; i < n; i++) {
+        const float gi = g[i] * clip;
+        const float mi = b1 * t->mom[i] + (1 - b1) * gi, vi = b2 * t->vel[i] + (1 - b2) * gi * gi;
+        t->mom[i] = mi, t->vel[i] = vi;
+        const float upd = (mi / bc1) / (sqrtf(vi / bc2) + eps) + (t->decay[i] ? wd * p[i] : 0.0f);
+        p[i] -= flr * upd;
+    }
+    if (z == 1 || z == 2)
+        for (int u = 0; u < t->m.lay.n_units; u++)
+            LASP_TRY(gather_unit(t, u, t->pshard, t->params + t->m.lay.unit_off[u]));
+
+    t->step++;
+    t->cursor += (uint64_t)t->o.batch;
+    if (st) {
+        st->loss = red[0] / t->W;
+        st->acc = red[2] > 0 ? red[1] / red[2] : 0;
+        st->grad_norm = norm, st->lr = lr;
+        st->ms = now_ms() - t0, st->comm_ms = t->comm_ms;
+    }
+    return LASP_OK;
+}
+
+lasp_status lasp_trainer_eval(lasp_trainer *t, double *loss, double *acc) {
+    lasp_err *err = &t->ctx->err;
+    const lasp_sp *sp = t->sp;
+    const int split = t->data->kind != LASP_DATA_RECALL && t->data->n_train == t->data->n_tokens ? LASP_SPLIT_TRAIN
+                                                                                                : LASP_SPLIT_VAL;
+    double red[3] = {0, 0, 0};
+    for (int64_t k = 0; k < t->o.val_batches; k++) {
+        LASP_TRY(lasp_data_batch(t->data, split, (uint64_t)(k * t->o.batch), t->o.batch, t->o.seq_len, sp->dp_rank,
+                                 sp->dp_size, sp->sp_rank, sp->sp_size, t->tok, t->tgt, t->mask, err));
+        double l;
+        int64_t c, n;
+        LASP_TRY(lasp_model_forward(&t->m, t->ctx, t->sp, t->tok, t->tgt, t->mask, 0, &l, &c, &n));
+        red[0] += l, red[1] += (double)c, red[2] += (double)n;
+    }
+    LASP_TRY(allreduce(t, red, 3, LASP_F64));
+    *loss = t->o.val_batches ? red[0] / ((double)t->W * (double)t->o.val_batches) : 0;
+    *acc = red[2] > 0 ? red[1] / red[2] : 0;
+    return LASP_OK;
+}
+
+lasp_status lasp_trainer_grad(lasp_trainer *t, double *loss, float *grad_out) {
+    double red[3];
+    LASP_TRY(forward_backward(t, red));
+    *loss = red[0] / t->W;
+    if (t->o.zero <= 1) {
+        memcpy(grad_out, t->grads, t->P * sizeof(float));
+        return LASP_OK;
+    }
+    for (int u = 0; u < t->m.lay.n_units; u++)
+        LASP_TRY(gather_unit(t, u, t->gshard, grad_out + t->m.lay.unit_off[u]));
+    return LASP_OK;
+}
+
+/* Full arrays of the optimizer's domain (params, moments) from shards, on every rank. */
+static lasp_status gather_full(lasp_trainer *t, const float *dom, float *full) {
+    if (t->o.zero == 0) {
+        memcpy(full, dom, t->P * sizeof(float));
+        return LASP_OK;
+    }
+    for (int u = 0; u < t->m.lay.n_units; u++)
+        LASP_TRY(gather_unit(t, u, dom, full + t->m.lay.unit_off[u]));
+    return LASP_OK;
+}
+
+lasp_status lasp_trainer_gather(lasp_trainer *t, float *params, float *mom, float *vel) {
+    if (params) {
+        if (t->params) memcpy(params, t->params, t->P * sizeof(float));
+        else LASP_TRY(gather_full(t, t->pshard, params));
+    }
+    if (mom) LASP_TRY(gather_full(t, t->mom, mom));
+    if (vel) LASP_TRY(gather_full(t, t->vel, vel));
+    return LASP_OK;
+}
+
+lasp_status lasp_trainer_scatter(lasp_trainer *t, const float *params, const float *mom, const float *vel) {
+    const int z = t->o.zero, U = t->m.lay.n_units;
+    if (t->params) memcpy(t->params, params, t->P * sizeof(float));
+    const float *src[3] = {params, mom, vel};
+    float *dst[3] = {t->pshard, t->mom, t->vel};
+    for (int k = 0; k < 3; k++) {
+        if (!dst[k]) continue;
+        const size_t n = z == 0 ? t->P : t->S;
+        if (!src[k]) memset(dst[k], 0, n * sizeof(float));
+        else if (z == 0) memcpy(dst[k], src[k], n * sizeof(float));
+        else
+            for (int u = 0; u < U; u++) slice_unit(t, u, src[k], dst[k]);
+    }
+    return LASP_OK;
+}

@@ -1,0 +1,153 @@
+/* test_model.c — the model's hand-written backward against central finite differences (tiny preset),
+ * the recurrent decoder against the chunked forward, and the BLAS products against the plain loops. */
+#include <math.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "model/model.h"
+#include "test.h"
+
+static lasp_rng rng;
+static lasp_ctx *ctx;
+
+enum { B = 2, T = 24 };
+
+static double loss_of(lasp_model *m, const int32_t *tok, const int32_t *tgt) {
+    double loss = 0;
+    lasp_status s = lasp_model_forward(m, ctx, NULL, tok, tgt, NULL, 0, &loss, NULL, NULL);
+    CHECK(s == LASP_OK, "forward: %s", lasp_ctx_error(ctx));
+    return loss;
+}
+
+/* Sampled parameters of every tensor: analytic gradient vs (L(p+ε) − L(p−ε)) / 2ε. The forward is
+ * fp32, so the difference quotient carries ~1e-7·|L|/ε of rounding noise: weights are drawn larger
+ * than at init (gradients of O(1e-2..1)), ε = 1e-2 in a function that is smooth at that scale, and
+ * the metric is the relative error over all sampled entries together. */
+static void test_fd(int no_blas) {
+    lasp_model_config c;
+    lasp_err err = {0};
+    CHECK(lasp_model_preset("tiny", 64, &c, &err) == LASP_OK, "%s", err.msg);
+    lasp_model m;
+    CHECK(lasp_model_create(&c, &m, &err) == LASP_OK, "%s", err.msg);
+    CHECK(lasp_model_reserve(&m, B, T, &err) == LASP_OK, "%s", err.msg);
+    m.no_blas = no_blas;
+    const size_t P = m.lay.n_params;
+    m.params = malloc(P * sizeof(float)), m.grads = calloc(P, sizeof(float));
+    lasp_model_init_params(&c, &m.lay, lasp_rng_u64(&rng), m.params);
+    for (size_t i = 0; i < P; i++)
+        if (lasp_layout_decays(&m.lay, i)) m.params[i] *= 10.0f;  /* weights of std 0.2 */
+        else m.params[i] += 0.3f * (float)lasp_rng_normal(&rng);   /* gains away from 1 */
+    int32_t tok[B * T], tgt[B * T];
+    for (int i = 0; i < B * T; i++) tok[i] = (int32_t)lasp_rng_below(&rng, 64), tgt[i] = (int32_t)lasp_rng_below(&rng, 64);
+
+    double loss;
+    CHECK(lasp_model_forward(&m, ctx, NULL, tok, tgt, NULL, 1.0f, &loss, NULL, NULL) == LASP_OK, "%s",
+          lasp_ctx_error(ctx));
+    CHECK(lasp_model_backward(&m, ctx, NULL, tok) == LASP_OK, "%s", lasp_ctx_error(ctx));
+
+    /* 12 entries from each tensor: embedding, every tensor of every block, final gain, head */
+    const lasp_block_off *b = &m.lay.blk;
+    size_t ranges[64][2];
+    const char *names[64];
+    int nr = 0;
+    ranges[nr][0] = 0, ranges[nr][1] = m.lay.unit_off[1], names[nr++] = "wte";
+    for (int l = 0; l < c.n_layers; l++) {
+        const size_t o = m.lay.unit_off[1 + l];
+        const size_t cuts[] = {b->ln1, b->wqkvu, b->onorm, b->wo, b->ln2, b->w12, b->w3, b->size};
+        static const char *nm[] = {"ln1", "wqkvu", "onorm", "wo", "ln2", "w12", "w3"};
+        for (int i = 0; i < 7; i++) ranges[nr][0] = o + cuts[i], ranges[nr][1] = o + cuts[i + 1], names[nr++] = nm[i];
+    }
+    const size_t oh = m.lay.unit_off[c.n_layers + 1];
+    ranges[nr][0] = oh, ranges[nr][1] = oh + m.lay.head_w, names[nr++] = "lnf";
+    ranges[nr][0] = oh + m.lay.head_w, ranges[nr][1] = P, names[nr++] = "head";
+
+    const float eps = 1e-2f;
+    double num = 0, den = 0, worst_t = 0;
+    const char *worst_name = "";
+    for (int r = 0; r < nr; r++) {
+        double tn = 0, td = 0;
+        for (int s = 0; s < 12; s++) {
+            size_t i = ranges[r][0] + (size_t)lasp_rng_below(&rng, ranges[r][1] - ranges[r][0]);
+            if (r == 0) i = (size_t)tok[s] * (size_t)c.d_model + (size_t)lasp_rng_below(&rng, (uint64_t)c.d_model);
+            const float p0 = m.params[i];
+            m.params[i] = p0 + eps;
+            const double lp = loss_of(&m, tok, tgt);
+            m.params[i] = p0 - eps;
+            const double lm = loss_of(&m, tok, tgt);
+            m.params[i] = p0;
+            const double fd = (lp - lm) / (2.0 * eps), an = m.grads[i];
+            tn += (fd - an) * (fd - an), td += an * an;
+        }
+        num += tn, den += td;
+        const double te = sqrt(tn / (td + 1e-30));
+        if (te > worst_t) worst_t = te, worst_name = names[r];
+    }
+    const double rel = sqrt(num / den);
+    printf("# finite differences (%s): relative error %.2e over all tensors, worst tensor %s %.2e\n",
+           no_blas ? "loops" : "BLAS", rel, worst_name, worst_t);
+    CHECK(rel < 1e-2, "gradient relative error %.3e ≥ 1e-2", rel);
+    CHECK(worst_t < 5e-2, "tensor %s: gradient relative error %.3e ≥ 5e-2", worst_name, worst_t);
+    free(m.params), free(m.grads);
+    lasp_model_free(&m);
+    test_case("model gradients match central finite differences (tiny, %s)", no_blas ? "plain loops" : "BLAS");
+}
+
+/* The recurrent decoder feeds tokens one at a time; its logits must equal the chunked forward's. */
+static void test_decoder(void) {
+    lasp_model_config c;
+    lasp_err err = {0};
+    CHECK(lasp_model_preset("tiny", 256, &c, &err) == LASP_OK, "%s", err.msg);
+    lasp_model m;
+    CHECK(lasp_model_create(&c, &m, &err) == LASP_OK, "%s", err.msg);
+    enum { TT = 150 };  /* more than two blocks of the chunked op */
+    CHECK(lasp_model_reserve(&m, 1, TT, &err) == LASP_OK, "%s", err.msg);
+    m.params = malloc(m.lay.n_params * sizeof(float));
+    lasp_model_init_params(&c, &m.lay, lasp_rng_u64(&rng), m.params);
+    for (size_t i = 0; i < m.lay.n_params; i++)
+        if (lasp_layout_decays(&m.lay, i)) m.params[i] *= 5.0f;
+    int32_t tok[TT];
+    for (int i = 0; i < TT; i++) tok[i] = (int32_t)lasp_rng_below(&rng, 256);
+    CHECK(lasp_model_forward(&m, ctx, NULL, tok, NULL, NULL, 0, NULL, NULL, NULL) == LASP_OK, "%s",
+          lasp_ctx_error(ctx));
+    lasp_decoder d;
+    CHECK(lasp_decoder_create(&m, m.params, &d, &err) == LASP_OK, "%s", err.msg);
+    double num = 0, den = 0;
+    for (int t = 0; t < TT; t++) {
+        lasp_decoder_step(&d, tok[t]);
+        for (int v = 0; v < 256; v++) {
+            const double r = m.logits[t * 256 + v], x = d.logits[v];
+            num += (x - r) * (x - r), den += r * r;
+        }
+    }
+    const double rel = sqrt(num / den);
+    printf("# recurrent vs chunked logits over %d tokens: relative error %.2e\n", TT, rel);
+    CHECK(rel < 1e-4, "recurrent decoder differs from the forward: %.3e", rel);
+    lasp_decoder_free(&d);
+    free(m.params);
+    lasp_model_free(&m);
+    test_case("recurrent decoding equals the chunked forward");
+}
+
+static void test_bad(void) {
+    lasp_model_config c;
+    lasp_err err = {0};
+    CHECK(lasp_model_preset("huge", 256, &c, &err) == LASP_ERR_ARG, "unknown preset accepted");
+    CHECK(strstr(err.msg, "tiny") != NULL, "no hint in '%s'", err.msg);
+    c = (lasp_model_config){256, 48, 2, 2, 64};  /* head dim 24 */
+    CHECK(lasp_model_config_check(&c, &err) == LASP_ERR_UNSUPPORTED, "head dim 24 accepted");
+    test_case("bad model configs are refused with a hint");
+}
+
+int main(void) {
+    lasp_rng_seed(&rng, test_seed());
+    lasp_ctx_params p = lasp_ctx_default_params();
+    if (lasp_ctx_create(&p, &ctx) != LASP_OK) return 1;
+    test_fd(0);
+#ifdef LASP_HAVE_BLAS
+    test_fd(1);
+#endif
+    test_decoder();
+    test_bad();
+    lasp_ctx_free(ctx);
+    return test_exit();
+}

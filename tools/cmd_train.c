@@ -1,0 +1,320 @@
+/* cmd_train.c — `lasp train`: trains the model on the built-in recall task or a token file, on one
+ * process or under mpirun with dp × sp ranks. Rank 0 prints the configuration, one line per step,
+ * validation and progress, and writes DIR/train.jsonl; checkpoints go to --ckpt DIR.
+ * Everything that can be refused (options, data, checkpoint, layout) is checked before any file is
+ * written, so a bad invocation leaves the run and checkpoint directories as they were. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "comm/comm.h"
+#include "opts.h"
+#include "sp/sp.h"
+#include "train/ckpt.h"
+#include "train/trainer.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void fmt_dur(char *b, size_t n, double s) {
+    if (s < 60) snprintf(b, n, "%.0fs", s);
+    else if (s < 3600) snprintf(b, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else snprintf(b, n, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
+}
+
+static void fmt_rate(char *b, size_t n, double x) {
+    if (x >= 1e6) snprintf(b, n, "%.2fM", x / 1e6);
+    else if (x >= 1e3) snprintf(b, n, "%.1fk", x / 1e3);
+    else snprintf(b, n, "%.0f", x);
+}
+
+static lasp_status mkdir_p(const char *dir, lasp_err *err) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *s = p + 1;; s++) {
+        const char c = *s;
+        if (c == '/' || c == 0) {
+            *s = 0;
+            if (mkdir(p, 0777) != 0 && errno != EEXIST)
+                return lasp_fail(err, LASP_ERR_IO, "cannot create directory %s: %s", p, strerror(errno));
+            *s = c;
+        }
+        if (!c) break;
+    }
+    return LASP_OK;
+}
+
+/* Status of rank 0's file work, shared so that every rank stops together. */
+static lasp_status agree(lasp_comm *w, lasp_status s, lasp_err *err) {
+    double x = s, y = 0;
+    lasp_err e2 = {0};
+    if (lasp_comm_allreduce(w, &x, &y, 1, LASP_F64, LASP_REDUCE_MAX, &e2) != LASP_OK) return LASP_ERR_COMM;
+    if (s == LASP_OK && y != 0) return lasp_fail(err, (lasp_status)y, "another rank failed (see its message)");
+    return s;
+}
+
+typedef struct train_args {
+    const char *model, *data, *ckpt, *out, *sp_mode;
+    long long vocab, recall_pairs, batch, seq_len, steps, warmup, sp, zero, seed, val_every, val_batches, ckpt_every;
+    long long threads, stop_after;
+    double lr, min_lr, wd, clip, val_frac;
+    int resume, quiet;
+} train_args;
+
+static int save_ckpt(lasp_trainer *t, const train_args *a, const lasp_data *d, lasp_comm *w, int rank) {
+    lasp_err *err = &t->ctx->err;
+    float *p = malloc(t->P * 4), *m = malloc(t->P * 4), *v = malloc(t->P * 4);
+    lasp_status s = (!p || !m || !v) ? lasp_fail(err, LASP_ERR_NOMEM, "no memory to gather a checkpoint")
+                                     : LASP_OK;
+    s = agree(w, s, err);
+    if (s == LASP_OK) s = lasp_trainer_gather(t, p, m, v);
+    if (s == LASP_OK && rank == 0) {
+        lasp_ckpt_meta meta = {.model = t->o.model, .step = t->step, .cursor = t->cursor, .seed = t->o.seed,
+                               .rng = t->rng, .data_kind = d->kind, .n_pairs = d->n_pairs, .batch = t->o.batch,
+                               .seq_len = t->o.seq_len, .dp = t->sp->dp_size, .sp = t->sp->sp_size,
+                               .zero = t->o.zero, .n_params = t->P};
+        s = lasp_ckpt_save(a->ckpt, &meta, p, m, v, err);
+    }
+    s = agree(w, s, err);
+    free(p), free(m), free(v);
+    return s;
+}
+
+int cmd_train(int argc, char **argv) {
+    train_args a = {.model = "small", .sp_mode = "chain", .out = "runs/train", .recall_pairs = 8, .batch = 8,
+                    .seq_len = 256, .steps = 200, .warmup = 20, .sp = 1, .seed = 1337, .val_every = 50,
+                    .val_batches = 4, .lr = 3e-3, .min_lr = 3e-4, .wd = 0.1, .clip = 1.0, .val_frac = 0.1};
+    const opt opts[] = {
+        {"--model", OPT_STR, &a.model, "NAME", "preset: tiny, small, 400m, 1b", 0},
+        {"--data", OPT_STR, &a.data, "FILE", "text file (bytes) or llm.c token shard; default: the built-in recall task", 0},
+        {"--vocab", OPT_INT, &a.vocab, "N", "vocabulary size (0 = 256 for text and recall, 50304 for shards)", 0},
+        {"--val-frac", OPT_DOUBLE, &a.val_frac, "F", "fraction of a data file held out for validation", 0},
+        {"--recall-pairs", OPT_INT, &a.recall_pairs, "N", "key-value pairs per sample of the recall task", 0},
+        {"--batch", OPT_INT, &a.batch, "N", "sequences per step, over all dp ranks", 0},
+        {"--seq-len", OPT_INT, &a.seq_len, "N", "tokens per sequence, over all sp ranks", 0},
+        {"--steps", OPT_INT, &a.steps, "N", "optimizer steps", 0},
+        {"--warmup", OPT_INT, &a.warmup, "N", "linear warm-up steps, then cosine decay to --min-lr", 0},
+        {"--lr", OPT_DOUBLE, &a.lr, "X", "peak learning rate (AdamW, betas 0.9/0.95)", 0},
+        {"--min-lr", OPT_DOUBLE, &a.min_lr, "X", "learning rate at the end of the cosine", 0},
+        {"--wd", OPT_DOUBLE, &a.wd, "X", "weight decay (matrices and embedding)", 0},
+        {"--clip", OPT_DOUBLE, &a.clip, "X", "clip the global gradient norm to X (0 = off)", 0},
+        {"--sp", OPT_INT, &a.sp, "N", "sequence-parallel ranks per sequence; dp = world / sp", 0},
+        {"--sp-mode", OPT_STR, &a.sp_mode, "MODE", "chain (LASP) or lasp2 (all-gather)", 0},
+        {"--zero", OPT_INT, &a.zero, "N", "0 DDP, 1 sharded optimizer, 2 + sharded gradients, 3 + sharded params", 0},
+        {"--seed", OPT_INT, &a.seed, "N", "seed of data, initialisation and everything random", 0},
+        {"--val-every", OPT_INT, &a.val_every, "N", "validation (loss, recall accuracy) every N steps", 0},
+        {"--val-batches", OPT_INT, &a.val_batches, "N", "batches per validation", 0},
+        {"--ckpt", OPT_STR, &a.ckpt, "DIR", "write checkpoints to DIR (at the end and every --ckpt-every)", 0},
+        {"--ckpt-every", OPT_INT, &a.ckpt_every, "N", "checkpoint every N steps (0 = only at the end)", 0},
+        {"--resume", OPT_FLAG, &a.resume, NULL, "continue from the checkpoint in --ckpt DIR", 0},
+        {"--out", OPT_STR, &a.out, "DIR", "run directory for the log train.jsonl", 0},
+        {"--threads", OPT_INT, &a.threads, "N", "CPU threads per rank (0 = OpenMP's default)", 0},
+        {"--stop-after", OPT_INT, &a.stop_after, "N", "stop after N steps of this invocation (as if interrupted)", 0},
+        {"--quiet", OPT_FLAG, &a.quiet, NULL, "only the summary and errors", 0},
+    };
+    const cmd_spec spec = {
+        "lasp train [--model tiny|small|400m|1b] [--data FILE] [--sp N] [--zero N] [--steps N] [--ckpt DIR] ...",
+        "Trains the TransNormerLLM-style linear-attention model (docs/MODEL.md). Without --data it learns the\n"
+        "built-in multi-query associative recall task, generated from --seed: no download needed. Under\n"
+        "`mpirun -np W` the world is dp × sp ranks (dp = W / --sp); each sp group splits every sequence\n"
+        "into pieces (LASP), and gradients are reduced over the whole world.",
+        "mpirun -np 2 lasp train --model small --sp 2 --steps 300 --ckpt runs/demo/ckpt", opts, N_OPTS(opts)};
+    int r = opts_parse(&spec, argc, argv);
+    if (r) return r > 0 ? 0 : 2;
+
+    lasp_err err = {0};
+    lasp_comm *world = NULL;
+    if (lasp_comm_world(LASP_COMM_MPI, &argc, &argv, &world, &err) != LASP_OK) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        return 1;
+    }
+    const int rank = lasp_comm_rank(world), W = lasp_comm_size(world);
+    int rc = 1;
+    lasp_ctx *ctx = NULL;
+    lasp_sp sp = {0};
+    lasp_data data = {0};
+    lasp_trainer t = {0};
+    int have_sp = 0, have_t = 0;
+    FILE *log = NULL;
+    float *cp = NULL, *cm = NULL, *cv = NULL;
+    lasp_ctx_params cpar = lasp_ctx_default_params();
+    cpar.n_threads = (int)a.threads;
+    if (lasp_ctx_create(&cpar, &ctx) != LASP_OK) goto done;
+    lasp_err *e = &ctx->err;
+#define BAIL(...)                                       \
+    do {                                                \
+        if (rank == 0) fprintf(stderr, "error: " __VA_ARGS__); \
+        goto done;                                      \
+    } while (0)
+
+    if (a.sp < 1 || W % a.sp) BAIL("--sp %lld does not divide the %d ranks of the world (hint: mpirun -np a multiple of --sp)\n", a.sp, W);
+    lasp_sp_mode mode = !strcmp(a.sp_mode, "chain") ? LASP_SP_CHAIN : !strcmp(a.sp_mode, "lasp2") ? LASP_SP_LASP2 : -1;
+    if ((int)mode < 0) BAIL("--sp-mode '%s' is not known (hint: chain or lasp2)\n", a.sp_mode);
+    if (a.resume && !a.ckpt) BAIL("--resume needs --ckpt DIR (the directory of the checkpoint to continue)\n");
+    if (a.steps < 1 || a.val_every < 0 || a.val_batches < 0 || a.ckpt_every < 0 || a.vocab < 0 || a.seed < 0)
+        BAIL("--steps must be ≥ 1; --val-every, --val-batches, --ckpt-every, --vocab, --seed ≥ 0\n");
+    if (lasp_sp_init(world, (int)a.sp, mode, &sp, e) != LASP_OK) BAIL("%s\n", e->msg);
+    have_sp = 1;
+
+    /* data and model */
+    lasp_status s = a.data ? lasp_data_open(a.data, a.val_frac, &data, e)
+                           : lasp_data_recall((uint64_t)a.seed, (int32_t)a.recall_pairs, &data, e);
+    if (s != LASP_OK) BAIL("%s\n", e->msg);
+    const int32_t vocab = a.vocab ? (int32_t)a.vocab : data.kind == LASP_DATA_SHARD ? 50304 : 256;
+    lasp_train_opts o = lasp_train_default_opts();
+    if (lasp_model_preset(a.model, vocab, &o.model, e) != LASP_OK) BAIL("%s\n", e->msg);
+    o.batch = a.batch, o.seq_len = a.seq_len, o.steps = a.steps, o.warmup = a.warmup, o.lr = a.lr;
+    o.min_lr = a.min_lr, o.weight_decay = a.wd, o.clip = a.clip, o.zero = (int)a.zero, o.seed = (uint64_t)a.seed;
+    o.val_batches = a.val_batches;
+
+    /* the checkpoint to resume, validated against what was asked */
+    lasp_ckpt_meta meta = {0};
+    if (a.resume) {
+        if (lasp_ckpt_load(a.ckpt, &meta, &cp, &cm, &cv, e) != LASP_OK) BAIL("%s\n", e->msg);
+        const lasp_model_config *c = &meta.model;
+        if (memcmp(c, &o.model, sizeof *c))
+            BAIL("checkpoint %s holds another model (d_model %d, layers %d, heads %d, ffn %d, vocab %d) than "
+                 "--model %s asks for (d_model %d, layers %d, heads %d, ffn %d, vocab %d) (hint: pass the --model "
+                 "and --vocab it was trained with)\n", a.ckpt, c->d_model, c->n_layers, c->n_heads, c->ffn_dim,
+                 c->vocab, a.model, o.model.d_model, o.model.n_layers, o.model.n_heads, o.model.ffn_dim,
+                 o.model.vocab);
+        if (meta.data_kind != (int32_t)data.kind || (data.kind == LASP_DATA_RECALL && meta.n_pairs != data.n_pairs))
+            BAIL("checkpoint %s was trained on %s data%s, this run reads %s (hint: the same --data / --recall-pairs)\n",
+                 a.ckpt, lasp_data_kind_name((lasp_data_kind)meta.data_kind),
+                 meta.data_kind == LASP_DATA_RECALL ? " (recall task)" : "", lasp_data_kind_name(data.kind));
+        if (meta.step >= a.steps) {
+            if (rank == 0) printf("# checkpoint %s is at step %lld of --steps %lld: nothing to do\n", a.ckpt,
+                                  (long long)meta.step, a.steps);
+            rc = 0;
+            goto done;
+        }
+    }
+    if (lasp_trainer_init(&t, ctx, &sp, &data, &o) != LASP_OK) BAIL("%s\n", e->msg);
+    have_t = 1;
+    if (a.resume) {
+        lasp_trainer_scatter(&t, cp, cm, cv);
+        t.step = meta.step, t.cursor = meta.cursor, t.rng = meta.rng;
+    }
+
+    /* from here on files are written */
+    s = LASP_OK;
+    if (rank == 0) {
+        s = mkdir_p(a.out, e);
+        if (s == LASP_OK) {
+            char path[4200];
+            snprintf(path, sizeof path, "%s/train.jsonl", a.out);
+            if (!(log = fopen(path, a.resume ? "a" : "w")))
+                s = lasp_fail(e, LASP_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+        }
+    }
+    if (agree(world, s, e) != LASP_OK) BAIL("%s\n", e->msg);
+
+    const double tokens_per_step = (double)o.batch * (double)o.seq_len;
+    if (rank == 0 && !a.quiet) {
+        printf("# lasp train\n");
+        printf("#   %-14s %s (d_model %d, layers %d, heads %d × %d, ffn %d, vocab %d): %.2fM parameters\n", "model",
+               a.model, o.model.d_model, o.model.n_layers, o.model.n_heads, o.model.d_model / o.model.n_heads,
+               o.model.ffn_dim, o.model.vocab, t.P / 1e6);
+        if (data.kind == LASP_DATA_RECALL)
+            printf("#   %-14s recall task: %d key-value pairs, then questions (chance accuracy 1/%d)\n", "data",
+                   data.n_pairs, LASP_RECALL_N_VALUES);
+        else
+            printf("#   %-14s %s (%s): %zu tokens, %zu train / %zu validation\n", "data", a.data,
+                   lasp_data_kind_name(data.kind), data.n_tokens, data.n_train, data.n_tokens - data.n_train);
+        printf("#   %-14s world %d = dp %d × sp %d (%s), ZeRO-%d\n", "parallelism", W, sp.dp_size, sp.sp_size,
+               a.sp_mode, o.zero);
+        printf("#   %-14s batch %lld × seq %lld = %.0f tokens/step; each rank: %lld × %lld\n", "batch",
+               (long long)o.batch, (long long)o.seq_len, tokens_per_step, (long long)t.Bl, (long long)t.Tl);
+        printf("#   %-14s AdamW lr %.1e → %.1e (warmup %lld, cosine), betas %.2f/%.2f, wd %.2f, clip %.2f\n",
+               "optimizer", o.lr, o.min_lr, (long long)o.warmup, o.beta1, o.beta2, o.weight_decay, o.clip);
+        printf("#   %-14s %lld%s, seed %lld\n", "steps", (long long)o.steps,
+               a.resume ? " (resumed)" : "", a.seed);
+        if (a.resume) printf("#   %-14s resumed from %s at step %lld\n", "checkpoint", a.ckpt, (long long)meta.step);
+        else if (a.ckpt) printf("#   %-14s %s/%s\n", "checkpoint", a.ckpt, LASP_CKPT_FILE);
+        printf("#   %-14s %s/train.jsonl\n", "log", a.out);
+        fflush(stdout);
+    }
+    if (log && !a.resume)
+        fprintf(log, "{\"config\":{\"model\":\"%s\",\"d_model\":%d,\"layers\":%d,\"heads\":%d,\"ffn\":%d,\"vocab\":%d,"
+                     "\"params\":%zu,\"data\":\"%s\",\"world\":%d,\"dp\":%d,\"sp\":%d,\"zero\":%d,\"batch\":%lld,"
+                     "\"seq_len\":%lld,\"steps\":%lld,\"lr\":%g,\"seed\":%lld}}\n",
+                a.model, o.model.d_model, o.model.n_layers, o.model.n_heads, o.model.ffn_dim, o.model.vocab, t.P,
+                a.data ? a.data : "recall", W, sp.dp_size, sp.sp_size, o.zero, (long long)o.batch,
+                (long long)o.seq_len, (long long)o.steps, o.lr, a.seed);
+
+    const double t_start = now_s();
+    const int64_t first = t.step;
+    double vloss = 0, vacc = 0, last_loss = 0;
+    while (t.step < o.steps && !(a.stop_after && t.step - first >= a.stop_after)) {
+        lasp_step_stats st;
+        if (lasp_trainer_step(&t, &st) != LASP_OK) BAIL("step %lld: %s\n", (long long)t.step + 1, e->msg);
+        last_loss = st.loss;
+        if (rank == 0) {
+            char rate[32];
+            fmt_rate(rate, sizeof rate, tokens_per_step / (st.ms / 1e3));
+            if (!a.quiet)
+                printf("step %lld/%lld | loss %.4f | lr %.1e | norm %.2f | %.0f ms | %s tok/s | comm %.0f%%\n",
+                       (long long)t.step, (long long)o.steps, st.loss, st.lr, st.grad_norm, st.ms, rate,
+                       100.0 * st.comm_ms / st.ms);
+            if (log)
+                fprintf(log, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.6e,\"norm\":%.6f,\"ms\":%.3f,\"tok_s\":%.1f,"
+                             "\"comm_ms\":%.3f,\"train_acc\":%.6f}\n",
+                        (long long)t.step, st.loss, st.lr, st.grad_norm, st.ms, tokens_per_step / (st.ms / 1e3),
+                        st.comm_ms, st.acc);
+        }
+        const int last = t.step == o.steps || (a.stop_after && t.step - first >= a.stop_after);
+        if ((a.val_every && t.step % a.val_every == 0) || last) {
+            if (a.val_batches && lasp_trainer_eval(&t, &vloss, &vacc) != LASP_OK) BAIL("validation: %s\n", e->msg);
+            if (rank == 0) {
+                const double el = now_s() - t_start, f = (double)(t.step - first) / (double)(o.steps - first);
+                char els[32], eta[32], bar[32];
+                fmt_dur(els, sizeof els, el), fmt_dur(eta, sizeof eta, f > 0 ? el / f - el : 0);
+                const int fill = (int)(f * 20 + 0.5);
+                for (int i = 0; i < 20; i++) bar[i] = i < fill ? '#' : '.';
+                bar[20] = 0;
+                if (!a.quiet && a.val_batches) {
+                    if (data.kind == LASP_DATA_RECALL)
+                        printf("val  step %lld | loss %.4f | recall accuracy %.1f%%\n", (long long)t.step, vloss,
+                               100 * vacc);
+                    else
+                        printf("val  step %lld | loss %.4f\n", (long long)t.step, vloss);
+                }
+                if (!a.quiet) printf("progress [%s] %3.0f%% | elapsed %s | eta %s\n", bar, 100 * f, els, eta);
+                if (log && a.val_batches)
+                    fprintf(log, "{\"step\":%lld,\"val_loss\":%.6f,\"val_acc\":%.6f}\n", (long long)t.step, vloss, vacc);
+                if (log) fflush(log);
+                fflush(stdout);
+            }
+        }
+        if (a.ckpt && (last || (a.ckpt_every && t.step % a.ckpt_every == 0)))
+            if (save_ckpt(&t, &a, &data, world, rank) != LASP_OK) BAIL("%s\n", e->msg);
+    }
+    if (rank == 0) {
+        printf("# done: %lld of %lld steps, final loss %.4f", (long long)t.step, (long long)o.steps, last_loss);
+        if (a.val_batches)
+            printf(data.kind == LASP_DATA_RECALL ? ", validation loss %.4f, recall accuracy %.1f%%" : ", validation loss %.4f",
+                   vloss, 100 * vacc);
+        printf(", %.1f s%s%s\n", now_s() - t_start, a.ckpt ? ", checkpoint in " : "", a.ckpt ? a.ckpt : "");
+    }
+    rc = 0;
+done:
+#undef BAIL
+    if (log) fclose(log);
+    free(cp), free(cm), free(cv);
+    if (have_t) lasp_trainer_free(&t);
+    lasp_data_free(&data);
+    if (have_sp) lasp_sp_free(&sp);
+    lasp_ctx_free(ctx);
+    if (rc && W > 1) lasp_comm_abort(world, "lasp train failed");
+    lasp_comm_free(world);
+    return rc;
+}
