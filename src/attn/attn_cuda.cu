@@ -1,9 +1,34 @@
-/* attn_cuda.cu — placeholder until the fused kernels land (issue: CUDA kernels). */
+/* attn_cuda.cu — the op on NVIDIA GPUs: validation, per-context GPU state, the segment scan
+ * (kernel 2 of attn_cuda_kern.h) and the forward/backward as directed ops:
+ *
+ *     forward   o,  kv_out  = op(q,  k,  v;  kv_in,       forwards)
+ *     backward  dq          = op(dO, v,  k;  kv_inᵀ,      forwards)
+ *               dv, dkv_in  = op(k,  q,  dO; dkv_out,     backwards, σ = 1)
+ *               dk          = op(v,  dO, q;  dkv_outᵀ,    backwards, σ = 1)
+ *
+ * Calls are asynchronous on the context's stream (created blocking, so work on the legacy default
+ * stream orders with it); the _host variants synchronise. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include <cuda_runtime.h>
 
+#include "attn/attn.h"
 #include "attn/attn_cuda.h"
+#include "attn/attn_cuda_impl.h"
+#include "core/dtype.h"
+
+/* Per-context GPU state: the device it was made on, its stream and a growing workspace. */
+typedef struct cuda_state {
+    int device, n_sm, max_smem;
+    cudaStream_t stream;
+    float *ws;
+    size_t ws_bytes;
+} cuda_state;
 
 extern "C" int lasp_cuda_is_device_ptr(const void *p) {
+    if (!p) return 0;
     cudaPointerAttributes at;
     if (cudaPointerGetAttributes(&at, p) != cudaSuccess) {
         cudaGetLastError();
@@ -12,26 +37,324 @@ extern "C" int lasp_cuda_is_device_ptr(const void *p) {
     return at.type == cudaMemoryTypeDevice || at.type == cudaMemoryTypeManaged;
 }
 
-static lasp_status not_yet(lasp_ctx *ctx) {
-    return lasp_fail(&ctx->err, LASP_ERR_UNSUPPORTED, "the CUDA attention kernels are not built yet");
+extern "C" void lasp_attn_cuda_ctx_free(void *p) {
+    cuda_state *cs = (cuda_state *)p;
+    if (!cs) return;
+    int cur = -1;
+    cudaGetDevice(&cur);
+    cudaSetDevice(cs->device);
+    if (cs->ws) cudaFree(cs->ws);
+    if (cs->stream) cudaStreamDestroy(cs->stream);
+    if (cur >= 0) cudaSetDevice(cur);
+    free(cs);
 }
 
-extern "C" lasp_status lasp_attn_fwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *, const void *, const void *,
-                                          const void *, const float *, const float *, void *, float *) {
-    return not_yet(ctx);
+static lasp_status cuda_fail(lasp_ctx *ctx, cudaError_t e, const char *what) {
+    return lasp_fail(&ctx->err, LASP_ERR_CUDA, "%s: %s", what, cudaGetErrorString(e));
 }
-extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *, const void *, const void *,
-                                          const void *, const float *, const float *, const void *, const float *,
-                                          void *, void *, void *, float *) {
-    return not_yet(ctx);
+
+#define CU_TRY(ctx, call, what)                                       \
+    do {                                                              \
+        cudaError_t cu_e_ = (call);                                   \
+        if (cu_e_ != cudaSuccess) return cuda_fail(ctx, cu_e_, what); \
+    } while (0)
+
+/* The context's GPU state for the current device, made on first use. */
+static lasp_status get_state(lasp_ctx *ctx, cuda_state **out) {
+    int dev;
+    CU_TRY(ctx, cudaGetDevice(&dev), "cudaGetDevice");
+    cuda_state *cs = (cuda_state *)ctx->cuda;
+    if (cs && cs->device != dev) {
+        lasp_attn_cuda_ctx_free(cs);
+        ctx->cuda = cs = NULL;
+    }
+    if (!cs) {
+        cs = (cuda_state *)calloc(1, sizeof *cs);
+        if (!cs) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no memory for the CUDA context state");
+        cs->device = dev;
+        cudaError_t e = cudaDeviceGetAttribute(&cs->n_sm, cudaDevAttrMultiProcessorCount, dev);
+        if (e == cudaSuccess) e = cudaDeviceGetAttribute(&cs->max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+        if (e == cudaSuccess) e = cudaStreamCreate(&cs->stream);
+        if (e != cudaSuccess) {
+            free(cs);
+            return cuda_fail(ctx, e, "setting up the CUDA context state");
+        }
+        ctx->cuda = cs;
+    }
+    *out = cs;
+    return LASP_OK;
 }
-extern "C" lasp_status lasp_attn_fwd_host_cuda(lasp_ctx *ctx, const lasp_attn_desc *, const float *, const float *,
-                                               const float *, const float *, const float *, float *, float *) {
-    return not_yet(ctx);
+
+static lasp_status reserve_ws(lasp_ctx *ctx, cuda_state *cs, size_t bytes) {
+    if (bytes <= cs->ws_bytes) return LASP_OK;
+    if (cs->ws) {
+        CU_TRY(ctx, cudaStreamSynchronize(cs->stream), "waiting for the stream before growing the workspace");
+        cudaFree(cs->ws);
+        cs->ws = NULL, cs->ws_bytes = 0;
+    }
+    cudaError_t e = cudaMalloc((void **)&cs->ws, bytes);
+    if (e != cudaSuccess)
+        return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "cudaMalloc of %zu bytes of state workspace: %s", bytes,
+                         cudaGetErrorString(e));
+    cs->ws_bytes = bytes;
+    return LASP_OK;
 }
-extern "C" lasp_status lasp_attn_bwd_host_cuda(lasp_ctx *ctx, const lasp_attn_desc *, const float *, const float *,
-                                               const float *, const float *, const float *, const float *,
-                                               const float *, float *, float *, float *, float *) {
-    return not_yet(ctx);
+
+/* ---- kernel 2: the scan over segment states (MATH.md §4, Horner form) ------------------------ */
+
+namespace lasp_cu {
+
+__global__ void k_scan(DirParams P) {
+    const int64_t n = (int64_t)P.dx * P.ezt;
+    const int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    const int bh = blockIdx.y;
+    if (idx >= n) return;
+    const float s = P.slopes[bh % P.H];
+    float H = 0.f;
+    if (P.s_in) {
+        const int64_t r = idx / P.ezt, c = idx % P.ezt;
+        H = P.s_in[(size_t)bh * n + (P.s_in_trans ? c * P.dx + r : idx)];
+    }
+    const float lam_sigma = expf(-s * (float)P.sigma), gam = expf(-s * (float)P.seg);
+    float *w = P.ws + (size_t)bh * P.ns * n + idx;
+    for (int k = 0; k < P.ns; k++) {
+        const float m = w[(size_t)k * n];
+        w[(size_t)k * n] = lam_sigma * H;
+        const int64_t len = (k + 1 < P.ns) ? P.seg : P.T - (int64_t)k * P.seg;
+        H = (len == P.seg ? gam : expf(-s * (float)len)) * H + m;
+    }
+    if (P.s_end) P.s_end[(size_t)bh * n + idx] = H;
 }
-extern "C" void lasp_attn_cuda_ctx_free(void *) {}
+
+cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st) {
+    const int64_t n = (int64_t)P.dx * P.ezt;
+    const dim3 grid((unsigned)((n + 255) / 256), (unsigned)P.BH);
+    k_scan<<<grid, 256, 0, st>>>(P);
+    return cudaGetLastError();
+}
+
+}  // namespace lasp_cu
+
+/* ---- the directed op -------------------------------------------------------------------------- */
+
+/* Segment length: enough (b, h, slice, segment) blocks for ~8 per SM, segments of ≥ 4 chunks so the
+ * state traffic stays small, and a multiple of the 64-token chunk. */
+static int pick_seg(const cuda_state *cs, int64_t T, int64_t BH, int slices) {
+    const int64_t nc = (T + 63) / 64;
+    const int64_t want = 8 * (int64_t)cs->n_sm;
+    int64_t ns = (want + BH * slices - 1) / (BH * slices);
+    if (ns > (nc + 3) / 4) ns = (nc + 3) / 4;
+    if (ns < 1) ns = 1;
+    int64_t chunks = (nc + ns - 1) / ns;
+    return (int)(chunks * 64);
+}
+
+static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams P) {
+    P.T = a->T, P.H = (int)a->H, P.BH = (int)(a->B * a->H);
+    const int esz = (int)lasp_dtype_size(a->dtype);
+    const int slices = P.ezt / lasp_cu::slice_width(esz, P.dx, P.ezt);
+    P.seg = pick_seg(cs, a->T, (int64_t)P.BH, slices);
+    P.ns = (int)((a->T + P.seg - 1) / P.seg);
+    LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
+    P.ws = cs->ws;
+    cudaError_t e;
+    switch (a->dtype) {
+    case LASP_BF16: e = lasp_cu::launch_bf16(P, cs->stream, cs->max_smem); break;
+    case LASP_F16: e = lasp_cu::launch_f16(P, cs->stream, cs->max_smem); break;
+    default: e = lasp_cu::launch_f32(P, cs->stream, cs->max_smem); break;
+    }
+    if (e != cudaSuccess) return cuda_fail(ctx, e, "launching the attention kernels");
+    return LASP_OK;
+}
+
+static int misaligned(const void *p) { return ((uintptr_t)p & 15) != 0; }
+
+static lasp_status check_args(lasp_ctx *ctx, const lasp_attn_desc *a, const void *const *t, const char *const *names,
+                              int n) {
+    LASP_TRY(lasp_attn_check_desc(a, &ctx->err));
+    if (a->dtype != LASP_F32 && a->dtype != LASP_BF16 && a->dtype != LASP_F16)
+        return lasp_fail(&ctx->err, LASP_ERR_UNSUPPORTED, "dtype %s on the GPU (hint: f32, bf16 or f16)",
+                         lasp_dtype_name(a->dtype));
+    if (a->B * a->H > 65535)
+        return lasp_fail(&ctx->err, LASP_ERR_SHAPE, "B·H = %lld is more than the 65535 the CUDA kernels take",
+                         (long long)(a->B * a->H));
+    for (int i = 0; i < n; i++) {
+        if (!t[i]) return lasp_fail(&ctx->err, LASP_ERR_ARG, "%s must not be NULL", names[i]);
+        if (misaligned(t[i]))
+            return lasp_fail(&ctx->err, LASP_ERR_ARG, "%s is not 16-byte aligned (the CUDA kernels load 16 bytes)",
+                             names[i]);
+    }
+    return LASP_OK;
+}
+
+extern "C" lasp_status lasp_attn_fwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+                                          const void *v, const float *slopes, const float *kv_in, void *o,
+                                          float *kv_out) {
+    const void *t[] = {q, k, v, slopes, o};
+    const char *names[] = {"q", "k", "v", "slopes", "o"};
+    LASP_TRY(check_args(ctx, a, t, names, 5));
+    cuda_state *cs;
+    LASP_TRY(get_state(ctx, &cs));
+    lasp_cu::DirParams P = {};
+    P.x = q, P.y = k, P.z = v, P.out = o, P.slopes = slopes, P.s_in = kv_in, P.s_end = kv_out;
+    P.dx = (int)a->d, P.ezt = (int)a->e;
+    return run_dir(ctx, cs, a, P);
+}
+
+extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+                                          const void *v, const float *slopes, const float *kv_in, const void *do_,
+                                          const float *dkv_out, void *dq, void *dk, void *dv, float *dkv_in) {
+    const void *t[] = {q, k, v, slopes, do_, dq, dk, dv};
+    const char *names[] = {"q", "k", "v", "slopes", "do", "dq", "dk", "dv"};
+    LASP_TRY(check_args(ctx, a, t, names, 8));
+    cuda_state *cs;
+    LASP_TRY(get_state(ctx, &cs));
+    const int d = (int)a->d, e = (int)a->e;
+    lasp_cu::DirParams P = {};
+    P.slopes = slopes;
+    /* dq = op(dO, v, k; kv_inᵀ) */
+    P.x = do_, P.y = v, P.z = k, P.out = dq, P.s_in = kv_in, P.s_in_trans = 1, P.s_end = NULL;
+    P.dx = e, P.ezt = d, P.rev = 0, P.sigma = 0;
+    LASP_TRY(run_dir(ctx, cs, a, P));
+    /* dv, dkv_in = op(k, q, dO; dkv_out), backwards */
+    P.x = k, P.y = q, P.z = do_, P.out = dv, P.s_in = dkv_out, P.s_in_trans = 0, P.s_end = dkv_in;
+    P.dx = d, P.ezt = e, P.rev = 1, P.sigma = 1;
+    LASP_TRY(run_dir(ctx, cs, a, P));
+    /* dk = op(v, dO, q; dkv_outᵀ), backwards */
+    P.x = v, P.y = do_, P.z = q, P.out = dk, P.s_in = dkv_out, P.s_in_trans = 1, P.s_end = NULL;
+    P.dx = e, P.ezt = d, P.rev = 1, P.sigma = 1;
+    return run_dir(ctx, cs, a, P);
+}
+
+/* ---- host f32 in, host f32 out ---------------------------------------------------------------- */
+
+/* Device copies of host f32 tensors in the I/O dtype; freed together. */
+typedef struct dbufs {
+    void *p[16];
+    int n;
+} dbufs;
+
+static void dbufs_free(dbufs *b) {
+    for (int i = 0; i < b->n; i++) cudaFree(b->p[i]);
+    b->n = 0;
+}
+
+/* A device buffer of n elements of type t, filled from host f32 x (converted) if x is not NULL. */
+static lasp_status upload(lasp_ctx *ctx, dbufs *b, void **out, const float *x, size_t n, lasp_dtype t) {
+    const size_t bytes = n * lasp_dtype_size(t);
+    void *d = NULL;
+    cudaError_t e = cudaMalloc(&d, bytes ? bytes : 1);
+    if (e != cudaSuccess)
+        return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "cudaMalloc of %zu bytes: %s", bytes, cudaGetErrorString(e));
+    b->p[b->n++] = d;
+    *out = d;
+    if (!x) return LASP_OK;
+    if (t == LASP_F32) {
+        CU_TRY(ctx, cudaMemcpy(d, x, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to the device");
+        return LASP_OK;
+    }
+    void *h = malloc(bytes);
+    if (!h) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no host memory for %zu bytes", bytes);
+    lasp_convert(h, t, x, LASP_F32, n);
+    e = cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice);
+    free(h);
+    if (e != cudaSuccess) return cuda_fail(ctx, e, "cudaMemcpy to the device");
+    return LASP_OK;
+}
+
+static lasp_status download(lasp_ctx *ctx, float *x, const void *d, size_t n, lasp_dtype t) {
+    const size_t bytes = n * lasp_dtype_size(t);
+    if (t == LASP_F32) {
+        CU_TRY(ctx, cudaMemcpy(x, d, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy from the device");
+        return LASP_OK;
+    }
+    void *h = malloc(bytes);
+    if (!h) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no host memory for %zu bytes", bytes);
+    cudaError_t e = cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost);
+    if (e == cudaSuccess) lasp_convert(x, LASP_F32, h, t, n);
+    free(h);
+    if (e != cudaSuccess) return cuda_fail(ctx, e, "cudaMemcpy from the device");
+    return LASP_OK;
+}
+
+static lasp_status check_host_finite(lasp_ctx *ctx, const char *name, const float *x, size_t n) {
+    if (!x) return LASP_OK;
+    size_t i = lasp_find_nonfinite(x, LASP_F32, n);
+    if (i == n) return LASP_OK;
+    return lasp_fail(&ctx->err, LASP_ERR_NONFINITE, "%s holds a non-finite value at flat index %zu", name, i);
+}
+
+static lasp_status host_checks(lasp_ctx *ctx, const lasp_attn_desc *a, const float *q, const float *k, const float *v,
+                               const float *slopes, const float *kv_in) {
+    LASP_TRY(lasp_attn_check_desc(a, &ctx->err));
+    if (!q || !k || !v) return lasp_fail(&ctx->err, LASP_ERR_ARG, "q, k and v must not be NULL");
+    LASP_TRY(lasp_attn_check_slopes(slopes, a->H, &ctx->err));
+    const size_t nq = (size_t)(a->B * a->T * a->H * a->d), nv = (size_t)(a->B * a->T * a->H * a->e);
+    LASP_TRY(check_host_finite(ctx, "q", q, nq));
+    LASP_TRY(check_host_finite(ctx, "k", k, nq));
+    LASP_TRY(check_host_finite(ctx, "v", v, nv));
+    LASP_TRY(check_host_finite(ctx, "kv_in", kv_in, (size_t)(a->B * a->H * a->d * a->e)));
+    return LASP_OK;
+}
+
+extern "C" lasp_status lasp_attn_fwd_host_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const float *q,
+                                               const float *k, const float *v, const float *slopes,
+                                               const float *kv_in, float *o, float *kv_out) {
+    lasp_err_clear(&ctx->err);
+    LASP_TRY(host_checks(ctx, a, q, k, v, slopes, kv_in));
+    if (!o) return lasp_fail(&ctx->err, LASP_ERR_ARG, "o must not be NULL");
+    const size_t nq = (size_t)(a->B * a->T * a->H * a->d), nv = (size_t)(a->B * a->T * a->H * a->e),
+                 ns = (size_t)(a->B * a->H * a->d * a->e);
+    dbufs b = {{0}, 0};
+    void *dq = NULL, *dk = NULL, *dv = NULL, *dsl = NULL, *dkv = NULL, *dout = NULL, *dkvo = NULL;
+    lasp_status s;
+    if ((s = upload(ctx, &b, &dq, q, nq, a->dtype)) || (s = upload(ctx, &b, &dk, k, nq, a->dtype)) ||
+        (s = upload(ctx, &b, &dv, v, nv, a->dtype)) || (s = upload(ctx, &b, &dsl, slopes, (size_t)a->H, LASP_F32)) ||
+        (kv_in && (s = upload(ctx, &b, &dkv, kv_in, ns, LASP_F32))) ||
+        (s = upload(ctx, &b, &dout, NULL, nv, a->dtype)) ||
+        (kv_out && (s = upload(ctx, &b, &dkvo, NULL, ns, LASP_F32))))
+        goto done;
+    if ((s = lasp_attn_fwd_cuda(ctx, a, dq, dk, dv, (const float *)dsl, (const float *)dkv, dout, (float *)dkvo)))
+        goto done;
+    if ((s = download(ctx, o, dout, nv, a->dtype))) goto done;
+    if (kv_out) s = download(ctx, kv_out, dkvo, ns, LASP_F32);
+done:
+    dbufs_free(&b);
+    return s;
+}
+
+extern "C" lasp_status lasp_attn_bwd_host_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const float *q,
+                                               const float *k, const float *v, const float *slopes,
+                                               const float *kv_in, const float *do_, const float *dkv_out,
+                                               float *dq, float *dk, float *dv, float *dkv_in) {
+    lasp_err_clear(&ctx->err);
+    LASP_TRY(host_checks(ctx, a, q, k, v, slopes, kv_in));
+    if (!do_ || !dq || !dk || !dv) return lasp_fail(&ctx->err, LASP_ERR_ARG, "do, dq, dk and dv must not be NULL");
+    const size_t nq = (size_t)(a->B * a->T * a->H * a->d), nv = (size_t)(a->B * a->T * a->H * a->e),
+                 ns = (size_t)(a->B * a->H * a->d * a->e);
+    LASP_TRY(check_host_finite(ctx, "do", do_, nv));
+    LASP_TRY(check_host_finite(ctx, "dkv_out", dkv_out, ns));
+    dbufs b = {{0}, 0};
+    void *gq = NULL, *gk = NULL, *gv = NULL, *gsl = NULL, *gkv = NULL, *gdo = NULL, *gdkvo = NULL, *gdq = NULL,
+         *gdk = NULL, *gdv = NULL, *gdkvi = NULL;
+    lasp_status s;
+    if ((s = upload(ctx, &b, &gq, q, nq, a->dtype)) || (s = upload(ctx, &b, &gk, k, nq, a->dtype)) ||
+        (s = upload(ctx, &b, &gv, v, nv, a->dtype)) || (s = upload(ctx, &b, &gsl, slopes, (size_t)a->H, LASP_F32)) ||
+        (kv_in && (s = upload(ctx, &b, &gkv, kv_in, ns, LASP_F32))) ||
+        (s = upload(ctx, &b, &gdo, do_, nv, a->dtype)) ||
+        (dkv_out && (s = upload(ctx, &b, &gdkvo, dkv_out, ns, LASP_F32))) ||
+        (s = upload(ctx, &b, &gdq, NULL, nq, a->dtype)) || (s = upload(ctx, &b, &gdk, NULL, nq, a->dtype)) ||
+        (s = upload(ctx, &b, &gdv, NULL, nv, a->dtype)) ||
+        (dkv_in && (s = upload(ctx, &b, &gdkvi, NULL, ns, LASP_F32))))
+        goto done;
+    if ((s = lasp_attn_bwd_cuda(ctx, a, gq, gk, gv, (const float *)gsl, (const float *)gkv, gdo,
+                                (const float *)gdkvo, gdq, gdk, gdv, (float *)gdkvi)))
+        goto done;
+    if ((s = download(ctx, dq, gdq, nq, a->dtype)) || (s = download(ctx, dk, gdk, nq, a->dtype)) ||
+        (s = download(ctx, dv, gdv, nv, a->dtype)))
+        goto done;
+    if (dkv_in) s = download(ctx, dkv_in, gdkvi, ns, LASP_F32);
+done:
+    dbufs_free(&b);
+    return s;
+}

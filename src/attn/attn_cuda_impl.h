@@ -1,0 +1,45 @@
+/* attn_cuda_impl.h — internal interface between the CUDA driver (attn_cuda.cu) and the kernels
+ * instantiated per dtype (attn_cuda_{bf16,f16,f32}.cu). See attn_cuda_kern.h for the design. */
+#ifndef LASP_ATTN_CUDA_IMPL_H
+#define LASP_ATTN_CUDA_IMPL_H
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace lasp_cu {
+
+/* One directed op (attn_cuda_kern.h): out = op(x, y, z) with state S_in, over positions p of the
+ * sequence read forwards (rev = 0) or backwards (rev = 1). */
+struct DirParams {
+    const void *x, *y, *z;  /* [B,T,H,dx], [B,T,H,dx], [B,T,H,ezt] in the I/O dtype */
+    void *out;              /* [B,T,H,ezt] */
+    const float *slopes;    /* [H], device */
+    float *ws;              /* [BH][ns][dx][ezt] fp32 segment states */
+    const float *s_in;      /* [BH][dx][ezt] (or [BH][ezt][dx] when s_in_trans), NULL = 0 */
+    float *s_end;           /* [BH][dx][ezt], NULL = not wanted */
+    int64_t T;
+    int H, BH;
+    int dx, ezt;
+    int seg, ns;  /* segment length (a multiple of 64) and count */
+    int rev, sigma, s_in_trans;
+};
+
+/* The z-slice width EZ that the kernels use: the widest whose fp32 state fits 64 registers a thread
+ * (dx·EZ ≤ 8192, EZ ≤ 64) and whose f32 tiles fit shared memory (EZ = 32 at dx = 256). */
+inline int slice_cap(int dtype_size, int dx) { return (dtype_size == 4 && dx == 256) ? 32 : (8192 / dx < 64 ? 8192 / dx : 64); }
+inline int slice_width(int dtype_size, int dx, int ezt) {
+    const int cap = slice_cap(dtype_size, dx);
+    return ezt >= cap ? cap : ezt >= 32 ? 32 : 16;
+}
+
+/* kernel 2 of a directed op (attn_cuda.cu) */
+cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st);
+
+/* kernels 1–3 of a directed op for one I/O dtype */
+cudaError_t launch_bf16(const DirParams &P, cudaStream_t st, int max_smem);
+cudaError_t launch_f16(const DirParams &P, cudaStream_t st, int max_smem);
+cudaError_t launch_f32(const DirParams &P, cudaStream_t st, int max_smem);
+
+}  // namespace lasp_cu
+
+#endif

@@ -1,0 +1,583 @@
+/* attn_cuda_kern.h — the fused CUDA kernels of the op (MATH.md §1–2). Included by the per-dtype
+ * attn_cuda_{bf16,f16,f32}.cu files, which instantiate them; attn_cuda.cu drives them.
+ *
+ * ONE DIRECTED OP, USED FOUR TIMES
+ * Every pass of the forward and the backward is the same operator, per (b, h), over positions p of
+ * a sequence read forwards or backwards (token t = p or T−1−p):
+ *
+ *     out_p = Σ_{p' ≤ p} λ^{p−p'} (x_p · y_p') z_p'  +  λ^{p+σ} x_p S_in          (σ ∈ {0, 1})
+ *     S_end = λ^T S_in + Σ_p λ^{T−σ−p} y_pᵀ z_p
+ *
+ *     forward  o  = op(x=q,  y=k,  z=v,  S_in=kv_in,       forwards,  σ=0),  S_end = kv_out
+ *     dq          = op(x=dO, y=v,  z=k,  S_in=kv_inᵀ,      forwards,  σ=0)
+ *     dv          = op(x=k,  y=q,  z=dO, S_in=dkv_out,     backwards, σ=1),  S_end = dkv_in
+ *     dk          = op(x=v,  y=dO, z=q,  S_in=dkv_outᵀ,    backwards, σ=1)
+ *
+ * (MATH.md §2's backward formulas, with the transposed masks read as causal masks of the reversed
+ * sequence; λ^{T−j} = λ^{p+1} for j = T−1−p gives σ = 1.)
+ *
+ * THREE KERNELS PER OP (the scan over block states of MATH.md §4, inside one device)
+ * The sequence is cut into segments of `seg` tokens (a multiple of the chunk C = 64), so that
+ * (b, h, z-slice, segment) fills every SM even at B·H = 16:
+ *   1. k_state  per segment s: m'_s = Σ_{l} λ^{L_s−σ−l} y_lᵀ z_l       (fp32, tensor cores, one pass
+ *                over y, z)                                               → workspace [BH][NS][DX][EZt]
+ *   2. k_scan   per state element, Horner over segments (MATH.md §4): H_0 = S_in, H_{s+1} = γ_s H_s + m'_s;
+ *                the workspace's m'_s is replaced by the state entering segment s, λ^σ H_s; S_end = H_NS.
+ *   3. k_out    per segment: the state in registers (fp32), chunk by chunk:
+ *                out = [(X Yᵀ) ⊙ D] Z + diag(λ^i) X KV;   KV ← λ^C KV + (diag(λ^{C−j}) Y)ᵀ Z
+ * Exponents are combined before exp (λ^{i−j}, λ^i, λ^{C−j}, λ^{L−σ−l} from integer n ≥ 0): no λ^{−j}.
+ *
+ * TILES AND MMA
+ * A CTA is 4 warps over a chunk of 64 rows; warp w owns rows 16w..16w+15 of the scores (x·y, causal:
+ * only the tiles left of the diagonal are computed, the diagonal tile gets the exact mask) and of the
+ * output slice (64 × EZ). z is split into slices of EZ ≤ 64 columns (EZ·DX ≤ 8192 keeps the fp32 state
+ * at 64 registers a thread). Products are mma.sync m16n8k16 bf16 → fp32 (sm_80+; ldmatrix from padded
+ * smem rows, no bank conflicts). bf16 and f16 inputs are rounded to bf16 in smem (f16's range would
+ * overflow the bf16-converted states otherwise; error ≈ bf16's, ~4e-3 measured, tolerance 1e-2). f32
+ * inputs are split x = hi + lo (two bf16) and every product is hi·hi + hi·lo + lo·hi: ~2^-16 relative,
+ * so the f32 path meets 1e-4 on the same tensor-core code (3× the MMA work; f32 is not the fast path).
+ *
+ * COST (B·H·T tokens, D = DX = EZt, bf16 I/O, C = 64)
+ *   FLOPs per op:  state 2·D² + out (scores 2·D·C/2·… ) ≈ 2·D·(D + C) + 2·D² + 2·D² per token (executed,
+ *                  causal half-tiles skipped); forward = 1 op, backward = 3 ops.
+ *   DRAM bytes per op: y, z read twice (state pass, out pass), x read once, out written once:
+ *                  6·2·D bytes a token, + states 4·D²·(3 per segment) (≤ 5% at seg ≥ 1024).
+ *   Forward 12·BHTD bytes against the ideal 8·BHTD of MATH.md §7 (1.5×); backward 3 ops = 36·BHTD against
+ *   the ideal 14·BHTD. z-slices (EZ < EZt) re-read x and y from L2, not DRAM: the slices of one segment are
+ *   adjacent in the grid and run together.
+ *   Memory-bound at D ≤ 128 (H200: ~4.3 TB/s copy, ~790 TFLOP/s bf16 dense).
+ */
+#ifndef LASP_ATTN_CUDA_KERN_H
+#define LASP_ATTN_CUDA_KERN_H
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "attn/attn_cuda_impl.h"
+
+namespace lasp_cu {
+
+constexpr int CH = 64;     /* chunk rows */
+constexpr int NTHR = 128;  /* 4 warps */
+
+typedef __nv_bfloat16 bf16;
+
+/* ---- small device helpers ------------------------------------------------------------------ */
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo_elem, float hi_elem) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo_elem, hi_elem);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+__device__ __forceinline__ float2 unpack_bf16(uint32_t u) {
+    __nv_bfloat162 v = *reinterpret_cast<__nv_bfloat162 *>(&u);
+    return __bfloat1622float2(v);
+}
+/* x = hi + lo, both bf16 pairs */
+__device__ __forceinline__ void split_pack(float a, float b, uint32_t &hi, uint32_t &lo) {
+    hi = pack_bf16(a, b);
+    float2 h = unpack_bf16(hi);
+    lo = pack_bf16(a - h.x, b - h.y);
+}
+
+/* A fragment (or a pair of B fragments) in one or two bf16 parts. */
+template <bool SPLIT>
+struct Frag {
+    uint32_t hi[4];
+    uint32_t lo[SPLIT ? 4 : 1];
+};
+
+/* c += a·b for one m16n8k16 tile; split operands give hi·hi + hi·lo + lo·hi. */
+template <bool SPLIT>
+__device__ __forceinline__ void mma_t(float c[4], const Frag<SPLIT> &a, const Frag<SPLIT> &b, int half) {
+    mma_bf16(c, a.hi, b.hi[2 * half], b.hi[2 * half + 1]);
+    if constexpr (SPLIT) {
+        mma_bf16(c, a.hi, b.lo[2 * half], b.lo[2 * half + 1]);
+        mma_bf16(c, a.lo, b.hi[2 * half], b.hi[2 * half + 1]);
+    }
+}
+
+/* A smem tile of bf16 rows with a padded leading dimension; SPLIT tiles hold lo right after hi. */
+template <bool SPLIT>
+struct Tile {
+    bf16 *p;
+    int ld;    /* elements per row */
+    int size;  /* elements of one part */
+    __device__ __forceinline__ const bf16 *at(int r, int c) const { return p + r * ld + c; }
+};
+
+template <bool SPLIT>
+__device__ __forceinline__ void ld_frag(Frag<SPLIT> &f, const Tile<SPLIT> &t, int r, int c) {
+    ldsm_x4(f.hi, t.at(r, c));
+    if constexpr (SPLIT) ldsm_x4(f.lo, t.at(r, c) + t.size);
+}
+template <bool SPLIT>
+__device__ __forceinline__ void ld_frag_t(Frag<SPLIT> &f, const Tile<SPLIT> &t, int r, int c) {
+    ldsm_x4_t(f.hi, t.at(r, c));
+    if constexpr (SPLIT) ldsm_x4_t(f.lo, t.at(r, c) + t.size);
+}
+
+/* ---- global ↔ smem ------------------------------------------------------------------------- */
+
+template <typename T>
+struct IO;
+template <>
+struct IO<bf16> {
+    static __device__ __forceinline__ void load8(float v[8], const bf16 *p) {
+        uint4 u = __ldg(reinterpret_cast<const uint4 *>(p));
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float2 f = unpack_bf16(w[i]);
+            v[2 * i] = f.x, v[2 * i + 1] = f.y;
+        }
+    }
+    static __device__ __forceinline__ void store8(bf16 *p, const float v[8]) {
+        uint4 u;
+        u.x = pack_bf16(v[0], v[1]), u.y = pack_bf16(v[2], v[3]);
+        u.z = pack_bf16(v[4], v[5]), u.w = pack_bf16(v[6], v[7]);
+        *reinterpret_cast<uint4 *>(p) = u;
+    }
+};
+template <>
+struct IO<__half> {
+    static __device__ __forceinline__ void load8(float v[8], const __half *p) {
+        uint4 u = __ldg(reinterpret_cast<const uint4 *>(p));
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            __half2 h = *reinterpret_cast<const __half2 *>(&w[i]);
+            float2 f = __half22float2(h);
+            v[2 * i] = f.x, v[2 * i + 1] = f.y;
+        }
+    }
+    static __device__ __forceinline__ void store8(__half *p, const float v[8]) {
+        uint32_t w[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            __half2 h = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+            w[i] = *reinterpret_cast<uint32_t *>(&h);
+        }
+        *reinterpret_cast<uint4 *>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+};
+template <>
+struct IO<float> {
+    static __device__ __forceinline__ void load8(float v[8], const float *p) {
+        float4 a = __ldg(reinterpret_cast<const float4 *>(p)), b = __ldg(reinterpret_cast<const float4 *>(p) + 1);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    }
+    static __device__ __forceinline__ void store8(float *p, const float v[8]) {
+        reinterpret_cast<float4 *>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+        reinterpret_cast<float4 *>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+    }
+};
+
+/* Rows [pos0, pos0+64) of one head, columns [col0, col0+W), into a smem tile; rows at or past `end`
+ * are zero. Row p of the tile is token p (forwards) or T−1−p (backwards). */
+template <typename T, int W, bool SPLIT>
+__device__ __forceinline__ void load_tile(const Tile<SPLIT> &t, const T *base, const DirParams &P, int64_t b,
+                                          int h, int D, int col0, int64_t pos0, int64_t end) {
+    constexpr int VPR = W / 8;  /* 8-element vectors per row */
+#pragma unroll 4
+    for (int v = threadIdx.x; v < CH * VPR; v += NTHR) {
+        const int r = v / VPR, c = (v % VPR) * 8;
+        const int64_t pos = pos0 + r;
+        float x[8];
+        if (pos < end) {
+            const int64_t tk = P.rev ? P.T - 1 - pos : pos;
+            IO<T>::load8(x, base + ((b * P.T + tk) * P.H + h) * (int64_t)D + col0 + c);
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; i++) x[i] = 0.f;
+        }
+        uint4 hi, lo;
+        uint32_t *hp = &hi.x, *lp = &lo.x;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if constexpr (SPLIT) split_pack(x[2 * i], x[2 * i + 1], hp[i], lp[i]);
+            else hp[i] = pack_bf16(x[2 * i], x[2 * i + 1]);
+        }
+        bf16 *dst = t.p + r * t.ld + c;
+        *reinterpret_cast<uint4 *>(dst) = hi;
+        if constexpr (SPLIT) *reinterpret_cast<uint4 *>(dst + t.size) = lo;
+    }
+}
+
+/* ---- the state product: acc[DX×EZ] += (diag(w) Y)ᵀ Z over one chunk ------------------------- */
+
+/* How the DX×EZ state is spread over the 4 warps: WM × WN warps, each MTW × NTW tiles of 16×8. */
+template <int DX, int EZ>
+struct StateLayout {
+    static constexpr int MT = DX / 16, NT = EZ / 8;
+    static constexpr int WM = MT < 4 ? MT : 4;
+    static constexpr int WN0 = 4 / WM;
+    static constexpr int WN = WN0 < NT / 2 ? WN0 : NT / 2;
+    static constexpr int MTW = MT / WM, NTW = NT / WN;
+    static __device__ __forceinline__ bool active(int w) { return w < WM * WN; }
+    static __device__ __forceinline__ int m0(int w) { return (w % WM) * MTW; }
+    static __device__ __forceinline__ int n0(int w) { return (w / WM) * NTW; }
+};
+
+template <int DX, int EZ, bool SPLIT>
+__device__ __forceinline__ void state_mma(float (&acc)[StateLayout<DX, EZ>::MTW][StateLayout<DX, EZ>::NTW][4],
+                                          const Tile<SPLIT> &Ys, const Tile<SPLIT> &Zs, const float *wt, int warp,
+                                          int lane) {
+    typedef StateLayout<DX, EZ> L;
+    const int g = lane >> 3, i8 = lane & 7;
+    const int m0 = L::m0(warp), n0 = L::n0(warp);
+#pragma unroll
+    for (int ks = 0; ks < CH / 16; ks++) {
+        const int k0 = ks * 16 + 2 * (lane & 3);
+        const float w0 = wt[k0], w1 = wt[k0 + 1], w8 = wt[k0 + 8], w9 = wt[k0 + 9];
+        Frag<SPLIT> bz[L::NTW / 2];
+#pragma unroll
+        for (int np = 0; np < L::NTW / 2; np++)
+            ld_frag_t(bz[np], Zs, ks * 16 + i8 + (g & 1) * 8, (n0 + 2 * np) * 8 + (g >> 1) * 8);
+#pragma unroll
+        for (int mi = 0; mi < L::MTW; mi++) {
+            Frag<SPLIT> a;
+            ld_frag_t(a, Ys, ks * 16 + i8 + (g >> 1) * 8, (m0 + mi) * 16 + (g & 1) * 8);
+            /* the token weights scale A's columns (k): regs 0,1 hold k0,k0+1; regs 2,3 hold k0+8,k0+9 */
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const float wa = r < 2 ? w0 : w8, wb = r < 2 ? w1 : w9;
+                float2 v = unpack_bf16(a.hi[r]);
+                if constexpr (SPLIT) {
+                    float2 u = unpack_bf16(a.lo[r]);
+                    v.x += u.x, v.y += u.y;
+                    split_pack(v.x * wa, v.y * wb, a.hi[r], a.lo[r]);
+                } else {
+                    a.hi[r] = pack_bf16(v.x * wa, v.y * wb);
+                }
+            }
+#pragma unroll
+            for (int np = 0; np < L::NTW / 2; np++) {
+                mma_t<SPLIT>(acc[mi][2 * np], a, bz[np], 0);
+                mma_t<SPLIT>(acc[mi][2 * np + 1], a, bz[np], 1);
+            }
+        }
+    }
+}
+
+/* ---- kernel 1: per-segment states ---------------------------------------------------------- */
+
+template <int DX, int EZ, bool SPLIT>
+struct Smem {
+    static constexpr int P = SPLIT ? 2 : 1;
+    static constexpr int LDX = DX + 8, LDZ = EZ + 8, LDO = EZ + 4;
+    static constexpr size_t X = (size_t)CH * LDX * P * 2, Y = X, Z = (size_t)CH * LDZ * P * 2,
+                            KV = (size_t)DX * LDZ * P * 2, O = (size_t)CH * LDO * 4, TAB = 2 * (CH + 8) * 4;
+    static constexpr size_t state_bytes = Y + Z + TAB;
+    static constexpr size_t out_bytes = X + Y + Z + KV + O + TAB;
+};
+
+template <typename T, int DX, int EZ>
+__global__ void __launch_bounds__(NTHR) k_state(DirParams P) {
+    constexpr bool SPLIT = sizeof(T) == 4;
+    typedef StateLayout<DX, EZ> L;
+    typedef Smem<DX, EZ, SPLIT> S;
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
+    const int64_t b = bh / P.H;
+    const int h = bh % P.H;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    Tile<SPLIT> Ys{(bf16 *)smem, S::LDX, CH * S::LDX};
+    Tile<SPLIT> Zs{(bf16 *)(smem + S::Y), S::LDZ, CH * S::LDZ};
+    float *wt = (float *)(smem + S::Y + S::Z);
+
+    const float s = P.slopes[h];
+    const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
+    const int64_t L_s = p1 - p0;
+
+    float acc[L::MTW][L::NTW][4];
+#pragma unroll
+    for (int a = 0; a < L::MTW; a++)
+#pragma unroll
+        for (int c = 0; c < L::NTW; c++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) acc[a][c][r] = 0.f;
+
+    for (int64_t c0 = p0; c0 < p1; c0 += CH) {
+        __syncthreads();
+        load_tile<T, DX, SPLIT>(Ys, (const T *)P.y, P, b, h, DX, 0, c0, p1);
+        load_tile<T, EZ, SPLIT>(Zs, (const T *)P.z, P, b, h, P.ezt, slice * EZ, c0, p1);
+        if (threadIdx.x < CH) {
+            const int64_t n = L_s - P.sigma - (c0 - p0 + threadIdx.x); /* λ^{L−σ−l}, n ≥ 0 for valid rows */
+            wt[threadIdx.x] = n >= 0 ? expf(-s * (float)n) : 0.f;
+        }
+        __syncthreads();
+        if (L::active(warp)) state_mma<DX, EZ, SPLIT>(acc, Ys, Zs, wt, warp, lane);
+    }
+    if (!L::active(warp)) return;
+    float *out = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt + slice * EZ;
+    const int m0 = L::m0(warp), n0 = L::n0(warp);
+#pragma unroll
+    for (int mi = 0; mi < L::MTW; mi++)
+#pragma unroll
+        for (int ni = 0; ni < L::NTW; ni++) {
+            const int r = (m0 + mi) * 16 + (lane >> 2), c = (n0 + ni) * 8 + 2 * (lane & 3);
+            *reinterpret_cast<float2 *>(out + (size_t)r * P.ezt + c) = make_float2(acc[mi][ni][0], acc[mi][ni][1]);
+            *reinterpret_cast<float2 *>(out + (size_t)(r + 8) * P.ezt + c) =
+                make_float2(acc[mi][ni][2], acc[mi][ni][3]);
+        }
+}
+
+/* ---- kernel 3: outputs, chunk by chunk with the state on chip -------------------------------- */
+
+template <typename T, int DX, int EZ>
+__global__ void __launch_bounds__(NTHR) k_out(DirParams P) {
+    constexpr bool SPLIT = sizeof(T) == 4;
+    constexpr int NT = EZ / 8;
+    typedef StateLayout<DX, EZ> L;
+    typedef Smem<DX, EZ, SPLIT> S;
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
+    const int64_t b = bh / P.H;
+    const int h = bh % P.H;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 3, i8 = lane & 7;
+    size_t off = 0;
+    Tile<SPLIT> Xs{(bf16 *)(smem + off), S::LDX, CH * S::LDX};
+    off += S::X;
+    Tile<SPLIT> Ys{(bf16 *)(smem + off), S::LDX, CH * S::LDX};
+    off += S::Y;
+    Tile<SPLIT> Zs{(bf16 *)(smem + off), S::LDZ, CH * S::LDZ};
+    off += S::Z;
+    Tile<SPLIT> KVs{(bf16 *)(smem + off), S::LDZ, DX * S::LDZ};
+    off += S::KV;
+    float *Os = (float *)(smem + off);
+    off += S::O;
+    float *pw = (float *)(smem + off); /* pw[n] = λ^n, n = 0..64 */
+    float *wt = pw + CH + 4;           /* wt[j] = λ^{C−j} */
+
+    const float s = P.slopes[h];
+    if (threadIdx.x <= CH) pw[threadIdx.x] = expf(-s * (float)threadIdx.x);
+    if (threadIdx.x < CH) wt[threadIdx.x] = expf(-s * (float)(CH - threadIdx.x));
+    const float gammaC = expf(-s * (float)CH);
+
+    const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
+
+    /* the state entering this segment (from k_scan), fp32 in registers */
+    float kv[L::MTW][L::NTW][4];
+    const bool act = L::active(warp);
+    const int m0 = L::m0(warp), n0 = L::n0(warp);
+    {
+        const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt + slice * EZ;
+#pragma unroll
+        for (int mi = 0; mi < L::MTW; mi++)
+#pragma unroll
+            for (int ni = 0; ni < L::NTW; ni++) {
+                const int r = (m0 + mi) * 16 + (lane >> 2), c = (n0 + ni) * 8 + 2 * (lane & 3);
+                float2 u = make_float2(0.f, 0.f), v = make_float2(0.f, 0.f);
+                if (act) {
+                    u = *reinterpret_cast<const float2 *>(src + (size_t)r * P.ezt + c);
+                    v = *reinterpret_cast<const float2 *>(src + (size_t)(r + 8) * P.ezt + c);
+                }
+                kv[mi][ni][0] = u.x, kv[mi][ni][1] = u.y, kv[mi][ni][2] = v.x, kv[mi][ni][3] = v.y;
+            }
+    }
+
+    const int r0 = warp * 16;
+    for (int64_t c0 = p0; c0 < p1; c0 += CH) {
+        /* the state as a bf16 (hi, lo) operand; everyone is past the last chunk's reads */
+        __syncthreads();
+        if (act) {
+#pragma unroll
+            for (int mi = 0; mi < L::MTW; mi++)
+#pragma unroll
+                for (int ni = 0; ni < L::NTW; ni++) {
+                    const int r = (m0 + mi) * 16 + (lane >> 2), c = (n0 + ni) * 8 + 2 * (lane & 3);
+                    uint32_t h0, l0, h1, l1;
+                    if constexpr (SPLIT) {
+                        split_pack(kv[mi][ni][0], kv[mi][ni][1], h0, l0);
+                        split_pack(kv[mi][ni][2], kv[mi][ni][3], h1, l1);
+                        *reinterpret_cast<uint32_t *>(KVs.p + KVs.size + r * KVs.ld + c) = l0;
+                        *reinterpret_cast<uint32_t *>(KVs.p + KVs.size + (r + 8) * KVs.ld + c) = l1;
+                    } else {
+                        h0 = pack_bf16(kv[mi][ni][0], kv[mi][ni][1]);
+                        h1 = pack_bf16(kv[mi][ni][2], kv[mi][ni][3]);
+                    }
+                    *reinterpret_cast<uint32_t *>(KVs.p + r * KVs.ld + c) = h0;
+                    *reinterpret_cast<uint32_t *>(KVs.p + (r + 8) * KVs.ld + c) = h1;
+                }
+        }
+        load_tile<T, DX, SPLIT>(Xs, (const T *)P.x, P, b, h, DX, 0, c0, p1);
+        load_tile<T, DX, SPLIT>(Ys, (const T *)P.y, P, b, h, DX, 0, c0, p1);
+        load_tile<T, EZ, SPLIT>(Zs, (const T *)P.z, P, b, h, P.ezt, slice * EZ, c0, p1);
+        __syncthreads();
+
+        /* scores X Yᵀ (causal tiles only) and the inter term X·KV, sharing X's fragments */
+        float sc[8][4], o[NT][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) sc[j][r] = 0.f;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) o[j][r] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < DX / 16; ks++) {
+            Frag<SPLIT> a;
+            ld_frag(a, Xs, r0 + (lane & 15), ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int jp = 0; jp < 4; jp++) {
+                if (jp <= warp) {
+                    Frag<SPLIT> by;
+                    ld_frag(by, Ys, jp * 16 + i8 + (g >> 1) * 8, ks * 16 + (g & 1) * 8);
+                    mma_t<SPLIT>(sc[2 * jp], a, by, 0);
+                    mma_t<SPLIT>(sc[2 * jp + 1], a, by, 1);
+                }
+            }
+#pragma unroll
+            for (int np = 0; np < NT / 2; np++) {
+                Frag<SPLIT> bk;
+                ld_frag_t(bk, KVs, ks * 16 + i8 + (g & 1) * 8, np * 16 + (g >> 1) * 8);
+                mma_t<SPLIT>(o[2 * np], a, bk, 0);
+                mma_t<SPLIT>(o[2 * np + 1], a, bk, 1);
+            }
+        }
+        /* inter rows decay λ^i; the exact causal mask with λ^{i−j} on the scores */
+        const int ra = r0 + (lane >> 2), rb = ra + 8;
+        const float pa = pw[ra], pb = pw[rb];
+#pragma unroll
+        for (int j = 0; j < NT; j++) o[j][0] *= pa, o[j][1] *= pa, o[j][2] *= pb, o[j][3] *= pb;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int c = j * 8 + 2 * (lane & 3);
+            sc[j][0] *= c <= ra ? pw[ra - c] : 0.f;
+            sc[j][1] *= c + 1 <= ra ? pw[ra - c - 1] : 0.f;
+            sc[j][2] *= c <= rb ? pw[rb - c] : 0.f;
+            sc[j][3] *= c + 1 <= rb ? pw[rb - c - 1] : 0.f;
+        }
+        /* intra: o += S Z, S from registers as the A operand */
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            if (kk <= warp) {
+                Frag<SPLIT> a;
+                if constexpr (SPLIT) {
+                    split_pack(sc[2 * kk][0], sc[2 * kk][1], a.hi[0], a.lo[0]);
+                    split_pack(sc[2 * kk][2], sc[2 * kk][3], a.hi[1], a.lo[1]);
+                    split_pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1], a.hi[2], a.lo[2]);
+                    split_pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3], a.hi[3], a.lo[3]);
+                } else {
+                    a.hi[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+                    a.hi[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+                    a.hi[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+                    a.hi[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+                }
+#pragma unroll
+                for (int np = 0; np < NT / 2; np++) {
+                    Frag<SPLIT> bz;
+                    ld_frag_t(bz, Zs, kk * 16 + i8 + (g & 1) * 8, np * 16 + (g >> 1) * 8);
+                    mma_t<SPLIT>(o[2 * np], a, bz, 0);
+                    mma_t<SPLIT>(o[2 * np + 1], a, bz, 1);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            const int c = j * 8 + 2 * (lane & 3);
+            *reinterpret_cast<float2 *>(Os + ra * S::LDO + c) = make_float2(o[j][0], o[j][1]);
+            *reinterpret_cast<float2 *>(Os + rb * S::LDO + c) = make_float2(o[j][2], o[j][3]);
+        }
+        /* the state moves on to the next chunk (not needed after the segment's last one) */
+        if (c0 + CH < p1 && act) {
+#pragma unroll
+            for (int mi = 0; mi < L::MTW; mi++)
+#pragma unroll
+                for (int ni = 0; ni < L::NTW; ni++)
+#pragma unroll
+                    for (int r = 0; r < 4; r++) kv[mi][ni][r] *= gammaC;
+            state_mma<DX, EZ, SPLIT>(kv, Ys, Zs, wt, warp, lane);
+        }
+        __syncthreads();
+        /* coalesced 16-byte stores of the staged outputs */
+        constexpr int VPR = EZ / 8;
+        for (int v = threadIdx.x; v < CH * VPR; v += NTHR) {
+            const int r = v / VPR, c = (v % VPR) * 8;
+            const int64_t pos = c0 + r;
+            if (pos < p1) {
+                const int64_t tk = P.rev ? P.T - 1 - pos : pos;
+                float x[8];
+                const float4 lo4 = *reinterpret_cast<const float4 *>(Os + r * S::LDO + c);
+                const float4 hi4 = *reinterpret_cast<const float4 *>(Os + r * S::LDO + c + 4);
+                x[0] = lo4.x, x[1] = lo4.y, x[2] = lo4.z, x[3] = lo4.w;
+                x[4] = hi4.x, x[5] = hi4.y, x[6] = hi4.z, x[7] = hi4.w;
+                IO<T>::store8((T *)P.out + ((b * P.T + tk) * P.H + h) * (int64_t)P.ezt + slice * EZ + c, x);
+            }
+        }
+    }
+}
+
+/* ---- launch of one directed op for one (dtype, DX, EZ) ------------------------------------- */
+
+template <typename T, int DX, int EZ>
+cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
+    typedef Smem<DX, EZ, sizeof(T) == 4> S;
+    if ((int)S::out_bytes > max_smem) return cudaErrorInvalidConfiguration;
+    cudaError_t e;
+    if ((e = cudaFuncSetAttribute(k_state<T, DX, EZ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)S::state_bytes)) != cudaSuccess)
+        return e;
+    if ((e = cudaFuncSetAttribute(k_out<T, DX, EZ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)S::out_bytes)) != cudaSuccess)
+        return e;
+    const dim3 grid(P.ezt / EZ, P.ns, P.BH);
+    k_state<T, DX, EZ><<<grid, NTHR, S::state_bytes, st>>>(P);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    if ((e = lasp_cu_scan(P, st)) != cudaSuccess) return e;
+    k_out<T, DX, EZ><<<grid, NTHR, S::out_bytes, st>>>(P);
+    return cudaGetLastError();
+}
+
+/* EZ as slice_width() (attn_cuda_impl.h) picks it. */
+template <typename T, int DX>
+cudaError_t launch_dx(const DirParams &P, cudaStream_t st, int max_smem) {
+    constexpr int CAP = (sizeof(T) == 4 && DX == 256) ? 32 : (8192 / DX < 64 ? 8192 / DX : 64);
+    static_assert(CAP == 32 || CAP == 64, "slice widths");
+    if (P.ezt >= CAP) return launch_dir<T, DX, CAP>(P, st, max_smem);
+    if constexpr (CAP > 32) {
+        if (P.ezt >= 32) return launch_dir<T, DX, 32>(P, st, max_smem);
+    }
+    return launch_dir<T, DX, 16>(P, st, max_smem);
+}
+
+template <typename T>
+cudaError_t launch_any(const DirParams &P, cudaStream_t st, int max_smem) {
+    switch (P.dx) {
+    case 16: return launch_dx<T, 16>(P, st, max_smem);
+    case 32: return launch_dx<T, 32>(P, st, max_smem);
+    case 64: return launch_dx<T, 64>(P, st, max_smem);
+    case 128: return launch_dx<T, 128>(P, st, max_smem);
+    case 256: return launch_dx<T, 256>(P, st, max_smem);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+}  // namespace lasp_cu
+
+#endif

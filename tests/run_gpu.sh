@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# tests/run_gpu.sh — `make test-gpu`: runs every build/tests/gpu_* binary (on a machine with a GPU) and
+# prints one total, "N passed, N failed", counting PASS/FAIL lines as tests/run.sh does. A binary that
+# dies, hangs or exits non-zero without a FAIL line counts as one failure.
+set -u
+BUILD=${BUILD:-build}
+TIMEOUT=${LASP_TEST_TIMEOUT:-900}
+passed=0 failed=0
+logdir=$BUILD/test-logs
+mkdir -p "$logdir"
+
+echo "# lasp GPU tests ($BUILD)"
+for t in "$BUILD"/tests/gpu_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    log="$logdir/$name.log"
+    t0=$SECONDS
+    timeout --kill-after=10 "$TIMEOUT" "$t" "$@" >"$log" 2>&1
+    rc=$?
+    p=$(grep -c '^PASS ' "$log")
+    f=$(grep -c '^FAIL ' "$log")
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        f=1
+        echo "FAIL $name (exit status $rc)" >>"$log"
+    fi
+    passed=$((passed + p)) failed=$((failed + f))
+    if [ "$f" -eq 0 ]; then
+        printf '  ok    %-40s %4d passed  %4ds\n' "$name" "$p" $((SECONDS - t0))
+    else
+        printf '  FAIL  %-40s %4d passed %4d failed  %4ds  (log: %s)\n' "$name" "$p" "$f" $((SECONDS - t0)) "$log"
+        grep -E '^(FAIL|  check failed|# seed)|rror' "$log" | head -30 | sed 's/^/        /'
+    fi
+    grep '^# worst' "$log" | sed 's/^/  /'
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
