@@ -18,7 +18,7 @@ if [ "${SAN:-}" = 1 ]; then
     # it as leaks inside libmpi/libopen-pal and plugins already unloaded at exit (so a suppression list
     # cannot name them); none has a lasp frame. Leak checking stays on for the single-process tests; the
     # multi-rank runs check addresses and undefined behaviour only.
-    MPI_ASAN="ASAN_OPTIONS=detect_leaks=0"
+    MPI_ASAN="ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 else
     MPI_ASAN=
 fi
@@ -69,9 +69,6 @@ done
 
 # Multi-rank tests: each test_mpi_* binary under mpirun with 1, 2 and 4 ranks.
 if [ "$HAVE_MPI" = 1 ]; then
-    # Open MPI's own start-up allocations (in plugins it unloads, so no suppression can name them)
-    # read as leaks to LeakSanitizer: leak checking is off for multi-rank runs; ASan stays on.
-    [ "${SAN:-}" = 1 ] && export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
     for t in "$BUILD"/tests/test_mpi_*; do
         [ -x "$t" ] || continue
         for np in 1 2 4; do

@@ -170,6 +170,13 @@ int main(int argc, char **argv) {
         test_case("a rank failing inside the %s run ends the whole job, naming the rank, no hang",
                   m ? "lasp2" : "lasp");
     }
+    /* the SP bench runs end to end and reports both modes at W = 2 */
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe --bind-to none -np 2 '%s' bench sp --device cpu --quick", lasp);
+    rc = sh(cmd);
+    CHECK(rc == 0, "exit %d\n%s", rc, out);
+    CHECK(strstr(out, "weak    lasp2    2") && strstr(out, "strong  lasp     2"), "rows missing:\n%s", out);
+    test_case("mpirun -np 2 lasp bench sp --quick");
+
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) printf("# could not remove %s\n", dir);
     return test_exit();
