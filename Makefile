@@ -61,7 +61,7 @@ ifeq ($(HAVE_CUDA),1)
   NVFLAGS := -std=c++17 -O3 -lineinfo $(CUDA_ARCH) -Iinclude -Isrc -Xcompiler -fPIC,-Wall,-Wextra \
              -Werror all-warnings -DLASP_HAVE_CUDA
   ifeq ($(HAVE_MPI),1)
-    NVFLAGS += -DLASP_HAVE_MPI $(shell mpicc --showme:compile 2>/dev/null)
+    NVFLAGS += -DLASP_HAVE_MPI -DOMPI_SKIP_MPICXX -DMPICH_SKIP_MPICXX $(shell mpicc --showme:compile 2>/dev/null)
   endif
   ifndef NO_NCCL
     HAVE_NCCL := $(shell $(PROBE) && printf '#include <nccl.h>\nint main(){int v;ncclGetVersion(&v);return 0;}\n' > nccl.cu && \

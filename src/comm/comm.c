@@ -174,11 +174,13 @@ lasp_status lasp_comm_world(lasp_comm_backend backend, int *argc, char ***argv, 
 #endif
         break;
     case LASP_COMM_NCCL:
-        /* The NCCL backend (device memory, bootstrapped over MPI) plugs in here: a comm_nccl.c with its
-         * own ops table, built only with NCCL. */
+#if defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
+        s = lasp_comm_nccl_world(argc, argv, c, err);
+#else
         s = lasp_fail(err, LASP_ERR_UNSUPPORTED,
-                      "the NCCL communicator backend is not implemented yet (hint: use the mpi backend with host "
-                      "memory)");
+                      "this lasp was built without NCCL or MPI (hint: install CUDA, NCCL and OpenMPI and rebuild; "
+                      "`lasp info` shows the build features)");
+#endif
         break;
     default:
         s = lasp_fail(err, LASP_ERR_ARG, "unknown communicator backend %d (hint: self, mpi or nccl)", (int)backend);
@@ -407,4 +409,21 @@ void lasp_comm_abort(lasp_comm *c, const char *message) {
     fflush(stdout);
     if (c) c->ops->abort(c, 1);
     exit(1);
+}
+
+/* ---- device backends: the stream operations are ordered on ------------------------------------ */
+
+lasp_status lasp_comm_set_stream(lasp_comm *c, void *cuda_stream, lasp_err *err) {
+    LASP_TRY(check_comm(c, "lasp_comm_set_stream", err));
+    if (!c->ops->set_stream)
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "rank %d: the %s backend works on host memory and has no CUDA "
+                         "stream (hint: the nccl backend)", c->world_rank, c->ops->name);
+    return c->ops->set_stream(c, cuda_stream, err);
+}
+
+void *lasp_comm_stream(const lasp_comm *c) { return c && c->ops->stream ? c->ops->stream(c) : NULL; }
+
+lasp_status lasp_comm_sync(lasp_comm *c, lasp_err *err) {
+    LASP_TRY(check_comm(c, "lasp_comm_sync", err));
+    return c->ops->sync ? c->ops->sync(c, err) : LASP_OK;
 }

@@ -83,6 +83,15 @@ lasp_status lasp_comm_alltoall(lasp_comm *c, const void *sendbuf, void *recvbuf,
 lasp_status lasp_comm_bcast(lasp_comm *c, void *buf, size_t count, lasp_dtype dtype, int root, lasp_err *err);
 lasp_status lasp_comm_barrier(lasp_comm *c, lasp_err *err);
 
+/* Device backends (nccl) are stream-ordered, like NCCL itself: a call returns once the operation is
+ * enqueued on the communicator's CUDA stream, and work enqueued after it on that stream sees its
+ * result; lasp_comm_wait only checks for errors. lasp_comm_sync blocks until everything enqueued
+ * has finished (and turns NCCL's asynchronous errors into a status). Host backends (self, mpi) are
+ * complete when a call returns: for them these are no-ops. */
+lasp_status lasp_comm_set_stream(lasp_comm *c, void *cuda_stream, lasp_err *err);  /* NULL = own stream */
+void *lasp_comm_stream(const lasp_comm *c);
+lasp_status lasp_comm_sync(lasp_comm *c, lasp_err *err);
+
 /* End the whole job now (MPI_Abort / ncclCommAbort), after printing "rank R: message". Never returns. */
 void lasp_comm_abort(lasp_comm *c, const char *message) __attribute__((noreturn));
 

@@ -27,6 +27,10 @@ typedef struct lasp_comm_ops {
     lasp_status (*bcast)(lasp_comm *c, void *buf, size_t count, lasp_dtype t, int root, lasp_err *err);
     lasp_status (*barrier)(lasp_comm *c, lasp_err *err);
     void (*abort)(lasp_comm *c, int code);
+    /* device backends only (NULL for host backends): the stream the operations are enqueued on */
+    lasp_status (*set_stream)(lasp_comm *c, void *stream, lasp_err *err);
+    void *(*stream)(const lasp_comm *c);
+    lasp_status (*sync)(lasp_comm *c, lasp_err *err);
 } lasp_comm_ops;
 
 struct lasp_comm {
@@ -54,6 +58,11 @@ struct lasp_comm_req {
 #ifdef LASP_HAVE_MPI
 /* comm_mpi.c */
 lasp_status lasp_comm_mpi_world(int *argc, char ***argv, lasp_comm *out, lasp_err *err);
+#endif
+
+#if defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
+/* comm_nccl.c */
+lasp_status lasp_comm_nccl_world(int *argc, char ***argv, lasp_comm *out, lasp_err *err);
 #endif
 
 #endif

@@ -1,0 +1,307 @@
+/* comm_nccl.c — the NCCL backend: device memory, one process per GPU, bootstrapped over MPI.
+ *
+ * World: MPI is initialised (through the mpi backend's world), the node-local rank picks the GPU
+ * (cudaSetDevice before any NCCL call), rank 0's ncclUniqueId is broadcast over MPI, and every rank
+ * joins with ncclCommInitRank. Sub-communicators come from ncclCommSplit, each with an MPI twin for
+ * host-side agreement (barrier, the bootstrap of nothing else).
+ *
+ * Every operation is enqueued on the communicator's stream (a dedicated non-blocking stream unless
+ * the caller sets one) and returns at once: no host synchronisation on the critical path. Ordering
+ * with compute is the caller's, by CUDA events. lasp_comm_sync waits while polling
+ * ncclCommGetAsyncError, so that a peer that died or a network error becomes a status (and the tools
+ * then abort the whole job: ncclCommAbort, then MPI_Abort) instead of a hang. */
+#ifdef LASP_HAVE_MPI
+
+#include <cuda_runtime.h>
+#include <mpi.h>
+#include <nccl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "comm/comm_impl.h"
+
+typedef struct nccl_state {
+    ncclComm_t nccl;
+    MPI_Comm mpi;          /* same ranks, for host-side agreement */
+    cudaStream_t stream;   /* where operations are enqueued */
+    cudaStream_t own;      /* the communicator's own stream */
+    int device;
+} nccl_state;
+
+#define ST(c) ((nccl_state *)(c)->impl)
+
+static ncclDataType_t nccl_type(lasp_dtype t) {
+    switch (t) {
+    case LASP_F64: return ncclFloat64;
+    case LASP_BF16: return ncclBfloat16;
+    case LASP_F16: return ncclFloat16;
+    default: return ncclFloat32;
+    }
+}
+
+static ncclRedOp_t nccl_op(lasp_reduce_op op) {
+    return op == LASP_REDUCE_MAX ? ncclMax : op == LASP_REDUCE_MIN ? ncclMin : ncclSum;
+}
+
+static lasp_status nccl_fail(lasp_comm *c, ncclResult_t r, const char *what, lasp_err *err) {
+    const char *last = c && c->impl ? ncclGetLastError(ST(c)->nccl) : NULL;
+    return lasp_fail(err, LASP_ERR_COMM, "rank %d: %s failed: %s%s%s", c ? c->world_rank : -1, what,
+                     ncclGetErrorString(r), last && *last ? ": " : "", last ? last : "");
+}
+
+static lasp_status cuda_fail(lasp_comm *c, cudaError_t e, const char *what, lasp_err *err) {
+    return lasp_fail(err, LASP_ERR_CUDA, "rank %d: %s failed: %s", c->world_rank, what, cudaGetErrorString(e));
+}
+
+#define NCCL_TRY(c, call, what)                                      \
+    do {                                                             \
+        ncclResult_t nccl_r_ = (call);                               \
+        if (nccl_r_ != ncclSuccess) return nccl_fail(c, nccl_r_, what, err); \
+    } while (0)
+
+/* NCCL reports failures of enqueued work (a peer that vanished, a broken link) only through here. */
+static lasp_status check_async(lasp_comm *c, lasp_err *err) {
+    ncclResult_t r = ncclSuccess;
+    if (ncclCommGetAsyncError(ST(c)->nccl, &r) != ncclSuccess || (r != ncclSuccess && r != ncclInProgress))
+        return nccl_fail(c, r, "an asynchronous NCCL operation", err);
+    return LASP_OK;
+}
+
+static lasp_status make_state(lasp_comm *c, int device, lasp_err *err) {
+    nccl_state *s = calloc(1, sizeof *s);
+    if (!s) return lasp_fail(err, LASP_ERR_NOMEM, "rank %d: no memory for a communicator", c->world_rank);
+    s->device = device;
+    s->mpi = MPI_COMM_NULL;
+    cudaError_t e = cudaStreamCreateWithFlags(&s->own, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        free(s);
+        return cuda_fail(c, e, "cudaStreamCreateWithFlags", err);
+    }
+    s->stream = s->own;
+    c->impl = s;
+    return LASP_OK;
+}
+
+static void nccl_free(lasp_comm *c) {
+    nccl_state *s = ST(c);
+    if (!s) return;
+    if (s->nccl) {
+        cudaStreamSynchronize(s->stream);
+        ncclCommDestroy(s->nccl);
+    }
+    if (s->own) cudaStreamDestroy(s->own);
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized && s->mpi != MPI_COMM_NULL) MPI_Comm_free(&s->mpi);
+    if (!finalized && c->owns_init) MPI_Finalize();
+    free(s);
+    c->impl = NULL;
+}
+
+static lasp_status nccl_split(lasp_comm *c, int color, int key, lasp_comm *out, lasp_err *err) {
+    LASP_TRY(make_state(out, ST(c)->device, err));
+    nccl_state *n = ST(out);
+    if (MPI_Comm_split(ST(c)->mpi, color, key, &n->mpi) != MPI_SUCCESS) {
+        nccl_free(out);
+        return lasp_fail(err, LASP_ERR_COMM, "rank %d: MPI_Comm_split failed", c->world_rank);
+    }
+    MPI_Comm_set_errhandler(n->mpi, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(n->mpi, &out->rank);
+    MPI_Comm_size(n->mpi, &out->size);
+    ncclResult_t r = ncclCommSplit(ST(c)->nccl, color, key, &n->nccl, NULL);
+    if (r != ncclSuccess) {
+        lasp_status s = nccl_fail(c, r, "ncclCommSplit", err);
+        nccl_free(out);
+        return s;
+    }
+    return LASP_OK;
+}
+
+static lasp_status nccl_sendrecv(lasp_comm *c, const void *sbuf, size_t scount, int dst, void *rbuf, size_t rcount,
+                                 int src, lasp_dtype t, lasp_err *err) {
+    nccl_state *s = ST(c);
+    /* one group: both halves progress together, so a chain or a ring of them cannot deadlock */
+    NCCL_TRY(c, ncclGroupStart(), "ncclGroupStart");
+    if (dst >= 0) NCCL_TRY(c, ncclSend(sbuf, scount, nccl_type(t), dst, s->nccl, s->stream), "ncclSend");
+    if (src >= 0) NCCL_TRY(c, ncclRecv(rbuf, rcount, nccl_type(t), src, s->nccl, s->stream), "ncclRecv");
+    NCCL_TRY(c, ncclGroupEnd(), "ncclGroupEnd");
+    return check_async(c, err);
+}
+
+/* The halves are stream-ordered: posting enqueues, waiting only checks for errors. */
+static lasp_status nccl_irecv(lasp_comm *c, void *buf, size_t count, int src, lasp_dtype t, lasp_comm_req *req,
+                              lasp_err *err) {
+    req->buf = buf, req->bytes = count * lasp_dtype_size(t);
+    NCCL_TRY(c, ncclRecv(buf, count, nccl_type(t), src, ST(c)->nccl, ST(c)->stream), "ncclRecv");
+    return LASP_OK;
+}
+
+static lasp_status nccl_isend(lasp_comm *c, const void *buf, size_t count, int dst, lasp_dtype t, lasp_comm_req *req,
+                              lasp_err *err) {
+    req->is_send = 1, req->buf = (void *)buf, req->bytes = count * lasp_dtype_size(t);
+    NCCL_TRY(c, ncclSend(buf, count, nccl_type(t), dst, ST(c)->nccl, ST(c)->stream), "ncclSend");
+    return LASP_OK;
+}
+
+static lasp_status nccl_wait(lasp_comm *c, lasp_comm_req *req, lasp_err *err) {
+    req->done = 1;
+    return check_async(c, err);
+}
+
+static lasp_status nccl_allreduce(lasp_comm *c, const void *sbuf, void *rbuf, size_t count, lasp_dtype t,
+                                  lasp_reduce_op op, lasp_err *err) {
+    NCCL_TRY(c, ncclAllReduce(sbuf, rbuf, count, nccl_type(t), nccl_op(op), ST(c)->nccl, ST(c)->stream),
+             "ncclAllReduce");
+    return check_async(c, err);
+}
+
+static lasp_status nccl_reduce_scatter(lasp_comm *c, const void *sbuf, void *rbuf, size_t rcount, lasp_dtype t,
+                                       lasp_reduce_op op, lasp_err *err) {
+    NCCL_TRY(c, ncclReduceScatter(sbuf, rbuf, rcount, nccl_type(t), nccl_op(op), ST(c)->nccl, ST(c)->stream),
+             "ncclReduceScatter");
+    return check_async(c, err);
+}
+
+static lasp_status nccl_allgather(lasp_comm *c, const void *sbuf, void *rbuf, size_t scount, lasp_dtype t,
+                                  lasp_err *err) {
+    NCCL_TRY(c, ncclAllGather(sbuf, rbuf, scount, nccl_type(t), ST(c)->nccl, ST(c)->stream), "ncclAllGather");
+    return check_async(c, err);
+}
+
+static lasp_status nccl_alltoall(lasp_comm *c, const void *sbuf, void *rbuf, size_t count, lasp_dtype t,
+                                 lasp_err *err) {
+    const size_t bytes = count * lasp_dtype_size(t);
+    NCCL_TRY(c, ncclGroupStart(), "ncclGroupStart");
+    for (int p = 0; p < c->size; p++) {
+        NCCL_TRY(c, ncclSend((const char *)sbuf + p * bytes, count, nccl_type(t), p, ST(c)->nccl, ST(c)->stream),
+                 "ncclSend");
+        NCCL_TRY(c, ncclRecv((char *)rbuf + p * bytes, count, nccl_type(t), p, ST(c)->nccl, ST(c)->stream),
+                 "ncclRecv");
+    }
+    NCCL_TRY(c, ncclGroupEnd(), "ncclGroupEnd");
+    return check_async(c, err);
+}
+
+static lasp_status nccl_bcast(lasp_comm *c, void *buf, size_t count, lasp_dtype t, int root, lasp_err *err) {
+    NCCL_TRY(c, ncclBroadcast(buf, buf, count, nccl_type(t), root, ST(c)->nccl, ST(c)->stream), "ncclBroadcast");
+    return check_async(c, err);
+}
+
+/* Waits for everything enqueued, polling for asynchronous errors; LASP_NCCL_TIMEOUT seconds (default
+ * 300) bound the wait, so a dead peer ends in an error rather than a hang. */
+static lasp_status nccl_sync(lasp_comm *c, lasp_err *err) {
+    const char *env = getenv("LASP_NCCL_TIMEOUT");
+    const double limit = env && atof(env) > 0 ? atof(env) : 300.0;
+    struct timespec t0, now, nap = {0, 100000};
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        cudaError_t e = cudaStreamQuery(ST(c)->stream);
+        if (e == cudaSuccess) return check_async(c, err);
+        if (e != cudaErrorNotReady) return cuda_fail(c, e, "waiting for the communication stream", err);
+        LASP_TRY(check_async(c, err));
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - t0.tv_sec) + 1e-9 * (now.tv_nsec - t0.tv_nsec) > limit)
+            return lasp_fail(err, LASP_ERR_COMM, "rank %d: NCCL operations did not finish within %.0f s (a peer "
+                             "stopped or is far behind; hint: LASP_NCCL_TIMEOUT=seconds)", c->world_rank, limit);
+        nanosleep(&nap, NULL);
+    }
+}
+
+static lasp_status nccl_barrier(lasp_comm *c, lasp_err *err) {
+    LASP_TRY(nccl_sync(c, err));
+    if (MPI_Barrier(ST(c)->mpi) != MPI_SUCCESS)
+        return lasp_fail(err, LASP_ERR_COMM, "rank %d: MPI_Barrier failed", c->world_rank);
+    return LASP_OK;
+}
+
+static void nccl_abort(lasp_comm *c, int code) {
+    if (c->impl && ST(c)->nccl) ncclCommAbort(ST(c)->nccl);
+    MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+static lasp_status nccl_set_stream(lasp_comm *c, void *stream, lasp_err *err) {
+    (void)err;
+    ST(c)->stream = stream ? (cudaStream_t)stream : ST(c)->own;
+    return LASP_OK;
+}
+
+static void *nccl_stream(const lasp_comm *c) { return ST(c)->stream; }
+
+static const lasp_comm_ops NCCL_OPS = {
+    .name = "nccl",
+    .split = nccl_split,
+    .free = nccl_free,
+    .sendrecv = nccl_sendrecv,
+    .irecv = nccl_irecv,
+    .isend = nccl_isend,
+    .wait = nccl_wait,
+    .allreduce = nccl_allreduce,
+    .reduce_scatter = nccl_reduce_scatter,
+    .allgather = nccl_allgather,
+    .alltoall = nccl_alltoall,
+    .bcast = nccl_bcast,
+    .barrier = nccl_barrier,
+    .abort = nccl_abort,
+    .set_stream = nccl_set_stream,
+    .stream = nccl_stream,
+    .sync = nccl_sync,
+};
+
+/* One GPU per process: the rank among the processes of this node picks it. */
+static lasp_status pick_device(lasp_comm *c, MPI_Comm world, int *device, lasp_err *err) {
+    MPI_Comm node;
+    int local = 0, n_local = 1, n_dev = 0;
+    if (MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+        MPI_Comm_rank(node, &local);
+        MPI_Comm_size(node, &n_local);
+        MPI_Comm_free(&node);
+    }
+    cudaError_t e = cudaGetDeviceCount(&n_dev);
+    if (e != cudaSuccess || n_dev == 0)
+        return lasp_fail(err, LASP_ERR_CUDA, "rank %d: no usable GPU (%s) (hint: the nccl backend needs one GPU per "
+                         "process)", c->rank, e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    if (n_local > n_dev)
+        return lasp_fail(err, LASP_ERR_ARG, "rank %d: %d processes on this node but %d GPUs (hint: mpirun -np at "
+                         "most the number of GPUs per node)", c->rank, n_local, n_dev);
+    *device = local;
+    e = cudaSetDevice(local);
+    if (e != cudaSuccess) return cuda_fail(c, e, "cudaSetDevice", err);
+    return LASP_OK;
+}
+
+lasp_status lasp_comm_nccl_world(int *argc, char ***argv, lasp_comm *out, lasp_err *err) {
+    /* the MPI world first: it initialises MPI and gives rank and size */
+    LASP_TRY(lasp_comm_mpi_world(argc, argv, out, err));
+    MPI_Comm mpi;
+    MPI_Comm_dup(MPI_COMM_WORLD, &mpi);
+    MPI_Comm_set_errhandler(mpi, MPI_ERRORS_RETURN);
+    const int owns_init = out->owns_init;
+    out->owns_init = 0;  /* keep MPI initialised: only the mpi backend's handle goes */
+    out->ops->free(out);
+    out->owns_init = owns_init;
+    out->ops = &NCCL_OPS;
+    out->backend = LASP_COMM_NCCL;
+    out->world_rank = out->rank;
+
+    int device = 0;
+    lasp_status s = pick_device(out, mpi, &device, err);
+    /* every rank must agree before NCCL init, or the others would wait in it forever */
+    int ok = s == LASP_OK, all_ok = 0;
+    MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_LAND, mpi);
+    if (!all_ok) {
+        MPI_Comm_free(&mpi);
+        return s != LASP_OK ? s : lasp_fail(err, LASP_ERR_COMM, "rank %d: another rank has no usable GPU", out->rank);
+    }
+    LASP_TRY(make_state(out, device, err));
+    ST(out)->mpi = mpi;
+    ncclUniqueId id;
+    if (out->rank == 0) NCCL_TRY(out, ncclGetUniqueId(&id), "ncclGetUniqueId");
+    if (MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, mpi) != MPI_SUCCESS)
+        return lasp_fail(err, LASP_ERR_COMM, "rank %d: broadcasting the NCCL id failed", out->rank);
+    NCCL_TRY(out, ncclCommInitRank(&ST(out)->nccl, out->size, id, out->rank), "ncclCommInitRank");
+    return LASP_OK;
+}
+
+#endif /* LASP_HAVE_MPI */
