@@ -162,8 +162,7 @@ static int pick_seg(const cuda_state *cs, int64_t T, int64_t BH, int slices) {
  * the workspace (read transposed when P.ws_trans), with P.seg as the op that left them there. */
 static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
     P.T = a->T, P.H = (int)a->H, P.BH = (int)(a->B * a->H);
-    const int esz = (int)lasp_dtype_size(a->dtype);
-    const int slices = P.ezt / lasp_cu::slice_width(esz, P.dx, P.ezt);
+    const int slices = P.ezt / lasp_cu::slice_width(a->dtype != LASP_BF16, P.dx, P.ezt);
     if (!P.seg) P.seg = pick_seg(cs, a->T, (int64_t)P.BH, slices);
     P.ns = (int)((a->T + P.seg - 1) / P.seg);
     if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));

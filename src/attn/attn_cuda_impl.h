@@ -27,10 +27,10 @@ struct DirParams {
 };
 
 /* The z-slice width EZ that the kernels use: the widest whose fp32 state fits 64 registers a thread
- * (dx·EZ ≤ 8192, EZ ≤ 64) and whose f32 tiles fit shared memory (EZ = 32 at dx = 256). */
-inline int slice_cap(int dtype_size, int dx) { return (dtype_size == 4 && dx == 256) ? 32 : (8192 / dx < 64 ? 8192 / dx : 64); }
-inline int slice_width(int dtype_size, int dx, int ezt) {
-    const int cap = slice_cap(dtype_size, dx);
+ * (dx·EZ ≤ 8192, EZ ≤ 64) and whose split (f16, f32) tiles fit shared memory (EZ = 32 at dx = 256). */
+inline int slice_cap(bool split, int dx) { return (split && dx == 256) ? 32 : (8192 / dx < 64 ? 8192 / dx : 64); }
+inline int slice_width(bool split, int dx, int ezt) {
+    const int cap = slice_cap(split, dx);
     return ezt >= cap ? cap : ezt >= 32 ? 32 : 16;
 }
 

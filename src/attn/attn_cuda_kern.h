@@ -32,20 +32,25 @@
  * only the tiles left of the diagonal are computed, the diagonal tile gets the exact mask) and of the
  * output slice (64 × EZ). z is split into slices of EZ ≤ 64 columns (EZ·DX ≤ 8192 keeps the fp32 state
  * at 64 registers a thread). Products are mma.sync m16n8k16 bf16 → fp32 (sm_80+; ldmatrix from padded
- * smem rows, no bank conflicts). bf16 and f16 inputs are rounded to bf16 in smem (f16's range would
- * overflow the bf16-converted states otherwise; error ≈ bf16's, ~4e-3 measured, tolerance 1e-2). f32
- * inputs are split x = hi + lo (two bf16) and every product is hi·hi + hi·lo + lo·hi: ~2^-16 relative,
- * so the f32 path meets 1e-4 on the same tensor-core code (3× the MMA work; f32 is not the fast path).
+ * smem rows, no bank conflicts). bf16 tiles are copied as they are (cp.async, double-buffered: the next
+ * chunk lands while this one is computed). f16 and f32 inputs are split x = hi + lo (two bf16; exact for
+ * f16) and every product is hi·hi + hi·lo + lo·hi: ~2^-16 relative, so these paths meet 1e-4 on the same
+ * tensor-core code (3× the MMA work, loads through registers; bf16 is the fast path). The bf16 path rounds
+ * the fp32 state and the scores to bf16 as MMA operands (measured error ~3e-3, tolerance 1e-2).
+ * k_out runs 8 warps: 4 compute the chunk's outputs from KV(c) while 4 move the fp32 state to KV(c+1).
  *
- * COST (B·H·T tokens, D = DX = EZt, bf16 I/O, C = 64)
- *   FLOPs per op:  state 2·D² + out (scores 2·D·C/2·… ) ≈ 2·D·(D + C) + 2·D² + 2·D² per token (executed,
- *                  causal half-tiles skipped); forward = 1 op, backward = 3 ops.
- *   DRAM bytes per op: y, z read twice (state pass, out pass), x read once, out written once:
- *                  6·2·D bytes a token, + states 4·D²·(3 per segment) (≤ 5% at seg ≥ 1024).
- *   Forward 12·BHTD bytes against the ideal 8·BHTD of MATH.md §7 (1.5×); backward 3 ops = 36·BHTD against
- *   the ideal 14·BHTD. z-slices (EZ < EZt) re-read x and y from L2, not DRAM: the slices of one segment are
- *   adjacent in the grid and run together.
- *   Memory-bound at D ≤ 128 (H200: ~4.3 TB/s copy, ~790 TFLOP/s bf16 dense).
+ * COST per token and head (D = DX = EZt, C = 64; forward = 1 op, backward = 3 ops, the dk op reusing the dv
+ * op's segment states since they are their transposes: 4 output passes, 3 state passes in all)
+ *   FLOPs: state pass 2·D²; output pass 2·D² (inter) + 2·D² (state) + ~2·(5/8)·2·C·D (causal scores and
+ *          intra, 16-row granularity) — 119 kFLOP per op at D = 128, plus the scores again per extra z-slice.
+ *   DRAM bytes (bf16): state pass reads y, z (4·D); output pass reads x, y, z and writes out (8·D); fwd 12·D
+ *          against the ideal 8·D of MATH.md §7, fwd+bwd 44·D against 22·D (2×). Segment states add
+ *          ~3·4·D²/seg (≤ 5% at seg ≥ 1024). z-slices re-read x and y from L2, not DRAM (the slices of a
+ *          segment are adjacent in the grid): ncu at B1 H16 T32768 D128 shows k_state reading 268 MB
+ *          (= y + z once) and k_out 436 MB (x, y, z + states), writing 122 MB.
+ *   So the floor at D = 128 on an H200 (4.2 TB/s copy) is ~0.19 ms fwd, ~0.69 ms fwd+bwd for B1 H16 T32768;
+ *   the measured times (bench/RESULTS.md) are ~2.5× that: k_out reaches ~38% of DRAM bandwidth and ~30% of
+ *   the tensor pipe, limited by mma.sync issue + ldmatrix shared-memory traffic with 16 warps an SM.
  */
 #ifndef LASP_ATTN_CUDA_KERN_H
 #define LASP_ATTN_CUDA_KERN_H
@@ -60,7 +65,8 @@
 namespace lasp_cu {
 
 constexpr int CH = 64;     /* chunk rows */
-constexpr int NTHR = 128;  /* 4 warps */
+constexpr int NTHR = 128;      /* k_state: 4 warps */
+constexpr int NTHR_OUT = 256;  /* k_out: 4 output warps + 4 state warps */
 
 typedef __nv_bfloat16 bf16;
 
@@ -210,7 +216,7 @@ __device__ __forceinline__ void load_tile(const Tile<SPLIT> &t, const T *base, c
                                           int h, int D, int col0, int64_t pos0, int64_t end) {
     constexpr int VPR = W / 8;  /* 8-element vectors per row */
 #pragma unroll 4
-    for (int v = threadIdx.x; v < CH * VPR; v += NTHR) {
+    for (int v = threadIdx.x; v < CH * VPR; v += blockDim.x) {
         const int r = v / VPR, c = (v % VPR) * 8;
         const int64_t pos = pos0 + r;
         float x[8];
@@ -240,7 +246,7 @@ __device__ __forceinline__ void load_tile_async(const Tile<false> &t, const bf16
                                                 int h, int D, int col0, int64_t pos0, int64_t end) {
     constexpr int VPR = W / 8;
 #pragma unroll
-    for (int v = threadIdx.x; v < CH * VPR; v += NTHR) {
+    for (int v = threadIdx.x; v < CH * VPR; v += blockDim.x) {
         const int r = v / VPR, c = (v % VPR) * 8;
         const int64_t pos = pos0 + r;
         const bool ok = pos < end;
@@ -325,8 +331,9 @@ __device__ __forceinline__ void state_mma(float (&acc)[StateLayout<DX, EZ>::MTW]
 
 template <typename T, int DX, int EZ>
 struct Smem {
-    static constexpr bool SPLIT = sizeof(T) == 4;
-    static constexpr bool ASYNC = sizeof(T) == 2 && !__is_same(T, __half); /* bf16: cp.async, double buffer */
+    /* bf16: tiles as they come, cp.async, double buffer; f16 and f32: split into bf16 hi + lo (exact for f16) */
+    static constexpr bool ASYNC = __is_same(T, bf16);
+    static constexpr bool SPLIT = !ASYNC;
     static constexpr int NBUF = ASYNC ? 2 : 1;
     static constexpr int P = SPLIT ? 2 : 1;
     static constexpr int LDX = DX + 8, LDZ = EZ + 8;
@@ -423,7 +430,7 @@ __global__ void __launch_bounds__(NTHR) k_state(DirParams P) {
 /* ---- kernel 3: outputs, chunk by chunk with the state on chip -------------------------------- */
 
 template <typename T, int DX, int EZ>
-__global__ void __launch_bounds__(NTHR) k_out(DirParams P) {
+__global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
     typedef Smem<T, DX, EZ> S;
     constexpr bool SPLIT = S::SPLIT;
     constexpr int NT = EZ / 8;
@@ -454,56 +461,17 @@ __global__ void __launch_bounds__(NTHR) k_out(DirParams P) {
         load_chunk<T, DX, EZ, SPLIT>(&x0, Yt(0), Zt(0), P, b, h, slice, p0, p1);
     }
 
-    /* the state entering this segment (from k_scan), fp32 in registers */
-    float kv[L::MTW][L::NTW][4];
-    const bool act = L::active(warp);
-    const int m0 = L::m0(warp), n0 = L::n0(warp);
-    {
-        const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt + slice * EZ;
-#pragma unroll
-        for (int mi = 0; mi < L::MTW; mi++)
-#pragma unroll
-            for (int ni = 0; ni < L::NTW; ni++) {
-                const int r = (m0 + mi) * 16 + (lane >> 2), c = (n0 + ni) * 8 + 2 * (lane & 3);
-                float2 u = make_float2(0.f, 0.f), v = make_float2(0.f, 0.f);
-                if (act && !P.ws_trans) {
-                    u = *reinterpret_cast<const float2 *>(src + (size_t)r * P.ezt + c);
-                    v = *reinterpret_cast<const float2 *>(src + (size_t)(r + 8) * P.ezt + c);
-                } else if (act) {
-                    const float *t = src - slice * EZ + (size_t)(slice * EZ + c) * DX;
-                    u = make_float2(t[r], t[DX + r]);
-                    v = make_float2(t[r + 8], t[DX + r + 8]);
-                }
-                kv[mi][ni][0] = u.x, kv[mi][ni][1] = u.y, kv[mi][ni][2] = v.x, kv[mi][ni][3] = v.y;
-            }
-    }
-
+    /* Warps 0–3 compute the outputs of chunk c with the state KV(c) (bf16 in smem) while warps 4–7
+     * (sw = warp − 4) move the fp32 state, in their registers, on to KV(c+1): the chunk's critical path
+     * is the longer of the two instead of their sum. */
+    const bool outw = warp < 4;
+    const int sw = warp - 4;
+    const bool act = !outw && L::active(sw);
+    const int m0 = act ? L::m0(sw) : 0, n0 = act ? L::n0(sw) : 0;
     const int r0 = warp * 16;
     T *outp = (T *)P.out;
-    for (int ci = 0; ci < nch; ci++) {
-        const int64_t c0 = p0 + (int64_t)ci * CH;
-        const int buf = S::NBUF == 2 ? (ci & 1) : 0;
-        /* the state as a bf16 (hi, lo) operand; every warp is past the last chunk's reads */
-        if (act) {
-#pragma unroll
-            for (int mi = 0; mi < L::MTW; mi++)
-#pragma unroll
-                for (int ni = 0; ni < L::NTW; ni++) {
-                    const int r = (m0 + mi) * 16 + (lane >> 2), c = (n0 + ni) * 8 + 2 * (lane & 3);
-                    uint32_t h0, l0, h1, l1;
-                    if constexpr (SPLIT) {
-                        split_pack(kv[mi][ni][0], kv[mi][ni][1], h0, l0);
-                        split_pack(kv[mi][ni][2], kv[mi][ni][3], h1, l1);
-                        *reinterpret_cast<uint32_t *>(KVs.p + KVs.size + r * KVs.ld + c) = l0;
-                        *reinterpret_cast<uint32_t *>(KVs.p + KVs.size + (r + 8) * KVs.ld + c) = l1;
-                    } else {
-                        h0 = pack_bf16(kv[mi][ni][0], kv[mi][ni][1]);
-                        h1 = pack_bf16(kv[mi][ni][2], kv[mi][ni][3]);
-                    }
-                    *reinterpret_cast<uint32_t *>(KVs.p + r * KVs.ld + c) = h0;
-                    *reinterpret_cast<uint32_t *>(KVs.p + (r + 8) * KVs.ld + c) = h1;
-                }
-        }
+    /* chunk ci's tiles: start the copy of chunk ci+1, wait for this thread's copies of chunk ci, barrier */
+    auto tiles_ready = [&](int ci, int64_t c0, int buf) {
         if constexpr (S::ASYNC) {
             if (ci + 1 < nch) {
                 const Tile<SPLIT> xn = Xt(buf ^ 1);
@@ -517,100 +485,160 @@ __global__ void __launch_bounds__(NTHR) k_out(DirParams P) {
             load_chunk<T, DX, EZ, SPLIT>(&x0, Yt(0), Zt(0), P, b, h, slice, c0, p1);
         }
         __syncthreads();
-        const Tile<SPLIT> X = Xt(buf), Y = Yt(buf), Z = Zt(buf);
-
-        /* scores X Yᵀ (causal tiles only) and the inter term X·KV, sharing X's fragments */
-        float sc[8][4], o[NT][4];
+    };
+    /* The two roles run separate loops with the same barriers, so that the state's registers are live
+     * only in the state warps. */
+    if (outw) {
+        for (int ci = 0; ci < nch; ci++) {
+            const int64_t c0 = p0 + (int64_t)ci * CH;
+            const int buf = S::NBUF == 2 ? (ci & 1) : 0;
+            tiles_ready(ci, c0, buf);
+            const Tile<SPLIT> X = Xt(buf), Y = Yt(buf), Z = Zt(buf);
+            /* scores X Yᵀ (causal tiles only) and the inter term X·KV, sharing X's fragments */
+            float sc[8][4], o[NT][4];
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+            for (int j = 0; j < 8; j++)
 #pragma unroll
-            for (int r = 0; r < 4; r++) sc[j][r] = 0.f;
+                for (int r = 0; r < 4; r++) sc[j][r] = 0.f;
 #pragma unroll
-        for (int j = 0; j < NT; j++)
+            for (int j = 0; j < NT; j++)
 #pragma unroll
-            for (int r = 0; r < 4; r++) o[j][r] = 0.f;
+                for (int r = 0; r < 4; r++) o[j][r] = 0.f;
 #pragma unroll
-        for (int ks = 0; ks < DX / 16; ks++) {
-            Frag<SPLIT> a;
-            ld_frag(a, X, r0 + (lane & 15), ks * 16 + (lane >> 4) * 8);
-#pragma unroll
-            for (int jp = 0; jp < 4; jp++) {
-                if (jp <= warp) {
-                    Frag<SPLIT> by;
-                    ld_frag(by, Y, jp * 16 + i8 + (g >> 1) * 8, ks * 16 + (g & 1) * 8);
-                    mma_t<SPLIT>(sc[2 * jp], a, by, 0);
-                    mma_t<SPLIT>(sc[2 * jp + 1], a, by, 1);
-                }
-            }
-#pragma unroll
-            for (int np = 0; np < NT / 2; np++) {
-                Frag<SPLIT> bk;
-                ld_frag_t(bk, KVs, ks * 16 + i8 + (g & 1) * 8, np * 16 + (g >> 1) * 8);
-                mma_t<SPLIT>(o[2 * np], a, bk, 0);
-                mma_t<SPLIT>(o[2 * np + 1], a, bk, 1);
-            }
-        }
-        /* inter rows decay λ^i; the exact causal mask with λ^{i−j} on the scores */
-        const int ra = r0 + (lane >> 2), rb = ra + 8;
-        const float pa = pw[ra], pb = pw[rb];
-#pragma unroll
-        for (int j = 0; j < NT; j++) o[j][0] *= pa, o[j][1] *= pa, o[j][2] *= pb, o[j][3] *= pb;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int c = j * 8 + 2 * (lane & 3);
-            sc[j][0] *= c <= ra ? pw[ra - c] : 0.f;
-            sc[j][1] *= c + 1 <= ra ? pw[ra - c - 1] : 0.f;
-            sc[j][2] *= c <= rb ? pw[rb - c] : 0.f;
-            sc[j][3] *= c + 1 <= rb ? pw[rb - c - 1] : 0.f;
-        }
-        /* intra: o += S Z, S from registers as the A operand */
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            if (kk <= warp) {
+            for (int ks = 0; ks < DX / 16; ks++) {
                 Frag<SPLIT> a;
-                if constexpr (SPLIT) {
-                    split_pack(sc[2 * kk][0], sc[2 * kk][1], a.hi[0], a.lo[0]);
-                    split_pack(sc[2 * kk][2], sc[2 * kk][3], a.hi[1], a.lo[1]);
-                    split_pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1], a.hi[2], a.lo[2]);
-                    split_pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3], a.hi[3], a.lo[3]);
-                } else {
-                    a.hi[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-                    a.hi[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-                    a.hi[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-                    a.hi[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+                ld_frag(a, X, r0 + (lane & 15), ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+                for (int jp = 0; jp < 4; jp++) {
+                    if (jp <= warp) {
+                        Frag<SPLIT> by;
+                        ld_frag(by, Y, jp * 16 + i8 + (g >> 1) * 8, ks * 16 + (g & 1) * 8);
+                        mma_t<SPLIT>(sc[2 * jp], a, by, 0);
+                        mma_t<SPLIT>(sc[2 * jp + 1], a, by, 1);
+                    }
                 }
 #pragma unroll
                 for (int np = 0; np < NT / 2; np++) {
-                    Frag<SPLIT> bz;
-                    ld_frag_t(bz, Z, kk * 16 + i8 + (g & 1) * 8, np * 16 + (g >> 1) * 8);
-                    mma_t<SPLIT>(o[2 * np], a, bz, 0);
-                    mma_t<SPLIT>(o[2 * np + 1], a, bz, 1);
+                    Frag<SPLIT> bk;
+                    ld_frag_t(bk, KVs, ks * 16 + i8 + (g & 1) * 8, np * 16 + (g >> 1) * 8);
+                    mma_t<SPLIT>(o[2 * np], a, bk, 0);
+                    mma_t<SPLIT>(o[2 * np + 1], a, bk, 1);
                 }
             }
-        }
-        /* outputs straight from the accumulators: 4 lanes write 8 contiguous elements of a row */
-        {
-            const int64_t pa_ = c0 + ra, pb_ = c0 + rb;
-            T *oa = pa_ < p1 ? outp + ((b * P.T + (P.rev ? P.T - 1 - pa_ : pa_)) * P.H + h) * (int64_t)P.ezt : nullptr;
-            T *ob = pb_ < p1 ? outp + ((b * P.T + (P.rev ? P.T - 1 - pb_ : pb_)) * P.H + h) * (int64_t)P.ezt : nullptr;
+            /* inter rows decay λ^i; the exact causal mask with λ^{i−j} on the scores */
+            const int ra = r0 + (lane >> 2), rb = ra + 8;
+            const float pa = pw[ra], pb = pw[rb];
 #pragma unroll
-            for (int j = 0; j < NT; j++) {
-                const int c = slice * EZ + j * 8 + 2 * (lane & 3);
-                if (oa) store2<T>(oa + c, o[j][0], o[j][1]);
-                if (ob) store2<T>(ob + c, o[j][2], o[j][3]);
+            for (int j = 0; j < NT; j++) o[j][0] *= pa, o[j][1] *= pa, o[j][2] *= pb, o[j][3] *= pb;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const int c = j * 8 + 2 * (lane & 3);
+                sc[j][0] *= c <= ra ? pw[ra - c] : 0.f;
+                sc[j][1] *= c + 1 <= ra ? pw[ra - c - 1] : 0.f;
+                sc[j][2] *= c <= rb ? pw[rb - c] : 0.f;
+                sc[j][3] *= c + 1 <= rb ? pw[rb - c - 1] : 0.f;
             }
+            /* intra: o += S Z, S from registers as the A operand */
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                if (kk <= warp) {
+                    Frag<SPLIT> a;
+                    if constexpr (SPLIT) {
+                        split_pack(sc[2 * kk][0], sc[2 * kk][1], a.hi[0], a.lo[0]);
+                        split_pack(sc[2 * kk][2], sc[2 * kk][3], a.hi[1], a.lo[1]);
+                        split_pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1], a.hi[2], a.lo[2]);
+                        split_pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3], a.hi[3], a.lo[3]);
+                    } else {
+                        a.hi[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+                        a.hi[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+                        a.hi[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+                        a.hi[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+                    }
+#pragma unroll
+                    for (int np = 0; np < NT / 2; np++) {
+                        Frag<SPLIT> bz;
+                        ld_frag_t(bz, Z, kk * 16 + i8 + (g & 1) * 8, np * 16 + (g >> 1) * 8);
+                        mma_t<SPLIT>(o[2 * np], a, bz, 0);
+                        mma_t<SPLIT>(o[2 * np + 1], a, bz, 1);
+                    }
+                }
+            }
+            /* outputs straight from the accumulators: 4 lanes write 8 contiguous elements of a row */
+            {
+                const int64_t pa_ = c0 + ra, pb_ = c0 + rb;
+                T *oa =
+                    pa_ < p1 ? outp + ((b * P.T + (P.rev ? P.T - 1 - pa_ : pa_)) * P.H + h) * (int64_t)P.ezt : nullptr;
+                T *ob =
+                    pb_ < p1 ? outp + ((b * P.T + (P.rev ? P.T - 1 - pb_ : pb_)) * P.H + h) * (int64_t)P.ezt : nullptr;
+#pragma unroll
+                for (int j = 0; j < NT; j++) {
+                    const int c = slice * EZ + j * 8 + 2 * (lane & 3);
+                    if (oa) store2<T>(oa + c, o[j][0], o[j][1]);
+                    if (ob) store2<T>(ob + c, o[j][2], o[j][3]);
+                }
+            }
+            __syncthreads();
         }
-        /* the state moves on to the next chunk (not needed after the segment's last one) */
-        if (ci + 1 < nch && act) {
+    } else {
+        float kv[L::MTW][L::NTW][4];
+        {
+            const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt + slice * EZ;
 #pragma unroll
             for (int mi = 0; mi < L::MTW; mi++)
 #pragma unroll
-                for (int ni = 0; ni < L::NTW; ni++)
-#pragma unroll
-                    for (int r = 0; r < 4; r++) kv[mi][ni][r] *= gammaC;
-            state_mma<DX, EZ, SPLIT>(kv, Y, Z, wt, warp, lane);
+                for (int ni = 0; ni < L::NTW; ni++) {
+                    const int r = (m0 + mi) * 16 + (lane >> 2), c = (n0 + ni) * 8 + 2 * (lane & 3);
+                    float2 u = make_float2(0.f, 0.f), v = make_float2(0.f, 0.f);
+                    if (act && !P.ws_trans) {
+                        u = *reinterpret_cast<const float2 *>(src + (size_t)r * P.ezt + c);
+                        v = *reinterpret_cast<const float2 *>(src + (size_t)(r + 8) * P.ezt + c);
+                    } else if (act) {
+                        const float *t = src - slice * EZ + (size_t)(slice * EZ + c) * DX;
+                        u = make_float2(t[r], t[DX + r]);
+                        v = make_float2(t[r + 8], t[DX + r + 8]);
+                    }
+                    kv[mi][ni][0] = u.x, kv[mi][ni][1] = u.y, kv[mi][ni][2] = v.x, kv[mi][ni][3] = v.y;
+                }
         }
-        __syncthreads();
+
+        for (int ci = 0; ci < nch; ci++) {
+            const int64_t c0 = p0 + (int64_t)ci * CH;
+            const int buf = S::NBUF == 2 ? (ci & 1) : 0;
+            /* the state as a bf16 (hi, lo) operand; every warp is past the last chunk's reads */
+            if (act) {
+#pragma unroll
+                for (int mi = 0; mi < L::MTW; mi++)
+#pragma unroll
+                    for (int ni = 0; ni < L::NTW; ni++) {
+                        const int r = (m0 + mi) * 16 + (lane >> 2), c = (n0 + ni) * 8 + 2 * (lane & 3);
+                        uint32_t h0, l0, h1, l1;
+                        if constexpr (SPLIT) {
+                            split_pack(kv[mi][ni][0], kv[mi][ni][1], h0, l0);
+                            split_pack(kv[mi][ni][2], kv[mi][ni][3], h1, l1);
+                            *reinterpret_cast<uint32_t *>(KVs.p + KVs.size + r * KVs.ld + c) = l0;
+                            *reinterpret_cast<uint32_t *>(KVs.p + KVs.size + (r + 8) * KVs.ld + c) = l1;
+                        } else {
+                            h0 = pack_bf16(kv[mi][ni][0], kv[mi][ni][1]);
+                            h1 = pack_bf16(kv[mi][ni][2], kv[mi][ni][3]);
+                        }
+                        *reinterpret_cast<uint32_t *>(KVs.p + r * KVs.ld + c) = h0;
+                        *reinterpret_cast<uint32_t *>(KVs.p + (r + 8) * KVs.ld + c) = h1;
+                    }
+            }
+            tiles_ready(ci, c0, buf);
+            if (ci + 1 < nch && act) {
+                const Tile<SPLIT> Y = Yt(buf), Z = Zt(buf);
+                /* the state moves on to the next chunk (not needed after the segment's last one) */
+#pragma unroll
+                for (int mi = 0; mi < L::MTW; mi++)
+#pragma unroll
+                    for (int ni = 0; ni < L::NTW; ni++)
+#pragma unroll
+                        for (int r = 0; r < 4; r++) kv[mi][ni][r] *= gammaC;
+                state_mma<DX, EZ, SPLIT>(kv, Y, Z, wt, sw, lane);
+            }
+            __syncthreads();
+        }
     }
 }
 
@@ -633,14 +661,15 @@ cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         if ((e = lasp_cu_scan(P, st)) != cudaSuccess) return e;
     }
-    k_out<T, DX, EZ><<<grid, NTHR, S::out_bytes, st>>>(P);
+    k_out<T, DX, EZ><<<grid, NTHR_OUT, S::out_bytes, st>>>(P);
     return cudaGetLastError();
 }
 
 /* EZ as slice_width() (attn_cuda_impl.h) picks it. */
+constexpr int EZ_ANY = 16;
 template <typename T, int DX>
 cudaError_t launch_dx(const DirParams &P, cudaStream_t st, int max_smem) {
-    constexpr int CAP = (sizeof(T) == 4 && DX == 256) ? 32 : (8192 / DX < 64 ? 8192 / DX : 64);
+    constexpr int CAP = (Smem<T, DX, EZ_ANY>::SPLIT && DX == 256) ? 32 : (8192 / DX < 64 ? 8192 / DX : 64);
     static_assert(CAP == 32 || CAP == 64, "slice widths");
     if (P.ezt >= CAP) return launch_dir<T, DX, CAP>(P, st, max_smem);
     if constexpr (CAP > 32) {
