@@ -145,9 +145,11 @@ $(BUILD)/tests/gpu_%: tests/gpu_%.cu tests/test.h $(BUILD)/liblasp.a
 	    $(if $(HAVE_MPI),$(shell mpicc --showme:link 2>/dev/null | sed 's/-Wl,/-Xlinker /g; s/-pthread/-Xcompiler -pthread/g')) \
 	    $(if $(HAVE_BLAS),-lopenblas)
 
-$(BUILD)/dev/%: dev/cuda/%.cu
+$(BUILD)/dev/%: dev/cuda/%.cu $(BUILD)/liblasp.a
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) $< -o $@ -lcublas
+	$(NVCC) $(NVFLAGS) $< $(BUILD)/liblasp.a -o $@ -lcublas $(if $(HAVE_NCCL),-lnccl) $(if $(HAVE_OPENMP),-Xcompiler -fopenmp) \
+	    $(if $(HAVE_MPI),$(shell mpicc --showme:link 2>/dev/null | sed 's/-Wl,/-Xlinker /g; s/-pthread/-Xcompiler -pthread/g')) \
+	    $(if $(HAVE_BLAS),-lopenblas)
 
 # The test runner counts PASS/FAIL lines over every test binary, CLI script and multi-rank run.
 test: all $(TESTS) $(GPU_TESTS)

@@ -2,7 +2,7 @@
 # scripts/gpu.sh — everything the CUDA op needs on a GPU machine, in one call:
 #   build (sm_90a), `make test-gpu`, compute-sanitizer memcheck + racecheck on small shapes, the bench;
 # a short summary table last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
-#   usage: scripts/gpu.sh [build] [test] [san] [bench] [quickbench] [ncu]    (default: build test san bench)
+#   usage: scripts/gpu.sh [build] [test] [san] [dev] [bench] [quickbench] [ncu]  (default: build test san bench)
 set -u
 steps=${*:-build test san bench}
 OUT=${OUT:-build/gpu-logs}
@@ -32,6 +32,9 @@ if has san; then
         rc=$?
         summary+=("sanitizer $tool  rc=$rc  $(grep -c '^PASS' "$OUT/san-$tool.log") passed  $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san-$tool.log" | tail -1)  $((SECONDS - t0)) s")
     done
+fi
+if has dev; then
+    for t in build/dev/*; do [ -x "$t" ] && "$t" 2>&1 | tee "$OUT/$(basename "$t").txt"; done
 fi
 if has quickbench; then
     build/lasp bench attn --device cuda --dtype bf16 --repeat 20 2>&1 | tee "$OUT/bench.txt"
