@@ -271,6 +271,24 @@ static lasp_status pick_device(lasp_comm *c, MPI_Comm world, int *device, lasp_e
     return LASP_OK;
 }
 
+static lasp_status nccl_world_init(lasp_comm *out, MPI_Comm mpi, lasp_err *err) {
+    int device = 0;
+    lasp_status s = pick_device(out, mpi, &device, err);
+    /* every rank must agree before NCCL init, or the others would wait in it forever */
+    int ok = s == LASP_OK, all_ok = 0;
+    MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_LAND, mpi);
+    if (!all_ok)
+        return s != LASP_OK ? s : lasp_fail(err, LASP_ERR_COMM, "rank %d: another rank has no usable GPU", out->rank);
+    LASP_TRY(make_state(out, device, err));
+    ST(out)->mpi = mpi;
+    ncclUniqueId id;
+    if (out->rank == 0) NCCL_TRY(out, ncclGetUniqueId(&id), "ncclGetUniqueId");
+    if (MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, mpi) != MPI_SUCCESS)
+        return lasp_fail(err, LASP_ERR_COMM, "rank %d: broadcasting the NCCL id failed", out->rank);
+    NCCL_TRY(out, ncclCommInitRank(&ST(out)->nccl, out->size, id, out->rank), "ncclCommInitRank");
+    return LASP_OK;
+}
+
 lasp_status lasp_comm_nccl_world(int *argc, char ***argv, lasp_comm *out, lasp_err *err) {
     /* the MPI world first: it initialises MPI and gives rank and size */
     LASP_TRY(lasp_comm_mpi_world(argc, argv, out, err));
@@ -280,28 +298,22 @@ lasp_status lasp_comm_nccl_world(int *argc, char ***argv, lasp_comm *out, lasp_e
     const int owns_init = out->owns_init;
     out->owns_init = 0;  /* keep MPI initialised: only the mpi backend's handle goes */
     out->ops->free(out);
+    out->impl = NULL;
     out->owns_init = owns_init;
     out->ops = &NCCL_OPS;
     out->backend = LASP_COMM_NCCL;
     out->world_rank = out->rank;
-
-    int device = 0;
-    lasp_status s = pick_device(out, mpi, &device, err);
-    /* every rank must agree before NCCL init, or the others would wait in it forever */
-    int ok = s == LASP_OK, all_ok = 0;
-    MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_LAND, mpi);
-    if (!all_ok) {
+    lasp_status s = nccl_world_init(out, mpi, err);
+    if (s != LASP_OK) {
         MPI_Comm_free(&mpi);
-        return s != LASP_OK ? s : lasp_fail(err, LASP_ERR_COMM, "rank %d: another rank has no usable GPU", out->rank);
+        if (out->impl) {
+            ST(out)->mpi = MPI_COMM_NULL;
+            nccl_free(out);  /* finalises MPI if it was ours */
+        } else if (owns_init) {
+            MPI_Finalize();
+        }
     }
-    LASP_TRY(make_state(out, device, err));
-    ST(out)->mpi = mpi;
-    ncclUniqueId id;
-    if (out->rank == 0) NCCL_TRY(out, ncclGetUniqueId(&id), "ncclGetUniqueId");
-    if (MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, mpi) != MPI_SUCCESS)
-        return lasp_fail(err, LASP_ERR_COMM, "rank %d: broadcasting the NCCL id failed", out->rank);
-    NCCL_TRY(out, ncclCommInitRank(&ST(out)->nccl, out->size, id, out->rank), "ncclCommInitRank");
-    return LASP_OK;
+    return s;
 }
 
 #endif /* LASP_HAVE_MPI */
