@@ -9,13 +9,19 @@ passed=0 failed=0
 logdir=$BUILD/test-logs
 mkdir -p "$logdir"
 
-echo "# lasp GPU tests ($BUILD)"
+# Multi-GPU tests (gpu_mpi_*) run under mpirun with one process per GPU of this machine.
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+export OMPI_ALLOW_RUN_AS_ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-1} OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+echo "# lasp GPU tests ($BUILD, $ngpu GPUs)"
 for t in "$BUILD"/tests/gpu_*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
     log="$logdir/$name.log"
     t0=$SECONDS
-    timeout --kill-after=10 "$TIMEOUT" "$t" "$@" >"$log" 2>&1
+    run=("$t" "$@")
+    case $name in gpu_mpi_*) run=(mpirun --bind-to none -np "$((ngpu > 0 ? ngpu : 1))" "$t") ;; esac
+    timeout --kill-after=10 "$TIMEOUT" "${run[@]}" >"$log" 2>&1
     rc=$?
     p=$(grep -c '^PASS ' "$log")
     f=$(grep -c '^FAIL ' "$log")

@@ -15,6 +15,9 @@
 #include "sp/sp.h"
 
 int lasp_bench_sp(int argc, char **argv);
+#if defined(LASP_HAVE_CUDA) && defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
+int lasp_bench_sp_cuda(int argc, char **argv); /* bench_sp_cuda.c */
+#endif
 
 static double now_ms(void) {
     struct timespec t;
@@ -94,12 +97,23 @@ static int run_one(lasp_comm *world, const bench_cfg *c, int W, int64_t Tl, lasp
 }
 
 int lasp_bench_sp(int argc, char **argv) {
+    for (int i = 0; i < argc; i++)
+        if ((!strcmp(argv[i], "--device") && i + 1 < argc && !strcmp(argv[i + 1], "cuda")) ||
+            !strcmp(argv[i], "--device=cuda")) {
+#if defined(LASP_HAVE_CUDA) && defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
+            return lasp_bench_sp_cuda(argc, argv);
+#else
+            fprintf(stderr, "error: this build has no CUDA + NCCL + MPI, which the GPU SP bench needs (hint: `lasp "
+                    "info` lists the features)\n");
+            return 1;
+#endif
+        }
     bench_cfg c = {.B = 1, .H = 8, .D = 64, .t_local = 2048, .t_total = 8192, .repeat = 5, .threads = 0,
                    .block = LASP_ATTN_DEFAULT_BLOCK};
     const char *device = "cpu", *mode = "both";
     int quick = 0;
     const opt opts[] = {
-        {"--device", OPT_STR, &device, "cpu", "where to run (the GPU version comes with the NCCL backend)", 0},
+        {"--device", OPT_STR, &device, "cpu|cuda", "where to run (cuda: its own options, see --device cuda --help)", 0},
         {"--mode", OPT_STR, &mode, "lasp|lasp2|both", "SP schedules to time", 0},
         {"--B", OPT_INT, &c.B, "N", "batch", 0},
         {"--H", OPT_INT, &c.H, "N", "heads", 0},

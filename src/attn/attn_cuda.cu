@@ -17,6 +17,7 @@
 #include "attn/attn.h"
 #include "attn/attn_cuda.h"
 #include "attn/attn_cuda_impl.h"
+#include "attn/attn_cuda_sp.h"
 #include "core/dtype.h"
 
 /* Per-context GPU state: the device it was made on, its stream and a growing workspace. */
@@ -135,6 +136,27 @@ __global__ void k_scan(DirParams P) {
     if (P.s_end) P.s_end[(size_t)bh * n + idx] = H;
 }
 
+/* The SP schedule's second half: a state S arriving for the whole piece adds λ^(σ + k·seg) S to the
+ * state entering segment k (all segments before k are full), what the scan would have folded in. */
+__global__ void k_inject(DirParams P) {
+    const int64_t n = (int64_t)P.dx * P.ezt;
+    const int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    const int bh = blockIdx.y;
+    if (idx >= n) return;
+    const float s = P.slopes[bh % P.H];
+    const int64_t r = idx / P.ezt, c = idx % P.ezt;
+    const float x = P.s_in[(size_t)bh * n + (P.s_in_trans ? c * P.dx + r : idx)];
+    float *w = P.ws + (size_t)bh * P.ns * n + idx;
+    for (int k = 0; k < P.ns; k++) w[(size_t)k * n] += expf(-s * ((float)P.sigma + (float)k * (float)P.seg)) * x;
+}
+
+cudaError_t lasp_cu_inject(const DirParams &P, cudaStream_t st) {
+    const int64_t n = (int64_t)P.dx * P.ezt;
+    const dim3 grid((unsigned)((n + 255) / 256), (unsigned)P.BH);
+    k_inject<<<grid, 256, 0, st>>>(P);
+    return cudaGetLastError();
+}
+
 cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st) {
     const int64_t n = (int64_t)P.dx * P.ezt;
     const dim3 grid((unsigned)((n + 255) / 256), (unsigned)P.BH);
@@ -160,11 +182,15 @@ static int pick_seg(const cuda_state *cs, int64_t T, int64_t BH, int slices) {
 
 /* One directed op. P.seg = 0 picks the segment length; P.out_only reuses the segment states already in
  * the workspace (read transposed when P.ws_trans), with P.seg as the op that left them there. */
-static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
+static void plan_dir(const cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
     P.T = a->T, P.H = (int)a->H, P.BH = (int)(a->B * a->H);
     const int slices = P.ezt / lasp_cu::slice_width(a->dtype != LASP_BF16, P.dx, P.ezt);
     if (!P.seg) P.seg = pick_seg(cs, a->T, (int64_t)P.BH, slices);
     P.ns = (int)((a->T + P.seg - 1) / P.seg);
+}
+
+static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
+    plan_dir(cs, a, P);
     if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
     P.ws = cs->ws;
     cudaError_t e;
@@ -234,6 +260,91 @@ extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
      * the workspace, so only its output kernel runs */
     P.x = v, P.y = do_, P.z = q, P.out = dk, P.s_in = NULL, P.s_end = NULL;
     P.dx = e, P.ezt = d, P.rev = 1, P.sigma = 1, P.out_only = 1, P.ws_trans = 1;
+    return run_dir(ctx, cs, a, P);
+}
+
+/* ---- the op in halves, for the sequence-parallel schedule (attn_cuda_sp.h) -------------------- */
+
+extern "C" lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream) {
+    cuda_state *cs;
+    LASP_TRY(get_state(ctx, &cs));
+    *stream = cs->stream;
+    return LASP_OK;
+}
+
+/* The second half of a directed op whose first half (states_only) left the segment states of a zero
+ * incoming state in the workspace: fold in s_in (if any), then the output kernel. */
+static lasp_status finish_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
+    plan_dir(cs, a, P);
+    P.ws = cs->ws;
+    if (P.s_in) CU_TRY(ctx, lasp_cu::lasp_cu_inject(P, cs->stream), "launching the state injection");
+    P.s_in = NULL, P.out_only = 1;
+    return run_dir(ctx, cs, a, P);
+}
+
+extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+                                                const void *v, const float *slopes, float *m) {
+    const void *t[] = {q, k, v, slopes, m};
+    const char *names[] = {"q", "k", "v", "slopes", "m"};
+    LASP_TRY(check_args(ctx, a, t, names, 5));
+    cuda_state *cs;
+    LASP_TRY(get_state(ctx, &cs));
+    lasp_cu::DirParams P = {};
+    P.x = q, P.y = k, P.z = v, P.slopes = slopes, P.s_end = m, P.states_only = 1;
+    P.dx = (int)a->d, P.ezt = (int)a->e;
+    return run_dir(ctx, cs, a, P);
+}
+
+extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,
+                                                 const void *k, const void *v, const float *slopes,
+                                                 const float *kv_in, void *o) {
+    const void *t[] = {q, k, v, slopes, o};
+    const char *names[] = {"q", "k", "v", "slopes", "o"};
+    LASP_TRY(check_args(ctx, a, t, names, 5));
+    cuda_state *cs;
+    LASP_TRY(get_state(ctx, &cs));
+    lasp_cu::DirParams P = {};
+    P.x = q, P.y = k, P.z = v, P.out = o, P.slopes = slopes, P.s_in = kv_in;
+    P.dx = (int)a->d, P.ezt = (int)a->e;
+    return finish_dir(ctx, cs, a, P);
+}
+
+extern "C" lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+                                                const void *v, const float *slopes, const float *kv_in,
+                                                const void *do_, void *dq, float *g) {
+    const void *t[] = {q, k, v, slopes, do_, dq, g};
+    const char *names[] = {"q", "k", "v", "slopes", "do", "dq", "g"};
+    LASP_TRY(check_args(ctx, a, t, names, 7));
+    cuda_state *cs;
+    LASP_TRY(get_state(ctx, &cs));
+    lasp_cu::DirParams P = {};
+    P.slopes = slopes;
+    /* dq = op(dO, v, k; kv_inᵀ): complete, the cached kv_in is all it needs from other ranks */
+    P.x = do_, P.y = v, P.z = k, P.out = dq, P.s_in = kv_in, P.s_in_trans = 1;
+    P.dx = (int)a->e, P.ezt = (int)a->d;
+    LASP_TRY(run_dir(ctx, cs, a, P));
+    /* the reverse segment states of the dv op from a zero gradient; their total is the piece's g */
+    P = {};
+    P.slopes = slopes, P.x = k, P.y = q, P.z = do_, P.s_end = g, P.states_only = 1;
+    P.dx = (int)a->d, P.ezt = (int)a->e, P.rev = 1, P.sigma = 1;
+    return run_dir(ctx, cs, a, P);
+}
+
+extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,
+                                                 const void *k, const void *v, const float *slopes, const void *do_,
+                                                 const float *dkv_out, void *dk, void *dv) {
+    const void *t[] = {q, k, v, slopes, do_, dk, dv};
+    const char *names[] = {"q", "k", "v", "slopes", "do", "dk", "dv"};
+    LASP_TRY(check_args(ctx, a, t, names, 7));
+    cuda_state *cs;
+    LASP_TRY(get_state(ctx, &cs));
+    lasp_cu::DirParams P = {};
+    P.slopes = slopes, P.x = k, P.y = q, P.z = do_, P.out = dv, P.s_in = dkv_out;
+    P.dx = (int)a->d, P.ezt = (int)a->e, P.rev = 1, P.sigma = 1;
+    LASP_TRY(finish_dir(ctx, cs, a, P));
+    /* dk reads dv's segment states transposed, as in lasp_attn_bwd_cuda */
+    P.x = v, P.y = do_, P.z = q, P.out = dk, P.s_in = NULL, P.s_end = NULL;
+    P.dx = (int)a->e, P.ezt = (int)a->d, P.out_only = 1, P.ws_trans = 1;
     return run_dir(ctx, cs, a, P);
 }
 

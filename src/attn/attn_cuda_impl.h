@@ -24,6 +24,7 @@ struct DirParams {
     int rev, sigma, s_in_trans;
     int out_only;  /* skip kernels 1–2: the workspace already holds the states entering each segment */
     int ws_trans;  /* ... as [dx'=ezt][ezt'=dx], the transposes of this op's (k_out reads them so) */
+    int states_only;  /* run kernels 1–2 only: the segment states, for the SP schedule (attn_cuda_sp.h) */
 };
 
 /* The z-slice width EZ that the kernels use: the widest whose fp32 state fits 64 registers a thread
@@ -36,6 +37,8 @@ inline int slice_width(bool split, int dx, int ezt) {
 
 /* kernel 2 of a directed op (attn_cuda.cu) */
 cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st);
+/* the SP schedule: fold an incoming state into the scanned segment states (attn_cuda.cu) */
+cudaError_t lasp_cu_inject(const DirParams &P, cudaStream_t st);
 
 /* kernels 1–3 of a directed op for one I/O dtype */
 cudaError_t launch_bf16(const DirParams &P, cudaStream_t st, int max_smem);

@@ -660,6 +660,7 @@ cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
         k_state<T, DX, EZ><<<grid, NTHR, S::state_bytes, st>>>(P);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         if ((e = lasp_cu_scan(P, st)) != cudaSuccess) return e;
+        if (P.states_only) return cudaSuccess;
     }
     k_out<T, DX, EZ><<<grid, NTHR_OUT, S::out_bytes, st>>>(P);
     return cudaGetLastError();

@@ -9,6 +9,7 @@
 
 #include "attn/attn.h"
 #include "sp/sp.h"
+#include "sp/sp_cuda.h"
 
 lasp_status lasp_sp_init(lasp_comm *world, int sp_size, lasp_sp_mode mode, lasp_sp *out, lasp_err *err) {
     if (!world || !out) return lasp_fail(err, LASP_ERR_ARG, "lasp_sp_init: world or out is NULL");
@@ -45,6 +46,12 @@ void lasp_sp_free(lasp_sp *sp) {
 
 void lasp_sp_cache_free(lasp_sp_cache *c) {
     if (!c) return;
+#ifdef LASP_HAVE_CUDA
+    if (c->on_device) {
+        lasp_sp_cache_free_cuda(c);
+        return;
+    }
+#endif
     free(c->kv_in);
     free(c->work);
     memset(c, 0, sizeof *c);
@@ -91,6 +98,10 @@ static void horner(const lasp_attn_desc *a, const float *slopes, const float *G,
 lasp_status lasp_sp_attn_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *q, const float *k,
                              const float *v, const float *slopes, const float *kv_in, float *o, float *kv_out,
                              lasp_sp_cache *cache) {
+#ifdef LASP_HAVE_CUDA
+    if (sp && sp->sp && lasp_comm_backend_of(sp->sp) == LASP_COMM_NCCL)
+        return lasp_sp_attn_fwd_cuda(ctx, sp, a, q, k, v, slopes, kv_in, o, kv_out, cache);
+#endif
     LASP_TRY(check_args(ctx, sp, a, slopes, "lasp_sp_attn_fwd"));
     lasp_err *err = &ctx->err;
     if (!cache) return lasp_fail(err, LASP_ERR_ARG, "lasp_sp_attn_fwd: cache is NULL (the backward needs it)");
@@ -137,6 +148,10 @@ lasp_status lasp_sp_attn_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a
 lasp_status lasp_sp_attn_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *q, const float *k,
                              const float *v, const float *slopes, const lasp_sp_cache *cache, const float *do_,
                              const float *dkv_out, float *dq, float *dk, float *dv, float *dkv_in) {
+#ifdef LASP_HAVE_CUDA
+    if (sp && sp->sp && lasp_comm_backend_of(sp->sp) == LASP_COMM_NCCL)
+        return lasp_sp_attn_bwd_cuda(ctx, sp, a, q, k, v, slopes, cache, do_, dkv_out, dq, dk, dv, dkv_in);
+#endif
     LASP_TRY(check_args(ctx, sp, a, slopes, "lasp_sp_attn_bwd"));
     lasp_err *err = &ctx->err;
     const size_t ns = state_count(a);

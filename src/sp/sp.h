@@ -38,9 +38,15 @@ typedef struct lasp_sp_cache {
     size_t n;         /* elements allocated */
     float *work;      /* scratch: local states and receive buffers ((sp + 1) states for LASP-2) */
     size_t work_n;    /* elements allocated */
+    int on_device;    /* the buffers are GPU memory (the SP communicators are NCCL) */
+    void *gpu;        /* the GPU schedule's CUDA events */
 } lasp_sp_cache;
 void lasp_sp_cache_free(lasp_sp_cache *c);
 
+/* One attention layer over the SP group. With NCCL communicators (lasp_comm_world(LASP_COMM_NCCL))
+ * every tensor, slopes and the states are device memory, and q, k, v, o (dq, dk, dv, do) are of
+ * a->dtype (f32, bf16 or f16) despite the float* below; the calls are then asynchronous on the
+ * op's CUDA stream (src/attn/attn_cuda_sp.h), with the transfers on the communicator's stream. */
 /* One attention layer over the SP group. `a` describes this rank's piece (a->T = T_local, a->B the
  * local batch); q, k, v, o are the piece's tensors. kv_in is read only on SP rank 0 (the state
  * entering the whole sequence; NULL = zero), kv_out written only on the last SP rank (NULL = not

@@ -1,0 +1,41 @@
+/* attn_cuda_sp.h — the CUDA op in halves, for the sequence-parallel schedule of MATH.md §3: the
+ * local half needs nothing from other ranks, the finishing half takes the state that arrived.
+ *
+ *   forward   local:  segment states of the piece, scanned from a zero state → m (the piece's own state)
+ *             finish: kv_in folded into the segment states, then the outputs (intra + inter) → o
+ *   backward  local:  dq (complete: it needs only the cached kv_in), and the reverse segment states of
+ *                     the piece from a zero gradient → g (the piece's own dKV_in contribution)
+ *             finish: dkv_out folded in, then dv and dk
+ *
+ * So the SP critical path holds only KV_out = γ KV_in + m (a d×e axpy) and the message; no input is
+ * read twice beyond what the one-device op reads. Between the halves of one pass the context's
+ * workspace holds the piece's segment states: run nothing else on this context in between. All
+ * pointers are device memory; work is enqueued on the context's stream (lasp_attn_cuda_stream). */
+#ifndef LASP_ATTN_CUDA_SP_H
+#define LASP_ATTN_CUDA_SP_H
+
+#include "core/ctx.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The CUDA stream the op runs on for this context and the current device (made on first use). */
+lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream);
+
+lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+                                     const void *v, const float *slopes, float *m);
+lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+                                      const void *v, const float *slopes, const float *kv_in, void *o);
+lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+                                     const void *v, const float *slopes, const float *kv_in, const void *do_,
+                                     void *dq, float *g);
+lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+                                      const void *v, const float *slopes, const void *do_, const float *dkv_out,
+                                      void *dk, void *dv);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

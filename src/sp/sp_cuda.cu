@@ -1,0 +1,245 @@
+/* sp_cuda.cu — the LASP chain and LASP-2 on GPUs (MATH.md §3–4), the device twin of sp.c.
+ *
+ * Two streams per rank: the op's compute stream S and the SP communicator's NCCL stream C.
+ *
+ *   forward (chain), rank r of W
+ *     C: post the receive of KV_in from r−1                 (lands while S computes)
+ *     S: local half of the op → m (the piece's own state)   (segment states + scan from zero)
+ *     C: after S's event: KV_out = γ KV_in + m; send to r+1 (the only work on the critical path)
+ *     S: after C's event: finishing half with KV_in → o     (segment states + KV_in, outputs)
+ *   backward mirrored: dq and the piece's g first (dq needs only the cached KV_in), then
+ *     dKV_in = γ dKV_out + g on C, sent to r−1, then dk, dv with dKV_out.
+ *   LASP-2: the local states are all-gathered on C and combined by Horner, same halves around it.
+ *
+ * The compute stream waits for C's event before it reuses a buffer C still sends from, so one
+ * layer's transfers never race the next layer's work. Every state and message is fp32. */
+#include <cuda_runtime.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn/attn.h"
+#include "attn/attn_cuda_sp.h"
+#include "sp/sp_cuda.h"
+
+typedef struct gpu_events {
+    cudaEvent_t local_done;   /* S: the local half has produced m (or g) */
+    cudaEvent_t state_ready;  /* C: KV_in (dKV_out) is here and the outgoing state is sent */
+} gpu_events;
+
+static lasp_status cu_fail(lasp_ctx *ctx, cudaError_t e, const char *what) {
+    return lasp_fail(&ctx->err, LASP_ERR_CUDA, "SP on the GPU: %s: %s", what, cudaGetErrorString(e));
+}
+
+#define CU_TRY(ctx, call, what)                                   \
+    do {                                                          \
+        cudaError_t cu_e_ = (call);                               \
+        if (cu_e_ != cudaSuccess) return cu_fail(ctx, cu_e_, what); \
+    } while (0)
+
+/* out = exp(−s_h·n) · in + local over [BH][de] (in = NULL: zero). out may alias local. */
+__global__ static void k_combine(float *out, const float *in, const float *local, const float *slopes, int64_t n,
+                                 int H, int64_t de, int64_t total) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int h = (int)((i / de) % H);
+    const float g = expf(-slopes[h] * (float)n);
+    out[i] = (in ? g * in[i] : 0.0f) + local[i];
+}
+
+/* P = Σ over pieces s from `from` towards `to` (exclusive, step ±1) of γ^{distance} G[s], by Horner. */
+__global__ static void k_horner(float *P, const float *G, const float *slopes, int64_t n, int from, int to, int step,
+                                int H, int64_t de, int64_t total) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const float g = expf(-slopes[(int)((i / de) % H)] * (float)n);
+    float acc = 0.0f;
+    for (int s = from; s != to; s += step) acc = g * acc + G[(size_t)s * total + i];
+    P[i] = acc;
+}
+
+static dim3 grid_of(int64_t total) { return dim3((unsigned)((total + 255) / 256)); }
+
+static lasp_status combine(lasp_ctx *ctx, cudaStream_t st, const lasp_attn_desc *a, const float *slopes,
+                           const float *in, const float *local, float *out) {
+    const int64_t de = a->d * a->e, total = a->B * a->H * de;
+    k_combine<<<grid_of(total), 256, 0, st>>>(out, in, local, slopes, a->T, (int)a->H, de, total);
+    CU_TRY(ctx, cudaGetLastError(), "the state combine kernel");
+    return LASP_OK;
+}
+
+static lasp_status horner(lasp_ctx *ctx, cudaStream_t st, const lasp_attn_desc *a, const float *slopes,
+                          const float *G, int from, int to, int step, float *P) {
+    const int64_t de = a->d * a->e, total = a->B * a->H * de;
+    k_horner<<<grid_of(total), 256, 0, st>>>(P, G, slopes, a->T, from, to, step, (int)a->H, de, total);
+    CU_TRY(ctx, cudaGetLastError(), "the Horner kernel");
+    return LASP_OK;
+}
+
+extern "C" void lasp_sp_cache_free_cuda(lasp_sp_cache *c) {
+    if (c->kv_in) cudaFree(c->kv_in);
+    if (c->work) cudaFree(c->work);
+    gpu_events *ev = (gpu_events *)c->gpu;
+    if (ev) {
+        cudaEventDestroy(ev->local_done);
+        cudaEventDestroy(ev->state_ready);
+        free(ev);
+    }
+    memset(c, 0, sizeof *c);
+}
+
+static lasp_status grow(lasp_ctx *ctx, float **p, size_t *have, size_t want) {
+    if (*have >= want) return LASP_OK;
+    if (*p) cudaFree(*p);
+    *p = NULL, *have = 0;
+    cudaError_t e = cudaMalloc((void **)p, want * sizeof(float));
+    if (e != cudaSuccess)
+        return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "SP on the GPU: cudaMalloc of %zu state floats: %s", want,
+                         cudaGetErrorString(e));
+    *have = want;
+    /* zeroed once: a state buffer never holds garbage that a decay could turn into NaN */
+    CU_TRY(ctx, cudaMemset(*p, 0, want * sizeof(float)), "zeroing the state buffers");
+    return LASP_OK;
+}
+
+/* Streams, events and buffers of this call; check what the CPU path checks. */
+typedef struct sched {
+    cudaStream_t S, C;
+    gpu_events *ev;
+    size_t ns;
+    int r, W;
+} sched;
+
+static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, lasp_sp_cache *cache, int for_bwd,
+                           sched *s) {
+    LASP_TRY(lasp_attn_check_desc(a, &ctx->err));
+    if (!cache) return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: the state cache is NULL");
+    if (cache->n && !cache->on_device)
+        return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: the cache holds host buffers of a CPU run");
+    s->ns = (size_t)(a->B * a->H * a->d * a->e);
+    s->r = sp->sp_rank, s->W = sp->sp_size;
+    const size_t work = (sp->mode == LASP_SP_LASP2 ? (size_t)s->W + 1 : 2) * s->ns;
+    if (for_bwd) {
+        if (!cache->gpu || cache->n < s->ns || cache->work_n < work)
+            return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: the cache does not hold a forward of this shape "
+                             "(hint: run the forward with the same desc and mode first)");
+    } else {
+        cache->on_device = 1;
+        LASP_TRY(grow(ctx, &cache->kv_in, &cache->n, s->ns));
+        LASP_TRY(grow(ctx, &cache->work, &cache->work_n, work));
+        if (!cache->gpu) {
+            gpu_events *ev = (gpu_events *)calloc(1, sizeof *ev);
+            if (!ev) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "SP on the GPU: no memory for events");
+            CU_TRY(ctx, cudaEventCreateWithFlags(&ev->local_done, cudaEventDisableTiming), "cudaEventCreate");
+            CU_TRY(ctx, cudaEventCreateWithFlags(&ev->state_ready, cudaEventDisableTiming), "cudaEventCreate");
+            cache->gpu = ev;
+        }
+    }
+    s->ev = (gpu_events *)cache->gpu;
+    void *st = NULL;
+    LASP_TRY(lasp_attn_cuda_stream(ctx, &st));
+    s->S = (cudaStream_t)st;
+    s->C = (cudaStream_t)lasp_comm_stream(sp->sp);
+    if (!s->C) return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU needs NCCL communicators");
+    return LASP_OK;
+}
+
+/* S's local half is done: C may use its result. */
+static lasp_status hand_to_comm(lasp_ctx *ctx, const sched *s) {
+    CU_TRY(ctx, cudaEventRecord(s->ev->local_done, s->S), "cudaEventRecord");
+    CU_TRY(ctx, cudaStreamWaitEvent(s->C, s->ev->local_done, 0), "cudaStreamWaitEvent");
+    return LASP_OK;
+}
+
+/* C has the incoming state and has sent the outgoing one: S may finish (and later reuse buffers). */
+static lasp_status hand_to_compute(lasp_ctx *ctx, const sched *s) {
+    CU_TRY(ctx, cudaEventRecord(s->ev->state_ready, s->C), "cudaEventRecord");
+    CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->state_ready, 0), "cudaStreamWaitEvent");
+    return LASP_OK;
+}
+
+static lasp_status copy_state(lasp_ctx *ctx, float *dst, const float *src, size_t ns, cudaStream_t st) {
+    if (src) CU_TRY(ctx, cudaMemcpyAsync(dst, src, ns * sizeof(float), cudaMemcpyDeviceToDevice, st), "state copy");
+    else CU_TRY(ctx, cudaMemsetAsync(dst, 0, ns * sizeof(float), st), "state zero");
+    return LASP_OK;
+}
+
+extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q,
+                                             const void *k, const void *v, const float *slopes, const float *kv_in,
+                                             void *o, float *kv_out, lasp_sp_cache *cache) {
+    lasp_err *err = &ctx->err;
+    sched s;
+    LASP_TRY(prepare(ctx, sp, a, cache, 0, &s));
+    float *KV = cache->kv_in, *m = cache->work;
+    const int r = s.r, W = s.W;
+    lasp_comm_req *rx = NULL, *tx = NULL;
+
+    if (sp->mode == LASP_SP_CHAIN) {
+        if (r > 0) LASP_TRY(lasp_comm_irecv(sp->sp, KV, s.ns, r - 1, LASP_F32, &rx, err));
+        LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, q, k, v, slopes, m));
+        LASP_TRY(hand_to_comm(ctx, &s));
+        if (r > 0) LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
+        else LASP_TRY(copy_state(ctx, KV, kv_in, s.ns, s.C));
+        LASP_TRY(combine(ctx, s.C, a, slopes, KV, m, m));  /* KV_out = γ KV_in + m */
+        if (r < W - 1) {
+            LASP_TRY(lasp_comm_isend(sp->sp, m, s.ns, r + 1, LASP_F32, &tx, err));
+            LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
+        } else if (kv_out) {
+            LASP_TRY(copy_state(ctx, kv_out, m, s.ns, s.C));
+        }
+    } else {
+        /* LASP-2: rank 0 folds the sequence's kv_in into its contribution (MATH.md §4) */
+        float *G = m + s.ns;
+        LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, q, k, v, slopes, m));
+        LASP_TRY(hand_to_comm(ctx, &s));
+        if (r == 0 && kv_in) LASP_TRY(combine(ctx, s.C, a, slopes, kv_in, m, m));
+        LASP_TRY(lasp_comm_allgather(sp->sp, m, G, s.ns, LASP_F32, err));
+        if (r == 0) LASP_TRY(copy_state(ctx, KV, kv_in, s.ns, s.C));
+        else LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, r, 1, KV));
+        if (r == W - 1 && kv_out) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, W, 1, kv_out));
+    }
+    LASP_TRY(hand_to_compute(ctx, &s));
+    return lasp_attn_fwd_cuda_finish(ctx, a, q, k, v, slopes, (r > 0 || kv_in) ? KV : NULL, o);
+}
+
+extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q,
+                                             const void *k, const void *v, const float *slopes,
+                                             const lasp_sp_cache *cache, const void *do_, const float *dkv_out,
+                                             void *dq, void *dk, void *dv, float *dkv_in) {
+    lasp_err *err = &ctx->err;
+    sched s;
+    LASP_TRY(prepare(ctx, sp, a, (lasp_sp_cache *)cache, 1, &s));
+    float *g = cache->work, *dKV = cache->work + s.ns;
+    const int r = s.r, W = s.W;
+    const float *in = dkv_out;  /* dKV_out of this piece */
+
+    if (sp->mode == LASP_SP_CHAIN) {
+        lasp_comm_req *rx = NULL, *tx = NULL;
+        if (r < W - 1) LASP_TRY(lasp_comm_irecv(sp->sp, dKV, s.ns, r + 1, LASP_F32, &rx, err));
+        LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, cache->kv_in, do_, dq, g));
+        LASP_TRY(hand_to_comm(ctx, &s));
+        if (r < W - 1) {
+            LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
+            in = dKV;
+        }
+        LASP_TRY(combine(ctx, s.C, a, slopes, in, g, g));  /* dKV_in = γ dKV_out + g */
+        if (r > 0) {
+            LASP_TRY(lasp_comm_isend(sp->sp, g, s.ns, r - 1, LASP_F32, &tx, err));
+            LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
+        } else if (dkv_in) {
+            LASP_TRY(copy_state(ctx, dkv_in, g, s.ns, s.C));
+        }
+    } else {
+        float *G = cache->work + s.ns;
+        LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, cache->kv_in, do_, dq, g));
+        LASP_TRY(hand_to_comm(ctx, &s));
+        if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, slopes, dkv_out, g, g));
+        LASP_TRY(lasp_comm_allgather(sp->sp, g, G, s.ns, LASP_F32, err));
+        if (r == 0 && dkv_in) LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
+        if (r < W - 1) {
+            LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, r, -1, g));  /* g is free: it takes dKV_out */
+            in = g;
+        }
+    }
+    LASP_TRY(hand_to_compute(ctx, &s));
+    return lasp_attn_bwd_cuda_finish(ctx, a, q, k, v, slopes, do_, in, dk, dv);
+}

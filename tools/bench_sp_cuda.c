@@ -1,0 +1,236 @@
+/* bench_sp_cuda.c — `lasp bench sp --device cuda` under mpirun, one process per GPU: one attention
+ * layer forward+backward through the LASP chain and LASP-2 on W GPUs (NCCL), against the same op on
+ * one GPU at the same tokens per GPU. Weak scaling (T_local fixed) and strong scaling (T fixed).
+ * "exposed" is the SP time minus the one-GPU time at T_local: what sequence parallelism costs beyond
+ * the local attention. Times are the slowest rank's, median over repeats, host-timed around a barrier
+ * and a stream synchronisation. */
+#if defined(LASP_HAVE_CUDA) && defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "attn/attn_cuda_sp.h"
+#include "comm/comm.h"
+#include "core/dtype.h"
+#include "core/rng.h"
+#include "opts.h"
+#include "sp/sp.h"
+
+int lasp_bench_sp_cuda(int argc, char **argv);
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Device tensors of one layer on one GPU. */
+typedef struct layer {
+    void *q, *k, *v, *dO, *o, *dq, *dk, *dv;
+    float *slopes, *kv, *dkv;
+} layer;
+
+static void *dev_rand(size_t n, lasp_dtype t, lasp_rng *r, float scale) {
+    float *h = malloc(n * sizeof *h);
+    void *c = malloc(n * lasp_dtype_size(t)), *d = NULL;
+    if (!h || !c || cudaMalloc(&d, n * lasp_dtype_size(t)) != cudaSuccess) {
+        free(h), free(c);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) h[i] = scale * (float)lasp_rng_normal(r);
+    lasp_convert(c, t, h, LASP_F32, n);
+    cudaMemcpy(d, c, n * lasp_dtype_size(t), cudaMemcpyHostToDevice);
+    free(h), free(c);
+    return d;
+}
+
+static int layer_alloc(layer *L, const lasp_attn_desc *a, uint64_t seed) {
+    lasp_rng r;
+    lasp_rng_seed(&r, seed);
+    const size_t n = (size_t)(a->B * a->T * a->H * a->d), ns = (size_t)(a->B * a->H * a->d * a->e);
+    const float s = 1.0f / sqrtf((float)a->d);
+    L->q = dev_rand(n, a->dtype, &r, s), L->k = dev_rand(n, a->dtype, &r, 1), L->v = dev_rand(n, a->dtype, &r, 1);
+    L->dO = dev_rand(n, a->dtype, &r, 1), L->o = dev_rand(n, a->dtype, &r, 0), L->dq = dev_rand(n, a->dtype, &r, 0);
+    L->dk = dev_rand(n, a->dtype, &r, 0), L->dv = dev_rand(n, a->dtype, &r, 0);
+    L->kv = dev_rand(ns, LASP_F32, &r, 0), L->dkv = dev_rand(ns, LASP_F32, &r, 0);
+    float *sl = malloc((size_t)a->H * sizeof *sl);
+    for (int64_t h = 0; h < a->H; h++) sl[h] = (float)pow(2.0, -8.0 * (h + 1) / (double)a->H);
+    L->slopes = dev_rand((size_t)a->H, LASP_F32, &r, 0);
+    if (L->slopes) cudaMemcpy(L->slopes, sl, (size_t)a->H * sizeof *sl, cudaMemcpyHostToDevice);
+    free(sl);
+    return L->q && L->k && L->v && L->dO && L->o && L->dq && L->dk && L->dv && L->kv && L->dkv && L->slopes;
+}
+
+static void layer_free(layer *L) {
+    void *p[] = {L->q, L->k, L->v, L->dO, L->o, L->dq, L->dk, L->dv, L->slopes, L->kv, L->dkv};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) cudaFree(p[i]);
+    memset(L, 0, sizeof *L);
+}
+
+/* Median (over ranks: the slowest) ms of `reps` fwd+bwd; sp == NULL: the one-GPU op. */
+static double time_layer(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, layer *L, int reps, int warm,
+                         int *failed) {
+    void *stream = NULL;
+    lasp_attn_cuda_stream(ctx, &stream);
+    lasp_sp_cache cache = {0};
+    double *t = malloc((size_t)reps * sizeof *t);
+    lasp_err err = {0};
+    for (int it = -warm; it < reps; it++) {
+        MPI_Barrier(MPI_COMM_WORLD);
+        const double t0 = now_ms();
+        lasp_status s;
+        if (sp) {
+            const int first = sp->sp_rank == 0, last = sp->sp_rank == sp->sp_size - 1;
+            s = lasp_sp_attn_fwd(ctx, sp, a, L->q, L->k, L->v, L->slopes, NULL, L->o, last ? L->kv : NULL, &cache);
+            if (s == LASP_OK)
+                s = lasp_sp_attn_bwd(ctx, sp, a, L->q, L->k, L->v, L->slopes, &cache, L->dO, NULL, L->dq, L->dk, L->dv,
+                                     first ? L->dkv : NULL);
+            if (s == LASP_OK) s = lasp_comm_sync(sp->sp, &err);
+        } else {
+            s = lasp_attn_fwd(ctx, a, L->q, L->k, L->v, L->slopes, NULL, L->o, L->kv);
+            if (s == LASP_OK) s = lasp_attn_bwd(ctx, a, L->q, L->k, L->v, L->slopes, NULL, L->dO, NULL, L->dq, L->dk,
+                                                L->dv, L->dkv);
+        }
+        if (s == LASP_OK && cudaStreamSynchronize((cudaStream_t)stream) != cudaSuccess) s = LASP_ERR_CUDA;
+        if (s != LASP_OK) {
+            fprintf(stderr, "error: %s%s\n", lasp_ctx_error(ctx), err.msg);
+            *failed = 1;
+            break;
+        }
+        double ms = now_ms() - t0, worst = 0;
+        MPI_Allreduce(&ms, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        if (it >= 0) t[it] = worst;
+    }
+    lasp_sp_cache_free(&cache);
+    double med = 0;
+    if (!*failed) {
+        qsort(t, (size_t)reps, sizeof *t, cmp_double);
+        med = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+    }
+    free(t);
+    return med;
+}
+
+int lasp_bench_sp_cuda(int argc, char **argv) {
+    long long B = 1, H = 16, D = 128, repeat = 20, warmup = 3, t_total = 0;
+    const char *device = "cuda", *dtype = "bf16", *t_locals = "32768,65536", *mode = "both";
+    const opt opts[] = {
+        {"--device", OPT_STR, &device, "cuda", "the GPU bench (cpu: see `lasp bench sp --device cpu --help`)", 0},
+        {"--dtype", OPT_STR, &dtype, "bf16|f16|f32", "I/O type", 0},
+        {"--mode", OPT_STR, &mode, "lasp|lasp2|both", "which SP form", 0},
+        {"--t-local", OPT_STR, &t_locals, "N[,N...]", "tokens per GPU for weak scaling", 0},
+        {"--t-total", OPT_INT, &t_total, "N", "total tokens for strong scaling (0 = W × the first --t-local)", 0},
+        {"--batch", OPT_INT, &B, "N", "sequences", 0},
+        {"--heads", OPT_INT, &H, "N", "heads", 0},
+        {"--dim", OPT_INT, &D, "N", "head dim d = e", 0},
+        {"--repeat", OPT_INT, &repeat, "N", "timed runs (median reported)", 0},
+        {"--warmup", OPT_INT, &warmup, "N", "untimed runs first", 0},
+    };
+    const cmd_spec spec = {
+        "mpirun -np W lasp bench sp --device cuda [--dtype bf16] [--t-local N,...] [--mode lasp|lasp2|both] ...",
+        "One attention layer forward+backward over W GPUs (one process each, NCCL), LASP chain and LASP-2, against\n"
+        "the same op on one GPU at the same tokens per GPU: weak scaling (T_local fixed) and strong scaling (T\n"
+        "fixed). exposed = SP time − one-GPU time at T_local. Keep NCCL_NVLS_ENABLE=0 on NVLink machines.",
+        "NCCL_NVLS_ENABLE=0 mpirun -np 2 lasp bench sp --device cuda", opts, N_OPTS(opts)};
+    int pr = opts_parse(&spec, argc, argv);
+    if (pr) return pr > 0 ? 0 : 2;
+    lasp_dtype dt = !strcmp(dtype, "f32") ? LASP_F32 : !strcmp(dtype, "f16") ? LASP_F16 : LASP_BF16;
+    if (strcmp(dtype, "bf16") && strcmp(dtype, "f16") && strcmp(dtype, "f32")) {
+        fprintf(stderr, "error: --dtype '%s' (hint: bf16, f16 or f32)\n", dtype);
+        return 2;
+    }
+    if (repeat < 1 || warmup < 0 || B < 1 || H < 1) {
+        fprintf(stderr, "error: --repeat ≥ 1, --warmup ≥ 0, --batch and --heads ≥ 1\n");
+        return 2;
+    }
+    lasp_err err = {0};
+    lasp_comm *world = NULL;
+    if (lasp_comm_world(LASP_COMM_NCCL, NULL, NULL, &world, &err) != LASP_OK) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        return 1;
+    }
+    const int W = lasp_comm_size(world), rank = lasp_comm_rank(world);
+    lasp_ctx *ctx = NULL;
+    lasp_ctx_create(NULL, &ctx);
+    int dev = 0;
+    cudaGetDevice(&dev);
+    struct cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, dev);
+    if (rank == 0) {
+        printf("# lasp bench sp — device cuda (%d × %s), %s, B%lld H%lld D%lld, median of %lld (slowest rank)\n", W,
+               prop.name, dtype, B, H, D, repeat);
+        printf("# %-7s %-6s %3s %8s %8s %10s %9s %7s %11s %12s\n", "scaling", "mode", "W", "T_local", "T_total",
+               "1-GPU ms", "SP ms", "ratio", "exposed ms", "sent B/rank");
+    }
+    int failed = 0;
+    long long tl_first = 0;
+    char *list = strdup(t_locals);
+    for (char *tok = strtok(list, ","); tok && !failed; tok = strtok(NULL, ",")) {
+        const long long Tl = atoll(tok);
+        if (!tl_first) tl_first = Tl;
+        lasp_attn_desc a = {.B = B, .T = Tl, .H = H, .d = D, .e = D, .block = 0, .dtype = dt};
+        layer L = {0};
+        if (!layer_alloc(&L, &a, 99 + (uint64_t)rank)) {
+            fprintf(stderr, "error: rank %d: no GPU memory for T_local %lld\n", rank, Tl);
+            failed = 1;
+            break;
+        }
+        const double one = time_layer(ctx, NULL, &a, &L, (int)repeat, (int)warmup, &failed);
+        for (int m = 0; m < 2 && !failed; m++) {
+            if ((m == 0 && !strcmp(mode, "lasp2")) || (m == 1 && !strcmp(mode, "lasp"))) continue;
+            lasp_sp sp;
+            if (lasp_sp_init(world, W, (lasp_sp_mode)m, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+            lasp_comm_reset_stats(sp.sp);
+            const double ms = time_layer(ctx, &sp, &a, &L, (int)repeat, (int)warmup, &failed);
+            lasp_comm_stats st = lasp_comm_get_stats(sp.sp);
+            double sent = (double)(st.p2p_bytes + st.coll_bytes) / (double)(repeat + warmup), most = 0;
+            MPI_Allreduce(&sent, &most, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+            if (rank == 0 && !failed)
+                printf("  %-7s %-6s %3d %8lld %8lld %10.3f %9.3f %7.3f %11.3f %12.0f\n", "weak", m ? "lasp2" : "lasp",
+                       W, Tl, Tl * W, one, ms, ms / one, ms - one, most);
+            lasp_sp_free(&sp);
+        }
+        layer_free(&L);
+    }
+    free(list);
+    /* strong scaling: T fixed; one GPU holds all of it, W GPUs a W-th each */
+    const long long T = t_total ? t_total : tl_first * W;
+    if (!failed && W > 1 && T % W == 0) {
+        lasp_attn_desc a1 = {.B = B, .T = T, .H = H, .d = D, .e = D, .block = 0, .dtype = dt};
+        layer L = {0};
+        double one = 0;
+        if (layer_alloc(&L, &a1, 7 + (uint64_t)rank)) one = time_layer(ctx, NULL, &a1, &L, (int)repeat, (int)warmup, &failed);
+        layer_free(&L);
+        lasp_attn_desc a = a1;
+        a.T = T / W;
+        if (!failed && layer_alloc(&L, &a, 8 + (uint64_t)rank)) {
+            for (int m = 0; m < 2 && !failed; m++) {
+                if ((m == 0 && !strcmp(mode, "lasp2")) || (m == 1 && !strcmp(mode, "lasp"))) continue;
+                lasp_sp sp;
+                if (lasp_sp_init(world, W, (lasp_sp_mode)m, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+                const double ms = time_layer(ctx, &sp, &a, &L, (int)repeat, (int)warmup, &failed);
+                if (rank == 0 && !failed)
+                    printf("  %-7s %-6s %3d %8lld %8lld %10.3f %9.3f %7.3f %11s %12s\n", "strong", m ? "lasp2" : "lasp",
+                           W, T / W, T, one, ms, ms / one, "-", "-");
+                lasp_sp_free(&sp);
+            }
+        }
+        layer_free(&L);
+    }
+    if (rank == 0) printf("# ratio = SP ms / 1-GPU ms (weak: at T_local; strong: 1 GPU holds all T; speed-up = 1/ratio)\n");
+    lasp_ctx_free(ctx);
+    lasp_comm_free(world);
+    return failed;
+}
+
+#endif
