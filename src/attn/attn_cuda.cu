@@ -229,7 +229,7 @@ extern "C" lasp_status lasp_attn_fwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
     const void *t[] = {q, k, v, slopes, o};
     const char *names[] = {"q", "k", "v", "slopes", "o"};
     LASP_TRY(check_args(ctx, a, t, names, 5));
-    cuda_state *cs;
+    cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
     lasp_cu::DirParams P = {};
     P.x = q, P.y = k, P.z = v, P.out = o, P.slopes = slopes, P.s_in = kv_in, P.s_end = kv_out;
@@ -243,7 +243,7 @@ extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
     const void *t[] = {q, k, v, slopes, do_, dq, dk, dv};
     const char *names[] = {"q", "k", "v", "slopes", "do", "dq", "dk", "dv"};
     LASP_TRY(check_args(ctx, a, t, names, 8));
-    cuda_state *cs;
+    cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
     const int d = (int)a->d, e = (int)a->e;
     lasp_cu::DirParams P = {};
@@ -266,7 +266,7 @@ extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
 /* ---- the op in halves, for the sequence-parallel schedule (attn_cuda_sp.h) -------------------- */
 
 extern "C" lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream) {
-    cuda_state *cs;
+    cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
     *stream = cs->stream;
     return LASP_OK;
@@ -287,7 +287,7 @@ extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
     const void *t[] = {q, k, v, slopes, m};
     const char *names[] = {"q", "k", "v", "slopes", "m"};
     LASP_TRY(check_args(ctx, a, t, names, 5));
-    cuda_state *cs;
+    cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
     lasp_cu::DirParams P = {};
     P.x = q, P.y = k, P.z = v, P.slopes = slopes, P.s_end = m, P.states_only = 1;
@@ -301,7 +301,7 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     const void *t[] = {q, k, v, slopes, o};
     const char *names[] = {"q", "k", "v", "slopes", "o"};
     LASP_TRY(check_args(ctx, a, t, names, 5));
-    cuda_state *cs;
+    cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
     lasp_cu::DirParams P = {};
     P.x = q, P.y = k, P.z = v, P.out = o, P.slopes = slopes, P.s_in = kv_in;
@@ -315,7 +315,7 @@ extern "C" lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
     const void *t[] = {q, k, v, slopes, do_, dq, g};
     const char *names[] = {"q", "k", "v", "slopes", "do", "dq", "g"};
     LASP_TRY(check_args(ctx, a, t, names, 7));
-    cuda_state *cs;
+    cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
     lasp_cu::DirParams P = {};
     P.slopes = slopes;
@@ -336,7 +336,7 @@ extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     const void *t[] = {q, k, v, slopes, do_, dk, dv};
     const char *names[] = {"q", "k", "v", "slopes", "do", "dk", "dv"};
     LASP_TRY(check_args(ctx, a, t, names, 7));
-    cuda_state *cs;
+    cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
     lasp_cu::DirParams P = {};
     P.slopes = slopes, P.x = k, P.y = q, P.z = do_, P.out = dv, P.s_in = dkv_out;
