@@ -74,7 +74,11 @@ static lasp_status make_state(lasp_comm *c, int device, lasp_err *err) {
     if (!s) return lasp_fail(err, LASP_ERR_NOMEM, "rank %d: no memory for a communicator", c->world_rank);
     s->device = device;
     s->mpi = MPI_COMM_NULL;
-    cudaError_t e = cudaStreamCreateWithFlags(&s->own, cudaStreamNonBlocking);
+    /* the highest priority: a transfer's kernel gets the next free SM ahead of the compute kernels
+     * that fill the GPU meanwhile, so the chain's hop is not queued behind a whole kernel */
+    int lo = 0, hi = 0;
+    cudaDeviceGetStreamPriorityRange(&lo, &hi);
+    cudaError_t e = cudaStreamCreateWithPriority(&s->own, cudaStreamNonBlocking, hi);
     if (e != cudaSuccess) {
         free(s);
         return cuda_fail(c, e, "cudaStreamCreateWithFlags", err);

@@ -11,8 +11,9 @@
  *     dKV_in = γ dKV_out + g on C, sent to r−1, then dk, dv with dKV_out.
  *   LASP-2: the local states are all-gathered on C and combined by Horner, same halves around it.
  *
- * The compute stream waits for C's event before it reuses a buffer C still sends from, so one
- * layer's transfers never race the next layer's work. Every state and message is fp32. */
+ * The finishing half waits only for the incoming state, not for the outgoing send to complete; the
+ * next call's local half waits for that send before it writes the buffer again, so one layer's
+ * transfers never race the next layer's work. Every state and message is fp32. */
 #include <cuda_runtime.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,9 @@
 
 typedef struct gpu_events {
     cudaEvent_t local_done;   /* S: the local half has produced m (or g) */
-    cudaEvent_t state_ready;  /* C: KV_in (dKV_out) is here and the outgoing state is sent */
+    cudaEvent_t state_ready;  /* C: KV_in (dKV_out) is here */
+    cudaEvent_t sent;         /* C: the outgoing state has left; its buffer may be written again */
+    int sent_pending;         /* `sent` was recorded and no call has waited for it yet */
 } gpu_events;
 
 static lasp_status cu_fail(lasp_ctx *ctx, cudaError_t e, const char *what) {
@@ -82,6 +85,7 @@ extern "C" void lasp_sp_cache_free_cuda(lasp_sp_cache *c) {
     if (ev) {
         cudaEventDestroy(ev->local_done);
         cudaEventDestroy(ev->state_ready);
+        cudaEventDestroy(ev->sent);
         free(ev);
     }
     memset(c, 0, sizeof *c);
@@ -131,6 +135,7 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
             if (!ev) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "SP on the GPU: no memory for events");
             CU_TRY(ctx, cudaEventCreateWithFlags(&ev->local_done, cudaEventDisableTiming), "cudaEventCreate");
             CU_TRY(ctx, cudaEventCreateWithFlags(&ev->state_ready, cudaEventDisableTiming), "cudaEventCreate");
+            CU_TRY(ctx, cudaEventCreateWithFlags(&ev->sent, cudaEventDisableTiming), "cudaEventCreate");
             cache->gpu = ev;
         }
     }
@@ -140,6 +145,11 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
     s->S = (cudaStream_t)st;
     s->C = (cudaStream_t)lasp_comm_stream(sp->sp);
     if (!s->C) return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU needs NCCL communicators");
+    /* the previous call's send may still read the buffer this call's local half writes */
+    if (s->ev->sent_pending) {
+        CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->sent, 0), "cudaStreamWaitEvent");
+        s->ev->sent_pending = 0;
+    }
     return LASP_OK;
 }
 
@@ -150,10 +160,17 @@ static lasp_status hand_to_comm(lasp_ctx *ctx, const sched *s) {
     return LASP_OK;
 }
 
-/* C has the incoming state and has sent the outgoing one: S may finish (and later reuse buffers). */
+/* C has the incoming state: S may finish. */
 static lasp_status hand_to_compute(lasp_ctx *ctx, const sched *s) {
     CU_TRY(ctx, cudaEventRecord(s->ev->state_ready, s->C), "cudaEventRecord");
     CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->state_ready, 0), "cudaStreamWaitEvent");
+    return LASP_OK;
+}
+
+/* After the send: remembered, so that the next call waits for it before reusing the buffer. */
+static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
+    CU_TRY(ctx, cudaEventRecord(s->ev->sent, s->C), "cudaEventRecord");
+    s->ev->sent_pending = 1;
     return LASP_OK;
 }
 
@@ -180,12 +197,15 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         if (r > 0) LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
         else LASP_TRY(copy_state(ctx, KV, kv_in, s.ns, s.C));
         LASP_TRY(combine(ctx, s.C, a, slopes, KV, m, m));  /* KV_out = γ KV_in + m */
+        LASP_TRY(hand_to_compute(ctx, &s));                 /* KV_in is here: S may finish */
         if (r < W - 1) {
             LASP_TRY(lasp_comm_isend(sp->sp, m, s.ns, r + 1, LASP_F32, &tx, err));
             LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
         } else if (kv_out) {
             LASP_TRY(copy_state(ctx, kv_out, m, s.ns, s.C));
         }
+        LASP_TRY(mark_sent(ctx, &s));
+        return lasp_attn_fwd_cuda_finish(ctx, a, q, k, v, slopes, (r > 0 || kv_in) ? KV : NULL, o);
     } else {
         /* LASP-2: rank 0 folds the sequence's kv_in into its contribution (MATH.md §4) */
         float *G = m + s.ns;
@@ -198,6 +218,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         if (r == W - 1 && kv_out) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, W, 1, kv_out));
     }
     LASP_TRY(hand_to_compute(ctx, &s));
+    LASP_TRY(mark_sent(ctx, &s));
     return lasp_attn_fwd_cuda_finish(ctx, a, q, k, v, slopes, (r > 0 || kv_in) ? KV : NULL, o);
 }
 
@@ -222,12 +243,15 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             in = dKV;
         }
         LASP_TRY(combine(ctx, s.C, a, slopes, in, g, g));  /* dKV_in = γ dKV_out + g */
+        LASP_TRY(hand_to_compute(ctx, &s));                 /* dKV_out is here: S may finish */
         if (r > 0) {
             LASP_TRY(lasp_comm_isend(sp->sp, g, s.ns, r - 1, LASP_F32, &tx, err));
             LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
         } else if (dkv_in) {
             LASP_TRY(copy_state(ctx, dkv_in, g, s.ns, s.C));
         }
+        LASP_TRY(mark_sent(ctx, &s));
+        return lasp_attn_bwd_cuda_finish(ctx, a, q, k, v, slopes, do_, in, dk, dv);
     } else {
         float *G = cache->work + s.ns;
         LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, cache->kv_in, do_, dq, g));
@@ -241,5 +265,6 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         }
     }
     LASP_TRY(hand_to_compute(ctx, &s));
+    LASP_TRY(mark_sent(ctx, &s));
     return lasp_attn_bwd_cuda_finish(ctx, a, q, k, v, slopes, do_, in, dk, dv);
 }
