@@ -230,8 +230,8 @@ int cmd_train(int argc, char **argv) {
                "model", a.model, o.model.d_model, o.model.n_layers, o.model.n_heads, o.model.d_model / o.model.n_heads,
                o.model.ffn_dim, o.model.vocab, o.model.conv, t.P / 1e6);
         if (data.kind == LASP_DATA_RECALL)
-            printf("#   %-14s recall task: %d key-value pairs, then questions (chance accuracy 1/%d)\n", "data",
-                   data.n_pairs, LASP_RECALL_N_VALUES);
+            printf("#   %-14s recall task: %d key-value pairs, then questions (chance accuracy 1/%d; knowing the "
+                   "values but not their keys: ~1/%d)\n", "data", data.n_pairs, LASP_RECALL_N_VALUES, data.n_pairs);
         else
             printf("#   %-14s %s (%s): %zu tokens, %zu train / %zu validation\n", "data", a.data,
                    lasp_data_kind_name(data.kind), data.n_tokens, data.n_train, data.n_tokens - data.n_train);
@@ -287,9 +287,10 @@ int cmd_train(int argc, char **argv) {
                 for (int i = 0; i < 20; i++) bar[i] = i < fill ? '#' : '.';
                 bar[20] = 0;
                 if (!a.quiet && a.val_batches) {
-                    if (data.kind == LASP_DATA_RECALL)
-                        printf("val  step %lld | loss %.4f | recall accuracy %.1f%%\n", (long long)t.step, vloss,
-                               100 * vacc);
+                    if (data.kind == LASP_DATA_RECALL)  /* beside the two levels it must beat (docs/MODEL.md) */
+                        printf("val  step %lld | loss %.4f | recall accuracy %.1f%% (chance %.1f%%, values without "
+                               "keys %.1f%%)\n", (long long)t.step, vloss, 100 * vacc, 100.0 / LASP_RECALL_N_VALUES,
+                               100.0 / data.n_pairs);
                     else
                         printf("val  step %lld | loss %.4f\n", (long long)t.step, vloss);
                 }

@@ -334,25 +334,27 @@ static lasp_status conv_halo_fwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, lasp
                               r > 0 ? r - 1 : -1, LASP_F32, &ctx->err);
 }
 
-/* q | k | v channel c of token (b, t) before the convolution; t < 0 reaches into the halo */
-static inline float conv_in(const lasp_layer_acts *A, int64_t b, int64_t t, int64_t c, int64_t T, int64_t K1,
-                            int64_t C) {
-    return t >= 0 ? A->pre[(b * T + t) * 4 * C + c] : A->halo[(b * K1 + K1 + t) * 3 * C + c];
+/* Row of q | k | v projections (3C, stride 1) of token t of sequence b before the convolution;
+ * t < 0 reaches into the halo. */
+static inline const float *conv_row(const lasp_layer_acts *A, int64_t b, int64_t t, int64_t T, int64_t K1,
+                                    int64_t C) {
+    return t >= 0 ? A->pre + (b * T + t) * 4 * C : A->halo + (b * K1 + K1 + t) * 3 * C;
 }
 
-/* cpre[b,t,c] = Σ_j wc[j,c] · pre[b,t−j,c] over the 3C q | k | v channels (depthwise, causal) */
+/* cpre[b,t,c] = Σ_j wc[j,c] · pre[b,t−j,c] over the 3C q | k | v channels (depthwise, causal);
+ * rows outside, channels inside, so the inner loop is contiguous and vectorises */
 static void conv_fwd(const lasp_model *m, lasp_layer_acts *A, const float *wc) {
-    const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K = m->cfg.conv;
+    const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K = m->cfg.conv, W3 = 3 * C;
 #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < B * T; n++) {
-        const int64_t b = n / T, t = n % T;
-        float *y = A->cpre + n * 3 * C;
-        for (int64_t c = 0; c < 3 * C; c++) {
-            float s = 0;
-            for (int64_t j = 0; j < K; j++) s += wc[j * 3 * C + c] * conv_in(A, b, t - j, c, T, K - 1, C);
-            y[c] = s;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            float *y = A->cpre + (b * T + t) * W3;
+            memset(y, 0, (size_t)W3 * sizeof *y);
+            for (int64_t j = 0; j < K; j++) {
+                const float *x = conv_row(A, b, t - j, T, K - 1, C), *w = wc + j * W3;
+                for (int64_t c = 0; c < W3; c++) y[c] += w[c] * x[c];
+            }
         }
-    }
 }
 
 /* Backward of conv_fwd, given dy = ∂/∂cpre in m->dconv: dwc += Σ dy·x; ∂/∂pre into dpre's q | k | v
@@ -362,24 +364,26 @@ static lasp_status conv_bwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const las
                             float *dwc, float *dpre) {
     const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K = m->cfg.conv, K1 = K - 1, W3 = 3 * C;
     const float *dy = m->dconv;
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < W3; c++)
-        for (int64_t j = 0; j < K; j++) {
-            double s = 0;
-            for (int64_t b = 0; b < B; b++)
-                for (int64_t t = 0; t < T; t++) s += (double)dy[(b * T + t) * W3 + c] * conv_in(A, b, t - j, c, T, K1, C);
-            dwc[j * W3 + c] += (float)s;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            const float *g = dy + (b * T + t) * W3;
+            for (int64_t j = 0; j < K; j++) {
+                const float *x = conv_row(A, b, t - j, T, K1, C);
+                float *dw = dwc + j * W3;
+                for (int64_t c = 0; c < W3; c++) dw[c] += g[c] * x[c];
+            }
         }
     /* ∂/∂x[b,s] = Σ_j wc[j] · dy[b,s+j]: s ≥ 0 are this piece's tokens, s < 0 the halo's */
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < B; b++)
-        for (int64_t s = -K1; s < T; s++)
-            for (int64_t c = 0; c < W3; c++) {
-                float g = 0;
-                for (int64_t j = s < 0 ? -s : 0; j < K && s + j < T; j++) g += wc[j * W3 + c] * dy[(b * T + s + j) * W3 + c];
-                if (s >= 0) dpre[(b * T + s) * 4 * C + c] = g;
-                else m->halo_tx[(b * K1 + K1 + s) * W3 + c] = g;
+        for (int64_t s = -K1; s < T; s++) {
+            float *d = s >= 0 ? dpre + (b * T + s) * 4 * C : m->halo_tx + (b * K1 + K1 + s) * W3;
+            memset(d, 0, (size_t)W3 * sizeof *d);
+            for (int64_t j = s < 0 ? -s : 0; j < K && s + j < T; j++) {
+                const float *g = dy + (b * T + s + j) * W3, *w = wc + j * W3;
+                for (int64_t c = 0; c < W3; c++) d[c] += w[c] * g[c];
             }
+        }
     if (!sp || sp->sp_size == 1) return LASP_OK;
     const int r = sp->sp_rank, last = sp->sp_size - 1;
     const size_t n = (size_t)(B * K1 * W3);
