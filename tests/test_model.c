@@ -137,7 +137,8 @@ static void test_decoder(int conv) {
     lasp_decoder_free(&d);
     free(m.params);
     lasp_model_free(&m);
-    test_case("recurrent decoding equals the chunked forward (%s)", conv ? "the convolution's window rolls" : "no convolution");
+    test_case("recurrent decoding equals the chunked forward (%s)",
+              conv ? "the convolution's window rolls" : "no convolution");
 }
 
 static void test_bad(void) {

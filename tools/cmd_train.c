@@ -174,7 +174,7 @@ int cmd_train(int argc, char **argv) {
     lasp_train_opts o = lasp_train_default_opts();
     if (lasp_model_preset(a.model, vocab, &o.model, e) != LASP_OK) BAIL("%s\n", e->msg);
     if (a.conv >= 0) {
-        o.model.conv = a.conv > 64 ? 64 : (int32_t)a.conv;
+        o.model.conv = a.conv > 1000 ? 1000 : (int32_t)a.conv;  /* the check names the range */
         if (lasp_model_config_check(&o.model, e) != LASP_OK) BAIL("--conv %lld: %s\n", a.conv, e->msg);
     }
     o.batch = a.batch, o.seq_len = a.seq_len, o.steps = a.steps, o.warmup = a.warmup, o.lr = a.lr;

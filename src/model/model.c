@@ -321,7 +321,7 @@ static lasp_status attn_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a,
 
 /* Fills A->halo with the q | k | v projections of the K−1 tokens before this piece: the previous SP
  * rank's last K−1 (each rank sends its own to the next), zeros on the first piece. (K−1)·B·3C floats
- * per layer, against LASP's B·H·D·D state: a few percent of what already crosses. */
+ * per layer against the B·H·D·D of LASP's state message: 3(K−1)/D of it, 28% at D = 32, 7% at 128. */
 static lasp_status conv_halo_fwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, lasp_layer_acts *A) {
     const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K1 = m->cfg.conv - 1, n = B * K1 * 3 * C;
     memset(A->halo, 0, (size_t)n * sizeof(float));
@@ -329,7 +329,8 @@ static lasp_status conv_halo_fwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, lasp
     const int r = sp->sp_rank, last = sp->sp_size - 1;
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < K1; i++)
-            memcpy(m->halo_tx + (b * K1 + i) * 3 * C, A->pre + (b * T + T - K1 + i) * 4 * C, (size_t)(3 * C) * sizeof(float));
+            memcpy(m->halo_tx + (b * K1 + i) * 3 * C, A->pre + (b * T + T - K1 + i) * 4 * C,
+                   (size_t)(3 * C) * sizeof(float));
     return lasp_comm_sendrecv(sp->sp, m->halo_tx, (size_t)n, r < last ? r + 1 : -1, A->halo, (size_t)n,
                               r > 0 ? r - 1 : -1, LASP_F32, &ctx->err);
 }
