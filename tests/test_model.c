@@ -21,12 +21,15 @@ static double loss_of(lasp_model *m, const int32_t *tok, const int32_t *tgt) {
 
 /* Sampled parameters of every tensor: analytic gradient vs (L(p+ε) − L(p−ε)) / 2ε. The forward is
  * fp32, so the difference quotient carries ~1e-7·|L|/ε of rounding noise: weights are drawn larger
- * than at init (gradients of O(1e-2..1)), ε = 1e-2 in a function that is smooth at that scale, and
- * the metric is the relative error over all sampled entries together. */
-static void test_fd(int no_blas) {
+ * than at init (gradients of O(1e-2..1)), ε = 1e-2, and the metric is the relative error over all
+ * sampled entries together. At that scale the quotient's own O(ε²) error reached 1e-2 for some
+ * seeds, so it is extrapolated from ε and ε/2 (Richardson): measured errors ~2e-4 overall, ≤ 3e-3
+ * for the worst tensor, over seeds — the thresholds leave 10× and 3× of room. */
+static void test_fd(int no_blas, int conv) {
     lasp_model_config c;
     lasp_err err = {0};
     CHECK(lasp_model_preset("tiny", 64, &c, &err) == LASP_OK, "%s", err.msg);
+    c.conv = conv;
     lasp_model m;
     CHECK(lasp_model_create(&c, &m, &err) == LASP_OK, "%s", err.msg);
     CHECK(lasp_model_reserve(&m, B, T, &err) == LASP_OK, "%s", err.msg);
@@ -53,9 +56,10 @@ static void test_fd(int no_blas) {
     ranges[nr][0] = 0, ranges[nr][1] = m.lay.unit_off[1], names[nr++] = "wte";
     for (int l = 0; l < c.n_layers; l++) {
         const size_t o = m.lay.unit_off[1 + l];
-        const size_t cuts[] = {b->ln1, b->wqkvu, b->onorm, b->wo, b->ln2, b->w12, b->w3, b->size};
-        static const char *nm[] = {"ln1", "wqkvu", "onorm", "wo", "ln2", "w12", "w3"};
-        for (int i = 0; i < 7; i++) ranges[nr][0] = o + cuts[i], ranges[nr][1] = o + cuts[i + 1], names[nr++] = nm[i];
+        const size_t cuts[] = {b->ln1, b->wqkvu, b->conv, b->onorm, b->wo, b->ln2, b->w12, b->w3, b->size};
+        static const char *nm[] = {"ln1", "wqkvu", "conv", "onorm", "wo", "ln2", "w12", "w3"};
+        for (int i = 0; i < 8; i++)
+            if (cuts[i + 1] > cuts[i]) ranges[nr][0] = o + cuts[i], ranges[nr][1] = o + cuts[i + 1], names[nr++] = nm[i];
     }
     const size_t oh = m.lay.unit_off[c.n_layers + 1];
     ranges[nr][0] = oh, ranges[nr][1] = oh + m.lay.head_w, names[nr++] = "lnf";
@@ -70,12 +74,18 @@ static void test_fd(int no_blas) {
             size_t i = ranges[r][0] + (size_t)lasp_rng_below(&rng, ranges[r][1] - ranges[r][0]);
             if (r == 0) i = (size_t)tok[s] * (size_t)c.d_model + (size_t)lasp_rng_below(&rng, (uint64_t)c.d_model);
             const float p0 = m.params[i];
-            m.params[i] = p0 + eps;
-            const double lp = loss_of(&m, tok, tgt);
-            m.params[i] = p0 - eps;
-            const double lm = loss_of(&m, tok, tgt);
+            double dq[2];  /* central differences at ε and ε/2 */
+            for (int k = 0; k < 2; k++) {
+                const float h = k ? eps / 2 : eps;
+                m.params[i] = p0 + h;
+                const double lp = loss_of(&m, tok, tgt);
+                m.params[i] = p0 - h;
+                const double lm = loss_of(&m, tok, tgt);
+                dq[k] = (lp - lm) / (2.0 * h);
+            }
             m.params[i] = p0;
-            const double fd = (lp - lm) / (2.0 * eps), an = m.grads[i];
+            /* Richardson: the O(ε²) curvature terms of the two quotients cancel */
+            const double fd = (4 * dq[1] - dq[0]) / 3, an = m.grads[i];
             tn += (fd - an) * (fd - an), td += an * an;
         }
         num += tn, den += td;
@@ -83,20 +93,22 @@ static void test_fd(int no_blas) {
         if (te > worst_t) worst_t = te, worst_name = names[r];
     }
     const double rel = sqrt(num / den);
-    printf("# finite differences (%s): relative error %.2e over all tensors, worst tensor %s %.2e\n",
-           no_blas ? "loops" : "BLAS", rel, worst_name, worst_t);
-    CHECK(rel < 1e-2, "gradient relative error %.3e ≥ 1e-2", rel);
-    CHECK(worst_t < 5e-2, "tensor %s: gradient relative error %.3e ≥ 5e-2", worst_name, worst_t);
+    printf("# finite differences (%s, conv %d): relative error %.2e over all tensors, worst tensor %s %.2e\n",
+           no_blas ? "loops" : "BLAS", conv, rel, worst_name, worst_t);
+    CHECK(rel < 2e-3, "gradient relative error %.3e ≥ 2e-3", rel);
+    CHECK(worst_t < 1e-2, "tensor %s: gradient relative error %.3e ≥ 1e-2", worst_name, worst_t);
     free(m.params), free(m.grads);
     lasp_model_free(&m);
-    test_case("model gradients match central finite differences (tiny, %s)", no_blas ? "plain loops" : "BLAS");
+    test_case("model gradients match central finite differences (tiny, %s, %s)", no_blas ? "plain loops" : "BLAS",
+              conv ? "short convolution" : "no convolution");
 }
 
 /* The recurrent decoder feeds tokens one at a time; its logits must equal the chunked forward's. */
-static void test_decoder(void) {
+static void test_decoder(int conv) {
     lasp_model_config c;
     lasp_err err = {0};
     CHECK(lasp_model_preset("tiny", 256, &c, &err) == LASP_OK, "%s", err.msg);
+    c.conv = conv;
     lasp_model m;
     CHECK(lasp_model_create(&c, &m, &err) == LASP_OK, "%s", err.msg);
     enum { TT = 150 };  /* more than two blocks of the chunked op */
@@ -120,12 +132,13 @@ static void test_decoder(void) {
         }
     }
     const double rel = sqrt(num / den);
-    printf("# recurrent vs chunked logits over %d tokens: relative error %.2e\n", TT, rel);
+    printf("# recurrent vs chunked logits over %d tokens (conv %d): relative error %.2e\n", TT, conv, rel);
     CHECK(rel < 1e-4, "recurrent decoder differs from the forward: %.3e", rel);
     lasp_decoder_free(&d);
     free(m.params);
     lasp_model_free(&m);
-    test_case("recurrent decoding equals the chunked forward");
+    test_case("recurrent decoding equals the chunked forward (%s)",
+              conv ? "the convolution's window rolls" : "no convolution");
 }
 
 static void test_bad(void) {
@@ -133,8 +146,10 @@ static void test_bad(void) {
     lasp_err err = {0};
     CHECK(lasp_model_preset("huge", 256, &c, &err) == LASP_ERR_ARG, "unknown preset accepted");
     CHECK(strstr(err.msg, "tiny") != NULL, "no hint in '%s'", err.msg);
-    c = (lasp_model_config){256, 48, 2, 2, 64};  /* head dim 24 */
+    c = (lasp_model_config){256, 48, 2, 2, 64, 4};  /* head dim 24 */
     CHECK(lasp_model_config_check(&c, &err) == LASP_ERR_UNSUPPORTED, "head dim 24 accepted");
+    c = (lasp_model_config){256, 32, 2, 2, 64, 1};  /* a one-tap "convolution" mixes nothing */
+    CHECK(lasp_model_config_check(&c, &err) == LASP_ERR_ARG, "conv 1 accepted");
     test_case("bad model configs are refused with a hint");
 }
 
@@ -142,11 +157,13 @@ int main(void) {
     lasp_rng_seed(&rng, test_seed());
     lasp_ctx_params p = lasp_ctx_default_params();
     if (lasp_ctx_create(&p, &ctx) != LASP_OK) return 1;
-    test_fd(0);
+    test_fd(0, 4);
+    test_fd(0, 0);
 #ifdef LASP_HAVE_BLAS
-    test_fd(1);
+    test_fd(1, 4);
 #endif
-    test_decoder();
+    test_decoder(4);
+    test_decoder(0);
     test_bad();
     lasp_ctx_free(ctx);
     return test_exit();

@@ -148,6 +148,12 @@ static void test_bad(void) {
                 "--ckpt hdr --resume");
     expect_fail("a checkpoint of another model", "another model",
                 "%s train --model small --seq-len 64 --batch 4 --steps 20 --out bad %s", "--ckpt ck --resume");
+    expect_fail("a checkpoint with the convolution resumed without it", "conv 4",
+                "%s train " TINY " --steps 20 --out bad %s", "--ckpt ck --resume --conv 0");
+    corrupt_copy("ver", -1, 8);  /* the version field comes before the header checksum is checked */
+    expect_fail("a checkpoint of another format version", "format version", "%s train " TINY " --steps 20 --out bad %s",
+                "--ckpt ver --resume");
+    expect_fail("a convolution of one tap", "2..16", "%s train " TINY " --out bad %s", "--conv 1");
     expect_fail("--resume without a checkpoint", "cannot open checkpoint", "%s train " TINY " --steps 20 --out bad %s",
                 "--ckpt nockpt --resume");
     expect_fail("an unknown preset", "unknown model preset", "%s train --model huge --out bad %s", "");
@@ -162,20 +168,24 @@ static void test_bad(void) {
 #endif
 }
 
-/* Learning: tiny preset, 4 pairs, 1000 steps (about ten seconds). Accuracy counts only the values
- * after a repeated key. Untrained, the model is at chance: 1/64 = 1.6% (the values are uniform and
- * independent of everything before the sample). The threshold, 10% (6× chance), needs information
- * carried from earlier in the sequence — which values were stated — so a model without working
- * attention state cannot reach it; measured: ~20% (docs/MODEL.md says what longer runs reach). */
+/* Learning: small preset, 4 pairs, seq 64, batch 16, 400 steps at lr 1e-3 (~35 s on one core of the
+ * development VM; measured 75–83% recall accuracy over seeds 1 and 3). Accuracy counts only the
+ * values after a repeated key. Untrained, the model is at chance, 1/64 = 1.6%. A model that learnt
+ * which values a sample holds but not which key each belongs to is capped near 1/P = 25% (a little
+ * more when two pairs share a value) — the model without the short convolution plateaus there,
+ * 25.4% after 1000 steps of the tiny preset. The threshold, 50% = twice that cap, is reached only
+ * by binding values to keys. The tiny preset is faster but its learning depends on the seed
+ * (5–90% after 600 steps), the small one's does not. */
 static void test_learn(void) {
-    int rc = run("%s train --model tiny --recall-pairs 4 --seq-len 64 --batch 32 --steps 1000 --lr 1e-2 --min-lr 1e-3 "
-                 "--val-every 0 --val-batches 8 --quiet --out learn --ckpt learn/ck", lasp);
+    int rc = run("%s train --model small --recall-pairs 4 --seq-len 64 --batch 16 --steps 400 --warmup 30 --lr 1e-3 "
+                 "--min-lr 1e-4 --seed 1 --val-every 0 --val-batches 8 --quiet --out learn --ckpt learn/ck", lasp);
     CHECK(rc == 0, "training failed (%d):\n%s", rc, out);
     const char *p = strstr(out, "recall accuracy ");
     const double acc = p ? atof(p + 16) : 0;
-    printf("# recall accuracy after 1000 steps: %.1f%% (threshold 10%%, chance 1.6%%)\n", acc);
-    CHECK(acc >= 10.0, "recall accuracy %.1f%% < 10%%:\n%s", acc, out);
-    test_case("the tiny model learns the recall task (accuracy ≥ 10%%, chance 1.6%%)");
+    printf("# recall accuracy after 400 steps: %.1f%% (threshold 50%%; values without keys ~25%%, chance 1.6%%)\n",
+           acc);
+    CHECK(acc >= 50.0, "recall accuracy %.1f%% < 50%%:\n%s", acc, out);
+    test_case("the small model learns associative recall (accuracy ≥ 50%% = 2 × the values-without-keys 25%%)");
 
     /* generation from that checkpoint: state pairs, ask a key, the model answers the value */
     rc = run("%s generate --ckpt learn/ck --prompt-ids 20,130,33,150,41,170,57,190,41 --tokens 1 --temperature 0 --ids",

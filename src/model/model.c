@@ -22,7 +22,7 @@ lasp_status lasp_model_preset(const char *name, int32_t vocab, lasp_model_config
     static const struct {
         const char *name;
         int32_t C, L, H, F;
-    } presets[] = {
+    } presets[] = {  /* all with a short convolution of 4 taps (docs/MODEL.md: recall needs it) */
         {"tiny", 32, 2, 2, 64},        /* seconds on a laptop core: tests, finite differences */
         {"small", 128, 4, 4, 256},     /* the demo: learns the recall task in minutes on 2 cores */
         {"400m", 1024, 24, 8, 2816},   /* ~0.4 B with a GPT-2 vocab */
@@ -30,7 +30,7 @@ lasp_status lasp_model_preset(const char *name, int32_t vocab, lasp_model_config
     };
     for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
         if (!strcmp(name, presets[i].name)) {
-            *out = (lasp_model_config){vocab, presets[i].C, presets[i].L, presets[i].H, presets[i].F};
+            *out = (lasp_model_config){vocab, presets[i].C, presets[i].L, presets[i].H, presets[i].F, 4};
             return lasp_model_config_check(out, err);
         }
     return lasp_fail(err, LASP_ERR_ARG, "unknown model preset '%s' (hint: tiny, small, 400m or 1b)", name);
@@ -43,6 +43,8 @@ lasp_status lasp_model_config_check(const lasp_model_config *c, lasp_err *err) {
         c->d_model > 65536 || c->ffn_dim > 262144)
         return lasp_fail(err, LASP_ERR_ARG, "model config out of range: d_model %d, layers %d, heads %d, ffn %d",
                          c->d_model, c->n_layers, c->n_heads, c->ffn_dim);
+    if (c->conv != 0 && (c->conv < 2 || c->conv > 16))
+        return lasp_fail(err, LASP_ERR_ARG, "short convolution of %d taps: 0 (none) or 2..16 (hint: 4)", c->conv);
     if (c->d_model % c->n_heads || !lasp_head_dim_supported(c->d_model / c->n_heads))
         return lasp_fail(err, LASP_ERR_UNSUPPORTED,
                          "d_model %d / heads %d does not give a supported head dim (hint: 16, 32, 64, 128 or 256)",
@@ -58,6 +60,7 @@ lasp_status lasp_layout_make(const lasp_model_config *c, lasp_layout *out, lasp_
     size_t o = 0;
     b->ln1 = o, o += C;
     b->wqkvu = o, o += C * 4 * C;
+    b->conv = o, o += (size_t)c->conv * 3 * C;
     b->onorm = o, o += C;
     b->wo = o, o += C * C;
     b->ln2 = o, o += C;
@@ -90,7 +93,8 @@ int lasp_layout_decays(const lasp_layout *l, size_t i) {
     if (i >= l->unit_off[L + 1]) return i - l->unit_off[L + 1] >= l->head_w; /* head yes, final gain no */
     const size_t r = (i - l->unit_off[1]) % l->blk.size;
     const lasp_block_off *b = &l->blk;
-    return !((r >= b->ln1 && r < b->wqkvu) || (r >= b->onorm && r < b->wo) || (r >= b->ln2 && r < b->w12));
+    /* convolution taps are a per-channel filter like the gains, not a matrix: not decayed */
+    return !((r >= b->ln1 && r < b->wqkvu) || (r >= b->conv && r < b->wo) || (r >= b->ln2 && r < b->w12));
 }
 
 void lasp_model_init_params(const lasp_model_config *c, const lasp_layout *l, uint64_t seed, float *p) {
@@ -105,6 +109,11 @@ void lasp_model_init_params(const lasp_model_config *c, const lasp_layout *l, ui
         for (size_t i = 0; i < C; i++) w[b->ln1 + i] = w[b->onorm + i] = w[b->ln2 + i] = 1.0f;
         for (size_t i = 0; i < C * C; i++) w[b->wo + i] = (float)(sd_out * lasp_rng_normal(&r));
         for (size_t i = 0; i < F * C; i++) w[b->w3 + i] = (float)(sd_out * lasp_rng_normal(&r));
+        /* convolution taps N(0, 1/K): the sum of K taps keeps q, k, v at the scale of the projections.
+         * Starting from the identity (tap 0 = 1, the rest ~0) was tried: its loss curves were chaotic
+         * (20-step curves of 1 and 2 ranks drifted 1e-3 apart from 1e-10 at step 1) and learnt slower */
+        const double sd_conv = 1.0 / sqrt((double)(c->conv ? c->conv : 1));
+        for (size_t i = 0; i < (size_t)c->conv * 3 * C; i++) w[b->conv + i] = (float)(sd_conv * lasp_rng_normal(&r));
     }
     float *h = p + l->unit_off[c->n_layers + 1];
     for (size_t i = 0; i < C; i++) h[l->head_lnf + i] = 1.0f;
@@ -137,12 +146,14 @@ static void acts_free(lasp_model *m) {
         lasp_layer_acts *a = &m->acts[l];
         free(a->x), free(a->rstd1), free(a->xn1), free(a->pre), free(a->q), free(a->k), free(a->v), free(a->o);
         free(a->rstdo), free(a->y), free(a->xm), free(a->rstd2), free(a->xn2), free(a->h), free(a->a);
+        free(a->cpre), free(a->halo);
         lasp_sp_cache_free(&a->cache);
         memset(a, 0, sizeof *a);
     }
     free(m->xL), free(m->rstdf), free(m->xf), free(m->logits), free(m->dres), free(m->dbuf), free(m->dbig);
-    free(m->dq), free(m->dk), free(m->dv), free(m->dob);
+    free(m->dq), free(m->dk), free(m->dv), free(m->dob), free(m->dconv), free(m->halo_tx), free(m->halo_rx);
     m->xL = m->rstdf = m->xf = m->logits = m->dres = m->dbuf = m->dbig = m->dq = m->dk = m->dv = m->dob = NULL;
+    m->dconv = m->halo_tx = m->halo_rx = NULL;
     m->B = m->T = 0;
 }
 
@@ -152,7 +163,8 @@ lasp_status lasp_model_reserve(lasp_model *m, int64_t B, int64_t T, lasp_err *er
     if (B < 1 || T < 1) return lasp_fail(err, LASP_ERR_ARG, "batch %lld and tokens %lld must be ≥ 1", (long long)B,
                                          (long long)T);
     const size_t N = (size_t)(B * T), C = (size_t)m->cfg.d_model, F = (size_t)m->cfg.ffn_dim;
-    const size_t V = (size_t)m->cfg.vocab, big = 4 * C > 3 * F ? 4 * C : 3 * F;
+    const size_t V = (size_t)m->cfg.vocab, big = 4 * C > 3 * F ? 4 * C : 3 * F, K = (size_t)m->cfg.conv;
+    const size_t halo = K ? (size_t)B * (K - 1) * 3 * C : 0;
     int bad = 0;
 #define ALLOC(p, n) bad |= !((p) = malloc((n) * sizeof(float)))
     for (int l = 0; l < m->cfg.n_layers; l++) {
@@ -161,7 +173,9 @@ lasp_status lasp_model_reserve(lasp_model *m, int64_t B, int64_t T, lasp_err *er
         ALLOC(a->q, N * C), ALLOC(a->k, N * C), ALLOC(a->v, N * C), ALLOC(a->o, N * C), ALLOC(a->rstdo, N);
         ALLOC(a->y, N * C), ALLOC(a->xm, N * C), ALLOC(a->rstd2, N), ALLOC(a->xn2, N * C);
         ALLOC(a->h, N * 2 * F), ALLOC(a->a, N * F);
+        if (K) ALLOC(a->cpre, N * 3 * C), ALLOC(a->halo, halo);
     }
+    if (K) ALLOC(m->dconv, N * 3 * C), ALLOC(m->halo_tx, halo), ALLOC(m->halo_rx, halo);
     ALLOC(m->xL, N * C), ALLOC(m->rstdf, N), ALLOC(m->xf, N * C), ALLOC(m->logits, N * V);
     ALLOC(m->dres, N * C), ALLOC(m->dbuf, N * C), ALLOC(m->dbig, N * big);
     ALLOC(m->dq, N * C), ALLOC(m->dk, N * C), ALLOC(m->dv, N * C), ALLOC(m->dob, N * C);
@@ -303,6 +317,87 @@ static lasp_status attn_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a,
     return lasp_attn_bwd(ctx, a, A->q, A->k, A->v, slopes, NULL, m->dob, NULL, m->dq, m->dk, m->dv, NULL);
 }
 
+/* ---- the short convolution ------------------------------------------------------------------- */
+
+/* Fills A->halo with the q | k | v projections of the K−1 tokens before this piece: the previous SP
+ * rank's last K−1 (each rank sends its own to the next), zeros on the first piece. (K−1)·B·3C floats
+ * per layer against the B·H·D·D of LASP's state message: 3(K−1)/D of it, 28% at D = 32, 7% at 128. */
+static lasp_status conv_halo_fwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, lasp_layer_acts *A) {
+    const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K1 = m->cfg.conv - 1, n = B * K1 * 3 * C;
+    memset(A->halo, 0, (size_t)n * sizeof(float));
+    if (!sp || sp->sp_size == 1) return LASP_OK;
+    const int r = sp->sp_rank, last = sp->sp_size - 1;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < K1; i++)
+            memcpy(m->halo_tx + (b * K1 + i) * 3 * C, A->pre + (b * T + T - K1 + i) * 4 * C,
+                   (size_t)(3 * C) * sizeof(float));
+    return lasp_comm_sendrecv(sp->sp, m->halo_tx, (size_t)n, r < last ? r + 1 : -1, A->halo, (size_t)n,
+                              r > 0 ? r - 1 : -1, LASP_F32, &ctx->err);
+}
+
+/* Row of q | k | v projections (3C, stride 1) of token t of sequence b before the convolution;
+ * t < 0 reaches into the halo. */
+static inline const float *conv_row(const lasp_layer_acts *A, int64_t b, int64_t t, int64_t T, int64_t K1,
+                                    int64_t C) {
+    return t >= 0 ? A->pre + (b * T + t) * 4 * C : A->halo + (b * K1 + K1 + t) * 3 * C;
+}
+
+/* cpre[b,t,c] = Σ_j wc[j,c] · pre[b,t−j,c] over the 3C q | k | v channels (depthwise, causal);
+ * rows outside, channels inside, so the inner loop is contiguous and vectorises */
+static void conv_fwd(const lasp_model *m, lasp_layer_acts *A, const float *wc) {
+    const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K = m->cfg.conv, W3 = 3 * C;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            float *y = A->cpre + (b * T + t) * W3;
+            memset(y, 0, (size_t)W3 * sizeof *y);
+            for (int64_t j = 0; j < K; j++) {
+                const float *x = conv_row(A, b, t - j, T, K - 1, C), *w = wc + j * W3;
+                for (int64_t c = 0; c < W3; c++) y[c] += w[c] * x[c];
+            }
+        }
+}
+
+/* Backward of conv_fwd, given dy = ∂/∂cpre in m->dconv: dwc += Σ dy·x; ∂/∂pre into dpre's q | k | v
+ * columns (stride 4C). The gradient of the halo goes back to the rank it came from, which adds it
+ * to its last K−1 tokens: sendrecv to r−1, from r+1 (the forward's exchange, reversed). */
+static lasp_status conv_bwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const lasp_layer_acts *A, const float *wc,
+                            float *dwc, float *dpre) {
+    const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K = m->cfg.conv, K1 = K - 1, W3 = 3 * C;
+    const float *dy = m->dconv;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            const float *g = dy + (b * T + t) * W3;
+            for (int64_t j = 0; j < K; j++) {
+                const float *x = conv_row(A, b, t - j, T, K1, C);
+                float *dw = dwc + j * W3;
+                for (int64_t c = 0; c < W3; c++) dw[c] += g[c] * x[c];
+            }
+        }
+    /* ∂/∂x[b,s] = Σ_j wc[j] · dy[b,s+j]: s ≥ 0 are this piece's tokens, s < 0 the halo's */
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t s = -K1; s < T; s++) {
+            float *d = s >= 0 ? dpre + (b * T + s) * 4 * C : m->halo_tx + (b * K1 + K1 + s) * W3;
+            memset(d, 0, (size_t)W3 * sizeof *d);
+            for (int64_t j = s < 0 ? -s : 0; j < K && s + j < T; j++) {
+                const float *g = dy + (b * T + s + j) * W3, *w = wc + j * W3;
+                for (int64_t c = 0; c < W3; c++) d[c] += w[c] * g[c];
+            }
+        }
+    if (!sp || sp->sp_size == 1) return LASP_OK;
+    const int r = sp->sp_rank, last = sp->sp_size - 1;
+    const size_t n = (size_t)(B * K1 * W3);
+    LASP_TRY(lasp_comm_sendrecv(sp->sp, m->halo_tx, n, r > 0 ? r - 1 : -1, m->halo_rx, n, r < last ? r + 1 : -1,
+                                LASP_F32, &ctx->err));
+    if (r < last)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < K1; i++)
+                for (int64_t c = 0; c < W3; c++)
+                    dpre[(b * T + T - K1 + i) * 4 * C + c] += m->halo_rx[(b * K1 + i) * W3 + c];
+    return LASP_OK;
+}
+
 /* ---- forward ---------------------------------------------------------------------------------- */
 
 lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const int32_t *tokens,
@@ -325,18 +420,31 @@ lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const 
         memcpy(m->acts[0].x + n * C, w + (int64_t)t * C, (size_t)C * sizeof(float));
     }
 
+    const int64_t K = m->cfg.conv;
+    if (K && sp && sp->sp_size > 1 && T < K - 1)
+        return lasp_fail(err, LASP_ERR_ARG, "each SP rank holds %lld tokens, fewer than the %lld the short "
+                         "convolution reaches back (hint: a longer --seq-len or fewer --sp ranks)", (long long)T,
+                         (long long)K - 1);
     const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = LASP_F32};
     for (int64_t l = 0; l < L; l++) {
         lasp_layer_acts *A = &m->acts[l];
         float *xout = l + 1 < L ? m->acts[l + 1].x : m->xL;
         LASP_TRY(get_w(m, 1 + (int)l, &w, err));
-        /* attention branch: xn1 = RMSNorm(x); pre [N,4C] = xn1 · wqkvu */
+        /* attention branch: xn1 = RMSNorm(x); pre [N,4C] = xn1 · wqkvu; the convolution mixes q | k | v
+         * over the last K tokens (qkv: where they are read from, stride sq) */
         rms_fwd(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C);
         mm_fwd(m, A->pre, A->xn1, w + bo->wqkvu, N, C, 4 * C);
+        const float *qkv = A->pre;
+        int64_t sq = 4 * C;
+        if (K) {
+            LASP_TRY(conv_halo_fwd(m, ctx, sp, A));
+            conv_fwd(m, A, w + bo->conv);
+            qkv = A->cpre, sq = 3 * C;
+        }
         /* q = SiLU, k = SiLU, v as is — each [N, C] = [B, T, H, D] */
         for (int64_t n = 0; n < N; n++)
             for (int64_t c = 0; c < C; c++) {
-                const float *p = A->pre + n * 4 * C;
+                const float *p = qkv + n * sq;
                 A->q[n * C + c] = p[c] * sigmoidf(p[c]);
                 A->k[n * C + c] = p[C + c] * sigmoidf(p[C + c]);
                 A->v[n * C + c] = p[2 * C + c];
@@ -400,7 +508,7 @@ lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const 
 lasp_status lasp_model_backward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const int32_t *tokens) {
     lasp_err *err = &ctx->err;
     const int64_t B = m->B, T = m->T, N = B * T, C = m->cfg.d_model, H = m->cfg.n_heads, D = C / H;
-    const int64_t F = m->cfg.ffn_dim, V = m->cfg.vocab, L = m->cfg.n_layers;
+    const int64_t F = m->cfg.ffn_dim, V = m->cfg.vocab, L = m->cfg.n_layers, K = m->cfg.conv;
     const lasp_block_off *bo = &m->lay.blk;
     const float *w;
     float *g;
@@ -445,15 +553,20 @@ lasp_status lasp_model_backward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const
         memset(m->dob, 0, (size_t)(N * C) * sizeof(float));
         rms_bwd(m->dob, g + bo->onorm, m->dbuf, A->o, A->rstdo, go, N, C);
         LASP_TRY(attn_bwd(ctx, sp, &ad, m, A, m->slopes + l * H));
-        /* through SiLU (q, k) into the projections: silu'(x) = σ(x)·(1 + x·(1 − σ(x))) */
+        /* through SiLU (q, k) into the projections, or into the convolution's output first (both of
+         * stride sq): silu'(x) = σ(x)·(1 + x·(1 − σ(x))) */
+        const float *qkv = K ? A->cpre : A->pre;
+        float *dqkv = K ? m->dconv : dpre;
+        const int64_t sq = K ? 3 * C : 4 * C;
         for (int64_t n = 0; n < N; n++)
             for (int64_t c = 0; c < C; c++) {
-                const float *p = A->pre + n * 4 * C;
-                const float sq = sigmoidf(p[c]), sk = sigmoidf(p[C + c]);
-                dpre[n * 4 * C + c] = m->dq[n * C + c] * sq * (1 + p[c] * (1 - sq));
-                dpre[n * 4 * C + C + c] = m->dk[n * C + c] * sk * (1 + p[C + c] * (1 - sk));
-                dpre[n * 4 * C + 2 * C + c] = m->dv[n * C + c];
+                const float *p = qkv + n * sq;
+                const float sgq = sigmoidf(p[c]), sgk = sigmoidf(p[C + c]);
+                dqkv[n * sq + c] = m->dq[n * C + c] * sgq * (1 + p[c] * (1 - sgq));
+                dqkv[n * sq + C + c] = m->dk[n * C + c] * sgk * (1 + p[C + c] * (1 - sgk));
+                dqkv[n * sq + 2 * C + c] = m->dv[n * C + c];
             }
+        if (K) LASP_TRY(conv_bwd(m, ctx, sp, A, w + bo->conv, g + bo->conv, dpre));
         mm_bwd(m, m->dbuf, g + bo->wqkvu, dpre, A->xn1, w + bo->wqkvu, N, C, 4 * C);
         rms_bwd(m->dres, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C);  /* dres = ∂/∂x */
         LASP_TRY(grad_done(m, 1 + (int)l, err));
@@ -476,6 +589,15 @@ lasp_status lasp_decoder_create(const lasp_model *m, const float *params, lasp_d
     const size_t C = (size_t)m->cfg.d_model, F = (size_t)m->cfg.ffn_dim, H = (size_t)m->cfg.n_heads, D = C / H;
     d->cfg = &m->cfg, d->lay = &m->lay, d->params = params, d->slopes = m->slopes;
     d->state = calloc((size_t)m->cfg.n_layers * H * D * D, sizeof(float));
+    const size_t K = (size_t)m->cfg.conv;
+    if (K) {
+        d->win = calloc((size_t)m->cfg.n_layers * (K - 1) * 3 * C, sizeof(float));
+        d->cq = malloc(3 * C * sizeof(float));
+        if (!d->win || !d->cq) {
+            lasp_decoder_free(d);
+            return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the decoder");
+        }
+    }
     d->x = malloc(C * 4), d->xn = malloc(C * 4), d->pre = malloc(4 * C * 4), d->o = malloc(C * 4);
     d->y = malloc(C * 4), d->h = malloc(2 * F * 4), d->a = malloc(F * 4);
     d->logits = malloc((size_t)m->cfg.vocab * 4);
@@ -488,7 +610,7 @@ lasp_status lasp_decoder_create(const lasp_model *m, const float *params, lasp_d
 
 void lasp_decoder_free(lasp_decoder *d) {
     free(d->state), free(d->x), free(d->xn), free(d->pre), free(d->o), free(d->y), free(d->h), free(d->a);
-    free(d->logits);
+    free(d->logits), free(d->win), free(d->cq);
     memset(d, 0, sizeof *d);
 }
 
@@ -501,6 +623,7 @@ static void vm(float *y, const float *x, const float *W, int64_t K, int64_t O) {
 
 void lasp_decoder_step(lasp_decoder *d, int32_t token) {
     const int64_t C = d->cfg->d_model, H = d->cfg->n_heads, D = C / H, F = d->cfg->ffn_dim, V = d->cfg->vocab;
+    const int64_t K = d->cfg->conv;
     const lasp_layout *lay = d->lay;
     const lasp_block_off *bo = &lay->blk;
     memcpy(d->x, d->params + (int64_t)token * C, (size_t)C * sizeof(float));
@@ -509,11 +632,26 @@ void lasp_decoder_step(lasp_decoder *d, int32_t token) {
         const float *w = d->params + lay->unit_off[1 + l];
         rms_fwd(d->xn, &rstd, d->x, w + bo->ln1, 1, C);
         vm(d->pre, d->xn, w + bo->wqkvu, C, 4 * C);
+        /* the convolution over this token and the window of the K−1 before it (newest first), then
+         * the window moves on by one */
+        const float *qkv = d->pre;
+        if (K) {
+            float *win = d->win + (int64_t)l * (K - 1) * 3 * C;
+            const float *wc = w + bo->conv;
+            for (int64_t c = 0; c < 3 * C; c++) {
+                float s = wc[c] * d->pre[c];
+                for (int64_t j = 1; j < K; j++) s += wc[j * 3 * C + c] * win[(j - 1) * 3 * C + c];
+                d->cq[c] = s;
+            }
+            memmove(win + 3 * C, win, (size_t)((K - 2) * 3 * C) * sizeof(float));
+            memcpy(win, d->pre, (size_t)(3 * C) * sizeof(float));
+            qkv = d->cq;
+        }
         /* S = λ S + kᵀ v, o = q S per head (the state convention of MATH.md §1's recurrent form) */
         for (int64_t h = 0; h < H; h++) {
             float *S = d->state + ((int64_t)l * H + h) * D * D;
             const float lam = expf(-d->slopes[(int64_t)l * H + h]);
-            const float *pq = d->pre + h * D, *pk = d->pre + C + h * D, *pv = d->pre + 2 * C + h * D;
+            const float *pq = qkv + h * D, *pk = qkv + C + h * D, *pv = qkv + 2 * C + h * D;
             for (int64_t i = 0; i < D; i++) {
                 const float k = pk[i] * sigmoidf(pk[i]);
                 for (int64_t j = 0; j < D; j++) S[i * D + j] = lam * S[i * D + j] + k * pv[j];

@@ -27,9 +27,12 @@ typedef struct lasp_model_config {
     int32_t n_layers;  /* L */
     int32_t n_heads;   /* H; C / H must be a head dim the op supports (16..256) */
     int32_t ffn_dim;   /* F */
+    int32_t conv;      /* K: taps of the short causal depthwise convolution on q, k, v (0 = none);
+                        * it gives each position its predecessors' projections, which associative
+                        * recall needs (docs/MODEL.md) */
 } lasp_model_config;
 
-/* tiny | small | 400m | 1b, with the given vocab. */
+/* tiny | small | 400m | 1b, with the given vocab (all with the short convolution, K = 4). */
 lasp_status lasp_model_preset(const char *name, int32_t vocab, lasp_model_config *out, lasp_err *err);
 lasp_status lasp_model_config_check(const lasp_model_config *c, lasp_err *err);
 
@@ -37,6 +40,7 @@ lasp_status lasp_model_config_check(const lasp_model_config *c, lasp_err *err);
 typedef struct lasp_block_off {
     size_t ln1;     /* [C]       pre-attention RMSNorm gain */
     size_t wqkvu;   /* [C, 4C]   q | k | v | u (output gate) projections, fused into one product */
+    size_t conv;    /* [K, 3C]   short convolution taps on q | k | v; row j weighs the token j back */
     size_t onorm;   /* [C]       RMSNorm gain of the attention output */
     size_t wo;      /* [C, C]    output projection */
     size_t ln2;     /* [C]       pre-FFN RMSNorm gain */
@@ -60,7 +64,8 @@ void lasp_layout_free(lasp_layout *l);
 /* 1 if the parameter at flat index i gets weight decay (matrices and embedding, not norm gains). */
 int lasp_layout_decays(const lasp_layout *l, size_t i);
 
-/* Initial values: N(0, 0.02) matrices, output projections scaled by 1/√(2L), gains 1. Depends only
+/* Initial values: N(0, 0.02) matrices, output projections scaled by 1/√(2L), gains 1, convolution
+ * taps as in docs/MODEL.md. Depends only
  * on the seed and the config, so every rank (and every dp × sp layout) starts from the same model. */
 void lasp_model_init_params(const lasp_model_config *c, const lasp_layout *l, uint64_t seed, float *params);
 
@@ -84,7 +89,10 @@ typedef struct lasp_layer_acts {
     float *x;       /* [N, C]  block input (residual stream) */
     float *rstd1;   /* [N] */
     float *xn1;     /* [N, C]  normed input */
-    float *pre;     /* [N, 4C] projections before SiLU / sigmoid */
+    float *pre;     /* [N, 4C] projections (q | k | v before the convolution, u before its sigmoid) */
+    float *cpre;    /* [N, 3C] q | k | v after the short convolution, before SiLU (conv > 0 only) */
+    float *halo;    /* [B, K−1, 3C] q | k | v projections of the K−1 tokens before this piece
+                     * (the previous SP rank's last ones; zeros at the start of the sequence) */
     float *q, *k, *v; /* [N, C] each, contiguous [B, T, H, D] as the op wants them */
     float *o;       /* [N, C]  attention output */
     float *rstdo;   /* [N] */
@@ -109,6 +117,8 @@ typedef struct lasp_model {
     float *logits;                  /* [N, V]; after backward-ready forward: dloss/dlogits */
     float *dres, *dbuf, *dbig;      /* [N, C], [N, C], [N, max(4C, 3F)] */
     float *dq, *dk, *dv, *dob;      /* [N, C]: the op's gradients and its dO */
+    float *dconv;                   /* [N, 3C]: gradient at the convolution's output (conv > 0) */
+    float *halo_tx, *halo_rx;       /* [B, K−1, 3C]: the halo (or its gradient) sent / received */
     int no_blas;                    /* force the plain loops (to measure what BLAS buys) */
 } lasp_model;
 
@@ -118,7 +128,8 @@ lasp_status lasp_model_reserve(lasp_model *m, int64_t B, int64_t T, lasp_err *er
 void lasp_model_free(lasp_model *m);
 
 /* Forward over this rank's piece: tokens, targets [B, T] (targets may be NULL: no loss). Attention
- * goes through the SP layer when sp is not NULL (sp of size 1 or NULL = the local op).
+ * goes through the SP layer when sp is not NULL (sp of size 1 or NULL = the local op); so does the
+ * short convolution's halo, which needs T ≥ K − 1 when the sequence is split.
  * loss_out: mean cross-entropy over this rank's tokens. With `grad_scale` > 0 the logits buffer
  * is turned into grad_scale · ∂(mean loss)/∂logits, ready for lasp_model_backward. correct_out
  * (optional): number of positions whose argmax equals the target, counted where mask is 1 (mask
@@ -129,12 +140,15 @@ lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const 
 /* Backward after a forward with grad_scale > 0: accumulates into the gradients. */
 lasp_status lasp_model_backward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const int32_t *tokens);
 
-/* The recurrent form for decoding: one token at a time, state [L, H, D, D] (constant memory). */
+/* The recurrent form for decoding: one token at a time, state [L, H, D, D] plus the last K − 1
+ * tokens' q | k | v projections per layer for the convolution (constant memory). */
 typedef struct lasp_decoder {
     const lasp_model_config *cfg;
     const lasp_layout *lay;
     const float *params, *slopes;
     float *state;                       /* [L, H, D, D] */
+    float *win;                         /* [L, K−1, 3C]: previous projections, newest first */
+    float *cq;                          /* [3C]: q | k | v after the convolution */
     float *x, *xn, *pre, *o, *y, *h, *a; /* one token's activations */
     float *logits;                      /* [V] */
 } lasp_decoder;

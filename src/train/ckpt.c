@@ -29,7 +29,7 @@ static void get(cursor *c, void *x, size_t n) { memcpy(x, c->p + c->off, n), c->
 static void header_io(cursor *c, lasp_ckpt_meta *m, uint64_t *payload_sum, int write) {
     void (*io)(cursor *, void *, size_t) = write ? (void (*)(cursor *, void *, size_t))put : get;
     io(c, &m->model.vocab, 4), io(c, &m->model.d_model, 4), io(c, &m->model.n_layers, 4);
-    io(c, &m->model.n_heads, 4), io(c, &m->model.ffn_dim, 4);
+    io(c, &m->model.n_heads, 4), io(c, &m->model.ffn_dim, 4), io(c, &m->model.conv, 4);
     io(c, &m->step, 8), io(c, &m->cursor, 8), io(c, &m->seed, 8), io(c, m->rng.s, 32);
     io(c, &m->data_kind, 4), io(c, &m->n_pairs, 4), io(c, &m->batch, 8), io(c, &m->seq_len, 8);
     io(c, &m->dp, 4), io(c, &m->sp, 4), io(c, &m->zero, 4), io(c, &m->n_params, 8), io(c, payload_sum, 8);
@@ -113,7 +113,8 @@ lasp_status lasp_ckpt_load(const char *dir, lasp_ckpt_meta *meta, float **params
     get(&c, &version, 4), get(&c, &hbytes, 4);
     if (version != LASP_CKPT_VERSION || hbytes != HEADER_BYTES) {
         s = lasp_fail(err, LASP_ERR_FORMAT, "checkpoint %s has format version %u (header %u bytes); this build reads "
-                      "version %d", path, version, hbytes, LASP_CKPT_VERSION);
+                      "version %d (hint: version 1 predates the short convolution; train again)", path, version,
+                      hbytes, LASP_CKPT_VERSION);
         goto out;
     }
     uint64_t hsum;

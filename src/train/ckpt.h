@@ -1,9 +1,9 @@
 /* ckpt.h — checkpoints: one file DIR/model.ckpt, written to a temporary name, fsync'd and renamed, so
  * a crash leaves the previous checkpoint or the new one, never half of one.
  *
- * Layout (little-endian): a 256-byte header — magic "LASPCKPT", version, header size, model config,
- * step, samples consumed, seed, RNG state, data kind and recall pairs, batch and sequence length,
- * the dp × sp × ZeRO layout that wrote it (informational: any layout can load it), the parameter
+ * Layout (little-endian): a 256-byte header — magic "LASPCKPT", version, header size, model config
+ * (vocab, d_model, layers, heads, ffn, convolution taps), step, samples consumed, seed, RNG state,
+ * data kind and recall pairs, batch and sequence length, the dp × sp × ZeRO layout that wrote it (informational: any layout can load it), the parameter
  * count, a checksum of the payload and one of the header — then the payload: parameters, AdamW
  * first and second moments, each [n_params] fp32 in the model's flat layout. Full arrays, never
  * shards, which is what makes a checkpoint loadable under another layout or ZeRO stage. */
@@ -20,7 +20,7 @@ extern "C" {
 #endif
 
 #define LASP_CKPT_MAGIC "LASPCKPT"
-#define LASP_CKPT_VERSION 1
+#define LASP_CKPT_VERSION 2  /* 2: the model config holds the short convolution's taps */
 #define LASP_CKPT_FILE "model.ckpt"
 
 typedef struct lasp_ckpt_meta {
