@@ -94,8 +94,9 @@ GPU_TEST_CU := $(wildcard tests/gpu_*.cu)
 LIB_O   := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CU:%.cu=$(BUILD)/%.cu.o)
 TOOL_O  := $(TOOL_C:%.c=$(BUILD)/%.o)
 TESTS   := $(TEST_C:tests/%.c=$(BUILD)/tests/%)
-GPU_TESTS := $(if $(HAVE_CUDA),$(GPU_TEST_CU:tests/%.cu=$(BUILD)/tests/%))
-DEV_CU  := $(if $(HAVE_CUDA),$(wildcard dev/cuda/*.cu))
+# nvcc links these without the sanitizer runtime, so a SAN=1 build leaves them out
+GPU_TESTS := $(if $(HAVE_CUDA),$(if $(filter 1,$(SAN)),,$(GPU_TEST_CU:tests/%.cu=$(BUILD)/tests/%)))
+DEV_CU  := $(if $(HAVE_CUDA),$(if $(filter 1,$(SAN)),,$(wildcard dev/cuda/*.cu)))
 DEV_BIN := $(DEV_CU:dev/cuda/%.cu=$(BUILD)/dev/%)
 
 # Rebuild everything when the flags change (a probe result, SAN, NO_*), not only when sources do.
