@@ -2,9 +2,9 @@
 # scripts/gpu_sp.sh — LASP across GPUs in one call on a multi-GPU machine: build (sm_90a), the NCCL comm
 # test and the SP correctness test under mpirun (one process per GPU), the GPU SP bench; a short table
 # last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
-#   usage: scripts/gpu_sp.sh [build] [test] [bench]      (default: all three)
+#   usage: scripts/gpu_sp.sh [build] [test] [cli] [bench]      (default: all four)
 set -u
-steps=${*:-build test bench}
+steps=${*:-build test cli bench}
 OUT=${OUT:-build/gpu-logs}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -28,6 +28,28 @@ if has test; then
         grep -E '^(PASS|FAIL|  check)' "$OUT/$t.log" | head -40
         summary+=("$t -np $ngpu  rc=$rc  $(grep -c '^PASS' "$OUT/$t.log") passed $(grep -c '^FAIL' "$OUT/$t.log") failed  $((SECONDS - t0)) s")
     done
+fi
+if has cli; then
+    # the CLI: the same files from W GPUs as from one (both checked against the fp64 reference), and a
+    # rank that fails mid-run ends the whole job quickly
+    d=$OUT/cli; mkdir -p "$d"
+    build/lasp attn --random 2,2048,4,64,64 --seed 3 --out "$d/in" >/dev/null
+    in="--q $d/in/q.npy --k $d/in/k.npy --v $d/in/v.npy --slopes $d/in/slopes.npy --do $d/in/do.npy"
+    for dt in bf16 f32; do
+        build/lasp attn $in --device cuda --dtype $dt --check --out "$d/one-$dt" >"$d/one-$dt.log" 2>&1
+        r1=$?
+        for mode in lasp lasp2; do
+            timeout 120 mpirun --bind-to none -np "$ngpu" build/lasp attn $in --device cuda --dtype $dt --sp "$ngpu" \
+                --sp-mode $mode --check --out "$d/sp-$dt-$mode" >"$d/sp-$dt-$mode.log" 2>&1
+            r2=$?
+            summary+=("cli $dt $mode: 1 GPU rc=$r1, $ngpu GPUs rc=$r2: $(grep -E '^  (o|dkv_in) ' "$d/sp-$dt-$mode.log" | tr -s ' ' | tr '\n' ' ')")
+        done
+    done
+    t0=$SECONDS
+    LASP_TEST_FAIL_RANK=1 timeout 120 mpirun --bind-to none -np "$ngpu" build/lasp attn $in --device cuda --sp "$ngpu" \
+        --out "$d/fail" >"$d/fail.log" 2>&1
+    rc=$?
+    summary+=("cli failing rank 1: rc=$rc after $((SECONDS - t0)) s: $(grep -m1 'rank 1' "$d/fail.log")")
 fi
 if has bench; then
     timeout 300 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 2>&1 | tee "$OUT/bench_sp.txt"

@@ -33,4 +33,16 @@ int attn_write_out(const char *dir, const char *name, int ndim, const int64_t *s
 /* cmd_attn_sp.c: the SP path, for `--sp` or a job started by mpirun. Returns the exit status. */
 int attn_sp(attn_args *o);
 
+/* One rank's piece as host f32 (inputs may be NULL where absent: kv_in, do_, dkv_out; outputs NULL
+ * where this rank does not produce them: kv_out off the last piece, dkv_in off the first). */
+typedef struct attn_piece {
+    const float *q, *k, *v, *slopes, *kv_in, *do_, *dkv_out;
+    float *o, *kv_out, *dq, *dk, *dv, *dkv_in;
+} attn_piece;
+
+/* attn_sp_cuda.c: run the piece on this rank's GPU through an NCCL SP layer; 1 + msg on failure. */
+#include "sp/sp.h"
+int attn_sp_piece_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const attn_piece *p, char *msg,
+                       size_t msg_n);
+
 #endif

@@ -97,17 +97,27 @@ int attn_sp(attn_args *o) {
         fprintf(stderr, "error: --sp-mode '%s' is not known (hint: lasp or lasp2)\n", o->sp_mode);
         return 2;
     }
-    if (strcmp(o->device, "cpu") || strcmp(o->dtype, "f32")) {
-        fprintf(stderr, "error: --sp runs on the CPU in f32 for now (--device %s --dtype %s; hint: --device cpu "
-                "--dtype f32)\n", o->device, o->dtype);
+    const int gpu = !strcmp(o->device, "cuda");
+    lasp_dtype dt = LASP_F32;
+    if (!strcmp(o->dtype, "bf16")) dt = LASP_BF16;
+    else if (!strcmp(o->dtype, "f16")) dt = LASP_F16;
+    if ((!gpu && strcmp(o->device, "cpu")) || (!gpu && dt != LASP_F32)) {
+        fprintf(stderr, "error: --device %s --dtype %s with --sp (hint: --device cpu runs f32; bf16 and f16 run on "
+                "--device cuda)\n", o->device, o->dtype);
         return 2;
     }
     lasp_err err = {0};
-    lasp_comm *world = NULL;
-    /* MPI only when a launcher started us: one process needs no MPI */
-    const lasp_comm_backend be = lasp_comm_launcher_size() > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
+    lasp_comm *world = NULL, *gworld = NULL;
+    /* MPI only when a launcher started us: one process needs no MPI (the GPU path always uses it) */
+    const lasp_comm_backend be = gpu || lasp_comm_launcher_size() > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
     if (lasp_comm_world(be, NULL, NULL, &world, &err) != LASP_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
+        return 1;
+    }
+    /* on GPUs the states travel over NCCL; the host world still agrees, gathers and aborts */
+    if (gpu && lasp_comm_world(LASP_COMM_NCCL, NULL, NULL, &gworld, &err) != LASP_OK) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        lasp_comm_free(world);
         return 1;
     }
     layout L = {.n = lasp_comm_size(world), .rank = lasp_comm_rank(world), .sp = o->sp ? (int)o->sp : 1};
@@ -119,7 +129,7 @@ int attn_sp(attn_args *o) {
     }
     L.dp = L.n / L.sp;
     lasp_sp sp;
-    if (lasp_sp_init(world, L.sp, mode, &sp, &err) != LASP_OK) die(world, "layout", err.msg);
+    if (lasp_sp_init(gpu ? gworld : world, L.sp, mode, &sp, &err) != LASP_OK) die(world, "layout", err.msg);
 
     /* ---- before the run: everything that can fail on one rank alone, then one agreement ---- */
     attn_files f = {0};
@@ -178,11 +188,19 @@ int attn_sp(attn_args *o) {
     al.B = L.Bl, al.T = L.Tl;
     if (fault_here(L.rank)) die(world, "forward", "failing on purpose (LASP_TEST_FAIL_RANK)");
     const double t0 = now_ms();
-    if (lasp_sp_attn_fwd(ctx, &sp, &al, q, k, v, f.slopes.data, kvi, o_, last ? kvo : NULL, &cache) != LASP_OK)
-        die(world, "forward", lasp_ctx_error(ctx));
-    if (bwd && lasp_sp_attn_bwd(ctx, &sp, &al, q, k, v, f.slopes.data, &cache, dO, dkvo, dq, dk, dv,
-                                first ? dkvi : NULL) != LASP_OK)
-        die(world, "backward", lasp_ctx_error(ctx));
+    if (gpu) {
+        al.dtype = dt;
+        const attn_piece p = {q, k, v, f.slopes.data, kvi, bwd ? dO : NULL, dkvo, o_, last ? kvo : NULL, dq, dk, dv,
+                              first ? dkvi : NULL};
+        char msg[1200];
+        if (attn_sp_piece_cuda(ctx, &sp, &al, &p, msg, sizeof msg)) die(world, "on the GPU", msg);
+    } else {
+        if (lasp_sp_attn_fwd(ctx, &sp, &al, q, k, v, f.slopes.data, kvi, o_, last ? kvo : NULL, &cache) != LASP_OK)
+            die(world, "forward", lasp_ctx_error(ctx));
+        if (bwd && lasp_sp_attn_bwd(ctx, &sp, &al, q, k, v, f.slopes.data, &cache, dO, dkvo, dq, dk, dv,
+                                    first ? dkvi : NULL) != LASP_OK)
+            die(world, "backward", lasp_ctx_error(ctx));
+    }
     const double ms = now_ms() - t0;
 
     gather_pieces(world, &L, o_, full[0], H * e, tmp);
@@ -209,9 +227,9 @@ int attn_sp(attn_args *o) {
                  attn_write_out(o->out, "dv", 4, f.v.shape, full[4]) ||
                  attn_write_out(o->out, "dkv_in", 4, st_shape, full[5]);
         if (!rc) {
-            printf("lasp attn: B=%lld T=%lld H=%lld d=%lld e=%lld on %d ranks (dp %d × sp %d, %s): %.2f ms on rank 0; "
+            printf("lasp attn: B=%lld T=%lld H=%lld d=%lld e=%lld on %d ranks (dp %d × sp %d, %s, %s %s): %.2f ms on rank 0; "
                    "wrote %s/{o,kv_out%s}.npy\n", (long long)L.B, (long long)L.T, (long long)H, (long long)d,
-                   (long long)e, L.n, L.dp, L.sp, mode == LASP_SP_CHAIN ? "lasp chain" : "lasp2", ms, o->out,
+                   (long long)e, L.n, L.dp, L.sp, mode == LASP_SP_CHAIN ? "lasp chain" : "lasp2", o->device, o->dtype, ms, o->out,
                    bwd ? ",dq,dk,dv,dkv_in" : "");
             fflush(stdout);
             rc = o->check ? attn_check(ctx, &f, bwd, (const float *const *)full, o->tol) : 0;
@@ -226,6 +244,7 @@ done:
     lasp_ctx_free(ctx);
     attn_files_free(&f);
     lasp_sp_free(&sp);
+    lasp_comm_free(gworld);
     lasp_comm_free(world);
     return rc;
 }
