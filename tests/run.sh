@@ -63,6 +63,8 @@ for t in "$BUILD"/tests/test_*; do
     test_cli) run "$name" "$t" "$BUILD/lasp" ;;
     test_cli_sp)                                # `lasp attn --sp` under mpirun, from inside the test
         if [ "$HAVE_MPI" = 1 ]; then run "$name" env $MPI_ASAN OMP_NUM_THREADS=1 "$t" "$BUILD/lasp"; fi ;;
+    test_comm)                                  # its NCCL world case initialises MPI (singleton)
+        run "$name" env $MPI_ASAN "$t" ;;
     *) run "$name" "$t" ;;
     esac
 done
