@@ -13,7 +13,7 @@ typedef struct command {
 
 static const command COMMANDS[] = {
     {"attn", cmd_attn, "run the linear-attention op on .npy files (forward, backward, --check)"},
-    {"bench", cmd_bench, "benchmarks: attn (the op), sp (sequence parallelism)"},
+    {"bench", cmd_bench, "benchmarks: attn (the op), sp (sequence parallelism), train (a training step)"},
     {"info", cmd_info, "build features, devices, version"},
     {"train", cmd_train, "train the linear-attention LM (dp × sp under mpirun, ZeRO 0–3)"},
     {"generate", cmd_generate, "generate text from a checkpoint (recurrent form)"},
