@@ -169,8 +169,8 @@ static void run_case(lasp_comm *world, lasp_sp *sp, lasp_ctx *ctx, uint64_t seed
     double all_worst = 0;
     MPI_Allreduce(&worst, &all_worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     char name[200];
-    snprintf(name, sizeof name, "SP %s over %d GPUs, %s, B%lld T_local %lld H%lld D%lld%s (worst vs one GPU %.1e)",
-             sp->mode == LASP_SP_CHAIN ? "chain" : "lasp2", W, lasp_dtype_name(t), (long long)B, (long long)Tl,
+    snprintf(name, sizeof name, "SP %s, dp %d × sp %d GPUs, %s, B%lld T_local %lld H%lld D%lld%s (worst vs one GPU %.1e)",
+             sp->mode == LASP_SP_CHAIN ? "chain" : "lasp2", sp->dp_size, W, lasp_dtype_name(t), (long long)B, (long long)Tl,
              (long long)H, (long long)D, fp64 ? ", + fp64 reference" : "", all_worst);
     verdict(name);
     (void)world;
@@ -195,18 +195,25 @@ int main(int argc, char **argv) {
     lasp_ctx *ctx = NULL;
     lasp_ctx_create(NULL, &ctx);
     const int W = lasp_comm_size(world);
-    for (int mode = 0; mode < 2; mode++) {
-        lasp_sp sp;
-        CHECK(lasp_sp_init(world, W, (lasp_sp_mode)mode, &sp, &err) == LASP_OK, "%s", err.msg);
-        run_case(world, &sp, ctx, seed + 1, 1, 256, 2, 64, LASP_F32, 1);
-        run_case(world, &sp, ctx, seed + 2, 1, 256, 2, 64, LASP_BF16, 1);
-        const lasp_dtype types[2] = {LASP_BF16, LASP_F32};
-        const int64_t Bs[2] = {1, 4}, Ds[2] = {64, 128};
-        for (int ti = 0; ti < 2; ti++)
-            for (int bi = 0; bi < 2; bi++)
-                for (int di = 0; di < 2; di++)
-                    run_case(world, &sp, ctx, seed + 10 + ti * 4 + bi * 2 + di, Bs[bi], 4096, 16, Ds[di], types[ti], 0);
-        lasp_sp_free(&sp);
+    /* every dp × sp layout of the job: the full matrix at sp = W, two cases for the others */
+    for (int spn = W; spn >= 1; spn--) {
+        if (W % spn) continue;
+        for (int mode = 0; mode < 2; mode++) {
+            lasp_sp sp;
+            CHECK(lasp_sp_init(world, spn, (lasp_sp_mode)mode, &sp, &err) == LASP_OK, "%s", err.msg);
+            run_case(world, &sp, ctx, seed + 1, 1, 256, 2, 64, LASP_F32, 1);
+            run_case(world, &sp, ctx, seed + 2, 1, 256, 2, 64, LASP_BF16, 1);
+            if (spn == W) {
+                const lasp_dtype types[2] = {LASP_BF16, LASP_F32};
+                const int64_t Bs[2] = {1, 4}, Ds[2] = {64, 128};
+                for (int ti = 0; ti < 2; ti++)
+                    for (int bi = 0; bi < 2; bi++)
+                        for (int di = 0; di < 2; di++)
+                            run_case(world, &sp, ctx, seed + 10 + ti * 4 + bi * 2 + di, Bs[bi], 4096, 16, Ds[di],
+                                     types[ti], 0);
+            }
+            lasp_sp_free(&sp);
+        }
     }
     lasp_ctx_free(ctx);
     int failed = test_cases_failed_;

@@ -121,8 +121,54 @@ static double time_layer(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, la
     return med;
 }
 
+/* The longest sequence one layer fwd+bwd runs with on W GPUs (LASP chain): T_local doubles from 65536
+ * while every rank has room for the tensors with 2 GiB to spare for the workspace (a failed allocation
+ * inside the SP run would leave the neighbours waiting, so memory is agreed on before each run). */
+static int find_longest(lasp_comm *world, lasp_ctx *ctx, long long B, long long H, long long D, lasp_dtype dt) {
+    const int W = lasp_comm_size(world), rank = lasp_comm_rank(world);
+    lasp_err err = {0};
+    lasp_sp sp;
+    if (lasp_sp_init(world, W, LASP_SP_CHAIN, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+    long long best = 0;
+    double best_ms = 0, best_gib = 0, total_gib = 0;
+    int failed = 0;
+    for (long long Tl = 65536; !failed; Tl *= 2) {
+        lasp_attn_desc a = {.B = B, .T = Tl, .H = H, .d = D, .e = D, .block = 0, .dtype = dt};
+        layer L = {0};
+        int ok = layer_alloc(&L, &a, 5 + (uint64_t)rank), all = 0;
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        ok = ok && fr > ((size_t)2 << 30);
+        MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+        if (!all) {
+            layer_free(&L);
+            cudaGetLastError();
+            break;
+        }
+        const double ms = time_layer(ctx, &sp, &a, &L, 1, 1, &failed);
+        cudaMemGetInfo(&fr, &tot);
+        double used = (double)(tot - fr) / 1073741824.0, most = 0;
+        MPI_Allreduce(&used, &most, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        if (!failed) {
+            best = Tl, best_ms = ms, best_gib = most, total_gib = (double)tot / 1073741824.0;
+            if (rank == 0) {
+                printf("  longest %-6s %3d %8lld %8lld %10s %9.3f %7s %11s   %.1f GiB/GPU\n", "lasp", W, Tl, Tl * W, "-", ms,
+                       "-", "-", most);
+                fflush(stdout);
+            }
+        }
+        layer_free(&L);
+    }
+    if (rank == 0)
+        printf("# longest: T_total %lld tokens (%lld per GPU) ran one layer fwd+bwd in %.1f ms, %.1f of %.1f GiB per "
+               "GPU in use\n", best * W, best, best_ms, best_gib, total_gib);
+    lasp_sp_free(&sp);
+    return failed;
+}
+
 int lasp_bench_sp_cuda(int argc, char **argv) {
     long long B = 1, H = 16, D = 128, repeat = 20, warmup = 3, t_total = 0;
+    int longest = 0;
     const char *device = "cuda", *dtype = "bf16", *t_locals = "32768,65536", *mode = "both";
     const opt opts[] = {
         {"--device", OPT_STR, &device, "cuda", "the GPU bench (cpu: see `lasp bench sp --device cpu --help`)", 0},
@@ -135,6 +181,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         {"--dim", OPT_INT, &D, "N", "head dim d = e", 0},
         {"--repeat", OPT_INT, &repeat, "N", "timed runs (median reported)", 0},
         {"--warmup", OPT_INT, &warmup, "N", "untimed runs first", 0},
+        {"--longest", OPT_FLAG, &longest, NULL, "instead: double T_local from 65536 while it fits; report the longest", 0},
     };
     const cmd_spec spec = {
         "mpirun -np W lasp bench sp --device cuda [--dtype bf16] [--t-local N,...] [--mode lasp|lasp2|both] ...",
@@ -173,6 +220,12 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
                "1-GPU ms", "SP ms", "ratio", "exposed ms", "sent B/rank");
     }
     int failed = 0;
+    if (longest) {
+        failed = find_longest(world, ctx, B, H, D, dt);
+        lasp_ctx_free(ctx);
+        lasp_comm_free(world);
+        return failed;
+    }
     long long tl_first = 0;
     char *list = strdup(t_locals);
     for (char *tok = strtok(list, ","); tok && !failed; tok = strtok(NULL, ",")) {
