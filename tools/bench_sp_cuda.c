@@ -40,16 +40,26 @@ typedef struct layer {
     float *slopes, *kv, *dkv;
 } layer;
 
+/* n random elements of t on the device (scale 0: zeros). One block of at most 4M values is drawn and
+ * tiled: drawing hundreds of millions of normals on the host would take minutes at the longest T. */
 static void *dev_rand(size_t n, lasp_dtype t, lasp_rng *r, float scale) {
-    float *h = malloc(n * sizeof *h);
-    void *c = malloc(n * lasp_dtype_size(t)), *d = NULL;
-    if (!h || !c || cudaMalloc(&d, n * lasp_dtype_size(t)) != cudaSuccess) {
-        free(h), free(c);
+    const size_t es = lasp_dtype_size(t), blk = n < ((size_t)1 << 22) ? n : ((size_t)1 << 22);
+    void *d = NULL;
+    if (cudaMalloc(&d, (n ? n : 1) * es) != cudaSuccess) return NULL;
+    if (scale == 0) {
+        cudaMemset(d, 0, n * es);
+        return d;
+    }
+    float *h = malloc(blk * sizeof *h);
+    void *c = malloc(blk * es);
+    if (!h || !c) {
+        free(h), free(c), cudaFree(d);
         return NULL;
     }
-    for (size_t i = 0; i < n; i++) h[i] = scale * (float)lasp_rng_normal(r);
-    lasp_convert(c, t, h, LASP_F32, n);
-    cudaMemcpy(d, c, n * lasp_dtype_size(t), cudaMemcpyHostToDevice);
+    for (size_t i = 0; i < blk; i++) h[i] = scale * (float)lasp_rng_normal(r);
+    lasp_convert(c, t, h, LASP_F32, blk);
+    for (size_t off = 0; off < n; off += blk)
+        cudaMemcpy((char *)d + off * es, c, (n - off < blk ? n - off : blk) * es, cudaMemcpyHostToDevice);
     free(h), free(c);
     return d;
 }
