@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "attn/attn_cuda_sp.h"
 #include "comm/comm.h"
 #include "core/dtype.h"
@@ -22,17 +23,6 @@
 #include "sp/sp.h"
 
 int lasp_bench_sp_cuda(int argc, char **argv);
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* Device tensors of one layer on one GPU. */
 typedef struct layer {
@@ -97,7 +87,7 @@ static double time_layer(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, la
     lasp_err err = {0};
     for (int it = -warm; it < reps; it++) {
         MPI_Barrier(MPI_COMM_WORLD);
-        const double t0 = now_ms();
+        const double t0 = tool_now_ms();
         lasp_status s;
         if (sp) {
             const int first = sp->sp_rank == 0, last = sp->sp_rank == sp->sp_size - 1;
@@ -117,15 +107,14 @@ static double time_layer(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, la
             *failed = 1;
             break;
         }
-        double ms = now_ms() - t0, worst = 0;
+        double ms = tool_now_ms() - t0, worst = 0;
         MPI_Allreduce(&ms, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
         if (it >= 0) t[it] = worst;
     }
     lasp_sp_cache_free(&cache);
     double med = 0;
     if (!*failed) {
-        qsort(t, (size_t)reps, sizeof *t, cmp_double);
-        med = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+        med = tool_median(t, reps);
     }
     free(t);
     return med;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "attn_io.h"
 #include "comm/comm.h"
 #include "sp/sp.h"
@@ -82,12 +83,6 @@ static int agree(lasp_comm *w, int mine) {
 static int fault_here(int rank) {
     const char *e = getenv("LASP_TEST_FAIL_RANK");
     return e && *e && atoi(e) == rank;
-}
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
 }
 
 int attn_sp(attn_args *o) {
@@ -187,7 +182,7 @@ int attn_sp(attn_args *o) {
     lasp_attn_desc al = *a;
     al.B = L.Bl, al.T = L.Tl;
     if (fault_here(L.rank)) die(world, "forward", "failing on purpose (LASP_TEST_FAIL_RANK)");
-    const double t0 = now_ms();
+    const double t0 = tool_now_ms();
     if (gpu) {
         al.dtype = dt;
         const attn_piece p = {q, k, v, f.slopes.data, kvi, bwd ? dO : NULL, dkvo, o_, last ? kvo : NULL, dq, dk, dv,
@@ -201,7 +196,7 @@ int attn_sp(attn_args *o) {
                                     first ? dkvi : NULL) != LASP_OK)
             die(world, "backward", lasp_ctx_error(ctx));
     }
-    const double ms = now_ms() - t0;
+    const double ms = tool_now_ms() - t0;
 
     gather_pieces(world, &L, o_, full[0], H * e, tmp);
     gather_states(world, &L, L.sp - 1, kvo, full[1], ls);

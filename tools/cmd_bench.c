@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "commands.h"
 #include "core/rng.h"
 #include "lasp.h"
@@ -20,22 +21,6 @@
 int lasp_bench_attn_cuda(int argc, char **argv) __attribute__((weak));
 int lasp_bench_sp(int argc, char **argv) __attribute__((weak));
 int lasp_bench_train(int argc, char **argv) __attribute__((weak));
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *x, int n) {
-    qsort(x, (size_t)n, sizeof *x, cmp_double);
-    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
 
 typedef struct shape {
     int64_t B, H, T, D;
@@ -126,17 +111,17 @@ static int bench_attn_cpu(int argc, char **argv) {
             double tf[64], tb[64];
             const int reps = repeat > 64 ? 64 : (int)repeat;
             for (int it = -1; it < reps && !rc; it++) {  /* it = −1: warm-up */
-                double t0 = now_ms();
+                double t0 = tool_now_ms();
                 rc |= lasp_attn_fwd(ctx, &a, q, k, v, sl, NULL, o, kvo) != LASP_OK;
-                double t1 = now_ms();
+                double t1 = tool_now_ms();
                 rc |= lasp_attn_bwd(ctx, &a, q, k, v, sl, NULL, dO, NULL, dq, dk, dv, dkvi) != LASP_OK;
-                double t2 = now_ms();
+                double t2 = tool_now_ms();
                 if (it >= 0) tf[it] = t1 - t0, tb[it] = t2 - t0;
             }
             if (rc) {
                 fprintf(stderr, "error: %s\n", lasp_ctx_error(ctx));
             } else {
-                const double mf = median(tf, reps), mb = median(tb, reps);
+                const double mf = tool_median(tf, reps), mb = tool_median(tb, reps);
                 const double C = (double)(block < s.T ? block : s.T), BHTD = (double)s.B * s.H * s.T * s.D;
                 const double ff = 4 * BHTD * (s.D + C), fb = 14 * BHTD * (s.D + C);
                 printf("  %3lld %4lld %7lld %4lld %9.2f %9.2f %8.2f %9.2f %9.2f %8.2f\n", (long long)s.B,
@@ -160,13 +145,13 @@ static int bench_attn_cpu(int argc, char **argv) {
         sl8[0] = sl[0], sl8[1] = sl[1];
         double t[9];
         for (int it = 0; it < 9; it++) {
-            double t0 = now_ms();
+            double t0 = tool_now_ms();
             lasp_attn_fwd(ctx, &a, q, k, v, sl, NULL, o, NULL);
-            t[it] = now_ms() - t0;
+            t[it] = tool_now_ms() - t0;
         }
-        double tc = median(t, 9), t0 = now_ms();
+        double tc = tool_median(t, 9), t0 = tool_now_ms();
         lasp_attn_ref_fwd(ctx, &a, q8, k8, v8, sl8, NULL, o8, NULL);
-        double tr = now_ms() - t0;
+        double tr = tool_now_ms() - t0;
         printf("# reference vs chunked, forward, B1 H2 T4096 D64: fp64 reference %.1f ms, chunked %.2f ms: %.0fx faster\n",
                tr, tc, tr / tc);
         free(q), free(k), free(v), free(o), free(q8), free(k8), free(v8), free(o8);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "comm/comm.h"
 #include "core/rng.h"
 #include "opts.h"
@@ -18,17 +19,6 @@ int lasp_bench_sp(int argc, char **argv);
 #if defined(LASP_HAVE_CUDA) && defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
 int lasp_bench_sp_cuda(int argc, char **argv); /* bench_sp_cuda.c */
 #endif
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 typedef struct bench_cfg {
     long long B, H, D, t_local, t_total, repeat, threads, block;
@@ -70,11 +60,11 @@ static int run_one(lasp_comm *world, const bench_cfg *c, int W, int64_t Tl, lasp
         for (int it = -1; it < reps; it++) {  /* −1: warm-up (allocations, page faults) */
             if (lasp_comm_barrier(sp.sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
             lasp_comm_reset_stats(sp.sp);
-            const double t0 = now_ms();
+            const double t0 = tool_now_ms();
             if (lasp_sp_attn_fwd(ctx, &sp, &a, q, k, v, sl, NULL, o, st, &cache) != LASP_OK ||
                 lasp_sp_attn_bwd(ctx, &sp, &a, q, k, v, sl, &cache, dO, NULL, dq, dk, dv, st) != LASP_OK)
                 lasp_comm_abort(world, lasp_ctx_error(ctx));
-            double dt = now_ms() - t0, slowest = 0;
+            double dt = tool_now_ms() - t0, slowest = 0;
             const lasp_comm_stats s = lasp_comm_get_stats(sp.sp);
             double mine = (double)(s.p2p_bytes + s.coll_bytes), most = 0;
             if (lasp_comm_allreduce(sp.sp, &dt, &slowest, 1, LASP_F64, LASP_REDUCE_MAX, &err) != LASP_OK ||
@@ -83,8 +73,7 @@ static int run_one(lasp_comm *world, const bench_cfg *c, int W, int64_t Tl, lasp
             if (it >= 0) t[it] = slowest;
             sent = most;
         }
-        qsort(t, (size_t)reps, sizeof *t, cmp_double);
-        med = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+        med = tool_median(t, reps);
         free(t), free(q), free(k), free(v), free(dO), free(o), free(dq), free(dk), free(dv), free(st), free(sl);
         lasp_sp_cache_free(&cache);
         lasp_sp_free(&sp);

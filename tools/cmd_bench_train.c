@@ -6,16 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "commands.h"
 #include "comm/comm.h"
 #include "opts.h"
 #include "sp/sp.h"
 #include "train/trainer.h"
-
-static int cmp(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int lasp_bench_train(int argc, char **argv) {
     const char *device = "cpu", *models = "tiny,small";
@@ -102,8 +98,7 @@ int lasp_bench_train(int argc, char **argv) {
                 if (s >= 0) ms[s] = st.ms, comm += st.comm_ms, total += st.ms;
             }
             if (!rc && rank == 0) {
-                qsort(ms, (size_t)steps, sizeof *ms, cmp);
-                const double med = ms[steps / 2];
+                const double med = tool_median(ms, (int)steps);
                 printf("  %-6s %8.2fM %6s %10.1f %12.0f %8.1f\n", name, t.P / 1e6, loops ? "loops" : "blas", med,
                        (double)batch * (double)seq / (med / 1e3), 100 * comm / total);
                 fflush(stdout);
