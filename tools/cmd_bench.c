@@ -17,10 +17,6 @@
 #include <omp.h>
 #endif
 
-/* Benches that other files provide; weak so that the tool links while they are being written. */
-int lasp_bench_attn_cuda(int argc, char **argv) __attribute__((weak));
-int lasp_bench_sp(int argc, char **argv) __attribute__((weak));
-int lasp_bench_train(int argc, char **argv) __attribute__((weak));
 
 typedef struct shape {
     int64_t B, H, T, D;
@@ -60,11 +56,12 @@ static int bench_attn_cpu(int argc, char **argv) {
         if (!strcmp(argv[i], "--device") && !strcmp(argv[i + 1], "cuda")) device = "cuda";
         else if (!strcmp(argv[i], "--device=cuda")) device = "cuda";
     if (!strcmp(device, "cuda")) {
-        if (!lasp_bench_attn_cuda) {
-            fprintf(stderr, "error: this build has no CUDA bench (hint: build with nvcc present; see `lasp info`)\n");
-            return 1;
-        }
+#ifdef LASP_HAVE_CUDA
         return lasp_bench_attn_cuda(argc, argv);
+#else
+        fprintf(stderr, "error: this build has no CUDA bench (hint: build with nvcc present; see `lasp info`)\n");
+        return 1;
+#endif
     }
     int r = opts_parse(&spec, argc, argv);
     if (r) return r > 0 ? 0 : 2;
@@ -163,8 +160,8 @@ static int bench_attn_cpu(int argc, char **argv) {
 int cmd_bench(int argc, char **argv) {
     const char *what = argc > 0 ? argv[0] : "";
     if (!strcmp(what, "attn")) return bench_attn_cpu(argc - 1, argv + 1);
-    if (!strcmp(what, "sp") && lasp_bench_sp) return lasp_bench_sp(argc - 1, argv + 1);
-    if (!strcmp(what, "train") && lasp_bench_train) return lasp_bench_train(argc - 1, argv + 1);
+    if (!strcmp(what, "sp")) return lasp_bench_sp(argc - 1, argv + 1);
+    if (!strcmp(what, "train")) return lasp_bench_train(argc - 1, argv + 1);
     if (!strcmp(what, "--help") || !strcmp(what, "-h")) {
         printf("usage: lasp bench <attn|sp|train> [options]\n\n"
                "  attn   the op alone, forward and forward+backward (--device cpu|cuda)\n"

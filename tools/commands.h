@@ -10,4 +10,11 @@ int cmd_bench(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 
+/* the benches of `lasp bench`, each in its own file */
+int lasp_bench_sp(int argc, char **argv);     /* cmd_bench_sp.c */
+int lasp_bench_train(int argc, char **argv);  /* cmd_bench_train.c */
+#ifdef LASP_HAVE_CUDA
+int lasp_bench_attn_cuda(int argc, char **argv);  /* bench_attn_cuda.c */
+#endif
+
 #endif
