@@ -134,7 +134,9 @@ int cmd_train(int argc, char **argv) {
 
     lasp_err err = {0};
     lasp_comm *world = NULL;
-    if (lasp_comm_world(LASP_COMM_MPI, &argc, &argv, &world, &err) != LASP_OK) {
+    /* MPI only when a launcher started us: one process needs no MPI (DESIGN.md) */
+    const lasp_comm_backend be = lasp_comm_launcher_size() > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
+    if (lasp_comm_world(be, &argc, &argv, &world, &err) != LASP_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;
     }
