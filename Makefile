@@ -140,7 +140,7 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/liblasp.a
 	@echo "  CC    $@"
 	@$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/liblasp.a -o $@ $(LDLIBS)
 
-$(BUILD)/tests/gpu_%: tests/gpu_%.cu tests/test.h $(BUILD)/liblasp.a
+$(BUILD)/tests/gpu_%: tests/gpu_%.cu $(wildcard tests/*.h) $(BUILD)/liblasp.a
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) $< $(BUILD)/liblasp.a -o $@ -lcublas $(if $(HAVE_NCCL),-lnccl) $(if $(HAVE_OPENMP),-Xcompiler -fopenmp) \
 	    $(if $(HAVE_MPI),$(shell mpicc --showme:link 2>/dev/null | sed 's/-Wl,/-Xlinker /g; s/-pthread/-Xcompiler -pthread/g')) \

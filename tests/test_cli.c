@@ -3,10 +3,10 @@
  * outputs behind. Usage: test_cli path/to/lasp */
 #include <math.h>
 #include <string.h>
-#include <sys/wait.h>
 
 #include "core/npy.h"
 #include "core/rng.h"
+#include "shell.h"
 #include "test.h"
 
 static const char *lasp;
@@ -18,15 +18,7 @@ static char out[4096];  /* combined stdout + stderr of the last run */
 static int run(const char *args) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "cd '%s' && timeout 120 '%s' %s 2>&1", dir, lasp, args);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1000;
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = '\0';
-    while (fgetc(p) != EOF) {}
-    int st = pclose(p);
-    if (WIFSIGNALED(st)) return -WTERMSIG(st);
-    int rc = WEXITSTATUS(st);
-    return rc == 124 ? -1001 : rc;
+    return test_shell(cmd, out, sizeof out);
 }
 
 static void save(const char *name, lasp_dtype t, int ndim, const int64_t *shape, const void *x) {

@@ -4,10 +4,10 @@
  * (no hang) with its rank named; nothing is written on failure. Usage: test_cli_sp path/to/lasp */
 #include <math.h>
 #include <string.h>
-#include <sys/wait.h>
 
 #include "core/npy.h"
 #include "core/rng.h"
+#include "shell.h"
 #include "test.h"
 
 static const char *lasp;
@@ -18,15 +18,7 @@ static char out[1 << 16];
 static int sh(const char *cmd) {
     char full[8192];
     snprintf(full, sizeof full, "cd '%s' && OMP_NUM_THREADS=1 timeout -k 5 60 %s 2>&1", dir, cmd);
-    FILE *p = popen(full, "r");
-    if (!p) return -1000;
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = '\0';
-    while (fgetc(p) != EOF) {}
-    int st = pclose(p);
-    if (WIFSIGNALED(st)) return -WTERMSIG(st);
-    int rc = WEXITSTATUS(st);
-    return rc == 124 ? -1001 : rc;
+    return test_shell(full, out, sizeof out);
 }
 
 static int mpirun(int np, const char *env, const char *args) {

@@ -4,8 +4,8 @@
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
+#include "shell.h"
 #include "test.h"
 
 static char lasp[512];
@@ -25,14 +25,7 @@ static int run(const char *fmt, ...) {
     snprintf(cmd, sizeof cmd,
              "cd '%s' && %sOMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 300 %s 2>&1",
              dir, nolsan, args);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1000;
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = '\0';
-    while (fgetc(p) != EOF) {}
-    int st = pclose(p);
-    if (WIFSIGNALED(st)) return -WTERMSIG(st);
-    return WEXITSTATUS(st);
+    return test_shell(cmd, out, sizeof out);
 }
 
 /* The "loss" values of the step lines of a train.jsonl, as printed (%.17g: the exact double). */
