@@ -3,8 +3,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "comm/comm_impl.h"
+
+static double clock_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+/* Calls a backend operation and adds the time it took to the communicator's wait_ms. */
+#define TIMED(c, call)                                  \
+    do {                                                \
+        const double timed_t0_ = clock_ms();            \
+        lasp_status timed_s_ = (call);                  \
+        (c)->stats.wait_ms += clock_ms() - timed_t0_;   \
+        return timed_s_;                                \
+    } while (0)
 
 /* ---- self backend ----------------------------------------------------------------------------- */
 
@@ -286,7 +302,7 @@ lasp_status lasp_comm_sendrecv(lasp_comm *c, const void *sendbuf, size_t send_co
         c->stats.p2p_bytes += send_count * lasp_dtype_size(dtype);
     }
     if (dst < 0 && src < 0) return LASP_OK;
-    return c->ops->sendrecv(c, sendbuf, send_count, dst, recvbuf, recv_count, src, dtype, err);
+    TIMED(c, c->ops->sendrecv(c, sendbuf, send_count, dst, recvbuf, recv_count, src, dtype, err));
 }
 
 static lasp_status post(lasp_comm *c, int is_send, const void *buf, size_t count, int peer, lasp_dtype dtype,
@@ -329,7 +345,9 @@ lasp_status lasp_comm_isend(lasp_comm *c, const void *buf, size_t count, int dst
 lasp_status lasp_comm_wait(lasp_comm *c, lasp_comm_req *req, lasp_err *err) {
     LASP_TRY(check_comm(c, "lasp_comm_wait", err));
     if (!req) return LASP_OK;  /* waiting on nothing, like MPI_REQUEST_NULL */
+    const double t0 = clock_ms();
     lasp_status s = c->ops->wait(c, req, err);
+    c->stats.wait_ms += clock_ms() - t0;
     free(req);
     return s;
 }
@@ -345,7 +363,7 @@ lasp_status lasp_comm_allreduce(lasp_comm *c, const void *sendbuf, void *recvbuf
     LASP_TRY(check_buf(c, sendbuf, count, "sendbuf", fn, err));
     LASP_TRY(check_buf(c, recvbuf, count, "recvbuf", fn, err));
     count_coll(c, 2.0 * (c->size - 1) / c->size * (double)(count * lasp_dtype_size(dtype)));
-    return c->ops->allreduce(c, sendbuf, recvbuf, count, dtype, op, err);
+    TIMED(c, c->ops->allreduce(c, sendbuf, recvbuf, count, dtype, op, err));
 }
 
 lasp_status lasp_comm_reduce_scatter(lasp_comm *c, const void *sendbuf, void *recvbuf, size_t recv_count,
@@ -357,7 +375,7 @@ lasp_status lasp_comm_reduce_scatter(lasp_comm *c, const void *sendbuf, void *re
     LASP_TRY(check_buf(c, sendbuf, recv_count * (size_t)c->size, "sendbuf", fn, err));
     LASP_TRY(check_buf(c, recvbuf, recv_count, "recvbuf", fn, err));
     count_coll(c, (double)(c->size - 1) * (double)(recv_count * lasp_dtype_size(dtype)));
-    return c->ops->reduce_scatter(c, sendbuf, recvbuf, recv_count, dtype, op, err);
+    TIMED(c, c->ops->reduce_scatter(c, sendbuf, recvbuf, recv_count, dtype, op, err));
 }
 
 lasp_status lasp_comm_allgather(lasp_comm *c, const void *sendbuf, void *recvbuf, size_t send_count, lasp_dtype dtype,
@@ -368,7 +386,7 @@ lasp_status lasp_comm_allgather(lasp_comm *c, const void *sendbuf, void *recvbuf
     LASP_TRY(check_buf(c, sendbuf, send_count, "sendbuf", fn, err));
     LASP_TRY(check_buf(c, recvbuf, send_count * (size_t)c->size, "recvbuf", fn, err));
     count_coll(c, (double)(c->size - 1) * (double)(send_count * lasp_dtype_size(dtype)));
-    return c->ops->allgather(c, sendbuf, recvbuf, send_count, dtype, err);
+    TIMED(c, c->ops->allgather(c, sendbuf, recvbuf, send_count, dtype, err));
 }
 
 lasp_status lasp_comm_alltoall(lasp_comm *c, const void *sendbuf, void *recvbuf, size_t count, lasp_dtype dtype,
@@ -382,7 +400,7 @@ lasp_status lasp_comm_alltoall(lasp_comm *c, const void *sendbuf, void *recvbuf,
         return lasp_fail(err, LASP_ERR_ARG, "rank %d: %s: in place is not supported (hint: separate buffers)",
                          c->world_rank, fn);
     count_coll(c, (double)(c->size - 1) * (double)(count * lasp_dtype_size(dtype)));
-    return c->ops->alltoall(c, sendbuf, recvbuf, count, dtype, err);
+    TIMED(c, c->ops->alltoall(c, sendbuf, recvbuf, count, dtype, err));
 }
 
 lasp_status lasp_comm_bcast(lasp_comm *c, void *buf, size_t count, lasp_dtype dtype, int root, lasp_err *err) {
@@ -394,13 +412,13 @@ lasp_status lasp_comm_bcast(lasp_comm *c, void *buf, size_t count, lasp_dtype dt
         return lasp_fail(err, LASP_ERR_ARG, "rank %d: %s: root %d is outside [0, %d)", c->world_rank, fn, root,
                          c->size);
     count_coll(c, c->rank == root && c->size > 1 ? (double)(count * lasp_dtype_size(dtype)) : 0.0);
-    return c->ops->bcast(c, buf, count, dtype, root, err);
+    TIMED(c, c->ops->bcast(c, buf, count, dtype, root, err));
 }
 
 lasp_status lasp_comm_barrier(lasp_comm *c, lasp_err *err) {
     LASP_TRY(check_comm(c, "lasp_comm_barrier", err));
     count_coll(c, 0);
-    return c->ops->barrier(c, err);
+    TIMED(c, c->ops->barrier(c, err));
 }
 
 void lasp_comm_abort(lasp_comm *c, const char *message) {
@@ -425,5 +443,6 @@ void *lasp_comm_stream(const lasp_comm *c) { return c && c->ops->stream ? c->ops
 
 lasp_status lasp_comm_sync(lasp_comm *c, lasp_err *err) {
     LASP_TRY(check_comm(c, "lasp_comm_sync", err));
-    return c->ops->sync ? c->ops->sync(c, err) : LASP_OK;
+    if (!c->ops->sync) return LASP_OK;
+    TIMED(c, c->ops->sync(c, err));
 }

@@ -36,6 +36,8 @@ typedef struct lasp_comm_stats {
     uint64_t p2p_bytes;     /* bytes in them */
     uint64_t coll_calls;    /* collectives entered */
     uint64_t coll_bytes;    /* bytes this rank sent in collectives (algorithm-independent estimate) */
+    double wait_ms;         /* time spent inside this communicator's calls (for device backends: enqueueing,
+                               and waiting in lasp_comm_sync) — what communication cost this rank */
 } lasp_comm_stats;
 
 /* The world: MPI_COMM_WORLD when lasp runs under mpirun (MPI initialised here if needed), else self.
