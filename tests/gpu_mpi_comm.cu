@@ -1,7 +1,7 @@
 /* gpu_mpi_comm.cu — the NCCL backend of the comm layer on device memory, under mpirun with one
  * process per GPU: every operation with values whose result is exactly predictable (small integers
  * in floats), on the world and on split sub-communicators; zero wrong elements on every rank. The
- * verdict of each case is reduced over the ranks (MPI), and rank 0 prints it. */
+ * verdict of each case is reduced over the ranks (mpi_test.h, on a host MPI world), and rank 0 prints it. */
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -9,22 +9,11 @@
 #include <string.h>
 
 #include "comm/comm.h"
-#include "test.h"
+#include "mpi_test.h"
 
 static int world_rank;
 
 /* 1 if every rank passed the current case; prints the verdict on rank 0 only. */
-static void verdict(const char *name) {
-    int mine = test_failed_checks_ == 0, all = 0;
-    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
-    if (!all && mine) test_failed_checks_ = 1;  /* another rank failed: so does the case */
-    if (world_rank == 0) {
-        test_case("%s", name);
-    } else {
-        test_failed_checks_ = 0;
-    }
-}
-
 static float *dev_fill(size_t n, float (*f)(size_t i, int rank), int rank) {
     float *h = (float *)malloc(n * sizeof(float)), *d = NULL;
     for (size_t i = 0; i < n; i++) h[i] = f(i, rank);
@@ -58,7 +47,7 @@ static void check_collectives(lasp_comm *c, const char *label) {
     CHECK(wrong == 0, "allreduce: %zu wrong elements", wrong);
     free(h);
     snprintf(name, sizeof name, "nccl allreduce sum on %s (%d ranks)", label, W);
-    verdict(name);
+    mpi_case("%s", name);
 
     const size_t m = 1000;
     CHECK(lasp_comm_reduce_scatter(c, x, y, m, LASP_F32, LASP_REDUCE_MAX, &err) == LASP_OK, "%s", err.msg);
@@ -69,7 +58,7 @@ static void check_collectives(lasp_comm *c, const char *label) {
     CHECK(wrong == 0, "reduce_scatter: %zu wrong elements", wrong);
     free(h);
     snprintf(name, sizeof name, "nccl reduce_scatter max on %s", label);
-    verdict(name);
+    mpi_case("%s", name);
 
     CHECK(lasp_comm_allgather(c, x, y, n, LASP_F32, &err) == LASP_OK, "%s", err.msg);
     CHECK(lasp_comm_sync(c, &err) == LASP_OK, "%s", err.msg);
@@ -80,7 +69,7 @@ static void check_collectives(lasp_comm *c, const char *label) {
     CHECK(wrong == 0, "allgather: %zu wrong elements", wrong);
     free(h);
     snprintf(name, sizeof name, "nccl allgather on %s", label);
-    verdict(name);
+    mpi_case("%s", name);
 
     CHECK(lasp_comm_alltoall(c, x, y, m, LASP_F32, &err) == LASP_OK, "%s", err.msg);
     CHECK(lasp_comm_sync(c, &err) == LASP_OK, "%s", err.msg);
@@ -91,7 +80,7 @@ static void check_collectives(lasp_comm *c, const char *label) {
     CHECK(wrong == 0, "alltoall: %zu wrong elements", wrong);
     free(h);
     snprintf(name, sizeof name, "nccl alltoall on %s", label);
-    verdict(name);
+    mpi_case("%s", name);
 
     cudaMemcpy(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice);
     CHECK(lasp_comm_bcast(c, y, n, LASP_F32, W - 1, &err) == LASP_OK, "%s", err.msg);
@@ -102,7 +91,7 @@ static void check_collectives(lasp_comm *c, const char *label) {
     CHECK(wrong == 0, "bcast: %zu wrong elements", wrong);
     free(h);
     snprintf(name, sizeof name, "nccl bcast from the last rank on %s", label);
-    verdict(name);
+    mpi_case("%s", name);
 
     /* the LASP chain's pattern: r → r+1, no wrap-around, both as one grouped call and as halves */
     cudaMemset(y, 0, n * sizeof(float));
@@ -130,31 +119,33 @@ static void check_collectives(lasp_comm *c, const char *label) {
     CHECK(wrong == 0, "chain isend/irecv: %zu wrong elements", wrong);
     free(h);
     snprintf(name, sizeof name, "nccl chain r -> r+1 (sendrecv, isend/irecv) on %s", label);
-    verdict(name);
+    mpi_case("%s", name);
     cudaFree(x), cudaFree(y);
 }
 
 int main(int argc, char **argv) {
     lasp_comm *world = NULL;
     lasp_err err = {};
-    if (lasp_comm_world(LASP_COMM_NCCL, &argc, &argv, &world, &err) != LASP_OK) {
+    /* verdicts travel over host MPI; the NCCL world under test moves device memory only */
+    if (lasp_comm_world(LASP_COMM_MPI, &argc, &argv, &mpi_test_world_, &err) != LASP_OK ||
+        lasp_comm_world(LASP_COMM_NCCL, &argc, &argv, &world, &err) != LASP_OK) {
         printf("FAIL nccl world: %s\n", err.msg);
         return 1;
     }
     world_rank = lasp_comm_rank(world);
-    if (world_rank == 0) test_seed();
+    mpi_test_seed();
     check_collectives(world, "the world");
     const int W = lasp_comm_size(world);
     if (W >= 2) {
         /* halves in reverse order: sub-communicator ranks differ from world ranks */
         lasp_comm *half = NULL;
         CHECK(lasp_comm_split(world, world_rank % 2, W - world_rank, &half, &err) == LASP_OK, "%s", err.msg);
-        verdict("nccl split into even and odd ranks");
+        mpi_case("nccl split into even and odd ranks");
         if (half) check_collectives(half, "a split half");
         lasp_comm_free(half);
     }
-    int failed = test_cases_failed_;
     lasp_comm_free(world);
-    if (world_rank == 0) return test_exit();
-    return failed ? 1 : 0;
+    const int rc = mpi_test_exit();
+    lasp_comm_free(mpi_test_world_);
+    return rc;
 }

@@ -1,7 +1,7 @@
 /* gpu_mpi_sp.cu — LASP across GPUs (one process per GPU, under mpirun): every rank's outputs,
  * gradients and boundary states of the chain and of LASP-2 against one GPU running the whole
  * sequence (1e-2 relative for bf16, 1e-4 for f32), and the gathered result against the fp64
- * reference on a small shape. Verdicts are reduced over the ranks; rank 0 prints them. */
+ * reference on a small shape. Verdicts are reduced over the ranks (mpi_test.h); rank 0 prints them. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <mpi.h>
@@ -12,17 +12,9 @@
 #include "core/rng.h"
 #include "lasp.h"
 #include "sp/sp.h"
-#include "test.h"
+#include "mpi_test.h"
 
 static int world_rank;
-
-static void verdict(const char *name) {
-    int mine = test_failed_checks_ == 0, all = 0;
-    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
-    if (!all && mine) test_failed_checks_ = 1;
-    if (world_rank == 0) test_case("%s", name);
-    else test_failed_checks_ = 0;
-}
 
 static float *randn(lasp_rng *r, size_t n, double scale) {
     float *x = (float *)malloc(n * sizeof *x);
@@ -172,7 +164,7 @@ static void run_case(lasp_comm *world, lasp_sp *sp, lasp_ctx *ctx, uint64_t seed
     snprintf(name, sizeof name, "SP %s, dp %d × sp %d GPUs, %s, B%lld T_local %lld H%lld D%lld%s (worst vs one GPU %.1e)",
              sp->mode == LASP_SP_CHAIN ? "chain" : "lasp2", sp->dp_size, W, lasp_dtype_name(t), (long long)B, (long long)Tl,
              (long long)H, (long long)D, fp64 ? ", + fp64 reference" : "", all_worst);
-    verdict(name);
+    mpi_case("%s", name);
     (void)world;
     lasp_sp_cache_free(&cache);
     void *dev[] = {gq, gk, gv, gdo, go, gdq, gdk, gdv, gsl, gkv, gdkv, gkvo, gdkvi};
@@ -185,13 +177,14 @@ static void run_case(lasp_comm *world, lasp_sp *sp, lasp_ctx *ctx, uint64_t seed
 int main(int argc, char **argv) {
     lasp_comm *world = NULL;
     lasp_err err = {};
-    if (lasp_comm_world(LASP_COMM_NCCL, &argc, &argv, &world, &err) != LASP_OK) {
+    /* verdicts travel over host MPI; the NCCL world under test moves device memory only */
+    if (lasp_comm_world(LASP_COMM_MPI, &argc, &argv, &mpi_test_world_, &err) != LASP_OK ||
+        lasp_comm_world(LASP_COMM_NCCL, &argc, &argv, &world, &err) != LASP_OK) {
         printf("FAIL nccl world: %s\n", err.msg);
         return 1;
     }
     world_rank = lasp_comm_rank(world);
-    uint64_t seed = world_rank == 0 ? test_seed() : 0;
-    MPI_Bcast(&seed, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    const uint64_t seed = mpi_test_seed();
     lasp_ctx *ctx = NULL;
     lasp_ctx_create(NULL, &ctx);
     const int W = lasp_comm_size(world);
@@ -216,8 +209,8 @@ int main(int argc, char **argv) {
         }
     }
     lasp_ctx_free(ctx);
-    int failed = test_cases_failed_;
     lasp_comm_free(world);
-    if (world_rank == 0) return test_exit();
-    return failed ? 1 : 0;
+    const int rc = mpi_test_exit();
+    lasp_comm_free(mpi_test_world_);
+    return rc;
 }

@@ -22,7 +22,7 @@ static inline int mpi_case(const char *fmt, ...) {
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
     float mine = (float)test_failed_checks_, any = 0;
-    lasp_err err = {0};
+    lasp_err err = {LASP_OK, {0}};
     if (lasp_comm_allreduce(mpi_test_world_, &mine, &any, 1, LASP_F32, LASP_REDUCE_MAX, &err) != LASP_OK)
         lasp_comm_abort(mpi_test_world_, err.msg);
     test_failed_checks_ = any > 0;
@@ -41,7 +41,7 @@ static inline int mpi_case(const char *fmt, ...) {
 static inline uint64_t mpi_test_seed(void) {
     double s = 0;
     if (lasp_comm_rank(mpi_test_world_) == 0) s = (double)(test_seed() % (1ull << 52));
-    lasp_err err = {0};
+    lasp_err err = {LASP_OK, {0}};
     if (lasp_comm_bcast(mpi_test_world_, &s, 1, LASP_F64, 0, &err) != LASP_OK)
         lasp_comm_abort(mpi_test_world_, err.msg);
     return (uint64_t)s;
