@@ -25,33 +25,12 @@ fi
 logdir=$BUILD/test-logs
 mkdir -p "$logdir"
 
-# run NAME CMD... — one run, counted
+# counted NAME LIMIT CMD... — one run under a timeout, its PASS/FAIL lines counted (tests/counted.sh)
+. "$(dirname "$0")/counted.sh"
 run() {
-    local name=$1; shift
-    local log="$logdir/${name//[^A-Za-z0-9_.-]/_}.log"
-    local t0=$SECONDS
     local limit=$TIMEOUT
-    case $name in *" -np "* | test_cli_sp) limit=$MPI_TIMEOUT ;; esac
-    timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
-    local rc=$?
-    local p f
-    p=$(grep -c '^PASS ' "$log")
-    f=$(grep -c '^FAIL ' "$log")
-    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
-        f=1
-        if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-            echo "FAIL $name (timed out after ${limit}s)" >>"$log"
-        else
-            echo "FAIL $name (exit status $rc)" >>"$log"
-        fi
-    fi
-    passed=$((passed + p)) failed=$((failed + f))
-    if [ "$f" -eq 0 ]; then
-        printf '  ok    %-40s %4d passed  %4ds\n' "$name" "$p" $((SECONDS - t0))
-    else
-        printf '  FAIL  %-40s %4d passed %4d failed  %4ds  (log: %s)\n' "$name" "$p" "$f" $((SECONDS - t0)) "$log"
-        grep -E '^(FAIL|  check failed|# seed)|rror' "$log" | head -20 | sed 's/^/        /'
-    fi
+    case $1 in *" -np "* | test_cli_sp) limit=$MPI_TIMEOUT ;; esac
+    counted "$1" "$limit" "${@:2}"
 }
 
 echo "# lasp tests ($BUILD)"

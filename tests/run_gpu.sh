@@ -14,29 +14,14 @@ export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 export OMPI_ALLOW_RUN_AS_ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-1} OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 echo "# lasp GPU tests ($BUILD, $ngpu GPUs)"
+. "$(dirname "$0")/counted.sh"
 for t in "$BUILD"/tests/gpu_*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
-    log="$logdir/$name.log"
-    t0=$SECONDS
-    run=("$t" "$@")
-    case $name in gpu_mpi_*) run=(mpirun --bind-to none -np "$((ngpu > 0 ? ngpu : 1))" "$t") ;; esac
-    timeout --kill-after=10 "$TIMEOUT" "${run[@]}" >"$log" 2>&1
-    rc=$?
-    p=$(grep -c '^PASS ' "$log")
-    f=$(grep -c '^FAIL ' "$log")
-    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
-        f=1
-        echo "FAIL $name (exit status $rc)" >>"$log"
-    fi
-    passed=$((passed + p)) failed=$((failed + f))
-    if [ "$f" -eq 0 ]; then
-        printf '  ok    %-40s %4d passed  %4ds\n' "$name" "$p" $((SECONDS - t0))
-    else
-        printf '  FAIL  %-40s %4d passed %4d failed  %4ds  (log: %s)\n' "$name" "$p" "$f" $((SECONDS - t0)) "$log"
-        grep -E '^(FAIL|  check failed|# seed)|rror' "$log" | head -30 | sed 's/^/        /'
-    fi
-    grep '^# worst' "$log" | sed 's/^/  /'
+    case $name in
+    gpu_mpi_*) counted "$name" "$TIMEOUT" mpirun --bind-to none -np "$((ngpu > 0 ? ngpu : 1))" "$t" ;;
+    *) counted "$name" "$TIMEOUT" "$t" "$@" ;;
+    esac
 done
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
