@@ -2,9 +2,11 @@
 # scripts/gpu.sh — everything the CUDA op needs on a GPU machine, in one call:
 #   build (sm_90a), `make test-gpu`, compute-sanitizer memcheck + racecheck on small shapes, the bench;
 # a short summary table last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
-#   usage: scripts/gpu.sh [build] [test] [san] [dev] [bench] [quickbench] [ncu]  (default: build test san bench)
+#   usage: scripts/gpu.sh [build] [test] [test-mma] [san] [dev] [bench] [bench-mma] [quickbench] [ncu]
+#          (default: build test test-mma san bench-mma bench)
+#   *-mma: the same with LASP_CUDA_WGMMA=0, the mma.sync output pass that GPUs before Hopper run
 set -u
-steps=${*:-build test san bench}
+steps=${*:-build test test-mma san bench-mma bench}
 OUT=${OUT:-build/gpu-logs}
 mkdir -p "$OUT"
 ARCH=${CUDA_ARCH_OVERRIDE:--gencode arch=compute_90a,code=sm_90a}
@@ -25,6 +27,12 @@ if has test; then
     cp build/test-logs/gpu_attn.log "$OUT/" 2>/dev/null
     summary+=("test-gpu         $(tail -1 "$OUT/test-gpu.log")  $((SECONDS - t0)) s")
 fi
+if has test-mma; then
+    t0=$SECONDS
+    LASP_CUDA_WGMMA=0 build/tests/gpu_attn --quick >"$OUT/test-mma.log" 2>&1
+    rc=$?
+    summary+=("test (mma.sync)  rc=$rc  $(grep -c '^PASS' "$OUT/test-mma.log") passed  $((SECONDS - t0)) s")
+fi
 if has san; then
     for tool in memcheck racecheck; do
         t0=$SECONDS
@@ -39,6 +47,10 @@ fi
 if has quickbench; then
     build/lasp bench attn --device cuda --dtype bf16 --repeat 20 2>&1 | tee "$OUT/bench.txt"
 fi
+if has bench-mma; then
+    echo "# output pass on mma.sync (LASP_CUDA_WGMMA=0)" >"$OUT/bench-mma.txt"
+    LASP_CUDA_WGMMA=0 build/lasp bench attn --device cuda --dtype bf16 --repeat 20 2>&1 | tee -a "$OUT/bench-mma.txt"
+fi
 if has bench; then
     build/lasp bench attn --device cuda --dtype bf16 2>&1 | tee "$OUT/bench.txt"
 fi
@@ -51,5 +63,6 @@ if has ncu; then
 fi
 echo "# ---- summary ----"
 for s in "${summary[@]}"; do echo "$s"; done
+[ -f "$OUT/bench-mma.txt" ] && cat "$OUT/bench-mma.txt"
 [ -f "$OUT/bench.txt" ] && cat "$OUT/bench.txt"
 exit 0

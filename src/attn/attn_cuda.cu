@@ -23,6 +23,7 @@
 /* Per-context GPU state: the device it was made on, its stream and a growing workspace. */
 typedef struct cuda_state {
     int device, n_sm, max_smem;
+    int wgmma; /* the sm_90a kernels run here (attn_cuda_wgmma.h) */
     cudaStream_t stream;
     float *ws;
     size_t ws_bytes;
@@ -60,6 +61,29 @@ static lasp_status cuda_fail(lasp_ctx *ctx, cudaError_t e, const char *what) {
         if (cu_e_ != cudaSuccess) return cuda_fail(ctx, cu_e_, what); \
     } while (0)
 
+namespace lasp_cu {
+/* 1 if the code the driver picked for this device holds the wgmma kernels (an sm_90a build on an sm_90) */
+__global__ void k_has_wgmma(int *out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    *out = 1;
+#else
+    *out = 0;
+#endif
+}
+}  // namespace lasp_cu
+
+static cudaError_t probe_wgmma(cudaStream_t st, int *has) {
+    int *d = NULL;
+    cudaError_t e = cudaMalloc((void **)&d, sizeof *d);
+    if (e != cudaSuccess) return e;
+    lasp_cu::k_has_wgmma<<<1, 1, 0, st>>>(d);
+    e = cudaGetLastError();
+    if (e == cudaSuccess) e = cudaMemcpyAsync(has, d, sizeof *has, cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    cudaFree(d);
+    return e;
+}
+
 /* The context's GPU state for the current device, made on first use. */
 static lasp_status get_state(lasp_ctx *ctx, cuda_state **out) {
     int dev;
@@ -76,6 +100,7 @@ static lasp_status get_state(lasp_ctx *ctx, cuda_state **out) {
         cudaError_t e = cudaDeviceGetAttribute(&cs->n_sm, cudaDevAttrMultiProcessorCount, dev);
         if (e == cudaSuccess) e = cudaDeviceGetAttribute(&cs->max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
         if (e == cudaSuccess) e = cudaStreamCreate(&cs->stream);
+        if (e == cudaSuccess) e = probe_wgmma(cs->stream, &cs->wgmma);
         if (e != cudaSuccess) {
             free(cs);
             return cuda_fail(ctx, e, "setting up the CUDA context state");
@@ -193,6 +218,9 @@ static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *
     plan_dir(cs, a, P);
     if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
     P.ws = cs->ws;
+    /* LASP_CUDA_WGMMA=0 runs the mma.sync output pass where the wgmma one would run (to compare them) */
+    const char *env = getenv("LASP_CUDA_WGMMA");
+    P.wgmma = cs->wgmma && !(env && env[0] == '0');
     cudaError_t e;
     switch (a->dtype) {
     case LASP_BF16: e = lasp_cu::launch_bf16(P, cs->stream, cs->max_smem); break;

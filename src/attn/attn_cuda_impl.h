@@ -25,6 +25,7 @@ struct DirParams {
     int out_only;  /* skip kernels 1–2: the workspace already holds the states entering each segment */
     int ws_trans;  /* ... as [dx'=ezt][ezt'=dx], the transposes of this op's (k_out reads them so) */
     int states_only;  /* run kernels 1–2 only: the segment states, for the SP schedule (attn_cuda_sp.h) */
+    int wgmma;        /* the device runs the sm_90a kernels (attn_cuda_wgmma.h): bf16 output passes on wgmma */
 };
 
 /* The z-slice width EZ that the kernels use: the widest whose fp32 state fits 64 registers a thread

@@ -642,6 +642,12 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
     }
 }
 
+}  // namespace lasp_cu
+
+#include "attn/attn_cuda_wgmma.h"
+
+namespace lasp_cu {
+
 /* ---- launch of one directed op for one (dtype, DX, EZ) ------------------------------------- */
 
 template <typename T, int DX, int EZ>
@@ -661,6 +667,16 @@ cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         if ((e = lasp_cu_scan(P, st)) != cudaSuccess) return e;
         if (P.states_only) return cudaSuccess;
+    }
+    if constexpr (__is_same(T, bf16) && EZ == wg::EZ && (DX == 64 || DX == 128)) {
+        if (P.wgmma) {
+            const int bytes = (int)wg::Smem<DX>::bytes;
+            if ((e = cudaFuncSetAttribute(k_out_wg<DX>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) !=
+                cudaSuccess)
+                return e;
+            k_out_wg<DX><<<grid, wg::NTHR, bytes, st>>>(P);
+            return cudaGetLastError();
+        }
     }
     k_out<T, DX, EZ><<<grid, NTHR_OUT, S::out_bytes, st>>>(P);
     return cudaGetLastError();

@@ -1,0 +1,309 @@
+/* attn_cuda_wgmma.h — the output pass (kernel 3 of attn_cuda_kern.h) on Hopper's warpgroup MMA, for
+ * bf16 I/O, DX ∈ {64, 128}, slices of EZ = 64 value columns. Same math, same grid, same workspace and
+ * the same two roles as k_out; only how the products reach the tensor cores differs.
+ *
+ * WHY
+ * k_out on mma.sync spends ~4300 cycles a (chunk, slice) at D = 128 for ~750 MMAs of m16n8k16: every warp
+ * loads its operands through ldmatrix into registers (250 KB of shared-memory traffic a chunk) and issues
+ * the MMAs one by one. wgmma.m64n64k16 reads both operands straight from shared memory once for the whole
+ * warpgroup (4 warps), runs asynchronously, and needs one instruction where mma.sync needs 32: the same
+ * products are 28 wgmma a chunk (at D = 128): 20 in the output warpgroup (8 scores X·Yᵀ, 8 inter X·KV,
+ * 4 intra S·Z), 8 in the state warpgroup (Yᵀ·Z for the two 64-row halves of the 128-row state).
+ *
+ * SHARED-MEMORY LAYOUT (the canonical 128-byte-swizzle layouts of the PTX ISA)
+ * Every tile is bf16 in rows of 64 elements (128 bytes); wider tiles are stored as column blocks of 64
+ * (block b holds columns 64b..64b+63 of every row, blocks one after the other). Within a block the 16-byte
+ * piece j of row r sits at piece j ^ (r mod 8): eight rows make a 1024-byte atom, so tiles start on
+ * 1024-byte boundaries.
+ *   X, Y   [64 tokens][DX]   K-major operands (k = d): A of X·Yᵀ and X·KV, B of X·Yᵀ. Step ks (16 of
+ *                             k) starts at block ks/4, +32·(ks mod 4) bytes; 8-row groups 1024 bytes apart.
+ *   Z      [64 tokens][64]   N-major B (k = token) of S·Z and of the state update: step kk starts 2048·kk
+ *                             bytes in (16 rows of 128 bytes), 8-row groups of k 1024 bytes apart.
+ *   KV     [DX][64]          the state as bf16, N-major B (k = d) of X·KV, written by the state warps.
+ * The A operands built in registers (the masked scores S; Yᵀ scaled by λ^{C−j}) use the mma.sync
+ * fragment layout, which is wgmma's for each warp's 16 rows.
+ *
+ * SYNCHRONISATION (two barriers a chunk, as k_out)
+ * The state warpgroup also copies the tiles (cp.async, double-buffered). Per chunk c it stores KV(c) as
+ * bf16, waits for chunk c's copies, fences them and the stores into the async proxy (fence.proxy.async:
+ * wgmma reads shared memory through it, cp.async and st.shared write through the generic one), and only
+ * then starts chunk c+1's copies, so that the fence (a MEMBAR in SASS) never waits for copies in flight;
+ * then the barrier. The output warpgroup only meets the barriers: no copy, no fence, no wait on memory.
+ * Each warpgroup waits for its own wgmma groups (wait_group 0) before the barrier that ends a chunk, so
+ * no buffer is overwritten under an MMA in flight.
+ */
+#ifndef LASP_ATTN_CUDA_WGMMA_H
+#define LASP_ATTN_CUDA_WGMMA_H
+
+namespace lasp_cu {
+namespace wg {
+
+constexpr int EZ = 64;
+constexpr int NTHR = 256; /* warpgroup 0: outputs; warpgroup 1: the state */
+
+/* byte offset of element (r, c) in a swizzled tile of R rows (column blocks of 64) */
+__device__ __forceinline__ uint32_t swz(int R, int r, int c) {
+    return (uint32_t)((c >> 6) * R * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4) + (c & 7) * 2);
+}
+
+/* shared-memory matrix descriptor, 128-byte swizzle. For the K-major tiles the leading offset is unused;
+ * for the N-major ones (64 columns: one block) the stride between 8-row groups of k is 1024 either way. */
+__device__ __forceinline__ uint64_t desc(uint32_t saddr) {
+    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)(1024 >> 4) << 16) | ((uint64_t)(1024 >> 4) << 32) |
+           (1ull << 62);
+}
+__device__ __forceinline__ uint64_t desc_k(uint32_t tile, int ks) { return desc(tile + (ks >> 2) * 8192 + (ks & 3) * 32); }
+__device__ __forceinline__ uint64_t desc_n(uint32_t tile, int ks) { return desc(tile + ks * 2048); }
+
+__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+/* keeps the compiler from moving reads or writes of the accumulators across the asynchronous MMAs */
+__device__ __forceinline__ void pin(float (&d)[32]) {
+#pragma unroll
+    for (int i = 0; i < 32; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define LASP_WG_D32                                                                                            \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+    "%23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define LASP_WG_OUT32                                                                                          \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), \
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),  \
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), \
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+
+/* d (64×64 fp32) = [d +] A·B, A and B from shared memory; TB = 1: B is N-major */
+template <int TB>
+__device__ __forceinline__ void mma_ss(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LASP_WG_D32 ", %32, %33, p, 1, 1, 0, %35;\n}\n"
+                 : LASP_WG_OUT32
+                 : "l"(a), "l"(b), "r"(accumulate), "n"(TB));
+}
+/* d += A·B, A from registers (the mma.sync m16n8k16 A fragment of each warp's 16 rows), B N-major */
+__device__ __forceinline__ void mma_rs(float (&d)[32], const uint32_t a[4], uint64_t b) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LASP_WG_D32
+                 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : LASP_WG_OUT32
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+#undef LASP_WG_D32
+#undef LASP_WG_OUT32
+
+__device__ __forceinline__ void ldsm_x4_t_at(uint32_t r[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void cp_async16_at(uint32_t dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+
+/* Rows [pos0, pos0+64) of one head, columns [col0, col0+W) of a [B,T,H,D] tensor, into a swizzled
+ * tile, by the 128 threads t of the state warpgroup; rows at or past `end` are zero. Row p of the tile is
+ * token p (forwards) or T−1−p (backwards). Thread t copies one 16-byte column piece in every R-th row
+ * (R a multiple of 8, so the piece's swizzled column is the same in all of them). */
+template <int W>
+__device__ __forceinline__ void load_tile(uint32_t tile, const bf16 *base, const DirParams &P, int64_t b, int h, int D,
+                                          int col0, int64_t pos0, int64_t end, int t) {
+    constexpr int VPR = W / 8, R = 128 / VPR;
+    const int c = (t % VPR) * 8, r0 = t / VPR;
+    const bf16 *src = base + (b * P.T * P.H + h) * (int64_t)D + col0 + c;
+    const int64_t tstride = (int64_t)P.H * D;
+    const uint32_t dst = tile + swz(CH, r0, c);
+#pragma unroll
+    for (int i = 0; i < CH / R; i++) {
+        const int64_t pos = pos0 + r0 + R * i;
+        const bool ok = pos < end;
+        const int64_t tk = ok ? (P.rev ? P.T - 1 - pos : pos) : 0;
+        cp_async16_at(dst + R * i * 128, src + tk * tstride, ok ? 16 : 0);
+    }
+}
+
+template <int DX>
+struct Smem {
+    static constexpr uint32_t X = CH * DX * 2, Z = CH * EZ * 2, BUF = 2 * X + Z, KV = DX * EZ * 2;
+    static constexpr uint32_t TAB = 1024; /* λ^n and λ^{C−j} */
+    static constexpr size_t bytes = 2 * BUF + KV + TAB + 1024; /* + room to align the base to 1024 */
+};
+
+}  // namespace wg
+
+template <int DX>
+__global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using namespace wg;
+    typedef wg::Smem<DX> S;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const uint32_t raw = smem_u32(smem_raw), pad = (1024 - (raw & 1023)) & 1023;
+    unsigned char *smem = smem_raw + pad;
+    const uint32_t sb = raw + pad;
+    const uint32_t kvs = sb + 2 * S::BUF;
+    float *pw = (float *)(smem + 2 * S::BUF + S::KV); /* pw[n] = λ^n, n = 0..64 */
+    float *wt = pw + CH + 4;                          /* wt[j] = λ^{C−j} */
+
+    const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
+    const int64_t b = bh / P.H;
+    const int h = bh % P.H;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float s = P.slopes[h];
+    if (threadIdx.x <= CH) pw[threadIdx.x] = expf(-s * (float)threadIdx.x);
+    if (threadIdx.x < CH) wt[threadIdx.x] = expf(-s * (float)(CH - threadIdx.x));
+    const float gammaC = expf(-s * (float)CH);
+
+    const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
+    const int nch = (int)((p1 - p0 + CH - 1) / CH);
+    auto xt = [&](int buf) { return sb + buf * S::BUF; };
+    auto yt = [&](int buf) { return sb + buf * S::BUF + S::X; };
+    auto zt = [&](int buf) { return sb + buf * S::BUF + 2 * S::X; };
+    /* the state warpgroup copies the tiles (the output warpgroup never waits on a copy or a fence) */
+    auto load_chunk = [&](int buf, int64_t pos0) {
+        const int t = threadIdx.x - 128;
+        load_tile<DX>(xt(buf), (const bf16 *)P.x, P, b, h, DX, 0, pos0, p1, t);
+        load_tile<DX>(yt(buf), (const bf16 *)P.y, P, b, h, DX, 0, pos0, p1, t);
+        load_tile<EZ>(zt(buf), (const bf16 *)P.z, P, b, h, P.ezt, slice * EZ, pos0, p1, t);
+        cp_async_commit();
+    };
+
+    /* the role, as a value the compiler knows is uniform over the warp (wgmma needs convergent warpgroups) */
+    const int role = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
+    if (role == 0) {
+        /* warpgroup 0: the outputs of chunk c from KV(c) */
+        const int ra = warp * 16 + (lane >> 2), rb = ra + 8;
+        for (int ci = 0; ci < nch; ci++) {
+            const int64_t c0 = p0 + (int64_t)ci * CH;
+            const int buf = ci & 1;
+            __syncthreads(); /* chunk ci's tiles and KV(ci) are in shared memory */
+            float sc[32], o[32];
+#pragma unroll
+            for (int i = 0; i < 32; i++) sc[i] = 0.f, o[i] = 0.f;
+            pin(sc), pin(o);
+            fence();
+#pragma unroll
+            for (int ks = 0; ks < DX / 16; ks++) mma_ss<0>(sc, desc_k(xt(buf), ks), desc_k(yt(buf), ks), ks > 0);
+#pragma unroll
+            for (int ks = 0; ks < DX / 16; ks++) mma_ss<1>(o, desc_k(xt(buf), ks), desc_n(kvs, ks), ks > 0);
+            commit();
+            wait_all();
+            pin(sc), pin(o);
+            /* inter rows decay λ^i; the exact causal mask with λ^{i−j} on the scores */
+            const float pa = pw[ra], pb = pw[rb];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                o[4 * j] *= pa, o[4 * j + 1] *= pa, o[4 * j + 2] *= pb, o[4 * j + 3] *= pb;
+                const int c = j * 8 + 2 * (lane & 3);
+                sc[4 * j] *= c <= ra ? pw[ra - c] : 0.f;
+                sc[4 * j + 1] *= c + 1 <= ra ? pw[ra - c - 1] : 0.f;
+                sc[4 * j + 2] *= c <= rb ? pw[rb - c] : 0.f;
+                sc[4 * j + 3] *= c + 1 <= rb ? pw[rb - c - 1] : 0.f;
+            }
+            /* intra: o += S Z with S (bf16) as the register A operand */
+            uint32_t a[4][4];
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) a[kk][q] = pack_bf16(sc[8 * kk + 2 * q], sc[8 * kk + 2 * q + 1]);
+            pin(o);
+            fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) mma_rs(o, a[kk], desc_n(zt(buf), kk));
+            commit();
+            wait_all();
+            pin(o);
+            const int64_t pa_ = c0 + ra, pb_ = c0 + rb;
+            bf16 *outp = (bf16 *)P.out;
+            bf16 *oa = pa_ < p1 ? outp + ((b * P.T + (P.rev ? P.T - 1 - pa_ : pa_)) * P.H + h) * (int64_t)P.ezt : nullptr;
+            bf16 *ob = pb_ < p1 ? outp + ((b * P.T + (P.rev ? P.T - 1 - pb_ : pb_)) * P.H + h) * (int64_t)P.ezt : nullptr;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const int c = slice * EZ + j * 8 + 2 * (lane & 3);
+                if (oa) store2<bf16>(oa + c, o[4 * j], o[4 * j + 1]);
+                if (ob) store2<bf16>(ob + c, o[4 * j + 2], o[4 * j + 3]);
+            }
+            __syncthreads();
+        }
+    } else {
+        /* warpgroup 1: the fp32 state in registers, rows 64·hf + 16·sw + lane/4 (+8) of half hf */
+        const int sw = warp - 4, g = lane >> 3, i8 = lane & 7;
+        float kv[2][32];
+        load_chunk(0, p0);
+        {
+            const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt;
+            auto at = [&](int r, int c) {
+                c += slice * EZ;
+                return P.ws_trans ? src[(size_t)c * DX + r] : src[(size_t)r * P.ezt + c];
+            };
+#pragma unroll
+            for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const int r = hf * 64 + sw * 16 + (lane >> 2), c = j * 8 + 2 * (lane & 3);
+                    kv[hf][4 * j] = at(r, c), kv[hf][4 * j + 1] = at(r, c + 1);
+                    kv[hf][4 * j + 2] = at(r + 8, c), kv[hf][4 * j + 3] = at(r + 8, c + 1);
+                }
+        }
+        for (int ci = 0; ci < nch; ci++) {
+            const int64_t c0 = p0 + (int64_t)ci * CH;
+            const int buf = ci & 1;
+            /* KV(c) as bf16 for the output warpgroup; every warp is past the last chunk's reads */
+#pragma unroll
+            for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const int r = hf * 64 + sw * 16 + (lane >> 2), c = j * 8 + 2 * (lane & 3);
+                    *reinterpret_cast<uint32_t *>(smem + 2 * S::BUF + swz(DX, r, c)) =
+                        pack_bf16(kv[hf][4 * j], kv[hf][4 * j + 1]);
+                    *reinterpret_cast<uint32_t *>(smem + 2 * S::BUF + swz(DX, r + 8, c)) =
+                        pack_bf16(kv[hf][4 * j + 2], kv[hf][4 * j + 3]);
+                }
+            /* chunk ci's copies done; they and the KV stores made visible to wgmma (the async proxy) before
+             * the barrier; only then chunk ci+1's copies start, so the fence does not wait for them */
+            cp_async_wait<0>();
+            fence_async_smem();
+            if (ci + 1 < nch) load_chunk(buf ^ 1, c0 + CH);
+            __syncthreads();
+            if (ci + 1 < nch) {
+                /* KV(c+1) = λ^C KV(c) + (diag(λ^{C−j}) Y)ᵀ Z, Yᵀ scaled in registers */
+#pragma unroll
+                for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+                    for (int i = 0; i < 32; i++) kv[hf][i] *= gammaC;
+#pragma unroll
+                for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
+                fence();
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++) {
+                    const int k0 = kk * 16 + 2 * (lane & 3);
+                    const float w0 = wt[k0], w1 = wt[k0 + 1], w8 = wt[k0 + 8], w9 = wt[k0 + 9];
+#pragma unroll
+                    for (int hf = 0; hf < DX / 64; hf++) {
+                        uint32_t a[4];
+                        ldsm_x4_t_at(a, yt(buf) + swz(CH, kk * 16 + i8 + (g >> 1) * 8, hf * 64 + sw * 16 + (g & 1) * 8));
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            const float2 v = unpack_bf16(a[q]);
+                            a[q] = q < 2 ? pack_bf16(v.x * w0, v.y * w1) : pack_bf16(v.x * w8, v.y * w9);
+                        }
+                        mma_rs(kv[hf], a, desc_n(zt(buf), kk));
+                    }
+                }
+                commit();
+                wait_all();
+#pragma unroll
+                for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
+            }
+            __syncthreads();
+        }
+    }
+#else
+    (void)P;
+    __trap(); /* launched only where the sm_90a code exists (lasp_cu_has_wgmma) */
+#endif
+}
+
+}  // namespace lasp_cu
+
+#endif
