@@ -662,13 +662,25 @@ cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
                                   (int)S::out_bytes)) != cudaSuccess)
         return e;
     const dim3 grid(P.ezt / EZ, P.ns, P.BH);
+    constexpr bool WG = __is_same(T, bf16) && EZ == wg::EZ && (DX == 64 || DX == 128);
     if (!P.out_only) {
-        k_state<T, DX, EZ><<<grid, NTHR, S::state_bytes, st>>>(P);
+        bool done = false;
+        if constexpr (WG) {
+            if (P.wgmma) {
+                const int bytes = (int)(2 * (wg::Smem<DX>::X + wg::Smem<DX>::Z) + 1024);
+                if ((e = cudaFuncSetAttribute(k_state_wg<DX>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) !=
+                    cudaSuccess)
+                    return e;
+                k_state_wg<DX><<<grid, 128, bytes, st>>>(P);
+                done = true;
+            }
+        }
+        if (!done) k_state<T, DX, EZ><<<grid, NTHR, S::state_bytes, st>>>(P);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         if ((e = lasp_cu_scan(P, st)) != cudaSuccess) return e;
         if (P.states_only) return cudaSuccess;
     }
-    if constexpr (__is_same(T, bf16) && EZ == wg::EZ && (DX == 64 || DX == 128)) {
+    if constexpr (WG) {
         if (P.wgmma) {
             const int bytes = (int)wg::Smem<DX>::bytes;
             if ((e = cudaFuncSetAttribute(k_out_wg<DX>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) !=

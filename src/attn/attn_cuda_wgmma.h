@@ -130,6 +130,44 @@ struct Smem {
     static constexpr size_t bytes = 2 * BUF + KV + TAB + 1024; /* + room to align the base to 1024 */
 };
 
+/* One chunk's tiles, copied by the 128 threads t of one warpgroup and committed as one group: x (when
+ * xs ≠ 0) and y (64 × DX), the z slice (64 × 64). */
+template <int DX>
+__device__ __forceinline__ void load_chunk(uint32_t xs, uint32_t ys, uint32_t zs, const DirParams &P, int64_t b, int h,
+                                           int slice, int64_t pos0, int64_t end, int t) {
+    if (xs) load_tile<DX>(xs, (const bf16 *)P.x, P, b, h, DX, 0, pos0, end, t);
+    load_tile<DX>(ys, (const bf16 *)P.y, P, b, h, DX, 0, pos0, end, t);
+    load_tile<EZ>(zs, (const bf16 *)P.z, P, b, h, P.ezt, slice * EZ, pos0, end, t);
+    cp_async_commit();
+}
+
+/* kv += (diag(w) Y)ᵀ Z over one chunk, by one warpgroup (warp sw of it): the DX × 64 fp32 state in
+ * registers as DX/64 accumulators of 64 rows, Yᵀ as the register A operand scaled by w(token) on the way,
+ * Z the N-major B operand. The caller has fenced (wgmma.fence) the accumulators. */
+template <int DX, typename W>
+__device__ __forceinline__ void state_update(float (&kv)[DX / 64][32], uint32_t ys, uint32_t zs, W w, int sw,
+                                             int lane) {
+    const int g = lane >> 3, i8 = lane & 7;
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        const int k0 = kk * 16 + 2 * (lane & 3);
+        const float w0 = w(k0), w1 = w(k0 + 1), w8 = w(k0 + 8), w9 = w(k0 + 9);
+#pragma unroll
+        for (int hf = 0; hf < DX / 64; hf++) {
+            uint32_t a[4];
+            ldsm_x4_t_at(a, ys + swz(CH, kk * 16 + i8 + (g >> 1) * 8, hf * 64 + sw * 16 + (g & 1) * 8));
+            /* regs 0, 1 hold tokens k0, k0+1; regs 2, 3 hold k0+8, k0+9 */
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const float2 v = unpack_bf16(a[q]);
+                a[q] = q < 2 ? pack_bf16(v.x * w0, v.y * w1) : pack_bf16(v.x * w8, v.y * w9);
+            }
+            mma_rs(kv[hf], a, desc_n(zs, kk));
+        }
+    }
+    commit();
+}
+
 }  // namespace wg
 
 template <int DX>
@@ -160,12 +198,8 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
     auto yt = [&](int buf) { return sb + buf * S::BUF + S::X; };
     auto zt = [&](int buf) { return sb + buf * S::BUF + 2 * S::X; };
     /* the state warpgroup copies the tiles (the output warpgroup never waits on a copy or a fence) */
-    auto load_chunk = [&](int buf, int64_t pos0) {
-        const int t = threadIdx.x - 128;
-        load_tile<DX>(xt(buf), (const bf16 *)P.x, P, b, h, DX, 0, pos0, p1, t);
-        load_tile<DX>(yt(buf), (const bf16 *)P.y, P, b, h, DX, 0, pos0, p1, t);
-        load_tile<EZ>(zt(buf), (const bf16 *)P.z, P, b, h, P.ezt, slice * EZ, pos0, p1, t);
-        cp_async_commit();
+    auto load = [&](int buf, int64_t pos0) {
+        load_chunk<DX>(xt(buf), yt(buf), zt(buf), P, b, h, slice, pos0, p1, threadIdx.x - 128);
     };
 
     /* the role, as a value the compiler knows is uniform over the warp (wgmma needs convergent warpgroups) */
@@ -227,9 +261,9 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
         }
     } else {
         /* warpgroup 1: the fp32 state in registers, rows 64·hf + 16·sw + lane/4 (+8) of half hf */
-        const int sw = warp - 4, g = lane >> 3, i8 = lane & 7;
-        float kv[2][32];
-        load_chunk(0, p0);
+        const int sw = warp - 4;
+        float kv[DX / 64][32];
+        load(0, p0);
         {
             const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt;
             auto at = [&](int r, int c) {
@@ -263,7 +297,7 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
              * the barrier; only then chunk ci+1's copies start, so the fence does not wait for them */
             cp_async_wait<0>();
             fence_async_smem();
-            if (ci + 1 < nch) load_chunk(buf ^ 1, c0 + CH);
+            if (ci + 1 < nch) load(buf ^ 1, c0 + CH);
             __syncthreads();
             if (ci + 1 < nch) {
                 /* KV(c+1) = λ^C KV(c) + (diag(λ^{C−j}) Y)ᵀ Z, Yᵀ scaled in registers */
@@ -274,23 +308,7 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
 #pragma unroll
                 for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
                 fence();
-#pragma unroll
-                for (int kk = 0; kk < 4; kk++) {
-                    const int k0 = kk * 16 + 2 * (lane & 3);
-                    const float w0 = wt[k0], w1 = wt[k0 + 1], w8 = wt[k0 + 8], w9 = wt[k0 + 9];
-#pragma unroll
-                    for (int hf = 0; hf < DX / 64; hf++) {
-                        uint32_t a[4];
-                        ldsm_x4_t_at(a, yt(buf) + swz(CH, kk * 16 + i8 + (g >> 1) * 8, hf * 64 + sw * 16 + (g & 1) * 8));
-#pragma unroll
-                        for (int q = 0; q < 4; q++) {
-                            const float2 v = unpack_bf16(a[q]);
-                            a[q] = q < 2 ? pack_bf16(v.x * w0, v.y * w1) : pack_bf16(v.x * w8, v.y * w9);
-                        }
-                        mma_rs(kv[hf], a, desc_n(zt(buf), kk));
-                    }
-                }
-                commit();
+                state_update<DX>(kv, yt(buf), zt(buf), [&](int k) { return wt[k]; }, sw, lane);
                 wait_all();
 #pragma unroll
                 for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
@@ -301,6 +319,63 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
 #else
     (void)P;
     __trap(); /* launched only where the sm_90a code exists (lasp_cu_has_wgmma) */
+#endif
+}
+
+/* Kernel 1 (the segment states m'_s = Σ_l λ^{L_s−σ−l} y_lᵀ z_l) on wgmma: one warpgroup copies the
+ * chunks (double-buffered) and accumulates the DX × 64 state slice in registers. */
+template <int DX>
+__global__ void __launch_bounds__(128, 4) k_state_wg(DirParams P) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using namespace wg;
+    typedef wg::Smem<DX> S;
+    constexpr uint32_t BUF = S::X + S::Z;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const uint32_t raw = smem_u32(smem_raw), sb = raw + ((1024 - (raw & 1023)) & 1023);
+    auto yt = [&](int buf) { return sb + buf * BUF; };
+    auto zt = [&](int buf) { return sb + buf * BUF + S::X; };
+    const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
+    const int64_t b = bh / P.H;
+    const int h = bh % P.H;
+    const int sw = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float s = P.slopes[h];
+    const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
+    const int nch = (int)((p1 - p0 + CH - 1) / CH);
+
+    float kv[DX / 64][32];
+#pragma unroll
+    for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+        for (int i = 0; i < 32; i++) kv[hf][i] = 0.f;
+    load_chunk<DX>(0, yt(0), zt(0), P, b, h, slice, p0, p1, threadIdx.x);
+    for (int ci = 0; ci < nch; ci++) {
+        const int buf = ci & 1;
+        cp_async_wait<0>();
+        fence_async_smem();
+        __syncthreads(); /* chunk ci in; every thread is past chunk ci−1, so its buffer is free */
+        if (ci + 1 < nch) load_chunk<DX>(0, yt(buf ^ 1), zt(buf ^ 1), P, b, h, slice, p0 + (ci + 1) * CH, p1, threadIdx.x);
+        /* λ^{L−σ−l} from the integer exponent n ≥ 0 (rows past the end are zero anyway) */
+        const int64_t n0 = (p1 - p0) - P.sigma - (int64_t)ci * CH;
+        for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
+        fence();
+        state_update<DX>(kv, yt(buf), zt(buf), [&](int k) { return n0 - k >= 0 ? expf(-s * (float)(n0 - k)) : 0.f; }, sw,
+                         lane);
+        wait_all();
+        for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
+    }
+    float *out = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt + slice * EZ;
+#pragma unroll
+    for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int r = hf * 64 + sw * 16 + (lane >> 2), c = j * 8 + 2 * (lane & 3);
+            *reinterpret_cast<float2 *>(out + (size_t)r * P.ezt + c) = make_float2(kv[hf][4 * j], kv[hf][4 * j + 1]);
+            *reinterpret_cast<float2 *>(out + (size_t)(r + 8) * P.ezt + c) =
+                make_float2(kv[hf][4 * j + 2], kv[hf][4 * j + 3]);
+        }
+#else
+    (void)P;
+    __trap();
 #endif
 }
 
