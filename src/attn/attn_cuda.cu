@@ -162,27 +162,6 @@ __global__ void k_scan(DirParams P) {
     if (P.s_end) P.s_end[(size_t)bh * n + idx] = H;
 }
 
-/* The SP schedule's second half: a state S arriving for the whole piece adds λ^(σ + k·seg) S to the
- * state entering segment k (all segments before k are full), what the scan would have folded in. */
-__global__ void k_inject(DirParams P) {
-    const int64_t n = (int64_t)P.dx * P.ezt;
-    const int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    const int bh = blockIdx.y;
-    if (idx >= n) return;
-    const float s = P.slopes[bh % P.H];
-    const int64_t r = idx / P.ezt, c = idx % P.ezt;
-    const float x = P.s_in[(size_t)bh * n + (P.s_in_trans ? c * P.dx + r : idx)];
-    float *w = P.ws + (size_t)bh * P.ns * n + idx;
-    for (int k = 0; k < P.ns; k++) w[(size_t)k * n] += expf(-s * ((float)P.sigma + (float)k * (float)P.seg)) * x;
-}
-
-cudaError_t lasp_cu_inject(const DirParams &P, cudaStream_t st) {
-    const int64_t n = (int64_t)P.dx * P.ezt;
-    const dim3 grid((unsigned)((n + 255) / 256), (unsigned)P.BH);
-    k_inject<<<grid, 256, 0, st>>>(P);
-    return cudaGetLastError();
-}
-
 cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st) {
     const int64_t n = (int64_t)P.dx * P.ezt;
     const dim3 grid((unsigned)((n + 255) / 256), (unsigned)P.BH);
@@ -302,11 +281,10 @@ extern "C" lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream) {
 }
 
 /* The second half of a directed op whose first half (states_only) left the segment states of a zero
- * incoming state in the workspace: fold in s_in (if any), then the output kernel. */
+ * incoming state in the workspace: the output kernel, adding the state that arrived (P.s_in) to each
+ * segment's entering state as it reads it. */
 static lasp_status finish_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
-    plan_dir(cs, a, P);
-    P.ws = cs->ws;
-    if (P.s_in) CU_TRY(ctx, lasp_cu::lasp_cu_inject(P, cs->stream), "launching the state injection");
+    P.s_add = P.s_in, P.s_add_trans = P.s_in_trans;
     P.s_in = NULL, P.out_only = 1;
     return run_dir(ctx, cs, a, P);
 }
@@ -371,8 +349,9 @@ extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     P.slopes = slopes, P.x = k, P.y = q, P.z = do_, P.out = dv, P.s_in = dkv_out;
     P.dx = (int)a->d, P.ezt = (int)a->e, P.rev = 1, P.sigma = 1;
     LASP_TRY(finish_dir(ctx, cs, a, P));
-    /* dk reads dv's segment states transposed, as in lasp_attn_bwd_cuda */
-    P.x = v, P.y = do_, P.z = q, P.out = dk, P.s_in = NULL, P.s_end = NULL;
+    /* dk reads dv's segment states transposed, as in lasp_attn_bwd_cuda, and adds dkv_outᵀ as dv adds
+     * dkv_out */
+    P.x = v, P.y = do_, P.z = q, P.out = dk, P.s_in = NULL, P.s_end = NULL, P.s_add = dkv_out, P.s_add_trans = 1;
     P.dx = (int)a->e, P.ezt = (int)a->d, P.out_only = 1, P.ws_trans = 1;
     return run_dir(ctx, cs, a, P);
 }

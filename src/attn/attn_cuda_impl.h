@@ -25,7 +25,12 @@ struct DirParams {
     int out_only;  /* skip kernels 1–2: the workspace already holds the states entering each segment */
     int ws_trans;  /* ... as [dx'=ezt][ezt'=dx], the transposes of this op's (k_out reads them so) */
     int states_only;  /* run kernels 1–2 only: the segment states, for the SP schedule (attn_cuda_sp.h) */
-    int wgmma;        /* the device runs the sm_90a kernels (attn_cuda_wgmma.h): bf16 output passes on wgmma */
+    int wgmma;        /* the device runs the sm_90a kernels (attn_cuda_wgmma.h): bf16 passes on wgmma */
+    /* The SP schedule's finishing half (attn_cuda_sp.h): a state S that arrived for the whole piece, added
+     * by the output kernel as λ^(σ + k·seg) S to the state entering segment k (what the scan would have
+     * folded in), so that no extra pass over the workspace sits on the critical path. */
+    const float *s_add;  /* [BH][dx][ezt] (or [BH][ezt][dx] when s_add_trans), NULL = none */
+    int s_add_trans;
 };
 
 /* The z-slice width EZ that the kernels use: the widest whose fp32 state fits 64 registers a thread
@@ -38,8 +43,13 @@ inline int slice_width(bool split, int dx, int ezt) {
 
 /* kernel 2 of a directed op (attn_cuda.cu) */
 cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st);
-/* the SP schedule: fold an incoming state into the scanned segment states (attn_cuda.cu) */
-cudaError_t lasp_cu_inject(const DirParams &P, cudaStream_t st);
+/* element (r, c) of the state entering this op's segment `seg` that P.s_add contributes (0 without one) */
+__device__ __forceinline__ float s_add_at(const DirParams &P, int bh, int seg, int r, int c, float slope) {
+    if (!P.s_add) return 0.f;
+    const float *S = P.s_add + (size_t)bh * P.dx * P.ezt;
+    const float x = P.s_add_trans ? S[(size_t)c * P.dx + r] : S[(size_t)r * P.ezt + c];
+    return expf(-slope * ((float)P.sigma + (float)seg * (float)P.seg)) * x;
+}
 
 /* kernels 1–3 of a directed op for one I/O dtype */
 cudaError_t launch_bf16(const DirParams &P, cudaStream_t st, int max_smem);

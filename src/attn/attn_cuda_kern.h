@@ -597,6 +597,11 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
                         u = make_float2(t[r], t[DX + r]);
                         v = make_float2(t[r + 8], t[DX + r + 8]);
                     }
+                    if (act && P.s_add) {
+                        const int cs = slice * EZ + c;
+                        u.x += s_add_at(P, bh, seg, r, cs, s), u.y += s_add_at(P, bh, seg, r, cs + 1, s);
+                        v.x += s_add_at(P, bh, seg, r + 8, cs, s), v.y += s_add_at(P, bh, seg, r + 8, cs + 1, s);
+                    }
                     kv[mi][ni][0] = u.x, kv[mi][ni][1] = u.y, kv[mi][ni][2] = v.x, kv[mi][ni][3] = v.y;
                 }
         }

@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
             const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt;
             auto at = [&](int r, int c) {
                 c += slice * EZ;
-                return P.ws_trans ? src[(size_t)c * DX + r] : src[(size_t)r * P.ezt + c];
+                return (P.ws_trans ? src[(size_t)c * DX + r] : src[(size_t)r * P.ezt + c]) + s_add_at(P, bh, seg, r, c, s);
             };
 #pragma unroll
             for (int hf = 0; hf < DX / 64; hf++)

@@ -5,8 +5,9 @@
  *   forward (chain), rank r of W
  *     C: post the receive of KV_in from r−1                 (lands while S computes)
  *     S: local half of the op → m (the piece's own state)   (segment states + scan from zero)
- *     C: after S's event: KV_out = γ KV_in + m; send to r+1 (the only work on the critical path)
- *     S: after C's event: finishing half with KV_in → o     (segment states + KV_in, outputs)
+ *     C: after S's event and the receive: S may go on; KV_out = γ KV_in + m, send to r+1
+ *        (rank 0 without a kv_in sends m as it is: nothing but the message on the critical path)
+ *     S: after C's event: finishing half with KV_in → o     (outputs, KV_in added as the states are read)
  *   backward mirrored: dq and the piece's g first (dq needs only the cached KV_in), then
  *     dKV_in = γ dKV_out + g on C, sent to r−1, then dk, dv with dKV_out.
  *   LASP-2: the local states are all-gathered on C and combined by Horner, same halves around it.
@@ -196,8 +197,8 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         LASP_TRY(hand_to_comm(ctx, &s));
         if (r > 0) LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
         else LASP_TRY(copy_state(ctx, KV, kv_in, s.ns, s.C));
-        LASP_TRY(combine(ctx, s.C, a, slopes, KV, m, m));  /* KV_out = γ KV_in + m */
-        LASP_TRY(hand_to_compute(ctx, &s));                 /* KV_in is here: S may finish */
+        LASP_TRY(hand_to_compute(ctx, &s)); /* KV_in is here: S may finish while C serves the next rank */
+        if (r > 0 || kv_in) LASP_TRY(combine(ctx, s.C, a, slopes, KV, m, m)); /* KV_out = γ KV_in + m (else m) */
         if (r < W - 1) {
             LASP_TRY(lasp_comm_isend(sp->sp, m, s.ns, r + 1, LASP_F32, &tx, err));
             LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
@@ -242,8 +243,8 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
             in = dKV;
         }
-        LASP_TRY(combine(ctx, s.C, a, slopes, in, g, g));  /* dKV_in = γ dKV_out + g */
-        LASP_TRY(hand_to_compute(ctx, &s));                 /* dKV_out is here: S may finish */
+        LASP_TRY(hand_to_compute(ctx, &s)); /* dKV_out is here: S may finish while C serves the next rank */
+        if (in) LASP_TRY(combine(ctx, s.C, a, slopes, in, g, g)); /* dKV_in = γ dKV_out + g (else g) */
         if (r > 0) {
             LASP_TRY(lasp_comm_isend(sp->sp, g, s.ns, r - 1, LASP_F32, &tx, err));
             LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
