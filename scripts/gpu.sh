@@ -29,7 +29,7 @@ if has test; then
 fi
 if has test-mma; then
     t0=$SECONDS
-    LASP_CUDA_WGMMA=0 build/tests/gpu_attn --quick >"$OUT/test-mma.log" 2>&1
+    LASP_CUDA_WGMMA=0 build/tests/gpu_attn >"$OUT/test-mma.log" 2>&1
     rc=$?
     summary+=("test (mma.sync)  rc=$rc  $(grep -c '^PASS' "$OUT/test-mma.log") passed  $((SECONDS - t0)) s")
 fi

@@ -16,6 +16,7 @@
  * next call's local half waits for that send before it writes the buffer again, so one layer's
  * transfers never race the next layer's work. Every state and message is fp32. */
 #include <cuda_runtime.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +29,10 @@ typedef struct gpu_events {
     cudaEvent_t state_ready;  /* C: KV_in (dKV_out) is here */
     cudaEvent_t sent;         /* C: the outgoing state has left; its buffer may be written again */
     int sent_pending;         /* `sent` was recorded and no call has waited for it yet */
+    /* LASP_SP_TRACE=1: timing events at the phases of a layer, printed after each backward (stderr):
+     * fwd start, local done, state here, end; the same for the bwd */
+    cudaEvent_t tr[8];
+    int trace;
 } gpu_events;
 
 static lasp_status cu_fail(lasp_ctx *ctx, cudaError_t e, const char *what) {
@@ -87,6 +92,8 @@ extern "C" void lasp_sp_cache_free_cuda(lasp_sp_cache *c) {
         cudaEventDestroy(ev->local_done);
         cudaEventDestroy(ev->state_ready);
         cudaEventDestroy(ev->sent);
+        for (int i = 0; i < 8; i++)
+            if (ev->tr[i]) cudaEventDestroy(ev->tr[i]);
         free(ev);
     }
     memset(c, 0, sizeof *c);
@@ -137,6 +144,9 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
             CU_TRY(ctx, cudaEventCreateWithFlags(&ev->local_done, cudaEventDisableTiming), "cudaEventCreate");
             CU_TRY(ctx, cudaEventCreateWithFlags(&ev->state_ready, cudaEventDisableTiming), "cudaEventCreate");
             CU_TRY(ctx, cudaEventCreateWithFlags(&ev->sent, cudaEventDisableTiming), "cudaEventCreate");
+            const char *tr = getenv("LASP_SP_TRACE");
+            if ((ev->trace = tr && tr[0] == '1'))
+                for (int i = 0; i < 8; i++) CU_TRY(ctx, cudaEventCreate(&ev->tr[i]), "cudaEventCreate");
             cache->gpu = ev;
         }
     }
@@ -154,15 +164,21 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
     return LASP_OK;
 }
 
+static void trace(const sched *s, int i, cudaStream_t st) {
+    if (s->ev->trace) cudaEventRecord(s->ev->tr[i], st);
+}
+
 /* S's local half is done: C may use its result. */
-static lasp_status hand_to_comm(lasp_ctx *ctx, const sched *s) {
+static lasp_status hand_to_comm(lasp_ctx *ctx, const sched *s, int fwd) {
+    trace(s, fwd ? 1 : 5, s->S);
     CU_TRY(ctx, cudaEventRecord(s->ev->local_done, s->S), "cudaEventRecord");
     CU_TRY(ctx, cudaStreamWaitEvent(s->C, s->ev->local_done, 0), "cudaStreamWaitEvent");
     return LASP_OK;
 }
 
 /* C has the incoming state: S may finish. */
-static lasp_status hand_to_compute(lasp_ctx *ctx, const sched *s) {
+static lasp_status hand_to_compute(lasp_ctx *ctx, const sched *s, int fwd) {
+    trace(s, fwd ? 2 : 6, s->C);
     CU_TRY(ctx, cudaEventRecord(s->ev->state_ready, s->C), "cudaEventRecord");
     CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->state_ready, 0), "cudaStreamWaitEvent");
     return LASP_OK;
@@ -173,6 +189,24 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
     CU_TRY(ctx, cudaEventRecord(s->ev->sent, s->C), "cudaEventRecord");
     s->ev->sent_pending = 1;
     return LASP_OK;
+}
+
+/* LASP_SP_WAIT_SEND=1: a rank that sent a state starts its finishing half only once the send is done,
+ * so that the send kernel is not queued behind the finishing half's kernels, which fill every SM */
+static lasp_status after_send(lasp_ctx *ctx, const sched *s, int sent) {
+    const char *w = getenv("LASP_SP_WAIT_SEND");
+    if (sent && w && w[0] == '1') CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->sent, 0), "cudaStreamWaitEvent");
+    return LASP_OK;
+}
+
+/* after the backward: the phases of the layer on this rank, in ms from the forward's start */
+static void trace_print(const sched *s) {
+    if (!s->ev->trace || cudaEventSynchronize(s->ev->tr[7]) != cudaSuccess) return;
+    float t[8] = {0};
+    for (int i = 1; i < 8; i++) cudaEventElapsedTime(&t[i], s->ev->tr[0], s->ev->tr[i]);
+    fprintf(stderr,
+            "sp-trace rank %d: fwd local %.3f state %.3f end %.3f | bwd start %.3f local %.3f state %.3f end %.3f ms\n",
+            s->r, t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
 }
 
 static lasp_status copy_state(lasp_ctx *ctx, float *dst, const float *src, size_t ns, cudaStream_t st) {
@@ -187,6 +221,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     lasp_err *err = &ctx->err;
     sched s;
     LASP_TRY(prepare(ctx, sp, a, cache, 0, &s));
+    trace(&s, 0, s.S);
     float *KV = cache->kv_in, *m = cache->work;
     const int r = s.r, W = s.W;
     lasp_comm_req *rx = NULL, *tx = NULL;
@@ -194,10 +229,10 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     if (sp->mode == LASP_SP_CHAIN) {
         if (r > 0) LASP_TRY(lasp_comm_irecv(sp->sp, KV, s.ns, r - 1, LASP_F32, &rx, err));
         LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, q, k, v, slopes, m));
-        LASP_TRY(hand_to_comm(ctx, &s));
+        LASP_TRY(hand_to_comm(ctx, &s, 1));
         if (r > 0) LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
         else LASP_TRY(copy_state(ctx, KV, kv_in, s.ns, s.C));
-        LASP_TRY(hand_to_compute(ctx, &s)); /* KV_in is here: S may finish while C serves the next rank */
+        LASP_TRY(hand_to_compute(ctx, &s, 1)); /* KV_in is here: S may finish while C serves the next rank */
         if (r > 0 || kv_in) LASP_TRY(combine(ctx, s.C, a, slopes, KV, m, m)); /* KV_out = γ KV_in + m (else m) */
         if (r < W - 1) {
             LASP_TRY(lasp_comm_isend(sp->sp, m, s.ns, r + 1, LASP_F32, &tx, err));
@@ -206,21 +241,23 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(copy_state(ctx, kv_out, m, s.ns, s.C));
         }
         LASP_TRY(mark_sent(ctx, &s));
-        return lasp_attn_fwd_cuda_finish(ctx, a, q, k, v, slopes, (r > 0 || kv_in) ? KV : NULL, o);
+        LASP_TRY(after_send(ctx, &s, r < W - 1));
     } else {
         /* LASP-2: rank 0 folds the sequence's kv_in into its contribution (MATH.md §4) */
         float *G = m + s.ns;
         LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, q, k, v, slopes, m));
-        LASP_TRY(hand_to_comm(ctx, &s));
+        LASP_TRY(hand_to_comm(ctx, &s, 1));
         if (r == 0 && kv_in) LASP_TRY(combine(ctx, s.C, a, slopes, kv_in, m, m));
         LASP_TRY(lasp_comm_allgather(sp->sp, m, G, s.ns, LASP_F32, err));
         if (r == 0) LASP_TRY(copy_state(ctx, KV, kv_in, s.ns, s.C));
         else LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, r, 1, KV));
         if (r == W - 1 && kv_out) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, W, 1, kv_out));
+        LASP_TRY(hand_to_compute(ctx, &s, 1));
+        LASP_TRY(mark_sent(ctx, &s));
     }
-    LASP_TRY(hand_to_compute(ctx, &s));
-    LASP_TRY(mark_sent(ctx, &s));
-    return lasp_attn_fwd_cuda_finish(ctx, a, q, k, v, slopes, (r > 0 || kv_in) ? KV : NULL, o);
+    LASP_TRY(lasp_attn_fwd_cuda_finish(ctx, a, q, k, v, slopes, (r > 0 || kv_in) ? KV : NULL, o));
+    trace(&s, 3, s.S);
+    return LASP_OK;
 }
 
 extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q,
@@ -230,6 +267,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     lasp_err *err = &ctx->err;
     sched s;
     LASP_TRY(prepare(ctx, sp, a, (lasp_sp_cache *)cache, 1, &s));
+    trace(&s, 4, s.S);
     float *g = cache->work, *dKV = cache->work + s.ns;
     const int r = s.r, W = s.W;
     const float *in = dkv_out;  /* dKV_out of this piece */
@@ -238,12 +276,12 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         lasp_comm_req *rx = NULL, *tx = NULL;
         if (r < W - 1) LASP_TRY(lasp_comm_irecv(sp->sp, dKV, s.ns, r + 1, LASP_F32, &rx, err));
         LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, cache->kv_in, do_, dq, g));
-        LASP_TRY(hand_to_comm(ctx, &s));
+        LASP_TRY(hand_to_comm(ctx, &s, 0));
         if (r < W - 1) {
             LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
             in = dKV;
         }
-        LASP_TRY(hand_to_compute(ctx, &s)); /* dKV_out is here: S may finish while C serves the next rank */
+        LASP_TRY(hand_to_compute(ctx, &s, 0)); /* dKV_out is here: S may finish while C serves the next rank */
         if (in) LASP_TRY(combine(ctx, s.C, a, slopes, in, g, g)); /* dKV_in = γ dKV_out + g (else g) */
         if (r > 0) {
             LASP_TRY(lasp_comm_isend(sp->sp, g, s.ns, r - 1, LASP_F32, &tx, err));
@@ -252,11 +290,11 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(copy_state(ctx, dkv_in, g, s.ns, s.C));
         }
         LASP_TRY(mark_sent(ctx, &s));
-        return lasp_attn_bwd_cuda_finish(ctx, a, q, k, v, slopes, do_, in, dk, dv);
+        LASP_TRY(after_send(ctx, &s, r > 0));
     } else {
         float *G = cache->work + s.ns;
         LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, cache->kv_in, do_, dq, g));
-        LASP_TRY(hand_to_comm(ctx, &s));
+        LASP_TRY(hand_to_comm(ctx, &s, 0));
         if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, slopes, dkv_out, g, g));
         LASP_TRY(lasp_comm_allgather(sp->sp, g, G, s.ns, LASP_F32, err));
         if (r == 0 && dkv_in) LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
@@ -264,8 +302,11 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, r, -1, g));  /* g is free: it takes dKV_out */
             in = g;
         }
+        LASP_TRY(hand_to_compute(ctx, &s, 0));
+        LASP_TRY(mark_sent(ctx, &s));
     }
-    LASP_TRY(hand_to_compute(ctx, &s));
-    LASP_TRY(mark_sent(ctx, &s));
-    return lasp_attn_bwd_cuda_finish(ctx, a, q, k, v, slopes, do_, in, dk, dv);
+    LASP_TRY(lasp_attn_bwd_cuda_finish(ctx, a, q, k, v, slopes, do_, in, dk, dv));
+    trace(&s, 7, s.S);
+    trace_print(&s);
+    return LASP_OK;
 }
