@@ -3,8 +3,8 @@
  * Two streams per rank: the op's compute stream S and the SP communicator's NCCL stream C.
  *
  *   forward (chain), rank r of W
- *     C: post the receive of KV_in from r−1                 (lands while S computes)
  *     S: local half of the op → m (the piece's own state)   (segment states + scan from zero)
+ *     C: the receive of KV_in from r−1, enqueued now, started by S's event (after_send says why)
  *     C: after S's event and the receive: S may go on; KV_out = γ KV_in + m, send to r+1
  *        (rank 0 without a kv_in sends m as it is: nothing but the message on the critical path)
  *     S: after C's event: finishing half with KV_in → o     (outputs, KV_in added as the states are read)
@@ -191,11 +191,15 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
     return LASP_OK;
 }
 
-/* LASP_SP_WAIT_SEND=1: a rank that sent a state starts its finishing half only once the send is done,
- * so that the send kernel is not queued behind the finishing half's kernels, which fill every SM */
+/* NCCL runs a send or a receive as a kernel on the communication stream, and it holds its SMs from launch
+ * to completion. Measured on 2 H100s (LASP_SP_TRACE): a receive launched at the start of the layer spun
+ * through the whole local half and slowed that half by 15-20 %, and a send queued behind a finishing half
+ * that fills every SM waited for SMs to free. So a receive is enqueued after the local half's event (its
+ * kernel starts when the local half is done, the time the sender's state is due), and a rank that sent
+ * starts its finishing half once the send is done (LASP_SP_WAIT_SEND=0: without that wait, to compare). */
 static lasp_status after_send(lasp_ctx *ctx, const sched *s, int sent) {
     const char *w = getenv("LASP_SP_WAIT_SEND");
-    if (sent && w && w[0] == '1') CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->sent, 0), "cudaStreamWaitEvent");
+    if (sent && !(w && w[0] == '0')) CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->sent, 0), "cudaStreamWaitEvent");
     return LASP_OK;
 }
 
@@ -227,9 +231,9 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     lasp_comm_req *rx = NULL, *tx = NULL;
 
     if (sp->mode == LASP_SP_CHAIN) {
-        if (r > 0) LASP_TRY(lasp_comm_irecv(sp->sp, KV, s.ns, r - 1, LASP_F32, &rx, err));
         LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, q, k, v, slopes, m));
         LASP_TRY(hand_to_comm(ctx, &s, 1));
+        if (r > 0) LASP_TRY(lasp_comm_irecv(sp->sp, KV, s.ns, r - 1, LASP_F32, &rx, err)); /* starts after S's event: after_send */
         if (r > 0) LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
         else LASP_TRY(copy_state(ctx, KV, kv_in, s.ns, s.C));
         LASP_TRY(hand_to_compute(ctx, &s, 1)); /* KV_in is here: S may finish while C serves the next rank */
@@ -274,9 +278,9 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
 
     if (sp->mode == LASP_SP_CHAIN) {
         lasp_comm_req *rx = NULL, *tx = NULL;
-        if (r < W - 1) LASP_TRY(lasp_comm_irecv(sp->sp, dKV, s.ns, r + 1, LASP_F32, &rx, err));
         LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, cache->kv_in, do_, dq, g));
         LASP_TRY(hand_to_comm(ctx, &s, 0));
+        if (r < W - 1) LASP_TRY(lasp_comm_irecv(sp->sp, dKV, s.ns, r + 1, LASP_F32, &rx, err));
         if (r < W - 1) {
             LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
             in = dKV;
