@@ -266,18 +266,30 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
         load(0, p0);
         {
             const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt;
-            auto at = [&](int r, int c) {
-                c += slice * EZ;
-                return (P.ws_trans ? src[(size_t)c * DX + r] : src[(size_t)r * P.ezt + c]) + s_add_at(P, bh, seg, r, c, s);
+            /* half hf (64 rows) of element (r, c) of a [DX][ezt] state, or of the transpose of an [ezt][DX] one */
+            auto state_half = [&](float (&dst)[32], const float *m, bool trans, int hf) {
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        const int r = hf * 64 + sw * 16 + (lane >> 2) + (q >> 1) * 8;
+                        const int c = slice * EZ + j * 8 + 2 * (lane & 3) + (q & 1);
+                        dst[4 * j + q] = trans ? m[(size_t)c * DX + r] : m[(size_t)r * P.ezt + c];
+                    }
             };
+            /* the state that arrived (the SP schedule), decayed to this segment, added half by half with
+             * all of a half's loads issued first (one load and exp an element cost ~50 µs a launch) */
+            const float f = P.s_add ? expf(-s * ((float)P.sigma + (float)seg * (float)P.seg)) : 0.f;
 #pragma unroll
-            for (int hf = 0; hf < DX / 64; hf++)
+            for (int hf = 0; hf < DX / 64; hf++) {
+                state_half(kv[hf], src, P.ws_trans, hf);
+                if (P.s_add) {
+                    float add[32];
+                    state_half(add, P.s_add + (size_t)bh * DX * P.ezt, P.s_add_trans, hf);
 #pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    const int r = hf * 64 + sw * 16 + (lane >> 2), c = j * 8 + 2 * (lane & 3);
-                    kv[hf][4 * j] = at(r, c), kv[hf][4 * j + 1] = at(r, c + 1);
-                    kv[hf][4 * j + 2] = at(r + 8, c), kv[hf][4 * j + 3] = at(r + 8, c + 1);
+                    for (int i = 0; i < 32; i++) kv[hf][i] += f * add[i];
                 }
+            }
         }
         for (int ci = 0; ci < nch; ci++) {
             const int64_t c0 = p0 + (int64_t)ci * CH;
