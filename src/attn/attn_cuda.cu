@@ -25,8 +25,10 @@ typedef struct cuda_state {
     int device, n_sm, max_smem;
     int wgmma; /* the sm_90a kernels run here (attn_cuda_wgmma.h) */
     cudaStream_t stream;
-    float *ws;
-    size_t ws_bytes;
+    /* segment-state workspaces: [0] for every op; [1] for the SP backward's dq, which runs between the
+     * dv op's halves while [0] holds the dv op's states (attn_cuda_sp.h) */
+    float *ws[2];
+    size_t ws_bytes[2];
 } cuda_state;
 
 extern "C" int lasp_cuda_is_device_ptr(const void *p) {
@@ -45,7 +47,8 @@ extern "C" void lasp_attn_cuda_ctx_free(void *p) {
     int cur = -1;
     cudaGetDevice(&cur);
     cudaSetDevice(cs->device);
-    if (cs->ws) cudaFree(cs->ws);
+    for (int i = 0; i < 2; i++)
+        if (cs->ws[i]) cudaFree(cs->ws[i]);
     if (cs->stream) cudaStreamDestroy(cs->stream);
     if (cur >= 0) cudaSetDevice(cur);
     free(cs);
@@ -111,18 +114,18 @@ static lasp_status get_state(lasp_ctx *ctx, cuda_state **out) {
     return LASP_OK;
 }
 
-static lasp_status reserve_ws(lasp_ctx *ctx, cuda_state *cs, size_t bytes) {
-    if (bytes <= cs->ws_bytes) return LASP_OK;
-    if (cs->ws) {
+static lasp_status reserve_ws(lasp_ctx *ctx, cuda_state *cs, int i, size_t bytes) {
+    if (bytes <= cs->ws_bytes[i]) return LASP_OK;
+    if (cs->ws[i]) {
         CU_TRY(ctx, cudaStreamSynchronize(cs->stream), "waiting for the stream before growing the workspace");
-        cudaFree(cs->ws);
-        cs->ws = NULL, cs->ws_bytes = 0;
+        cudaFree(cs->ws[i]);
+        cs->ws[i] = NULL, cs->ws_bytes[i] = 0;
     }
-    cudaError_t e = cudaMalloc((void **)&cs->ws, bytes);
+    cudaError_t e = cudaMalloc((void **)&cs->ws[i], bytes);
     if (e != cudaSuccess)
         return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "cudaMalloc of %zu bytes of state workspace: %s", bytes,
                          cudaGetErrorString(e));
-    cs->ws_bytes = bytes;
+    cs->ws_bytes[i] = bytes;
     return LASP_OK;
 }
 
@@ -194,10 +197,11 @@ static void plan_dir(const cuda_state *cs, const lasp_attn_desc *a, lasp_cu::Dir
     P.ns = (int)((a->T + P.seg - 1) / P.seg);
 }
 
-static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
+static lasp_status run_dir_in(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P,
+                              int wsi) {
     plan_dir(cs, a, P);
-    if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
-    P.ws = cs->ws;
+    if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, wsi, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
+    P.ws = cs->ws[wsi];
     /* LASP_CUDA_WGMMA=0 runs the mma.sync output pass where the wgmma one would run (to compare them) */
     const char *env = getenv("LASP_CUDA_WGMMA");
     P.wgmma = cs->wgmma && !(env && env[0] == '0');
@@ -209,6 +213,10 @@ static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *
     }
     if (e != cudaSuccess) return cuda_fail(ctx, e, "launching the attention kernels");
     return LASP_OK;
+}
+
+static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
+    return run_dir_in(ctx, cs, a, P, 0);
 }
 
 static int misaligned(const void *p) { return ((uintptr_t)p & 15) != 0; }
@@ -317,24 +325,31 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
 }
 
 extern "C" lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
-                                                const void *v, const float *slopes, const float *kv_in,
-                                                const void *do_, void *dq, float *g) {
-    const void *t[] = {q, k, v, slopes, do_, dq, g};
-    const char *names[] = {"q", "k", "v", "slopes", "do", "dq", "g"};
-    LASP_TRY(check_args(ctx, a, t, names, 7));
+                                                const void *v, const float *slopes, const void *do_, float *g) {
+    const void *t[] = {q, k, v, slopes, do_, g};
+    const char *names[] = {"q", "k", "v", "slopes", "do", "g"};
+    LASP_TRY(check_args(ctx, a, t, names, 6));
     cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
-    lasp_cu::DirParams P = {};
-    P.slopes = slopes;
-    /* dq = op(dO, v, k; kv_inᵀ): complete, the cached kv_in is all it needs from other ranks */
-    P.x = do_, P.y = v, P.z = k, P.out = dq, P.s_in = kv_in, P.s_in_trans = 1;
-    P.dx = (int)a->e, P.ezt = (int)a->d;
-    LASP_TRY(run_dir(ctx, cs, a, P));
     /* the reverse segment states of the dv op from a zero gradient; their total is the piece's g */
-    P = {};
+    lasp_cu::DirParams P = {};
     P.slopes = slopes, P.x = k, P.y = q, P.z = do_, P.s_end = g, P.states_only = 1;
     P.dx = (int)a->d, P.ezt = (int)a->e, P.rev = 1, P.sigma = 1;
     return run_dir(ctx, cs, a, P);
+}
+
+extern "C" lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, const void *k, const void *v,
+                                             const float *slopes, const float *kv_in, const void *do_, void *dq) {
+    const void *t[] = {k, v, slopes, do_, dq};
+    const char *names[] = {"k", "v", "slopes", "do", "dq"};
+    LASP_TRY(check_args(ctx, a, t, names, 5));
+    cuda_state *cs = NULL;
+    LASP_TRY(get_state(ctx, &cs));
+    /* dq = op(dO, v, k; kv_inᵀ), in the second workspace: the first holds the dv op's states */
+    lasp_cu::DirParams P = {};
+    P.slopes = slopes, P.x = do_, P.y = v, P.z = k, P.out = dq, P.s_in = kv_in, P.s_in_trans = 1;
+    P.dx = (int)a->e, P.ezt = (int)a->d;
+    return run_dir_in(ctx, cs, a, P, 1);
 }
 
 extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,

@@ -8,8 +8,9 @@
  *     C: after S's event and the receive: S may go on; KV_out = γ KV_in + m, send to r+1
  *        (rank 0 without a kv_in sends m as it is: nothing but the message on the critical path)
  *     S: after C's event: finishing half with KV_in → o     (outputs, KV_in added as the states are read)
- *   backward mirrored: dq and the piece's g first (dq needs only the cached KV_in), then
- *     dKV_in = γ dKV_out + g on C, sent to r−1, then dk, dv with dKV_out.
+ *   backward mirrored: the piece's g first, handed to C at once; S computes dq (it needs only the
+ *     cached KV_in) while C receives dKV_out from r+1, forms dKV_in = γ dKV_out + g and sends it to
+ *     r−1; then dk, dv with dKV_out. The message's latency hides behind dq.
  *   LASP-2: the local states are all-gathered on C and combined by Horner, same halves around it.
  *
  * The finishing half waits only for the incoming state, not for the outgoing send to complete; the
@@ -278,8 +279,9 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
 
     if (sp->mode == LASP_SP_CHAIN) {
         lasp_comm_req *rx = NULL, *tx = NULL;
-        LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, cache->kv_in, do_, dq, g));
+        LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, do_, g));
         LASP_TRY(hand_to_comm(ctx, &s, 0));
+        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, k, v, slopes, cache->kv_in, do_, dq)); /* while g travels */
         if (r < W - 1) LASP_TRY(lasp_comm_irecv(sp->sp, dKV, s.ns, r + 1, LASP_F32, &rx, err));
         if (r < W - 1) {
             LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
@@ -297,8 +299,9 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         LASP_TRY(after_send(ctx, &s, r > 0));
     } else {
         float *G = cache->work + s.ns;
-        LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, cache->kv_in, do_, dq, g));
+        LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, do_, g));
         LASP_TRY(hand_to_comm(ctx, &s, 0));
+        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, k, v, slopes, cache->kv_in, do_, dq)); /* while G gathers */
         if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, slopes, dkv_out, g, g));
         LASP_TRY(lasp_comm_allgather(sp->sp, g, G, s.ns, LASP_F32, err));
         if (r == 0 && dkv_in) LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
