@@ -6,7 +6,8 @@
  *   version 1  the recurrent form, one thread per (b, h, value column), the state column in registers:
  *              S_t = λ S_{t−1} + k_tᵀ v_t, o_t = q_t S_t. Simple, exact, serial in T: slow.
  *   version 2  the library's kernels (src/attn/attn_cuda_kern.h: segment states, scan, chunked outputs
- *              on tensor cores), through lasp_attn_fwd.
+ *              on tensor cores), through lasp_attn_fwd: wgmma (attn_cuda_wgmma.h) on Hopper, mma.sync
+ *              elsewhere or with LASP_CUDA_WGMMA=0.
  *
  * The check compares each version against the CPU chunked fp32 path (itself tested against fp64) on the
  * same bf16-rounded inputs; tolerance 1e-2. Times: median of 20 CUDA-event-timed runs after 3 warm-ups. */

@@ -48,9 +48,16 @@
  *          ~3·4·D²/seg (≤ 5% at seg ≥ 1024). z-slices re-read x and y from L2, not DRAM (the slices of a
  *          segment are adjacent in the grid): ncu at B1 H16 T32768 D128 shows k_state reading 268 MB
  *          (= y + z once) and k_out 436 MB (x, y, z + states), writing 122 MB.
- *   So the floor at D = 128 on an H200 (4.2 TB/s copy) is ~0.19 ms fwd, ~0.69 ms fwd+bwd for B1 H16 T32768;
- *   the measured times (bench/RESULTS.md) are ~2.5× that: k_out reaches ~38% of DRAM bandwidth and ~30% of
- *   the tensor pipe, limited by mma.sync issue + ldmatrix shared-memory traffic with 16 warps an SM.
+ *   So the floor at D = 128 on an H200 (4.2 TB/s copy) is ~0.19 ms fwd, ~0.69 ms fwd+bwd for B1 H16 T32768.
+ *
+ * TWO IMPLEMENTATIONS OF KERNELS 1 AND 3
+ * This file's k_state and k_out run mma.sync (sm_80+) for every dtype and head dim. On Hopper, bf16 with
+ * DX ∈ {64, 128} and 64-column slices runs attn_cuda_wgmma.h instead (same grid, workspace and math;
+ * wgmma from 128-byte-swizzled shared memory): k_out 311 → 245 µs, k_state 126 → 117 µs on an H100 at
+ * B1 H16 T32768 D128 (bench/RESULTS.md). Whether the device runs the sm_90a code is probed once per
+ * context (k_has_wgmma); LASP_CUDA_WGMMA=0 forces mma.sync. Both are tested on the GPU (scripts/gpu.sh
+ * test, test-mma). Measured, the wgmma passes are bound by latency in their chunk loop (the H200 is
+ * barely faster than the H100), not by bytes: pipelining across chunks is the next step.
  */
 #ifndef LASP_ATTN_CUDA_KERN_H
 #define LASP_ATTN_CUDA_KERN_H
