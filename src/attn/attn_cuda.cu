@@ -239,6 +239,41 @@ static lasp_status check_args(lasp_ctx *ctx, const lasp_attn_desc *a, const void
     return LASP_OK;
 }
 
+/* The four directed ops of attn_cuda_kern.h, each written once: the forward, and the backward's dq, dv
+ * (with dkv_in as its end state) and dk (out of dv's segment states, transposed). */
+static lasp_cu::DirParams dir_fwd(const lasp_attn_desc *a, const void *q, const void *k, const void *v,
+                                  const float *slopes, const float *kv_in) {
+    lasp_cu::DirParams P = {};
+    P.x = q, P.y = k, P.z = v, P.slopes = slopes, P.s_in = kv_in;
+    P.dx = (int)a->d, P.ezt = (int)a->e;
+    return P;
+}
+/* dq = op(dO, v, k; kv_inᵀ) */
+static lasp_cu::DirParams dir_dq(const lasp_attn_desc *a, const void *k, const void *v, const void *do_,
+                                 const float *slopes, const float *kv_in) {
+    lasp_cu::DirParams P = {};
+    P.x = do_, P.y = v, P.z = k, P.slopes = slopes, P.s_in = kv_in, P.s_in_trans = 1;
+    P.dx = (int)a->e, P.ezt = (int)a->d;
+    return P;
+}
+/* dv, dkv_in = op(k, q, dO; dkv_out), backwards */
+static lasp_cu::DirParams dir_dv(const lasp_attn_desc *a, const void *q, const void *k, const void *do_,
+                                 const float *slopes, const float *dkv_out) {
+    lasp_cu::DirParams P = {};
+    P.x = k, P.y = q, P.z = do_, P.slopes = slopes, P.s_in = dkv_out;
+    P.dx = (int)a->d, P.ezt = (int)a->e, P.rev = 1, P.sigma = 1;
+    return P;
+}
+/* dk = op(v, dO, q; dkv_outᵀ), backwards: its segment states are the transposes of those the dv op `dv`
+ * left in the workspace, so only its output kernel runs */
+static lasp_cu::DirParams dir_dk(const lasp_attn_desc *a, const void *q, const void *v, const void *do_,
+                                 const float *slopes, const lasp_cu::DirParams &dv) {
+    lasp_cu::DirParams P = {};
+    P.x = v, P.y = do_, P.z = q, P.slopes = slopes;
+    P.dx = (int)a->e, P.ezt = (int)a->d, P.rev = 1, P.sigma = 1, P.seg = dv.seg, P.out_only = 1, P.ws_trans = 1;
+    return P;
+}
+
 extern "C" lasp_status lasp_attn_fwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
                                           const void *v, const float *slopes, const float *kv_in, void *o,
                                           float *kv_out) {
@@ -247,9 +282,8 @@ extern "C" lasp_status lasp_attn_fwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
     LASP_TRY(check_args(ctx, a, t, names, 5));
     cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
-    lasp_cu::DirParams P = {};
-    P.x = q, P.y = k, P.z = v, P.out = o, P.slopes = slopes, P.s_in = kv_in, P.s_end = kv_out;
-    P.dx = (int)a->d, P.ezt = (int)a->e;
+    lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, kv_in);
+    P.out = o, P.s_end = kv_out;
     return run_dir(ctx, cs, a, P);
 }
 
@@ -261,22 +295,15 @@ extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
     LASP_TRY(check_args(ctx, a, t, names, 8));
     cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
-    const int d = (int)a->d, e = (int)a->e;
-    lasp_cu::DirParams P = {};
-    P.slopes = slopes;
-    /* dq = op(dO, v, k; kv_inᵀ) */
-    P.x = do_, P.y = v, P.z = k, P.out = dq, P.s_in = kv_in, P.s_in_trans = 1, P.s_end = NULL;
-    P.dx = e, P.ezt = d, P.rev = 0, P.sigma = 0, P.seg = 0;
+    lasp_cu::DirParams P = dir_dq(a, k, v, do_, slopes, kv_in);
+    P.out = dq;
     LASP_TRY(run_dir(ctx, cs, a, P));
-    /* dv, dkv_in = op(k, q, dO; dkv_out), backwards */
-    P.x = k, P.y = q, P.z = do_, P.out = dv, P.s_in = dkv_out, P.s_in_trans = 0, P.s_end = dkv_in;
-    P.dx = d, P.ezt = e, P.rev = 1, P.sigma = 1, P.seg = 0;
-    LASP_TRY(run_dir(ctx, cs, a, P));
-    /* dk = op(v, dO, q; dkv_outᵀ), backwards: its segment states are the transposes of dv's, still in
-     * the workspace, so only its output kernel runs */
-    P.x = v, P.y = do_, P.z = q, P.out = dk, P.s_in = NULL, P.s_end = NULL;
-    P.dx = e, P.ezt = d, P.rev = 1, P.sigma = 1, P.out_only = 1, P.ws_trans = 1;
-    return run_dir(ctx, cs, a, P);
+    lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
+    V.out = dv, V.s_end = dkv_in;
+    LASP_TRY(run_dir(ctx, cs, a, V));
+    lasp_cu::DirParams K = dir_dk(a, q, v, do_, slopes, V); /* dkv_outᵀ is in dv's states already */
+    K.out = dk;
+    return run_dir(ctx, cs, a, K);
 }
 
 /* ---- the op in halves, for the sequence-parallel schedule (attn_cuda_sp.h) -------------------- */
@@ -304,9 +331,8 @@ extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
     LASP_TRY(check_args(ctx, a, t, names, 5));
     cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
-    lasp_cu::DirParams P = {};
-    P.x = q, P.y = k, P.z = v, P.slopes = slopes, P.s_end = m, P.states_only = 1;
-    P.dx = (int)a->d, P.ezt = (int)a->e;
+    lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, NULL);
+    P.s_end = m, P.states_only = 1;
     return run_dir(ctx, cs, a, P);
 }
 
@@ -318,9 +344,8 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     LASP_TRY(check_args(ctx, a, t, names, 5));
     cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
-    lasp_cu::DirParams P = {};
-    P.x = q, P.y = k, P.z = v, P.out = o, P.slopes = slopes, P.s_in = kv_in;
-    P.dx = (int)a->d, P.ezt = (int)a->e;
+    lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, kv_in);
+    P.out = o;
     return finish_dir(ctx, cs, a, P);
 }
 
@@ -332,10 +357,9 @@ extern "C" lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
     cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
     /* the reverse segment states of the dv op from a zero gradient; their total is the piece's g */
-    lasp_cu::DirParams P = {};
-    P.slopes = slopes, P.x = k, P.y = q, P.z = do_, P.s_end = g, P.states_only = 1;
-    P.dx = (int)a->d, P.ezt = (int)a->e, P.rev = 1, P.sigma = 1;
-    return run_dir(ctx, cs, a, P);
+    lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, NULL);
+    V.s_end = g, V.states_only = 1;
+    return run_dir(ctx, cs, a, V);
 }
 
 extern "C" lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, const void *k, const void *v,
@@ -345,10 +369,9 @@ extern "C" lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc
     LASP_TRY(check_args(ctx, a, t, names, 5));
     cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
-    /* dq = op(dO, v, k; kv_inᵀ), in the second workspace: the first holds the dv op's states */
-    lasp_cu::DirParams P = {};
-    P.slopes = slopes, P.x = do_, P.y = v, P.z = k, P.out = dq, P.s_in = kv_in, P.s_in_trans = 1;
-    P.dx = (int)a->e, P.ezt = (int)a->d;
+    /* in the second workspace: the first holds the dv op's states between the halves */
+    lasp_cu::DirParams P = dir_dq(a, k, v, do_, slopes, kv_in);
+    P.out = dq;
     return run_dir_in(ctx, cs, a, P, 1);
 }
 
@@ -360,15 +383,12 @@ extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     LASP_TRY(check_args(ctx, a, t, names, 7));
     cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));
-    lasp_cu::DirParams P = {};
-    P.slopes = slopes, P.x = k, P.y = q, P.z = do_, P.out = dv, P.s_in = dkv_out;
-    P.dx = (int)a->d, P.ezt = (int)a->e, P.rev = 1, P.sigma = 1;
-    LASP_TRY(finish_dir(ctx, cs, a, P));
-    /* dk reads dv's segment states transposed, as in lasp_attn_bwd_cuda, and adds dkv_outᵀ as dv adds
-     * dkv_out */
-    P.x = v, P.y = do_, P.z = q, P.out = dk, P.s_in = NULL, P.s_end = NULL, P.s_add = dkv_out, P.s_add_trans = 1;
-    P.dx = (int)a->e, P.ezt = (int)a->d, P.out_only = 1, P.ws_trans = 1;
-    return run_dir(ctx, cs, a, P);
+    lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
+    V.out = dv;
+    LASP_TRY(finish_dir(ctx, cs, a, V));
+    lasp_cu::DirParams K = dir_dk(a, q, v, do_, slopes, V); /* adds dkv_outᵀ as dv adds dkv_out */
+    K.out = dk, K.s_add = dkv_out, K.s_add_trans = 1;
+    return run_dir(ctx, cs, a, K);
 }
 
 /* ---- host f32 in, host f32 out ---------------------------------------------------------------- */

@@ -436,6 +436,14 @@ __global__ void __launch_bounds__(NTHR) k_state(DirParams P) {
 
 /* ---- kernel 3: outputs, chunk by chunk with the state on chip -------------------------------- */
 
+/* λ^n (n = 0..64) into pw and λ^{C−j} (j < 64) into wt, in shared memory, by the first 65 threads
+ * (read after the caller's next barrier); returns λ^C */
+__device__ __forceinline__ float decay_tables(float *pw, float *wt, float s) {
+    if (threadIdx.x <= CH) pw[threadIdx.x] = expf(-s * (float)threadIdx.x);
+    if (threadIdx.x < CH) wt[threadIdx.x] = expf(-s * (float)(CH - threadIdx.x));
+    return expf(-s * (float)CH);
+}
+
 template <typename T, int DX, int EZ>
 __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
     typedef Smem<T, DX, EZ> S;
@@ -457,9 +465,7 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
     float *wt = pw + CH + 4;                                              /* wt[j] = λ^{C−j} */
 
     const float s = P.slopes[h];
-    if (threadIdx.x <= CH) pw[threadIdx.x] = expf(-s * (float)threadIdx.x);
-    if (threadIdx.x < CH) wt[threadIdx.x] = expf(-s * (float)(CH - threadIdx.x));
-    const float gammaC = expf(-s * (float)CH);
+    const float gammaC = decay_tables(pw, wt, s);
 
     const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
     const int nch = (int)((p1 - p0 + CH - 1) / CH);
