@@ -125,7 +125,10 @@ lasp_status lasp_attn_bwd(lasp_ctx *ctx, const lasp_attn_desc *a,
                           void *dq, void *dk, void *dv, float *dkv_in);
 
 /* Where an op runs. Tensors passed to lasp_attn_fwd/bwd are dispatched by where they live; the
- * _host variants below take host f32 buffers and run on the device named here. */
+ * _host variants below take host f32 buffers and run on the device named here. Host inputs are checked
+ * for NaN/Inf and slopes for ≥ 0; device inputs (CUDA pointers) get the shape, NULL and alignment checks
+ * only: scanning their values would need a copy back and a synchronisation on every call, which the
+ * asynchronous GPU path (and the SP schedule built on it) exists to avoid. */
 typedef enum lasp_device {
     LASP_DEVICE_CPU = 0,
     LASP_DEVICE_CUDA = 1,
