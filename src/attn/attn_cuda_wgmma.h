@@ -1,6 +1,8 @@
-/* attn_cuda_wgmma.h — the output pass (kernel 3 of attn_cuda_kern.h) on Hopper's warpgroup MMA, for
- * bf16 I/O, DX ∈ {64, 128}, slices of EZ = 64 value columns. Same math, same grid, same workspace and
- * the same two roles as k_out; only how the products reach the tensor cores differs.
+/* attn_cuda_wgmma.h — kernels 1 and 3 of attn_cuda_kern.h (segment states, outputs) on Hopper's
+ * warpgroup MMA, for bf16 I/O, DX ∈ {64, 128}, slices of EZ = 64 value columns: k_state_wg and k_out_wg.
+ * Same math, grid and workspace as k_state and k_out, and k_out_wg the same two roles as k_out; only how
+ * the products reach the tensor cores, and how the tiles reach shared memory, differ. Measured on an
+ * H100 at B1 H16 T32768 D128: k_out 311 → 245 µs, k_state 126 → 117 µs (bench/RESULTS.md).
  *
  * WHY
  * k_out on mma.sync spends ~4300 cycles a (chunk, slice) at D = 128 for ~750 MMAs of m16n8k16: every warp
@@ -52,6 +54,7 @@ __device__ __forceinline__ uint64_t desc(uint32_t saddr) {
     return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)(1024 >> 4) << 16) | ((uint64_t)(1024 >> 4) << 32) |
            (1ull << 62);
 }
+/* step ks (16 of k) of a K-major tile of 64 rows (column blocks of 8192 bytes), of an N-major tile */
 __device__ __forceinline__ uint64_t desc_k(uint32_t tile, int ks) { return desc(tile + (ks >> 2) * 8192 + (ks & 3) * 32); }
 __device__ __forceinline__ uint64_t desc_n(uint32_t tile, int ks) { return desc(tile + ks * 2048); }
 
