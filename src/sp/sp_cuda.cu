@@ -13,9 +13,10 @@
  *     r−1; then dk, dv with dKV_out. The message's latency hides behind dq.
  *   LASP-2: the local states are all-gathered on C and combined by Horner, same halves around it.
  *
- * The finishing half waits only for the incoming state, not for the outgoing send to complete; the
- * next call's local half waits for that send before it writes the buffer again, so one layer's
- * transfers never race the next layer's work. Every state and message is fp32. */
+ * A rank that sent a state starts its finishing half once the send is done (after_send: NCCL's kernel
+ * would otherwise wait for SMs behind it); the next call's local half also waits for that send before
+ * it writes the buffer again, so one layer's transfers never race the next layer's work. Every state
+ * and message is fp32. */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
