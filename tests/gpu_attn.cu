@@ -2,7 +2,8 @@
  * `make test-gpu`: forward, backward and boundary states, bf16/f16 (≤ 1e-2) and f32 (≤ 1e-4), every head
  * dim, lengths around the 64-token chunk, slopes 0 / 1e-5 / 8 in one problem (one per head), with and
  * without the incoming states; long sequences against the CPU chunked fp32 path (itself tested against
- * fp64 in test_attn). Outputs are poisoned with NaN before each run, so every element must be written.
+ * fp64 in test_attn); the op in the halves the SP schedule uses equals the op in one call. Outputs are
+ * poisoned with NaN before each run, so every element must be written.
  * The reference sees the inputs rounded to the I/O dtype: the error measured is the kernels' own. */
 #include <math.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 
 #include <cuda_runtime.h>
 
+#include "attn/attn_cuda_sp.h"
 #include "core/dtype.h"
 #include "core/rng.h"
 #include "lasp.h"
@@ -242,6 +244,63 @@ static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
               (long long)t1, (long long)(T - t1), (long long)D);
 }
 
+/* The op in halves (attn_cuda_sp.h), in the SP schedule's order, equals the op in one call: forward
+ * local → finish with kv_in, backward local (g) → dq in its own workspace → finish with dkv_out; the
+ * states the schedule forms, KV_out = λ^T kv_in + m and dKV_in = λ^T dkv_out + g, equal the op's. One GPU
+ * exercises here what the multi-GPU schedule relies on: the arrived state added by the output kernels. */
+static void case_halves(lasp_dtype t, int64_t T, int64_t D) {
+    const int64_t B = 2, H = 3;
+    lasp_attn_desc a = {B, T, H, D, D, 0, t};
+    const size_t n = (size_t)(B * T * H * D), ns = (size_t)(B * H * D * D);
+    float *q = randn(n, 1.0 / sqrt((double)D), t), *k = randn(n, 1.0, t), *v = randn(n, 1.0, t),
+          *dO = randn(n, 1.0, t), *kv = randn(ns, 1.0, LASP_F32), *dkv = randn(ns, 1.0, LASP_F32);
+    float sl[3] = {0.0f, 0.01f, 0.7f};
+    void *gq = to_dev(q, n, t), *gk = to_dev(k, n, t), *gv = to_dev(v, n, t), *gdo = to_dev(dO, n, t);
+    float *gsl = (float *)to_dev(sl, 3, LASP_F32), *gkv = (float *)to_dev(kv, ns, LASP_F32),
+          *gdkv = (float *)to_dev(dkv, ns, LASP_F32);
+    void *o1 = poisoned(n, t), *o2 = poisoned(n, t), *dq1 = poisoned(n, t), *dq2 = poisoned(n, t),
+         *dk1 = poisoned(n, t), *dk2 = poisoned(n, t), *dv1 = poisoned(n, t), *dv2 = poisoned(n, t);
+    float *kvo = (float *)poisoned(ns, LASP_F32), *dkvi = (float *)poisoned(ns, LASP_F32),
+          *m = (float *)poisoned(ns, LASP_F32), *g = (float *)poisoned(ns, LASP_F32);
+    CHECK(lasp_attn_fwd(ctx, &a, gq, gk, gv, gsl, gkv, o1, kvo) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd(ctx, &a, gq, gk, gv, gsl, gkv, gdo, gdkv, dq1, dk1, dv1, dkvi) == LASP_OK, "%s",
+          lasp_ctx_error(ctx));
+    CHECK(lasp_attn_fwd_cuda_local(ctx, &a, gq, gk, gv, gsl, m) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_fwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gkv, o2) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd_cuda_local(ctx, &a, gq, gk, gv, gsl, gdo, g) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd_cuda_dq(ctx, &a, gk, gv, gsl, gkv, gdo, dq2) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gdo, gdkv, dk2, dv2) == LASP_OK, "%s",
+          lasp_ctx_error(ctx));
+    CUDA_OK(cudaDeviceSynchronize());
+    struct {
+        const char *name;
+        void *one, *two;
+    } cmp[] = {{"o", o1, o2}, {"dq", dq1, dq2}, {"dk", dk1, dk2}, {"dv", dv1, dv2}};
+    for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++) {
+        float *x1 = from_dev(cmp[i].one, n, t), *x2 = from_dev(cmp[i].two, n, t);
+        double *r = widen(x1, n);
+        expect(cmp[i].name, x2, r, n, tol_of(t), t);
+        free(x1), free(x2), free(r);
+    }
+    /* the states the schedule forms from m and g */
+    float *hm = from_dev(m, ns, LASP_F32), *hg = from_dev(g, ns, LASP_F32), *hkvo = from_dev(kvo, ns, LASP_F32),
+          *hdkvi = from_dev(dkvi, ns, LASP_F32);
+    const size_t de = (size_t)(D * D);
+    for (size_t i = 0; i < ns; i++) {
+        const float gam = expf(-sl[(i / de) % H] * (float)T);
+        hm[i] += gam * kv[i], hg[i] += gam * dkv[i];
+    }
+    double *r_kvo = widen(hkvo, ns), *r_dkvi = widen(hdkvi, ns);
+    expect("KV_out = λ^T kv_in + m", hm, r_kvo, ns, 1e-4, LASP_F32);
+    expect("dKV_in = λ^T dkv_out + g", hg, r_dkvi, ns, 1e-4, LASP_F32);
+    void *dev[] = {gq, gk, gv, gdo, gsl, gkv, gdkv, o1, o2, dq1, dq2, dk1, dk2, dv1, dv2, kvo, dkvi, m, g};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
+    void *host[] = {q, k, v, dO, kv, dkv, hm, hg, hkvo, hdkvi, r_kvo, r_dkvi};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+    test_case("%s halves T%lld D%lld: local + finish equal one call, with the arrived states", lasp_dtype_name(t),
+              (long long)T, (long long)D);
+}
+
 /* The _host variants (host f32 in and out, run on the GPU) and the errors the GPU path gives. */
 static void case_host_and_errors(void) {
     const int64_t B = 2, T = 77, H = 2, d = 64, e = 32;
@@ -314,6 +373,7 @@ int main(int argc, char **argv) {
         run_case(LASP_BF16, 1, 130, 3, 64, 64, 1, REF_FP64);
         run_case(LASP_F32, 1, 65, 3, 128, 32, 1, REF_FP64);
         case_handover(LASP_BF16, 200, 71, 32);
+        case_halves(LASP_BF16, 300, 128);
         return test_exit();
     }
     for (size_t ti = 0; ti < 3; ti++)
@@ -338,7 +398,10 @@ int main(int argc, char **argv) {
         case_null_outputs(types[ti]);
         case_handover(types[ti], 1000, 333, 64);
         case_handover(types[ti], 4096, 2048, 128);
+        case_halves(types[ti], 1000, 64);
+        case_halves(types[ti], 4096, 128);
     }
+    case_halves(LASP_BF16, 777, 256);
     case_host_and_errors();
     printf("# worst relative error: bf16 %.3g, f16 %.3g, f32 %.3g\n", worst[LASP_BF16], worst[LASP_F16],
            worst[LASP_F32]);
