@@ -146,7 +146,9 @@ __device__ __forceinline__ void load_chunk(uint32_t xs, uint32_t ys, uint32_t zs
 
 /* kv += (diag(w) Y)ᵀ Z over one chunk, by one warpgroup (warp sw of it): the DX × 64 fp32 state in
  * registers as DX/64 accumulators of 64 rows, Yᵀ as the register A operand scaled by w(token) on the way,
- * Z the N-major B operand. The caller has fenced (wgmma.fence) the accumulators. */
+ * Z the N-major B operand. Each wgmma is fenced after its A fragment is written (the fence ptxas would
+ * otherwise insert itself, with an advisory on every build); it also covers accumulators the caller
+ * scaled. */
 template <int DX, typename W>
 __device__ __forceinline__ void state_update(float (&kv)[DX / 64][32], uint32_t ys, uint32_t zs, W w, int sw,
                                              int lane) {
@@ -165,6 +167,7 @@ __device__ __forceinline__ void state_update(float (&kv)[DX / 64][32], uint32_t 
                 const float2 v = unpack_bf16(a[q]);
                 a[q] = q < 2 ? pack_bf16(v.x * w0, v.y * w1) : pack_bf16(v.x * w8, v.y * w9);
             }
+            fence(); /* a[] was just written: what ptxas would otherwise inject (C7519) */
             mma_rs(kv[hf], a, desc_n(zs, kk));
         }
     }
