@@ -248,18 +248,18 @@ static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
  * local → finish with kv_in, backward local (g) → dq in its own workspace → finish with dkv_out; the
  * states the schedule forms, KV_out = λ^T kv_in + m and dKV_in = λ^T dkv_out + g, equal the op's. One GPU
  * exercises here what the multi-GPU schedule relies on: the arrived state added by the output kernels. */
-static void case_halves(lasp_dtype t, int64_t T, int64_t D) {
+static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     const int64_t B = 2, H = 3;
-    lasp_attn_desc a = {B, T, H, D, D, 0, t};
-    const size_t n = (size_t)(B * T * H * D), ns = (size_t)(B * H * D * D);
-    float *q = randn(n, 1.0 / sqrt((double)D), t), *k = randn(n, 1.0, t), *v = randn(n, 1.0, t),
-          *dO = randn(n, 1.0, t), *kv = randn(ns, 1.0, LASP_F32), *dkv = randn(ns, 1.0, LASP_F32);
+    lasp_attn_desc a = {B, T, H, d, e, 0, t};
+    const size_t nq = (size_t)(B * T * H * d), nv = (size_t)(B * T * H * e), ns = (size_t)(B * H * d * e);
+    float *q = randn(nq, 1.0 / sqrt((double)d), t), *k = randn(nq, 1.0, t), *v = randn(nv, 1.0, t),
+          *dO = randn(nv, 1.0, t), *kv = randn(ns, 1.0, LASP_F32), *dkv = randn(ns, 1.0, LASP_F32);
     float sl[3] = {0.0f, 0.01f, 0.7f};
-    void *gq = to_dev(q, n, t), *gk = to_dev(k, n, t), *gv = to_dev(v, n, t), *gdo = to_dev(dO, n, t);
+    void *gq = to_dev(q, nq, t), *gk = to_dev(k, nq, t), *gv = to_dev(v, nv, t), *gdo = to_dev(dO, nv, t);
     float *gsl = (float *)to_dev(sl, 3, LASP_F32), *gkv = (float *)to_dev(kv, ns, LASP_F32),
           *gdkv = (float *)to_dev(dkv, ns, LASP_F32);
-    void *o1 = poisoned(n, t), *o2 = poisoned(n, t), *dq1 = poisoned(n, t), *dq2 = poisoned(n, t),
-         *dk1 = poisoned(n, t), *dk2 = poisoned(n, t), *dv1 = poisoned(n, t), *dv2 = poisoned(n, t);
+    void *o1 = poisoned(nv, t), *o2 = poisoned(nv, t), *dq1 = poisoned(nq, t), *dq2 = poisoned(nq, t),
+         *dk1 = poisoned(nq, t), *dk2 = poisoned(nq, t), *dv1 = poisoned(nv, t), *dv2 = poisoned(nv, t);
     float *kvo = (float *)poisoned(ns, LASP_F32), *dkvi = (float *)poisoned(ns, LASP_F32),
           *m = (float *)poisoned(ns, LASP_F32), *g = (float *)poisoned(ns, LASP_F32);
     CHECK(lasp_attn_fwd(ctx, &a, gq, gk, gv, gsl, gkv, o1, kvo) == LASP_OK, "%s", lasp_ctx_error(ctx));
@@ -275,17 +275,18 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t D) {
     struct {
         const char *name;
         void *one, *two;
-    } cmp[] = {{"o", o1, o2}, {"dq", dq1, dq2}, {"dk", dk1, dk2}, {"dv", dv1, dv2}};
+        size_t n;
+    } cmp[] = {{"o", o1, o2, nv}, {"dq", dq1, dq2, nq}, {"dk", dk1, dk2, nq}, {"dv", dv1, dv2, nv}};
     for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++) {
-        float *x1 = from_dev(cmp[i].one, n, t), *x2 = from_dev(cmp[i].two, n, t);
-        double *r = widen(x1, n);
-        expect(cmp[i].name, x2, r, n, tol_of(t), t);
+        float *x1 = from_dev(cmp[i].one, cmp[i].n, t), *x2 = from_dev(cmp[i].two, cmp[i].n, t);
+        double *r = widen(x1, cmp[i].n);
+        expect(cmp[i].name, x2, r, cmp[i].n, tol_of(t), t);
         free(x1), free(x2), free(r);
     }
     /* the states the schedule forms from m and g */
     float *hm = from_dev(m, ns, LASP_F32), *hg = from_dev(g, ns, LASP_F32), *hkvo = from_dev(kvo, ns, LASP_F32),
           *hdkvi = from_dev(dkvi, ns, LASP_F32);
-    const size_t de = (size_t)(D * D);
+    const size_t de = (size_t)(d * e);
     for (size_t i = 0; i < ns; i++) {
         const float gam = expf(-sl[(i / de) % H] * (float)T);
         hm[i] += gam * kv[i], hg[i] += gam * dkv[i];
@@ -297,8 +298,8 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t D) {
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
     void *host[] = {q, k, v, dO, kv, dkv, hm, hg, hkvo, hdkvi, r_kvo, r_dkvi};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
-    test_case("%s halves T%lld D%lld: local + finish equal one call, with the arrived states", lasp_dtype_name(t),
-              (long long)T, (long long)D);
+    test_case("%s halves T%lld d%lld e%lld: local + finish equal one call, with the arrived states",
+              lasp_dtype_name(t), (long long)T, (long long)d, (long long)e);
 }
 
 /* The _host variants (host f32 in and out, run on the GPU) and the errors the GPU path gives. */
@@ -373,7 +374,7 @@ int main(int argc, char **argv) {
         run_case(LASP_BF16, 1, 130, 3, 64, 64, 1, REF_FP64);
         run_case(LASP_F32, 1, 65, 3, 128, 32, 1, REF_FP64);
         case_handover(LASP_BF16, 200, 71, 32);
-        case_halves(LASP_BF16, 300, 128);
+        case_halves(LASP_BF16, 300, 128, 128);
         return test_exit();
     }
     for (size_t ti = 0; ti < 3; ti++)
@@ -398,10 +399,11 @@ int main(int argc, char **argv) {
         case_null_outputs(types[ti]);
         case_handover(types[ti], 1000, 333, 64);
         case_handover(types[ti], 4096, 2048, 128);
-        case_halves(types[ti], 1000, 64);
-        case_halves(types[ti], 4096, 128);
+        case_halves(types[ti], 1000, 64, 64);
+        case_halves(types[ti], 4096, 128, 128);
+        case_halves(types[ti], 500, 64, 128); /* d ≠ e: the transposed reads of dk */
     }
-    case_halves(LASP_BF16, 777, 256);
+    case_halves(LASP_BF16, 777, 256, 256);
     case_host_and_errors();
     printf("# worst relative error: bf16 %.3g, f16 %.3g, f32 %.3g\n", worst[LASP_BF16], worst[LASP_F16],
            worst[LASP_F32]);
