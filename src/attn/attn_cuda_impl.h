@@ -43,12 +43,16 @@ inline int slice_width(bool split, int dx, int ezt) {
 
 /* kernel 2 of a directed op (attn_cuda.cu) */
 cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st);
-/* element (r, c) of the state entering this op's segment `seg` that P.s_add contributes (0 without one) */
-__device__ __forceinline__ float s_add_at(const DirParams &P, int bh, int seg, int r, int c, float slope) {
-    if (!P.s_add) return 0.f;
-    const float *S = P.s_add + (size_t)bh * P.dx * P.ezt;
-    const float x = P.s_add_trans ? S[(size_t)c * P.dx + r] : S[(size_t)r * P.ezt + c];
-    return expf(-slope * ((float)P.sigma + (float)seg * (float)P.seg)) * x;
+/* element (r, c) of a dx × ezt state m, stored as it is or (trans) as its ezt × dx transpose */
+__device__ __forceinline__ float state_at(const float *m, bool trans, int dx, int ezt, int r, int c) {
+    return trans ? m[(size_t)c * dx + r] : m[(size_t)r * ezt + c];
+}
+/* P.s_add of head bh, and the factor λ^(σ + seg·P.seg) that decays it to the start of segment seg */
+__device__ __forceinline__ const float *s_add_of(const DirParams &P, int bh) {
+    return P.s_add + (size_t)bh * P.dx * P.ezt;
+}
+__device__ __forceinline__ float s_add_decay(const DirParams &P, int seg, float slope) {
+    return expf(-slope * ((float)P.sigma + (float)seg * (float)P.seg));
 }
 
 /* kernels 1–3 of a directed op for one I/O dtype */

@@ -596,6 +596,7 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
         float kv[L::MTW][L::NTW][4];
         {
             const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt + slice * EZ;
+            const float f_add = P.s_add ? s_add_decay(P, seg, s) : 0.f; /* the arrived state, if any */
 #pragma unroll
             for (int mi = 0; mi < L::MTW; mi++)
 #pragma unroll
@@ -611,9 +612,13 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
                         v = make_float2(t[r + 8], t[DX + r + 8]);
                     }
                     if (act && P.s_add) {
+                        const float *A = s_add_of(P, bh);
                         const int cs = slice * EZ + c;
-                        u.x += s_add_at(P, bh, seg, r, cs, s), u.y += s_add_at(P, bh, seg, r, cs + 1, s);
-                        v.x += s_add_at(P, bh, seg, r + 8, cs, s), v.y += s_add_at(P, bh, seg, r + 8, cs + 1, s);
+                        const bool tr = P.s_add_trans;
+                        u.x += f_add * state_at(A, tr, DX, P.ezt, r, cs);
+                        u.y += f_add * state_at(A, tr, DX, P.ezt, r, cs + 1);
+                        v.x += f_add * state_at(A, tr, DX, P.ezt, r + 8, cs);
+                        v.y += f_add * state_at(A, tr, DX, P.ezt, r + 8, cs + 1);
                     }
                     kv[mi][ni][0] = u.x, kv[mi][ni][1] = u.y, kv[mi][ni][2] = v.x, kv[mi][ni][3] = v.y;
                 }
@@ -668,48 +673,38 @@ namespace lasp_cu {
 
 /* ---- launch of one directed op for one (dtype, DX, EZ) ------------------------------------- */
 
+/* one kernel with its dynamic shared memory */
+inline cudaError_t launch(void (*kernel)(DirParams), dim3 grid, int threads, size_t bytes, cudaStream_t st,
+                          const DirParams &P) {
+    cudaError_t e = cudaFuncSetAttribute((const void *)kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (e != cudaSuccess) return e;
+    kernel<<<grid, threads, bytes, st>>>(P);
+    return cudaGetLastError();
+}
+
 template <typename T, int DX, int EZ>
 cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
     typedef Smem<T, DX, EZ> S;
-    if ((int)S::out_bytes > max_smem) return cudaErrorInvalidConfiguration;
-    cudaError_t e;
-    if ((e = cudaFuncSetAttribute(k_state<T, DX, EZ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)S::state_bytes)) != cudaSuccess)
-        return e;
-    if ((e = cudaFuncSetAttribute(k_out<T, DX, EZ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)S::out_bytes)) != cudaSuccess)
-        return e;
-    const dim3 grid(P.ezt / EZ, P.ns, P.BH);
-    constexpr bool WG = __is_same(T, bf16) && EZ == wg::EZ && (DX == 64 || DX == 128);
-    if (!P.out_only) {
-        bool done = false;
-        if constexpr (WG) {
-            if (P.wgmma) {
-                const int bytes = (int)(2 * (wg::Smem<DX>::X + wg::Smem<DX>::Z) + 1024);
-                if ((e = cudaFuncSetAttribute(k_state_wg<DX>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) !=
-                    cudaSuccess)
-                    return e;
-                k_state_wg<DX><<<grid, 128, bytes, st>>>(P);
-                done = true;
-            }
+    /* kernels 1 and 3: mma.sync, or wgmma (attn_cuda_wgmma.h) for bf16 at DX 64/128 in 64-column slices
+     * where the device runs the sm_90a code */
+    void (*k1)(DirParams) = k_state<T, DX, EZ>, (*k3)(DirParams) = k_out<T, DX, EZ>;
+    int t1 = NTHR, t3 = NTHR_OUT;
+    size_t b1 = S::state_bytes, b3 = S::out_bytes;
+    if constexpr (__is_same(T, bf16) && EZ == wg::EZ && (DX == 64 || DX == 128)) {
+        if (P.wgmma) {
+            k1 = k_state_wg<DX>, t1 = 128, b1 = wg::Smem<DX>::state_bytes;
+            k3 = k_out_wg<DX>, t3 = wg::NTHR, b3 = wg::Smem<DX>::bytes;
         }
-        if (!done) k_state<T, DX, EZ><<<grid, NTHR, S::state_bytes, st>>>(P);
-        if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    }
+    if ((int)b3 > max_smem) return cudaErrorInvalidConfiguration;
+    const dim3 grid(P.ezt / EZ, P.ns, P.BH);
+    cudaError_t e;
+    if (!P.out_only) {
+        if ((e = launch(k1, grid, t1, b1, st, P)) != cudaSuccess) return e;
         if ((e = lasp_cu_scan(P, st)) != cudaSuccess) return e;
         if (P.states_only) return cudaSuccess;
     }
-    if constexpr (WG) {
-        if (P.wgmma) {
-            const int bytes = (int)wg::Smem<DX>::bytes;
-            if ((e = cudaFuncSetAttribute(k_out_wg<DX>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) !=
-                cudaSuccess)
-                return e;
-            k_out_wg<DX><<<grid, wg::NTHR, bytes, st>>>(P);
-            return cudaGetLastError();
-        }
-    }
-    k_out<T, DX, EZ><<<grid, NTHR_OUT, S::out_bytes, st>>>(P);
-    return cudaGetLastError();
+    return launch(k3, grid, t3, b3, st, P);
 }
 
 /* EZ as slice_width() (attn_cuda_impl.h) picks it. */

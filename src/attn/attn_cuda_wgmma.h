@@ -126,12 +126,22 @@ __device__ __forceinline__ void load_tile(uint32_t tile, const bf16 *base, const
     }
 }
 
+/* Shared memory of k_out_wg (bytes: two buffers of x, y, z, then KV and the decay tables) and of
+ * k_state_wg (state_bytes: two buffers of y, z), each + 1024 of room to align the base to 1024 */
 template <int DX>
 struct Smem {
     static constexpr uint32_t X = CH * DX * 2, Z = CH * EZ * 2, BUF = 2 * X + Z, KV = DX * EZ * 2;
     static constexpr uint32_t TAB = 1024; /* λ^n and λ^{C−j} */
-    static constexpr size_t bytes = 2 * BUF + KV + TAB + 1024; /* + room to align the base to 1024 */
+    static constexpr size_t bytes = 2 * BUF + KV + TAB + 1024;
+    static constexpr uint32_t SBUF = X + Z;
+    static constexpr size_t state_bytes = 2 * SBUF + 1024;
 };
+
+/* the dynamic shared memory's address rounded up to the 1024-byte boundary the swizzle atoms need */
+__device__ __forceinline__ uint32_t aligned_base(const void *smem_raw) {
+    const uint32_t raw = smem_u32(smem_raw);
+    return raw + ((1024 - (raw & 1023)) & 1023);
+}
 
 /* One chunk's tiles, copied by the 128 threads t of one warpgroup and committed as one group: x (when
  * xs ≠ 0) and y (64 × DX), the z slice (64 × 64). */
@@ -182,9 +192,8 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
     using namespace wg;
     typedef wg::Smem<DX> S;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const uint32_t raw = smem_u32(smem_raw), pad = (1024 - (raw & 1023)) & 1023;
-    unsigned char *smem = smem_raw + pad;
-    const uint32_t sb = raw + pad;
+    const uint32_t sb = aligned_base(smem_raw);
+    unsigned char *smem = smem_raw + (sb - smem_u32(smem_raw));
     const uint32_t kvs = sb + 2 * S::BUF;
     float *pw = (float *)(smem + 2 * S::BUF + S::KV); /* pw[n] = λ^n, n = 0..64 */
     float *wt = pw + CH + 4;                          /* wt[j] = λ^{C−j} */
@@ -270,7 +279,7 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
         load(0, p0);
         {
             const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt;
-            /* half hf (64 rows) of element (r, c) of a [DX][ezt] state, or of the transpose of an [ezt][DX] one */
+            /* this thread's elements of half hf (64 rows) of a DX × ezt state, in accumulator order */
             auto state_half = [&](float (&dst)[32], const float *m, bool trans, int hf) {
 #pragma unroll
                 for (int j = 0; j < 8; j++)
@@ -278,18 +287,18 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
                     for (int q = 0; q < 4; q++) {
                         const int r = hf * 64 + sw * 16 + (lane >> 2) + (q >> 1) * 8;
                         const int c = slice * EZ + j * 8 + 2 * (lane & 3) + (q & 1);
-                        dst[4 * j + q] = trans ? m[(size_t)c * DX + r] : m[(size_t)r * P.ezt + c];
+                        dst[4 * j + q] = state_at(m, trans, DX, P.ezt, r, c);
                     }
             };
             /* the state that arrived (the SP schedule), decayed to this segment, added half by half with
              * all of a half's loads issued first (one load and exp an element cost ~50 µs a launch) */
-            const float f = P.s_add ? expf(-s * ((float)P.sigma + (float)seg * (float)P.seg)) : 0.f;
+            const float f = P.s_add ? s_add_decay(P, seg, s) : 0.f;
 #pragma unroll
             for (int hf = 0; hf < DX / 64; hf++) {
                 state_half(kv[hf], src, P.ws_trans, hf);
                 if (P.s_add) {
                     float add[32];
-                    state_half(add, P.s_add + (size_t)bh * DX * P.ezt, P.s_add_trans, hf);
+                    state_half(add, s_add_of(P, bh), P.s_add_trans, hf);
 #pragma unroll
                     for (int i = 0; i < 32; i++) kv[hf][i] += f * add[i];
                 }
@@ -323,7 +332,6 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
                     for (int i = 0; i < 32; i++) kv[hf][i] *= gammaC;
 #pragma unroll
                 for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
-                fence();
                 state_update<DX>(kv, yt(buf), zt(buf), [&](int k) { return wt[k]; }, sw, lane);
                 wait_all();
 #pragma unroll
@@ -334,7 +342,7 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
     }
 #else
     (void)P;
-    __trap(); /* launched only where the sm_90a code exists (lasp_cu_has_wgmma) */
+    __trap(); /* launched only where the sm_90a code exists (k_has_wgmma, attn_cuda.cu) */
 #endif
 }
 
@@ -345,11 +353,10 @@ __global__ void __launch_bounds__(128, 4) k_state_wg(DirParams P) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using namespace wg;
     typedef wg::Smem<DX> S;
-    constexpr uint32_t BUF = S::X + S::Z;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const uint32_t raw = smem_u32(smem_raw), sb = raw + ((1024 - (raw & 1023)) & 1023);
-    auto yt = [&](int buf) { return sb + buf * BUF; };
-    auto zt = [&](int buf) { return sb + buf * BUF + S::X; };
+    const uint32_t sb = aligned_base(smem_raw);
+    auto yt = [&](int buf) { return sb + buf * S::SBUF; };
+    auto zt = [&](int buf) { return sb + buf * S::SBUF + S::X; };
     const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
     const int64_t b = bh / P.H;
     const int h = bh % P.H;
@@ -373,7 +380,6 @@ __global__ void __launch_bounds__(128, 4) k_state_wg(DirParams P) {
         /* λ^{L−σ−l} from the integer exponent n ≥ 0 (rows past the end are zero anyway) */
         const int64_t n0 = (p1 - p0) - P.sigma - (int64_t)ci * CH;
         for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
-        fence();
         state_update<DX>(kv, yt(buf), zt(buf), [&](int k) { return n0 - k >= 0 ? expf(-s * (float)(n0 - k)) : 0.f; }, sw,
                          lane);
         wait_all();
