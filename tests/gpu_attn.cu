@@ -85,6 +85,15 @@ static void expect(const char *what, const float *x, const double *ref, size_t n
     CHECK(err <= tol, "%s: relative error %.3g > %.3g", what, err, tol);
 }
 
+/* Two device results of n elements stored as `st` that must agree, `one` serving as the reference, within
+ * the tolerance of the problem's I/O dtype t. */
+static void expect_same(const char *what, const void *one, const void *two, size_t n, lasp_dtype st, lasp_dtype t) {
+    float *x1 = from_dev(one, n, st), *x2 = from_dev(two, n, st);
+    double *r = widen(x1, n);
+    expect(what, x2, r, n, tol_of(t), t);
+    free(x1), free(x2), free(r);
+}
+
 enum { REF_FP64, REF_CPU };
 
 /* One problem on the GPU against a reference: fwd and bwd, states on or off. */
@@ -230,12 +239,8 @@ static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
         lasp_dtype t;
     } cmp[] = {{"o", o1, o2, n, t},           {"kv_out", kvo1, kvo2, ns, LASP_F32}, {"dq", dq1, dq2, n, t},
                {"dk", dk1, dk2, n, t},        {"dv", dv1, dv2, n, t},             {"dkv_in", dkvi1, dkvi2, ns, LASP_F32}};
-    for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++) {
-        float *x1 = from_dev(cmp[i].one, cmp[i].n, cmp[i].t), *x2 = from_dev(cmp[i].two, cmp[i].n, cmp[i].t);
-        double *r = widen(x1, cmp[i].n);
-        expect(cmp[i].name, x2, r, cmp[i].n, tol_of(t), t);
-        free(x1), free(x2), free(r);
-    }
+    for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++)
+        expect_same(cmp[i].name, cmp[i].one, cmp[i].two, cmp[i].n, cmp[i].t, t);
     void *dev[] = {gq, gk, gv, gdo, gsl, gkv, gdkv, o1, o2, dq1, dq2, dk1, dk2, dv1, dv2, kvo1, kvo2, kvmid, dkvi1,
                    dkvi2, dkvmid};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
@@ -272,17 +277,10 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gdo, gdkv, dk2, dv2) == LASP_OK, "%s",
           lasp_ctx_error(ctx));
     CUDA_OK(cudaDeviceSynchronize());
-    struct {
-        const char *name;
-        void *one, *two;
-        size_t n;
-    } cmp[] = {{"o", o1, o2, nv}, {"dq", dq1, dq2, nq}, {"dk", dk1, dk2, nq}, {"dv", dv1, dv2, nv}};
-    for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++) {
-        float *x1 = from_dev(cmp[i].one, cmp[i].n, t), *x2 = from_dev(cmp[i].two, cmp[i].n, t);
-        double *r = widen(x1, cmp[i].n);
-        expect(cmp[i].name, x2, r, cmp[i].n, tol_of(t), t);
-        free(x1), free(x2), free(r);
-    }
+    expect_same("o", o1, o2, nv, t, t);
+    expect_same("dq", dq1, dq2, nq, t, t);
+    expect_same("dk", dk1, dk2, nq, t, t);
+    expect_same("dv", dv1, dv2, nv, t, t);
     /* the states the schedule forms from m and g */
     float *hm = from_dev(m, ns, LASP_F32), *hg = from_dev(g, ns, LASP_F32), *hkvo = from_dev(kvo, ns, LASP_F32),
           *hdkvi = from_dev(dkvi, ns, LASP_F32);

@@ -239,6 +239,13 @@ static lasp_status check_args(lasp_ctx *ctx, const lasp_attn_desc *a, const void
     return LASP_OK;
 }
 
+/* An entry point's start: the arguments checked, then the context's GPU state. */
+static lasp_status enter(lasp_ctx *ctx, const lasp_attn_desc *a, const void *const *t, const char *const *names, int n,
+                         cuda_state **cs) {
+    LASP_TRY(check_args(ctx, a, t, names, n));
+    return get_state(ctx, cs);
+}
+
 /* The four directed ops of attn_cuda_kern.h, each written once: the forward, and the backward's dq, dv
  * (with dkv_in as its end state) and dk (out of dv's segment states, transposed). */
 static lasp_cu::DirParams dir_fwd(const lasp_attn_desc *a, const void *q, const void *k, const void *v,
@@ -279,9 +286,8 @@ extern "C" lasp_status lasp_attn_fwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
                                           float *kv_out) {
     const void *t[] = {q, k, v, slopes, o};
     const char *names[] = {"q", "k", "v", "slopes", "o"};
-    LASP_TRY(check_args(ctx, a, t, names, 5));
     cuda_state *cs = NULL;
-    LASP_TRY(get_state(ctx, &cs));
+    LASP_TRY(enter(ctx, a, t, names, 5, &cs));
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, kv_in);
     P.out = o, P.s_end = kv_out;
     return run_dir(ctx, cs, a, P);
@@ -292,9 +298,8 @@ extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
                                           const float *dkv_out, void *dq, void *dk, void *dv, float *dkv_in) {
     const void *t[] = {q, k, v, slopes, do_, dq, dk, dv};
     const char *names[] = {"q", "k", "v", "slopes", "do", "dq", "dk", "dv"};
-    LASP_TRY(check_args(ctx, a, t, names, 8));
     cuda_state *cs = NULL;
-    LASP_TRY(get_state(ctx, &cs));
+    LASP_TRY(enter(ctx, a, t, names, 8, &cs));
     lasp_cu::DirParams P = dir_dq(a, k, v, do_, slopes, kv_in);
     P.out = dq;
     LASP_TRY(run_dir(ctx, cs, a, P));
@@ -328,9 +333,8 @@ extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
                                                 const void *v, const float *slopes, float *m) {
     const void *t[] = {q, k, v, slopes, m};
     const char *names[] = {"q", "k", "v", "slopes", "m"};
-    LASP_TRY(check_args(ctx, a, t, names, 5));
     cuda_state *cs = NULL;
-    LASP_TRY(get_state(ctx, &cs));
+    LASP_TRY(enter(ctx, a, t, names, 5, &cs));
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, NULL);
     P.s_end = m, P.states_only = 1;
     return run_dir(ctx, cs, a, P);
@@ -341,9 +345,8 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
                                                  const float *kv_in, void *o) {
     const void *t[] = {q, k, v, slopes, o};
     const char *names[] = {"q", "k", "v", "slopes", "o"};
-    LASP_TRY(check_args(ctx, a, t, names, 5));
     cuda_state *cs = NULL;
-    LASP_TRY(get_state(ctx, &cs));
+    LASP_TRY(enter(ctx, a, t, names, 5, &cs));
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, kv_in);
     P.out = o;
     return finish_dir(ctx, cs, a, P);
@@ -353,9 +356,8 @@ extern "C" lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
                                                 const void *v, const float *slopes, const void *do_, float *g) {
     const void *t[] = {q, k, v, slopes, do_, g};
     const char *names[] = {"q", "k", "v", "slopes", "do", "g"};
-    LASP_TRY(check_args(ctx, a, t, names, 6));
     cuda_state *cs = NULL;
-    LASP_TRY(get_state(ctx, &cs));
+    LASP_TRY(enter(ctx, a, t, names, 6, &cs));
     /* the reverse segment states of the dv op from a zero gradient; their total is the piece's g */
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, NULL);
     V.s_end = g, V.states_only = 1;
@@ -366,9 +368,8 @@ extern "C" lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc
                                              const float *slopes, const float *kv_in, const void *do_, void *dq) {
     const void *t[] = {k, v, slopes, do_, dq};
     const char *names[] = {"k", "v", "slopes", "do", "dq"};
-    LASP_TRY(check_args(ctx, a, t, names, 5));
     cuda_state *cs = NULL;
-    LASP_TRY(get_state(ctx, &cs));
+    LASP_TRY(enter(ctx, a, t, names, 5, &cs));
     /* in the second workspace: the first holds the dv op's states between the halves */
     lasp_cu::DirParams P = dir_dq(a, k, v, do_, slopes, kv_in);
     P.out = dq;
@@ -380,9 +381,8 @@ extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
                                                  const float *dkv_out, void *dk, void *dv) {
     const void *t[] = {q, k, v, slopes, do_, dk, dv};
     const char *names[] = {"q", "k", "v", "slopes", "do", "dk", "dv"};
-    LASP_TRY(check_args(ctx, a, t, names, 7));
     cuda_state *cs = NULL;
-    LASP_TRY(get_state(ctx, &cs));
+    LASP_TRY(enter(ctx, a, t, names, 7, &cs));
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
     V.out = dv;
     LASP_TRY(finish_dir(ctx, cs, a, V));
