@@ -147,7 +147,7 @@ __global__ void k_scan(DirParams P) {
     const float lam_sigma = expf(-s * (float)P.sigma), gam = expf(-s * (float)P.seg);
     float *w = P.ws + (size_t)bh * P.ns * n + idx;
     /* 32 independent loads in flight before the serial Horner steps (latency, not bandwidth, bounds this:
-     * 35 µs at B1 H16 T32768 D128 on an H100, 43–45 µs with 8) */
+     * 35 µs at B1 H16 T32768 D128 on an H100; with 8, 43 µs on an H200) */
     for (int k0 = 0; k0 < P.ns; k0 += 32) {
         float m[32];
 #pragma unroll

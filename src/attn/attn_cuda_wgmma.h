@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
                     }
             };
             /* the state that arrived (the SP schedule), decayed to this segment, added half by half with
-             * all of a half's loads issued first (one load and exp an element cost ~50 µs a launch) */
+             * all of a half's loads issued first (one load and exp an element made the SP finishing halves 50–80 µs slower) */
             const float f = P.s_add ? s_add_decay(P, seg, s) : 0.f;
 #pragma unroll
             for (int hf = 0; hf < DX / 64; hf++) {

@@ -195,7 +195,7 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
 
 /* NCCL runs a send or a receive as a kernel on the communication stream, and it holds its SMs from launch
  * to completion. Measured on 2 H100s (LASP_SP_TRACE): a receive launched at the start of the layer spun
- * through the whole local half and slowed that half by 15-20 %, and a send queued behind a finishing half
+ * through the whole local half and slowed that half by 10-20 %, and a send queued behind a finishing half
  * that fills every SM waited for SMs to free. So a receive is enqueued after the local half's event (its
  * kernel starts when the local half is done, the time the sender's state is due), and a rank that sent
  * starts its finishing half once the send is done (LASP_SP_WAIT_SEND=0: without that wait, to compare). */
