@@ -180,7 +180,8 @@ cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st) {
  * state traffic stays small, and a multiple of the 64-token chunk. */
 static int pick_seg(const cuda_state *cs, int64_t T, int64_t BH, int slices) {
     const int64_t nc = (T + 63) / 64;
-    const int64_t want = 8 * (int64_t)cs->n_sm;
+    const char *env = getenv("LASP_CUDA_BLOCKS_PER_SM"); /* to measure other splits */
+    const int64_t want = (env && atoi(env) > 0 ? atoi(env) : 8) * (int64_t)cs->n_sm;
     int64_t ns = (want + BH * slices - 1) / (BH * slices);
     if (ns > (nc + 3) / 4) ns = (nc + 3) / 4;
     if (ns < 1) ns = 1;
@@ -205,6 +206,10 @@ static lasp_status run_dir_in(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_des
     /* LASP_CUDA_WGMMA=0 runs the mma.sync output pass where the wgmma one would run (to compare them) */
     const char *env = getenv("LASP_CUDA_WGMMA");
     P.wgmma = cs->wgmma && !(env && env[0] == '0');
+    /* LASP_CUDA_TMA=0 runs k_out_wg where k_out_tma would run, 1 k_out_tma with per-thread stores (to
+     * compare them) */
+    const char *env_tma = getenv("LASP_CUDA_TMA");
+    P.tma = !P.wgmma ? 0 : env_tma && (env_tma[0] == '0' || env_tma[0] == '1') ? env_tma[0] - '0' : 2;
     cudaError_t e;
     switch (a->dtype) {
     case LASP_BF16: e = lasp_cu::launch_bf16(P, cs->stream, cs->max_smem); break;

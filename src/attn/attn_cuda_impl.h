@@ -26,6 +26,7 @@ struct DirParams {
     int ws_trans;  /* ... as [dx'=ezt][ezt'=dx], the transposes of this op's (k_out reads them so) */
     int states_only;  /* run kernels 1–2 only: the segment states, for the SP schedule (attn_cuda_sp.h) */
     int wgmma;        /* the device runs the sm_90a kernels (attn_cuda_wgmma.h): bf16 passes on wgmma */
+    int tma;          /* ... and the output pass as k_out_tma (attn_cuda_tma.h): 2, or 1 with per-thread stores */
     /* The SP schedule's finishing half (attn_cuda_sp.h): a state S that arrived for the whole piece, added
      * by the output kernel as λ^(σ + k·seg) S to the state entering segment k (what the scan would have
      * folded in), so that no extra pass over the workspace sits on the critical path. */

@@ -668,6 +668,7 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
 }  // namespace lasp_cu
 
 #include "attn/attn_cuda_wgmma.h"
+#include "attn/attn_cuda_tma.h"
 
 namespace lasp_cu {
 
@@ -694,6 +695,7 @@ cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
         if (P.wgmma) {
             k1 = k_state_wg<DX>, t1 = 128, b1 = wg::Smem<DX>::state_bytes;
             k3 = k_out_wg<DX>, t3 = wg::NTHR, b3 = wg::Smem<DX>::bytes;
+            if (P.tma) b3 = tma::Smem<DX>::bytes;
         }
     }
     if ((int)b3 > max_smem) return cudaErrorInvalidConfiguration;
@@ -703,6 +705,9 @@ cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
         if ((e = launch(k1, grid, t1, b1, st, P)) != cudaSuccess) return e;
         if ((e = lasp_cu_scan(P, st)) != cudaSuccess) return e;
         if (P.states_only) return cudaSuccess;
+    }
+    if constexpr (__is_same(T, bf16) && EZ == wg::EZ && (DX == 64 || DX == 128)) {
+        if (P.wgmma && P.tma) return launch_out_tma<DX>(P, grid, st);
     }
     return launch(k3, grid, t3, b3, st, P);
 }

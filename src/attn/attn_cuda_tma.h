@@ -1,0 +1,370 @@
+/* attn_cuda_tma.h — kernel 3 (the outputs) of attn_cuda_kern.h on Hopper, pipelined: k_out_tma.
+ * Same math, grid and workspace as k_out_wg (attn_cuda_wgmma.h) and the same wgmma products from the same
+ * 128-byte-swizzled tiles; what differs is how the chunk loop is scheduled.
+ *
+ * WHY
+ * k_out_wg runs its two warpgroups in lock-step (two __syncthreads a chunk) with the tiles copied one
+ * chunk ahead, two CTAs an SM: measured, it is bound by latency, not by bandwidth or the tensor cores
+ * (the H200 runs it only 2–6% faster than the H100 with 40% more bandwidth; 25–37% of copy bandwidth).
+ * Here each role runs at its own pace, held back only by the data it needs:
+ *   - the tiles come by TMA (cp.async.bulk.tensor, 128-byte swizzle: the layout the wgmma descriptors
+ *     read) into a ring of NS stages: the output warpgroup that finishes chunk c asks for chunk c + NS
+ *     into the same stage (one thread), so the loads run NS chunks ahead of the outputs;
+ *   - the state warpgroup runs ahead of the outputs: it publishes KV(c) as bf16 into one of two slots
+ *     and goes on to KV(c+1) as soon as chunk c's tiles are in;
+ *   - two output warpgroups take the chunks in turn (even, odd): the outputs of chunk c need only its
+ *     tiles and KV(c), so one group's MMAs run while the other masks its scores or stores its rows.
+ * One CTA an SM (384 threads, 168 registers each, ~195 KB of shared memory at DX = 128) keeps up to
+ * NS·40 KB of loads in flight where k_out_wg kept 2·40 KB. (A separate producer warp would cost the
+ * 128-register cap of a 512-thread block: ptxas spills at DX = 128 there, setmaxnreg or not.)
+ *
+ * SYNCHRONISATION (mbarriers; no CTA-wide barrier after the set-up)
+ *   full[s]   TMA bytes of stage s landed (the issuing thread's arrive.expect_tx + the copies' complete_tx)
+ *   empty[s]  stage s read by its output warpgroup and by the state warpgroup (256 arrivals)
+ *   kvfull[k] KV slot k written and fenced into the async proxy (128 arrivals of the state warpgroup)
+ *   kvempty[k] KV slot k read by its output warpgroup (128 arrivals)
+ * Chunk c uses stage c mod NS (phase ⌊c/NS⌋) and KV slot c mod 2 (phase ⌊c/2⌋); output warpgroup k
+ * takes the chunks c ≡ k (mod 2), so it always reads KV slot k. The tiles written by TMA are read by
+ * wgmma (both the async proxy) and by ldmatrix (made visible by the mbarrier's completion): no proxy
+ * fence on the loads; only the state warpgroup's st.shared of KV needs one, and it has no copies in
+ * flight for that fence to wait on.
+ *
+ * DIRECTION
+ * TMA copies rows in memory order. Forwards, row r of a chunk's tile is position c0 + r; backwards
+ * (rev), the box starts at token T − 64 − c0 (negative at the end of the sequence: TMA fills rows
+ * outside the tensor with zeros), so row r is position c0 + 63 − r. The causal mask, the decays and the
+ * state weights read position indices i(r) = r or 63 − r; an output row is always token tok0 + r.
+ */
+#ifndef LASP_ATTN_CUDA_TMA_H
+#define LASP_ATTN_CUDA_TMA_H
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+namespace lasp_cu {
+
+/* the tensor maps of x, y and z (bf16 [B,T,H,width]), boxes of 64 columns × 64 tokens, and the op */
+struct TmaParams {
+    CUtensorMap x, y, z, out; /* 64-byte aligned, first: TMA reads them from the kernel's parameter space */
+    DirParams P;
+};
+
+namespace tma {
+
+constexpr int NTHR = 384; /* warpgroups 0, 1: outputs (even, odd chunks); 2: the state */
+
+template <int DX>
+struct Smem {
+    static constexpr int NS = 4; /* tile stages; even, so that a stage's chunks go to one output warpgroup */
+    static constexpr uint32_t X = CH * DX * 2, Z = CH * wg::EZ * 2, STAGE = 2 * X + Z, KV = DX * wg::EZ * 2;
+    static constexpr uint32_t OUT = CH * wg::EZ * 2; /* a staging tile for the outputs, per output warpgroup */
+    static constexpr uint32_t KVOFF = NS * STAGE, OUTOFF = KVOFF + 2 * KV, TABOFF = OUTOFF + 2 * OUT,
+                              BAROFF = TABOFF + 1024;
+    static constexpr size_t bytes = BAROFF + 128 + 1024; /* + room to align the base to 1024 */
+};
+
+__device__ __forceinline__ void bar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void bar_expect(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n.reg .pred done;\nWAIT_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+/* one 64 × 64 box of shared memory to a [B,T,H,W] tensor, columns col.., head h, tokens tok.., batch b */
+__device__ __forceinline__ void store_box(const CUtensorMap *m, uint32_t src, int col, int h, int tok, int b) {
+    asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"(
+                     (uint64_t)m),
+                 "r"(col), "r"(h), "r"(tok), "r"(b), "r"(src)
+                 : "memory");
+}
+__device__ __forceinline__ void st_shared32(uint32_t addr, uint32_t v) {
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+/* the 128 threads of output warpgroup `role` (named barriers 1 and 2; 0 is __syncthreads) */
+__device__ __forceinline__ void wg_sync(int role) { asm volatile("bar.sync %0, 128;\n" ::"r"(role + 1) : "memory"); }
+/* one 64 × 64 box of a [B,T,H,W] tensor: columns col.., head h, tokens tok.., batch b */
+__device__ __forceinline__ void load_box(uint32_t dst, const CUtensorMap *m, int col, int h, int tok, int b,
+                                         uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+                 "l"((uint64_t)m), "r"(col), "r"(h), "r"(tok), "r"(b), "r"(bar)
+                 : "memory");
+}
+
+}  // namespace tma
+
+template <int DX>
+__global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant__ TmaParams A) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using namespace wg;
+    using namespace tma;
+    typedef tma::Smem<DX> S;
+    constexpr int NS = S::NS;
+    const DirParams &P = A.P;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const uint32_t sb = aligned_base(smem_raw);
+    unsigned char *smem = smem_raw + (sb - smem_u32(smem_raw));
+    float *pw = (float *)(smem + S::TABOFF); /* pw[n] = λ^n, n = 0..64 */
+    float *wt = pw + CH + 4;                 /* wt[j] = λ^{C−j} */
+    auto xt = [&](int s) { return sb + s * S::STAGE; };
+    auto yt = [&](int s) { return sb + s * S::STAGE + S::X; };
+    auto zt = [&](int s) { return sb + s * S::STAGE + 2 * S::X; };
+    auto kvt = [&](int k) { return sb + S::KVOFF + k * S::KV; };
+    const uint32_t bars = sb + S::BAROFF;
+    auto full = [&](int s) { return bars + 8 * s; };
+    auto empty = [&](int s) { return bars + 8 * (NS + s); };
+    auto kvfull = [&](int k) { return bars + 8 * (2 * NS + k); };
+    auto kvempty = [&](int k) { return bars + 8 * (2 * NS + 2 + k); };
+
+    const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
+    const int b = bh / P.H, h = bh % P.H;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float s = P.slopes[h];
+    const float gammaC = decay_tables(pw, wt, s);
+    const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
+    const int nch = (int)((p1 - p0 + CH - 1) / CH);
+    const bool rev = P.rev != 0;
+    /* the first token of chunk c's box; row r of the tile is token tok0(c) + r */
+    auto tok0 = [&](int c) { return (int)(rev ? P.T - CH - (p0 + (int64_t)c * CH) : p0 + (int64_t)c * CH); };
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < NS; i++) bar_init(full(i), 1), bar_init(empty(i), 256);
+        for (int k = 0; k < 2; k++) bar_init(kvfull(k), 128), bar_init(kvempty(k), 128);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads(); /* the barriers and the decay tables; no CTA-wide barrier from here on */
+
+    /* chunk c's tiles into stage c mod NS, by one thread */
+    auto issue = [&](int c) {
+        const int st = c % NS, t0 = tok0(c);
+        bar_expect(full(st), S::STAGE);
+#pragma unroll
+        for (int blk = 0; blk < DX / 64; blk++) {
+            load_box(xt(st) + blk * CH * 128, &A.x, blk * 64, h, t0, b, full(st));
+            load_box(yt(st) + blk * CH * 128, &A.y, blk * 64, h, t0, b, full(st));
+        }
+        load_box(zt(st), &A.z, slice * EZ, h, t0, b, full(st));
+    };
+    if (threadIdx.x == 0)
+        for (int c = 0; c < NS && c < nch; c++) issue(c);
+
+    const int role = __shfl_sync(0xffffffffu, warp / 4, 0);
+    if (role < 2) {
+        /* output warpgroup `role`: the outputs of the chunks c ≡ role (mod 2) from KV(c) in slot `role` */
+        const int ra = (warp & 3) * 16 + (lane >> 2), rb = ra + 8;
+        const int ia = rev ? CH - 1 - ra : ra, ib = rev ? CH - 1 - rb : rb; /* their position indices */
+        const float pa = pw[ia], pb = pw[ib];
+        /* λ^{i−j} where position j ≤ position i, else 0 (the exact causal mask) */
+        auto maskf = [&](int i, int col) {
+            const int j = rev ? CH - 1 - col : col;
+            return j <= i ? pw[i - j] : 0.f;
+        };
+        for (int c = role; c < nch; c += 2) {
+            const int st = c % NS;
+            bar_wait(full(st), (c / NS) & 1);
+            bar_wait(kvfull(role), (c / 2) & 1);
+            float sc[32], o[32];
+#pragma unroll
+            for (int i = 0; i < 32; i++) sc[i] = 0.f, o[i] = 0.f;
+            pin(sc), pin(o);
+            fence();
+#pragma unroll
+            for (int ks = 0; ks < DX / 16; ks++) mma_ss<0>(sc, desc_k(xt(st), ks), desc_k(yt(st), ks), ks > 0);
+#pragma unroll
+            for (int ks = 0; ks < DX / 16; ks++) mma_ss<1>(o, desc_k(xt(st), ks), desc_n(kvt(role), ks), ks > 0);
+            commit();
+            wait_all();
+            pin(sc), pin(o);
+            bar_arrive(kvempty(role));
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                o[4 * j] *= pa, o[4 * j + 1] *= pa, o[4 * j + 2] *= pb, o[4 * j + 3] *= pb;
+                const int col = j * 8 + 2 * (lane & 3);
+                sc[4 * j] *= maskf(ia, col);
+                sc[4 * j + 1] *= maskf(ia, col + 1);
+                sc[4 * j + 2] *= maskf(ib, col);
+                sc[4 * j + 3] *= maskf(ib, col + 1);
+            }
+            uint32_t a[4][4];
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) a[kk][q] = pack_bf16(sc[8 * kk + 2 * q], sc[8 * kk + 2 * q + 1]);
+            pin(o);
+            fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) mma_rs(o, a[kk], desc_n(zt(st), kk));
+            commit();
+            wait_all();
+            pin(o);
+            bar_arrive(empty(st));
+            /* the stage's next chunk (same parity: NS is even), once the state warpgroup is done with it too */
+            if ((threadIdx.x & 127) == 0 && c + NS < nch) {
+                bar_wait(empty(st), (c / NS) & 1);
+                issue(c + NS);
+            }
+            const int64_t c0 = p0 + (int64_t)c * CH, t0 = tok0(c);
+            if (P.tma == 2 && t0 >= 0 && t0 + CH <= P.T) {
+                /* through shared memory and one TMA store of whole rows: per-thread stores of bf16 pairs
+                 * write half sectors, and the L2 is this kernel's busiest unit. The staging tile is free once
+                 * the last store has read it. (A chunk that runs past either end of the sequence stores as
+                 * below: a box starting at a negative token faults.) */
+                if ((threadIdx.x & 127) == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+                wg_sync(role);
+                const uint32_t ot = sb + S::OUTOFF + role * S::OUT;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const int col = j * 8 + 2 * (lane & 3);
+                    st_shared32(ot + swz(CH, ra, col), pack_bf16(o[4 * j], o[4 * j + 1]));
+                    st_shared32(ot + swz(CH, rb, col), pack_bf16(o[4 * j + 2], o[4 * j + 3]));
+                }
+                fence_async_smem();
+                wg_sync(role);
+                if ((threadIdx.x & 127) == 0) {
+                    store_box(&A.out, ot, slice * EZ, h, (int)t0, b);
+                    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+                }
+            } else {
+                const bool oka = c0 + ia < p1, okb = c0 + ib < p1;
+                bf16 *outp = (bf16 *)P.out + ((int64_t)b * P.T * P.H + h) * (int64_t)P.ezt;
+                const int64_t ts = (int64_t)P.H * P.ezt;
+                bf16 *oa = outp + (t0 + ra) * ts, *ob = outp + (t0 + rb) * ts;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const int col = slice * EZ + j * 8 + 2 * (lane & 3);
+                    if (oka) store2<bf16>(oa + col, o[4 * j], o[4 * j + 1]);
+                    if (okb) store2<bf16>(ob + col, o[4 * j + 2], o[4 * j + 3]);
+                }
+            }
+        }
+        /* the shared memory must outlive the last store's reads */
+        if ((threadIdx.x & 127) == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    } else {
+        /* the state warpgroup: the fp32 state in registers, rows 64·hf + 16·sw + lane/4 (+8) of half hf */
+        const int sw = warp & 3;
+        float kv[DX / 64][32];
+        {
+            /* this thread's element q of column group j of half hf of a DX × ezt state, in accumulator order */
+            auto state_el = [&](const float *m, bool trans, int hf, int j, int q) {
+                const int r = hf * 64 + sw * 16 + (lane >> 2) + (q >> 1) * 8;
+                const int c = slice * EZ + j * 8 + 2 * (lane & 3) + (q & 1);
+                return state_at(m, trans, DX, P.ezt, r, c);
+            };
+            const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt;
+#pragma unroll
+            for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+                for (int i = 0; i < 32; i++) kv[hf][i] = state_el(src, P.ws_trans, hf, i / 4, i % 4);
+            /* the state that arrived (the SP schedule), decayed to this segment, added in groups of 16
+             * loads issued together (the registers the 64-element halves of k_out_wg would spill here) */
+            if (P.s_add) {
+                const float f = s_add_decay(P, seg, s);
+                const float *m = s_add_of(P, bh);
+#pragma unroll
+                for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+                    for (int g = 0; g < 2; g++) {
+                        float add[16];
+#pragma unroll
+                        for (int i = 0; i < 16; i++) add[i] = state_el(m, P.s_add_trans, hf, g * 4 + i / 4, i % 4);
+#pragma unroll
+                        for (int i = 0; i < 16; i++) kv[hf][16 * g + i] += f * add[i];
+                    }
+            }
+        }
+        for (int c = 0; c < nch; c++) {
+            const int k = c & 1, st = c % NS;
+            /* KV(c) as bf16 into slot k, once its last reader (chunk c − 2) is done with it */
+            if (c >= 2) bar_wait(kvempty(k), ((c / 2) - 1) & 1);
+            unsigned char *kvp = smem + S::KVOFF + k * S::KV;
+#pragma unroll
+            for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const int r = hf * 64 + sw * 16 + (lane >> 2), cc = j * 8 + 2 * (lane & 3);
+                    *reinterpret_cast<uint32_t *>(kvp + swz(DX, r, cc)) = pack_bf16(kv[hf][4 * j], kv[hf][4 * j + 1]);
+                    *reinterpret_cast<uint32_t *>(kvp + swz(DX, r + 8, cc)) =
+                        pack_bf16(kv[hf][4 * j + 2], kv[hf][4 * j + 3]);
+                }
+            fence_async_smem(); /* the stores, visible to the output warpgroup's wgmma (the async proxy) */
+            bar_arrive(kvfull(k));
+            if (c + 1 < nch) {
+                /* KV(c+1) = λ^C KV(c) + (diag(λ^{C−j}) Y)ᵀ Z, Yᵀ scaled in registers */
+                bar_wait(full(st), (c / NS) & 1);
+#pragma unroll
+                for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+                    for (int i = 0; i < 32; i++) kv[hf][i] *= gammaC;
+#pragma unroll
+                for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
+                state_update<DX>(kv, yt(st), zt(st), [&](int r) { return wt[rev ? CH - 1 - r : r]; }, sw, lane);
+                wait_all();
+#pragma unroll
+                for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
+            }
+            bar_arrive(empty(st));
+        }
+    }
+#else
+    (void)A;
+    __trap(); /* launched only where the sm_90a code exists (k_has_wgmma, attn_cuda.cu) */
+#endif
+}
+
+/* ---- host: the tensor maps ------------------------------------------------------------------- */
+
+/* cuTensorMapEncodeTiled from the driver the runtime loaded (no link against libcuda) */
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+    if (!fn) {
+        cudaDriverEntryPointQueryResult q;
+        void *p = nullptr;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
+                cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (PFN_cuTensorMapEncodeTiled_v12000)p;
+    }
+    return fn;
+}
+
+/* a bf16 [B,T,H,W] tensor in boxes of 64 columns × 1 head × 64 tokens × 1, 128-byte swizzle; rows
+ * outside the tensor read as zeros */
+inline bool tensor_map(CUtensorMap *m, const void *base, int64_t B, int64_t T, int64_t H, int64_t W) {
+    PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
+    if (!enc) return false;
+    const cuuint64_t dims[4] = {(cuuint64_t)W, (cuuint64_t)H, (cuuint64_t)T, (cuuint64_t)B};
+    const cuuint64_t strides[3] = {(cuuint64_t)W * 2, (cuuint64_t)(H * W * 2), (cuuint64_t)(T * H * W * 2)};
+    const cuuint32_t box[4] = {64, 1, (cuuint32_t)CH, 1}, one[4] = {1, 1, 1, 1};
+    return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void *>(base), dims, strides, box, one,
+               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/* kernel 3 as k_out_tma: the op's tensor maps, then the launch */
+template <int DX>
+cudaError_t launch_out_tma(const DirParams &P, dim3 grid, cudaStream_t st) {
+    TmaParams A;
+    A.P = P;
+    const int64_t B = P.BH / P.H;
+    if (!tensor_map(&A.x, P.x, B, P.T, P.H, DX) || !tensor_map(&A.y, P.y, B, P.T, P.H, DX) ||
+        !tensor_map(&A.z, P.z, B, P.T, P.H, P.ezt) || !tensor_map(&A.out, P.out, B, P.T, P.H, P.ezt))
+        return cudaErrorInvalidValue;
+    const size_t bytes = tma::Smem<DX>::bytes;
+    cudaError_t e = cudaFuncSetAttribute((const void *)k_out_tma<DX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)bytes);
+    if (e != cudaSuccess) return e;
+    k_out_tma<DX><<<grid, tma::NTHR, bytes, st>>>(A);
+    return cudaGetLastError();
+}
+
+}  // namespace lasp_cu
+
+#endif
