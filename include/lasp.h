@@ -124,6 +124,21 @@ lasp_status lasp_attn_bwd(lasp_ctx *ctx, const lasp_attn_desc *a,
                           const float *kv_in, const void *do_, const float *dkv_out,
                           void *dq, void *dk, void *dv, float *dkv_in);
 
+/* Keeping the forward's states for the backward (GPU tensors). The backward needs the state entering
+ * every block of the sequence, which the forward computed; on the GPU it otherwise recomputes them (one
+ * more pass over k and v and a scan). lasp_attn_saved_bytes gives the size of the buffer (device memory,
+ * 4-byte aligned) for a problem; lasp_attn_fwd_saving fills it, lasp_attn_bwd_saved reads it and must get
+ * the same q, k, v, slopes and kv_in as that forward. saved = NULL, or host tensors: the plain op.
+ * The size is B·H·d·e·4 bytes times the number of segments the GPU splits T into (a few dozen). */
+lasp_status lasp_attn_saved_bytes(lasp_ctx *ctx, const lasp_attn_desc *a, size_t *bytes);
+lasp_status lasp_attn_fwd_saving(lasp_ctx *ctx, const lasp_attn_desc *a,
+                                 const void *q, const void *k, const void *v, const float *slopes,
+                                 const float *kv_in, void *o, float *kv_out, float *saved);
+lasp_status lasp_attn_bwd_saved(lasp_ctx *ctx, const lasp_attn_desc *a,
+                                const void *q, const void *k, const void *v, const float *slopes,
+                                const float *kv_in, const void *do_, const float *dkv_out,
+                                void *dq, void *dk, void *dv, float *dkv_in, const float *saved);
+
 /* Where an op runs. Tensors passed to lasp_attn_fwd/bwd are dispatched by where they live; the
  * _host variants below take host f32 buffers and run on the device named here. Host inputs are checked
  * for NaN/Inf and slopes for ≥ 0; device inputs (CUDA pointers) get the shape, NULL and alignment checks

@@ -252,7 +252,8 @@ static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
 /* The op in halves (attn_cuda_sp.h), in the SP schedule's order, equals the op in one call: forward
  * local → finish with kv_in, backward local (g) → dq in its own workspace → finish with dkv_out; the
  * states the schedule forms, KV_out = λ^T kv_in + m and dKV_in = λ^T dkv_out + g, equal the op's. One GPU
- * exercises here what the multi-GPU schedule relies on: the arrived state added by the output kernels. */
+ * exercises here what the multi-GPU schedule relies on: the arrived state added by the output kernels.
+ * The backward from the forward's saved states (dq without its own state pass) must equal it too. */
 static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     const int64_t B = 2, H = 3;
     lasp_attn_desc a = {B, T, H, d, e, 0, t};
@@ -276,11 +277,26 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     CHECK(lasp_attn_bwd_cuda_dq(ctx, &a, gk, gv, gsl, gkv, gdo, dq2) == LASP_OK, "%s", lasp_ctx_error(ctx));
     CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gdo, gdkv, dk2, dv2) == LASP_OK, "%s",
           lasp_ctx_error(ctx));
+    /* the backward from the forward's saved states (lasp_attn_fwd_saving / lasp_attn_bwd_saved) */
+    size_t sb = 0;
+    CHECK(lasp_attn_saved_bytes(ctx, &a, &sb) == LASP_OK && sb > 0, "saved bytes: %s", lasp_ctx_error(ctx));
+    float *saved = (float *)poisoned(sb / sizeof(float), LASP_F32), *dkvi3 = (float *)poisoned(ns, LASP_F32);
+    void *o3 = poisoned(nv, t), *dq3 = poisoned(nq, t), *dk3 = poisoned(nq, t), *dv3 = poisoned(nv, t);
+    CHECK(lasp_attn_fwd_saving(ctx, &a, gq, gk, gv, gsl, gkv, o3, NULL, saved) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd_saved(ctx, &a, gq, gk, gv, gsl, gkv, gdo, gdkv, dq3, dk3, dv3, dkvi3, saved) == LASP_OK, "%s",
+          lasp_ctx_error(ctx));
     CUDA_OK(cudaDeviceSynchronize());
     expect_same("o", o1, o2, nv, t, t);
     expect_same("dq", dq1, dq2, nq, t, t);
     expect_same("dk", dk1, dk2, nq, t, t);
     expect_same("dv", dv1, dv2, nv, t, t);
+    expect_same("o (saving)", o1, o3, nv, t, t);
+    expect_same("dq (saved states)", dq1, dq3, nq, t, t);
+    expect_same("dk (saved states)", dk1, dk3, nq, t, t);
+    expect_same("dv (saved states)", dv1, dv3, nv, t, t);
+    expect_same("dkv_in (saved states)", dkvi, dkvi3, ns, LASP_F32, t);
+    void *dev3[] = {saved, dkvi3, o3, dq3, dk3, dv3};
+    for (size_t i = 0; i < sizeof dev3 / sizeof dev3[0]; i++) cudaFree(dev3[i]);
     /* the states the schedule forms from m and g */
     float *hm = from_dev(m, ns, LASP_F32), *hg = from_dev(g, ns, LASP_F32), *hkvo = from_dev(kvo, ns, LASP_F32),
           *hdkvi = from_dev(dkvi, ns, LASP_F32);
@@ -296,7 +312,8 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
     void *host[] = {q, k, v, dO, kv, dkv, hm, hg, hkvo, hdkvi, r_kvo, r_dkvi};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
-    test_case("%s halves T%lld d%lld e%lld: local + finish equal one call, with the arrived states",
+    test_case("%s halves T%lld d%lld e%lld: local + finish equal one call, with the arrived states; so does the "
+              "backward from saved states",
               lasp_dtype_name(t), (long long)T, (long long)d, (long long)e);
 }
 

@@ -95,7 +95,7 @@ static int bench_shape(lasp_ctx *ctx, shape s, lasp_dtype t, int warmup, int rep
     if (nsets < 2) nsets = 2;
     if (nsets > MAX_SETS) nsets = MAX_SETS;
     void *in[MAX_SETS][NT_IN] = {{0}}, *out[NT_OUT] = {0};
-    float *sl = NULL, *slh = NULL, *tf = NULL, *tb = NULL;
+    float *sl = NULL, *slh = NULL, *tf = NULL, *tb = NULL, *saved = NULL;
     cudaEvent_t e0 = NULL, e1 = NULL;
     int rc = 1;
     lasp_attn_desc a = {.B = s.B, .T = s.T, .H = s.H, .d = s.D, .e = s.D, .block = 0, .dtype = t};
@@ -110,6 +110,13 @@ static int bench_shape(lasp_ctx *ctx, shape s, lasp_dtype t, int warmup, int rep
     if (!slh || !tf || !tb) goto fail;
     for (int64_t h = 0; h < s.H; h++) slh[h] = (float)pow(2.0, -8.0 * (double)(h + 1) / (double)s.H);
     CU(cudaMalloc((void **)&sl, (size_t)s.H * sizeof(float)));
+    /* LASP_BENCH_RECOMPUTE=1: the backward recomputes the forward's states (to compare) */
+    const char *rec = getenv("LASP_BENCH_RECOMPUTE");
+    if (!(rec && rec[0] == '1')) {
+        size_t sb = 0;
+        if (lasp_attn_saved_bytes(ctx, &a, &sb) != LASP_OK) goto lasp_fail;
+        CU(cudaMalloc((void **)&saved, sb));
+    }
     CU(cudaMemcpy(sl, slh, (size_t)s.H * sizeof(float), cudaMemcpyHostToDevice));
     CU(cudaEventCreate(&e0));
     CU(cudaEventCreate(&e1));
@@ -120,9 +127,12 @@ static int bench_shape(lasp_ctx *ctx, shape s, lasp_dtype t, int warmup, int rep
         for (int it = -warmup; it < repeat; it++) {
             void **x = in[(it + warmup) % nsets];
             CU(cudaEventRecord(e0, 0));
-            if (lasp_attn_fwd(ctx, &a, x[0], x[1], x[2], sl, NULL, out[0], NULL) != LASP_OK) goto lasp_fail;
-            if (pass && lasp_attn_bwd(ctx, &a, x[0], x[1], x[2], sl, NULL, x[3], NULL, out[1], out[2], out[3], NULL) !=
-                            LASP_OK)
+            /* fwd+bwd as training runs it: the forward keeps its states for the backward */
+            float *keep = pass ? saved : NULL;
+            if (lasp_attn_fwd_saving(ctx, &a, x[0], x[1], x[2], sl, NULL, out[0], NULL, keep) != LASP_OK)
+                goto lasp_fail;
+            if (pass && lasp_attn_bwd_saved(ctx, &a, x[0], x[1], x[2], sl, NULL, x[3], NULL, out[1], out[2], out[3],
+                                            NULL, keep) != LASP_OK)
                 goto lasp_fail;
             CU(cudaEventRecord(e1, 0));
             CU(cudaEventSynchronize(e1));
@@ -148,7 +158,7 @@ fail:
     for (int i = 0; i < nsets; i++)
         for (int j = 0; j < NT_IN; j++) cudaFree(in[i][j]);
     for (int j = 0; j < NT_OUT; j++) cudaFree(out[j]);
-    cudaFree(sl);
+    cudaFree(sl), cudaFree(saved);
     free(slh), free(tf), free(tb);
     if (e0) cudaEventDestroy(e0);
     if (e1) cudaEventDestroy(e1);

@@ -85,12 +85,13 @@ static lasp_status require_f32(lasp_ctx *ctx, const lasp_attn_desc *a) {
                      lasp_dtype_name(a->dtype));
 }
 
-lasp_status lasp_attn_fwd(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k, const void *v,
-                          const float *slopes, const float *kv_in, void *o, float *kv_out) {
+lasp_status lasp_attn_fwd_saving(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k, const void *v,
+                                 const float *slopes, const float *kv_in, void *o, float *kv_out, float *saved) {
+    (void)saved; /* host tensors: the CPU path keeps nothing for the backward */
     if (!ctx) return LASP_ERR_ARG;
     lasp_err_clear(&ctx->err);
 #ifdef LASP_HAVE_CUDA
-    if (lasp_cuda_is_device_ptr(q)) return lasp_attn_fwd_cuda(ctx, a, q, k, v, slopes, kv_in, o, kv_out);
+    if (lasp_cuda_is_device_ptr(q)) return lasp_attn_fwd_cuda(ctx, a, q, k, v, slopes, kv_in, o, kv_out, saved);
 #endif
     LASP_TRY(require_f32(ctx, a));
     LASP_TRY(check_common(ctx, a, q, k, v, slopes, kv_in));
@@ -98,14 +99,20 @@ lasp_status lasp_attn_fwd(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,
     return lasp_attn_fwd_cpu(ctx, a, q, k, v, slopes, kv_in, o, kv_out);
 }
 
-lasp_status lasp_attn_bwd(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k, const void *v,
-                          const float *slopes, const float *kv_in, const void *do_, const float *dkv_out, void *dq,
-                          void *dk, void *dv, float *dkv_in) {
+lasp_status lasp_attn_fwd(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k, const void *v,
+                          const float *slopes, const float *kv_in, void *o, float *kv_out) {
+    return lasp_attn_fwd_saving(ctx, a, q, k, v, slopes, kv_in, o, kv_out, NULL);
+}
+
+lasp_status lasp_attn_bwd_saved(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k, const void *v,
+                                const float *slopes, const float *kv_in, const void *do_, const float *dkv_out,
+                                void *dq, void *dk, void *dv, float *dkv_in, const float *saved) {
+    (void)saved;
     if (!ctx) return LASP_ERR_ARG;
     lasp_err_clear(&ctx->err);
 #ifdef LASP_HAVE_CUDA
     if (lasp_cuda_is_device_ptr(q))
-        return lasp_attn_bwd_cuda(ctx, a, q, k, v, slopes, kv_in, do_, dkv_out, dq, dk, dv, dkv_in);
+        return lasp_attn_bwd_cuda(ctx, a, q, k, v, slopes, kv_in, do_, dkv_out, dq, dk, dv, dkv_in, saved);
 #endif
     LASP_TRY(require_f32(ctx, a));
     LASP_TRY(check_common(ctx, a, q, k, v, slopes, kv_in));
@@ -114,6 +121,23 @@ lasp_status lasp_attn_bwd(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,
     LASP_TRY(check_finite("do", do_, a->dtype, nv, &ctx->err));
     LASP_TRY(check_finite("dkv_out", dkv_out, LASP_F32, (size_t)(a->B * a->H * a->d * a->e), &ctx->err));
     return lasp_attn_bwd_cpu(ctx, a, q, k, v, slopes, kv_in, do_, dkv_out, dq, dk, dv, dkv_in);
+}
+
+lasp_status lasp_attn_bwd(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k, const void *v,
+                          const float *slopes, const float *kv_in, const void *do_, const float *dkv_out, void *dq,
+                          void *dk, void *dv, float *dkv_in) {
+    return lasp_attn_bwd_saved(ctx, a, q, k, v, slopes, kv_in, do_, dkv_out, dq, dk, dv, dkv_in, NULL);
+}
+
+lasp_status lasp_attn_saved_bytes(lasp_ctx *ctx, const lasp_attn_desc *a, size_t *bytes) {
+    if (!ctx || !bytes) return LASP_ERR_ARG;
+    lasp_err_clear(&ctx->err);
+    *bytes = 0;
+#ifdef LASP_HAVE_CUDA
+    return lasp_attn_cuda_saved_bytes(ctx, a, bytes);
+#else
+    return lasp_attn_check_desc(a, &ctx->err);
+#endif
 }
 
 #ifndef LASP_HAVE_CUDA

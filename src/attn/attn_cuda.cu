@@ -201,8 +201,10 @@ static void plan_dir(const cuda_state *cs, const lasp_attn_desc *a, lasp_cu::Dir
 static lasp_status run_dir_in(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P,
                               int wsi) {
     plan_dir(cs, a, P);
-    if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, wsi, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
-    P.ws = cs->ws[wsi];
+    if (!P.ws) { /* else the caller's buffer (the forward's saved states) */
+        if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, wsi, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
+        P.ws = cs->ws[wsi];
+    }
     /* LASP_CUDA_WGMMA=0 runs the mma.sync output pass where the wgmma one would run (to compare them) */
     const char *env = getenv("LASP_CUDA_WGMMA");
     P.wgmma = cs->wgmma && !(env && env[0] == '0');
@@ -286,27 +288,46 @@ static lasp_cu::DirParams dir_dk(const lasp_attn_desc *a, const void *q, const v
     return P;
 }
 
+/* The forward's segment states (those a saving forward leaves in `saved`): count and layout of the
+ * forward's workspace, [BH][ns][d][e] */
+extern "C" lasp_status lasp_attn_cuda_saved_bytes(lasp_ctx *ctx, const lasp_attn_desc *a, size_t *bytes) {
+    cuda_state *cs = NULL;
+    LASP_TRY(lasp_attn_check_desc(a, &ctx->err));
+    LASP_TRY(get_state(ctx, &cs));
+    lasp_cu::DirParams P = dir_fwd(a, NULL, NULL, NULL, NULL, NULL);
+    plan_dir(cs, a, P);
+    *bytes = (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float);
+    return LASP_OK;
+}
+
 extern "C" lasp_status lasp_attn_fwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
                                           const void *v, const float *slopes, const float *kv_in, void *o,
-                                          float *kv_out) {
+                                          float *kv_out, float *saved) {
     const void *t[] = {q, k, v, slopes, o};
     const char *names[] = {"q", "k", "v", "slopes", "o"};
     cuda_state *cs = NULL;
     LASP_TRY(enter(ctx, a, t, names, 5, &cs));
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, kv_in);
-    P.out = o, P.s_end = kv_out;
+    P.out = o, P.s_end = kv_out, P.ws = saved;
     return run_dir(ctx, cs, a, P);
 }
 
 extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
                                           const void *v, const float *slopes, const float *kv_in, const void *do_,
-                                          const float *dkv_out, void *dq, void *dk, void *dv, float *dkv_in) {
+                                          const float *dkv_out, void *dq, void *dk, void *dv, float *dkv_in,
+                                          const float *saved) {
     const void *t[] = {q, k, v, slopes, do_, dq, dk, dv};
     const char *names[] = {"q", "k", "v", "slopes", "do", "dq", "dk", "dv"};
     cuda_state *cs = NULL;
     LASP_TRY(enter(ctx, a, t, names, 8, &cs));
     lasp_cu::DirParams P = dir_dq(a, k, v, do_, slopes, kv_in);
     P.out = dq;
+    if (saved) {
+        /* dq's segment states are the transposes of the forward's (Σ vᵀk vs Σ kᵀv), split as it split them */
+        lasp_cu::DirParams F = dir_fwd(a, q, k, v, slopes, kv_in);
+        plan_dir(cs, a, F);
+        P.ws = const_cast<float *>(saved), P.seg = F.seg, P.out_only = 1, P.ws_trans = 1;
+    }
     LASP_TRY(run_dir(ctx, cs, a, P));
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
     V.out = dv, V.s_end = dkv_in;
@@ -484,7 +505,7 @@ extern "C" lasp_status lasp_attn_fwd_host_cuda(lasp_ctx *ctx, const lasp_attn_de
         (s = upload(ctx, &b, &dout, NULL, nv, a->dtype)) ||
         (kv_out && (s = upload(ctx, &b, &dkvo, NULL, ns, LASP_F32))))
         goto done;
-    if ((s = lasp_attn_fwd_cuda(ctx, a, dq, dk, dv, (const float *)dsl, (const float *)dkv, dout, (float *)dkvo)))
+    if ((s = lasp_attn_fwd_cuda(ctx, a, dq, dk, dv, (const float *)dsl, (const float *)dkv, dout, (float *)dkvo, NULL)))
         goto done;
     if ((s = download(ctx, o, dout, nv, a->dtype))) goto done;
     if (kv_out) s = download(ctx, kv_out, dkvo, ns, LASP_F32);
@@ -518,7 +539,7 @@ extern "C" lasp_status lasp_attn_bwd_host_cuda(lasp_ctx *ctx, const lasp_attn_de
         (dkv_in && (s = upload(ctx, &b, &gdkvi, NULL, ns, LASP_F32))))
         goto done;
     if ((s = lasp_attn_bwd_cuda(ctx, a, gq, gk, gv, (const float *)gsl, (const float *)gkv, gdo,
-                                (const float *)gdkvo, gdq, gdk, gdv, (float *)gdkvi)))
+                                (const float *)gdkvo, gdq, gdk, gdv, (float *)gdkvi, NULL)))
         goto done;
     if ((s = download(ctx, dq, gdq, nq, a->dtype)) || (s = download(ctx, dk, gdk, nq, a->dtype)) ||
         (s = download(ctx, dv, gdv, nv, a->dtype)))

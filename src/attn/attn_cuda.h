@@ -12,11 +12,13 @@ extern "C" {
 /* 1 if p points to device (or managed) memory, 0 for host memory. */
 int lasp_cuda_is_device_ptr(const void *p);
 
+/* saved: NULL, or the forward's segment states kept for the backward (lasp.h, lasp_attn_saved_bytes) */
 lasp_status lasp_attn_fwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k, const void *v,
-                               const float *slopes, const float *kv_in, void *o, float *kv_out);
+                               const float *slopes, const float *kv_in, void *o, float *kv_out, float *saved);
 lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k, const void *v,
                                const float *slopes, const float *kv_in, const void *do_, const float *dkv_out,
-                               void *dq, void *dk, void *dv, float *dkv_in);
+                               void *dq, void *dk, void *dv, float *dkv_in, const float *saved);
+lasp_status lasp_attn_cuda_saved_bytes(lasp_ctx *ctx, const lasp_attn_desc *a, size_t *bytes);
 
 /* lasp_attn_fwd_host / _bwd_host for LASP_DEVICE_CUDA: upload host f32, convert to a->dtype, run, download. */
 lasp_status lasp_attn_fwd_host_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const float *q, const float *k,
