@@ -250,7 +250,7 @@ static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
 }
 
 /* The op in halves (attn_cuda_sp.h), in the SP schedule's order, equals the op in one call: forward
- * local → finish with kv_in, backward local (g) → dq in its own workspace → finish with dkv_out; the
+ * local → finish with kv_in, backward local (g) → dq from the forward's segment states → finish with dkv_out; the
  * states the schedule forms, KV_out = λ^T kv_in + m and dKV_in = λ^T dkv_out + g, equal the op's. One GPU
  * exercises here what the multi-GPU schedule relies on: the arrived state added by the output kernels.
  * The backward from the forward's saved states (dq without its own state pass) must equal it too. */
@@ -271,15 +271,16 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     CHECK(lasp_attn_fwd(ctx, &a, gq, gk, gv, gsl, gkv, o1, kvo) == LASP_OK, "%s", lasp_ctx_error(ctx));
     CHECK(lasp_attn_bwd(ctx, &a, gq, gk, gv, gsl, gkv, gdo, gdkv, dq1, dk1, dv1, dkvi) == LASP_OK, "%s",
           lasp_ctx_error(ctx));
-    CHECK(lasp_attn_fwd_cuda_local(ctx, &a, gq, gk, gv, gsl, m) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    CHECK(lasp_attn_fwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gkv, o2) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    size_t sb = 0;
+    CHECK(lasp_attn_saved_bytes(ctx, &a, &sb) == LASP_OK && sb > 0, "saved bytes: %s", lasp_ctx_error(ctx));
+    float *seg = (float *)poisoned(sb / sizeof(float), LASP_F32);
+    CHECK(lasp_attn_fwd_cuda_local(ctx, &a, gq, gk, gv, gsl, m, seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_fwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gkv, o2, seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
     CHECK(lasp_attn_bwd_cuda_local(ctx, &a, gq, gk, gv, gsl, gdo, g) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    CHECK(lasp_attn_bwd_cuda_dq(ctx, &a, gk, gv, gsl, gkv, gdo, dq2) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd_cuda_dq(ctx, &a, gk, gv, gsl, gkv, gdo, dq2, seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
     CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gdo, gdkv, dk2, dv2) == LASP_OK, "%s",
           lasp_ctx_error(ctx));
     /* the backward from the forward's saved states (lasp_attn_fwd_saving / lasp_attn_bwd_saved) */
-    size_t sb = 0;
-    CHECK(lasp_attn_saved_bytes(ctx, &a, &sb) == LASP_OK && sb > 0, "saved bytes: %s", lasp_ctx_error(ctx));
     float *saved = (float *)poisoned(sb / sizeof(float), LASP_F32), *dkvi3 = (float *)poisoned(ns, LASP_F32);
     void *o3 = poisoned(nv, t), *dq3 = poisoned(nq, t), *dk3 = poisoned(nq, t), *dv3 = poisoned(nv, t);
     CHECK(lasp_attn_fwd_saving(ctx, &a, gq, gk, gv, gsl, gkv, o3, NULL, saved) == LASP_OK, "%s", lasp_ctx_error(ctx));
@@ -295,7 +296,7 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     expect_same("dk (saved states)", dk1, dk3, nq, t, t);
     expect_same("dv (saved states)", dv1, dv3, nv, t, t);
     expect_same("dkv_in (saved states)", dkvi, dkvi3, ns, LASP_F32, t);
-    void *dev3[] = {saved, dkvi3, o3, dq3, dk3, dv3};
+    void *dev3[] = {saved, seg, dkvi3, o3, dq3, dk3, dv3};
     for (size_t i = 0; i < sizeof dev3 / sizeof dev3[0]; i++) cudaFree(dev3[i]);
     /* the states the schedule forms from m and g */
     float *hm = from_dev(m, ns, LASP_F32), *hg = from_dev(g, ns, LASP_F32), *hkvo = from_dev(kvo, ns, LASP_F32),

@@ -85,6 +85,15 @@ static double time_layer(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, la
     lasp_sp_cache cache = {0};
     double *t = malloc((size_t)reps * sizeof *t);
     lasp_err err = {0};
+    /* the one-GPU op at its best, as the SP schedule runs: the backward from the forward's saved states */
+    float *saved = NULL;
+    size_t sb = 0;
+    int bad = !sp && (lasp_attn_saved_bytes(ctx, a, &sb) != LASP_OK || cudaMalloc((void **)&saved, sb) != cudaSuccess);
+    MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD); /* no rank left waiting */
+    if (bad) {
+        fprintf(stderr, "error: no room for the one-GPU op's saved states (%zu bytes)\n", sb);
+        *failed = 1, reps = 0, warm = 0;
+    }
     for (int it = -warm; it < reps; it++) {
         MPI_Barrier(MPI_COMM_WORLD);
         const double t0 = tool_now_ms();
@@ -97,9 +106,10 @@ static double time_layer(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, la
                                      first ? L->dkv : NULL);
             if (s == LASP_OK) s = lasp_comm_sync(sp->sp, &err);
         } else {
-            s = lasp_attn_fwd(ctx, a, L->q, L->k, L->v, L->slopes, NULL, L->o, L->kv);
-            if (s == LASP_OK) s = lasp_attn_bwd(ctx, a, L->q, L->k, L->v, L->slopes, NULL, L->dO, NULL, L->dq, L->dk,
-                                                L->dv, L->dkv);
+            s = lasp_attn_fwd_saving(ctx, a, L->q, L->k, L->v, L->slopes, NULL, L->o, L->kv, saved);
+            if (s == LASP_OK)
+                s = lasp_attn_bwd_saved(ctx, a, L->q, L->k, L->v, L->slopes, NULL, L->dO, NULL, L->dq, L->dk, L->dv,
+                                        L->dkv, saved);
         }
         if (s == LASP_OK && cudaStreamSynchronize((cudaStream_t)stream) != cudaSuccess) s = LASP_ERR_CUDA;
         if (s != LASP_OK) {
@@ -112,6 +122,7 @@ static double time_layer(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, la
         if (it >= 0) t[it] = worst;
     }
     lasp_sp_cache_free(&cache);
+    cudaFree(saved);
     double med = 0;
     if (!*failed) {
         med = tool_median(t, reps);

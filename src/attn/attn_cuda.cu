@@ -25,10 +25,9 @@ typedef struct cuda_state {
     int device, n_sm, max_smem;
     int wgmma; /* the sm_90a kernels run here (attn_cuda_wgmma.h) */
     cudaStream_t stream;
-    /* segment-state workspaces: [0] for every op; [1] for the SP backward's dq, which runs between the
-     * dv op's halves while [0] holds the dv op's states (attn_cuda_sp.h) */
-    float *ws[2];
-    size_t ws_bytes[2];
+    /* the segment-state workspace of every op but those given a buffer (the forward's saved states) */
+    float *ws;
+    size_t ws_bytes;
 } cuda_state;
 
 extern "C" int lasp_cuda_is_device_ptr(const void *p) {
@@ -47,8 +46,7 @@ extern "C" void lasp_attn_cuda_ctx_free(void *p) {
     int cur = -1;
     cudaGetDevice(&cur);
     cudaSetDevice(cs->device);
-    for (int i = 0; i < 2; i++)
-        if (cs->ws[i]) cudaFree(cs->ws[i]);
+    if (cs->ws) cudaFree(cs->ws);
     if (cs->stream) cudaStreamDestroy(cs->stream);
     if (cur >= 0) cudaSetDevice(cur);
     free(cs);
@@ -114,18 +112,18 @@ static lasp_status get_state(lasp_ctx *ctx, cuda_state **out) {
     return LASP_OK;
 }
 
-static lasp_status reserve_ws(lasp_ctx *ctx, cuda_state *cs, int i, size_t bytes) {
-    if (bytes <= cs->ws_bytes[i]) return LASP_OK;
-    if (cs->ws[i]) {
+static lasp_status reserve_ws(lasp_ctx *ctx, cuda_state *cs, size_t bytes) {
+    if (bytes <= cs->ws_bytes) return LASP_OK;
+    if (cs->ws) {
         CU_TRY(ctx, cudaStreamSynchronize(cs->stream), "waiting for the stream before growing the workspace");
-        cudaFree(cs->ws[i]);
-        cs->ws[i] = NULL, cs->ws_bytes[i] = 0;
+        cudaFree(cs->ws);
+        cs->ws = NULL, cs->ws_bytes = 0;
     }
-    cudaError_t e = cudaMalloc((void **)&cs->ws[i], bytes);
+    cudaError_t e = cudaMalloc((void **)&cs->ws, bytes);
     if (e != cudaSuccess)
         return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "cudaMalloc of %zu bytes of state workspace: %s", bytes,
                          cudaGetErrorString(e));
-    cs->ws_bytes[i] = bytes;
+    cs->ws_bytes = bytes;
     return LASP_OK;
 }
 
@@ -198,12 +196,11 @@ static void plan_dir(const cuda_state *cs, const lasp_attn_desc *a, lasp_cu::Dir
     P.ns = (int)((a->T + P.seg - 1) / P.seg);
 }
 
-static lasp_status run_dir_in(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P,
-                              int wsi) {
+static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
     plan_dir(cs, a, P);
     if (!P.ws) { /* else the caller's buffer (the forward's saved states) */
-        if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, wsi, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
-        P.ws = cs->ws[wsi];
+        if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
+        P.ws = cs->ws;
     }
     /* LASP_CUDA_WGMMA=0 runs the mma.sync output pass where the wgmma one would run (to compare them) */
     const char *env = getenv("LASP_CUDA_WGMMA");
@@ -220,10 +217,6 @@ static lasp_status run_dir_in(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_des
     }
     if (e != cudaSuccess) return cuda_fail(ctx, e, "launching the attention kernels");
     return LASP_OK;
-}
-
-static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
-    return run_dir_in(ctx, cs, a, P, 0);
 }
 
 static int misaligned(const void *p) { return ((uintptr_t)p & 15) != 0; }
@@ -300,6 +293,18 @@ extern "C" lasp_status lasp_attn_cuda_saved_bytes(lasp_ctx *ctx, const lasp_attn
     return LASP_OK;
 }
 
+/* dq from the forward's segment states `saved` (Σ kᵀv; dq's are their transposes, Σ vᵀk), split as the
+ * forward split them: its output kernel only */
+static lasp_cu::DirParams dir_dq_saved(const cuda_state *cs, const lasp_attn_desc *a, const void *k, const void *v,
+                                       const void *do_, const float *slopes, const float *kv_in,
+                                       const float *saved) {
+    lasp_cu::DirParams F = dir_fwd(a, NULL, k, v, slopes, kv_in);
+    plan_dir(cs, a, F);
+    lasp_cu::DirParams P = dir_dq(a, k, v, do_, slopes, kv_in);
+    P.ws = const_cast<float *>(saved), P.seg = F.seg, P.out_only = 1, P.ws_trans = 1;
+    return P;
+}
+
 extern "C" lasp_status lasp_attn_fwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
                                           const void *v, const float *slopes, const float *kv_in, void *o,
                                           float *kv_out, float *saved) {
@@ -320,14 +325,10 @@ extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
     const char *names[] = {"q", "k", "v", "slopes", "do", "dq", "dk", "dv"};
     cuda_state *cs = NULL;
     LASP_TRY(enter(ctx, a, t, names, 8, &cs));
-    lasp_cu::DirParams P = dir_dq(a, k, v, do_, slopes, kv_in);
+    /* the forward's states already hold kv_in */
+    lasp_cu::DirParams P = saved ? dir_dq_saved(cs, a, k, v, do_, slopes, kv_in, saved)
+                                 : dir_dq(a, k, v, do_, slopes, kv_in);
     P.out = dq;
-    if (saved) {
-        /* dq's segment states are the transposes of the forward's (Σ vᵀk vs Σ kᵀv), split as it split them */
-        lasp_cu::DirParams F = dir_fwd(a, q, k, v, slopes, kv_in);
-        plan_dir(cs, a, F);
-        P.ws = const_cast<float *>(saved), P.seg = F.seg, P.out_only = 1, P.ws_trans = 1;
-    }
     LASP_TRY(run_dir(ctx, cs, a, P));
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
     V.out = dv, V.s_end = dkv_in;
@@ -356,25 +357,25 @@ static lasp_status finish_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_des
 }
 
 extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
-                                                const void *v, const float *slopes, float *m) {
-    const void *t[] = {q, k, v, slopes, m};
-    const char *names[] = {"q", "k", "v", "slopes", "m"};
+                                                const void *v, const float *slopes, float *m, float *seg) {
+    const void *t[] = {q, k, v, slopes, m, seg};
+    const char *names[] = {"q", "k", "v", "slopes", "m", "seg"};
     cuda_state *cs = NULL;
-    LASP_TRY(enter(ctx, a, t, names, 5, &cs));
+    LASP_TRY(enter(ctx, a, t, names, 6, &cs));
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, NULL);
-    P.s_end = m, P.states_only = 1;
+    P.s_end = m, P.states_only = 1, P.ws = seg;
     return run_dir(ctx, cs, a, P);
 }
 
 extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,
                                                  const void *k, const void *v, const float *slopes,
-                                                 const float *kv_in, void *o) {
-    const void *t[] = {q, k, v, slopes, o};
-    const char *names[] = {"q", "k", "v", "slopes", "o"};
+                                                 const float *kv_in, void *o, const float *seg) {
+    const void *t[] = {q, k, v, slopes, o, seg};
+    const char *names[] = {"q", "k", "v", "slopes", "o", "seg"};
     cuda_state *cs = NULL;
-    LASP_TRY(enter(ctx, a, t, names, 5, &cs));
+    LASP_TRY(enter(ctx, a, t, names, 6, &cs));
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, kv_in);
-    P.out = o;
+    P.out = o, P.ws = const_cast<float *>(seg);
     return finish_dir(ctx, cs, a, P);
 }
 
@@ -391,15 +392,16 @@ extern "C" lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
 }
 
 extern "C" lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, const void *k, const void *v,
-                                             const float *slopes, const float *kv_in, const void *do_, void *dq) {
-    const void *t[] = {k, v, slopes, do_, dq};
-    const char *names[] = {"k", "v", "slopes", "do", "dq"};
+                                             const float *slopes, const float *kv_in, const void *do_, void *dq,
+                                             const float *seg) {
+    const void *t[] = {k, v, slopes, do_, dq, seg};
+    const char *names[] = {"k", "v", "slopes", "do", "dq", "seg"};
     cuda_state *cs = NULL;
-    LASP_TRY(enter(ctx, a, t, names, 5, &cs));
-    /* in the second workspace: the first holds the dv op's states between the halves */
-    lasp_cu::DirParams P = dir_dq(a, k, v, do_, slopes, kv_in);
+    LASP_TRY(enter(ctx, a, t, names, 6, &cs));
+    /* the forward's local segment states (from a zero state): kv_in added as the forward's finish added it */
+    lasp_cu::DirParams P = dir_dq_saved(cs, a, k, v, do_, slopes, kv_in, seg);
     P.out = dq;
-    return run_dir_in(ctx, cs, a, P, 1);
+    return finish_dir(ctx, cs, a, P);
 }
 
 extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,

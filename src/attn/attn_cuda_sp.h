@@ -1,18 +1,19 @@
 /* attn_cuda_sp.h — the CUDA op in halves, for the sequence-parallel schedule of MATH.md §3: the
  * local half needs nothing from other ranks, the finishing half takes the state that arrived.
  *
- *   forward   local:  segment states of the piece, scanned from a zero state → m (the piece's own state)
- *             finish: kv_in folded into the segment states, then the outputs (intra + inter) → o
+ *   forward   local:  segment states of the piece, scanned from a zero state, into `seg` (the caller's
+ *                     buffer of lasp_attn_cuda_saved_bytes) → m (the piece's own state)
+ *             finish: the outputs (intra + inter), adding kv_in to the segment states in `seg` → o
  *   backward  local:  the reverse segment states of the piece from a zero gradient → g (the piece's own
  *                     dKV_in contribution), first, so that g travels while dq is computed
- *             dq:     complete on its own (it needs only the cached kv_in), in a second workspace
+ *             dq:     complete on its own from the forward's `seg` and the cached kv_in (no state pass)
  *             finish: dkv_out folded in, then dv and dk
  *
  * So the SP critical path holds only KV_out = γ KV_in + m (a d×e axpy) and the message; no input is
- * read twice beyond what the one-device op reads. Between the halves of one pass the context's
- * workspace holds the piece's segment states: run nothing else on this context in between (but the
- * backward's dq, which uses a workspace of its own). All
- * pointers are device memory; work is enqueued on the context's stream (lasp_attn_cuda_stream). */
+ * read twice beyond what the one-device op reads. Between the backward's halves the context's
+ * workspace holds the piece's reverse segment states: run nothing else on this context in between but
+ * dq. `seg` must stay untouched from the forward's local half to the backward's dq. All pointers are
+ * device memory; work is enqueued on the context's stream (lasp_attn_cuda_stream). */
 #ifndef LASP_ATTN_CUDA_SP_H
 #define LASP_ATTN_CUDA_SP_H
 
@@ -26,13 +27,15 @@ extern "C" {
 lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream);
 
 lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
-                                     const void *v, const float *slopes, float *m);
+                                     const void *v, const float *slopes, float *m, float *seg);
 lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
-                                      const void *v, const float *slopes, const float *kv_in, void *o);
+                                      const void *v, const float *slopes, const float *kv_in, void *o,
+                                      const float *seg);
 lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
                                      const void *v, const float *slopes, const void *do_, float *g);
 lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, const void *k, const void *v,
-                                  const float *slopes, const float *kv_in, const void *do_, void *dq);
+                                  const float *slopes, const float *kv_in, const void *do_, void *dq,
+                                  const float *seg);
 lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
                                       const void *v, const float *slopes, const void *do_, const float *dkv_out,
                                       void *dk, void *dv);

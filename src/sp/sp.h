@@ -38,6 +38,8 @@ typedef struct lasp_sp_cache {
     size_t n;         /* elements allocated */
     float *work;      /* scratch: local states and receive buffers ((sp + 1) states for LASP-2) */
     size_t work_n;    /* elements allocated */
+    float *seg;       /* GPU: the forward's segment states of the piece, for the backward's dq */
+    size_t seg_n;     /* elements allocated */
     int on_device;    /* the buffers are GPU memory (the SP communicators are NCCL) */
     void *gpu;        /* the GPU schedule's CUDA events */
 } lasp_sp_cache;

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "attn/attn.h"
+#include "attn/attn_cuda.h"
 #include "attn/attn_cuda_sp.h"
 #include "sp/sp_cuda.h"
 
@@ -89,6 +90,7 @@ static lasp_status horner(lasp_ctx *ctx, cudaStream_t st, const lasp_attn_desc *
 extern "C" void lasp_sp_cache_free_cuda(lasp_sp_cache *c) {
     if (c->kv_in) cudaFree(c->kv_in);
     if (c->work) cudaFree(c->work);
+    if (c->seg) cudaFree(c->seg);
     gpu_events *ev = (gpu_events *)c->gpu;
     if (ev) {
         cudaEventDestroy(ev->local_done);
@@ -132,14 +134,17 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
     s->ns = (size_t)(a->B * a->H * a->d * a->e);
     s->r = sp->sp_rank, s->W = sp->sp_size;
     const size_t work = (sp->mode == LASP_SP_LASP2 ? (size_t)s->W + 1 : 2) * s->ns;
+    size_t seg_bytes = 0;
+    LASP_TRY(lasp_attn_cuda_saved_bytes(ctx, a, &seg_bytes));
     if (for_bwd) {
-        if (!cache->gpu || cache->n < s->ns || cache->work_n < work)
+        if (!cache->gpu || cache->n < s->ns || cache->work_n < work || cache->seg_n * sizeof(float) < seg_bytes)
             return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: the cache does not hold a forward of this shape "
                              "(hint: run the forward with the same desc and mode first)");
     } else {
         cache->on_device = 1;
         LASP_TRY(grow(ctx, &cache->kv_in, &cache->n, s->ns));
         LASP_TRY(grow(ctx, &cache->work, &cache->work_n, work));
+        LASP_TRY(grow(ctx, &cache->seg, &cache->seg_n, seg_bytes / sizeof(float)));
         if (!cache->gpu) {
             gpu_events *ev = (gpu_events *)calloc(1, sizeof *ev);
             if (!ev) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "SP on the GPU: no memory for events");
@@ -233,7 +238,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     lasp_comm_req *rx = NULL, *tx = NULL;
 
     if (sp->mode == LASP_SP_CHAIN) {
-        LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, q, k, v, slopes, m));
+        LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, q, k, v, slopes, m, cache->seg));
         LASP_TRY(hand_to_comm(ctx, &s, 1));
         if (r > 0) LASP_TRY(lasp_comm_irecv(sp->sp, KV, s.ns, r - 1, LASP_F32, &rx, err)); /* starts after S's event: after_send */
         if (r > 0) LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
@@ -251,7 +256,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     } else {
         /* LASP-2: rank 0 folds the sequence's kv_in into its contribution (MATH.md §4) */
         float *G = m + s.ns;
-        LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, q, k, v, slopes, m));
+        LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, q, k, v, slopes, m, cache->seg));
         LASP_TRY(hand_to_comm(ctx, &s, 1));
         if (r == 0 && kv_in) LASP_TRY(combine(ctx, s.C, a, slopes, kv_in, m, m));
         LASP_TRY(lasp_comm_allgather(sp->sp, m, G, s.ns, LASP_F32, err));
@@ -261,7 +266,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         LASP_TRY(hand_to_compute(ctx, &s, 1));
         LASP_TRY(mark_sent(ctx, &s));
     }
-    LASP_TRY(lasp_attn_fwd_cuda_finish(ctx, a, q, k, v, slopes, (r > 0 || kv_in) ? KV : NULL, o));
+    LASP_TRY(lasp_attn_fwd_cuda_finish(ctx, a, q, k, v, slopes, (r > 0 || kv_in) ? KV : NULL, o, cache->seg));
     trace(&s, 3, s.S);
     return LASP_OK;
 }
@@ -282,7 +287,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         lasp_comm_req *rx = NULL, *tx = NULL;
         LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, do_, g));
         LASP_TRY(hand_to_comm(ctx, &s, 0));
-        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, k, v, slopes, cache->kv_in, do_, dq)); /* while g travels */
+        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, k, v, slopes, cache->kv_in, do_, dq, cache->seg)); /* while g travels */
         if (r < W - 1) LASP_TRY(lasp_comm_irecv(sp->sp, dKV, s.ns, r + 1, LASP_F32, &rx, err));
         if (r < W - 1) {
             LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
@@ -302,7 +307,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         float *G = cache->work + s.ns;
         LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, do_, g));
         LASP_TRY(hand_to_comm(ctx, &s, 0));
-        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, k, v, slopes, cache->kv_in, do_, dq)); /* while G gathers */
+        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, k, v, slopes, cache->kv_in, do_, dq, cache->seg)); /* while G gathers */
         if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, slopes, dkv_out, g, g));
         LASP_TRY(lasp_comm_allgather(sp->sp, g, G, s.ns, LASP_F32, err));
         if (r == 0 && dkv_in) LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
