@@ -250,7 +250,8 @@ static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
 }
 
 /* The op in halves (attn_cuda_sp.h), in the SP schedule's order, equals the op in one call: forward
- * local → finish with kv_in, backward local (g) → dq from the forward's segment states → finish with dkv_out; the
+ * local → finish with kv_in, backward local (g) → dq from the forward's segment states → finish with dkv_out
+ * (added by the output kernels, or folded into the states first); the
  * states the schedule forms, KV_out = λ^T kv_in + m and dKV_in = λ^T dkv_out + g, equal the op's. One GPU
  * exercises here what the multi-GPU schedule relies on: the arrived state added by the output kernels.
  * The backward from the forward's saved states (dq without its own state pass) must equal it too. */
@@ -280,6 +281,12 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     CHECK(lasp_attn_bwd_cuda_dq(ctx, &a, gk, gv, gsl, gkv, gdo, dq2, seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
     CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gdo, gdkv, dk2, dv2) == LASP_OK, "%s",
           lasp_ctx_error(ctx));
+    /* the same finish with dkv_out folded into the states first (what the SP schedule does) */
+    void *dk4 = poisoned(nq, t), *dv4 = poisoned(nv, t), *st = NULL;
+    CHECK(lasp_attn_cuda_stream(ctx, &st) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd_cuda_fold(ctx, &a, gq, gk, gdo, gsl, gdkv, st) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gdo, NULL, dk4, dv4) == LASP_OK, "%s",
+          lasp_ctx_error(ctx));
     /* the backward from the forward's saved states (lasp_attn_fwd_saving / lasp_attn_bwd_saved) */
     float *saved = (float *)poisoned(sb / sizeof(float), LASP_F32), *dkvi3 = (float *)poisoned(ns, LASP_F32);
     void *o3 = poisoned(nv, t), *dq3 = poisoned(nq, t), *dk3 = poisoned(nq, t), *dv3 = poisoned(nv, t);
@@ -291,12 +298,14 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     expect_same("dq", dq1, dq2, nq, t, t);
     expect_same("dk", dk1, dk2, nq, t, t);
     expect_same("dv", dv1, dv2, nv, t, t);
+    expect_same("dk (folded dkv_out)", dk1, dk4, nq, t, t);
+    expect_same("dv (folded dkv_out)", dv1, dv4, nv, t, t);
     expect_same("o (saving)", o1, o3, nv, t, t);
     expect_same("dq (saved states)", dq1, dq3, nq, t, t);
     expect_same("dk (saved states)", dk1, dk3, nq, t, t);
     expect_same("dv (saved states)", dv1, dv3, nv, t, t);
     expect_same("dkv_in (saved states)", dkvi, dkvi3, ns, LASP_F32, t);
-    void *dev3[] = {saved, seg, dkvi3, o3, dq3, dk3, dv3};
+    void *dev3[] = {saved, seg, dkvi3, o3, dq3, dk3, dv3, dk4, dv4};
     for (size_t i = 0; i < sizeof dev3 / sizeof dev3[0]; i++) cudaFree(dev3[i]);
     /* the states the schedule forms from m and g */
     float *hm = from_dev(m, ns, LASP_F32), *hg = from_dev(g, ns, LASP_F32), *hkvo = from_dev(kvo, ns, LASP_F32),

@@ -163,6 +163,18 @@ __global__ void k_scan(DirParams P) {
     if (P.s_end) P.s_end[(size_t)bh * n + idx] = H;
 }
 
+/* ws[bh][k] += λ^(σ + k·seg) S[bh] for every segment k: a state that arrived, folded into the segment
+ * states the scan left (what a scan from S would have given), so that the output kernels need no s_add */
+__global__ void k_fold(DirParams P, const float *S) {
+    const int64_t n = (int64_t)P.dx * P.ezt;
+    const int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    const int bh = blockIdx.y;
+    if (idx >= n) return;
+    const float s = P.slopes[bh % P.H], v = S[(size_t)bh * n + idx];
+    float *w = P.ws + (size_t)bh * P.ns * n + idx;
+    for (int k = 0; k < P.ns; k++) w[(size_t)k * n] += s_add_decay(P, k, s) * v;
+}
+
 cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st) {
     const int64_t n = (int64_t)P.dx * P.ezt;
     const dim3 grid((unsigned)((n + 255) / 256), (unsigned)P.BH);
@@ -402,6 +414,23 @@ extern "C" lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc
     lasp_cu::DirParams P = dir_dq_saved(cs, a, k, v, do_, slopes, kv_in, seg);
     P.out = dq;
     return finish_dir(ctx, cs, a, P);
+}
+
+extern "C" lasp_status lasp_attn_bwd_cuda_fold(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,
+                                               const void *k, const void *do_, const float *slopes,
+                                               const float *dkv_out, void *stream) {
+    const void *t[] = {q, k, do_, slopes, dkv_out};
+    const char *names[] = {"q", "k", "do", "slopes", "dkv_out"};
+    cuda_state *cs = NULL;
+    LASP_TRY(enter(ctx, a, t, names, 5, &cs));
+    lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
+    plan_dir(cs, a, V);
+    V.ws = cs->ws;
+    const int64_t n = (int64_t)V.dx * V.ezt;
+    lasp_cu::k_fold<<<dim3((unsigned)((n + 255) / 256), (unsigned)V.BH), 256, 0, (cudaStream_t)stream>>>(V, dkv_out);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return cuda_fail(ctx, e, "launching the state fold");
+    return LASP_OK;
 }
 
 extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,

@@ -7,7 +7,9 @@
  *   backward  local:  the reverse segment states of the piece from a zero gradient → g (the piece's own
  *                     dKV_in contribution), first, so that g travels while dq is computed
  *             dq:     complete on its own from the forward's `seg` and the cached kv_in (no state pass)
- *             finish: dkv_out folded in, then dv and dk
+ *             fold:   dkv_out added to the reverse segment states (on any stream, e.g. the
+ *                     communicator's, while dq runs), so that the finishing half adds nothing
+ *             finish: dv and dk, adding dkv_out (if not folded in already) as they read the states
  *
  * So the SP critical path holds only KV_out = γ KV_in + m (a d×e axpy) and the message; no input is
  * read twice beyond what the one-device op reads. Between the backward's halves the context's
@@ -36,6 +38,8 @@ lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, con
 lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, const void *k, const void *v,
                                   const float *slopes, const float *kv_in, const void *do_, void *dq,
                                   const float *seg);
+lasp_status lasp_attn_bwd_cuda_fold(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+                                    const void *do_, const float *slopes, const float *dkv_out, void *stream);
 lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
                                       const void *v, const float *slopes, const void *do_, const float *dkv_out,
                                       void *dk, void *dv);

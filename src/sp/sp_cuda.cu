@@ -204,9 +204,11 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
  * that fills every SM waited for SMs to free. So a receive is enqueued after the local half's event (its
  * kernel starts when the local half is done, the time the sender's state is due), and a rank that sent
  * starts its finishing half once the send is done (LASP_SP_WAIT_SEND=0: without that wait, to compare). */
-static lasp_status after_send(lasp_ctx *ctx, const sched *s, int sent) {
+static lasp_status after_send(lasp_ctx *ctx, const sched *s, int sent, int fwd) {
+    /* LASP_SP_WAIT_SEND: 1 (default) both passes, f the forward only, 0 never (to compare) */
     const char *w = getenv("LASP_SP_WAIT_SEND");
-    if (sent && !(w && w[0] == '0')) CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->sent, 0), "cudaStreamWaitEvent");
+    const int wait = !(w && (w[0] == '0' || (w[0] == 'f' && !fwd)));
+    if (sent && wait) CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->sent, 0), "cudaStreamWaitEvent");
     return LASP_OK;
 }
 
@@ -252,7 +254,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(copy_state(ctx, kv_out, m, s.ns, s.C));
         }
         LASP_TRY(mark_sent(ctx, &s));
-        LASP_TRY(after_send(ctx, &s, r < W - 1));
+        LASP_TRY(after_send(ctx, &s, r < W - 1, 1));
     } else {
         /* LASP-2: rank 0 folds the sequence's kv_in into its contribution (MATH.md §4) */
         float *G = m + s.ns;
@@ -293,7 +295,8 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
             in = dKV;
         }
-        LASP_TRY(hand_to_compute(ctx, &s, 0)); /* dKV_out is here: S may finish while C serves the next rank */
+        if (in) LASP_TRY(lasp_attn_bwd_cuda_fold(ctx, a, q, k, do_, slopes, in, s.C)); /* while dq runs */
+        LASP_TRY(hand_to_compute(ctx, &s, 0)); /* dKV_out is in: S may finish while C serves the next rank */
         if (in) LASP_TRY(combine(ctx, s.C, a, slopes, in, g, g)); /* dKV_in = γ dKV_out + g (else g) */
         if (r > 0) {
             LASP_TRY(lasp_comm_isend(sp->sp, g, s.ns, r - 1, LASP_F32, &tx, err));
@@ -302,7 +305,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(copy_state(ctx, dkv_in, g, s.ns, s.C));
         }
         LASP_TRY(mark_sent(ctx, &s));
-        LASP_TRY(after_send(ctx, &s, r > 0));
+        LASP_TRY(after_send(ctx, &s, r > 0, 0));
     } else {
         float *G = cache->work + s.ns;
         LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, do_, g));
@@ -315,10 +318,11 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, r, -1, g));  /* g is free: it takes dKV_out */
             in = g;
         }
+        if (in) LASP_TRY(lasp_attn_bwd_cuda_fold(ctx, a, q, k, do_, slopes, in, s.C)); /* while dq runs */
         LASP_TRY(hand_to_compute(ctx, &s, 0));
         LASP_TRY(mark_sent(ctx, &s));
     }
-    LASP_TRY(lasp_attn_bwd_cuda_finish(ctx, a, q, k, v, slopes, do_, in, dk, dv));
+    LASP_TRY(lasp_attn_bwd_cuda_finish(ctx, a, q, k, v, slopes, do_, NULL, dk, dv)); /* dKV_out folded in */
     trace(&s, 7, s.S);
     trace_print(&s);
     return LASP_OK;
