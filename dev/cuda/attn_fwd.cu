@@ -7,8 +7,11 @@
  *              S_t = λ S_{t−1} + k_tᵀ v_t, o_t = q_t S_t. Simple, exact, serial in T: slow.
  *   version 2  the library's kernels (src/attn/attn_cuda_kern.h: segment states, scan, chunked outputs
  *              on tensor cores, mma.sync m16n8k16), through lasp_attn_fwd with LASP_CUDA_WGMMA=0.
- *   version 3  the library as it runs by default: on Hopper the state and output passes on wgmma from
- *              swizzled shared memory (attn_cuda_wgmma.h); elsewhere the same as version 2.
+ *   version 3  on Hopper the state and output passes on wgmma from swizzled shared memory
+ *              (attn_cuda_wgmma.h), the output pass's two warpgroups in lock-step (LASP_CUDA_TMA=0);
+ *              elsewhere the same as version 2.
+ *   version 4  the library as it runs by default: on Hopper the output pass pipelined with mbarriers,
+ *              TMA loads and stores, two output warpgroups on alternate chunks (attn_cuda_tma.h).
  *
  * The check compares each version against the CPU chunked fp32 path (itself tested against fp64) on the
  * same bf16-rounded inputs; tolerance 1e-2. Times: median of 20 CUDA-event-timed runs after 3 warm-ups. */
@@ -99,10 +102,13 @@ int main(int argc, char **argv) {
     CU(cudaEventCreate(&e0));
     CU(cudaEventCreate(&e1));
     int wrong = 0;
-    for (int ver = 1; ver <= 3; ver++) {
+    for (int ver = 1; ver <= 4; ver++) {
         if (only && ver != only) continue;
-        if (ver == 2) setenv("LASP_CUDA_WGMMA", "0", 1); /* read on every call */
+        /* both read on every call */
+        if (ver == 2) setenv("LASP_CUDA_WGMMA", "0", 1);
         else unsetenv("LASP_CUDA_WGMMA");
+        if (ver == 3) setenv("LASP_CUDA_TMA", "0", 1);
+        else unsetenv("LASP_CUDA_TMA");
         float t[20];
         for (int it = -3; it < 20; it++) {
             CU(cudaMemset(dout, 0xff, n * 2));

@@ -9,8 +9,9 @@
  *        (rank 0 without a kv_in sends m as it is: nothing but the message on the critical path)
  *     S: after C's event: finishing half with KV_in → o     (outputs, KV_in added as the states are read)
  *   backward mirrored: the piece's g first, handed to C at once; S computes dq (it needs only the
- *     cached KV_in) while C receives dKV_out from r+1, forms dKV_in = γ dKV_out + g and sends it to
- *     r−1; then dk, dv with dKV_out. The message's latency hides behind dq.
+ *     forward's segment states, kept in the cache, and the cached KV_in) while C receives dKV_out from
+ *     r+1, folds it into the reverse segment states, forms dKV_in = γ dKV_out + g and sends it to r−1;
+ *     then dk, dv. The message's latency and the fold hide behind dq.
  *   LASP-2: the local states are all-gathered on C and combined by Horner, same halves around it.
  *
  * A rank that sent a state starts its finishing half once the send is done (after_send: NCCL's kernel
