@@ -40,24 +40,29 @@
  * k_out runs 8 warps: 4 compute the chunk's outputs from KV(c) while 4 move the fp32 state to KV(c+1).
  *
  * COST per token and head (D = DX = EZt, C = 64; forward = 1 op, backward = 3 ops, the dk op reusing the dv
- * op's segment states since they are their transposes: 4 output passes, 3 state passes in all)
+ * op's segment states since they are their transposes, and the dq op the forward's where the caller kept
+ * them (lasp_attn_fwd_saving / lasp_attn_bwd_saved): 4 output passes, 2 state passes in all, else 3)
  *   FLOPs: state pass 2·D²; output pass 2·D² (inter) + 2·D² (state) + ~2·(5/8)·2·C·D (causal scores and
  *          intra, 16-row granularity) — 119 kFLOP per op at D = 128, plus the scores again per extra z-slice.
  *   DRAM bytes (bf16): state pass reads y, z (4·D); output pass reads x, y, z and writes out (8·D); fwd 12·D
- *          against the ideal 8·D of MATH.md §7, fwd+bwd 44·D against 22·D (2×). Segment states add
+ *          against the ideal 8·D of MATH.md §7, fwd+bwd 40·D (44·D recomputing) against 22·D. Segment states add
  *          ~3·4·D²/seg (≤ 5% at seg ≥ 1024). z-slices re-read x and y from L2, not DRAM (the slices of a
  *          segment are adjacent in the grid): ncu at B1 H16 T32768 D128 shows k_state reading 268 MB
  *          (= y + z once) and k_out 436 MB (x, y, z + states), writing 122 MB.
- *   So the floor at D = 128 on an H200 (4.2 TB/s copy) is ~0.19 ms fwd, ~0.69 ms fwd+bwd for B1 H16 T32768.
+ *   So the floor at D = 128 on an H200 (4.2 TB/s copy) is ~0.19 ms fwd, ~0.64 ms fwd+bwd (0.69 recomputing)
+ *   for B1 H16 T32768.
  *
  * TWO IMPLEMENTATIONS OF KERNELS 1 AND 3
  * This file's k_state and k_out run mma.sync (sm_80+) for every dtype and head dim. On Hopper, bf16 with
  * DX ∈ {64, 128} and 64-column slices runs attn_cuda_wgmma.h instead (same grid, workspace and math;
  * wgmma from 128-byte-swizzled shared memory): k_out 311 → 245 µs, k_state 126 → 117 µs on an H100 at
- * B1 H16 T32768 D128 (bench/RESULTS.md). Whether the device runs the sm_90a code is probed once per
- * context (k_has_wgmma); LASP_CUDA_WGMMA=0 forces mma.sync. Both are tested on the GPU (scripts/gpu.sh
- * test, test-mma). Measured, the wgmma passes are bound by latency in their chunk loop (the H200 is
- * barely faster than the H100), not by bytes: pipelining across chunks is the next step.
+ * B1 H16 T32768 D128 (bench/RESULTS.md). There the output pass is k_out_tma (attn_cuda_tma.h): the same
+ * products, its roles decoupled by mbarriers, tiles in and outputs out by TMA: 256 → 225 µs on the H100,
+ * now bound by DRAM (76%) and the L2 (83% busy), not by latency. Whether the device runs the sm_90a code
+ * is probed once per context (k_has_wgmma); LASP_CUDA_WGMMA=0 forces mma.sync, LASP_CUDA_TMA=0 k_out_wg.
+ * All are tested on the GPU (scripts/gpu.sh test, test-mma). Tried and dropped: the state pass on TMA
+ * (one warpgroup, 4 stages, 2 CTAs an SM): fwd 0.387 → 0.400 ms on the H100, slower than k_state_wg's
+ * 4 CTAs an SM with cp.async one chunk ahead.
  */
 #ifndef LASP_ATTN_CUDA_KERN_H
 #define LASP_ATTN_CUDA_KERN_H
