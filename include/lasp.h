@@ -129,7 +129,8 @@ lasp_status lasp_attn_bwd(lasp_ctx *ctx, const lasp_attn_desc *a,
  * more pass over k and v and a scan). lasp_attn_saved_bytes gives the size of the buffer (device memory,
  * 4-byte aligned) for a problem; lasp_attn_fwd_saving fills it, lasp_attn_bwd_saved reads it and must get
  * the same q, k, v, slopes and kv_in as that forward. saved = NULL, or host tensors: the plain op.
- * The size is B·H·d·e·4 bytes times the number of segments the GPU splits T into (a few dozen). */
+ * The size is B·H·d·e·4 bytes times the number of segments the current GPU splits T into (a few dozen);
+ * a build without CUDA gives 0. */
 lasp_status lasp_attn_saved_bytes(lasp_ctx *ctx, const lasp_attn_desc *a, size_t *bytes);
 lasp_status lasp_attn_fwd_saving(lasp_ctx *ctx, const lasp_attn_desc *a,
                                  const void *q, const void *k, const void *v, const float *slopes,

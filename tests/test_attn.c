@@ -269,11 +269,41 @@ static void test_rejects(void) {
     prob_free(&p);
 }
 
+/* The saving forms (lasp_attn_fwd_saving / lasp_attn_bwd_saved) on host tensors are the plain op: the
+ * CPU path keeps nothing, and the buffer is neither read nor written. */
+static void test_saving_on_host(void) {
+    const float slopes[2] = {0.05f, 0.5f};
+    prob p = prob_make(1, 100, 2, 32, 64, slopes);
+    float *o[2], *kvo[2], *dq[2], *dk[2], *dv[2], *dkvi[2];
+    float canary[4] = {1.5f, 2.5f, 3.5f, 4.5f};
+    for (int i = 0; i < 2; i++) {
+        o[i] = malloc(p.nv * 4), kvo[i] = malloc(p.ns * 4), dq[i] = malloc(p.nq * 4), dk[i] = malloc(p.nq * 4);
+        dv[i] = malloc(p.nv * 4), dkvi[i] = malloc(p.ns * 4);
+    }
+    lasp_status s = lasp_attn_fwd(ctx, &p.a, p.q, p.k, p.v, p.slopes, p.kv, o[0], kvo[0]);
+    if (s == LASP_OK)
+        s = lasp_attn_bwd(ctx, &p.a, p.q, p.k, p.v, p.slopes, p.kv, p.dO, p.dkv, dq[0], dk[0], dv[0], dkvi[0]);
+    CHECK(s == LASP_OK, "plain: %s", lasp_ctx_error(ctx));
+    s = lasp_attn_fwd_saving(ctx, &p.a, p.q, p.k, p.v, p.slopes, p.kv, o[1], kvo[1], canary);
+    if (s == LASP_OK)
+        s = lasp_attn_bwd_saved(ctx, &p.a, p.q, p.k, p.v, p.slopes, p.kv, p.dO, p.dkv, dq[1], dk[1], dv[1], dkvi[1],
+                                canary);
+    CHECK(s == LASP_OK, "saving: %s", lasp_ctx_error(ctx));
+    CHECK(!memcmp(o[0], o[1], p.nv * 4) && !memcmp(kvo[0], kvo[1], p.ns * 4) && !memcmp(dq[0], dq[1], p.nq * 4) &&
+              !memcmp(dk[0], dk[1], p.nq * 4) && !memcmp(dv[0], dv[1], p.nv * 4) && !memcmp(dkvi[0], dkvi[1], p.ns * 4),
+          "the saving forms differ from the plain op on host tensors");
+    CHECK(canary[0] == 1.5f && canary[3] == 4.5f, "the saved-states buffer was written on the CPU");
+    for (int i = 0; i < 2; i++) free(o[i]), free(kvo[i]), free(dq[i]), free(dk[i]), free(dv[i]), free(dkvi[i]);
+    test_case("lasp_attn_fwd_saving / lasp_attn_bwd_saved on host tensors: the plain op, the buffer untouched");
+    prob_free(&p);
+}
+
 int main(void) {
     lasp_rng_seed(&rng, test_seed());
     lasp_ctx_params cp = lasp_ctx_default_params();
     if (lasp_ctx_create(&cp, &ctx) != LASP_OK) return 1;
     test_rejects();
+    test_saving_on_host();
     test_finite_differences();
     test_handover();
     test_matrix();
