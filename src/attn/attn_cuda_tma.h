@@ -177,17 +177,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
             bar_wait(full(st), (c / NS) & 1);
             bar_wait(kvfull(role), (c / 2) & 1);
             float sc[32], o[32];
-#pragma unroll
-            for (int i = 0; i < 32; i++) sc[i] = 0.f, o[i] = 0.f;
-            pin(sc), pin(o);
-            fence();
-#pragma unroll
-            for (int ks = 0; ks < DX / 16; ks++) mma_ss<0>(sc, desc_k(xt(st), ks), desc_k(yt(st), ks), ks > 0);
-#pragma unroll
-            for (int ks = 0; ks < DX / 16; ks++) mma_ss<1>(o, desc_k(xt(st), ks), desc_n(kvt(role), ks), ks > 0);
-            commit();
-            wait_all();
-            pin(sc), pin(o);
+            scores_inter<DX>(sc, o, xt(st), yt(st), kvt(role));
             bar_arrive(kvempty(role));
 #pragma unroll
             for (int j = 0; j < 8; j++) {
@@ -198,18 +188,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
                 sc[4 * j + 2] *= maskf(ib, col);
                 sc[4 * j + 3] *= maskf(ib, col + 1);
             }
-            uint32_t a[4][4];
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++)
-#pragma unroll
-                for (int q = 0; q < 4; q++) a[kk][q] = pack_bf16(sc[8 * kk + 2 * q], sc[8 * kk + 2 * q + 1]);
-            pin(o);
-            fence();
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++) mma_rs(o, a[kk], desc_n(zt(st), kk));
-            commit();
-            wait_all();
-            pin(o);
+            intra(o, sc, zt(st));
             bar_arrive(empty(st));
             /* the stage's next chunk (same parity: NS is even), once the state warpgroup is done with it too */
             if ((threadIdx.x & 127) == 0 && c + NS < nch) {
@@ -256,64 +235,19 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
         /* the state warpgroup: the fp32 state in registers, rows 64·hf + 16·sw + lane/4 (+8) of half hf */
         const int sw = warp & 3;
         float kv[DX / 64][32];
-        {
-            /* this thread's element q of column group j of half hf of a DX × ezt state, in accumulator order */
-            auto state_el = [&](const float *m, bool trans, int hf, int j, int q) {
-                const int r = hf * 64 + sw * 16 + (lane >> 2) + (q >> 1) * 8;
-                const int c = slice * EZ + j * 8 + 2 * (lane & 3) + (q & 1);
-                return state_at(m, trans, DX, P.ezt, r, c);
-            };
-            const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt;
-#pragma unroll
-            for (int hf = 0; hf < DX / 64; hf++)
-#pragma unroll
-                for (int i = 0; i < 32; i++) kv[hf][i] = state_el(src, P.ws_trans, hf, i / 4, i % 4);
-            /* the state that arrived (the SP schedule), decayed to this segment, added in groups of 16
-             * loads issued together (the registers the 64-element halves of k_out_wg would spill here) */
-            if (P.s_add) {
-                const float f = s_add_decay(P, seg, s);
-                const float *m = s_add_of(P, bh);
-#pragma unroll
-                for (int hf = 0; hf < DX / 64; hf++)
-#pragma unroll
-                    for (int g = 0; g < 2; g++) {
-                        float add[16];
-#pragma unroll
-                        for (int i = 0; i < 16; i++) add[i] = state_el(m, P.s_add_trans, hf, g * 4 + i / 4, i % 4);
-#pragma unroll
-                        for (int i = 0; i < 16; i++) kv[hf][16 * g + i] += f * add[i];
-                    }
-            }
-        }
+        load_state<DX>(kv, P, bh, seg, slice, s, sw, lane);
         for (int c = 0; c < nch; c++) {
             const int k = c & 1, st = c % NS;
             /* KV(c) as bf16 into slot k, once its last reader (chunk c − 2) is done with it */
             if (c >= 2) bar_wait(kvempty(k), ((c / 2) - 1) & 1);
-            unsigned char *kvp = smem + S::KVOFF + k * S::KV;
-#pragma unroll
-            for (int hf = 0; hf < DX / 64; hf++)
-#pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    const int r = hf * 64 + sw * 16 + (lane >> 2), cc = j * 8 + 2 * (lane & 3);
-                    *reinterpret_cast<uint32_t *>(kvp + swz(DX, r, cc)) = pack_bf16(kv[hf][4 * j], kv[hf][4 * j + 1]);
-                    *reinterpret_cast<uint32_t *>(kvp + swz(DX, r + 8, cc)) =
-                        pack_bf16(kv[hf][4 * j + 2], kv[hf][4 * j + 3]);
-                }
+            store_kv<DX>(smem + S::KVOFF + k * S::KV, kv, sw, lane);
             fence_async_smem(); /* the stores, visible to the output warpgroup's wgmma (the async proxy) */
             bar_arrive(kvfull(k));
             if (c + 1 < nch) {
                 /* KV(c+1) = λ^C KV(c) + (diag(λ^{C−j}) Y)ᵀ Z, Yᵀ scaled in registers */
                 bar_wait(full(st), (c / NS) & 1);
-#pragma unroll
-                for (int hf = 0; hf < DX / 64; hf++)
-#pragma unroll
-                    for (int i = 0; i < 32; i++) kv[hf][i] *= gammaC;
-#pragma unroll
-                for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
-                state_update<DX>(kv, yt(st), zt(st), [&](int r) { return wt[rev ? CH - 1 - r : r]; }, sw, lane);
-                wait_all();
-#pragma unroll
-                for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
+                advance_state<DX>(kv, gammaC, yt(st), zt(st), [&](int r) { return wt[rev ? CH - 1 - r : r]; }, sw,
+                                  lane);
             }
             bar_arrive(empty(st));
         }

@@ -184,6 +184,103 @@ __device__ __forceinline__ void state_update(float (&kv)[DX / 64][32], uint32_t 
     commit();
 }
 
+/* KV ← λ^C KV + (diag(w) Y)ᵀ Z over one chunk, by the state warpgroup (state_update with the decay) */
+template <int DX, typename W>
+__device__ __forceinline__ void advance_state(float (&kv)[DX / 64][32], float gammaC, uint32_t ys, uint32_t zs, W w,
+                                              int sw, int lane) {
+#pragma unroll
+    for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+        for (int i = 0; i < 32; i++) kv[hf][i] *= gammaC;
+#pragma unroll
+    for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
+    state_update<DX>(kv, ys, zs, w, sw, lane);
+    wait_all();
+#pragma unroll
+    for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
+}
+
+/* KV as bf16 into the swizzled tile at kvp (DX rows of 64: the N-major B operand of X·KV), by the state
+ * warpgroup (warp sw of it) */
+template <int DX>
+__device__ __forceinline__ void store_kv(unsigned char *kvp, const float (&kv)[DX / 64][32], int sw, int lane) {
+#pragma unroll
+    for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int r = hf * 64 + sw * 16 + (lane >> 2), c = j * 8 + 2 * (lane & 3);
+            *reinterpret_cast<uint32_t *>(kvp + swz(DX, r, c)) = pack_bf16(kv[hf][4 * j], kv[hf][4 * j + 1]);
+            *reinterpret_cast<uint32_t *>(kvp + swz(DX, r + 8, c)) = pack_bf16(kv[hf][4 * j + 2], kv[hf][4 * j + 3]);
+        }
+}
+
+/* The state entering segment seg, slice `slice`, into the state warpgroup's registers (accumulator
+ * order): the workspace's (read transposed when P.ws_trans) plus, in the SP schedule's finishing half,
+ * the state that arrived (P.s_add) decayed to the segment. The loads go 16 at a time: one load and exp an
+ * element made the SP finishing halves 50–80 µs slower; 64 at a time spilled registers in k_out_tma. */
+template <int DX>
+__device__ __forceinline__ void load_state(float (&kv)[DX / 64][32], const DirParams &P, int bh, int seg, int slice,
+                                           float slope, int sw, int lane) {
+    auto el = [&](const float *m, bool trans, int hf, int j, int q) {
+        const int r = hf * 64 + sw * 16 + (lane >> 2) + (q >> 1) * 8;
+        const int c = slice * EZ + j * 8 + 2 * (lane & 3) + (q & 1);
+        return state_at(m, trans, DX, P.ezt, r, c);
+    };
+    const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt;
+#pragma unroll
+    for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+        for (int i = 0; i < 32; i++) kv[hf][i] = el(src, P.ws_trans, hf, i / 4, i % 4);
+    if (P.s_add) {
+        const float f = s_add_decay(P, seg, slope);
+        const float *m = s_add_of(P, bh);
+#pragma unroll
+        for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+            for (int g = 0; g < 2; g++) {
+                float add[16];
+#pragma unroll
+                for (int i = 0; i < 16; i++) add[i] = el(m, P.s_add_trans, hf, g * 4 + i / 4, i % 4);
+#pragma unroll
+                for (int i = 0; i < 16; i++) kv[hf][16 * g + i] += f * add[i];
+            }
+    }
+}
+
+/* sc = X Yᵀ and o = X KV over one chunk (X, Y the K-major tiles at xs, ys; KV the N-major one at kvs), by
+ * an output warpgroup */
+template <int DX>
+__device__ __forceinline__ void scores_inter(float (&sc)[32], float (&o)[32], uint32_t xs, uint32_t ys, uint32_t kvs) {
+#pragma unroll
+    for (int i = 0; i < 32; i++) sc[i] = 0.f, o[i] = 0.f;
+    pin(sc), pin(o);
+    fence();
+#pragma unroll
+    for (int ks = 0; ks < DX / 16; ks++) mma_ss<0>(sc, desc_k(xs, ks), desc_k(ys, ks), ks > 0);
+#pragma unroll
+    for (int ks = 0; ks < DX / 16; ks++) mma_ss<1>(o, desc_k(xs, ks), desc_n(kvs, ks), ks > 0);
+    commit();
+    wait_all();
+    pin(sc), pin(o);
+}
+
+/* o += S Z over one chunk, S (the masked scores, fp32 accumulators) as bf16 register A operands, Z the
+ * N-major B operand at zs, by an output warpgroup */
+__device__ __forceinline__ void intra(float (&o)[32], const float (&sc)[32], uint32_t zs) {
+    uint32_t a[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) a[kk][q] = pack_bf16(sc[8 * kk + 2 * q], sc[8 * kk + 2 * q + 1]);
+    pin(o);
+    fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) mma_rs(o, a[kk], desc_n(zs, kk));
+    commit();
+    wait_all();
+    pin(o);
+}
+
 }  // namespace wg
 
 template <int DX>
@@ -225,17 +322,7 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
             const int buf = ci & 1;
             __syncthreads(); /* chunk ci's tiles and KV(ci) are in shared memory */
             float sc[32], o[32];
-#pragma unroll
-            for (int i = 0; i < 32; i++) sc[i] = 0.f, o[i] = 0.f;
-            pin(sc), pin(o);
-            fence();
-#pragma unroll
-            for (int ks = 0; ks < DX / 16; ks++) mma_ss<0>(sc, desc_k(xt(buf), ks), desc_k(yt(buf), ks), ks > 0);
-#pragma unroll
-            for (int ks = 0; ks < DX / 16; ks++) mma_ss<1>(o, desc_k(xt(buf), ks), desc_n(kvs, ks), ks > 0);
-            commit();
-            wait_all();
-            pin(sc), pin(o);
+            scores_inter<DX>(sc, o, xt(buf), yt(buf), kvs);
             /* inter rows decay λ^i; the exact causal mask with λ^{i−j} on the scores */
             const float pa = pw[ra], pb = pw[rb];
 #pragma unroll
@@ -247,19 +334,7 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
                 sc[4 * j + 2] *= c <= rb ? pw[rb - c] : 0.f;
                 sc[4 * j + 3] *= c + 1 <= rb ? pw[rb - c - 1] : 0.f;
             }
-            /* intra: o += S Z with S (bf16) as the register A operand */
-            uint32_t a[4][4];
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++)
-#pragma unroll
-                for (int q = 0; q < 4; q++) a[kk][q] = pack_bf16(sc[8 * kk + 2 * q], sc[8 * kk + 2 * q + 1]);
-            pin(o);
-            fence();
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++) mma_rs(o, a[kk], desc_n(zt(buf), kk));
-            commit();
-            wait_all();
-            pin(o);
+            intra(o, sc, zt(buf));
             const int64_t pa_ = c0 + ra, pb_ = c0 + rb;
             bf16 *outp = (bf16 *)P.out;
             bf16 *oa = pa_ < p1 ? outp + ((b * P.T + (P.rev ? P.T - 1 - pa_ : pa_)) * P.H + h) * (int64_t)P.ezt : nullptr;
@@ -277,66 +352,20 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
         const int sw = warp - 4;
         float kv[DX / 64][32];
         load(0, p0);
-        {
-            const float *src = P.ws + ((size_t)bh * P.ns + seg) * DX * P.ezt;
-            /* this thread's elements of half hf (64 rows) of a DX × ezt state, in accumulator order */
-            auto state_half = [&](float (&dst)[32], const float *m, bool trans, int hf) {
-#pragma unroll
-                for (int j = 0; j < 8; j++)
-#pragma unroll
-                    for (int q = 0; q < 4; q++) {
-                        const int r = hf * 64 + sw * 16 + (lane >> 2) + (q >> 1) * 8;
-                        const int c = slice * EZ + j * 8 + 2 * (lane & 3) + (q & 1);
-                        dst[4 * j + q] = state_at(m, trans, DX, P.ezt, r, c);
-                    }
-            };
-            /* the state that arrived (the SP schedule), decayed to this segment, added half by half with
-             * all of a half's loads issued first (one load and exp an element made the SP finishing halves 50–80 µs slower) */
-            const float f = P.s_add ? s_add_decay(P, seg, s) : 0.f;
-#pragma unroll
-            for (int hf = 0; hf < DX / 64; hf++) {
-                state_half(kv[hf], src, P.ws_trans, hf);
-                if (P.s_add) {
-                    float add[32];
-                    state_half(add, s_add_of(P, bh), P.s_add_trans, hf);
-#pragma unroll
-                    for (int i = 0; i < 32; i++) kv[hf][i] += f * add[i];
-                }
-            }
-        }
+        load_state<DX>(kv, P, bh, seg, slice, s, sw, lane);
         for (int ci = 0; ci < nch; ci++) {
             const int64_t c0 = p0 + (int64_t)ci * CH;
             const int buf = ci & 1;
             /* KV(c) as bf16 for the output warpgroup; every warp is past the last chunk's reads */
-#pragma unroll
-            for (int hf = 0; hf < DX / 64; hf++)
-#pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    const int r = hf * 64 + sw * 16 + (lane >> 2), c = j * 8 + 2 * (lane & 3);
-                    *reinterpret_cast<uint32_t *>(smem + 2 * S::BUF + swz(DX, r, c)) =
-                        pack_bf16(kv[hf][4 * j], kv[hf][4 * j + 1]);
-                    *reinterpret_cast<uint32_t *>(smem + 2 * S::BUF + swz(DX, r + 8, c)) =
-                        pack_bf16(kv[hf][4 * j + 2], kv[hf][4 * j + 3]);
-                }
+            store_kv<DX>(smem + 2 * S::BUF, kv, sw, lane);
             /* chunk ci's copies done; they and the KV stores made visible to wgmma (the async proxy) before
              * the barrier; only then chunk ci+1's copies start, so the fence does not wait for them */
             cp_async_wait<0>();
             fence_async_smem();
             if (ci + 1 < nch) load(buf ^ 1, c0 + CH);
             __syncthreads();
-            if (ci + 1 < nch) {
-                /* KV(c+1) = λ^C KV(c) + (diag(λ^{C−j}) Y)ᵀ Z, Yᵀ scaled in registers */
-#pragma unroll
-                for (int hf = 0; hf < DX / 64; hf++)
-#pragma unroll
-                    for (int i = 0; i < 32; i++) kv[hf][i] *= gammaC;
-#pragma unroll
-                for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
-                state_update<DX>(kv, yt(buf), zt(buf), [&](int k) { return wt[k]; }, sw, lane);
-                wait_all();
-#pragma unroll
-                for (int hf = 0; hf < DX / 64; hf++) pin(kv[hf]);
-            }
+            /* KV(c+1) = λ^C KV(c) + (diag(λ^{C−j}) Y)ᵀ Z, Yᵀ scaled in registers */
+            if (ci + 1 < nch) advance_state<DX>(kv, gammaC, yt(buf), zt(buf), [&](int k) { return wt[k]; }, sw, lane);
             __syncthreads();
         }
     }
