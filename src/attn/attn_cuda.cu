@@ -175,10 +175,18 @@ __global__ void k_fold(DirParams P, const float *S) {
     for (int k = 0; k < P.ns; k++) w[(size_t)k * n] += s_add_decay(P, k, s) * v;
 }
 
+/* k_scan and k_fold: a thread per element of a state (256 a block), blockIdx.y the head */
+static dim3 state_grid(const DirParams &P) {
+    return dim3((unsigned)(((int64_t)P.dx * P.ezt + 255) / 256), (unsigned)P.BH);
+}
+
 cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st) {
-    const int64_t n = (int64_t)P.dx * P.ezt;
-    const dim3 grid((unsigned)((n + 255) / 256), (unsigned)P.BH);
-    k_scan<<<grid, 256, 0, st>>>(P);
+    k_scan<<<state_grid(P), 256, 0, st>>>(P);
+    return cudaGetLastError();
+}
+
+static cudaError_t lasp_cu_fold(const DirParams &P, const float *S, cudaStream_t st) {
+    k_fold<<<state_grid(P), 256, 0, st>>>(P, S);
     return cudaGetLastError();
 }
 
@@ -293,15 +301,21 @@ static lasp_cu::DirParams dir_dk(const lasp_attn_desc *a, const void *q, const v
     return P;
 }
 
+/* How the forward splits a problem: its segment length and count */
+static lasp_cu::DirParams fwd_plan(const cuda_state *cs, const lasp_attn_desc *a) {
+    lasp_cu::DirParams F = dir_fwd(a, NULL, NULL, NULL, NULL, NULL);
+    plan_dir(cs, a, F);
+    return F;
+}
+
 /* The forward's segment states (those a saving forward leaves in `saved`): count and layout of the
  * forward's workspace, [BH][ns][d][e] */
 extern "C" lasp_status lasp_attn_cuda_saved_bytes(lasp_ctx *ctx, const lasp_attn_desc *a, size_t *bytes) {
     cuda_state *cs = NULL;
     LASP_TRY(lasp_attn_check_desc(a, &ctx->err));
     LASP_TRY(get_state(ctx, &cs));
-    lasp_cu::DirParams P = dir_fwd(a, NULL, NULL, NULL, NULL, NULL);
-    plan_dir(cs, a, P);
-    *bytes = (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float);
+    const lasp_cu::DirParams F = fwd_plan(cs, a);
+    *bytes = (size_t)F.BH * F.ns * F.dx * F.ezt * sizeof(float);
     return LASP_OK;
 }
 
@@ -310,10 +324,8 @@ extern "C" lasp_status lasp_attn_cuda_saved_bytes(lasp_ctx *ctx, const lasp_attn
 static lasp_cu::DirParams dir_dq_saved(const cuda_state *cs, const lasp_attn_desc *a, const void *k, const void *v,
                                        const void *do_, const float *slopes, const float *kv_in,
                                        const float *saved) {
-    lasp_cu::DirParams F = dir_fwd(a, NULL, k, v, slopes, kv_in);
-    plan_dir(cs, a, F);
     lasp_cu::DirParams P = dir_dq(a, k, v, do_, slopes, kv_in);
-    P.ws = const_cast<float *>(saved), P.seg = F.seg, P.out_only = 1, P.ws_trans = 1;
+    P.ws = const_cast<float *>(saved), P.seg = fwd_plan(cs, a).seg, P.out_only = 1, P.ws_trans = 1;
     return P;
 }
 
@@ -426,10 +438,7 @@ extern "C" lasp_status lasp_attn_bwd_cuda_fold(lasp_ctx *ctx, const lasp_attn_de
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
     plan_dir(cs, a, V);
     V.ws = cs->ws;
-    const int64_t n = (int64_t)V.dx * V.ezt;
-    lasp_cu::k_fold<<<dim3((unsigned)((n + 255) / 256), (unsigned)V.BH), 256, 0, (cudaStream_t)stream>>>(V, dkv_out);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return cuda_fail(ctx, e, "launching the state fold");
+    CU_TRY(ctx, lasp_cu::lasp_cu_fold(V, dkv_out, (cudaStream_t)stream), "launching the state fold");
     return LASP_OK;
 }
 

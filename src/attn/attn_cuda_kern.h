@@ -670,6 +670,16 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
     }
 }
 
+/* one kernel with its dynamic shared memory (Params: DirParams, or TmaParams for attn_cuda_tma.h) */
+template <typename Params>
+inline cudaError_t launch(void (*kernel)(Params), dim3 grid, int threads, size_t bytes, cudaStream_t st,
+                          const Params &P) {
+    cudaError_t e = cudaFuncSetAttribute((const void *)kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (e != cudaSuccess) return e;
+    kernel<<<grid, threads, bytes, st>>>(P);
+    return cudaGetLastError();
+}
+
 }  // namespace lasp_cu
 
 #include "attn/attn_cuda_wgmma.h"
@@ -678,15 +688,6 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
 namespace lasp_cu {
 
 /* ---- launch of one directed op for one (dtype, DX, EZ) ------------------------------------- */
-
-/* one kernel with its dynamic shared memory */
-inline cudaError_t launch(void (*kernel)(DirParams), dim3 grid, int threads, size_t bytes, cudaStream_t st,
-                          const DirParams &P) {
-    cudaError_t e = cudaFuncSetAttribute((const void *)kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-    if (e != cudaSuccess) return e;
-    kernel<<<grid, threads, bytes, st>>>(P);
-    return cudaGetLastError();
-}
 
 template <typename T, int DX, int EZ>
 cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {

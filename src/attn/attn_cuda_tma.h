@@ -296,12 +296,7 @@ cudaError_t launch_out_tma(const DirParams &P, dim3 grid, cudaStream_t st) {
     if (!tensor_map(&A.x, P.x, B, P.T, P.H, DX) || !tensor_map(&A.y, P.y, B, P.T, P.H, DX) ||
         !tensor_map(&A.z, P.z, B, P.T, P.H, P.ezt) || !tensor_map(&A.out, P.out, B, P.T, P.H, P.ezt))
         return cudaErrorInvalidValue;
-    const size_t bytes = tma::Smem<DX>::bytes;
-    cudaError_t e = cudaFuncSetAttribute((const void *)k_out_tma<DX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)bytes);
-    if (e != cudaSuccess) return e;
-    k_out_tma<DX><<<grid, tma::NTHR, bytes, st>>>(A);
-    return cudaGetLastError();
+    return launch(k_out_tma<DX>, grid, tma::NTHR, tma::Smem<DX>::bytes, st, A);
 }
 
 }  // namespace lasp_cu
