@@ -79,6 +79,33 @@ static float *from_dev(const void *d, size_t n, lasp_dtype t) {
     return x;
 }
 
+/* A fresh random problem's inputs, on the host (rounded to t) and on the device: q scaled by 1/√d so
+ * that q·k ~ 1 whatever d is, the states and slopes f32. */
+typedef struct inputs {
+    size_t nq, nv, ns;                 /* elements of q and k, of v and dO, of a state */
+    float *q, *k, *v, *dO, *kv, *dkv;  /* host */
+    void *gq, *gk, *gv, *gdo;          /* device, in dtype t */
+    float *gsl, *gkv, *gdkv;           /* device */
+} inputs;
+
+static inputs inputs_make(lasp_dtype t, int64_t B, int64_t T, int64_t H, int64_t d, int64_t e, const float *sl) {
+    inputs in;
+    in.nq = (size_t)(B * T * H * d), in.nv = (size_t)(B * T * H * e), in.ns = (size_t)(B * H * d * e);
+    in.q = randn(in.nq, 1.0 / sqrt((double)d), t), in.k = randn(in.nq, 1.0, t), in.v = randn(in.nv, 1.0, t);
+    in.dO = randn(in.nv, 1.0, t), in.kv = randn(in.ns, 1.0, LASP_F32), in.dkv = randn(in.ns, 1.0, LASP_F32);
+    in.gq = to_dev(in.q, in.nq, t), in.gk = to_dev(in.k, in.nq, t), in.gv = to_dev(in.v, in.nv, t);
+    in.gdo = to_dev(in.dO, in.nv, t);
+    in.gsl = (float *)to_dev(sl, (size_t)H, LASP_F32);
+    in.gkv = (float *)to_dev(in.kv, in.ns, LASP_F32), in.gdkv = (float *)to_dev(in.dkv, in.ns, LASP_F32);
+    return in;
+}
+
+static void inputs_free(inputs *in) {
+    void *dev[] = {in->gq, in->gk, in->gv, in->gdo, in->gsl, in->gkv, in->gdkv};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
+    free(in->q), free(in->k), free(in->v), free(in->dO), free(in->kv), free(in->dkv);
+}
+
 static void expect(const char *what, const float *x, const double *ref, size_t n, double tol, lasp_dtype t) {
     double err = lasp_rel_error_f32(x, ref, n);
     if (err > worst[t] || err != err) worst[t] = err;
@@ -99,16 +126,14 @@ enum { REF_FP64, REF_CPU };
 /* One problem on the GPU against a reference: fwd and bwd, states on or off. */
 static void run_case(lasp_dtype t, int64_t B, int64_t T, int64_t H, int64_t d, int64_t e, int states, int ref_kind) {
     lasp_attn_desc a = {B, T, H, d, e, 0, t};
-    const size_t nq = (size_t)(B * T * H * d), nv = (size_t)(B * T * H * e), ns = (size_t)(B * H * d * e);
-    float *q = randn(nq, 1.0 / sqrt((double)d), t), *k = randn(nq, 1.0, t), *v = randn(nv, 1.0, t);
-    float *dO = randn(nv, 1.0, t), *kv = randn(ns, 1.0, LASP_F32), *dkv = randn(ns, 1.0, LASP_F32);
     float *sl = (float *)malloc((size_t)H * sizeof(float));
     const float kinds[] = {0.0f, 1e-5f, 8.0f, 0.5f, 0.03f};
     for (int64_t h = 0; h < H; h++) sl[h] = kinds[h % 5];
-
-    void *gq = to_dev(q, nq, t), *gk = to_dev(k, nq, t), *gv = to_dev(v, nv, t), *gdo = to_dev(dO, nv, t);
-    float *gsl = (float *)to_dev(sl, (size_t)H, LASP_F32);
-    float *gkv = states ? (float *)to_dev(kv, ns, LASP_F32) : NULL, *gdkv = states ? (float *)to_dev(dkv, ns, LASP_F32) : NULL;
+    inputs in = inputs_make(t, B, T, H, d, e, sl);
+    const size_t nq = in.nq, nv = in.nv, ns = in.ns;
+    const float *q = in.q, *k = in.k, *v = in.v, *dO = in.dO, *kv = in.kv, *dkv = in.dkv;
+    void *gq = in.gq, *gk = in.gk, *gv = in.gv, *gdo = in.gdo;
+    float *gsl = in.gsl, *gkv = states ? in.gkv : NULL, *gdkv = states ? in.gdkv : NULL;
     void *go = poisoned(nv, t), *gdq = poisoned(nq, t), *gdk = poisoned(nq, t), *gdv = poisoned(nv, t);
     float *gkvo = (float *)poisoned(ns, LASP_F32), *gdkvi = (float *)poisoned(ns, LASP_F32);
 
@@ -155,9 +180,10 @@ static void run_case(lasp_dtype t, int64_t B, int64_t T, int64_t H, int64_t d, i
     expect("dv", dv, r_dv, nv, tol, t);
     expect("dkv_in", dkvi, r_dkvi, ns, tol, t);
 
-    void *dev[] = {gq, gk, gv, gdo, gsl, gkv, gdkv, go, gdq, gdk, gdv, gkvo, gdkvi};
+    void *dev[] = {go, gdq, gdk, gdv, gkvo, gdkvi};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
-    void *host[] = {q, k, v, dO, kv, dkv, sl, o, kvo, dq, dk, dv, dkvi, r_o, r_kvo, r_dq, r_dk, r_dv, r_dkvi};
+    inputs_free(&in);
+    void *host[] = {sl, o, kvo, dq, dk, dv, dkvi, r_o, r_kvo, r_dq, r_dk, r_dv, r_dkvi};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     test_case("%s B%lld T%lld H%lld d%lld e%lld %s vs %s", lasp_dtype_name(t), (long long)B, (long long)T,
               (long long)H, (long long)d, (long long)e, states ? "with states" : "no states",
@@ -168,12 +194,12 @@ static void run_case(lasp_dtype t, int64_t B, int64_t T, int64_t H, int64_t d, i
 static void case_null_outputs(lasp_dtype t) {
     const int64_t B = 1, T = 100, H = 2, d = 32, e = 64;
     lasp_attn_desc a = {B, T, H, d, e, 0, t};
-    const size_t nq = (size_t)(B * T * H * d), nv = (size_t)(B * T * H * e);
-    float *q = randn(nq, 1.0 / sqrt((double)d), t), *k = randn(nq, 1.0, t), *v = randn(nv, 1.0, t),
-          *dO = randn(nv, 1.0, t);
     float sl[2] = {0.1f, 0.0f};
-    void *gq = to_dev(q, nq, t), *gk = to_dev(k, nq, t), *gv = to_dev(v, nv, t), *gdo = to_dev(dO, nv, t);
-    float *gsl = (float *)to_dev(sl, 2, LASP_F32);
+    inputs in = inputs_make(t, B, T, H, d, e, sl);
+    const size_t nq = in.nq, nv = in.nv;
+    const float *q = in.q, *k = in.k, *v = in.v, *dO = in.dO;
+    void *gq = in.gq, *gk = in.gk, *gv = in.gv, *gdo = in.gdo;
+    float *gsl = in.gsl;
     void *go = poisoned(nv, t), *gdq = poisoned(nq, t), *gdk = poisoned(nq, t), *gdv = poisoned(nv, t);
     CHECK(lasp_attn_fwd(ctx, &a, gq, gk, gv, gsl, NULL, go, NULL) == LASP_OK, "fwd: %s", lasp_ctx_error(ctx));
     CHECK(lasp_attn_bwd(ctx, &a, gq, gk, gv, gsl, NULL, gdo, NULL, gdq, gdk, gdv, NULL) == LASP_OK, "bwd: %s",
@@ -191,9 +217,10 @@ static void case_null_outputs(lasp_dtype t) {
     expect("dq", dq, r_dq, nq, tol_of(t), t);
     expect("dk", dk, r_dk, nq, tol_of(t), t);
     expect("dv", dv, r_dv, nv, tol_of(t), t);
-    void *dev[] = {gq, gk, gv, gdo, gsl, go, gdq, gdk, gdv};
+    void *dev[] = {go, gdq, gdk, gdv};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
-    void *host[] = {q, k, v, dO, q8, k8, v8, do8, r_o, r_dq, r_dk, r_dv, o, dq, dk, dv};
+    inputs_free(&in);
+    void *host[] = {q8, k8, v8, do8, r_o, r_dq, r_dk, r_dv, o, dq, dk, dv};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     test_case("%s kv_out and dkv_in NULL", lasp_dtype_name(t));
 }
@@ -203,14 +230,12 @@ static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
     const int64_t H = 3;
     lasp_attn_desc a = {1, T, H, D, D, 0, t};
     lasp_attn_desc a1 = {1, t1, H, D, D, 0, t}, a2 = {1, T - t1, H, D, D, 0, t};
-    const size_t n = (size_t)(T * H * D), ns = (size_t)(H * D * D), n1 = (size_t)(t1 * H * D);
+    const float sl[3] = {0.0f, 0.05f, 1.0f};
+    inputs in = inputs_make(t, 1, T, H, D, D, sl);
+    const size_t n = in.nq, ns = in.ns, n1 = (size_t)(t1 * H * D);
     const size_t esz = lasp_dtype_size(t);
-    float *q = randn(n, 1.0 / sqrt((double)D), t), *k = randn(n, 1.0, t), *v = randn(n, 1.0, t),
-          *dO = randn(n, 1.0, t), *kv = randn(ns, 1.0, LASP_F32), *dkv = randn(ns, 1.0, LASP_F32);
-    float sl[3] = {0.0f, 0.05f, 1.0f};
-    void *gq = to_dev(q, n, t), *gk = to_dev(k, n, t), *gv = to_dev(v, n, t), *gdo = to_dev(dO, n, t);
-    float *gsl = (float *)to_dev(sl, 3, LASP_F32), *gkv = (float *)to_dev(kv, ns, LASP_F32),
-          *gdkv = (float *)to_dev(dkv, ns, LASP_F32);
+    void *gq = in.gq, *gk = in.gk, *gv = in.gv, *gdo = in.gdo;
+    float *gsl = in.gsl, *gkv = in.gkv, *gdkv = in.gdkv;
     void *o1 = poisoned(n, t), *o2 = poisoned(n, t), *dq1 = poisoned(n, t), *dq2 = poisoned(n, t),
          *dk1 = poisoned(n, t), *dk2 = poisoned(n, t), *dv1 = poisoned(n, t), *dv2 = poisoned(n, t);
     float *kvo1 = (float *)poisoned(ns, LASP_F32), *kvo2 = (float *)poisoned(ns, LASP_F32),
@@ -241,10 +266,9 @@ static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
                {"dk", dk1, dk2, n, t},        {"dv", dv1, dv2, n, t},             {"dkv_in", dkvi1, dkvi2, ns, LASP_F32}};
     for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++)
         expect_same(cmp[i].name, cmp[i].one, cmp[i].two, cmp[i].n, cmp[i].t, t);
-    void *dev[] = {gq, gk, gv, gdo, gsl, gkv, gdkv, o1, o2, dq1, dq2, dk1, dk2, dv1, dv2, kvo1, kvo2, kvmid, dkvi1,
-                   dkvi2, dkvmid};
+    void *dev[] = {o1, o2, dq1, dq2, dk1, dk2, dv1, dv2, kvo1, kvo2, kvmid, dkvi1, dkvi2, dkvmid};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
-    free(q), free(k), free(v), free(dO), free(kv), free(dkv);
+    inputs_free(&in);
     test_case("%s hand-over T%lld = %lld + %lld D%lld: two calls equal one", lasp_dtype_name(t), (long long)T,
               (long long)t1, (long long)(T - t1), (long long)D);
 }
@@ -258,13 +282,12 @@ static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
 static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     const int64_t B = 2, H = 3;
     lasp_attn_desc a = {B, T, H, d, e, 0, t};
-    const size_t nq = (size_t)(B * T * H * d), nv = (size_t)(B * T * H * e), ns = (size_t)(B * H * d * e);
-    float *q = randn(nq, 1.0 / sqrt((double)d), t), *k = randn(nq, 1.0, t), *v = randn(nv, 1.0, t),
-          *dO = randn(nv, 1.0, t), *kv = randn(ns, 1.0, LASP_F32), *dkv = randn(ns, 1.0, LASP_F32);
-    float sl[3] = {0.0f, 0.01f, 0.7f};
-    void *gq = to_dev(q, nq, t), *gk = to_dev(k, nq, t), *gv = to_dev(v, nv, t), *gdo = to_dev(dO, nv, t);
-    float *gsl = (float *)to_dev(sl, 3, LASP_F32), *gkv = (float *)to_dev(kv, ns, LASP_F32),
-          *gdkv = (float *)to_dev(dkv, ns, LASP_F32);
+    const float sl[3] = {0.0f, 0.01f, 0.7f};
+    inputs in = inputs_make(t, B, T, H, d, e, sl);
+    const size_t nq = in.nq, nv = in.nv, ns = in.ns;
+    const float *kv = in.kv, *dkv = in.dkv;
+    void *gq = in.gq, *gk = in.gk, *gv = in.gv, *gdo = in.gdo;
+    float *gsl = in.gsl, *gkv = in.gkv, *gdkv = in.gdkv;
     void *o1 = poisoned(nv, t), *o2 = poisoned(nv, t), *dq1 = poisoned(nq, t), *dq2 = poisoned(nq, t),
          *dk1 = poisoned(nq, t), *dk2 = poisoned(nq, t), *dv1 = poisoned(nv, t), *dv2 = poisoned(nv, t);
     float *kvo = (float *)poisoned(ns, LASP_F32), *dkvi = (float *)poisoned(ns, LASP_F32),
@@ -318,9 +341,10 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     double *r_kvo = widen(hkvo, ns), *r_dkvi = widen(hdkvi, ns);
     expect("KV_out = λ^T kv_in + m", hm, r_kvo, ns, 1e-4, LASP_F32);
     expect("dKV_in = λ^T dkv_out + g", hg, r_dkvi, ns, 1e-4, LASP_F32);
-    void *dev[] = {gq, gk, gv, gdo, gsl, gkv, gdkv, o1, o2, dq1, dq2, dk1, dk2, dv1, dv2, kvo, dkvi, m, g};
+    void *dev[] = {o1, o2, dq1, dq2, dk1, dk2, dv1, dv2, kvo, dkvi, m, g};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
-    void *host[] = {q, k, v, dO, kv, dkv, hm, hg, hkvo, hdkvi, r_kvo, r_dkvi};
+    inputs_free(&in);
+    void *host[] = {hm, hg, hkvo, hdkvi, r_kvo, r_dkvi};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     test_case("%s halves T%lld d%lld e%lld: local + finish equal one call, with the arrived states; so does the "
               "backward from saved states",
