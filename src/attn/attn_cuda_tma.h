@@ -4,8 +4,9 @@
  *
  * WHY
  * k_out_wg runs its two warpgroups in lock-step (two __syncthreads a chunk) with the tiles copied one
- * chunk ahead, two CTAs an SM: measured, it is bound by latency, not by bandwidth or the tensor cores
- * (the H200 runs it only 2–6% faster than the H100 with 40% more bandwidth; 25–37% of copy bandwidth).
+ * chunk ahead, two CTAs an SM. The H200 ran it only 2–6% faster than the H100 with 40% more bandwidth,
+ * which suggested latency; this kernel was written on that guess, and ncu (below) showed instead that
+ * the L2 was the busiest unit: what paid was the TMA output stores, not the decoupling alone.
  * Here each role runs at its own pace, held back only by the data it needs:
  *   - the tiles come by TMA (cp.async.bulk.tensor, 128-byte swizzle: the layout the wgmma descriptors
  *     read) into a ring of NS stages: the output warpgroup that finishes chunk c asks for chunk c + NS
