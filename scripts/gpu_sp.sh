@@ -2,7 +2,9 @@
 # scripts/gpu_sp.sh — LASP across GPUs in one call on a multi-GPU machine: build (sm_90a), the NCCL comm
 # test and the SP correctness test under mpirun (one process per GPU), the GPU SP bench; a short table
 # last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
-#   usage: scripts/gpu_sp.sh [build] [test] [cli] [bench]      (default: all four)
+#   usage: scripts/gpu_sp.sh [build] [test] [cli] [bench] [variants]   (default: the first four)
+#   variants: the chain's weak-scaling rows under each setting of $SP_VARIANTS (space-separated, each
+#   VAR=value[,VAR=value]), one process launch each, and each setting's last LASP_SP_TRACE line per rank
 set -u
 steps=${*:-build test cli bench}
 OUT=${OUT:-build/gpu-logs}
@@ -54,7 +56,21 @@ fi
 if has bench; then
     timeout 300 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 2>&1 | tee "$OUT/bench_sp.txt"
 fi
+if has variants; then
+    : >"$OUT/variants.txt"
+    for var in ${SP_VARIANTS:-LASP_SP_GROUPS=1 LASP_SP_GROUPS=2}; do
+        envs=$(echo "$var" | tr ',' ' ')
+        env $envs timeout 200 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 \
+            --mode lasp --t-local 32768,65536 >"$OUT/v.txt" 2>&1
+        grep '^  weak' "$OUT/v.txt" | sed "s|^|$var |" >>"$OUT/variants.txt"
+        env $envs LASP_SP_TRACE=1 timeout 100 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda \
+            --dtype bf16 --mode lasp --t-local 32768 --repeat 5 --warmup 2 >"$OUT/v.txt" 2>&1
+        for r in $(seq 0 $((ngpu - 1))); do grep "sp-trace rank $r:" "$OUT/v.txt" | tail -1 | sed "s|^|$var |"; done \
+            >>"$OUT/variants.txt"
+    done
+fi
 echo "# ---- summary ----"
 for s in "${summary[@]}"; do echo "$s"; done
 [ -f "$OUT/bench_sp.txt" ] && cat "$OUT/bench_sp.txt"
+[ -f "$OUT/variants.txt" ] && { echo "# variants (chain, weak scaling; trace: ms from the layer's start)"; cat "$OUT/variants.txt"; }
 exit 0

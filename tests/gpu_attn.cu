@@ -273,6 +273,12 @@ static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
               (long long)t1, (long long)(T - t1), (long long)D);
 }
 
+/* group i of two that split the BH heads at b0 */
+static lasp_heads part(int64_t i, int64_t b0, int64_t BH) {
+    lasp_heads hs = {i ? b0 : 0, i ? BH - b0 : b0};
+    return hs;
+}
+
 /* The op in halves (attn_cuda_sp.h), in the SP schedule's order, equals the op in one call: forward
  * local → finish with kv_in, backward local (g) → dq from the forward's segment states → finish with dkv_out
  * (added by the output kernels, or folded into the states first); the
@@ -298,18 +304,34 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     size_t sb = 0;
     CHECK(lasp_attn_saved_bytes(ctx, &a, &sb) == LASP_OK && sb > 0, "saved bytes: %s", lasp_ctx_error(ctx));
     float *seg = (float *)poisoned(sb / sizeof(float), LASP_F32);
-    CHECK(lasp_attn_fwd_cuda_local(ctx, &a, gq, gk, gv, gsl, m, seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    CHECK(lasp_attn_fwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gkv, o2, seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    CHECK(lasp_attn_bwd_cuda_local(ctx, &a, gq, gk, gv, gsl, gdo, g) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    CHECK(lasp_attn_bwd_cuda_dq(ctx, &a, gk, gv, gsl, gkv, gdo, dq2, seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gdo, gdkv, dk2, dv2) == LASP_OK, "%s",
-          lasp_ctx_error(ctx));
+    /* each half in two groups of heads (as the SP chain pipelines them), split differently per half: a
+     * group's halves touch only its heads of the whole problem's buffers */
+    const lasp_heads all = {0, 0};
+    for (int64_t i = 0, b0 = 2; i < 2; i++)
+        CHECK(lasp_attn_fwd_cuda_local(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, m, seg) == LASP_OK, "%s",
+              lasp_ctx_error(ctx));
+    for (int64_t i = 0, b0 = 4; i < 2; i++)
+        CHECK(lasp_attn_fwd_cuda_finish(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, gkv, o2, seg) == LASP_OK, "%s",
+              lasp_ctx_error(ctx));
+    for (int64_t i = 0, b0 = 1; i < 2; i++)
+        CHECK(lasp_attn_bwd_cuda_local(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, gdo, g) == LASP_OK, "%s",
+              lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd_cuda_dq(ctx, &a, all, gk, gv, gsl, gkv, gdo, dq2, seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    for (int64_t i = 0, b0 = 3; i < 2; i++)
+        CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, gdo, gdkv, dk2, dv2) == LASP_OK,
+              "%s", lasp_ctx_error(ctx));
     /* the same finish with dkv_out folded into the states first (what the SP schedule does) */
     void *dk4 = poisoned(nq, t), *dv4 = poisoned(nv, t), *st = NULL;
     CHECK(lasp_attn_cuda_stream(ctx, &st) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    CHECK(lasp_attn_bwd_cuda_fold(ctx, &a, gq, gk, gdo, gsl, gdkv, st) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gdo, NULL, dk4, dv4) == LASP_OK, "%s",
+    for (int64_t i = 0, b0 = 5; i < 2; i++)
+        CHECK(lasp_attn_bwd_cuda_fold(ctx, &a, part(i, b0, B * H), gq, gk, gdo, gsl, gdkv, st) == LASP_OK, "%s",
+              lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, all, gq, gk, gv, gsl, gdo, NULL, dk4, dv4) == LASP_OK, "%s",
           lasp_ctx_error(ctx));
+    /* a group outside B·H is refused */
+    const lasp_heads bad = {B * H - 1, 2};
+    CHECK(lasp_attn_fwd_cuda_local(ctx, &a, bad, gq, gk, gv, gsl, m, seg) == LASP_ERR_ARG, "heads %lld..%lld of %lld "
+          "accepted", (long long)bad.bh0, (long long)(bad.bh0 + bad.n - 1), (long long)(B * H));
     /* the backward from the forward's saved states (lasp_attn_fwd_saving / lasp_attn_bwd_saved) */
     float *saved = (float *)poisoned(sb / sizeof(float), LASP_F32), *dkvi3 = (float *)poisoned(ns, LASP_F32);
     void *o3 = poisoned(nv, t), *dq3 = poisoned(nq, t), *dk3 = poisoned(nq, t), *dv3 = poisoned(nv, t);

@@ -134,7 +134,7 @@ namespace lasp_cu {
 __global__ void k_scan(DirParams P) {
     const int64_t n = (int64_t)P.dx * P.ezt;
     const int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    const int bh = blockIdx.y;
+    const int bh = P.bh0 + blockIdx.y;
     if (idx >= n) return;
     const float s = P.slopes[bh % P.H];
     float H = 0.f;
@@ -168,7 +168,7 @@ __global__ void k_scan(DirParams P) {
 __global__ void k_fold(DirParams P, const float *S) {
     const int64_t n = (int64_t)P.dx * P.ezt;
     const int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    const int bh = blockIdx.y;
+    const int bh = P.bh0 + blockIdx.y;
     if (idx >= n) return;
     const float s = P.slopes[bh % P.H], v = S[(size_t)bh * n + idx];
     float *w = P.ws + (size_t)bh * P.ns * n + idx;
@@ -177,7 +177,7 @@ __global__ void k_fold(DirParams P, const float *S) {
 
 /* k_scan and k_fold: a thread per element of a state (256 a block), blockIdx.y the head */
 static dim3 state_grid(const DirParams &P) {
-    return dim3((unsigned)(((int64_t)P.dx * P.ezt + 255) / 256), (unsigned)P.BH);
+    return dim3((unsigned)(((int64_t)P.dx * P.ezt + 255) / 256), (unsigned)P.nbh);
 }
 
 cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st) {
@@ -211,6 +211,7 @@ static int pick_seg(const cuda_state *cs, int64_t T, int64_t BH, int slices) {
  * the workspace (read transposed when P.ws_trans), with P.seg as the op that left them there. */
 static void plan_dir(const cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
     P.T = a->T, P.H = (int)a->H, P.BH = (int)(a->B * a->H);
+    if (!P.nbh) P.nbh = P.BH - P.bh0;
     const int slices = P.ezt / lasp_cu::slice_width(a->dtype != LASP_BF16, P.dx, P.ezt);
     if (!P.seg) P.seg = pick_seg(cs, a->T, (int64_t)P.BH, slices);
     P.ns = (int)((a->T + P.seg - 1) / P.seg);
@@ -371,6 +372,17 @@ extern "C" lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream) {
     return LASP_OK;
 }
 
+/* The group of heads a half runs (attn_cuda_sp.h): {0, 0} all, else a range inside B·H */
+static lasp_status set_heads(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, lasp_cu::DirParams &P) {
+    const int64_t BH = a->B * a->H;
+    if (hs.n == 0 && hs.bh0 == 0) hs.n = BH;
+    if (hs.bh0 < 0 || hs.n < 1 || hs.bh0 + hs.n > BH)
+        return lasp_fail(&ctx->err, LASP_ERR_ARG, "heads %lld .. %lld of an op with B·H = %lld (hint: 0 ≤ bh0, "
+                         "bh0 + n ≤ B·H)", (long long)hs.bh0, (long long)(hs.bh0 + hs.n - 1), (long long)BH);
+    P.bh0 = (int)hs.bh0, P.nbh = (int)hs.n;
+    return LASP_OK;
+}
+
 /* The second half of a directed op whose first half (states_only) left the segment states of a zero
  * incoming state in the workspace: the output kernel, adding the state that arrived (P.s_in) to each
  * segment's entering state as it reads it. */
@@ -380,7 +392,7 @@ static lasp_status finish_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_des
     return run_dir(ctx, cs, a, P);
 }
 
-extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                                 const void *v, const float *slopes, float *m, float *seg) {
     const void *t[] = {q, k, v, slopes, m, seg};
     const char *names[] = {"q", "k", "v", "slopes", "m", "seg"};
@@ -388,10 +400,11 @@ extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
     LASP_TRY(enter(ctx, a, t, names, 6, &cs));
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, NULL);
     P.s_end = m, P.states_only = 1, P.ws = seg;
+    LASP_TRY(set_heads(ctx, a, hs, P));
     return run_dir(ctx, cs, a, P);
 }
 
-extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,
+extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q,
                                                  const void *k, const void *v, const float *slopes,
                                                  const float *kv_in, void *o, const float *seg) {
     const void *t[] = {q, k, v, slopes, o, seg};
@@ -400,10 +413,11 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     LASP_TRY(enter(ctx, a, t, names, 6, &cs));
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, kv_in);
     P.out = o, P.ws = const_cast<float *>(seg);
+    LASP_TRY(set_heads(ctx, a, hs, P));
     return finish_dir(ctx, cs, a, P);
 }
 
-extern "C" lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+extern "C" lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                                 const void *v, const float *slopes, const void *do_, float *g) {
     const void *t[] = {q, k, v, slopes, do_, g};
     const char *names[] = {"q", "k", "v", "slopes", "do", "g"};
@@ -412,10 +426,11 @@ extern "C" lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
     /* the reverse segment states of the dv op from a zero gradient; their total is the piece's g */
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, NULL);
     V.s_end = g, V.states_only = 1;
+    LASP_TRY(set_heads(ctx, a, hs, V));
     return run_dir(ctx, cs, a, V);
 }
 
-extern "C" lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, const void *k, const void *v,
+extern "C" lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *k, const void *v,
                                              const float *slopes, const float *kv_in, const void *do_, void *dq,
                                              const float *seg) {
     const void *t[] = {k, v, slopes, do_, dq, seg};
@@ -425,10 +440,11 @@ extern "C" lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc
     /* the forward's local segment states (from a zero state): kv_in added as the forward's finish added it */
     lasp_cu::DirParams P = dir_dq_saved(cs, a, k, v, do_, slopes, kv_in, seg);
     P.out = dq;
+    LASP_TRY(set_heads(ctx, a, hs, P));
     return finish_dir(ctx, cs, a, P);
 }
 
-extern "C" lasp_status lasp_attn_bwd_cuda_fold(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,
+extern "C" lasp_status lasp_attn_bwd_cuda_fold(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q,
                                                const void *k, const void *do_, const float *slopes,
                                                const float *dkv_out, void *stream) {
     const void *t[] = {q, k, do_, slopes, dkv_out};
@@ -436,13 +452,14 @@ extern "C" lasp_status lasp_attn_bwd_cuda_fold(lasp_ctx *ctx, const lasp_attn_de
     cuda_state *cs = NULL;
     LASP_TRY(enter(ctx, a, t, names, 5, &cs));
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
+    LASP_TRY(set_heads(ctx, a, hs, V));
     plan_dir(cs, a, V);
     V.ws = cs->ws;
     CU_TRY(ctx, lasp_cu::lasp_cu_fold(V, dkv_out, (cudaStream_t)stream), "launching the state fold");
     return LASP_OK;
 }
 
-extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q,
+extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q,
                                                  const void *k, const void *v, const float *slopes, const void *do_,
                                                  const float *dkv_out, void *dk, void *dv) {
     const void *t[] = {q, k, v, slopes, do_, dk, dv};
@@ -451,9 +468,11 @@ extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     LASP_TRY(enter(ctx, a, t, names, 7, &cs));
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
     V.out = dv;
+    LASP_TRY(set_heads(ctx, a, hs, V));
     LASP_TRY(finish_dir(ctx, cs, a, V));
     lasp_cu::DirParams K = dir_dk(a, q, v, do_, slopes, V); /* adds dkv_outᵀ as dv adds dkv_out */
     K.out = dk, K.s_add = dkv_out, K.s_add_trans = 1;
+    LASP_TRY(set_heads(ctx, a, hs, K));
     return run_dir(ctx, cs, a, K);
 }
 

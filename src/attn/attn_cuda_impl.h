@@ -19,6 +19,9 @@ struct DirParams {
     float *s_end;           /* [BH][dx][ezt], NULL = not wanted */
     int64_t T;
     int H, BH;
+    /* the heads this launch runs, bh0 .. bh0 + nbh − 1 of the BH (the SP schedule's head groups; plan_dir
+     * sets nbh = BH when 0); every buffer above is indexed by the absolute head */
+    int bh0, nbh;
     int dx, ezt;
     int seg, ns;  /* segment length (a multiple of 64) and count */
     int rev, sigma, s_in_trans;

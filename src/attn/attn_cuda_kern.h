@@ -381,7 +381,7 @@ __global__ void __launch_bounds__(NTHR) k_state(DirParams P) {
     constexpr bool SPLIT = S::SPLIT;
     typedef StateLayout<DX, EZ> L;
     extern __shared__ __align__(16) unsigned char smem[];
-    const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
+    const int slice = blockIdx.x, seg = blockIdx.y, bh = P.bh0 + blockIdx.z;
     const int64_t b = bh / P.H;
     const int h = bh % P.H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -456,7 +456,7 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
     constexpr int NT = EZ / 8;
     typedef StateLayout<DX, EZ> L;
     extern __shared__ __align__(16) unsigned char smem[];
-    const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
+    const int slice = blockIdx.x, seg = blockIdx.y, bh = P.bh0 + blockIdx.z;
     const int64_t b = bh / P.H;
     const int h = bh % P.H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -705,7 +705,7 @@ cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
         }
     }
     if ((int)b3 > max_smem) return cudaErrorInvalidConfiguration;
-    const dim3 grid(P.ezt / EZ, P.ns, P.BH);
+    const dim3 grid(P.ezt / EZ, P.ns, P.nbh);
     cudaError_t e;
     if (!P.out_only) {
         if ((e = launch(k1, grid, t1, b1, st, P)) != cudaSuccess) return e;

@@ -15,7 +15,12 @@
  * read twice beyond what the one-device op reads. Between the backward's halves the context's
  * workspace holds the piece's reverse segment states: run nothing else on this context in between but
  * dq. `seg` must stay untouched from the forward's local half to the backward's dq. All pointers are
- * device memory; work is enqueued on the context's stream (lasp_attn_cuda_stream). */
+ * device memory; work is enqueued on the context's stream (lasp_attn_cuda_stream).
+ *
+ * Each half runs a group of heads `hs` (bh0 .. bh0 + n − 1 of the desc's B·H; {0, 0}: all of them), so
+ * that the schedule can pipeline groups: the state of one group travels while the next computes. Every
+ * buffer is still the whole problem's (indexed by the absolute head) and split as the whole problem
+ * splits, so groups of one call may differ between the halves and never overlap in memory. */
 #ifndef LASP_ATTN_CUDA_SP_H
 #define LASP_ATTN_CUDA_SP_H
 
@@ -25,22 +30,26 @@
 extern "C" {
 #endif
 
+typedef struct lasp_heads {
+    int64_t bh0, n;
+} lasp_heads;
+
 /* The CUDA stream the op runs on for this context and the current device (made on first use). */
 lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream);
 
-lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                      const void *v, const float *slopes, float *m, float *seg);
-lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                       const void *v, const float *slopes, const float *kv_in, void *o,
                                       const float *seg);
-lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                      const void *v, const float *slopes, const void *do_, float *g);
-lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, const void *k, const void *v,
+lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *k, const void *v,
                                   const float *slopes, const float *kv_in, const void *do_, void *dq,
                                   const float *seg);
-lasp_status lasp_attn_bwd_cuda_fold(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+lasp_status lasp_attn_bwd_cuda_fold(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                     const void *do_, const float *slopes, const float *dkv_out, void *stream);
-lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
+lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                       const void *v, const float *slopes, const void *do_, const float *dkv_out,
                                       void *dk, void *dv);
 

@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
     auto kvfull = [&](int k) { return bars + 8 * (2 * NS + k); };
     auto kvempty = [&](int k) { return bars + 8 * (2 * NS + 2 + k); };
 
-    const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
+    const int slice = blockIdx.x, seg = blockIdx.y, bh = P.bh0 + blockIdx.z;
     const int b = bh / P.H, h = bh % P.H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float s = P.slopes[h];

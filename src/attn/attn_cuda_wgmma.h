@@ -295,7 +295,7 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
     float *pw = (float *)(smem + 2 * S::BUF + S::KV); /* pw[n] = λ^n, n = 0..64 */
     float *wt = pw + CH + 4;                          /* wt[j] = λ^{C−j} */
 
-    const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
+    const int slice = blockIdx.x, seg = blockIdx.y, bh = P.bh0 + blockIdx.z;
     const int64_t b = bh / P.H;
     const int h = bh % P.H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -386,7 +386,7 @@ __global__ void __launch_bounds__(128, 4) k_state_wg(DirParams P) {
     const uint32_t sb = aligned_base(smem_raw);
     auto yt = [&](int buf) { return sb + buf * S::SBUF; };
     auto zt = [&](int buf) { return sb + buf * S::SBUF + S::X; };
-    const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
+    const int slice = blockIdx.x, seg = blockIdx.y, bh = P.bh0 + blockIdx.z;
     const int64_t b = bh / P.H;
     const int h = bh % P.H;
     const int sw = threadIdx.x >> 5, lane = threadIdx.x & 31;

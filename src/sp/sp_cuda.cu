@@ -14,10 +14,12 @@
  *     then dk, dv. The message's latency and the fold hide behind dq.
  *   LASP-2: the local states are all-gathered on C and combined by Horner, same halves around it.
  *
- * A rank that sent a state starts its finishing half once the send is done (after_send: NCCL's kernel
- * would otherwise wait for SMs behind it); the next call's local half also waits for that send before
- * it writes the buffer again, so one layer's transfers never race the next layer's work. Every state
- * and message is fp32. */
+ * The chain pipelines groups of heads (LASP_SP_GROUPS, default 2): the halves above run per group, so
+ * that group 0's state travels while group 1's local half computes, and group 1's while group 0 finishes
+ * — the hop leaves the critical path. With one group, a rank that sent a state starts its finishing half once the send is
+ * done (after_send: NCCL's kernel would otherwise wait for SMs behind it). The next call's local half
+ * waits for the sends before it writes the buffer again, so one layer's transfers never race the next
+ * layer's work. Every state and message is fp32. */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,13 +30,16 @@
 #include "attn/attn_cuda_sp.h"
 #include "sp/sp_cuda.h"
 
+/* Head groups the chain pipelines (LASP_SP_GROUPS, 1 .. MAX_GROUPS): one event pair each */
+#define MAX_GROUPS 8
+
 typedef struct gpu_events {
-    cudaEvent_t local_done;   /* S: the local half has produced m (or g) */
-    cudaEvent_t state_ready;  /* C: KV_in (dKV_out) is here */
-    cudaEvent_t sent;         /* C: the outgoing state has left; its buffer may be written again */
-    int sent_pending;         /* `sent` was recorded and no call has waited for it yet */
+    cudaEvent_t local_done[MAX_GROUPS];   /* S: the local half of group i has produced its m (or g) */
+    cudaEvent_t state_ready[MAX_GROUPS];  /* C: group i's KV_in (dKV_out) is here */
+    cudaEvent_t sent;                     /* C: the outgoing states have left; their buffer may be written again */
+    int sent_pending;                     /* `sent` was recorded and no call has waited for it yet */
     /* LASP_SP_TRACE=1: timing events at the phases of a layer, printed after each backward (stderr):
-     * fwd start, local done, state here, end; the same for the bwd */
+     * fwd start, local done, state here, end; the same for the bwd (of the last group where there are several) */
     cudaEvent_t tr[8];
     int trace;
 } gpu_events;
@@ -49,10 +54,11 @@ static lasp_status cu_fail(lasp_ctx *ctx, cudaError_t e, const char *what) {
         if (cu_e_ != cudaSuccess) return cu_fail(ctx, cu_e_, what); \
     } while (0)
 
-/* out = exp(−s_h·n) · in + local over [BH][de] (in = NULL: zero). out may alias local. */
+/* out = exp(−s_h·n) · in + local over [BH][de] from element `first` on (in = NULL: zero). out may alias
+ * local. */
 __global__ static void k_combine(float *out, const float *in, const float *local, const float *slopes, int64_t n,
-                                 int H, int64_t de, int64_t total) {
-    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+                                 int H, int64_t de, int64_t first, int64_t total) {
+    const int64_t i = first + blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i >= total) return;
     const int h = (int)((i / de) % H);
     const float g = expf(-slopes[h] * (float)n);
@@ -70,12 +76,16 @@ __global__ static void k_horner(float *P, const float *G, const float *slopes, i
     P[i] = acc;
 }
 
+static const lasp_heads ALL = {0, 0};
+
 static dim3 grid_of(int64_t total) { return dim3((unsigned)((total + 255) / 256)); }
 
-static lasp_status combine(lasp_ctx *ctx, cudaStream_t st, const lasp_attn_desc *a, const float *slopes,
-                           const float *in, const float *local, float *out) {
-    const int64_t de = a->d * a->e, total = a->B * a->H * de;
-    k_combine<<<grid_of(total), 256, 0, st>>>(out, in, local, slopes, a->T, (int)a->H, de, total);
+/* the combine of the heads hs ({0, 0}: all) */
+static lasp_status combine(lasp_ctx *ctx, cudaStream_t st, const lasp_attn_desc *a, lasp_heads hs,
+                           const float *slopes, const float *in, const float *local, float *out) {
+    const int64_t de = a->d * a->e, n = hs.n ? hs.n : a->B * a->H;
+    k_combine<<<grid_of(n * de), 256, 0, st>>>(out, in, local, slopes, a->T, (int)a->H, de, hs.bh0 * de,
+                                               (hs.bh0 + n) * de);
     CU_TRY(ctx, cudaGetLastError(), "the state combine kernel");
     return LASP_OK;
 }
@@ -94,9 +104,11 @@ extern "C" void lasp_sp_cache_free_cuda(lasp_sp_cache *c) {
     if (c->seg) cudaFree(c->seg);
     gpu_events *ev = (gpu_events *)c->gpu;
     if (ev) {
-        cudaEventDestroy(ev->local_done);
-        cudaEventDestroy(ev->state_ready);
-        cudaEventDestroy(ev->sent);
+        for (int i = 0; i < MAX_GROUPS; i++) {
+            if (ev->local_done[i]) cudaEventDestroy(ev->local_done[i]);
+            if (ev->state_ready[i]) cudaEventDestroy(ev->state_ready[i]);
+        }
+        if (ev->sent) cudaEventDestroy(ev->sent);
         for (int i = 0; i < 8; i++)
             if (ev->tr[i]) cudaEventDestroy(ev->tr[i]);
         free(ev);
@@ -122,9 +134,30 @@ static lasp_status grow(lasp_ctx *ctx, float **p, size_t *have, size_t want) {
 typedef struct sched {
     cudaStream_t S, C;
     gpu_events *ev;
-    size_t ns;
+    size_t ns;   /* elements of the states of all heads */
+    int64_t de;  /* elements of one head's state */
     int r, W;
+    int ng;      /* head groups the chain pipelines */
+    int64_t BH;
 } sched;
+
+/* Group i of s->ng: heads BH·i/ng .. BH·(i+1)/ng − 1 */
+static lasp_heads group(const sched *s, int i) {
+    const int64_t b0 = s->BH * i / s->ng, b1 = s->BH * (i + 1) / s->ng;
+    lasp_heads hs = {b0, b1 - b0};
+    return hs;
+}
+
+/* How many head groups the chain pipelines: LASP_SP_GROUPS (default DEFAULT_GROUPS), at most one a head.
+ * With one group a state can travel only while nothing computes; with two, group 0's state travels while
+ * group 1's local half runs, and group 1's while group 0 finishes. */
+#define DEFAULT_GROUPS 2
+static int n_groups(int64_t BH) {
+    const char *env = getenv("LASP_SP_GROUPS");
+    int ng = env && atoi(env) > 0 ? atoi(env) : DEFAULT_GROUPS;
+    if (ng > MAX_GROUPS) ng = MAX_GROUPS;
+    return ng > BH ? (int)BH : ng;
+}
 
 static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, lasp_sp_cache *cache, int for_bwd,
                            sched *s) {
@@ -133,7 +166,9 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
     if (cache->n && !cache->on_device)
         return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: the cache holds host buffers of a CPU run");
     s->ns = (size_t)(a->B * a->H * a->d * a->e);
+    s->de = a->d * a->e, s->BH = a->B * a->H;
     s->r = sp->sp_rank, s->W = sp->sp_size;
+    s->ng = sp->mode == LASP_SP_CHAIN ? n_groups(s->BH) : 1;
     const size_t work = (sp->mode == LASP_SP_LASP2 ? (size_t)s->W + 1 : 2) * s->ns;
     size_t seg_bytes = 0;
     LASP_TRY(lasp_attn_cuda_saved_bytes(ctx, a, &seg_bytes));
@@ -149,13 +184,15 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
         if (!cache->gpu) {
             gpu_events *ev = (gpu_events *)calloc(1, sizeof *ev);
             if (!ev) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "SP on the GPU: no memory for events");
-            CU_TRY(ctx, cudaEventCreateWithFlags(&ev->local_done, cudaEventDisableTiming), "cudaEventCreate");
-            CU_TRY(ctx, cudaEventCreateWithFlags(&ev->state_ready, cudaEventDisableTiming), "cudaEventCreate");
+            cache->gpu = ev; /* freed with the cache, whatever below fails */
+            for (int i = 0; i < MAX_GROUPS; i++) {
+                CU_TRY(ctx, cudaEventCreateWithFlags(&ev->local_done[i], cudaEventDisableTiming), "cudaEventCreate");
+                CU_TRY(ctx, cudaEventCreateWithFlags(&ev->state_ready[i], cudaEventDisableTiming), "cudaEventCreate");
+            }
             CU_TRY(ctx, cudaEventCreateWithFlags(&ev->sent, cudaEventDisableTiming), "cudaEventCreate");
             const char *tr = getenv("LASP_SP_TRACE");
             if ((ev->trace = tr && tr[0] == '1'))
                 for (int i = 0; i < 8; i++) CU_TRY(ctx, cudaEventCreate(&ev->tr[i]), "cudaEventCreate");
-            cache->gpu = ev;
         }
     }
     s->ev = (gpu_events *)cache->gpu;
@@ -176,19 +213,22 @@ static void trace(const sched *s, int i, cudaStream_t st) {
     if (s->ev->trace) cudaEventRecord(s->ev->tr[i], st);
 }
 
-/* S's local half is done: C may use its result. */
-static lasp_status hand_to_comm(lasp_ctx *ctx, const sched *s, int fwd) {
-    trace(s, fwd ? 1 : 5, s->S);
-    CU_TRY(ctx, cudaEventRecord(s->ev->local_done, s->S), "cudaEventRecord");
-    CU_TRY(ctx, cudaStreamWaitEvent(s->C, s->ev->local_done, 0), "cudaStreamWaitEvent");
+/* S's local half of group i is done: C may use its result. */
+static lasp_status hand_to_comm(lasp_ctx *ctx, const sched *s, int fwd, int i) {
+    if (i == s->ng - 1) trace(s, fwd ? 1 : 5, s->S);
+    CU_TRY(ctx, cudaEventRecord(s->ev->local_done[i], s->S), "cudaEventRecord");
+    CU_TRY(ctx, cudaStreamWaitEvent(s->C, s->ev->local_done[i], 0), "cudaStreamWaitEvent");
     return LASP_OK;
 }
 
-/* C has the incoming state: S may finish. */
-static lasp_status hand_to_compute(lasp_ctx *ctx, const sched *s, int fwd) {
-    trace(s, fwd ? 2 : 6, s->C);
-    CU_TRY(ctx, cudaEventRecord(s->ev->state_ready, s->C), "cudaEventRecord");
-    CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->state_ready, 0), "cudaStreamWaitEvent");
+/* C has group i's incoming state: S may finish that group (wait_for_state, just before it does). */
+static lasp_status state_here(lasp_ctx *ctx, const sched *s, int fwd, int i) {
+    if (i == s->ng - 1) trace(s, fwd ? 2 : 6, s->C);
+    CU_TRY(ctx, cudaEventRecord(s->ev->state_ready[i], s->C), "cudaEventRecord");
+    return LASP_OK;
+}
+static lasp_status wait_for_state(lasp_ctx *ctx, const sched *s, int i) {
+    CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->state_ready[i], 0), "cudaStreamWaitEvent");
     return LASP_OK;
 }
 
@@ -204,11 +244,13 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
  * through the whole local half and slowed that half by 10-20 %, and a send queued behind a finishing half
  * that fills every SM waited for SMs to free. So a receive is enqueued after the local half's event (its
  * kernel starts when the local half is done, the time the sender's state is due), and a rank that sent
- * starts its finishing half once the send is done (LASP_SP_WAIT_SEND=0: without that wait, to compare). */
+ * starts its finishing half once the send is done (LASP_SP_WAIT_SEND=0: without that wait, to compare).
+ * With head groups the last send runs beside the first group's finishing half, and the next rank needs
+ * that state only once its own first group is finished: no wait unless asked for. */
 static lasp_status after_send(lasp_ctx *ctx, const sched *s, int sent, int fwd) {
-    /* LASP_SP_WAIT_SEND: 1 (default) both passes, f the forward only, 0 never (to compare) */
+    /* LASP_SP_WAIT_SEND: 1 both passes, f the forward only, 0 never; unset: 1 with one group, else 0 */
     const char *w = getenv("LASP_SP_WAIT_SEND");
-    const int wait = !(w && (w[0] == '0' || (w[0] == 'f' && !fwd)));
+    const int wait = w ? !(w[0] == '0' || (w[0] == 'f' && !fwd)) : s->ng == 1;
     if (sent && wait) CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->sent, 0), "cudaStreamWaitEvent");
     return LASP_OK;
 }
@@ -238,38 +280,51 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     trace(&s, 0, s.S);
     float *KV = cache->kv_in, *m = cache->work;
     const int r = s.r, W = s.W;
-    lasp_comm_req *rx = NULL, *tx = NULL;
+    const int has_in = r > 0 || kv_in != NULL;
 
     if (sp->mode == LASP_SP_CHAIN) {
-        LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, q, k, v, slopes, m, cache->seg));
-        LASP_TRY(hand_to_comm(ctx, &s, 1));
-        if (r > 0) LASP_TRY(lasp_comm_irecv(sp->sp, KV, s.ns, r - 1, LASP_F32, &rx, err)); /* starts after S's event: after_send */
-        if (r > 0) LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
-        else LASP_TRY(copy_state(ctx, KV, kv_in, s.ns, s.C));
-        LASP_TRY(hand_to_compute(ctx, &s, 1)); /* KV_in is here: S may finish while C serves the next rank */
-        if (r > 0 || kv_in) LASP_TRY(combine(ctx, s.C, a, slopes, KV, m, m)); /* KV_out = γ KV_in + m (else m) */
-        if (r < W - 1) {
-            LASP_TRY(lasp_comm_isend(sp->sp, m, s.ns, r + 1, LASP_F32, &tx, err));
-            LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
-        } else if (kv_out) {
-            LASP_TRY(copy_state(ctx, kv_out, m, s.ns, s.C));
+        /* group by group: the local half, then (on C) its state in, combined, out; S goes on to the next
+         * group's local half while that state travels */
+        for (int i = 0; i < s.ng; i++) {
+            const lasp_heads hs = group(&s, i);
+            const size_t off = (size_t)(hs.bh0 * s.de), cnt = (size_t)(hs.n * s.de);
+            lasp_comm_req *rx = NULL, *tx = NULL;
+            LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, hs, q, k, v, slopes, m, cache->seg));
+            LASP_TRY(hand_to_comm(ctx, &s, 1, i));
+            if (r > 0) { /* the receive starts after S's event: after_send says why */
+                LASP_TRY(lasp_comm_irecv(sp->sp, KV + off, cnt, r - 1, LASP_F32, &rx, err));
+                LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
+            } else {
+                LASP_TRY(copy_state(ctx, KV + off, kv_in ? kv_in + off : NULL, cnt, s.C));
+            }
+            LASP_TRY(state_here(ctx, &s, 1, i)); /* S may finish group i while C serves the next rank */
+            if (has_in) LASP_TRY(combine(ctx, s.C, a, hs, slopes, KV, m, m)); /* KV_out = γ KV_in + m (else m) */
+            if (r < W - 1) {
+                LASP_TRY(lasp_comm_isend(sp->sp, m + off, cnt, r + 1, LASP_F32, &tx, err));
+                LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
+            } else if (kv_out) {
+                LASP_TRY(copy_state(ctx, kv_out + off, m + off, cnt, s.C));
+            }
         }
         LASP_TRY(mark_sent(ctx, &s));
         LASP_TRY(after_send(ctx, &s, r < W - 1, 1));
     } else {
         /* LASP-2: rank 0 folds the sequence's kv_in into its contribution (MATH.md §4) */
         float *G = m + s.ns;
-        LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, q, k, v, slopes, m, cache->seg));
-        LASP_TRY(hand_to_comm(ctx, &s, 1));
-        if (r == 0 && kv_in) LASP_TRY(combine(ctx, s.C, a, slopes, kv_in, m, m));
+        LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, ALL, q, k, v, slopes, m, cache->seg));
+        LASP_TRY(hand_to_comm(ctx, &s, 1, 0));
+        if (r == 0 && kv_in) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, kv_in, m, m));
         LASP_TRY(lasp_comm_allgather(sp->sp, m, G, s.ns, LASP_F32, err));
         if (r == 0) LASP_TRY(copy_state(ctx, KV, kv_in, s.ns, s.C));
         else LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, r, 1, KV));
         if (r == W - 1 && kv_out) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, W, 1, kv_out));
-        LASP_TRY(hand_to_compute(ctx, &s, 1));
+        LASP_TRY(state_here(ctx, &s, 1, 0));
         LASP_TRY(mark_sent(ctx, &s));
     }
-    LASP_TRY(lasp_attn_fwd_cuda_finish(ctx, a, q, k, v, slopes, (r > 0 || kv_in) ? KV : NULL, o, cache->seg));
+    for (int i = 0; i < s.ng; i++) {
+        LASP_TRY(wait_for_state(ctx, &s, i));
+        LASP_TRY(lasp_attn_fwd_cuda_finish(ctx, a, group(&s, i), q, k, v, slopes, has_in ? KV : NULL, o, cache->seg));
+    }
     trace(&s, 3, s.S);
     return LASP_OK;
 }
@@ -285,45 +340,59 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     float *g = cache->work, *dKV = cache->work + s.ns;
     const int r = s.r, W = s.W;
     const float *in = dkv_out;  /* dKV_out of this piece */
+    /* LASP_SP_FOLD=0: the finishing half adds dKV_out as it reads the states, instead of the fold on C
+     * (to compare: the fold moves the segment states through DRAM beside dq) */
+    const char *fe = getenv("LASP_SP_FOLD");
+    const int fold = !(fe && fe[0] == '0');
 
     if (sp->mode == LASP_SP_CHAIN) {
-        lasp_comm_req *rx = NULL, *tx = NULL;
-        LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, do_, g));
-        LASP_TRY(hand_to_comm(ctx, &s, 0));
-        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, k, v, slopes, cache->kv_in, do_, dq, cache->seg)); /* while g travels */
-        if (r < W - 1) LASP_TRY(lasp_comm_irecv(sp->sp, dKV, s.ns, r + 1, LASP_F32, &rx, err));
-        if (r < W - 1) {
-            LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
-            in = dKV;
+        /* group by group: the piece's g first, handed to C at once; C receives that group's dKV_out, folds
+         * it into the reverse segment states, forms dKV_in and sends it, all while S computes */
+        if (r < W - 1) in = dKV;
+        for (int i = 0; i < s.ng; i++) {
+            const lasp_heads hs = group(&s, i);
+            const size_t off = (size_t)(hs.bh0 * s.de), cnt = (size_t)(hs.n * s.de);
+            lasp_comm_req *rx = NULL, *tx = NULL;
+            LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, hs, q, k, v, slopes, do_, g));
+            LASP_TRY(hand_to_comm(ctx, &s, 0, i));
+            if (r < W - 1) {
+                LASP_TRY(lasp_comm_irecv(sp->sp, dKV + off, cnt, r + 1, LASP_F32, &rx, err));
+                LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
+            }
+            if (in && fold) LASP_TRY(lasp_attn_bwd_cuda_fold(ctx, a, hs, q, k, do_, slopes, in, s.C)); /* beside S */
+            LASP_TRY(state_here(ctx, &s, 0, i)); /* S may finish group i while C serves the next rank */
+            if (in) LASP_TRY(combine(ctx, s.C, a, hs, slopes, in, g, g)); /* dKV_in = γ dKV_out + g (else g) */
+            if (r > 0) {
+                LASP_TRY(lasp_comm_isend(sp->sp, g + off, cnt, r - 1, LASP_F32, &tx, err));
+                LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
+            } else if (dkv_in) {
+                LASP_TRY(copy_state(ctx, dkv_in + off, g + off, cnt, s.C));
+            }
         }
-        if (in) LASP_TRY(lasp_attn_bwd_cuda_fold(ctx, a, q, k, do_, slopes, in, s.C)); /* while dq runs */
-        LASP_TRY(hand_to_compute(ctx, &s, 0)); /* dKV_out is in: S may finish while C serves the next rank */
-        if (in) LASP_TRY(combine(ctx, s.C, a, slopes, in, g, g)); /* dKV_in = γ dKV_out + g (else g) */
-        if (r > 0) {
-            LASP_TRY(lasp_comm_isend(sp->sp, g, s.ns, r - 1, LASP_F32, &tx, err));
-            LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
-        } else if (dkv_in) {
-            LASP_TRY(copy_state(ctx, dkv_in, g, s.ns, s.C));
-        }
+        /* dq needs only the forward's segment states and the cached KV_in: it hides the states' travel */
+        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, cache->kv_in, do_, dq, cache->seg));
         LASP_TRY(mark_sent(ctx, &s));
         LASP_TRY(after_send(ctx, &s, r > 0, 0));
     } else {
         float *G = cache->work + s.ns;
-        LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, q, k, v, slopes, do_, g));
-        LASP_TRY(hand_to_comm(ctx, &s, 0));
-        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, k, v, slopes, cache->kv_in, do_, dq, cache->seg)); /* while G gathers */
-        if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, slopes, dkv_out, g, g));
+        LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, ALL, q, k, v, slopes, do_, g));
+        LASP_TRY(hand_to_comm(ctx, &s, 0, 0));
+        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, cache->kv_in, do_, dq, cache->seg)); /* while G gathers */
+        if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, dkv_out, g, g));
         LASP_TRY(lasp_comm_allgather(sp->sp, g, G, s.ns, LASP_F32, err));
         if (r == 0 && dkv_in) LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
         if (r < W - 1) {
             LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, r, -1, g));  /* g is free: it takes dKV_out */
             in = g;
         }
-        if (in) LASP_TRY(lasp_attn_bwd_cuda_fold(ctx, a, q, k, do_, slopes, in, s.C)); /* while dq runs */
-        LASP_TRY(hand_to_compute(ctx, &s, 0));
+        if (in && fold) LASP_TRY(lasp_attn_bwd_cuda_fold(ctx, a, ALL, q, k, do_, slopes, in, s.C)); /* beside dq */
+        LASP_TRY(state_here(ctx, &s, 0, 0));
         LASP_TRY(mark_sent(ctx, &s));
     }
-    LASP_TRY(lasp_attn_bwd_cuda_finish(ctx, a, q, k, v, slopes, do_, NULL, dk, dv)); /* dKV_out folded in */
+    for (int i = 0; i < s.ng; i++) { /* dKV_out folded in, or added here */
+        LASP_TRY(wait_for_state(ctx, &s, i));
+        LASP_TRY(lasp_attn_bwd_cuda_finish(ctx, a, group(&s, i), q, k, v, slopes, do_, fold ? NULL : in, dk, dv));
+    }
     trace(&s, 7, s.S);
     trace_print(&s);
     return LASP_OK;
