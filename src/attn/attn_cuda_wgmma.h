@@ -217,10 +217,13 @@ __device__ __forceinline__ void store_kv(unsigned char *kvp, const float (&kv)[D
 /* The state entering segment seg, slice `slice`, into the state warpgroup's registers (accumulator
  * order): the workspace's (read transposed when P.ws_trans) plus, in the SP schedule's finishing half,
  * the state that arrived (P.s_add) decayed to the segment. The loads go 16 at a time: one load and exp an
- * element made the SP finishing halves 50–80 µs slower; 64 at a time spilled registers in k_out_tma. */
+ * element made the SP finishing halves 50–80 µs slower; 64 at a time spilled registers in k_out_tma.
+ * staged: P.s_add's slice already copied to shared memory by stage_s_add (k_out_tma), its copies in
+ * flight: waited for here (the state warpgroup's named barrier 3 on both sides of the reads, so that the
+ * caller may then overwrite the staging area) and read from there, one trip to memory instead of four. */
 template <int DX>
 __device__ __forceinline__ void load_state(float (&kv)[DX / 64][32], const DirParams &P, int bh, int seg, int slice,
-                                           float slope, int sw, int lane) {
+                                           float slope, int sw, int lane, const float *staged = nullptr) {
     auto el = [&](const float *m, bool trans, int hf, int j, int q) {
         const int r = hf * 64 + sw * 16 + (lane >> 2) + (q >> 1) * 8;
         const int c = slice * EZ + j * 8 + 2 * (lane & 3) + (q & 1);
@@ -231,7 +234,20 @@ __device__ __forceinline__ void load_state(float (&kv)[DX / 64][32], const DirPa
     for (int hf = 0; hf < DX / 64; hf++)
 #pragma unroll
         for (int i = 0; i < 32; i++) kv[hf][i] = el(src, P.ws_trans, hf, i / 4, i % 4);
-    if (P.s_add) {
+    if (P.s_add && staged) {
+        const float f = s_add_decay(P, seg, slope);
+        cp_async_wait<0>();
+        asm volatile("bar.sync 3, 128;\n" ::: "memory");
+#pragma unroll
+        for (int hf = 0; hf < DX / 64; hf++)
+#pragma unroll
+            for (int i = 0; i < 32; i++) {
+                const int r = hf * 64 + sw * 16 + (lane >> 2) + ((i % 4) >> 1) * 8;
+                const int c = (i / 4) * 8 + 2 * (lane & 3) + (i & 1); /* the column inside the slice */
+                kv[hf][i] += f * (P.s_add_trans ? staged[c * DX + r] : staged[r * EZ + c]);
+            }
+        asm volatile("bar.sync 3, 128;\n" ::: "memory");
+    } else if (P.s_add) {
         const float f = s_add_decay(P, seg, slope);
         const float *m = s_add_of(P, bh);
 #pragma unroll
@@ -245,6 +261,22 @@ __device__ __forceinline__ void load_state(float (&kv)[DX / 64][32], const DirPa
                 for (int i = 0; i < 16; i++) kv[hf][16 * g + i] += f * add[i];
             }
     }
+}
+
+/* P.s_add's slice `slice` of head bh (dx × EZ fp32, stored as [dx][EZ], or [EZ][dx] when s_add_trans)
+ * into shared memory at dst by the state warpgroup's 128 threads t, 16 bytes a cp.async, committed as one
+ * group: issued before the workspace's loads, it travels beside them (load_state(..., staged) waits). */
+template <int DX>
+__device__ __forceinline__ void stage_s_add(uint32_t dst, const DirParams &P, int bh, int slice, int t) {
+    const float *m = s_add_of(P, bh);
+    constexpr int PIECES = DX * EZ / 4, ROW = EZ / 4; /* 16-byte pieces, and of a row of the [dx][EZ] form */
+#pragma unroll
+    for (int p = t; p < PIECES; p += 128) {
+        const float *src = P.s_add_trans ? m + (size_t)slice * EZ * DX + 4 * p /* rows of the transpose: one run */
+                                         : m + (size_t)(p / ROW) * P.ezt + slice * EZ + 4 * (p % ROW);
+        cp_async16_at(dst + 16 * p, src, 16);
+    }
+    cp_async_commit();
 }
 
 /* sc = X Yᵀ and o = X KV over one chunk (X, Y the K-major tiles at xs, ys; KV the N-major one at kvs), by

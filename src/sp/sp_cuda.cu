@@ -14,12 +14,14 @@
  *     then dk, dv. The message's latency and the fold hide behind dq.
  *   LASP-2: the local states are all-gathered on C and combined by Horner, same halves around it.
  *
- * The chain pipelines groups of heads (LASP_SP_GROUPS, default 2): the halves above run per group, so
- * that group 0's state travels while group 1's local half computes, and group 1's while group 0 finishes
- * — the hop leaves the critical path. With one group, a rank that sent a state starts its finishing half once the send is
- * done (after_send: NCCL's kernel would otherwise wait for SMs behind it). The next call's local half
- * waits for the sends before it writes the buffer again, so one layer's transfers never race the next
- * layer's work. Every state and message is fp32. */
+ * The chain can pipeline groups of heads (LASP_SP_GROUPS=n; default 1): the halves above run per group,
+ * so that group 0's state travels while group 1's local half computes. Measured on 2 × H200 (bench sp,
+ * T_local 32768, 2026-11-26): 2 groups 1.092 × one GPU, 4 groups 1.228, against 1.062 with one — NCCL's
+ * kernels then spin beside compute kernels that want every SM, and the halved grids add tails.
+ * With one group, a rank that sent a state starts its finishing half once the send is done (after_send:
+ * NCCL's kernel would otherwise wait for SMs behind it). The next call's local half waits for the sends
+ * before it writes the buffer again, so one layer's transfers never race the next layer's work. Every
+ * state and message is fp32. */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +40,7 @@ typedef struct gpu_events {
     cudaEvent_t state_ready[MAX_GROUPS];  /* C: group i's KV_in (dKV_out) is here */
     cudaEvent_t sent;                     /* C: the outgoing states have left; their buffer may be written again */
     int sent_pending;                     /* `sent` was recorded and no call has waited for it yet */
+    int fwd_has_in;                       /* the forward's piece had an incoming state (else kv_in is zero) */
     /* LASP_SP_TRACE=1: timing events at the phases of a layer, printed after each backward (stderr):
      * fwd start, local done, state here, end; the same for the bwd (of the last group where there are several) */
     cudaEvent_t tr[8];
@@ -149,9 +152,9 @@ static lasp_heads group(const sched *s, int i) {
 }
 
 /* How many head groups the chain pipelines: LASP_SP_GROUPS (default DEFAULT_GROUPS), at most one a head.
- * With one group a state can travel only while nothing computes; with two, group 0's state travels while
- * group 1's local half runs, and group 1's while group 0 finishes. */
-#define DEFAULT_GROUPS 2
+ * With one group a state travels while its receiver waits; with two, group 0's travels while group 1's
+ * local half runs, and group 1's while group 0 finishes — slower in practice (the file's header). */
+#define DEFAULT_GROUPS 1
 static int n_groups(int64_t BH) {
     const char *env = getenv("LASP_SP_GROUPS");
     int ng = env && atoi(env) > 0 ? atoi(env) : DEFAULT_GROUPS;
@@ -281,6 +284,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     float *KV = cache->kv_in, *m = cache->work;
     const int r = s.r, W = s.W;
     const int has_in = r > 0 || kv_in != NULL;
+    s.ev->fwd_has_in = has_in;
 
     if (sp->mode == LASP_SP_CHAIN) {
         /* group by group: the local half, then (on C) its state in, combined, out; S goes on to the next
@@ -340,6 +344,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     float *g = cache->work, *dKV = cache->work + s.ns;
     const int r = s.r, W = s.W;
     const float *in = dkv_out;  /* dKV_out of this piece */
+    const float *kv_in = s.ev->fwd_has_in ? cache->kv_in : NULL; /* none: dq adds nothing */
     /* LASP_SP_FOLD=0: the finishing half adds dKV_out as it reads the states, instead of the fold on C
      * (to compare: the fold moves the segment states through DRAM beside dq) */
     const char *fe = getenv("LASP_SP_FOLD");
@@ -370,14 +375,14 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             }
         }
         /* dq needs only the forward's segment states and the cached KV_in: it hides the states' travel */
-        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, cache->kv_in, do_, dq, cache->seg));
+        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, kv_in, do_, dq, cache->seg));
         LASP_TRY(mark_sent(ctx, &s));
         LASP_TRY(after_send(ctx, &s, r > 0, 0));
     } else {
         float *G = cache->work + s.ns;
         LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, ALL, q, k, v, slopes, do_, g));
         LASP_TRY(hand_to_comm(ctx, &s, 0, 0));
-        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, cache->kv_in, do_, dq, cache->seg)); /* while G gathers */
+        LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, kv_in, do_, dq, cache->seg)); /* while G gathers */
         if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, dkv_out, g, g));
         LASP_TRY(lasp_comm_allgather(sp->sp, g, G, s.ns, LASP_F32, err));
         if (r == 0 && dkv_in) LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
