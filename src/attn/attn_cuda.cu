@@ -404,8 +404,8 @@ extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
     return run_dir(ctx, cs, a, P);
 }
 
-extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q,
-                                                 const void *k, const void *v, const float *slopes,
+extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, int part,
+                                                 const void *q, const void *k, const void *v, const float *slopes,
                                                  const float *kv_in, void *o, const float *seg) {
     const void *t[] = {q, k, v, slopes, o, seg};
     const char *names[] = {"q", "k", "v", "slopes", "o", "seg"};
@@ -414,6 +414,10 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, kv_in);
     P.out = o, P.ws = const_cast<float *>(seg);
     LASP_TRY(set_heads(ctx, a, hs, P));
+    if (part < 0 || part > 2)
+        return lasp_fail(&ctx->err, LASP_ERR_ARG, "finishing part %d (hint: 0 all, 1 before the state, 2 after)", part);
+    P.part = part;
+    if (part == 1) P.s_in = NULL; /* its blocks are those the state cannot reach */
     return finish_dir(ctx, cs, a, P);
 }
 

@@ -35,6 +35,11 @@ struct DirParams {
      * folded in), so that no extra pass over the workspace sits on the critical path. */
     const float *s_add;  /* [BH][dx][ezt] (or [BH][ezt][dx] when s_add_trans), NULL = none */
     int s_add_trans;
+    /* The finishing half in two launches, so that a rank need not wait for the state to start: part 1 runs
+     * only the (head, segment) blocks whose decay λ^(σ + k·seg) is exactly 0 in fp32 (the arriving state
+     * cannot change them; s_add NULL), part 2 only the others (with s_add); 0 runs all. A kernel that
+     * ignores `part` stays correct when part 1 precedes part 2 on its stream: part 2 rewrites every block. */
+    int part;
 };
 
 /* The z-slice width EZ that the kernels use: the widest whose fp32 state fits 64 registers a thread
@@ -57,6 +62,10 @@ __device__ __forceinline__ const float *s_add_of(const DirParams &P, int bh) {
 }
 __device__ __forceinline__ float s_add_decay(const DirParams &P, int seg, float slope) {
     return expf(-slope * ((float)P.sigma + (float)seg * (float)P.seg));
+}
+/* this block belongs to the other launch of a finishing half in two parts (P.part) */
+__device__ __forceinline__ bool other_part(const DirParams &P, int seg, float slope) {
+    return P.part && (s_add_decay(P, seg, slope) == 0.f) != (P.part == 1);
 }
 
 /* kernels 1–3 of a directed op for one I/O dtype */

@@ -3,7 +3,9 @@
  *
  *   forward   local:  segment states of the piece, scanned from a zero state, into `seg` (the caller's
  *                     buffer of lasp_attn_cuda_saved_bytes) → m (the piece's own state)
- *             finish: the outputs (intra + inter), adding kv_in to the segment states in `seg` → o
+ *             finish: the outputs (intra + inter), adding kv_in to the segment states in `seg` → o; in two
+ *                     parts if wanted: the segments kv_in cannot reach (their decay underflows to 0 in
+ *                     fp32: most of a long piece at the usual slopes) before kv_in has arrived
  *   backward  local:  the reverse segment states of the piece from a zero gradient → g (the piece's own
  *                     dKV_in contribution), first, so that g travels while dq is computed
  *             dq:     complete on its own from the forward's `seg` and the cached kv_in (no state pass)
@@ -39,8 +41,10 @@ lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream);
 
 lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                      const void *v, const float *slopes, float *m, float *seg);
-lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
-                                      const void *v, const float *slopes, const float *kv_in, void *o,
+/* part: 0 the whole finish; 1 only the segments that kv_in cannot reach in fp32 (its decay to them is
+ * exactly 0: kv_in is not read, and may still be in flight), 2 the rest, after part 1 on the stream */
+lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, int part, const void *q,
+                                      const void *k, const void *v, const float *slopes, const float *kv_in, void *o,
                                       const float *seg);
 lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                      const void *v, const float *slopes, const void *do_, float *g);
