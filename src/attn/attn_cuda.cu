@@ -172,7 +172,13 @@ __global__ void k_fold(DirParams P, const float *S) {
     if (idx >= n) return;
     const float s = P.slopes[bh % P.H], v = S[(size_t)bh * n + idx];
     float *w = P.ws + (size_t)bh * P.ns * n + idx;
-    for (int k = 0; k < P.ns; k++) w[(size_t)k * n] += s_add_decay(P, k, s) * v;
+    /* the decay falls with k: from the first segment it underflows to 0 in fp32 on, S adds exactly nothing
+     * (most segments of a long piece at the usual slopes), and those states are neither read nor written */
+    for (int k = 0; k < P.ns; k++) {
+        const float f = s_add_decay(P, k, s);
+        if (f == 0.f) break;
+        w[(size_t)k * n] += f * v;
+    }
 }
 
 /* k_scan and k_fold: a thread per element of a state (256 a block), blockIdx.y the head */

@@ -616,7 +616,7 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
                         u = make_float2(t[r], t[DX + r]);
                         v = make_float2(t[r + 8], t[DX + r + 8]);
                     }
-                    if (act && P.s_add) {
+                    if (act && f_add != 0.f) { /* 0: the state cannot reach this segment in fp32 */
                         const float *A = s_add_of(P, bh);
                         const int cs = slice * EZ + c;
                         const bool tr = P.s_add_trans;

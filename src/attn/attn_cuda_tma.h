@@ -239,8 +239,9 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
         float kv[DX / 64][32];
         /* an arrived state comes through the KV slots (2·KV bytes = dx·EZ fp32), free until KV(0) */
         static_assert(2 * S::KV == DX * EZ * 4, "the staged s_add fills the two KV slots");
-        if (P.s_add) stage_s_add<DX>(sb + S::KVOFF, P, bh, slice, threadIdx.x & 127);
-        load_state<DX>(kv, P, bh, seg, slice, s, sw, lane, P.s_add ? (const float *)(smem + S::KVOFF) : nullptr);
+        const bool add = P.s_add && s_add_decay(P, seg, s) != 0.f; /* as load_state decides it */
+        if (add) stage_s_add<DX>(sb + S::KVOFF, P, bh, slice, threadIdx.x & 127);
+        load_state<DX>(kv, P, bh, seg, slice, s, sw, lane, add ? (const float *)(smem + S::KVOFF) : nullptr);
         for (int c = 0; c < nch; c++) {
             const int k = c & 1, st = c % NS;
             /* KV(c) as bf16 into slot k, once its last reader (chunk c − 2) is done with it */

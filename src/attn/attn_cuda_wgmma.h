@@ -234,8 +234,10 @@ __device__ __forceinline__ void load_state(float (&kv)[DX / 64][32], const DirPa
     for (int hf = 0; hf < DX / 64; hf++)
 #pragma unroll
         for (int i = 0; i < 32; i++) kv[hf][i] = el(src, P.ws_trans, hf, i / 4, i % 4);
-    if (P.s_add && staged) {
-        const float f = s_add_decay(P, seg, slope);
+    /* f = 0: the arrived state cannot reach this segment in fp32 (most segments of a long piece at the
+     * usual slopes): nothing to add, nothing to load (k_out_tma then stages nothing either) */
+    const float f = P.s_add ? s_add_decay(P, seg, slope) : 0.f;
+    if (f != 0.f && staged) {
         cp_async_wait<0>();
         asm volatile("bar.sync 3, 128;\n" ::: "memory");
 #pragma unroll
@@ -247,8 +249,7 @@ __device__ __forceinline__ void load_state(float (&kv)[DX / 64][32], const DirPa
                 kv[hf][i] += f * (P.s_add_trans ? staged[c * DX + r] : staged[r * EZ + c]);
             }
         asm volatile("bar.sync 3, 128;\n" ::: "memory");
-    } else if (P.s_add) {
-        const float f = s_add_decay(P, seg, slope);
+    } else if (f != 0.f) {
         const float *m = s_add_of(P, bh);
 #pragma unroll
         for (int hf = 0; hf < DX / 64; hf++)
