@@ -23,12 +23,15 @@ if has build; then
     [ $rc -eq 0 ] || { tail -30 "$OUT/build.log"; exit 1; }
 fi
 if has test; then
-    for t in gpu_mpi_comm gpu_mpi_sp; do
+    # the SP test also with the opt-in schedules (their outputs must equal one GPU's as the default's do)
+    for run in gpu_mpi_comm gpu_mpi_sp gpu_mpi_sp:LASP_SP_SPLIT=2; do
+        t=${run%%:*} envs=; [ "$run" != "$t" ] && envs=${run#*:}
+        log=$OUT/$t${envs:+-${envs//[=,]/-}}.log
         t0=$SECONDS
-        timeout 300 mpirun --bind-to none -np "$ngpu" build/tests/$t >"$OUT/$t.log" 2>&1
+        env $envs timeout 300 mpirun --bind-to none -np "$ngpu" build/tests/$t >"$log" 2>&1
         rc=$?
-        grep -E '^(PASS|FAIL|  check)' "$OUT/$t.log" | head -40
-        summary+=("$t -np $ngpu  rc=$rc  $(grep -c '^PASS' "$OUT/$t.log") passed $(grep -c '^FAIL' "$OUT/$t.log") failed  $((SECONDS - t0)) s")
+        grep -E '^(PASS|FAIL|  check)' "$log" | head -40
+        summary+=("$t${envs:+ ($envs)} -np $ngpu  rc=$rc  $(grep -c '^PASS' "$log") passed $(grep -c '^FAIL' "$log") failed  $((SECONDS - t0)) s")
     done
 fi
 if has cli; then
@@ -58,7 +61,7 @@ if has bench; then
 fi
 if has variants; then
     : >"$OUT/variants.txt"
-    for var in ${SP_VARIANTS:-LASP_SP_GROUPS=1 LASP_SP_GROUPS=2}; do
+    for var in ${SP_VARIANTS:-LASP_SP_SPLIT=1 LASP_SP_SPLIT=2 LASP_SP_SPLIT=0}; do
         envs=$(echo "$var" | tr ',' ' ')
         env $envs timeout 200 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 \
             --mode lasp --t-local 32768,65536 >"$OUT/v.txt" 2>&1

@@ -310,11 +310,23 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     for (int64_t i = 0, b0 = 2; i < 2; i++)
         CHECK(lasp_attn_fwd_cuda_local(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, m, seg) == LASP_OK, "%s",
               lasp_ctx_error(ctx));
-    /* the finish in two launches (the segments kv_in cannot reach, then the rest), each in two groups */
+    /* the finish in two launches, each in two groups: the segments kv_in cannot reach on the context's
+     * stream, and beside them the rest on a stream of its own (ordered after the local halves by an event) */
+    void *cst = NULL;
+    cudaStream_t side;
+    cudaEvent_t ev_local, ev_side;
+    CHECK(lasp_attn_cuda_stream(ctx, &cst) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CUDA_OK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+    CUDA_OK(cudaEventCreateWithFlags(&ev_local, cudaEventDisableTiming));
+    CUDA_OK(cudaEventCreateWithFlags(&ev_side, cudaEventDisableTiming));
+    CUDA_OK(cudaEventRecord(ev_local, (cudaStream_t)cst));
+    CUDA_OK(cudaStreamWaitEvent(side, ev_local, 0));
     for (int p = 1; p <= 2; p++)
         for (int64_t i = 0, b0 = 4; i < 2; i++)
             CHECK(lasp_attn_fwd_cuda_finish(ctx, &a, part(i, b0, B * H), p, gq, gk, gv, gsl, p == 1 ? NULL : gkv, o2,
-                                            seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
+                                            seg, p == 2 ? (void *)side : NULL) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CUDA_OK(cudaEventRecord(ev_side, side));
+    CUDA_OK(cudaStreamWaitEvent((cudaStream_t)cst, ev_side, 0));
     for (int64_t i = 0, b0 = 1; i < 2; i++)
         CHECK(lasp_attn_bwd_cuda_local(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, gdo, g) == LASP_OK, "%s",
               lasp_ctx_error(ctx));
@@ -341,6 +353,7 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
     CHECK(lasp_attn_bwd_saved(ctx, &a, gq, gk, gv, gsl, gkv, gdo, gdkv, dq3, dk3, dv3, dkvi3, saved) == LASP_OK, "%s",
           lasp_ctx_error(ctx));
     CUDA_OK(cudaDeviceSynchronize());
+    cudaEventDestroy(ev_local), cudaEventDestroy(ev_side), cudaStreamDestroy(side);
     expect_same("o", o1, o2, nv, t, t);
     expect_same("dq", dq1, dq2, nq, t, t);
     expect_same("dk", dk1, dk2, nq, t, t);

@@ -223,7 +223,10 @@ static void plan_dir(const cuda_state *cs, const lasp_attn_desc *a, lasp_cu::Dir
     P.ns = (int)((a->T + P.seg - 1) / P.seg);
 }
 
-static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
+/* ... on the context's stream, or on `st` where given (the SP schedule's second finishing stream) */
+static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P,
+                           cudaStream_t st = nullptr) {
+    if (!st) st = cs->stream;
     plan_dir(cs, a, P);
     if (!P.ws) { /* else the caller's buffer (the forward's saved states) */
         if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
@@ -238,9 +241,9 @@ static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *
     P.tma = !P.wgmma ? 0 : env_tma && (env_tma[0] == '0' || env_tma[0] == '1') ? env_tma[0] - '0' : 2;
     cudaError_t e;
     switch (a->dtype) {
-    case LASP_BF16: e = lasp_cu::launch_bf16(P, cs->stream, cs->max_smem); break;
-    case LASP_F16: e = lasp_cu::launch_f16(P, cs->stream, cs->max_smem); break;
-    default: e = lasp_cu::launch_f32(P, cs->stream, cs->max_smem); break;
+    case LASP_BF16: e = lasp_cu::launch_bf16(P, st, cs->max_smem); break;
+    case LASP_F16: e = lasp_cu::launch_f16(P, st, cs->max_smem); break;
+    default: e = lasp_cu::launch_f32(P, st, cs->max_smem); break;
     }
     if (e != cudaSuccess) return cuda_fail(ctx, e, "launching the attention kernels");
     return LASP_OK;
@@ -392,10 +395,11 @@ static lasp_status set_heads(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads 
 /* The second half of a directed op whose first half (states_only) left the segment states of a zero
  * incoming state in the workspace: the output kernel, adding the state that arrived (P.s_in) to each
  * segment's entering state as it reads it. */
-static lasp_status finish_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P) {
+static lasp_status finish_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P,
+                              cudaStream_t st = nullptr) {
     P.s_add = P.s_in, P.s_add_trans = P.s_in_trans;
     P.s_in = NULL, P.out_only = 1;
-    return run_dir(ctx, cs, a, P);
+    return run_dir(ctx, cs, a, P, st);
 }
 
 extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
@@ -412,7 +416,7 @@ extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
 
 extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, int part,
                                                  const void *q, const void *k, const void *v, const float *slopes,
-                                                 const float *kv_in, void *o, const float *seg) {
+                                                 const float *kv_in, void *o, const float *seg, void *stream) {
     const void *t[] = {q, k, v, slopes, o, seg};
     const char *names[] = {"q", "k", "v", "slopes", "o", "seg"};
     cuda_state *cs = NULL;
@@ -424,7 +428,7 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
         return lasp_fail(&ctx->err, LASP_ERR_ARG, "finishing part %d (hint: 0 all, 1 before the state, 2 after)", part);
     P.part = part;
     if (part == 1) P.s_in = NULL; /* its blocks are those the state cannot reach */
-    return finish_dir(ctx, cs, a, P);
+    return finish_dir(ctx, cs, a, P, (cudaStream_t)stream);
 }
 
 extern "C" lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,

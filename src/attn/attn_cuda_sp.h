@@ -42,10 +42,12 @@ lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream);
 lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                      const void *v, const float *slopes, float *m, float *seg);
 /* part: 0 the whole finish; 1 only the segments that kv_in cannot reach in fp32 (its decay to them is
- * exactly 0: kv_in is not read, and may still be in flight), 2 the rest, after part 1 on the stream */
+ * exactly 0: kv_in is not read, and may still be in flight), 2 the rest. The two parts write disjoint
+ * outputs: part 2 may run after part 1 on the context's stream or beside it on another (`stream`, NULL:
+ * the context's), ordered after the local half by the caller. */
 lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, int part, const void *q,
                                       const void *k, const void *v, const float *slopes, const float *kv_in, void *o,
-                                      const float *seg);
+                                      const float *seg, void *stream);
 lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                      const void *v, const float *slopes, const void *do_, float *g);
 lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *k, const void *v,

@@ -41,6 +41,8 @@ typedef struct gpu_events {
     cudaEvent_t sent;                     /* C: the outgoing states have left; their buffer may be written again */
     int sent_pending;                     /* `sent` was recorded and no call has waited for it yet */
     int fwd_has_in;                       /* the forward's piece had an incoming state (else kv_in is zero) */
+    cudaStream_t S2;                      /* LASP_SP_SPLIT=2: the finish's part 2 beside part 1 (made on first use) */
+    cudaEvent_t part2_done;               /* S2: part 2 is done; S waits for it */
     /* LASP_SP_TRACE=1: timing events at the phases of a layer, printed after each backward (stderr):
      * fwd start, local done, state here, end; the same for the bwd (of the last group where there are several) */
     cudaEvent_t tr[8];
@@ -112,6 +114,8 @@ extern "C" void lasp_sp_cache_free_cuda(lasp_sp_cache *c) {
             if (ev->state_ready[i]) cudaEventDestroy(ev->state_ready[i]);
         }
         if (ev->sent) cudaEventDestroy(ev->sent);
+        if (ev->part2_done) cudaEventDestroy(ev->part2_done);
+        if (ev->S2) cudaStreamDestroy(ev->S2);
         for (int i = 0; i < 8; i++)
             if (ev->tr[i]) cudaEventDestroy(ev->tr[i]);
         free(ev);
@@ -245,10 +249,22 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
 /* LASP_SP_SPLIT (default 1; 0 to compare): a rank waiting for KV_in first runs the finishing half's
  * blocks that KV_in cannot reach — at the usual slopes the decay to most segments of a long piece is
  * exactly 0 in fp32, so the hop hides behind them, and the output is bit for bit the one-launch result.
- * Then no sender needs to wait for its send in the forward either (after_send). */
+ * Then no sender needs to wait for its send in the forward either (after_send). 2: part 2 on a stream of
+ * its own (highest priority), launched as the state arrives, so that its blocks take SMs as part 1's
+ * free them instead of starting after part 1's last block (one tail, not two; not yet measured). */
 static int split_finish(void) {
     const char *e = getenv("LASP_SP_SPLIT");
-    return !(e && e[0] == '0');
+    return !e ? 1 : e[0] == '0' ? 0 : e[0] == '2' ? 2 : 1;
+}
+
+/* the stream and event of LASP_SP_SPLIT=2, made on first use */
+static lasp_status second_stream(lasp_ctx *ctx, gpu_events *ev) {
+    if (ev->S2) return LASP_OK;
+    int lo = 0, hi = 0;
+    CU_TRY(ctx, cudaDeviceGetStreamPriorityRange(&lo, &hi), "cudaDeviceGetStreamPriorityRange");
+    CU_TRY(ctx, cudaStreamCreateWithPriority(&ev->S2, cudaStreamNonBlocking, hi), "cudaStreamCreateWithPriority");
+    CU_TRY(ctx, cudaEventCreateWithFlags(&ev->part2_done, cudaEventDisableTiming), "cudaEventCreate");
+    return LASP_OK;
 }
 
 /* NCCL runs a send or a receive as a kernel on the communication stream, and it holds its SMs from launch
@@ -341,13 +357,21 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         LASP_TRY(mark_sent(ctx, &s));
     }
     /* A rank whose KV_in comes from another first finishes the segments KV_in cannot reach (split_finish) */
-    const int split = r > 0 && split_finish();
+    const int split = r > 0 ? split_finish() : 0;
+    if (split == 2) LASP_TRY(second_stream(ctx, s.ev));
     for (int i = 0; split && i < s.ng; i++)
-        LASP_TRY(lasp_attn_fwd_cuda_finish(ctx, a, group(&s, i), 1, q, k, v, slopes, NULL, o, cache->seg));
+        LASP_TRY(lasp_attn_fwd_cuda_finish(ctx, a, group(&s, i), 1, q, k, v, slopes, NULL, o, cache->seg, NULL));
     for (int i = 0; i < s.ng; i++) {
-        LASP_TRY(wait_for_state(ctx, &s, i));
+        /* part 2 (or the whole finish) once the state is here: on S, or beside part 1 on S2 (state_ready
+         * follows the local half on C, so S2 needs no other order) */
+        cudaStream_t st = split == 2 ? s.ev->S2 : s.S;
+        CU_TRY(ctx, cudaStreamWaitEvent(st, s.ev->state_ready[i], 0), "cudaStreamWaitEvent");
         LASP_TRY(lasp_attn_fwd_cuda_finish(ctx, a, group(&s, i), split ? 2 : 0, q, k, v, slopes, has_in ? KV : NULL,
-                                           o, cache->seg));
+                                           o, cache->seg, split == 2 ? (void *)st : NULL));
+    }
+    if (split == 2) {
+        CU_TRY(ctx, cudaEventRecord(s.ev->part2_done, s.ev->S2), "cudaEventRecord");
+        CU_TRY(ctx, cudaStreamWaitEvent(s.S, s.ev->part2_done, 0), "cudaStreamWaitEvent");
     }
     trace(&s, 3, s.S);
     return LASP_OK;
