@@ -220,7 +220,8 @@ __device__ __forceinline__ void store_kv(unsigned char *kvp, const float (&kv)[D
  * element made the SP finishing halves 50–80 µs slower; 64 at a time spilled registers in k_out_tma.
  * staged: P.s_add's slice already copied to shared memory by stage_s_add (k_out_tma), its copies in
  * flight: waited for here (the state warpgroup's named barrier 3 on both sides of the reads, so that the
- * caller may then overwrite the staging area) and read from there, one trip to memory instead of four. */
+ * caller may then overwrite the staging area) and read from there, one trip to memory instead of four
+ * (on 2 × H200 the SP layer did not change beyond the run-to-run spread with it; it costs nothing). */
 template <int DX>
 __device__ __forceinline__ void load_state(float (&kv)[DX / 64][32], const DirParams &P, int bh, int seg, int slice,
                                            float slope, int sw, int lane, const float *staged = nullptr) {
