@@ -2,7 +2,8 @@
 # scripts/gpu.sh — everything the CUDA op needs on a GPU machine, in one call:
 #   build (sm_90a), `make test-gpu`, compute-sanitizer memcheck + racecheck on small shapes, the bench;
 # a short summary table last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
-#   usage: scripts/gpu.sh [build] [test] [test-mma] [san] [dev] [bench] [bench-mma] [quickbench] [ncu]
+#   usage: scripts/gpu.sh [build] [test] [test-mma] [san] [dev] [bench] [bench-mma] [quickbench] [sweep] [ncu]
+#   sweep: the D128 rows under LASP_CUDA_BLOCKS_PER_SM ∈ $SWEEP (default 4 6 8 12 16), one table
 #          (default: build test test-mma san bench-mma bench)
 #   *-mma: the same with LASP_CUDA_WGMMA=0, the mma.sync output pass that GPUs before Hopper run
 set -u
@@ -46,6 +47,16 @@ if has dev; then
 fi
 if has quickbench; then
     build/lasp bench attn --device cuda --dtype bf16 --repeat 20 2>&1 | tee "$OUT/bench.txt"
+fi
+if has sweep; then
+    # how finely the sequence is cut (segments per SM) against the waves' tails and the state traffic
+    : >"$OUT/sweep.txt"
+    for n in ${SWEEP:-4 6 8 12 16}; do
+        LASP_CUDA_BLOCKS_PER_SM=$n build/lasp bench attn --device cuda --dtype bf16 --dim 128 --repeat 20 2>&1 |
+            grep -E '^ +[0-9]' | sed "s|^|blocks/SM $n |" >>"$OUT/sweep.txt"
+    done
+    summary+=("sweep (LASP_CUDA_BLOCKS_PER_SM; B H T D type fwd ms ... f+b ms ...):")
+    while IFS= read -r line; do summary+=("$line"); done <"$OUT/sweep.txt"
 fi
 if has bench-mma; then
     echo "# output pass on mma.sync (LASP_CUDA_WGMMA=0)" >"$OUT/bench-mma.txt"
