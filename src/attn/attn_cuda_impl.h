@@ -37,8 +37,9 @@ struct DirParams {
     int s_add_trans;
     /* The finishing half in two launches, so that a rank need not wait for the state to start: part 1 runs
      * only the (head, segment) blocks whose decay λ^(σ + k·seg) is exactly 0 in fp32 (the arriving state
-     * cannot change them; s_add NULL), part 2 only the others (with s_add); 0 runs all. A kernel that
-     * ignores `part` stays correct when part 1 precedes part 2 on its stream: part 2 rewrites every block. */
+     * cannot change them; s_add NULL), part 2 only the others (with s_add); 0 runs all. Every output
+     * kernel (k_out, k_out_wg, k_out_tma) skips the other part's blocks, so that the parts write disjoint
+     * outputs and may run on two streams at once. */
     int part;
 };
 

@@ -470,6 +470,7 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
     float *wt = pw + CH + 4;                                              /* wt[j] = λ^{C−j} */
 
     const float s = P.slopes[h];
+    if (other_part(P, seg, s)) return; /* the whole CTA, before any barrier */
     const float gammaC = decay_tables(pw, wt, s);
 
     const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
