@@ -7,7 +7,8 @@
  *     C: the receive of KV_in from r−1, enqueued now, started by S's event (after_send says why)
  *     C: after S's event and the receive: S may go on; KV_out = γ KV_in + m, send to r+1
  *        (rank 0 without a kv_in sends m as it is: nothing but the message on the critical path)
- *     S: after C's event: finishing half with KV_in → o     (outputs, KV_in added as the states are read)
+ *     S: after C's event: finishing half with KV_in → o     (outputs, KV_in added as the states are read;
+ *        a rank waiting for KV_in first runs the blocks KV_in cannot reach: split_finish)
  *   backward mirrored: the piece's g first, handed to C at once; S computes dq (it needs only the
  *     forward's segment states, kept in the cache, and the cached KV_in) while C receives dKV_out from
  *     r+1, folds it into the reverse segment states, forms dKV_in = γ dKV_out + g and sends it to r−1;
@@ -228,14 +229,14 @@ static lasp_status hand_to_comm(lasp_ctx *ctx, const sched *s, int fwd, int i) {
     return LASP_OK;
 }
 
-/* C has group i's incoming state: S may finish that group (wait_for_state, just before it does). */
+/* C has group i's incoming state: S (or S2) may finish that group (wait_for_state, just before it does). */
 static lasp_status state_here(lasp_ctx *ctx, const sched *s, int fwd, int i) {
     if (i == s->ng - 1) trace(s, fwd ? 2 : 6, s->C);
     CU_TRY(ctx, cudaEventRecord(s->ev->state_ready[i], s->C), "cudaEventRecord");
     return LASP_OK;
 }
-static lasp_status wait_for_state(lasp_ctx *ctx, const sched *s, int i) {
-    CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->state_ready[i], 0), "cudaStreamWaitEvent");
+static lasp_status wait_for_state(lasp_ctx *ctx, const sched *s, int i, cudaStream_t st) {
+    CU_TRY(ctx, cudaStreamWaitEvent(st, s->ev->state_ready[i], 0), "cudaStreamWaitEvent");
     return LASP_OK;
 }
 
@@ -365,7 +366,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         /* part 2 (or the whole finish) once the state is here: on S, or beside part 1 on S2 (state_ready
          * follows the local half on C, so S2 needs no other order) */
         cudaStream_t st = split == 2 ? s.ev->S2 : s.S;
-        CU_TRY(ctx, cudaStreamWaitEvent(st, s.ev->state_ready[i], 0), "cudaStreamWaitEvent");
+        LASP_TRY(wait_for_state(ctx, &s, i, st));
         LASP_TRY(lasp_attn_fwd_cuda_finish(ctx, a, group(&s, i), split ? 2 : 0, q, k, v, slopes, has_in ? KV : NULL,
                                            o, cache->seg, split == 2 ? (void *)st : NULL));
     }
@@ -439,7 +440,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         LASP_TRY(mark_sent(ctx, &s));
     }
     for (int i = 0; i < s.ng; i++) { /* dKV_out folded in, or added here */
-        LASP_TRY(wait_for_state(ctx, &s, i));
+        LASP_TRY(wait_for_state(ctx, &s, i, s.S));
         LASP_TRY(lasp_attn_bwd_cuda_finish(ctx, a, group(&s, i), q, k, v, slopes, do_, fold ? NULL : in, dk, dv));
     }
     trace(&s, 7, s.S);
