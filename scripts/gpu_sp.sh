@@ -23,8 +23,9 @@ if has build; then
     [ $rc -eq 0 ] || { tail -30 "$OUT/build.log"; exit 1; }
 fi
 if has test; then
-    # the SP test also with the opt-in schedules (their outputs must equal one GPU's as the default's do)
-    for run in gpu_mpi_comm gpu_mpi_sp gpu_mpi_sp:LASP_SP_SPLIT=2; do
+    # the SP test also with the opt-in schedules (their outputs must equal one GPU's as the default's do);
+    # $SP_TEST_RUNS (test[:VAR=value,...] ...) narrows it, e.g. when `make test-gpu` ran the first two
+    for run in ${SP_TEST_RUNS:-gpu_mpi_comm gpu_mpi_sp gpu_mpi_sp:LASP_SP_SPLIT=2}; do
         t=${run%%:*} envs=; [ "$run" != "$t" ] && envs=${run#*:}
         log=$OUT/$t${envs:+-${envs//[=,]/-}}.log
         t0=$SECONDS

@@ -188,7 +188,10 @@ int main(int argc, char **argv) {
     lasp_ctx *ctx = NULL;
     lasp_ctx_create(NULL, &ctx);
     const int W = lasp_comm_size(world);
-    /* every dp × sp layout of the job: the full matrix at sp = W, two cases for the others */
+    /* every dp × sp layout of the job: the full matrix at sp = W, two cases for the others. The full matrix
+     * runs a whole sequence of 8192 tokens at every W (T_local 8192 / W): every rank draws and checks the
+     * whole sequence on the host, so a fixed T_local would make the test grow with W (4 GPUs at T_local 4096
+     * took over 4 minutes, mostly drawing normals) */
     for (int spn = W; spn >= 1; spn--) {
         if (W % spn) continue;
         for (int mode = 0; mode < 2; mode++) {
@@ -202,7 +205,7 @@ int main(int argc, char **argv) {
                 for (int ti = 0; ti < 2; ti++)
                     for (int bi = 0; bi < 2; bi++)
                         for (int di = 0; di < 2; di++)
-                            run_case(world, &sp, ctx, seed + 10 + ti * 4 + bi * 2 + di, Bs[bi], 4096, 16, Ds[di],
+                            run_case(world, &sp, ctx, seed + 10 + ti * 4 + bi * 2 + di, Bs[bi], 8192 / W, 16, Ds[di],
                                      types[ti], 0);
             }
             lasp_sp_free(&sp);
