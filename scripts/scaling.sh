@@ -15,8 +15,15 @@ timeout 600 mpirun --bind-to none -np "$ngpu" build/tests/gpu_mpi_sp >"$OUT/corr
 echo "correctness: rc=$? $(grep -c '^PASS' "$OUT/correctness.log") passed, $(grep -c '^FAIL' "$OUT/correctness.log") failed" |
     tee "$OUT/summary.txt"
 grep '^FAIL' "$OUT/correctness.log" | head
-timeout 600 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 --t-local 32768,65536 \
-    >"$OUT/weak.txt" 2>&1
+# weak and strong scaling at W = 2, 4, 8, … up to this machine's GPUs, one launch each (each row has its
+# one-GPU time beside it), in one table
+: >"$OUT/weak.txt"
+for ((w = 2; w <= ngpu; w *= 2)); do
+    timeout 300 mpirun --bind-to none -np "$w" build/lasp bench sp --device cuda --dtype bf16 --t-local 32768,65536 \
+        >"$OUT/w.txt" 2>&1
+    [ -s "$OUT/weak.txt" ] || grep '^# scaling' "$OUT/w.txt" >>"$OUT/weak.txt"   # the column names
+    grep -E '^  (weak|strong)|error' "$OUT/w.txt" >>"$OUT/weak.txt"
+done
 timeout 600 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 --longest \
     >"$OUT/longest.txt" 2>&1
 echo "# ---- summary ($ngpu GPUs) ----"
