@@ -166,7 +166,7 @@ fail:
 }
 
 int lasp_bench_attn_cuda(int argc, char **argv) {
-    const char *device = "cuda", *dtype = "bf16";
+    const char *device = "cuda", *dtype = "bf16", *one = NULL;
     long long repeat = 50, warmup = 10, dim = 0;
     int quick = 0;
     const opt opts[] = {
@@ -176,9 +176,11 @@ int lasp_bench_attn_cuda(int argc, char **argv) {
         {"--warmup", OPT_INT, &warmup, "N", "untimed runs first", 0},
         {"--dim", OPT_INT, &dim, "D", "only shapes of head dim D (64 or 128; 0 = both)", 0},
         {"--quick", OPT_FLAG, &quick, NULL, "only B1 H16 T32768, per head dim", 0},
+        {"--shape", OPT_STR, &one, "B,H,T,D", "only this shape (D 64 or 128; to profile one shape)", 0},
     };
     const cmd_spec spec = {
-        "lasp bench attn --device cuda [--dtype bf16|f16|f32] [--repeat N] [--warmup N] [--dim D] [--quick]",
+        "lasp bench attn --device cuda [--dtype bf16|f16|f32] [--repeat N] [--warmup N] [--dim D] [--quick]\n"
+        "                              [--shape B,H,T,D]",
         "Times the fused CUDA op, forward and forward+backward, on the shapes of docs/TARGETS.md (D = 128 and\n"
         "D = 64), ALiBi slopes s_h = 2^(−8(h+1)/H): median of N CUDA-event-timed runs after warm-up, inputs\n"
         "rotated over several sets larger than L2 together. TFLOP/s with MATH.md §7's FLOPs (C = 64), GB/s of\n"
@@ -209,7 +211,19 @@ int lasp_bench_attn_cuda(int argc, char **argv) {
                           {1, 16, 32768, 64},  {1, 32, 32768, 64},  {4, 16, 8192, 64},  {1, 16, 131072, 64}};
     const shape small[] = {{1, 16, 32768, 128}, {1, 16, 32768, 64}};
     const shape *shapes = quick ? small : full;
-    const int n_shapes = quick ? 2 : 8;
+    int n_shapes = quick ? 2 : 8;
+    shape given;
+    if (one) {
+        long long v[4];
+        char tail;
+        if (sscanf(one, "%lld,%lld,%lld,%lld%c", &v[0], &v[1], &v[2], &v[3], &tail) != 4 || v[0] < 1 || v[1] < 1 ||
+            v[2] < 1 || (v[3] != 64 && v[3] != 128) || v[0] * v[1] > 65535) {
+            fprintf(stderr, "error: --shape '%s' is not B,H,T,D (hint: 1,16,32768,128; D is 64 or 128)\n", one);
+            return 2;
+        }
+        given = (shape){v[0], v[1], v[2], v[3]};
+        shapes = &given, n_shapes = 1;
+    }
 
     /* the random pattern the inputs are tiled from */
     const size_t npat = (size_t)1 << 23;

@@ -131,7 +131,7 @@ static lasp_status reserve_ws(lasp_ctx *ctx, cuda_state *cs, size_t bytes) {
 
 namespace lasp_cu {
 
-__global__ void k_scan(DirParams P) {
+__global__ void __launch_bounds__(256, 8) k_scan(DirParams P) {
     const int64_t n = (int64_t)P.dx * P.ezt;
     const int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     const int bh = P.bh0 + blockIdx.y;
@@ -144,14 +144,16 @@ __global__ void k_scan(DirParams P) {
     }
     const float lam_sigma = expf(-s * (float)P.sigma), gam = expf(-s * (float)P.seg);
     float *w = P.ws + (size_t)bh * P.ns * n + idx;
-    /* 32 independent loads in flight before the serial Horner steps (latency, not bandwidth, bounds this:
-     * 35 µs at B1 H16 T32768 D128 on an H100; with 8, 43 µs on an H200) */
-    for (int k0 = 0; k0 < P.ns; k0 += 32) {
-        float m[32];
+    /* 16 independent loads in flight before the serial Horner steps, in 32 registers, so that a whole
+     * grid of 8 blocks an SM is resident at once: latency, not bandwidth, bounds this kernel. With 32
+     * loads unrolled ptxas took 142 registers (one block an SM, ~8 waves): 32.6 µs at B1 H16 T32768 D128
+     * on an H200 (ncu), 24% of DRAM bandwidth for 34 MB read. */
+    for (int k0 = 0; k0 < P.ns; k0 += 16) {
+        float m[16];
 #pragma unroll
-        for (int j = 0; j < 32; j++) m[j] = k0 + j < P.ns ? w[(size_t)(k0 + j) * n] : 0.f;
+        for (int j = 0; j < 16; j++) m[j] = k0 + j < P.ns ? w[(size_t)(k0 + j) * n] : 0.f;
 #pragma unroll
-        for (int j = 0; j < 32; j++) {
+        for (int j = 0; j < 16; j++) {
             const int k = k0 + j;
             if (k < P.ns) {
                 w[(size_t)k * n] = lam_sigma * H;
