@@ -66,10 +66,12 @@ if has bench; then
     build/lasp bench attn --device cuda --dtype bf16 2>&1 | tee "$OUT/bench.txt"
 fi
 if has ncu; then
-    # one fwd and one fwd+bwd of B1 H16 T32768 D128: per-kernel time, DRAM bytes and throughput
-    ncu --clock-control none --print-units base -k 'regex:k_(state|scan|out)' --launch-count 15 --csv \
+    # one fwd and one fwd+bwd of B1 H16 T32768 D128 (or of $NCU_SHAPE, B,H,T,D): per-kernel time, DRAM bytes
+    # and throughput
+    ncu --clock-control none --print-units base -k 'regex:k_(state|scan|out)' --launch-count 11 --csv \
         --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active \
-        build/lasp bench attn --device cuda --quick --dim 128 --repeat 1 --warmup 0 >"$OUT/ncu.csv" 2>"$OUT/ncu.err"
+        build/lasp bench attn --device cuda --shape "${NCU_SHAPE:-1,16,32768,128}" --repeat 1 --warmup 0 \
+        >"$OUT/ncu.csv" 2>"$OUT/ncu.err"
     python3 scripts/ncu_table.py "$OUT/ncu.csv" | tee "$OUT/ncu.txt"
 fi
 echo "# ---- summary ----"
