@@ -230,6 +230,7 @@ static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *
                            cudaStream_t st = nullptr) {
     if (!st) st = cs->stream;
     plan_dir(cs, a, P);
+    P.n_sm = cs->n_sm;
     if (!P.ws) { /* else the caller's buffer (the forward's saved states) */
         if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
         P.ws = cs->ws;

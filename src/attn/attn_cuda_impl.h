@@ -41,6 +41,7 @@ struct DirParams {
      * kernel (k_out, k_out_wg, k_out_tma) skips the other part's blocks, so that the parts write disjoint
      * outputs and may run on two streams at once. */
     int part;
+    int n_sm; /* the device's SMs (k_out_tma runs one persistent CTA on each) */
 };
 
 /* The z-slice width EZ that the kernels use: the widest whose fp32 state fits 64 registers a thread

@@ -64,8 +64,11 @@ struct Smem {
     static constexpr int NS = 4; /* tile stages; even, so that a stage's chunks go to one output warpgroup */
     static constexpr uint32_t X = CH * DX * 2, Z = CH * wg::EZ * 2, STAGE = 2 * X + Z, KV = DX * wg::EZ * 2;
     static constexpr uint32_t OUT = CH * wg::EZ * 2; /* a staging tile for the outputs, per output warpgroup */
+    /* decay tables (floats: λ^n for n = 0..64, then λ^{C−j}), one per item in flight (the ring's bound: the
+     * state warpgroup runs at most 4 chunks ahead of the slower output warpgroup) */
+    static constexpr int TAB = 2 * CH + 8, NTAB = 4;
     static constexpr uint32_t KVOFF = NS * STAGE, OUTOFF = KVOFF + 2 * KV, TABOFF = OUTOFF + 2 * OUT,
-                              BAROFF = TABOFF + 1024;
+                              BAROFF = TABOFF + NTAB * TAB * 4;
     static constexpr size_t bytes = BAROFF + 128 + 1024; /* + room to align the base to 1024 */
 };
 
@@ -108,6 +111,41 @@ __device__ __forceinline__ void load_box(uint32_t dst, const CUtensorMap *m, int
 
 }  // namespace tma
 
+/* k_out_tma's work: the (z-slice, segment, head) blocks of the op, item i = slice + slices·(seg + ns·head).
+ * CTA b of G (one an SM) takes items b, b + G, b + 2G, … (at any moment the CTAs run neighbouring items,
+ * so both slices of a segment share their x and y tiles in the L2), skipping the blocks of the other part
+ * of a split finish (DirParams.part). */
+struct Item {
+    int i; /* ≥ n: past the end */
+    int slice, seg, bh, nch;
+    float s; /* the head's slope */
+};
+struct Work {
+    int n, G, slices;
+    /* the first item to run at or after i (in steps of G) */
+    __device__ __forceinline__ Item at(const DirParams &P, int i) const {
+        Item t;
+        for (; i < n; i += G) {
+            t.slice = i % slices;
+            const int r = i / slices;
+            t.seg = r % P.ns, t.bh = P.bh0 + r / P.ns;
+            t.s = P.slopes[t.bh % P.H];
+            if (other_part(P, t.seg, t.s)) continue;
+            const int64_t p0 = (int64_t)t.seg * P.seg, p1 = min(p0 + P.seg, P.T);
+            t.nch = (int)((p1 - p0 + CH - 1) / CH);
+            t.i = i;
+            return t;
+        }
+        t.i = n, t.nch = 0, t.slice = t.seg = t.bh = 0, t.s = 0.f;
+        return t;
+    }
+    /* chunk c of item t, moved on by k chunks over the CTA's items */
+    __device__ __forceinline__ void advance(const DirParams &P, Item &t, int &c, int k) const {
+        c += k;
+        while (t.i < n && c >= t.nch) c -= t.nch, t = at(P, t.i + G);
+    }
+};
+
 template <int DX>
 __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant__ TmaParams A) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -119,8 +157,8 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const uint32_t sb = aligned_base(smem_raw);
     unsigned char *smem = smem_raw + (sb - smem_u32(smem_raw));
-    float *pw = (float *)(smem + S::TABOFF); /* pw[n] = λ^n, n = 0..64 */
-    float *wt = pw + CH + 4;                 /* wt[j] = λ^{C−j} */
+    /* the decay tables of the items in flight, a ring of S::NTAB: pw[n] = λ^n (n = 0..64), wt[j] = λ^{C−j} */
+    auto pw_of = [&](int q) { return (float *)(smem + S::TABOFF) + (q % S::NTAB) * S::TAB; };
     auto xt = [&](int s) { return sb + s * S::STAGE; };
     auto yt = [&](int s) { return sb + s * S::STAGE + S::X; };
     auto zt = [&](int s) { return sb + s * S::STAGE + 2 * S::X; };
@@ -131,103 +169,120 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
     auto kvfull = [&](int k) { return bars + 8 * (2 * NS + k); };
     auto kvempty = [&](int k) { return bars + 8 * (2 * NS + 2 + k); };
 
-    const int slice = blockIdx.x, seg = blockIdx.y, bh = P.bh0 + blockIdx.z;
-    const int b = bh / P.H, h = bh % P.H;
+    const Work W = {P.nbh * P.ns * (P.ezt / EZ), (int)gridDim.x, P.ezt / EZ};
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const float s = P.slopes[h];
-    if (other_part(P, seg, s)) return; /* the whole CTA, before any barrier */
-    const float gammaC = decay_tables(pw, wt, s);
-    const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
-    const int nch = (int)((p1 - p0 + CH - 1) / CH);
     const bool rev = P.rev != 0;
-    /* the first token of chunk c's box; row r of the tile is token tok0(c) + r */
-    auto tok0 = [&](int c) { return (int)(rev ? P.T - CH - (p0 + (int64_t)c * CH) : p0 + (int64_t)c * CH); };
+    /* chunk c of item t: the first token of its box (row r of the tile is token tok0 + r) */
+    auto tok0 = [&](const Item &t, int c) {
+        const int64_t p = (int64_t)t.seg * P.seg + (int64_t)c * CH;
+        return (int)(rev ? P.T - CH - p : p);
+    };
     if (threadIdx.x == 0) {
         for (int i = 0; i < NS; i++) bar_init(full(i), 1), bar_init(empty(i), 256);
         for (int k = 0; k < 2; k++) bar_init(kvfull(k), 128), bar_init(kvempty(k), 128);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    __syncthreads(); /* the barriers and the decay tables; no CTA-wide barrier from here on */
+    __syncthreads(); /* the barriers; no CTA-wide barrier from here on */
 
-    /* chunk c's tiles into stage c mod NS, by one thread */
-    auto issue = [&](int c) {
-        const int st = c % NS, t0 = tok0(c);
+    /* The CTA's chunks are numbered g = 0, 1, … over its items: chunk g uses stage g mod NS (phase ⌊g/NS⌋)
+     * and KV slot g mod 2 (phase ⌊g/2⌋), and output warpgroup g mod 2 computes it. Chunk c of item t into
+     * stage st, by one thread: */
+    auto issue = [&](const Item &t, int c, int st) {
+        const int b = t.bh / P.H, h = t.bh % P.H, t0 = tok0(t, c);
         bar_expect(full(st), S::STAGE);
 #pragma unroll
         for (int blk = 0; blk < DX / 64; blk++) {
             load_box(xt(st) + blk * CH * 128, &A.x, blk * 64, h, t0, b, full(st));
             load_box(yt(st) + blk * CH * 128, &A.y, blk * 64, h, t0, b, full(st));
         }
-        load_box(zt(st), &A.z, slice * EZ, h, t0, b, full(st));
+        load_box(zt(st), &A.z, t.slice * EZ, h, t0, b, full(st));
     };
-    if (threadIdx.x == 0)
-        for (int c = 0; c < NS && c < nch; c++) issue(c);
+    if (threadIdx.x == 0) {
+        /* the first NS chunks; later, the output warpgroup done with chunk g asks for chunk g + NS, which
+         * may belong to the next item: the loads run on across the CTA's items without a pause */
+        Item t = W.at(P, blockIdx.x);
+        int c = 0;
+        for (int g = 0; g < NS && t.i < W.n; g++, W.advance(P, t, c, 1)) issue(t, c, g);
+    }
 
     const int role = __shfl_sync(0xffffffffu, warp / 4, 0);
     if (role < 2) {
-        /* output warpgroup `role`: the outputs of the chunks c ≡ role (mod 2) from KV(c) in slot `role` */
+        /* output warpgroup `role`: the outputs of the chunks g ≡ role (mod 2) from KV(g) in slot `role` */
         const int ra = (warp & 3) * 16 + (lane >> 2), rb = ra + 8;
         const int ia = rev ? CH - 1 - ra : ra, ib = rev ? CH - 1 - rb : rb; /* their position indices */
-        const float pa = pw[ia], pb = pw[ib];
-        /* λ^{i−j} where position j ≤ position i, else 0 (the exact causal mask) */
-        auto maskf = [&](int i, int col) {
-            const int j = rev ? CH - 1 - col : col;
-            return j <= i ? pw[i - j] : 0.f;
-        };
-        for (int c = role; c < nch; c += 2) {
-            const int st = c % NS;
-            bar_wait(full(st), (c / NS) & 1);
-            bar_wait(kvfull(role), (c / 2) & 1);
-            float sc[32], o[32];
-            scores_inter<DX>(sc, o, xt(st), yt(st), kvt(role));
-            bar_arrive(kvempty(role));
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                o[4 * j] *= pa, o[4 * j + 1] *= pa, o[4 * j + 2] *= pb, o[4 * j + 3] *= pb;
-                const int col = j * 8 + 2 * (lane & 3);
-                sc[4 * j] *= maskf(ia, col);
-                sc[4 * j + 1] *= maskf(ia, col + 1);
-                sc[4 * j + 2] *= maskf(ib, col);
-                sc[4 * j + 3] *= maskf(ib, col + 1);
-            }
-            intra(o, sc, zt(st));
-            bar_arrive(empty(st));
-            /* the stage's next chunk (same parity: NS is even), once the state warpgroup is done with it too */
-            if ((threadIdx.x & 127) == 0 && c + NS < nch) {
-                bar_wait(empty(st), (c / NS) & 1);
-                issue(c + NS);
-            }
-            const int64_t c0 = p0 + (int64_t)c * CH, t0 = tok0(c);
-            if (P.tma == 2 && t0 >= 0 && t0 + CH <= P.T) {
-                /* through shared memory and one TMA store of whole rows: per-thread stores of bf16 pairs
-                 * write half sectors, and the L2 is this kernel's busiest unit. The staging tile is free once
-                 * the last store has read it. (A chunk that runs past either end of the sequence stores as
-                 * below: a box starting at a negative token faults.) */
-                if ((threadIdx.x & 127) == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-                wg_sync(role);
-                const uint32_t ot = sb + S::OUTOFF + role * S::OUT;
+        /* the chunk this warpgroup asks for next (its thread 0 does): g + NS for its chunks g */
+        Item nt = W.at(P, blockIdx.x);
+        int nc = 0;
+        W.advance(P, nt, nc, NS + role);
+        int g = 0, q = 0;
+        for (Item t = W.at(P, blockIdx.x); t.i < W.n; t = W.at(P, t.i + W.G), q++) {
+            const int b = t.bh / P.H, h = t.bh % P.H;
+            const int64_t p0 = (int64_t)t.seg * P.seg, p1 = min(p0 + P.seg, P.T);
+            const float *pw = pw_of(q);
+            /* λ^{i−j} where position j ≤ position i, else 0 (the exact causal mask) */
+            auto maskf = [&](int i, int col) {
+                const int j = rev ? CH - 1 - col : col;
+                return j <= i ? pw[i - j] : 0.f;
+            };
+            for (int c = 0; c < t.nch; c++, g++) {
+                if ((g & 1) != role) continue;
+                const int st = g % NS;
+                bar_wait(full(st), (g / NS) & 1);
+                bar_wait(kvfull(role), (g / 2) & 1); /* also: the item's decay tables are written */
+                float sc[32], o[32];
+                scores_inter<DX>(sc, o, xt(st), yt(st), kvt(role));
+                bar_arrive(kvempty(role));
+                const float pa = pw[ia], pb = pw[ib];
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
+                    o[4 * j] *= pa, o[4 * j + 1] *= pa, o[4 * j + 2] *= pb, o[4 * j + 3] *= pb;
                     const int col = j * 8 + 2 * (lane & 3);
-                    st_shared32(ot + swz(CH, ra, col), pack_bf16(o[4 * j], o[4 * j + 1]));
-                    st_shared32(ot + swz(CH, rb, col), pack_bf16(o[4 * j + 2], o[4 * j + 3]));
+                    sc[4 * j] *= maskf(ia, col);
+                    sc[4 * j + 1] *= maskf(ia, col + 1);
+                    sc[4 * j + 2] *= maskf(ib, col);
+                    sc[4 * j + 3] *= maskf(ib, col + 1);
                 }
-                fence_async_smem();
-                wg_sync(role);
-                if ((threadIdx.x & 127) == 0) {
-                    store_box(&A.out, ot, slice * EZ, h, (int)t0, b);
-                    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+                intra(o, sc, zt(st));
+                bar_arrive(empty(st));
+                /* chunk g + NS into this stage (same parity: NS is even), once the state warpgroup is done
+                 * with it too */
+                if ((threadIdx.x & 127) == 0 && nt.i < W.n) {
+                    bar_wait(empty(st), (g / NS) & 1);
+                    issue(nt, nc, st);
+                    W.advance(P, nt, nc, 2);
                 }
-            } else {
-                const bool oka = c0 + ia < p1, okb = c0 + ib < p1;
-                bf16 *outp = (bf16 *)P.out + ((int64_t)b * P.T * P.H + h) * (int64_t)P.ezt;
-                const int64_t ts = (int64_t)P.H * P.ezt;
-                bf16 *oa = outp + (t0 + ra) * ts, *ob = outp + (t0 + rb) * ts;
+                const int64_t c0 = p0 + (int64_t)c * CH, t0 = tok0(t, c);
+                if (P.tma == 2 && t0 >= 0 && t0 + CH <= P.T) {
+                    /* through shared memory and one TMA store of whole rows: per-thread stores of bf16 pairs
+                     * write half sectors, and the L2 is this kernel's busiest unit. The staging tile is free
+                     * once the last store has read it. (A chunk that runs past either end of the sequence
+                     * stores as below: a box starting at a negative token faults.) */
+                    if ((threadIdx.x & 127) == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+                    wg_sync(role);
+                    const uint32_t ot = sb + S::OUTOFF + role * S::OUT;
 #pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    const int col = slice * EZ + j * 8 + 2 * (lane & 3);
-                    if (oka) store2<bf16>(oa + col, o[4 * j], o[4 * j + 1]);
-                    if (okb) store2<bf16>(ob + col, o[4 * j + 2], o[4 * j + 3]);
+                    for (int j = 0; j < 8; j++) {
+                        const int col = j * 8 + 2 * (lane & 3);
+                        st_shared32(ot + swz(CH, ra, col), pack_bf16(o[4 * j], o[4 * j + 1]));
+                        st_shared32(ot + swz(CH, rb, col), pack_bf16(o[4 * j + 2], o[4 * j + 3]));
+                    }
+                    fence_async_smem();
+                    wg_sync(role);
+                    if ((threadIdx.x & 127) == 0) {
+                        store_box(&A.out, ot, t.slice * EZ, h, (int)t0, b);
+                        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+                    }
+                } else {
+                    const bool oka = c0 + ia < p1, okb = c0 + ib < p1;
+                    bf16 *outp = (bf16 *)P.out + ((int64_t)b * P.T * P.H + h) * (int64_t)P.ezt;
+                    const int64_t ts = (int64_t)P.H * P.ezt;
+                    bf16 *oa = outp + (t0 + ra) * ts, *ob = outp + (t0 + rb) * ts;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+                        const int col = t.slice * EZ + j * 8 + 2 * (lane & 3);
+                        if (oka) store2<bf16>(oa + col, o[4 * j], o[4 * j + 1]);
+                        if (okb) store2<bf16>(ob + col, o[4 * j + 2], o[4 * j + 3]);
+                    }
                 }
             }
         }
@@ -235,27 +290,43 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
         if ((threadIdx.x & 127) == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
     } else {
         /* the state warpgroup: the fp32 state in registers, rows 64·hf + 16·sw + lane/4 (+8) of half hf */
-        const int sw = warp & 3;
+        const int sw = warp & 3, tid = threadIdx.x & 127;
         float kv[DX / 64][32];
-        /* an arrived state comes through the KV slots (2·KV bytes = dx·EZ fp32), free until KV(0) */
+        /* an arrived state comes through the KV slots (2·KV bytes = dx·EZ fp32), free until the CTA's KV(0) */
         static_assert(2 * S::KV == DX * EZ * 4, "the staged s_add fills the two KV slots");
-        const bool add = P.s_add && s_add_decay(P, seg, s) != 0.f; /* as load_state decides it */
-        if (add) stage_s_add<DX>(sb + S::KVOFF, P, bh, slice, threadIdx.x & 127);
-        load_state<DX>(kv, P, bh, seg, slice, s, sw, lane, add ? (const float *)(smem + S::KVOFF) : nullptr);
-        for (int c = 0; c < nch; c++) {
-            const int k = c & 1, st = c % NS;
-            /* KV(c) as bf16 into slot k, once its last reader (chunk c − 2) is done with it */
-            if (c >= 2) bar_wait(kvempty(k), ((c / 2) - 1) & 1);
-            store_kv<DX>(smem + S::KVOFF + k * S::KV, kv, sw, lane);
-            fence_async_smem(); /* the stores, visible to the output warpgroup's wgmma (the async proxy) */
-            bar_arrive(kvfull(k));
-            if (c + 1 < nch) {
-                /* KV(c+1) = λ^C KV(c) + (diag(λ^{C−j}) Y)ᵀ Z, Yᵀ scaled in registers */
-                bar_wait(full(st), (c / NS) & 1);
-                advance_state<DX>(kv, gammaC, yt(st), zt(st), [&](int r) { return wt[rev ? CH - 1 - r : r]; }, sw,
-                                  lane);
+        int g = 0, q = 0;
+        for (Item t = W.at(P, blockIdx.x); t.i < W.n; t = W.at(P, t.i + W.G), q++) {
+            const bool add = P.s_add && s_add_decay(P, t.seg, t.s) != 0.f; /* as load_state decides it */
+            const bool staged = add && q == 0;
+            if (staged) stage_s_add<DX>(sb + S::KVOFF, P, t.bh, t.slice, tid);
+            load_state<DX>(kv, P, t.bh, t.seg, t.slice, t.s, sw, lane,
+                           staged ? (const float *)(smem + S::KVOFF) : nullptr);
+            const float gammaC = expf(-t.s * (float)CH);
+            float *pw = pw_of(q), *wt = pw + CH + 4;
+            for (int c = 0; c < t.nch; c++, g++) {
+                const int k = g & 1, st = g % NS;
+                /* KV(g) as bf16 into slot k, once its last reader (chunk g − 2) is done with it */
+                if (g >= 2) bar_wait(kvempty(k), ((g / 2) - 1) & 1);
+                if (c == 0) {
+                    /* the item's decay tables, into a slot of the ring that no chunk in flight reads: the
+                     * output warpgroups are past chunk g − 4 in full (each is past the chunk before the one
+                     * whose KV slot it freed), and the items before this one in the ring's other slots
+                     * cover at least g − 3 .. g − 1 */
+                    if (tid <= CH) pw[tid] = expf(-t.s * (float)tid);
+                    if (tid < CH) wt[tid] = expf(-t.s * (float)(CH - tid));
+                    asm volatile("bar.sync 3, 128;\n" ::: "memory"); /* the state warpgroup reads wt too */
+                }
+                store_kv<DX>(smem + S::KVOFF + k * S::KV, kv, sw, lane);
+                fence_async_smem(); /* the stores, visible to the output warpgroup's wgmma (the async proxy) */
+                bar_arrive(kvfull(k));
+                if (c + 1 < t.nch) {
+                    /* KV(g+1) = λ^C KV(g) + (diag(λ^{C−j}) Y)ᵀ Z, Yᵀ scaled in registers */
+                    bar_wait(full(st), (g / NS) & 1);
+                    advance_state<DX>(kv, gammaC, yt(st), zt(st), [&](int r) { return wt[rev ? CH - 1 - r : r]; },
+                                      sw, lane);
+                }
+                bar_arrive(empty(st));
             }
-            bar_arrive(empty(st));
         }
     }
 #else
@@ -298,6 +369,9 @@ template <int DX>
 cudaError_t launch_out_tma(const DirParams &P, dim3 grid, cudaStream_t st) {
     TmaParams A;
     A.P = P;
+    /* persistent: one CTA an SM (its shared memory allows no more), each over its share of the items */
+    const int64_t items = (int64_t)grid.x * grid.y * grid.z;
+    grid = dim3((unsigned)(items < P.n_sm ? items : P.n_sm));
     const int64_t B = P.BH / P.H;
     if (!tensor_map(&A.x, P.x, B, P.T, P.H, DX) || !tensor_map(&A.y, P.y, B, P.T, P.H, DX) ||
         !tensor_map(&A.z, P.z, B, P.T, P.H, P.ezt) || !tensor_map(&A.out, P.out, B, P.T, P.H, P.ezt))
