@@ -111,40 +111,49 @@ __device__ __forceinline__ void load_box(uint32_t dst, const CUtensorMap *m, int
 
 }  // namespace tma
 
-/* k_out_tma's work: the (z-slice, segment, head) blocks of the op, item i = slice + slices·(seg + ns·head).
- * CTA b of G (one an SM) takes items b, b + G, b + 2G, … (at any moment the CTAs run neighbouring items,
- * so both slices of a segment share their x and y tiles in the L2), skipping the blocks of the other part
- * of a split finish (DirParams.part). */
+/* k_out_tma's work: the (z-slice, segment, head) blocks of the op. The CTAs come in groups of one per
+ * z-slice; group p takes a contiguous run of the positions u = seg + ns·(head − bh0) (segments of a head in
+ * order, then the next head), each CTA of the group its slice of them: the group's CTAs read the same x
+ * and y tiles at about the same time (the second from the L2), and along a run the state the state
+ * warpgroup holds at the end of a segment is the state entering the next one, so only a run's first
+ * segment (and each new head's) reads its state from the workspace. Blocks of the other part of a split
+ * finish (DirParams.part) are skipped. */
 struct Item {
-    int i; /* ≥ n: past the end */
+    int i; /* position u; ≥ end: past the run */
     int slice, seg, bh, nch;
     float s; /* the head's slope */
 };
 struct Work {
-    int n, G, slices;
-    /* the first item to run at or after i (in steps of G) */
-    __device__ __forceinline__ Item at(const DirParams &P, int i) const {
+    int begin, end, slice;
+    /* the first item to run at or after position u */
+    __device__ __forceinline__ Item at(const DirParams &P, int u) const {
         Item t;
-        for (; i < n; i += G) {
-            t.slice = i % slices;
-            const int r = i / slices;
-            t.seg = r % P.ns, t.bh = P.bh0 + r / P.ns;
+        for (; u < end; u++) {
+            t.seg = u % P.ns, t.bh = P.bh0 + u / P.ns;
             t.s = P.slopes[t.bh % P.H];
             if (other_part(P, t.seg, t.s)) continue;
             const int64_t p0 = (int64_t)t.seg * P.seg, p1 = min(p0 + P.seg, P.T);
             t.nch = (int)((p1 - p0 + CH - 1) / CH);
-            t.i = i;
+            t.i = u, t.slice = slice;
             return t;
         }
-        t.i = n, t.nch = 0, t.slice = t.seg = t.bh = 0, t.s = 0.f;
+        t.i = end, t.nch = 0, t.slice = slice, t.seg = t.bh = 0, t.s = 0.f;
         return t;
     }
-    /* chunk c of item t, moved on by k chunks over the CTA's items */
+    /* chunk c of item t, moved on by k chunks along the run */
     __device__ __forceinline__ void advance(const DirParams &P, Item &t, int &c, int k) const {
         c += k;
-        while (t.i < n && c >= t.nch) c -= t.nch, t = at(P, t.i + G);
+        while (t.i < end && c >= t.nch) c -= t.nch, t = at(P, t.i + 1);
     }
+    /* u the segment after t's, of the same head */
+    __device__ __forceinline__ static bool follows(const Item &t, const Item &u) { return u.i == t.i + 1 && u.seg != 0; }
 };
+/* this CTA's run (gridDim.x a multiple of the slices) */
+__device__ __forceinline__ Work work_of(const DirParams &P) {
+    const int slices = P.ezt / wg::EZ, groups = (int)gridDim.x / slices, grp = (int)blockIdx.x / slices;
+    const int64_t n = (int64_t)P.ns * P.nbh;
+    return {(int)(n * grp / groups), (int)(n * (grp + 1) / groups), (int)blockIdx.x % slices};
+}
 
 template <int DX>
 __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant__ TmaParams A) {
@@ -169,7 +178,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
     auto kvfull = [&](int k) { return bars + 8 * (2 * NS + k); };
     auto kvempty = [&](int k) { return bars + 8 * (2 * NS + 2 + k); };
 
-    const Work W = {P.nbh * P.ns * (P.ezt / EZ), (int)gridDim.x, P.ezt / EZ};
+    const Work W = work_of(P);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool rev = P.rev != 0;
     /* chunk c of item t: the first token of its box (row r of the tile is token tok0 + r) */
@@ -200,9 +209,9 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
     if (threadIdx.x == 0) {
         /* the first NS chunks; later, the output warpgroup done with chunk g asks for chunk g + NS, which
          * may belong to the next item: the loads run on across the CTA's items without a pause */
-        Item t = W.at(P, blockIdx.x);
+        Item t = W.at(P, W.begin);
         int c = 0;
-        for (int g = 0; g < NS && t.i < W.n; g++, W.advance(P, t, c, 1)) issue(t, c, g);
+        for (int g = 0; g < NS && t.i < W.end; g++, W.advance(P, t, c, 1)) issue(t, c, g);
     }
 
     const int role = __shfl_sync(0xffffffffu, warp / 4, 0);
@@ -211,11 +220,11 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
         const int ra = (warp & 3) * 16 + (lane >> 2), rb = ra + 8;
         const int ia = rev ? CH - 1 - ra : ra, ib = rev ? CH - 1 - rb : rb; /* their position indices */
         /* the chunk this warpgroup asks for next (its thread 0 does): g + NS for its chunks g */
-        Item nt = W.at(P, blockIdx.x);
+        Item nt = W.at(P, W.begin);
         int nc = 0;
         W.advance(P, nt, nc, NS + role);
         int g = 0, q = 0;
-        for (Item t = W.at(P, blockIdx.x); t.i < W.n; t = W.at(P, t.i + W.G), q++) {
+        for (Item t = W.at(P, W.begin); t.i < W.end; t = W.at(P, t.i + 1), q++) {
             const int b = t.bh / P.H, h = t.bh % P.H;
             const int64_t p0 = (int64_t)t.seg * P.seg, p1 = min(p0 + P.seg, P.T);
             const float *pw = pw_of(q);
@@ -246,7 +255,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
                 bar_arrive(empty(st));
                 /* chunk g + NS into this stage (same parity: NS is even), once the state warpgroup is done
                  * with it too */
-                if ((threadIdx.x & 127) == 0 && nt.i < W.n) {
+                if ((threadIdx.x & 127) == 0 && nt.i < W.end) {
                     bar_wait(empty(st), (g / NS) & 1);
                     issue(nt, nc, st);
                     W.advance(P, nt, nc, 2);
@@ -294,13 +303,21 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
         float kv[DX / 64][32];
         /* an arrived state comes through the KV slots (2·KV bytes = dx·EZ fp32), free until the CTA's KV(0) */
         static_assert(2 * S::KV == DX * EZ * 4, "the staged s_add fills the two KV slots");
-        int g = 0, q = 0;
-        for (Item t = W.at(P, blockIdx.x); t.i < W.n; t = W.at(P, t.i + W.G), q++) {
-            const bool add = P.s_add && s_add_decay(P, t.seg, t.s) != 0.f; /* as load_state decides it */
-            const bool staged = add && q == 0;
-            if (staged) stage_s_add<DX>(sb + S::KVOFF, P, t.bh, t.slice, tid);
-            load_state<DX>(kv, P, t.bh, t.seg, t.slice, t.s, sw, lane,
-                           staged ? (const float *)(smem + S::KVOFF) : nullptr);
+        int g = 0;
+        bool carried = false; /* kv holds the state entering t already */
+        Item t = W.at(P, W.begin);
+        for (int q = 0; t.i < W.end; q++) {
+            const Item next = W.at(P, t.i + 1);
+            const bool carry = next.i < W.end && Work::follows(t, next);
+            if (!carried) {
+                /* the state entering the segment from the workspace, plus an arrived state (P.s_add), which
+                 * the carried state then holds, decayed, for the rest of the run */
+                const bool add = P.s_add && s_add_decay(P, t.seg, t.s) != 0.f; /* as load_state decides it */
+                const bool staged = add && q == 0;
+                if (staged) stage_s_add<DX>(sb + S::KVOFF, P, t.bh, t.slice, tid);
+                load_state<DX>(kv, P, t.bh, t.seg, t.slice, t.s, sw, lane,
+                               staged ? (const float *)(smem + S::KVOFF) : nullptr);
+            }
             const float gammaC = expf(-t.s * (float)CH);
             float *pw = pw_of(q), *wt = pw + CH + 4;
             for (int c = 0; c < t.nch; c++, g++) {
@@ -319,14 +336,16 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
                 store_kv<DX>(smem + S::KVOFF + k * S::KV, kv, sw, lane);
                 fence_async_smem(); /* the stores, visible to the output warpgroup's wgmma (the async proxy) */
                 bar_arrive(kvfull(k));
-                if (c + 1 < t.nch) {
-                    /* KV(g+1) = λ^C KV(g) + (diag(λ^{C−j}) Y)ᵀ Z, Yᵀ scaled in registers */
+                if (c + 1 < t.nch || carry) {
+                    /* KV(g+1) = λ^C KV(g) + (diag(λ^{C−j}) Y)ᵀ Z, Yᵀ scaled in registers (after a segment's
+                     * last chunk: the state entering the next) */
                     bar_wait(full(st), (g / NS) & 1);
                     advance_state<DX>(kv, gammaC, yt(st), zt(st), [&](int r) { return wt[rev ? CH - 1 - r : r]; },
                                       sw, lane);
                 }
                 bar_arrive(empty(st));
             }
+            carried = carry, t = next;
         }
     }
 #else
@@ -369,9 +388,10 @@ template <int DX>
 cudaError_t launch_out_tma(const DirParams &P, dim3 grid, cudaStream_t st) {
     TmaParams A;
     A.P = P;
-    /* persistent: one CTA an SM (its shared memory allows no more), each over its share of the items */
-    const int64_t items = (int64_t)grid.x * grid.y * grid.z;
-    grid = dim3((unsigned)(items < P.n_sm ? items : P.n_sm));
+    /* persistent: one CTA an SM (its shared memory allows no more), in groups of one per z-slice, each group
+     * over a run of the segments (work_of) */
+    const int64_t runs = (int64_t)grid.y * grid.z, groups = runs < P.n_sm / (int)grid.x ? runs : P.n_sm / (int)grid.x;
+    grid = dim3((unsigned)(grid.x * (groups > 0 ? groups : 1)));
     const int64_t B = P.BH / P.H;
     if (!tensor_map(&A.x, P.x, B, P.T, P.H, DX) || !tensor_map(&A.y, P.y, B, P.T, P.H, DX) ||
         !tensor_map(&A.z, P.z, B, P.T, P.H, P.ezt) || !tensor_map(&A.out, P.out, B, P.T, P.H, P.ezt))
