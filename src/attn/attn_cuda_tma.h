@@ -148,11 +148,21 @@ struct Work {
     /* u the segment after t's, of the same head */
     __device__ __forceinline__ static bool follows(const Item &t, const Item &u) { return u.i == t.i + 1 && u.seg != 0; }
 };
-/* this CTA's run (gridDim.x a multiple of the slices) */
+/* this CTA's run (gridDim.x a multiple of the slices). Where the groups divide among the heads with at most
+ * a tenth of them idle, R runs a head, the heads side by side (group p: head p mod nbh, run ⌊p/nbh⌋): at any
+ * moment the groups read the same tokens of neighbouring heads, which share the tensors' rows ([B,T,H,D]:
+ * a token's heads are adjacent in memory). Otherwise the positions in order, cut in equal runs. */
 __device__ __forceinline__ Work work_of(const DirParams &P) {
     const int slices = P.ezt / wg::EZ, groups = (int)gridDim.x / slices, grp = (int)blockIdx.x / slices;
+    const int slice = (int)blockIdx.x % slices;
+    const int R = min(groups / P.nbh, P.ns);
+    if (R >= 1 && 10 * R * P.nbh >= 9 * groups) {
+        if (grp >= R * P.nbh) return {0, 0, slice};
+        const int h = grp % P.nbh, r = grp / P.nbh;
+        return {h * P.ns + P.ns * r / R, h * P.ns + P.ns * (r + 1) / R, slice};
+    }
     const int64_t n = (int64_t)P.ns * P.nbh;
-    return {(int)(n * grp / groups), (int)(n * (grp + 1) / groups), (int)blockIdx.x % slices};
+    return {(int)(n * grp / groups), (int)(n * (grp + 1) / groups), slice};
 }
 
 template <int DX>
