@@ -124,11 +124,11 @@ struct Item {
     float s; /* the head's slope */
 };
 struct Work {
-    int begin, end, slice;
+    int begin, end, slice, step; /* positions begin, begin + step, … < end */
     /* the first item to run at or after position u */
     __device__ __forceinline__ Item at(const DirParams &P, int u) const {
         Item t;
-        for (; u < end; u++) {
+        for (; u < end; u += step) {
             t.seg = u % P.ns, t.bh = P.bh0 + u / P.ns;
             t.s = P.slopes[t.bh % P.H];
             if (other_part(P, t.seg, t.s)) continue;
@@ -143,7 +143,7 @@ struct Work {
     /* chunk c of item t, moved on by k chunks along the run */
     __device__ __forceinline__ void advance(const DirParams &P, Item &t, int &c, int k) const {
         c += k;
-        while (t.i < end && c >= t.nch) c -= t.nch, t = at(P, t.i + 1);
+        while (t.i < end && c >= t.nch) c -= t.nch, t = at(P, t.i + step);
     }
     /* u the segment after t's, of the same head */
     __device__ __forceinline__ static bool follows(const Item &t, const Item &u) { return u.i == t.i + 1 && u.seg != 0; }
@@ -155,14 +155,17 @@ struct Work {
 __device__ __forceinline__ Work work_of(const DirParams &P) {
     const int slices = P.ezt / wg::EZ, groups = (int)gridDim.x / slices, grp = (int)blockIdx.x / slices;
     const int slice = (int)blockIdx.x % slices;
+    const int64_t n = (int64_t)P.ns * P.nbh;
+    /* a part of a split finish runs the first (or the last) segments of every head: runs would leave most
+     * groups idle, so the groups deal the positions round (no state carried) */
+    if (P.part) return {grp, (int)n, slice, groups};
     const int R = min(groups / P.nbh, P.ns);
     if (R >= 1 && 10 * R * P.nbh >= 9 * groups) {
-        if (grp >= R * P.nbh) return {0, 0, slice};
+        if (grp >= R * P.nbh) return {0, 0, slice, 1};
         const int h = grp % P.nbh, r = grp / P.nbh;
-        return {h * P.ns + P.ns * r / R, h * P.ns + P.ns * (r + 1) / R, slice};
+        return {h * P.ns + P.ns * r / R, h * P.ns + P.ns * (r + 1) / R, slice, 1};
     }
-    const int64_t n = (int64_t)P.ns * P.nbh;
-    return {(int)(n * grp / groups), (int)(n * (grp + 1) / groups), slice};
+    return {(int)(n * grp / groups), (int)(n * (grp + 1) / groups), slice, 1};
 }
 
 template <int DX>
@@ -234,7 +237,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
         int nc = 0;
         W.advance(P, nt, nc, NS + role);
         int g = 0, q = 0;
-        for (Item t = W.at(P, W.begin); t.i < W.end; t = W.at(P, t.i + 1), q++) {
+        for (Item t = W.at(P, W.begin); t.i < W.end; t = W.at(P, t.i + W.step), q++) {
             const int b = t.bh / P.H, h = t.bh % P.H;
             const int64_t p0 = (int64_t)t.seg * P.seg, p1 = min(p0 + P.seg, P.T);
             const float *pw = pw_of(q);
@@ -317,7 +320,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
         bool carried = false; /* kv holds the state entering t already */
         Item t = W.at(P, W.begin);
         for (int q = 0; t.i < W.end; q++) {
-            const Item next = W.at(P, t.i + 1);
+            const Item next = W.at(P, t.i + W.step);
             const bool carry = next.i < W.end && Work::follows(t, next);
             if (!carried) {
                 /* the state entering the segment from the workspace, plus an arrived state (P.s_add), which
