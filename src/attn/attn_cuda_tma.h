@@ -24,13 +24,26 @@
  * the two z-slices of a segment as a CTA pair sharing the x and y tiles by TMA multicast (x and y read
  * from the L2 once, not twice): 293 µs, the L2 still 80% busy, the pair's CTAs held to each other's pace.
  *
+ * PERSISTENT, OVER RUNS OF SEGMENTS (work_of, below)
+ * One CTA an SM, in groups of one per z-slice, each group over a run of segments of one head (R runs a
+ * head, the heads side by side, so that the groups read the same tokens of neighbouring heads at once).
+ * The chunk ring, the KV slots and their barriers run on across a CTA's segments (chunks numbered g over
+ * the whole run): the next segment's tiles load while this one's last chunks compute, and the state the
+ * state warpgroup holds after a segment's last chunk is the state entering the next, so the workspace is
+ * read once a run instead of once a segment. Measured on an H200 against one CTA a block (same machine,
+ * 2026-11-26, fwd+bwd): B1 H16 T32768 D128 1.12 → 1.06 ms, D64 0.49 → 0.45, B1 H16 T131072 D64 1.66 →
+ * 1.40; ncu: the pass 212 → 199 µs, 436 → 407 MB read. A part of a split finish (DirParams.part) deals its
+ * segments round instead: its blocks are every head's first (or last) segments, which runs would pile on
+ * a quarter of the groups.
+ *
  * SYNCHRONISATION (mbarriers; no CTA-wide barrier after the set-up)
  *   full[s]   TMA bytes of stage s landed (the issuing thread's arrive.expect_tx + the copies' complete_tx)
  *   empty[s]  stage s read by its output warpgroup and by the state warpgroup (256 arrivals)
  *   kvfull[k] KV slot k written and fenced into the async proxy (128 arrivals of the state warpgroup)
  *   kvempty[k] KV slot k read by its output warpgroup (128 arrivals)
- * Chunk c uses stage c mod NS (phase ⌊c/NS⌋) and KV slot c mod 2 (phase ⌊c/2⌋); output warpgroup k
- * takes the chunks c ≡ k (mod 2), so it always reads KV slot k. The tiles written by TMA are read by
+ * Chunk g (of the CTA's run) uses stage g mod NS (phase ⌊g/NS⌋) and KV slot g mod 2 (phase ⌊g/2⌋);
+ * output warpgroup k takes the chunks g ≡ k (mod 2), so it always reads KV slot k. Each segment's decay
+ * tables go into a ring of 4, written by the state warpgroup before its first KV and read after it. The tiles written by TMA are read by
  * wgmma (both the async proxy) and by ldmatrix (made visible by the mbarrier's completion): no proxy
  * fence on the loads; only the state warpgroup's st.shared of KV needs one, and it has no copies in
  * flight for that fence to wait on.
