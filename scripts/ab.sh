@@ -4,7 +4,9 @@
 # H200s, bench/RESULTS.md) cannot pass for a change. A short table last.
 #   here:       scripts/ab.sh prepare REV...   (copies each revision's tree into .ab/REV, ignored by git)
 #   GPU box:    scripts/ab.sh run [ROUNDS]     (builds .ab/* and the working tree; device tool: carry .ab)
-# BENCH overrides the bench arguments (default: every shape, bf16, 30 runs each).
+# AB_CMD overrides the command run in each tree (default: the op bench, every shape, bf16, 30 runs each;
+# e.g. 'NCCL_NVLS_ENABLE=0 mpirun -np 2 build/lasp bench sp --device cuda --dtype bf16'), AB_ROWS the
+# regex of its rows to keep (default: lines starting with a number; for the SP bench '^  (weak|strong)').
 set -u
 cmd=${1:-}
 shift || true
@@ -41,17 +43,16 @@ run)
             [ -x "$b/build/lasp" ] || continue
             name="head"
             [ "$b" = . ] || name=$(basename "$b")
-            # shellcheck disable=SC2086
-            "$b/build/lasp" bench attn --device cuda ${BENCH:---dtype bf16 --repeat 30} 2>&1 | grep -E '^ +[0-9]' |
-                sed "s|^|$name r$r |" >>"$OUT/ab.txt"
+            (cd "$b" && eval "${AB_CMD:-build/lasp bench attn --device cuda --dtype bf16 --repeat 30}") 2>&1 |
+                grep -E "${AB_ROWS:-^ +[0-9]}" | sed "s|^|$name r$r |" >>"$OUT/ab.txt"
         done
     done
-    echo "# A/B on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(date -u +%F):" \
-        "build round  B H T D type  fwd ms TFLOP/s GB/s %copy  f+b ms TFLOP/s GB/s %copy"
-    sort -s -k6,6n -k3,3n -k4,4n -k5,5n "$OUT/ab.txt"
+    echo "# A/B on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(date -u +%F): build, round," \
+        "then the rows of: ${AB_CMD:-build/lasp bench attn --device cuda --dtype bf16 --repeat 30}"
+    sort -s -b -k3,7 "$OUT/ab.txt"   # the rows of one shape together
     ;;
 *)
-    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
