@@ -48,7 +48,8 @@
  *          against the ideal 8·D of MATH.md §7, fwd+bwd 40·D (44·D recomputing) against 22·D. Segment states add
  *          ~3·4·D²/seg (≤ 5% at seg ≥ 1024). z-slices re-read x and y from L2, not DRAM (the slices of a
  *          segment are adjacent in the grid): ncu at B1 H16 T32768 D128 shows k_state reading 268 MB
- *          (= y + z once) and k_out 436 MB (x, y, z + states), writing 122 MB.
+ *          (= y + z once) and k_out 436 MB (x, y, z + states), writing 122 MB; 407 MB since k_out_tma
+ *          carries the state along runs of segments and reads the workspace once a run.
  *   So the floor at D = 128 on an H200 (4.2 TB/s copy) is ~0.19 ms fwd, ~0.64 ms fwd+bwd (0.69 recomputing)
  *   for B1 H16 T32768.
  *
