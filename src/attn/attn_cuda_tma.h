@@ -161,17 +161,50 @@ struct Work {
     /* u the segment after t's, of the same head */
     __device__ __forceinline__ static bool follows(const Item &t, const Item &u) { return u.i == t.i + 1 && u.seg != 0; }
 };
+/* A part of a split finish (DirParams.part) runs a prefix of every head's segments (part 2: those that
+ * the arrived state reaches, the decay falling with the segment) or the rest (part 1). Warp 0 counts the
+ * part's segments per head (cnt: shared scratch, 64 heads at most) and cuts them into equal runs in order;
+ * the group's run, as positions, into run[0..1]. Work::at skips the other part's positions inside it. */
+__device__ __forceinline__ void part_run(const DirParams &P, int *cnt, int *run) {
+    const int lane = threadIdx.x & 31;
+    const int slices = P.ezt / wg::EZ, groups = (int)gridDim.x / slices, grp = (int)blockIdx.x / slices;
+    int total = 0;
+    for (int hh = 0; hh < P.nbh; hh++) {
+        const float s = P.slopes[(P.bh0 + hh) % P.H];
+        int reach = 0;
+        for (int k0 = 0; k0 < P.ns; k0 += 32)
+            reach += __popc(__ballot_sync(0xffffffffu, k0 + lane < P.ns && s_add_decay(P, k0 + lane, s) != 0.f));
+        const int c = P.part == 2 ? reach : P.ns - reach;
+        if (lane == 0) cnt[hh] = c;
+        total += c;
+    }
+    __syncwarp();
+    if (lane == 0) {
+        /* the position of the part's v-th segment (v = total: the end) */
+        auto pos = [&](int64_t v) {
+            for (int hh = 0; hh < P.nbh; hh++) {
+                if (v < cnt[hh]) return hh * P.ns + (P.part == 2 ? 0 : P.ns - cnt[hh]) + (int)v;
+                v -= cnt[hh];
+            }
+            return P.nbh * P.ns;
+        };
+        run[0] = pos((int64_t)total * grp / groups), run[1] = pos((int64_t)total * (grp + 1) / groups);
+    }
+}
+constexpr int PART_RUN_HEADS = 64; /* above: a part's segments dealt round */
+
 /* this CTA's run (gridDim.x a multiple of the slices). Where the groups divide among the heads with at most
  * a tenth of them idle, R runs a head, the heads side by side (group p: head p mod nbh, run ⌊p/nbh⌋): at any
  * moment the groups read the same tokens of neighbouring heads, which share the tensors' rows ([B,T,H,D]:
  * a token's heads are adjacent in memory). Otherwise the positions in order, cut in equal runs. */
-__device__ __forceinline__ Work work_of(const DirParams &P) {
+__device__ __forceinline__ Work work_of(const DirParams &P, const int *run) {
     const int slices = P.ezt / wg::EZ, groups = (int)gridDim.x / slices, grp = (int)blockIdx.x / slices;
     const int slice = (int)blockIdx.x % slices;
     const int64_t n = (int64_t)P.ns * P.nbh;
-    /* a part of a split finish runs the first (or the last) segments of every head: runs would leave most
-     * groups idle, so the groups deal the positions round (no state carried) */
-    if (P.part) return {grp, (int)n, slice, groups};
+    /* a part of a split finish runs the first (or the last) segments of every head: runs of positions would
+     * leave most groups idle, so its segments are counted and cut evenly (part_run), or with many heads
+     * dealt round (no state carried) */
+    if (P.part) return P.nbh <= PART_RUN_HEADS ? Work{run[0], run[1], slice, 1} : Work{grp, (int)n, slice, groups};
     const int R = min(groups / P.nbh, P.ns);
     if (R >= 1 && 10 * R * P.nbh >= 9 * groups) {
         if (grp >= R * P.nbh) return {0, 0, slice, 1};
@@ -204,7 +237,9 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
     auto kvfull = [&](int k) { return bars + 8 * (2 * NS + k); };
     auto kvempty = [&](int k) { return bars + 8 * (2 * NS + 2 + k); };
 
-    const Work W = work_of(P);
+    int *run = (int *)(smem + S::BAROFF + 96); /* a part's run (part_run), beside the 12 barriers */
+    static_assert(S::TAB * S::NTAB >= PART_RUN_HEADS, "part_run's counts fit the decay tables' room");
+    if (P.part && P.nbh <= PART_RUN_HEADS && threadIdx.x < 32) part_run(P, (int *)(smem + S::TABOFF), run);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool rev = P.rev != 0;
     /* chunk c of item t: the first token of its box (row r of the tile is token tok0 + r) */
@@ -217,7 +252,8 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
         for (int k = 0; k < 2; k++) bar_init(kvfull(k), 128), bar_init(kvempty(k), 128);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    __syncthreads(); /* the barriers; no CTA-wide barrier from here on */
+    __syncthreads(); /* the barriers and a part's run; no CTA-wide barrier from here on */
+    const Work W = work_of(P, run);
 
     /* The CTA's chunks are numbered g = 0, 1, … over its items: chunk g uses stage g mod NS (phase ⌊g/NS⌋)
      * and KV slot g mod 2 (phase ⌊g/2⌋), and output warpgroup g mod 2 computes it. Chunk c of item t into
