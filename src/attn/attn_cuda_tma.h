@@ -32,9 +32,9 @@
  * state warpgroup holds after a segment's last chunk is the state entering the next, so the workspace is
  * read once a run instead of once a segment. Measured on an H200 against one CTA a block (same machine,
  * 2026-11-26, fwd+bwd): B1 H16 T32768 D128 1.12 → 1.06 ms, D64 0.49 → 0.45, B1 H16 T131072 D64 1.66 →
- * 1.40; ncu: the pass 212 → 199 µs, 436 → 407 MB read. A part of a split finish (DirParams.part) deals its
- * segments round instead: its blocks are every head's first (or last) segments, which runs would pile on
- * a quarter of the groups.
+ * 1.40; ncu: the pass 212 → 199 µs, 436 → 407 MB read. A part of a split finish (DirParams.part) is cut into
+ * equal runs of its own segments (part_run): its blocks are every head's first (or last) segments, which
+ * runs of all positions piled on a quarter of the groups (the SP layer went 1.05 → 1.21 × one GPU).
  *
  * SYNCHRONISATION (mbarriers; no CTA-wide barrier after the set-up)
  *   full[s]   TMA bytes of stage s landed (the issuing thread's arrive.expect_tx + the copies' complete_tx)
