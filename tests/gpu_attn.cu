@@ -285,10 +285,10 @@ static lasp_heads part(int64_t i, int64_t b0, int64_t BH) {
  * states the schedule forms, KV_out = λ^T kv_in + m and dKV_in = λ^T dkv_out + g, equal the op's. One GPU
  * exercises here what the multi-GPU schedule relies on: the arrived state added by the output kernels.
  * The backward from the forward's saved states (dq without its own state pass) must equal it too. */
-static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e) {
-    const int64_t B = 2, H = 3;
+static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e, int64_t B = 2, int64_t H = 3) {
     lasp_attn_desc a = {B, T, H, d, e, 0, t};
-    const float sl[3] = {0.0f, 0.01f, 0.7f};
+    float sl[64];
+    for (int64_t h = 0; h < H && h < 64; h++) sl[h] = h % 3 == 0 ? 0.0f : h % 3 == 1 ? 0.01f : 0.7f;
     inputs in = inputs_make(t, B, T, H, d, e, sl);
     const size_t nq = in.nq, nv = in.nv, ns = in.ns;
     const float *kv = in.kv, *dkv = in.dkv;
@@ -487,6 +487,8 @@ int main(int argc, char **argv) {
         case_handover(types[ti], 4096, 2048, 128);
         case_halves(types[ti], 1000, 64, 64);
         case_halves(types[ti], 4096, 128, 128);
+        /* 80 heads: a head group over 64 deals a split finish's segments round in k_out_tma */
+        case_halves(types[ti], 1000, 128, 128, 2, 40);
         case_halves(types[ti], 500, 64, 128); /* d ≠ e: the transposed reads of dk */
     }
     case_halves(LASP_BF16, 777, 256, 256);
