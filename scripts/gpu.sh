@@ -3,6 +3,9 @@
 #   build (sm_90a), `make test-gpu`, compute-sanitizer memcheck + racecheck on small shapes, the bench;
 # a short summary table last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
 #   usage: scripts/gpu.sh [build] [test] [test-mma] [san] [dev] [bench] [bench-mma] [quickbench] [sweep] [ncu]
+#                         [pair]
+#   pair:  the backward's dv and dk output passes side by side (LASP_CUDA_PAIR=1): its tests, then the bench
+#          rows with and without it in alternating rounds
 #   sweep: the D128 rows under LASP_CUDA_BLOCKS_PER_SM ∈ $SWEEP (default 4 6 8 12 16), one table
 #          (default: build test test-mma san bench-mma bench)
 #   *-mma: the same with LASP_CUDA_WGMMA=0, the mma.sync output pass that GPUs before Hopper run
@@ -41,6 +44,21 @@ if has san; then
         rc=$?
         summary+=("sanitizer $tool  rc=$rc  $(grep -c '^PASS' "$OUT/san-$tool.log") passed  $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san-$tool.log" | tail -1)  $((SECONDS - t0)) s")
     done
+fi
+if has pair; then
+    t0=$SECONDS
+    LASP_CUDA_PAIR=1 build/tests/gpu_attn >"$OUT/test-pair.log" 2>&1
+    rc=$?
+    summary+=("test (pair)      rc=$rc  $(grep -c '^PASS' "$OUT/test-pair.log") passed  $((SECONDS - t0)) s")
+    : >"$OUT/pair.txt"
+    for r in 1 2; do
+        for p in 0 1; do
+            LASP_CUDA_PAIR=$p build/lasp bench attn --device cuda --dtype bf16 --repeat 30 2>&1 | grep -E '^ +[0-9]' |
+                sed "s|^|pair=$p r$r |" >>"$OUT/pair.txt"
+        done
+    done
+    summary+=("pair A/B (LASP_CUDA_PAIR; B H T D type fwd ms ... f+b ms ...):")
+    while IFS= read -r line; do summary+=("$line"); done < <(sort -s -b -k3,7 "$OUT/pair.txt")
 fi
 if has dev; then
     for t in build/dev/*; do [ -x "$t" ] && "$t" 2>&1 | tee "$OUT/$(basename "$t").txt"; done

@@ -25,6 +25,9 @@ typedef struct cuda_state {
     int device, n_sm, max_smem;
     int wgmma; /* the sm_90a kernels run here (attn_cuda_wgmma.h) */
     cudaStream_t stream;
+    /* a second stream and two events for the backward's paired output passes (LASP_CUDA_PAIR), made on first use */
+    cudaStream_t side;
+    cudaEvent_t fork, join;
     /* the segment-state workspace of every op but those given a buffer (the forward's saved states) */
     float *ws;
     size_t ws_bytes;
@@ -47,6 +50,9 @@ extern "C" void lasp_attn_cuda_ctx_free(void *p) {
     cudaGetDevice(&cur);
     cudaSetDevice(cs->device);
     if (cs->ws) cudaFree(cs->ws);
+    if (cs->side) cudaStreamDestroy(cs->side);
+    if (cs->fork) cudaEventDestroy(cs->fork);
+    if (cs->join) cudaEventDestroy(cs->join);
     if (cs->stream) cudaStreamDestroy(cs->stream);
     if (cur >= 0) cudaSetDevice(cur);
     free(cs);
@@ -234,7 +240,7 @@ static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *
                            cudaStream_t st = nullptr) {
     if (!st) st = cs->stream;
     plan_dir(cs, a, P);
-    P.n_sm = cs->n_sm;
+    if (P.n_sm <= 0 || P.n_sm > cs->n_sm) P.n_sm = cs->n_sm; /* else the caller's share of the SMs */
     if (!P.ws) { /* else the caller's buffer (the forward's saved states) */
         if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
         P.ws = cs->ws;
@@ -358,6 +364,23 @@ extern "C" lasp_status lasp_attn_fwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
     return run_dir(ctx, cs, a, P);
 }
 
+/* LASP_CUDA_PAIR=1: the backward's dv and dk output passes side by side on two streams (to compare; off by
+ * default until measured) */
+static int pair_outputs(void) {
+    const char *env = getenv("LASP_CUDA_PAIR");
+    return env && env[0] == '1';
+}
+
+/* the context's second stream and its two events, made on first use */
+static lasp_status side_stream(lasp_ctx *ctx, cuda_state *cs) {
+    if (cs->side) return LASP_OK;
+    cudaError_t e = cudaStreamCreate(&cs->side);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&cs->fork, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&cs->join, cudaEventDisableTiming);
+    if (e != cudaSuccess) return cuda_fail(ctx, e, "creating the second stream");
+    return LASP_OK;
+}
+
 extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
                                           const void *v, const float *slopes, const float *kv_in, const void *do_,
                                           const float *dkv_out, void *dq, void *dk, void *dv, float *dkv_in,
@@ -373,10 +396,28 @@ extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
     LASP_TRY(run_dir(ctx, cs, a, P));
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
     V.out = dv, V.s_end = dkv_in;
+    if (!pair_outputs()) {
+        LASP_TRY(run_dir(ctx, cs, a, V));
+        lasp_cu::DirParams K = dir_dk(a, q, v, do_, slopes, V); /* dkv_outᵀ is in dv's states already */
+        K.out = dk;
+        return run_dir(ctx, cs, a, K);
+    }
+    /* dv's states, then dv's and dk's output passes side by side, each on half the SMs: both read q and dO,
+     * the same tokens of the same heads at about the same time, so the L2 serves one of the two reads */
+    V.states_only = 1;
     LASP_TRY(run_dir(ctx, cs, a, V));
-    lasp_cu::DirParams K = dir_dk(a, q, v, do_, slopes, V); /* dkv_outᵀ is in dv's states already */
+    lasp_cu::DirParams K = dir_dk(a, q, v, do_, slopes, V);
     K.out = dk;
-    return run_dir(ctx, cs, a, K);
+    V.states_only = 0, V.out_only = 1, V.s_end = NULL;
+    V.n_sm = K.n_sm = cs->n_sm / 2;
+    LASP_TRY(side_stream(ctx, cs));
+    CU_TRY(ctx, cudaEventRecord(cs->fork, cs->stream), "cudaEventRecord");
+    CU_TRY(ctx, cudaStreamWaitEvent(cs->side, cs->fork, 0), "cudaStreamWaitEvent");
+    LASP_TRY(run_dir(ctx, cs, a, K, cs->side));
+    LASP_TRY(run_dir(ctx, cs, a, V));
+    CU_TRY(ctx, cudaEventRecord(cs->join, cs->side), "cudaEventRecord");
+    CU_TRY(ctx, cudaStreamWaitEvent(cs->stream, cs->join, 0), "cudaStreamWaitEvent");
+    return LASP_OK;
 }
 
 /* ---- the op in halves, for the sequence-parallel schedule (attn_cuda_sp.h) -------------------- */
