@@ -43,10 +43,10 @@
  *   kvempty[k] KV slot k read by its output warpgroup (128 arrivals)
  * Chunk g (of the CTA's run) uses stage g mod NS (phase ⌊g/NS⌋) and KV slot g mod 2 (phase ⌊g/2⌋);
  * output warpgroup k takes the chunks g ≡ k (mod 2), so it always reads KV slot k. Each segment's decay
- * tables go into a ring of 4, written by the state warpgroup before its first KV and read after it. The tiles written by TMA are read by
- * wgmma (both the async proxy) and by ldmatrix (made visible by the mbarrier's completion): no proxy
- * fence on the loads; only the state warpgroup's st.shared of KV needs one, and it has no copies in
- * flight for that fence to wait on.
+ * tables go into a ring of 4, written by the state warpgroup before its first KV and read after it. The
+ * tiles written by TMA are read by wgmma (both the async proxy) and by ldmatrix (made visible by the
+ * mbarrier's completion): no proxy fence on the loads; only the state warpgroup's st.shared of KV needs
+ * one, and it has no copies in flight for that fence to wait on.
  *
  * DIRECTION
  * TMA copies rows in memory order. Forwards, row r of a chunk's tile is position c0 + r; backwards
@@ -77,8 +77,8 @@ struct Smem {
     static constexpr int NS = 4; /* tile stages; even, so that a stage's chunks go to one output warpgroup */
     static constexpr uint32_t X = CH * DX * 2, Z = CH * wg::EZ * 2, STAGE = 2 * X + Z, KV = DX * wg::EZ * 2;
     static constexpr uint32_t OUT = CH * wg::EZ * 2; /* a staging tile for the outputs, per output warpgroup */
-    /* decay tables (floats: λ^n for n = 0..64, then λ^{C−j}), one per item in flight (the ring's bound: the
-     * state warpgroup runs at most 4 chunks ahead of the slower output warpgroup) */
+    /* decay tables (floats: λ^n for n = 0..64, then λ^{C−j}), one per segment in flight: a slot is written
+     * again 4 segments later, when every chunk of its old segment is done (k_out_tma's state warpgroup) */
     static constexpr int TAB = 2 * CH + 8, NTAB = 4;
     static constexpr uint32_t KVOFF = NS * STAGE, OUTOFF = KVOFF + 2 * KV, TABOFF = OUTOFF + 2 * OUT,
                               BAROFF = TABOFF + NTAB * TAB * 4;
