@@ -90,6 +90,8 @@ endif
 TOOL_C  := $(wildcard tools/*.c)
 TEST_C  := $(wildcard tests/test_*.c)
 GPU_TEST_CU := $(wildcard tests/gpu_*.cu)
+# host-only tests of CUDA code (no GPU needed), built where nvcc is
+HOST_CU_TESTS := $(if $(HAVE_CUDA),$(if $(filter 1,$(SAN)),,$(patsubst tests/%.cu,$(BUILD)/tests/%,$(wildcard tests/test_*.cu))))
 
 LIB_O   := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CU:%.cu=$(BUILD)/%.cu.o)
 TOOL_O  := $(TOOL_C:%.c=$(BUILD)/%.o)
@@ -140,6 +142,11 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/liblasp.a
 	@echo "  CC    $@"
 	@$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/liblasp.a -o $@ $(LDLIBS)
 
+$(BUILD)/tests/test_%: tests/test_%.cu $(wildcard tests/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  NVCC  $@"
+	@$(NVCC) $(NVFLAGS) $< -o $@
+
 $(BUILD)/tests/gpu_%: tests/gpu_%.cu $(wildcard tests/*.h) $(BUILD)/liblasp.a
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) $< $(BUILD)/liblasp.a -o $@ -lcublas $(if $(HAVE_NCCL),-lnccl) $(if $(HAVE_OPENMP),-Xcompiler -fopenmp) \
@@ -153,7 +160,7 @@ $(BUILD)/dev/%: dev/cuda/%.cu $(BUILD)/liblasp.a
 	    $(if $(HAVE_BLAS),-lopenblas)
 
 # The test runner counts PASS/FAIL lines over every test binary, CLI script and multi-rank run.
-test: all $(TESTS) $(GPU_TESTS)
+test: all $(TESTS) $(GPU_TESTS) $(HOST_CU_TESTS)
 	@BUILD=$(BUILD) HAVE_MPI=$(HAVE_MPI) HAVE_CUDA=$(HAVE_CUDA) SAN=$(SAN) bash tests/run.sh
 
 test-gpu: all $(GPU_TESTS)

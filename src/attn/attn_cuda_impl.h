@@ -55,18 +55,18 @@ inline int slice_width(bool split, int dx, int ezt) {
 /* kernel 2 of a directed op (attn_cuda.cu) */
 cudaError_t lasp_cu_scan(const DirParams &P, cudaStream_t st);
 /* element (r, c) of a dx × ezt state m, stored as it is or (trans) as its ezt × dx transpose */
-__device__ __forceinline__ float state_at(const float *m, bool trans, int dx, int ezt, int r, int c) {
+__host__ __device__ __forceinline__ float state_at(const float *m, bool trans, int dx, int ezt, int r, int c) {
     return trans ? m[(size_t)c * dx + r] : m[(size_t)r * ezt + c];
 }
 /* P.s_add of head bh, and the factor λ^(σ + seg·P.seg) that decays it to the start of segment seg */
-__device__ __forceinline__ const float *s_add_of(const DirParams &P, int bh) {
+__host__ __device__ __forceinline__ const float *s_add_of(const DirParams &P, int bh) {
     return P.s_add + (size_t)bh * P.dx * P.ezt;
 }
-__device__ __forceinline__ float s_add_decay(const DirParams &P, int seg, float slope) {
+__host__ __device__ __forceinline__ float s_add_decay(const DirParams &P, int seg, float slope) {
     return expf(-slope * ((float)P.sigma + (float)seg * (float)P.seg));
 }
 /* this block belongs to the other launch of a finishing half in two parts (P.part) */
-__device__ __forceinline__ bool other_part(const DirParams &P, int seg, float slope) {
+__host__ __device__ __forceinline__ bool other_part(const DirParams &P, int seg, float slope) {
     return P.part && (s_add_decay(P, seg, slope) == 0.f) != (P.part == 1);
 }
 

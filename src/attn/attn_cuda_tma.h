@@ -139,13 +139,13 @@ struct Item {
 struct Work {
     int begin, end, slice, step; /* positions begin, begin + step, … < end */
     /* the first item to run at or after position u */
-    __device__ __forceinline__ Item at(const DirParams &P, int u) const {
+    __host__ __device__ __forceinline__ Item at(const DirParams &P, int u) const {
         Item t;
         for (; u < end; u += step) {
             t.seg = u % P.ns, t.bh = P.bh0 + u / P.ns;
             t.s = P.slopes[t.bh % P.H];
             if (other_part(P, t.seg, t.s)) continue;
-            const int64_t p0 = (int64_t)t.seg * P.seg, p1 = min(p0 + P.seg, P.T);
+            const int64_t p0 = (int64_t)t.seg * P.seg, p1 = p0 + P.seg < P.T ? p0 + P.seg : P.T;
             t.nch = (int)((p1 - p0 + CH - 1) / CH);
             t.i = u, t.slice = slice;
             return t;
@@ -154,42 +154,49 @@ struct Work {
         return t;
     }
     /* chunk c of item t, moved on by k chunks along the run */
-    __device__ __forceinline__ void advance(const DirParams &P, Item &t, int &c, int k) const {
+    __host__ __device__ __forceinline__ void advance(const DirParams &P, Item &t, int &c, int k) const {
         c += k;
         while (t.i < end && c >= t.nch) c -= t.nch, t = at(P, t.i + step);
     }
     /* u the segment after t's, of the same head */
-    __device__ __forceinline__ static bool follows(const Item &t, const Item &u) { return u.i == t.i + 1 && u.seg != 0; }
+    __host__ __device__ __forceinline__ static bool follows(const Item &t, const Item &u) {
+        return u.i == t.i + 1 && u.seg != 0;
+    }
 };
 /* A part of a split finish (DirParams.part) runs a prefix of every head's segments (part 2: those that
- * the arrived state reaches, the decay falling with the segment) or the rest (part 1). Warp 0 counts the
- * part's segments per head (cnt: shared scratch, 64 heads at most) and cuts them into equal runs in order;
- * the group's run, as positions, into run[0..1]. Work::at skips the other part's positions inside it. */
+ * the arrived state reaches, the decay falling with the segment) or the rest (part 1). part_run: warp 0
+ * counts the part's segments per head (cnt: shared scratch, 64 heads at most), then part_bounds cuts them
+ * into equal runs in order and gives group grp of groups its run as positions, run[0..1]. Work::at skips
+ * the other part's positions inside it. */
+__host__ __device__ __forceinline__ void part_bounds(const DirParams &P, const int *cnt, int groups, int grp,
+                                                     int *run) {
+    int64_t total = 0;
+    for (int hh = 0; hh < P.nbh; hh++) total += cnt[hh];
+    for (int e = 0; e < 2; e++) {
+        int64_t v = total * (grp + e) / groups; /* the part's v-th segment (v = total: the end) */
+        int u = P.nbh * P.ns;
+        for (int hh = 0; hh < P.nbh; hh++) {
+            if (v < cnt[hh]) {
+                u = hh * P.ns + (P.part == 2 ? 0 : P.ns - cnt[hh]) + (int)v;
+                break;
+            }
+            v -= cnt[hh];
+        }
+        run[e] = u;
+    }
+}
 __device__ __forceinline__ void part_run(const DirParams &P, int *cnt, int *run) {
     const int lane = threadIdx.x & 31;
-    const int slices = P.ezt / wg::EZ, groups = (int)gridDim.x / slices, grp = (int)blockIdx.x / slices;
-    int total = 0;
+    const int slices = P.ezt / wg::EZ;
     for (int hh = 0; hh < P.nbh; hh++) {
         const float s = P.slopes[(P.bh0 + hh) % P.H];
         int reach = 0;
         for (int k0 = 0; k0 < P.ns; k0 += 32)
             reach += __popc(__ballot_sync(0xffffffffu, k0 + lane < P.ns && s_add_decay(P, k0 + lane, s) != 0.f));
-        const int c = P.part == 2 ? reach : P.ns - reach;
-        if (lane == 0) cnt[hh] = c;
-        total += c;
+        if (lane == 0) cnt[hh] = P.part == 2 ? reach : P.ns - reach;
     }
     __syncwarp();
-    if (lane == 0) {
-        /* the position of the part's v-th segment (v = total: the end) */
-        auto pos = [&](int64_t v) {
-            for (int hh = 0; hh < P.nbh; hh++) {
-                if (v < cnt[hh]) return hh * P.ns + (P.part == 2 ? 0 : P.ns - cnt[hh]) + (int)v;
-                v -= cnt[hh];
-            }
-            return P.nbh * P.ns;
-        };
-        run[0] = pos((int64_t)total * grp / groups), run[1] = pos((int64_t)total * (grp + 1) / groups);
-    }
+    if (lane == 0) part_bounds(P, cnt, (int)gridDim.x / slices, (int)blockIdx.x / slices, run);
 }
 constexpr int PART_RUN_HEADS = 64; /* above: a part's segments dealt round */
 
@@ -197,21 +204,28 @@ constexpr int PART_RUN_HEADS = 64; /* above: a part's segments dealt round */
  * a tenth of them idle, R runs a head, the heads side by side (group p: head p mod nbh, run ⌊p/nbh⌋): at any
  * moment the groups read the same tokens of neighbouring heads, which share the tensors' rows ([B,T,H,D]:
  * a token's heads are adjacent in memory). Otherwise the positions in order, cut in equal runs. */
-__device__ __forceinline__ Work work_of(const DirParams &P, const int *run) {
-    const int slices = P.ezt / wg::EZ, groups = (int)gridDim.x / slices, grp = (int)blockIdx.x / slices;
-    const int slice = (int)blockIdx.x % slices;
+__host__ __device__ __forceinline__ Work work_for(const DirParams &P, const int *run, int groups, int grp, int slice) {
     const int64_t n = (int64_t)P.ns * P.nbh;
     /* a part of a split finish runs the first (or the last) segments of every head: runs of positions would
      * leave most groups idle, so its segments are counted and cut evenly (part_run), or with many heads
      * dealt round (no state carried) */
     if (P.part) return P.nbh <= PART_RUN_HEADS ? Work{run[0], run[1], slice, 1} : Work{grp, (int)n, slice, groups};
-    const int R = min(groups / P.nbh, P.ns);
+    const int R = groups / P.nbh < P.ns ? groups / P.nbh : P.ns;
     if (R >= 1 && 10 * R * P.nbh >= 9 * groups) {
         if (grp >= R * P.nbh) return {0, 0, slice, 1};
         const int h = grp % P.nbh, r = grp / P.nbh;
         return {h * P.ns + P.ns * r / R, h * P.ns + P.ns * (r + 1) / R, slice, 1};
     }
     return {(int)(n * grp / groups), (int)(n * (grp + 1) / groups), slice, 1};
+}
+__device__ __forceinline__ Work work_of(const DirParams &P, const int *run) {
+    const int slices = P.ezt / wg::EZ;
+    return work_for(P, run, (int)gridDim.x / slices, (int)blockIdx.x / slices, (int)blockIdx.x % slices);
+}
+/* k_out_tma's grid: groups of one CTA per z-slice, as many as the runs or the SMs (of n_sm) allow */
+inline int out_tma_ctas(int slices, int64_t runs, int n_sm) {
+    const int64_t groups = runs < n_sm / slices ? runs : n_sm / slices;
+    return slices * (int)(groups > 0 ? groups : 1);
 }
 
 template <int DX>
@@ -452,8 +466,7 @@ cudaError_t launch_out_tma(const DirParams &P, dim3 grid, cudaStream_t st) {
     A.P = P;
     /* persistent: one CTA an SM (its shared memory allows no more), in groups of one per z-slice, each group
      * over a run of the segments (work_of) */
-    const int64_t runs = (int64_t)grid.y * grid.z, groups = runs < P.n_sm / (int)grid.x ? runs : P.n_sm / (int)grid.x;
-    grid = dim3((unsigned)(grid.x * (groups > 0 ? groups : 1)));
+    grid = dim3((unsigned)out_tma_ctas((int)grid.x, (int64_t)grid.y * grid.z, P.n_sm));
     const int64_t B = P.BH / P.H;
     if (!tensor_map(&A.x, P.x, B, P.T, P.H, DX) || !tensor_map(&A.y, P.y, B, P.T, P.H, DX) ||
         !tensor_map(&A.z, P.z, B, P.T, P.H, P.ezt) || !tensor_map(&A.out, P.out, B, P.T, P.H, P.ezt))
