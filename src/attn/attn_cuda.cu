@@ -396,18 +396,15 @@ extern "C" lasp_status lasp_attn_bwd_cuda(lasp_ctx *ctx, const lasp_attn_desc *a
     LASP_TRY(run_dir(ctx, cs, a, P));
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
     V.out = dv, V.s_end = dkv_in;
-    if (!pair_outputs()) {
-        LASP_TRY(run_dir(ctx, cs, a, V));
-        lasp_cu::DirParams K = dir_dk(a, q, v, do_, slopes, V); /* dkv_outᵀ is in dv's states already */
-        K.out = dk;
-        return run_dir(ctx, cs, a, K);
-    }
-    /* dv's states, then dv's and dk's output passes side by side, each on half the SMs: both read q and dO,
-     * the same tokens of the same heads at about the same time, so the L2 serves one of the two reads */
-    V.states_only = 1;
+    /* LASP_CUDA_PAIR: dv's states first, then dv's and dk's output passes side by side, each on half the SMs:
+     * both read q and dO, the same tokens of the same heads at about the same time, so the L2 serves one of
+     * the two reads */
+    const int pair = pair_outputs();
+    V.states_only = pair;
     LASP_TRY(run_dir(ctx, cs, a, V));
-    lasp_cu::DirParams K = dir_dk(a, q, v, do_, slopes, V);
+    lasp_cu::DirParams K = dir_dk(a, q, v, do_, slopes, V); /* dkv_outᵀ is in dv's states already */
     K.out = dk;
+    if (!pair) return run_dir(ctx, cs, a, K);
     V.states_only = 0, V.out_only = 1, V.s_end = NULL;
     V.n_sm = K.n_sm = cs->n_sm / 2;
     LASP_TRY(side_stream(ctx, cs));

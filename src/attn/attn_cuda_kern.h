@@ -442,11 +442,12 @@ __global__ void __launch_bounds__(NTHR) k_state(DirParams P) {
 
 /* ---- kernel 3: outputs, chunk by chunk with the state on chip -------------------------------- */
 
-/* λ^n (n = 0..64) into pw and λ^{C−j} (j < 64) into wt, in shared memory, by the first 65 threads
- * (read after the caller's next barrier); returns λ^C */
-__device__ __forceinline__ float decay_tables(float *pw, float *wt, float s) {
-    if (threadIdx.x <= CH) pw[threadIdx.x] = expf(-s * (float)threadIdx.x);
-    if (threadIdx.x < CH) wt[threadIdx.x] = expf(-s * (float)(CH - threadIdx.x));
+/* λ^n (n = 0..64) into pw and λ^{C−j} (j < 64) into wt, in shared memory, by the threads t = 0..64 of
+ * the caller's (t: threadIdx.x, or the index in a warpgroup; read after the caller's next barrier);
+ * returns λ^C */
+__device__ __forceinline__ float decay_tables(float *pw, float *wt, float s, int t) {
+    if (t <= CH) pw[t] = expf(-s * (float)t);
+    if (t < CH) wt[t] = expf(-s * (float)(CH - t));
     return expf(-s * (float)CH);
 }
 
@@ -472,7 +473,7 @@ __global__ void __launch_bounds__(NTHR_OUT, 2) k_out(DirParams P) {
 
     const float s = P.slopes[h];
     if (other_part(P, seg, s)) return; /* the whole CTA, before any barrier */
-    const float gammaC = decay_tables(pw, wt, s);
+    const float gammaC = decay_tables(pw, wt, s, threadIdx.x);
 
     const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
     const int nch = (int)((p1 - p0 + CH - 1) / CH);

@@ -394,8 +394,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
                 load_state<DX>(kv, P, t.bh, t.seg, t.slice, t.s, sw, lane,
                                staged ? (const float *)(smem + S::KVOFF) : nullptr);
             }
-            const float gammaC = expf(-t.s * (float)CH);
-            float *pw = pw_of(q), *wt = pw + CH + 4;
+            float *pw = pw_of(q), *wt = pw + CH + 4, gammaC = 0.f;
             for (int c = 0; c < t.nch; c++, g++) {
                 const int k = g & 1, st = g % NS;
                 /* KV(g) as bf16 into slot k, once its last reader (chunk g − 2) is done with it */
@@ -405,8 +404,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
                      * output warpgroups are past chunk g − 4 in full (each is past the chunk before the one
                      * whose KV slot it freed), and the items before this one in the ring's other slots
                      * cover at least g − 3 .. g − 1 */
-                    if (tid <= CH) pw[tid] = expf(-t.s * (float)tid);
-                    if (tid < CH) wt[tid] = expf(-t.s * (float)(CH - tid));
+                    gammaC = decay_tables(pw, wt, t.s, tid);
                     asm volatile("bar.sync 3, 128;\n" ::: "memory"); /* the state warpgroup reads wt too */
                 }
                 store_kv<DX>(smem + S::KVOFF + k * S::KV, kv, sw, lane);

@@ -335,7 +335,7 @@ __global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float s = P.slopes[h];
     if (other_part(P, seg, s)) return; /* the whole CTA, before any barrier */
-    const float gammaC = decay_tables(pw, wt, s);
+    const float gammaC = decay_tables(pw, wt, s, threadIdx.x);
 
     const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
     const int nch = (int)((p1 - p0 + CH - 1) / CH);

@@ -251,10 +251,10 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
  * blocks that KV_in cannot reach — at the usual slopes the decay to most segments of a long piece is
  * exactly 0 in fp32, so the hop hides behind them; the output equals the one-launch result up to rounding
  * (k_out_tma carries the state from segment to segment along runs, which are cut differently for one
- * launch and for two). Then no sender needs to wait for its send in the forward either (after_send). 2: part 2 on
- * a stream of its own (highest priority), launched as the state arrives, so that its blocks take SMs as
- * part 1's free them instead of starting after part 1's last block (one tail, not two; measured no faster
- * on 4 × H200, 2026-11-26). */
+ * launch and for two). Then no sender needs to wait for its send in the forward either (after_send).
+ * 2: part 2 on a stream of its own (highest priority), launched as the state arrives, so that its blocks
+ * take SMs as part 1's free them instead of starting after part 1's last block (one tail, not two;
+ * measured no faster on 4 × H200, 2026-11-26). */
 static int split_finish(void) {
     const char *e = getenv("LASP_SP_SPLIT");
     return !e ? 1 : e[0] == '0' ? 0 : e[0] == '2' ? 2 : 1;
