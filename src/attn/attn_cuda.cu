@@ -217,7 +217,8 @@ static int pick_seg(const cuda_state *cs, int64_t T, int64_t BH, int slices) {
     int64_t ns = (want + BH * slices - 1) / (BH * slices);
     if (ns > (nc + 3) / 4) ns = (nc + 3) / 4;
     /* k_out_tma (attn_cuda_tma.h, work_of) cuts each head's segments into R runs, R = (SMs / slices) / BH:
-     * a multiple of R makes them equal (33 segments in 4 runs of 8, 8, 8, 9 cost 7% at B1 H16 T131072) */
+     * a multiple of R makes them equal. (B1 H16 T131072 D128 on an H200, 2026-11-26: with 33 segments, runs
+     * of 8, 8, 8, 9, fwd+bwd measured 7% slower than before runs; with 32, 2% slower — bench/RESULTS.md) */
     const int64_t R = (cs->n_sm / slices) / BH;
     if (R > 1 && ns > R) ns -= ns % R;
     if (ns < 1) ns = 1;
