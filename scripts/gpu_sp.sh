@@ -4,7 +4,8 @@
 # last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
 #   usage: scripts/gpu_sp.sh [build] [test] [cli] [bench] [variants]   (default: the first four)
 #   variants: the chain's weak-scaling rows under each setting of $SP_VARIANTS (space-separated, each
-#   VAR=value[,VAR=value]), one process launch each, and each setting's last LASP_SP_TRACE line per rank
+#   VAR=value[,VAR=value]), one process launch each, and each setting's last LASP_SP_TRACE line per rank;
+#   SP_VARIANT_MODES: the modes benched (default lasp; lasp2 or both)
 set -u
 steps=${*:-build test cli bench}
 OUT=${OUT:-build/gpu-logs}
@@ -65,7 +66,7 @@ if has variants; then
     for var in ${SP_VARIANTS:-LASP_SP_SPLIT=1 LASP_SP_SPLIT=2 LASP_SP_SPLIT=0}; do
         envs=$(echo "$var" | tr ',' ' ')
         env $envs timeout 200 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 \
-            --mode lasp --t-local 32768,65536 >"$OUT/v.txt" 2>&1
+            --mode "${SP_VARIANT_MODES:-lasp}" --t-local 32768,65536 >"$OUT/v.txt" 2>&1
         grep '^  weak' "$OUT/v.txt" | sed "s|^|$var |" >>"$OUT/variants.txt"
         env $envs LASP_SP_TRACE=1 timeout 100 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda \
             --dtype bf16 --mode lasp --t-local 32768 --repeat 5 --warmup 2 >"$OUT/v.txt" 2>&1

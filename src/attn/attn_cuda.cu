@@ -24,6 +24,7 @@
 typedef struct cuda_state {
     int device, n_sm, max_smem;
     int wgmma; /* the sm_90a kernels run here (attn_cuda_wgmma.h) */
+    int sp_leave; /* SMs the halves' persistent kernels leave to the communicator's (lasp_attn_cuda_sp_leave_sms) */
     cudaStream_t stream;
     /* a second stream and two events for the backward's paired output passes (LASP_CUDA_PAIR), made on first use */
     cudaStream_t side;
@@ -427,8 +428,21 @@ extern "C" lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream) {
     return LASP_OK;
 }
 
-/* The group of heads a half runs (attn_cuda_sp.h): {0, 0} all, else a range inside B·H */
-static lasp_status set_heads(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, lasp_cu::DirParams &P) {
+extern "C" lasp_status lasp_attn_cuda_sp_leave_sms(lasp_ctx *ctx, int n) {
+    cuda_state *cs = NULL;
+    LASP_TRY(get_state(ctx, &cs));
+    if (n < 0 || n > cs->n_sm / 2)
+        return lasp_fail(&ctx->err, LASP_ERR_ARG, "leaving %d of %d SMs to the communicator (hint: 0 .. %d)", n,
+                         cs->n_sm, cs->n_sm / 2);
+    cs->sp_leave = n;
+    return LASP_OK;
+}
+
+/* The group of heads a half runs (attn_cuda_sp.h): {0, 0} all, else a range inside B·H; its persistent
+ * kernels on the SMs the communicator is not left */
+static lasp_status set_heads(lasp_ctx *ctx, const cuda_state *cs, const lasp_attn_desc *a, lasp_heads hs,
+                             lasp_cu::DirParams &P) {
+    P.n_sm = cs->n_sm - cs->sp_leave;
     const int64_t BH = a->B * a->H;
     if (hs.n == 0 && hs.bh0 == 0) hs.n = BH;
     if (hs.bh0 < 0 || hs.n < 1 || hs.bh0 + hs.n > BH)
@@ -456,7 +470,7 @@ extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
     LASP_TRY(enter(ctx, a, t, names, 6, &cs));
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, NULL);
     P.s_end = m, P.states_only = 1, P.ws = seg;
-    LASP_TRY(set_heads(ctx, a, hs, P));
+    LASP_TRY(set_heads(ctx, cs, a, hs, P));
     return run_dir(ctx, cs, a, P);
 }
 
@@ -469,7 +483,7 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     LASP_TRY(enter(ctx, a, t, names, 6, &cs));
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, kv_in);
     P.out = o, P.ws = const_cast<float *>(seg);
-    LASP_TRY(set_heads(ctx, a, hs, P));
+    LASP_TRY(set_heads(ctx, cs, a, hs, P));
     if (part < 0 || part > 2)
         return lasp_fail(&ctx->err, LASP_ERR_ARG, "finishing part %d (hint: 0 all, 1 before the state, 2 after)", part);
     P.part = part;
@@ -486,7 +500,7 @@ extern "C" lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
     /* the reverse segment states of the dv op from a zero gradient; their total is the piece's g */
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, NULL);
     V.s_end = g, V.states_only = 1;
-    LASP_TRY(set_heads(ctx, a, hs, V));
+    LASP_TRY(set_heads(ctx, cs, a, hs, V));
     return run_dir(ctx, cs, a, V);
 }
 
@@ -500,7 +514,7 @@ extern "C" lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc
     /* the forward's local segment states (from a zero state): kv_in added as the forward's finish added it */
     lasp_cu::DirParams P = dir_dq_saved(cs, a, k, v, do_, slopes, kv_in, seg);
     P.out = dq;
-    LASP_TRY(set_heads(ctx, a, hs, P));
+    LASP_TRY(set_heads(ctx, cs, a, hs, P));
     return finish_dir(ctx, cs, a, P);
 }
 
@@ -512,7 +526,7 @@ extern "C" lasp_status lasp_attn_bwd_cuda_fold(lasp_ctx *ctx, const lasp_attn_de
     cuda_state *cs = NULL;
     LASP_TRY(enter(ctx, a, t, names, 5, &cs));
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
-    LASP_TRY(set_heads(ctx, a, hs, V));
+    LASP_TRY(set_heads(ctx, cs, a, hs, V));
     plan_dir(cs, a, V);
     V.ws = cs->ws;
     CU_TRY(ctx, lasp_cu::lasp_cu_fold(V, dkv_out, (cudaStream_t)stream), "launching the state fold");
@@ -528,11 +542,11 @@ extern "C" lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     LASP_TRY(enter(ctx, a, t, names, 7, &cs));
     lasp_cu::DirParams V = dir_dv(a, q, k, do_, slopes, dkv_out);
     V.out = dv;
-    LASP_TRY(set_heads(ctx, a, hs, V));
+    LASP_TRY(set_heads(ctx, cs, a, hs, V));
     LASP_TRY(finish_dir(ctx, cs, a, V));
     lasp_cu::DirParams K = dir_dk(a, q, v, do_, slopes, V); /* adds dkv_outᵀ as dv adds dkv_out */
     K.out = dk, K.s_add = dkv_out, K.s_add_trans = 1;
-    LASP_TRY(set_heads(ctx, a, hs, K));
+    LASP_TRY(set_heads(ctx, cs, a, hs, K));
     return run_dir(ctx, cs, a, K);
 }
 

@@ -38,6 +38,11 @@ typedef struct lasp_heads {
 
 /* The CUDA stream the op runs on for this context and the current device (made on first use). */
 lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream);
+/* How many SMs the halves' persistent kernels (the output passes) leave free, for the communicator's
+ * kernels that run beside them (default 0: all SMs are the op's). NCCL holds an SM from a kernel's launch
+ * to its end, and a persistent kernel holds every SM it got to its own end: without room, a send or a
+ * receive enqueued beside an output pass waits for the whole pass. */
+lasp_status lasp_attn_cuda_sp_leave_sms(lasp_ctx *ctx, int n);
 
 lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                      const void *v, const float *slopes, float *m, float *seg);

@@ -204,6 +204,8 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
         }
     }
     s->ev = (gpu_events *)cache->gpu;
+    const char *leave = getenv("LASP_SP_LEAVE_SMS");
+    LASP_TRY(lasp_attn_cuda_sp_leave_sms(ctx, leave ? atoi(leave) : 0));
     void *st = NULL;
     LASP_TRY(lasp_attn_cuda_stream(ctx, &st));
     s->S = (cudaStream_t)st;
