@@ -211,12 +211,17 @@ lasp_status lasp_comm_world(lasp_comm_backend backend, int *argc, char ***argv, 
 }
 
 lasp_status lasp_comm_split(lasp_comm *c, int color, int key, lasp_comm **out, lasp_err *err) {
+    return lasp_comm_split_lean(c, color, key, 0, out, err);
+}
+
+lasp_status lasp_comm_split_lean(lasp_comm *c, int color, int key, int max_ctas, lasp_comm **out, lasp_err *err) {
     if (!c || !out) return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_split: communicator or out is NULL");
     if (color < 0) return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_split: color %d must be ≥ 0", color);
+    if (max_ctas < 0) return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_split: max_ctas %d must be ≥ 0", max_ctas);
     *out = NULL;
     lasp_comm *n = calloc(1, sizeof *n);
     if (!n) return lasp_fail(err, LASP_ERR_NOMEM, "rank %d: no memory for a communicator", c->world_rank);
-    n->ops = c->ops, n->backend = c->backend, n->world_rank = c->world_rank, n->size = 1;
+    n->ops = c->ops, n->backend = c->backend, n->world_rank = c->world_rank, n->size = 1, n->max_ctas = max_ctas;
     lasp_status s = c->ops->split(c, color, key, n, err);
     if (s != LASP_OK) {
         free(n);

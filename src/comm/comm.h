@@ -45,6 +45,10 @@ typedef struct lasp_comm_stats {
 lasp_status lasp_comm_world(lasp_comm_backend backend, int *argc, char ***argv, lasp_comm **out, lasp_err *err);
 /* Ranks with equal color form a new communicator, ordered by key (collective over c). */
 lasp_status lasp_comm_split(lasp_comm *c, int color, int key, lasp_comm **out, lasp_err *err);
+/* The same, for messages that travel while compute kernels fill the GPU: a device backend runs each of the
+ * new communicator's operations on at most max_ctas thread blocks (NCCL's maxCTAs; 0: its default), so that
+ * they fit on the SMs the compute leaves free (lasp_attn_cuda_sp_leave_sms). Host backends ignore it. */
+lasp_status lasp_comm_split_lean(lasp_comm *c, int color, int key, int max_ctas, lasp_comm **out, lasp_err *err);
 void lasp_comm_free(lasp_comm *c);  /* the world last; finalises MPI if lasp initialised it */
 
 /* Ranks a process launcher (mpirun, srun) says this job has, from its environment; 0 if none

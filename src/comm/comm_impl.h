@@ -40,6 +40,7 @@ struct lasp_comm {
     int world_rank;       /* rank in the world, for messages that name a rank */
     int is_world;
     int owns_init;        /* the world initialised MPI, so freeing it finalises */
+    int max_ctas;         /* device backends: thread blocks an operation may use (0: the library's default) */
     lasp_comm_stats stats;
     void *impl;           /* backend handle (an MPI_Comm for mpi) */
 };

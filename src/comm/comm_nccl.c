@@ -114,7 +114,9 @@ static lasp_status nccl_split(lasp_comm *c, int color, int key, lasp_comm *out, 
     MPI_Comm_set_errhandler(n->mpi, MPI_ERRORS_RETURN);
     MPI_Comm_rank(n->mpi, &out->rank);
     MPI_Comm_size(n->mpi, &out->size);
-    ncclResult_t r = ncclCommSplit(ST(c)->nccl, color, key, &n->nccl, NULL);
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    if (out->max_ctas > 0) cfg.minCTAs = 1, cfg.maxCTAs = out->max_ctas;
+    ncclResult_t r = ncclCommSplit(ST(c)->nccl, color, key, &n->nccl, out->max_ctas > 0 ? &cfg : NULL);
     if (r != ncclSuccess) {
         lasp_status s = nccl_fail(c, r, "ncclCommSplit", err);
         nccl_free(out);

@@ -11,6 +11,11 @@
 #include "sp/sp.h"
 #include "sp/sp_cuda.h"
 
+int lasp_sp_comm_ctas(void) {
+    const char *e = getenv("LASP_SP_LEAVE_SMS");
+    return e && atoi(e) >= 0 ? atoi(e) : LASP_SP_COMM_CTAS;
+}
+
 lasp_status lasp_sp_init(lasp_comm *world, int sp_size, lasp_sp_mode mode, lasp_sp *out, lasp_err *err) {
     if (!world || !out) return lasp_fail(err, LASP_ERR_ARG, "lasp_sp_init: world or out is NULL");
     memset(out, 0, sizeof *out);
@@ -28,7 +33,7 @@ lasp_status lasp_sp_init(lasp_comm *world, int sp_size, lasp_sp_mode mode, lasp_
     out->mode = mode;
     /* SP groups contiguous (neighbours in the chain are neighbours in rank order, usually on one node),
      * DP groups strided. Both splits are collective over the world, in the same order on every rank. */
-    LASP_TRY(lasp_comm_split(world, out->dp_rank, out->sp_rank, &out->sp, err));
+    LASP_TRY(lasp_comm_split_lean(world, out->dp_rank, out->sp_rank, lasp_sp_comm_ctas(), &out->sp, err));
     lasp_status s = lasp_comm_split(world, out->sp_rank, out->dp_rank, &out->dp, err);
     if (s != LASP_OK) {
         lasp_comm_free(out->sp);

@@ -26,6 +26,13 @@ typedef struct lasp_sp {
     lasp_sp_mode mode;
 } lasp_sp;
 
+/* SMs the GPU schedule's compute leaves to the SP communicator, and the thread blocks that communicator's
+ * transfers may use (NCCL): LASP_SP_LEAVE_SMS, default LASP_SP_COMM_CTAS; 0 gives NCCL its default and the
+ * compute every SM. Persistent kernels hold their SMs to their end, so a transfer beside one needs SMs of
+ * its own (sp_cuda.cu, after_send). */
+#define LASP_SP_COMM_CTAS 4
+int lasp_sp_comm_ctas(void);
+
 /* Splits world into SP and DP groups; error (with the numbers) if sp does not divide the world. */
 lasp_status lasp_sp_init(lasp_comm *world, int sp_size, lasp_sp_mode mode, lasp_sp *out, lasp_err *err);
 void lasp_sp_free(lasp_sp *sp);

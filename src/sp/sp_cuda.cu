@@ -204,8 +204,7 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
         }
     }
     s->ev = (gpu_events *)cache->gpu;
-    const char *leave = getenv("LASP_SP_LEAVE_SMS");
-    LASP_TRY(lasp_attn_cuda_sp_leave_sms(ctx, leave ? atoi(leave) : 0));
+    LASP_TRY(lasp_attn_cuda_sp_leave_sms(ctx, lasp_sp_comm_ctas()));
     void *st = NULL;
     LASP_TRY(lasp_attn_cuda_stream(ctx, &st));
     s->S = (cudaStream_t)st;
@@ -249,17 +248,19 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
     return LASP_OK;
 }
 
-/* LASP_SP_SPLIT (default 1; 0 to compare): a rank waiting for KV_in first runs the finishing half's
+/* LASP_SP_SPLIT (default 2; 0 or 1 to compare): a rank waiting for KV_in first runs the finishing half's
  * blocks that KV_in cannot reach — at the usual slopes the decay to most segments of a long piece is
  * exactly 0 in fp32, so the hop hides behind them; the output equals the one-launch result up to rounding
  * (k_out_tma carries the state from segment to segment along runs, which are cut differently for one
  * launch and for two). Then no sender needs to wait for its send in the forward either (after_send).
- * 2: part 2 on a stream of its own (highest priority), launched as the state arrives, so that its blocks
- * take SMs as part 1's free them instead of starting after part 1's last block (one tail, not two;
- * measured no faster on 4 × H200, 2026-11-26). */
+ * 2: part 2 on a stream of its own (highest priority), launched as the state arrives, so that its CTAs
+ * take SMs as part 1's free them instead of starting after part 1's last one: one tail, not two. With the
+ * persistent output pass (a CTA an SM, each over a run of segments) that is what pays: on 2 × H100
+ * (2026-11-26, T_local 32768, chain) 1 → 2 took the layer from 1.121 to 1.068 × one GPU; with one CTA a
+ * block (before the runs) 2 was no faster than 1. */
 static int split_finish(void) {
     const char *e = getenv("LASP_SP_SPLIT");
-    return !e ? 1 : e[0] == '0' ? 0 : e[0] == '2' ? 2 : 1;
+    return !e ? 2 : e[0] == '0' ? 0 : e[0] == '1' ? 1 : 2;
 }
 
 /* the stream and event of LASP_SP_SPLIT=2, made on first use */
@@ -394,10 +395,11 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     const int r = s.r, W = s.W;
     const float *in = dkv_out;  /* dKV_out of this piece */
     const float *kv_in = s.ev->fwd_has_in ? cache->kv_in : NULL; /* none: dq adds nothing */
-    /* LASP_SP_FOLD=0: the finishing half adds dKV_out as it reads the states, instead of the fold on C
-     * (to compare: the fold moves the segment states through DRAM beside dq) */
+    /* the finishing half adds dKV_out as it reads the states (the output pass reads a state once a run);
+     * LASP_SP_FOLD=1 folds it into the segment states on C beside dq instead, to compare: that moves every
+     * segment state through DRAM on the few SMs the communicator is left (lasp_sp_comm_ctas) */
     const char *fe = getenv("LASP_SP_FOLD");
-    const int fold = !(fe && fe[0] == '0');
+    const int fold = fe && fe[0] == '1';
 
     if (sp->mode == LASP_SP_CHAIN) {
         /* group by group: the piece's g first, handed to C at once; C receives that group's dKV_out, folds
