@@ -115,7 +115,9 @@ static lasp_status nccl_split(lasp_comm *c, int color, int key, lasp_comm *out, 
     MPI_Comm_rank(n->mpi, &out->rank);
     MPI_Comm_size(n->mpi, &out->size);
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
-    if (out->max_ctas > 0) cfg.minCTAs = 1, cfg.maxCTAs = out->max_ctas;
+    /* and no thread-block clusters: on Hopper NCCL launches some kernels (the collectives) in clusters of
+     * CTAs that must share a GPC, which the few SMs left free, scattered over the GPCs, may never offer */
+    if (out->max_ctas > 0) cfg.minCTAs = 1, cfg.maxCTAs = out->max_ctas, cfg.cgaClusterSize = 1;
     ncclResult_t r = ncclCommSplit(ST(c)->nccl, color, key, &n->nccl, out->max_ctas > 0 ? &cfg : NULL);
     if (r != ncclSuccess) {
         lasp_status s = nccl_fail(c, r, "ncclCommSplit", err);
