@@ -24,6 +24,7 @@
  * before it writes the buffer again, so one layer's transfers never race the next layer's work. Every
  * state and message is fp32. */
 #include <cuda_runtime.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,38 +61,55 @@ static lasp_status cu_fail(lasp_ctx *ctx, cudaError_t e, const char *what) {
         if (cu_e_ != cudaSuccess) return cu_fail(ctx, cu_e_, what); \
     } while (0)
 
+/* The two state kernels below run on the communicator's stream, beside output passes that leave it a few
+ * SMs (lasp_sp_comm_ctas): few blocks, each thread over several float4s (a state is d·e floats, a multiple
+ * of 4, and every buffer here starts 16-byte aligned), so that their time is the bytes, not the waves. */
+#define STATE_BLOCKS 64
+
 /* out = exp(−s_h·n) · in + local over [BH][de] from element `first` on (in = NULL: zero). out may alias
  * local. */
-__global__ static void k_combine(float *out, const float *in, const float *local, const float *slopes, int64_t n,
+__global__ static void k_combine(float4 *out, const float4 *in, const float4 *local, const float *slopes, int64_t n,
                                  int H, int64_t de, int64_t first, int64_t total) {
-    const int64_t i = first + blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (i >= total) return;
-    const int h = (int)((i / de) % H);
-    const float g = expf(-slopes[h] * (float)n);
-    out[i] = (in ? g * in[i] : 0.0f) + local[i];
+    for (int64_t i = first / 4 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total / 4;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const float g = expf(-slopes[(int)((4 * i / de) % H)] * (float)n);
+        const float4 l = local[i], x = in ? in[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+        out[i] = make_float4(g * x.x + l.x, g * x.y + l.y, g * x.z + l.z, g * x.w + l.w);
+    }
 }
 
 /* P = Σ over pieces s from `from` towards `to` (exclusive, step ±1) of γ^{distance} G[s], by Horner. */
-__global__ static void k_horner(float *P, const float *G, const float *slopes, int64_t n, int from, int to, int step,
+__global__ static void k_horner(float4 *P, const float4 *G, const float *slopes, int64_t n, int from, int to, int step,
                                 int H, int64_t de, int64_t total) {
-    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (i >= total) return;
-    const float g = expf(-slopes[(int)((i / de) % H)] * (float)n);
-    float acc = 0.0f;
-    for (int s = from; s != to; s += step) acc = g * acc + G[(size_t)s * total + i];
-    P[i] = acc;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total / 4;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const float g = expf(-slopes[(int)((4 * i / de) % H)] * (float)n);
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int s = from; s != to; s += step) {
+            const float4 x = G[(size_t)s * (total / 4) + i];
+            acc = make_float4(g * acc.x + x.x, g * acc.y + x.y, g * acc.z + x.z, g * acc.w + x.w);
+        }
+        P[i] = acc;
+    }
 }
 
 static const lasp_heads ALL = {0, 0};
 
-static dim3 grid_of(int64_t total) { return dim3((unsigned)((total + 255) / 256)); }
+static dim3 grid_of(int64_t total) {
+    const int64_t b = (total / 4 + 255) / 256;
+    return dim3((unsigned)(b < STATE_BLOCKS ? b : STATE_BLOCKS));
+}
+
+static int unaligned(const void *p) { return ((uintptr_t)p & 15) != 0; }
 
 /* the combine of the heads hs ({0, 0}: all) */
 static lasp_status combine(lasp_ctx *ctx, cudaStream_t st, const lasp_attn_desc *a, lasp_heads hs,
                            const float *slopes, const float *in, const float *local, float *out) {
     const int64_t de = a->d * a->e, n = hs.n ? hs.n : a->B * a->H;
-    k_combine<<<grid_of(n * de), 256, 0, st>>>(out, in, local, slopes, a->T, (int)a->H, de, hs.bh0 * de,
-                                               (hs.bh0 + n) * de);
+    if (unaligned(out) || unaligned(in) || unaligned(local))
+        return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: a state buffer is not 16-byte aligned");
+    k_combine<<<grid_of(n * de), 256, 0, st>>>((float4 *)out, (const float4 *)in, (const float4 *)local, slopes, a->T,
+                                               (int)a->H, de, hs.bh0 * de, (hs.bh0 + n) * de);
     CU_TRY(ctx, cudaGetLastError(), "the state combine kernel");
     return LASP_OK;
 }
@@ -99,7 +117,10 @@ static lasp_status combine(lasp_ctx *ctx, cudaStream_t st, const lasp_attn_desc 
 static lasp_status horner(lasp_ctx *ctx, cudaStream_t st, const lasp_attn_desc *a, const float *slopes,
                           const float *G, int from, int to, int step, float *P) {
     const int64_t de = a->d * a->e, total = a->B * a->H * de;
-    k_horner<<<grid_of(total), 256, 0, st>>>(P, G, slopes, a->T, from, to, step, (int)a->H, de, total);
+    if (unaligned(P) || unaligned(G))
+        return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: a state buffer is not 16-byte aligned");
+    k_horner<<<grid_of(total), 256, 0, st>>>((float4 *)P, (const float4 *)G, slopes, a->T, from, to, step, (int)a->H,
+                                             de, total);
     CU_TRY(ctx, cudaGetLastError(), "the Horner kernel");
     return LASP_OK;
 }
