@@ -144,6 +144,12 @@ int main(int argc, char **argv) {
         if (half) check_collectives(half, "a split half");
         lasp_comm_free(half);
     }
+    /* the SP layer's communicator: NCCL's kernels on at most 2 CTAs, no clusters (lasp_comm_split_lean) */
+    lasp_comm *lean = NULL;
+    CHECK(lasp_comm_split_lean(world, 0, world_rank, 2, &lean, &err) == LASP_OK, "%s", err.msg);
+    mpi_case("nccl lean split (2 CTAs)");
+    if (lean) check_collectives(lean, "a lean split");
+    lasp_comm_free(lean);
     lasp_comm_free(world);
     const int rc = mpi_test_exit();
     lasp_comm_free(mpi_test_world_);

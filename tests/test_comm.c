@@ -66,7 +66,13 @@ int main(void) {
     lasp_comm *sub = NULL;
     CHECK(lasp_comm_split(c, 3, 0, &sub, &err) == LASP_OK && sub && lasp_comm_size(sub) == 1, "%s", err.msg);
     lasp_comm_free(sub);
-    test_case("self: split");
+    sub = NULL;
+    CHECK(lasp_comm_split_lean(c, 0, 0, 2, &sub, &err) == LASP_OK && sub && lasp_comm_size(sub) == 1, "%s", err.msg);
+    lasp_comm_free(sub);
+    sub = NULL;
+    s = lasp_comm_split_lean(c, 0, 0, -1, &sub, &err);
+    CHECK(s == LASP_ERR_ARG && !sub && strstr(err.msg, "max_ctas -1"), "max_ctas -1: status %d, '%s'", (int)s, err.msg);
+    test_case("self: split; a lean split (its CTA cap ignored off the GPU), a negative cap an error");
     lasp_comm_free(c);
 
 #ifndef LASP_HAVE_MPI
