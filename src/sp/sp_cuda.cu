@@ -322,6 +322,22 @@ static void trace_print(const sched *s) {
             s->r, t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
 }
 
+/* LASP-2's gather of every rank's state x into G ([W][ns]) on C: NCCL's all-gather, or with LASP_SP_GATHER=p2p
+ * (to compare) W − 1 grouped send/receive pairs, rank r sending to r + k and receiving from r − k, and
+ * its own state copied in place. On 2 × H100 beside the output pass the all-gather took ~210 µs for 1 MiB
+ * where the chain's send took 80–100 (bench/RESULTS.md): this asks whether the collective is the cause. */
+static lasp_status gather_states(lasp_ctx *ctx, lasp_sp *sp, const sched *s, const float *x, float *G) {
+    const char *e = getenv("LASP_SP_GATHER");
+    if (!(e && !strcmp(e, "p2p"))) return lasp_comm_allgather(sp->sp, x, G, s->ns, LASP_F32, &ctx->err);
+    CU_TRY(ctx, cudaMemcpyAsync(G + (size_t)s->r * s->ns, x, s->ns * sizeof(float), cudaMemcpyDeviceToDevice, s->C),
+           "state copy");
+    for (int k = 1; k < s->W; k++) {
+        const int to = (s->r + k) % s->W, from = (s->r - k + s->W) % s->W;
+        LASP_TRY(lasp_comm_sendrecv(sp->sp, x, s->ns, to, G + (size_t)from * s->ns, s->ns, from, LASP_F32, &ctx->err));
+    }
+    return LASP_OK;
+}
+
 static lasp_status copy_state(lasp_ctx *ctx, float *dst, const float *src, size_t ns, cudaStream_t st) {
     if (src) CU_TRY(ctx, cudaMemcpyAsync(dst, src, ns * sizeof(float), cudaMemcpyDeviceToDevice, st), "state copy");
     else CU_TRY(ctx, cudaMemsetAsync(dst, 0, ns * sizeof(float), st), "state zero");
@@ -377,7 +393,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(state_here(ctx, &s, 1, 0));
             if (kv_in) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, kv_in, m, m));
         }
-        LASP_TRY(lasp_comm_allgather(sp->sp, m, G, s.ns, LASP_F32, err));
+        LASP_TRY(gather_states(ctx, sp, &s, m, G));
         if (r > 0) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, r, 1, KV));
         if (r == W - 1 && kv_out) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, W, 1, kv_out));
         if (r > 0) LASP_TRY(state_here(ctx, &s, 1, 0));
@@ -456,7 +472,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         LASP_TRY(hand_to_comm(ctx, &s, 0, 0));
         LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, kv_in, do_, dq, cache->seg)); /* while G gathers */
         if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, dkv_out, g, g));
-        LASP_TRY(lasp_comm_allgather(sp->sp, g, G, s.ns, LASP_F32, err));
+        LASP_TRY(gather_states(ctx, sp, &s, g, G));
         if (r == 0 && dkv_in) LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
         if (r < W - 1) {
             LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, r, -1, g));  /* g is free: it takes dKV_out */
