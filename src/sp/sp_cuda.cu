@@ -322,13 +322,16 @@ static void trace_print(const sched *s) {
             s->r, t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
 }
 
-/* LASP-2's gather of every rank's state x into G ([W][ns]) on C: NCCL's all-gather, or with LASP_SP_GATHER=p2p
- * (to compare) W − 1 grouped send/receive pairs, rank r sending to r + k and receiving from r − k, and
- * its own state copied in place. On 2 × H100 beside the output pass the all-gather took ~210 µs for 1 MiB
- * where the chain's send took 80–100 (bench/RESULTS.md): this asks whether the collective is the cause. */
+/* LASP-2's gather of every rank's state x into G ([W][ns]) on C: W − 1 grouped send/receive pairs, in
+ * step k rank r sending to r + k and receiving from r − k (every pair of a step matches, so no step can
+ * wait on another), and its own state copied in place; LASP_SP_GATHER=coll uses NCCL's all-gather, to
+ * compare. Beside the output pass on the 4 SMs left to the communicator, on 2 × H100 (2026-11-26, T_local
+ * 32768): the all-gather's state arrived ~210 µs after the local half, the pairs' as fast as the chain's
+ * send, and the layer went 1.130–1.133 → 1.072–1.082 × one GPU (bench/RESULTS.md). Not measured on
+ * more than 2 GPUs. */
 static lasp_status gather_states(lasp_ctx *ctx, lasp_sp *sp, const sched *s, const float *x, float *G) {
     const char *e = getenv("LASP_SP_GATHER");
-    if (!(e && !strcmp(e, "p2p"))) return lasp_comm_allgather(sp->sp, x, G, s->ns, LASP_F32, &ctx->err);
+    if (e && !strcmp(e, "coll")) return lasp_comm_allgather(sp->sp, x, G, s->ns, LASP_F32, &ctx->err);
     CU_TRY(ctx, cudaMemcpyAsync(G + (size_t)s->r * s->ns, x, s->ns * sizeof(float), cudaMemcpyDeviceToDevice, s->C),
            "state copy");
     for (int k = 1; k < s->W; k++) {
