@@ -11,9 +11,14 @@
  *        a rank waiting for KV_in first runs the blocks KV_in cannot reach: split_finish)
  *   backward mirrored: the piece's g first, handed to C at once; S computes dq (it needs only the
  *     forward's segment states, kept in the cache, and the cached KV_in) while C receives dKV_out from
- *     r+1, folds it into the reverse segment states, forms dKV_in = γ dKV_out + g and sends it to r−1;
- *     then dk, dv. The message's latency and the fold hide behind dq.
- *   LASP-2: the local states are all-gathered on C and combined by Horner, same halves around it.
+ *     r+1, forms dKV_in = γ dKV_out + g and sends it to r−1; then dk, dv, adding dKV_out as they read
+ *     the states. The message's latency hides behind dq.
+ *   LASP-2: the local states are gathered on C (gather_states) and combined by Horner, same halves
+ *     around it.
+ *
+ * The output passes are persistent (a CTA an SM to the pass's end) and NCCL's transfers are kernels:
+ * the halves leave lasp_sp_comm_ctas() SMs free and the SP communicator's kernels use at most that many
+ * CTAs (sp.h), else a transfer enqueued beside a pass waits for all of it.
  *
  * The chain can pipeline groups of heads (LASP_SP_GROUPS=n; default 1): the halves above run per group,
  * so that group 0's state travels while group 1's local half computes. Measured on 2 × H200 (bench sp,
