@@ -39,8 +39,12 @@ struct DirParams {
      * only the (head, segment) blocks whose decay λ^(σ + k·seg) is exactly 0 in fp32 (the arriving state
      * cannot change them; s_add NULL), part 2 only the others (with s_add); 0 runs all. Every output
      * kernel (k_out, k_out_wg, k_out_tma) skips the other part's blocks, so that the parts write disjoint
-     * outputs and may run on two streams at once. */
+     * outputs and may run on two streams at once. 3 (k_out_tma only): both parts in one launch, each CTA
+     * running its share of part 1 first and then its share of part 2, whose first read of s_add waits until
+     * *ready ≥ epoch (written on another stream once s_add is there): one tail instead of two. */
     int part;
+    const unsigned *ready;
+    unsigned epoch;
     int n_sm; /* the device's SMs (k_out_tma runs one persistent CTA on each) */
 };
 
@@ -65,9 +69,13 @@ __host__ __device__ __forceinline__ const float *s_add_of(const DirParams &P, in
 __host__ __device__ __forceinline__ float s_add_decay(const DirParams &P, int seg, float slope) {
     return expf(-slope * ((float)P.sigma + (float)seg * (float)P.seg));
 }
-/* this block belongs to the other launch of a finishing half in two parts (P.part) */
+/* this block is not in part `part` (1 or 2; 0: all blocks are) of a finishing half */
+__host__ __device__ __forceinline__ bool not_in_part(int part, const DirParams &P, int seg, float slope) {
+    return part && (s_add_decay(P, seg, slope) == 0.f) != (part == 1);
+}
+/* this block belongs to the other launch of a finishing half in two parts (P.part 1 or 2) */
 __host__ __device__ __forceinline__ bool other_part(const DirParams &P, int seg, float slope) {
-    return P.part && (s_add_decay(P, seg, slope) == 0.f) != (P.part == 1);
+    return P.part != 3 && not_in_part(P.part, P, seg, slope);
 }
 
 /* kernels 1–3 of a directed op for one I/O dtype */

@@ -718,6 +718,7 @@ cudaError_t launch_dir(const DirParams &P, cudaStream_t st, int max_smem) {
     if constexpr (__is_same(T, bf16) && EZ == wg::EZ && (DX == 64 || DX == 128)) {
         if (P.wgmma && P.tma) return launch_out_tma<DX>(P, grid, st);
     }
+    if (P.part == 3) return cudaErrorNotSupported; /* both parts in one launch: k_out_tma only */
     return launch(k3, grid, t3, b3, st, P);
 }
 

@@ -138,13 +138,21 @@ struct Item {
 };
 struct Work {
     int begin, end, slice, step; /* positions begin, begin + step, … < end */
+    /* part 3 (DirParams.part): the positions of part 2 are numbered on from n = ns·nbh (u ≥ n is part 2's
+     * position u − n), and gap .. resume − 1 are skipped: from the end of the CTA's part-1 run to the start
+     * of its part-2 run. 0, 0 elsewhere. */
+    int gap, resume;
     /* the first item to run at or after position u */
     __host__ __device__ __forceinline__ Item at(const DirParams &P, int u) const {
         Item t;
+        const int n = P.ns * P.nbh;
         for (; u < end; u += step) {
-            t.seg = u % P.ns, t.bh = P.bh0 + u / P.ns;
+            if (u >= gap && u < resume) u = resume;
+            if (u >= end) break;
+            const int w = u >= n ? u - n : u; /* only part 3 numbers positions past n */
+            t.seg = w % P.ns, t.bh = P.bh0 + w / P.ns;
             t.s = P.slopes[t.bh % P.H];
-            if (other_part(P, t.seg, t.s)) continue;
+            if (not_in_part(P.part == 3 ? (u < n ? 1 : 2) : P.part, P, t.seg, t.s)) continue;
             const int64_t p0 = (int64_t)t.seg * P.seg, p1 = p0 + P.seg < P.T ? p0 + P.seg : P.T;
             t.nch = (int)((p1 - p0 + CH - 1) / CH);
             t.i = u, t.slice = slice;
@@ -165,25 +173,41 @@ struct Work {
 };
 /* A part of a split finish (DirParams.part) runs a prefix of every head's segments (part 2: those that
  * the arrived state reaches, the decay falling with the segment) or the rest (part 1). part_run: warp 0
- * counts the part's segments per head (cnt: shared scratch, 64 heads at most), then part_bounds cuts them
- * into equal runs in order and gives group grp of groups its run as positions, run[0..1]. Work::at skips
- * the other part's positions inside it. */
+ * counts the segments the state reaches per head (cnt: shared scratch, 64 heads at most), then
+ * part_bounds cuts the part's segments into equal runs in order and gives group grp of groups its run as
+ * positions, run[0..1]; for part 3 run[0..1] of part 1 and run[2..3] of part 2, cut so that each group's
+ * two shares add up to an equal share of the whole (one tail). Work::at skips the other part's positions. */
+__host__ __device__ __forceinline__ int part_count(const DirParams &P, const int *cnt, int part, int hh) {
+    return part == 2 ? cnt[hh] : P.ns - cnt[hh];
+}
+/* the position of the v-th segment of part `part` (v = the part's total: n = nbh·ns, the end) */
+__host__ __device__ __forceinline__ int part_pos(const DirParams &P, const int *cnt, int part, int64_t v) {
+    for (int hh = 0; hh < P.nbh; hh++) {
+        const int c = part_count(P, cnt, part, hh);
+        if (v < c) return hh * P.ns + (part == 2 ? 0 : P.ns - c) + (int)v;
+        v -= c;
+    }
+    return P.nbh * P.ns;
+}
 __host__ __device__ __forceinline__ void part_bounds(const DirParams &P, const int *cnt, int groups, int grp,
                                                      int *run) {
-    int64_t total = 0;
-    for (int hh = 0; hh < P.nbh; hh++) total += cnt[hh];
-    for (int e = 0; e < 2; e++) {
-        int64_t v = total * (grp + e) / groups; /* the part's v-th segment (v = total: the end) */
-        int u = P.nbh * P.ns;
-        for (int hh = 0; hh < P.nbh; hh++) {
-            if (v < cnt[hh]) {
-                u = hh * P.ns + (P.part == 2 ? 0 : P.ns - cnt[hh]) + (int)v;
-                break;
-            }
-            v -= cnt[hh];
-        }
-        run[e] = u;
+    int64_t t1 = 0, t2 = 0; /* the parts' segments */
+    for (int hh = 0; hh < P.nbh; hh++) t1 += part_count(P, cnt, 1, hh), t2 += part_count(P, cnt, 2, hh);
+    if (P.part != 3) {
+        const int64_t total = P.part == 2 ? t2 : t1;
+        for (int e = 0; e < 2; e++) run[e] = part_pos(P, cnt, P.part, total * (grp + e) / groups);
+        return;
     }
+    /* group g's part-1 share ends at t1·(g+1)/G; its part-2 share makes the two add up to the whole's
+     * (t1 + t2)·(g+1)/G, kept in [0, t2] and never behind the previous group's (a running maximum) */
+    int64_t v2 = 0, b2 = 0;
+    for (int g = 1; g <= grp + 1; g++) {
+        const int64_t c = (t1 + t2) * g / groups - t1 * g / groups;
+        v2 = c > v2 ? (c < t2 ? c : t2) : v2;
+        if (g == grp) b2 = v2;
+    }
+    run[0] = part_pos(P, cnt, 1, t1 * grp / groups), run[1] = part_pos(P, cnt, 1, t1 * (grp + 1) / groups);
+    run[2] = part_pos(P, cnt, 2, b2), run[3] = part_pos(P, cnt, 2, v2);
 }
 __device__ __forceinline__ void part_run(const DirParams &P, int *cnt, int *run) {
     const int lane = threadIdx.x & 31;
@@ -193,10 +217,25 @@ __device__ __forceinline__ void part_run(const DirParams &P, int *cnt, int *run)
         int reach = 0;
         for (int k0 = 0; k0 < P.ns; k0 += 32)
             reach += __popc(__ballot_sync(0xffffffffu, k0 + lane < P.ns && s_add_decay(P, k0 + lane, s) != 0.f));
-        if (lane == 0) cnt[hh] = P.part == 2 ? reach : P.ns - reach;
+        if (lane == 0) cnt[hh] = reach;
     }
     __syncwarp();
     if (lane == 0) part_bounds(P, cnt, (int)gridDim.x / slices, (int)blockIdx.x / slices, run);
+}
+/* part 3: until *P.ready ≥ P.epoch, by every thread that calls it (an acquire at GPU scope each, so that
+ * its reads of s_add after it see what came before the signal). A state that never comes is a kernel
+ * error after 30 s, not a hang. */
+__device__ __forceinline__ void wait_ready(const DirParams &P) {
+    uint64_t t0, now;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t0));
+    for (;;) {
+        unsigned v;
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(P.ready) : "memory");
+        if ((int)(v - P.epoch) >= 0) return;
+        __nanosleep(200);
+        asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
+        if (now - t0 > 30000000000ull) __trap();
+    }
 }
 constexpr int PART_RUN_HEADS = 64; /* above: a part's segments dealt round */
 
@@ -209,14 +248,18 @@ __host__ __device__ __forceinline__ Work work_for(const DirParams &P, const int 
     /* a part of a split finish runs the first (or the last) segments of every head: runs of positions would
      * leave most groups idle, so its segments are counted and cut evenly (part_run), or with many heads
      * dealt round (no state carried) */
-    if (P.part) return P.nbh <= PART_RUN_HEADS ? Work{run[0], run[1], slice, 1} : Work{grp, (int)n, slice, groups};
+    if (P.part == 3) /* part 1's run, then part 2's (positions from n on); with many heads both dealt round */
+        return P.nbh <= PART_RUN_HEADS ? Work{run[0], (int)n + run[3], slice, 1, run[1], (int)n + run[2]}
+                                       : Work{grp, 2 * (int)n, slice, groups, 0, 0};
+    if (P.part)
+        return P.nbh <= PART_RUN_HEADS ? Work{run[0], run[1], slice, 1, 0, 0} : Work{grp, (int)n, slice, groups, 0, 0};
     const int R = groups / P.nbh < P.ns ? groups / P.nbh : P.ns;
     if (R >= 1 && 10 * R * P.nbh >= 9 * groups) {
-        if (grp >= R * P.nbh) return {0, 0, slice, 1};
+        if (grp >= R * P.nbh) return {0, 0, slice, 1, 0, 0};
         const int h = grp % P.nbh, r = grp / P.nbh;
-        return {h * P.ns + P.ns * r / R, h * P.ns + P.ns * (r + 1) / R, slice, 1};
+        return {h * P.ns + P.ns * r / R, h * P.ns + P.ns * (r + 1) / R, slice, 1, 0, 0};
     }
-    return {(int)(n * grp / groups), (int)(n * (grp + 1) / groups), slice, 1};
+    return {(int)(n * grp / groups), (int)(n * (grp + 1) / groups), slice, 1, 0, 0};
 }
 __device__ __forceinline__ Work work_of(const DirParams &P, const int *run) {
     const int slices = P.ezt / wg::EZ;
@@ -381,10 +424,12 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
         static_assert(2 * S::KV == DX * EZ * 4, "the staged s_add fills the two KV slots");
         int g = 0;
         bool carried = false; /* kv holds the state entering t already */
+        bool ready = P.part != 3;  /* part 3: s_add may be read (wait_ready, before the first part-2 item) */
         Item t = W.at(P, W.begin);
         for (int q = 0; t.i < W.end; q++) {
             const Item next = W.at(P, t.i + W.step);
             const bool carry = next.i < W.end && Work::follows(t, next);
+            if (!ready && t.i >= P.ns * P.nbh) wait_ready(P), ready = true;
             if (!carried) {
                 /* the state entering the segment from the workspace, plus an arrived state (P.s_add), which
                  * the carried state then holds, decayed, for the rest of the run */
