@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cuda_runtime.h>
 
@@ -285,6 +286,9 @@ static lasp_heads part(int64_t i, int64_t b0, int64_t BH) {
  * states the schedule forms, KV_out = λ^T kv_in + m and dKV_in = λ^T dkv_out + g, equal the op's. One GPU
  * exercises here what the multi-GPU schedule relies on: the arrived state added by the output kernels.
  * The backward from the forward's saved states (dq without its own state pass) must equal it too. */
+/* --quick: small shapes only, for compute-sanitizer (which may run kernels one at a time) */
+static int quick;
+
 static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e, int64_t B = 2, int64_t H = 3) {
     lasp_attn_desc a = {B, T, H, d, e, 0, t};
     float sl[64];
@@ -327,6 +331,30 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e, int64_t B
                                             seg, p == 2 ? (void *)side : NULL) == LASP_OK, "%s", lasp_ctx_error(ctx));
     CUDA_OK(cudaEventRecord(ev_side, side));
     CUDA_OK(cudaStreamWaitEvent((cudaStream_t)cst, ev_side, 0));
+    /* the finish in one launch, in two groups, waiting on the device for a flag that another stream sets a
+     * while later (the SP schedule's LASP_SP_SPLIT=3): only with SMs left for the signal, only where the
+     * output pass is k_out_tma */
+    void *o5 = poisoned(nv, t);
+    unsigned *ready = NULL;
+    CUDA_OK(cudaMalloc((void **)&ready, sizeof(unsigned)));
+    CUDA_OK(cudaMemset(ready, 0, sizeof(unsigned)));
+    lasp_status s5 = lasp_attn_fwd_cuda_finish_when(ctx, &a, all, gq, gk, gv, gsl, gkv, o5, seg, ready, 1);
+    CHECK(s5 == LASP_ERR_ARG || s5 == LASP_ERR_UNSUPPORTED, "the one-launch finish with no SMs left: status %d",
+          (int)s5);
+    CHECK(lasp_attn_cuda_sp_leave_sms(ctx, 4) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    /* under --quick the flag is set first: a sanitizer that runs one kernel at a time would never signal */
+    if (quick) CHECK(lasp_attn_cuda_signal(ctx, ready, 1, cst) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    for (int64_t i = 0, b0 = 2; i < 2 && (i == 0 || s5 == LASP_OK); i++)
+        s5 = lasp_attn_fwd_cuda_finish_when(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, gkv, o5, seg, ready, 1);
+    const int one_launch = s5 == LASP_OK;
+    CHECK(one_launch || (s5 == LASP_ERR_UNSUPPORTED && !(t == LASP_BF16 && (d == 64 || d == 128) && e >= 64)),
+          "the one-launch finish: %s", lasp_ctx_error(ctx));
+    if (one_launch && !quick) {
+        usleep(2000); /* the kernel's part-2 CTAs are waiting by now */
+        CHECK(lasp_attn_cuda_signal(ctx, ready, 1, side) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    }
+    CUDA_OK(cudaStreamSynchronize((cudaStream_t)cst));
+    CHECK(lasp_attn_cuda_sp_leave_sms(ctx, 0) == LASP_OK, "%s", lasp_ctx_error(ctx));
     for (int64_t i = 0, b0 = 1; i < 2; i++)
         CHECK(lasp_attn_bwd_cuda_local(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, gdo, g) == LASP_OK, "%s",
               lasp_ctx_error(ctx));
@@ -355,6 +383,8 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e, int64_t B
     CUDA_OK(cudaDeviceSynchronize());
     cudaEventDestroy(ev_local), cudaEventDestroy(ev_side), cudaStreamDestroy(side);
     expect_same("o", o1, o2, nv, t, t);
+    if (one_launch) expect_same("o (one launch, waiting for the state)", o1, o5, nv, t, t);
+    cudaFree(o5), cudaFree(ready);
     expect_same("dq", dq1, dq2, nq, t, t);
     expect_same("dk", dk1, dk2, nq, t, t);
     expect_same("dv", dv1, dv2, nv, t, t);
@@ -441,7 +471,7 @@ static void case_host_and_errors(void) {
 }
 
 int main(int argc, char **argv) {
-    int quick = argc > 1 && !strcmp(argv[1], "--quick");  /* small shapes only (compute-sanitizer) */
+    quick = argc > 1 && !strcmp(argv[1], "--quick"); /* small shapes only (compute-sanitizer) */
     lasp_rng_seed(&rng, test_seed());
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev < 1) {

@@ -53,6 +53,18 @@ lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, las
 lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, int part, const void *q,
                                       const void *k, const void *v, const float *slopes, const float *kv_in, void *o,
                                       const float *seg, void *stream);
+/* The whole finish in one launch (part 3 of DirParams): each CTA runs its share of the blocks kv_in cannot
+ * reach, then its share of the others, reading kv_in only once *ready ≥ epoch (compared as a wrapping
+ * difference); write it with lasp_attn_cuda_signal on the stream that brings kv_in, after it. One tail
+ * instead of two launches' two. The transfer must find SMs of its own (lasp_attn_cuda_sp_leave_sms ≥ 1,
+ * else an error): the CTAs that wait hold theirs. A state that never comes ends the kernel with an error
+ * after 30 s. Only where the output pass is k_out_tma (bf16, d 64 or 128, e ≥ 64, an sm_90a device):
+ * LASP_ERR_UNSUPPORTED otherwise, before anything is enqueued. */
+lasp_status lasp_attn_fwd_cuda_finish_when(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q,
+                                           const void *k, const void *v, const float *slopes, const float *kv_in,
+                                           void *o, const float *seg, const unsigned *ready, unsigned epoch);
+/* *ready = epoch on `stream` once the work before it there is done (a release at GPU scope). */
+lasp_status lasp_attn_cuda_signal(lasp_ctx *ctx, unsigned *ready, unsigned epoch, void *stream);
 lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
                                      const void *v, const float *slopes, const void *do_, float *g);
 lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *k, const void *v,

@@ -50,6 +50,8 @@ typedef struct gpu_events {
     int fwd_has_in;                       /* the forward's piece had an incoming state (else kv_in is zero) */
     cudaStream_t S2;                      /* LASP_SP_SPLIT=2: the finish's part 2 beside part 1 (made on first use) */
     cudaEvent_t part2_done;               /* S2: part 2 is done; S waits for it */
+    unsigned *ready;                      /* LASP_SP_SPLIT=3: a flag a group on the device, its state is here */
+    unsigned epoch;                       /* ... once it reads this call's epoch (made on first use) */
     /* LASP_SP_TRACE=1: timing events at the phases of a layer, printed after each backward (stderr):
      * fwd start, local done, state here, end; the same for the bwd (of the last group where there are several) */
     cudaEvent_t tr[8];
@@ -142,6 +144,7 @@ extern "C" void lasp_sp_cache_free_cuda(lasp_sp_cache *c) {
         }
         if (ev->sent) cudaEventDestroy(ev->sent);
         if (ev->part2_done) cudaEventDestroy(ev->part2_done);
+        if (ev->ready) cudaFree(ev->ready);
         if (ev->S2) cudaStreamDestroy(ev->S2);
         for (int i = 0; i < 8; i++)
             if (ev->tr[i]) cudaEventDestroy(ev->tr[i]);
@@ -274,7 +277,7 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
     return LASP_OK;
 }
 
-/* LASP_SP_SPLIT (default 2; 0 or 1 to compare): a rank waiting for KV_in first runs the finishing half's
+/* LASP_SP_SPLIT (default 2; 0, 1 or 3 to compare): a rank waiting for KV_in first runs the finishing half's
  * blocks that KV_in cannot reach — at the usual slopes the decay to most segments of a long piece is
  * exactly 0 in fp32, so the hop hides behind them; the output equals the one-launch result up to rounding
  * (k_out_tma carries the state from segment to segment along runs, which are cut differently for one
@@ -283,10 +286,22 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
  * take SMs as part 1's free them instead of starting after part 1's last one: one tail, not two. With the
  * persistent output pass (a CTA an SM, each over a run of segments) that is what pays: on 2 × H100
  * (2026-11-26, T_local 32768, chain) 1 → 2 took the layer from 1.121 to 1.068 × one GPU; with one CTA a
- * block (before the runs) 2 was no faster than 1. */
+ * block (before the runs) 2 was no faster than 1.
+ * 3: both parts in one launch, each CTA running part 2's blocks after its part 1's once a flag the
+ * communicator's stream sets after the state says it is here (lasp_attn_fwd_cuda_finish_when): the one
+ * tail of a single launch. Needs SMs left to the transfer (lasp_sp_comm_ctas() ≥ 1, else 2) and the
+ * sm_90a output pass (else 2). Not yet run on a GPU. */
 static int split_finish(void) {
     const char *e = getenv("LASP_SP_SPLIT");
-    return !e ? 2 : e[0] == '0' ? 0 : e[0] == '1' ? 1 : 2;
+    return !e ? 2 : e[0] == '0' ? 0 : e[0] == '1' ? 1 : e[0] == '3' ? 3 : 2;
+}
+
+/* the flags of LASP_SP_SPLIT=3, made on first use (zero: no epoch yet) */
+static lasp_status ready_flags(lasp_ctx *ctx, gpu_events *ev) {
+    if (ev->ready) return LASP_OK;
+    CU_TRY(ctx, cudaMalloc((void **)&ev->ready, MAX_GROUPS * sizeof(unsigned)), "cudaMalloc of the ready flags");
+    CU_TRY(ctx, cudaMemset(ev->ready, 0, MAX_GROUPS * sizeof(unsigned)), "zeroing the ready flags");
+    return LASP_OK;
 }
 
 /* the stream and event of LASP_SP_SPLIT=2, made on first use */
@@ -363,6 +378,13 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     const int r = s.r, W = s.W;
     const int has_in = r > 0 || kv_in != NULL;
     s.ev->fwd_has_in = has_in;
+    /* A rank whose KV_in comes from another first finishes the segments KV_in cannot reach (split_finish) */
+    int split = r > 0 ? split_finish() : 0;
+    if (split == 3 && lasp_sp_comm_ctas() < 1) split = 2;
+    if (split == 3) {
+        LASP_TRY(ready_flags(ctx, s.ev));
+        s.ev->epoch++;
+    }
 
     if (sp->mode == LASP_SP_CHAIN) {
         /* group by group: the local half, then (on C) its state in, combined, out; S goes on to the next
@@ -380,6 +402,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
                 LASP_TRY(copy_state(ctx, KV + off, kv_in ? kv_in + off : NULL, cnt, s.C));
             }
             LASP_TRY(state_here(ctx, &s, 1, i)); /* S may finish group i while C serves the next rank */
+            if (split == 3) LASP_TRY(lasp_attn_cuda_signal(ctx, s.ev->ready + i, s.ev->epoch, s.C));
             if (has_in) LASP_TRY(combine(ctx, s.C, a, hs, slopes, KV, m, m)); /* KV_out = γ KV_in + m (else m) */
             if (r < W - 1) {
                 LASP_TRY(lasp_comm_isend(sp->sp, m + off, cnt, r + 1, LASP_F32, &tx, err));
@@ -405,14 +428,24 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         if (r > 0) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, r, 1, KV));
         if (r == W - 1 && kv_out) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, W, 1, kv_out));
         if (r > 0) LASP_TRY(state_here(ctx, &s, 1, 0));
+        if (split == 3) LASP_TRY(lasp_attn_cuda_signal(ctx, s.ev->ready, s.ev->epoch, s.C));
         LASP_TRY(mark_sent(ctx, &s));
     }
-    /* A rank whose KV_in comes from another first finishes the segments KV_in cannot reach (split_finish) */
-    const int split = r > 0 ? split_finish() : 0;
+    if (split == 3) {
+        /* one launch a group, enqueued now: its CTAs wait on the device for the flag, not S for C */
+        lasp_status st = LASP_OK;
+        for (int i = 0; st == LASP_OK && i < s.ng; i++)
+            st = lasp_attn_fwd_cuda_finish_when(ctx, a, group(&s, i), q, k, v, slopes, KV, o, cache->seg,
+                                                s.ev->ready + i, s.ev->epoch);
+        if (st == LASP_ERR_UNSUPPORTED) split = 2; /* refused before anything was enqueued (same for every group) */
+        else if (st != LASP_OK) return st;
+        /* what S runs next (the backward's dq) reads KV_in, which a launch with no block in part 2 never waited for */
+        for (int i = 0; split == 3 && i < s.ng; i++) LASP_TRY(wait_for_state(ctx, &s, i, s.S));
+    }
     if (split == 2) LASP_TRY(second_stream(ctx, s.ev));
-    for (int i = 0; split && i < s.ng; i++)
+    for (int i = 0; split && split != 3 && i < s.ng; i++)
         LASP_TRY(lasp_attn_fwd_cuda_finish(ctx, a, group(&s, i), 1, q, k, v, slopes, NULL, o, cache->seg, NULL));
-    for (int i = 0; i < s.ng; i++) {
+    for (int i = 0; split != 3 && i < s.ng; i++) {
         /* part 2 (or the whole finish) once the state is here: on S, or beside part 1 on S2 (state_ready
          * follows the local half on C, so S2 needs no other order) */
         cudaStream_t st = split == 2 ? s.ev->S2 : s.S;
