@@ -222,20 +222,26 @@ __device__ __forceinline__ void part_run(const DirParams &P, int *cnt, int *run)
     __syncwarp();
     if (lane == 0) part_bounds(P, cnt, (int)gridDim.x / slices, (int)blockIdx.x / slices, run);
 }
-/* part 3: until *P.ready ≥ P.epoch, by every thread that calls it (an acquire at GPU scope each, so that
- * its reads of s_add after it see what came before the signal). A state that never comes is a kernel
- * error after 30 s, not a hang. */
-__device__ __forceinline__ void wait_ready(const DirParams &P) {
+/* part 3: until *ready ≥ epoch, by one thread of the state warpgroup (an acquire at GPU scope; the
+ * warpgroup's barrier and a fence then order the others' reads of s_add after it). A state that never
+ * comes is a kernel error after 30 s, not a hang. Not inlined: the spin's registers stay out of the state
+ * loop's (ptxas: 24 → 82 bytes of spills at DX = 128 when inlined). */
+static __device__ __noinline__ void spin_ready(const unsigned *ready, unsigned epoch) {
     uint64_t t0, now;
     asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t0));
     for (;;) {
         unsigned v;
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(P.ready) : "memory");
-        if ((int)(v - P.epoch) >= 0) return;
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(ready) : "memory");
+        if ((int)(v - epoch) >= 0) return;
         __nanosleep(200);
         asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
         if (now - t0 > 30000000000ull) __trap();
     }
+}
+__device__ __forceinline__ void wait_ready(const DirParams &P) {
+    if ((threadIdx.x & 127) == 0) spin_ready(P.ready, P.epoch);
+    asm volatile("bar.sync 3, 128;\n" ::: "memory");
+    asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
 }
 constexpr int PART_RUN_HEADS = 64; /* above: a part's segments dealt round */
 
@@ -271,7 +277,9 @@ inline int out_tma_ctas(int slices, int64_t runs, int n_sm) {
     return slices * (int)(groups > 0 ? groups : 1);
 }
 
-template <int DX>
+/* WAITS: the instance for part 3 (a finish in one launch that waits for its state, wait_ready); the other
+ * instance compiles without it, as before part 3 existed */
+template <int DX, bool WAITS>
 __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant__ TmaParams A) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using namespace wg;
@@ -424,13 +432,14 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
         static_assert(2 * S::KV == DX * EZ * 4, "the staged s_add fills the two KV slots");
         int g = 0;
         bool carried = false; /* kv holds the state entering t already */
-        bool ready = P.part != 3;  /* part 3: s_add may be read (wait_ready, before the first part-2 item) */
+        bool ready = !WAITS; /* part 3: s_add may be read (wait_ready, before the first part-2 item) */
         Item t = W.at(P, W.begin);
         for (int q = 0; t.i < W.end; q++) {
             const Item next = W.at(P, t.i + W.step);
             const bool carry = next.i < W.end && Work::follows(t, next);
-            if (!ready && t.i >= P.ns * P.nbh) wait_ready(P), ready = true;
             if (!carried) {
+                /* part 3: before the first item of part 2 (never carried: runs carry only within a part) */
+                if (WAITS && !ready && t.i >= P.ns * P.nbh) wait_ready(P), ready = true;
                 /* the state entering the segment from the workspace, plus an arrived state (P.s_add), which
                  * the carried state then holds, decayed, for the rest of the run */
                 const bool add = P.s_add && s_add_decay(P, t.seg, t.s) != 0.f; /* as load_state decides it */
@@ -514,7 +523,8 @@ cudaError_t launch_out_tma(const DirParams &P, dim3 grid, cudaStream_t st) {
     if (!tensor_map(&A.x, P.x, B, P.T, P.H, DX) || !tensor_map(&A.y, P.y, B, P.T, P.H, DX) ||
         !tensor_map(&A.z, P.z, B, P.T, P.H, P.ezt) || !tensor_map(&A.out, P.out, B, P.T, P.H, P.ezt))
         return cudaErrorInvalidValue;
-    return launch(k_out_tma<DX>, grid, tma::NTHR, tma::Smem<DX>::bytes, st, A);
+    return launch(P.part == 3 ? k_out_tma<DX, true> : k_out_tma<DX, false>, grid, tma::NTHR, tma::Smem<DX>::bytes, st,
+                  A);
 }
 
 }  // namespace lasp_cu
