@@ -237,25 +237,6 @@ static void plan_dir(const cuda_state *cs, const lasp_attn_desc *a, lasp_cu::Dir
     P.ns = (int)((a->T + P.seg - 1) / P.seg);
 }
 
-/* Which kernels a directed op runs where the shape allows them (attn_cuda_kern.h, launch_dir). */
-static void choose_kernels(const cuda_state *cs, lasp_cu::DirParams &P) {
-    /* LASP_CUDA_WGMMA=0 runs the mma.sync output pass where the wgmma one would run (to compare them) */
-    const char *env = getenv("LASP_CUDA_WGMMA");
-    P.wgmma = cs->wgmma && !(env && env[0] == '0');
-    /* LASP_CUDA_TMA=0 runs k_out_wg where k_out_tma would run, 1 k_out_tma with per-thread stores (to
-     * compare them) */
-    const char *env_tma = getenv("LASP_CUDA_TMA");
-    P.tma = !P.wgmma ? 0 : env_tma && (env_tma[0] == '0' || env_tma[0] == '1') ? env_tma[0] - '0' : 2;
-}
-
-/* the op's output pass is k_out_tma (bf16, dx 64 or 128 in 64-column slices, on wgmma; launch_dir) */
-static bool out_pass_tma(const cuda_state *cs, const lasp_attn_desc *a, const lasp_cu::DirParams &D) {
-    lasp_cu::DirParams P = D;
-    choose_kernels(cs, P);
-    return a->dtype == LASP_BF16 && (P.dx == 64 || P.dx == 128) && lasp_cu::slice_width(false, P.dx, P.ezt) == 64 &&
-           P.wgmma && P.tma;
-}
-
 /* ... on the context's stream, or on `st` where given (the SP schedule's second finishing stream) */
 static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *a, lasp_cu::DirParams &P,
                            cudaStream_t st = nullptr) {
@@ -266,13 +247,22 @@ static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *
         if (!P.out_only) LASP_TRY(reserve_ws(ctx, cs, (size_t)P.BH * P.ns * P.dx * P.ezt * sizeof(float)));
         P.ws = cs->ws;
     }
-    choose_kernels(cs, P);
+    /* LASP_CUDA_WGMMA=0 runs the mma.sync output pass where the wgmma one would run (to compare them) */
+    const char *env = getenv("LASP_CUDA_WGMMA");
+    P.wgmma = cs->wgmma && !(env && env[0] == '0');
+    /* LASP_CUDA_TMA=0 runs k_out_wg where k_out_tma would run, 1 k_out_tma with per-thread stores (to
+     * compare them) */
+    const char *env_tma = getenv("LASP_CUDA_TMA");
+    P.tma = !P.wgmma ? 0 : env_tma && (env_tma[0] == '0' || env_tma[0] == '1') ? env_tma[0] - '0' : 2;
     cudaError_t e;
     switch (a->dtype) {
     case LASP_BF16: e = lasp_cu::launch_bf16(P, st, cs->max_smem); break;
     case LASP_F16: e = lasp_cu::launch_f16(P, st, cs->max_smem); break;
     default: e = lasp_cu::launch_f32(P, st, cs->max_smem); break;
     }
+    if (e == cudaErrorNotSupported && P.part == 3) /* launch_dir refuses it before launching anything */
+        return lasp_fail(&ctx->err, LASP_ERR_UNSUPPORTED, "the finish in one launch needs the sm_90a output pass "
+                         "(bf16, d 64 or 128, e ≥ 64; hint: finish in two parts)");
     if (e != cudaSuccess) return cuda_fail(ctx, e, "launching the attention kernels");
     return LASP_OK;
 }
@@ -487,9 +477,11 @@ extern "C" lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_d
     return run_dir(ctx, cs, a, P);
 }
 
-extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, int part,
-                                                 const void *q, const void *k, const void *v, const float *slopes,
-                                                 const float *kv_in, void *o, const float *seg, void *stream) {
+/* The forward's finishing half, part `part` (DirParams.part; 3 with ready and epoch), on `stream` (NULL:
+ * the context's) */
+static lasp_status fwd_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, int part, const void *q,
+                              const void *k, const void *v, const float *slopes, const float *kv_in, void *o,
+                              const float *seg, void *stream, const unsigned *ready, unsigned epoch) {
     const void *t[] = {q, k, v, slopes, o, seg};
     const char *names[] = {"q", "k", "v", "slopes", "o", "seg"};
     cuda_state *cs = NULL;
@@ -497,34 +489,33 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, kv_in);
     P.out = o, P.ws = const_cast<float *>(seg);
     LASP_TRY(set_heads(ctx, cs, a, hs, P));
-    if (part < 0 || part > 2)
-        return lasp_fail(&ctx->err, LASP_ERR_ARG, "finishing part %d (hint: 0 all, 1 before the state, 2 after)", part);
-    P.part = part;
+    P.part = part, P.ready = ready, P.epoch = epoch;
     if (part == 1) P.s_in = NULL; /* its blocks are those the state cannot reach */
     return finish_dir(ctx, cs, a, P, (cudaStream_t)stream);
+}
+
+extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, int part,
+                                                 const void *q, const void *k, const void *v, const float *slopes,
+                                                 const float *kv_in, void *o, const float *seg, void *stream) {
+    if (part < 0 || part > 2)
+        return lasp_fail(&ctx->err, LASP_ERR_ARG, "finishing part %d (hint: 0 all, 1 before the state, 2 after)", part);
+    return fwd_finish(ctx, a, hs, part, q, k, v, slopes, kv_in, o, seg, stream, NULL, 0);
 }
 
 extern "C" lasp_status lasp_attn_fwd_cuda_finish_when(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs,
                                                       const void *q, const void *k, const void *v, const float *slopes,
                                                       const float *kv_in, void *o, const float *seg,
                                                       const unsigned *ready, unsigned epoch) {
-    const void *t[] = {q, k, v, slopes, o, seg, kv_in};
-    const char *names[] = {"q", "k", "v", "slopes", "o", "seg", "kv_in"};
+    if (!kv_in || !ready) return lasp_fail(&ctx->err, LASP_ERR_ARG, "kv_in and ready must not be NULL");
+    if (misaligned(kv_in))
+        return lasp_fail(&ctx->err, LASP_ERR_ARG, "kv_in is not 16-byte aligned (the CUDA kernels load 16 bytes)");
     cuda_state *cs = NULL;
-    LASP_TRY(enter(ctx, a, t, names, 7, &cs));
-    if (!ready) return lasp_fail(&ctx->err, LASP_ERR_ARG, "ready must not be NULL");
-    lasp_cu::DirParams P = dir_fwd(a, q, k, v, slopes, kv_in);
-    P.out = o, P.ws = const_cast<float *>(seg);
-    LASP_TRY(set_heads(ctx, cs, a, hs, P));
-    if (!out_pass_tma(cs, a, P))
-        return lasp_fail(&ctx->err, LASP_ERR_UNSUPPORTED, "the finish in one launch needs the sm_90a output pass "
-                         "(bf16, d 64 or 128, e ≥ 64; hint: finish in two parts)");
+    LASP_TRY(get_state(ctx, &cs));
     if (cs->sp_leave < 1)
         return lasp_fail(&ctx->err, LASP_ERR_ARG, "the finish in one launch waits on every SM it holds for a "
                          "state that a transfer brings: it needs SMs left to that transfer (hint: "
                          "lasp_attn_cuda_sp_leave_sms ≥ 1)");
-    P.part = 3, P.ready = ready, P.epoch = epoch;
-    return finish_dir(ctx, cs, a, P);
+    return fwd_finish(ctx, a, hs, 3, q, k, v, slopes, kv_in, o, seg, NULL, ready, epoch);
 }
 
 namespace lasp_cu {

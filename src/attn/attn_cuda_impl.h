@@ -45,7 +45,7 @@ struct DirParams {
     int part;
     const unsigned *ready;
     unsigned epoch;
-    int n_sm; /* the device's SMs (k_out_tma runs one persistent CTA on each) */
+    int n_sm; /* the SMs the op may use (k_out_tma runs one persistent CTA on each): the device's, or fewer */
 };
 
 /* The z-slice width EZ that the kernels use: the widest whose fp32 state fits 64 registers a thread
