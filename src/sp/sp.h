@@ -29,7 +29,7 @@ typedef struct lasp_sp {
 /* SMs the GPU schedule's compute leaves to the SP communicator, and the thread blocks that communicator's
  * transfers may use (NCCL): LASP_SP_LEAVE_SMS, default LASP_SP_COMM_CTAS; 0 gives NCCL its default and the
  * compute every SM. Persistent kernels hold their SMs to their end, so a transfer beside one needs SMs of
- * its own (sp_cuda.cu, after_send). */
+ * its own (the header of sp_cuda.cu). */
 #define LASP_SP_COMM_CTAS 4
 int lasp_sp_comm_ctas(void);
 

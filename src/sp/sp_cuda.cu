@@ -285,8 +285,9 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
  * 2: part 2 on a stream of its own (highest priority), launched as the state arrives, so that its CTAs
  * take SMs as part 1's free them instead of starting after part 1's last one: one tail, not two. With the
  * persistent output pass (a CTA an SM, each over a run of segments) that is what pays: on 2 × H100
- * (2026-11-26, T_local 32768, chain) 1 → 2 took the layer from 1.121 to 1.068 × one GPU; with one CTA a
- * block (before the runs) 2 was no faster than 1.
+ * (2026-11-26, T_local 32768, chain, 2 SMs left and NCCL on 2 CTAs, one launch of the bench each) 1 → 2
+ * took the layer from 1.112 to 1.080 × one GPU; with one CTA a block (before the runs) 2 was no faster
+ * than 1.
  * 3: both parts in one launch, each CTA running part 2's blocks after its part 1's once a flag the
  * communicator's stream sets after the state says it is here (lasp_attn_fwd_cuda_finish_when): the one
  * tail of a single launch. Needs SMs left to the transfer (lasp_sp_comm_ctas() ≥ 1, else 2) and the
@@ -480,8 +481,9 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     const int fold = fe && fe[0] == '1';
 
     if (sp->mode == LASP_SP_CHAIN) {
-        /* group by group: the piece's g first, handed to C at once; C receives that group's dKV_out, folds
-         * it into the reverse segment states, forms dKV_in and sends it, all while S computes */
+        /* group by group: the piece's g first, handed to C at once; C receives that group's dKV_out (folds
+         * it into the reverse segment states under LASP_SP_FOLD=1), forms dKV_in and sends it, all while S
+         * computes */
         if (r < W - 1) in = dKV;
         for (int i = 0; i < s.ng; i++) {
             const lasp_heads hs = group(&s, i);
