@@ -3,7 +3,7 @@
 # test and the SP correctness test under mpirun (one process per GPU), the GPU SP bench; a short table
 # last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
 #   usage: scripts/gpu_sp.sh [build] [test] [cli] [bench] [variants]   (default: the first four)
-#   variants: the chain's weak-scaling rows under each setting of $SP_VARIANTS (space-separated, each
+#   variants: the weak-scaling rows under each setting of $SP_VARIANTS (space-separated, each
 #   VAR=value[,VAR=value]), one process launch each, and each setting's last LASP_SP_TRACE line per rank;
 #   SP_VARIANT_MODES: the modes benched (default lasp; lasp2 or both)
 set -u
@@ -79,5 +79,5 @@ fi
 echo "# ---- summary ----"
 for s in "${summary[@]}"; do echo "$s"; done
 [ -f "$OUT/bench_sp.txt" ] && cat "$OUT/bench_sp.txt"
-[ -f "$OUT/variants.txt" ] && { echo "# variants (chain, weak scaling; trace: ms from the layer's start)"; cat "$OUT/variants.txt"; }
+[ -f "$OUT/variants.txt" ] && { echo "# variants (weak scaling, the modes of SP_VARIANT_MODES; trace: ms from the layer's start)"; cat "$OUT/variants.txt"; }
 exit 0
