@@ -123,6 +123,79 @@ static void check_collectives(lasp_comm *c, const char *label) {
     cudaFree(x), cudaFree(y);
 }
 
+/* One-sided transfers: ROUNDS rounds in which every rank puts its vector of the round into every peer's
+ * window (slot = its rank) and raises the peer's counter, waits for every peer's, copies the slots out and
+ * acknowledges; a slot is written again only after its reader acknowledged the round before. No host
+ * synchronisation between rounds, so a missing fence or a counter raised early shows as a wrong element. */
+static void check_window(lasp_comm *c, const char *label) {
+    enum { ROUNDS = 40 };
+    lasp_err err = {};
+    const int r = lasp_comm_rank(c), W = lasp_comm_size(c);
+    const size_t n = 4096 * 3 + 4; /* floats a slot: a multiple of 4, not of a block's */
+    lasp_comm_window *w = NULL;
+    lasp_status st = lasp_comm_window_make(c, (size_t)W * n * sizeof(float), 2 * W, &w, &err);
+    const char *allow = getenv("LASP_TEST_ALLOW_NO_WINDOW");
+    if (st == LASP_ERR_UNSUPPORTED && allow && allow[0] == '1') {
+        if (world_rank == 0) printf("# one-sided windows unsupported here: %s\n", err.msg);
+        return;
+    }
+    CHECK(st == LASP_OK && w, "window: %s", err.msg);
+    mpi_case("nccl one-sided window made on %s", label);
+    if (!w) return;
+    CHECK(lasp_comm_window_bytes(w) == (size_t)W * n * sizeof(float), "window bytes");
+    float *h = (float *)malloc((size_t)ROUNDS * n * sizeof(float)), *x = NULL, *out = NULL;
+    for (int k = 0; k < ROUNDS; k++)
+        for (size_t i = 0; i < n; i++) h[(size_t)k * n + i] = (float)((int)(i % 97) + 100 * r + 10000 * k);
+    cudaMalloc(&x, (size_t)ROUNDS * n * sizeof(float));
+    cudaMalloc(&out, (size_t)ROUNDS * W * n * sizeof(float));
+    cudaMemcpy(x, h, (size_t)ROUNDS * n * sizeof(float), cudaMemcpyHostToDevice);
+    cudaMemset(out, 0, (size_t)ROUNDS * W * n * sizeof(float));
+    const float *base = (const float *)lasp_comm_window_base(w);
+    cudaStream_t cs = (cudaStream_t)lasp_comm_stream(c);
+    lasp_comm_reset_stats(c);
+    for (unsigned k = 1; k <= ROUNDS && !test_failed_checks_; k++) {
+        for (int d = 1; d < W; d++) {
+            const int to = (r + d) % W;
+            if (k > 1) CHECK(lasp_comm_wait_signal(w, W + to, k - 1, &err) == LASP_OK, "%s", err.msg);
+            CHECK(lasp_comm_put_signal(w, x + (k - 1) * n, n * sizeof(float), (size_t)r * n * sizeof(float), to, r, k,
+                                       &err) == LASP_OK, "%s", err.msg);
+        }
+        for (int d = 1; d < W; d++) {
+            const int from = (r - d + W) % W;
+            CHECK(lasp_comm_wait_signal(w, from, k, &err) == LASP_OK, "%s", err.msg);
+            cudaMemcpyAsync(out + ((size_t)(k - 1) * W + from) * n, base + (size_t)from * n, n * sizeof(float),
+                            cudaMemcpyDeviceToDevice, cs);
+            CHECK(lasp_comm_put_signal(w, NULL, 0, 0, from, W + r, k, &err) == LASP_OK, "%s", err.msg);
+        }
+    }
+    CHECK(lasp_comm_sync(c, &err) == LASP_OK, "%s", err.msg);
+    float *o = host_copy(out, (size_t)ROUNDS * W * n);
+    size_t wrong = 0;
+    for (int k = 0; k < ROUNDS; k++)
+        for (int p = 0; p < W; p++)
+            for (size_t i = 0; i < n && p != r; i++)
+                wrong += o[((size_t)k * W + p) * n + i] != (float)((int)(i % 97) + 100 * p + 10000 * k);
+    CHECK(wrong == 0, "%zu wrong elements over %d rounds", wrong, ROUNDS);
+    const lasp_comm_stats cst = lasp_comm_get_stats(c);
+    CHECK(cst.p2p_bytes == (uint64_t)ROUNDS * (W - 1) * n * sizeof(float), "bytes counted %llu",
+          (unsigned long long)cst.p2p_bytes);
+    mpi_case("nccl one-sided put/wait, %d rounds to every peer, slots reused after acknowledgement, on %s", ROUNDS,
+             label);
+    /* what a put or a wait refuses, before anything is enqueued */
+    CHECK(lasp_comm_put_signal(w, x, n * sizeof(float), 0, W, 0, 1, &err) == LASP_ERR_ARG, "peer W accepted");
+    CHECK(lasp_comm_put_signal(w, x, n * sizeof(float), 0, 0, 2 * W, 1, &err) == LASP_ERR_ARG, "flag 2W accepted");
+    CHECK(lasp_comm_put_signal(w, x, 2 * n * sizeof(float), (size_t)(W - 1) * n * sizeof(float), 0, 0, 1, &err) ==
+              LASP_ERR_ARG, "an overrun accepted");
+    CHECK(lasp_comm_put_signal(w, x + 1, 16, 0, 0, 0, 1, &err) == LASP_ERR_ARG, "a misaligned source accepted");
+    CHECK(lasp_comm_put_signal(w, x, 20, 0, 0, 0, 1, &err) == LASP_ERR_ARG, "20 bytes accepted");
+    CHECK(lasp_comm_wait_signal(w, -1, 1, &err) == LASP_ERR_ARG, "flag -1 accepted");
+    CHECK(strstr(err.msg, "flag -1") != NULL, "message: %s", err.msg);
+    mpi_case("nccl one-sided transfers refuse a bad peer, flag, range or alignment on %s", label);
+    lasp_comm_window_free(w);
+    cudaFree(x), cudaFree(out);
+    free(h), free(o);
+}
+
 int main(int argc, char **argv) {
     lasp_comm *world = NULL;
     lasp_err err = {};
@@ -135,6 +208,7 @@ int main(int argc, char **argv) {
     world_rank = lasp_comm_rank(world);
     mpi_test_seed();
     check_collectives(world, "the world");
+    check_window(world, "the world");
     const int W = lasp_comm_size(world);
     if (W >= 2) {
         /* halves in reverse order: sub-communicator ranks differ from world ranks */
@@ -149,6 +223,7 @@ int main(int argc, char **argv) {
     CHECK(lasp_comm_split_lean(world, 0, world_rank, 2, &lean, &err) == LASP_OK, "%s", err.msg);
     mpi_case("nccl lean split (2 CTAs)");
     if (lean) check_collectives(lean, "a lean split");
+    if (lean) check_window(lean, "a lean split");
     lasp_comm_free(lean);
     lasp_comm_free(world);
     const int rc = mpi_test_exit();

@@ -73,6 +73,18 @@ int main(void) {
     s = lasp_comm_split_lean(c, 0, 0, -1, &sub, &err);
     CHECK(s == LASP_ERR_ARG && !sub && strstr(err.msg, "max_ctas -1"), "max_ctas -1: status %d, '%s'", (int)s, err.msg);
     test_case("self: split; a lean split (its CTA cap ignored off the GPU), a negative cap an error");
+
+    lasp_comm_window *w = (lasp_comm_window *)&c; /* not NULL: must be cleared */
+    s = lasp_comm_window_make(c, 1024, 2, &w, &err);
+    CHECK(s == LASP_ERR_UNSUPPORTED && !w && strstr(err.msg, "one-sided") && strstr(err.msg, "hint"),
+          "a window on the self backend: status %d, '%s'", (int)s, err.msg);
+    s = lasp_comm_put_signal(NULL, x, 16, 0, 0, 0, 1, &err);
+    CHECK(s == LASP_ERR_ARG && strstr(err.msg, "NULL"), "a put into no window: status %d, '%s'", (int)s, err.msg);
+    s = lasp_comm_wait_signal(NULL, 0, 1, &err);
+    CHECK(s == LASP_ERR_ARG, "a wait on no window: status %d", (int)s);
+    lasp_comm_window_free(NULL);
+    CHECK(lasp_comm_window_base(NULL) == NULL && lasp_comm_window_bytes(NULL) == 0, "no window, no base");
+    test_case("self: no one-sided windows (a clear error with a hint); a NULL window refused");
     lasp_comm_free(c);
 
 #ifndef LASP_HAVE_MPI

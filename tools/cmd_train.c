@@ -317,12 +317,13 @@ int cmd_train(int argc, char **argv) {
 done:
 #undef BAIL
     if (log) fclose(log);
+    /* a failing rank ends the job before anything collective (freeing the SP group may be) */
+    if (rc && W > 1) lasp_comm_abort(world, "lasp train failed");
     free(cp), free(cm), free(cv);
     if (have_t) lasp_trainer_free(&t);
     lasp_data_free(&data);
     if (have_sp) lasp_sp_free(&sp);
     lasp_ctx_free(ctx);
-    if (rc && W > 1) lasp_comm_abort(world, "lasp train failed");
     lasp_comm_free(world);
     return rc;
 }

@@ -502,6 +502,12 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_
     return fwd_finish(ctx, a, hs, part, q, k, v, slopes, kv_in, o, seg, stream, NULL, 0);
 }
 
+namespace lasp_cu {
+__global__ void k_signal(unsigned *ready, unsigned epoch) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(ready), "r"(epoch) : "memory");
+}
+}  // namespace lasp_cu
+
 extern "C" lasp_status lasp_attn_fwd_cuda_finish_when(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs,
                                                       const void *q, const void *k, const void *v, const float *slopes,
                                                       const float *kv_in, void *o, const float *seg,
@@ -515,14 +521,12 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish_when(lasp_ctx *ctx, const lasp_
         return lasp_fail(&ctx->err, LASP_ERR_ARG, "the finish in one launch waits on every SM it holds for a "
                          "state that a transfer brings: it needs SMs left to that transfer (hint: "
                          "lasp_attn_cuda_sp_leave_sms ≥ 1)");
+    /* the signal's kernel loaded now: CUDA loads a kernel at its first launch (lazy loading), and a load may
+     * wait for the whole device — for this kernel's CTAs, which wait for that signal */
+    cudaFuncAttributes fa;
+    CU_TRY(ctx, cudaFuncGetAttributes(&fa, lasp_cu::k_signal), "loading the signal kernel");
     return fwd_finish(ctx, a, hs, 3, q, k, v, slopes, kv_in, o, seg, NULL, ready, epoch);
 }
-
-namespace lasp_cu {
-__global__ void k_signal(unsigned *ready, unsigned epoch) {
-    asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(ready), "r"(epoch) : "memory");
-}
-}  // namespace lasp_cu
 
 extern "C" lasp_status lasp_attn_cuda_signal(lasp_ctx *ctx, unsigned *ready, unsigned epoch, void *stream) {
     if (!ready) return lasp_fail(&ctx->err, LASP_ERR_ARG, "ready must not be NULL");

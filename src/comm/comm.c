@@ -451,3 +451,69 @@ lasp_status lasp_comm_sync(lasp_comm *c, lasp_err *err) {
     if (!c->ops->sync) return LASP_OK;
     TIMED(c, c->ops->sync(c, err));
 }
+
+/* ---- one-sided transfers (device backends) ---------------------------------------------------- */
+
+lasp_status lasp_comm_window_make(lasp_comm *c, size_t bytes, int n_flags, lasp_comm_window **out, lasp_err *err) {
+    static const char fn[] = "lasp_comm_window_make";
+    LASP_TRY(check_comm(c, fn, err));
+    if (!out) return lasp_fail(err, LASP_ERR_ARG, "%s: out is NULL", fn);
+    *out = NULL;
+    if (!c->ops->window_make)
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "rank %d: the %s backend has no one-sided transfers (hint: the "
+                         "nccl backend, on GPUs that reach each other by NVLink)", c->world_rank, c->ops->name);
+    if (n_flags < 1 || bytes % 16)
+        return lasp_fail(err, LASP_ERR_ARG, "rank %d: %s: %zu bytes and %d flags (hint: a multiple of 16 bytes, at "
+                         "least one flag)", c->world_rank, fn, bytes, n_flags);
+    lasp_comm_window *w = calloc(1, sizeof *w);
+    if (!w) return lasp_fail(err, LASP_ERR_NOMEM, "rank %d: no memory for a window", c->world_rank);
+    w->comm = c, w->bytes = bytes, w->n_flags = n_flags;
+    lasp_status s = c->ops->window_make(c, w, err);
+    if (s != LASP_OK) {
+        free(w);
+        return s;
+    }
+    *out = w;
+    return LASP_OK;
+}
+
+void *lasp_comm_window_base(const lasp_comm_window *w) { return w ? w->base : NULL; }
+size_t lasp_comm_window_bytes(const lasp_comm_window *w) { return w ? w->bytes : 0; }
+
+static lasp_status check_flag(const lasp_comm_window *w, int flag, const char *fn, lasp_err *err) {
+    if (!w) return lasp_fail(err, LASP_ERR_ARG, "%s: the window is NULL", fn);
+    if (flag < 0 || flag >= w->n_flags)
+        return lasp_fail(err, LASP_ERR_ARG, "rank %d: %s: flag %d is outside [0, %d)", w->comm->world_rank, fn, flag,
+                         w->n_flags);
+    return LASP_OK;
+}
+
+lasp_status lasp_comm_put_signal(lasp_comm_window *w, const void *src, size_t bytes, size_t offset, int peer, int flag,
+                                 unsigned value, lasp_err *err) {
+    static const char fn[] = "lasp_comm_put_signal";
+    LASP_TRY(check_flag(w, flag, fn, err));
+    lasp_comm *c = w->comm;
+    if (peer < 0 || peer >= c->size)
+        return lasp_fail(err, LASP_ERR_ARG, "rank %d: %s: peer rank %d is outside [0, %d)", c->world_rank, fn, peer,
+                         c->size);
+    if (offset > w->bytes || bytes > w->bytes - offset)
+        return lasp_fail(err, LASP_ERR_ARG, "rank %d: %s: %zu bytes at offset %zu overrun the window's %zu",
+                         c->world_rank, fn, bytes, offset, w->bytes);
+    if (bytes % 16 || offset % 16 || ((uintptr_t)src & 15) || (bytes && !src))
+        return lasp_fail(err, LASP_ERR_ARG, "rank %d: %s: %zu bytes at offset %zu from %p (hint: multiples of 16 "
+                         "bytes, src 16-byte aligned)", c->world_rank, fn, bytes, offset, src);
+    c->stats.p2p_msgs++;
+    c->stats.p2p_bytes += bytes;
+    TIMED(c, c->ops->put_signal(w, src, bytes, offset, peer, flag, value, err));
+}
+
+lasp_status lasp_comm_wait_signal(lasp_comm_window *w, int flag, unsigned value, lasp_err *err) {
+    LASP_TRY(check_flag(w, flag, "lasp_comm_wait_signal", err));
+    TIMED(w->comm, w->comm->ops->wait_signal(w, flag, value, err));
+}
+
+void lasp_comm_window_free(lasp_comm_window *w) {
+    if (!w) return;
+    w->comm->ops->window_free(w);
+    free(w);
+}

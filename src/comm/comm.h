@@ -98,6 +98,28 @@ lasp_status lasp_comm_set_stream(lasp_comm *c, void *cuda_stream, lasp_err *err)
 void *lasp_comm_stream(const lasp_comm *c);
 lasp_status lasp_comm_sync(lasp_comm *c, lasp_err *err);
 
+/* One-sided transfers, for states that must arrive with no kernel of the receiver's in the way (device
+ * backends whose ranks reach each other's memory by loads and stores: NVLink). A window is `bytes` of
+ * device memory on every rank plus n_flags counters, made collectively (zeroed); a put copies `bytes`
+ * from src into the peer's window at `offset` and then raises the peer's counter `flag` to `value`; a wait
+ * holds the communicator's stream until this rank's counter `flag` has reached `value`. Both are
+ * stream-ordered on the communicator's stream and need no host synchronisation. Counters compare modulo
+ * 2^32 (reached: (int)(counter − value) ≥ 0), so a sequence number may wrap. A put's src, offset and bytes
+ * are multiples of 16 bytes (bytes may be 0: the counter alone). Reusing a window region is the caller's
+ * to order (the receiver acknowledges with a put of its own). LASP_ERR_UNSUPPORTED where the backend or the
+ * machine cannot (host backends; peers without load/store access; NCCL without symmetric memory): use
+ * send/receive then. A wait that is never satisfied ends in a kernel error after LASP_NCCL_TIMEOUT seconds
+ * (default 300), not a hang. */
+typedef struct lasp_comm_window lasp_comm_window;
+lasp_status lasp_comm_window_make(lasp_comm *c, size_t bytes, int n_flags, lasp_comm_window **out, lasp_err *err);
+void *lasp_comm_window_base(const lasp_comm_window *w);  /* this rank's `bytes` (device memory) */
+size_t lasp_comm_window_bytes(const lasp_comm_window *w);
+lasp_status lasp_comm_put_signal(lasp_comm_window *w, const void *src, size_t bytes, size_t offset, int peer, int flag,
+                                 unsigned value, lasp_err *err);
+lasp_status lasp_comm_wait_signal(lasp_comm_window *w, int flag, unsigned value, lasp_err *err);
+/* Collective too: waits for what this rank enqueued and for every rank to stop writing into it. */
+void lasp_comm_window_free(lasp_comm_window *w);
+
 /* End the whole job now (MPI_Abort / ncclCommAbort), after printing "rank R: message". Never returns. */
 void lasp_comm_abort(lasp_comm *c, const char *message) __attribute__((noreturn));
 

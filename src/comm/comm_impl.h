@@ -7,6 +7,10 @@
 
 #include "comm/comm.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct lasp_comm_ops {
     const char *name;
     lasp_status (*split)(lasp_comm *c, int color, int key, lasp_comm *out, lasp_err *err);
@@ -31,6 +35,12 @@ typedef struct lasp_comm_ops {
     lasp_status (*set_stream)(lasp_comm *c, void *stream, lasp_err *err);
     void *(*stream)(const lasp_comm *c);
     lasp_status (*sync)(lasp_comm *c, lasp_err *err);
+    /* one-sided transfers (NULL where the backend has none): comm.c has checked the arguments */
+    lasp_status (*window_make)(lasp_comm *c, lasp_comm_window *w, lasp_err *err);
+    void (*window_free)(lasp_comm_window *w);
+    lasp_status (*put_signal)(lasp_comm_window *w, const void *src, size_t bytes, size_t offset, int peer, int flag,
+                              unsigned value, lasp_err *err);
+    lasp_status (*wait_signal)(lasp_comm_window *w, int flag, unsigned value, lasp_err *err);
 } lasp_comm_ops;
 
 struct lasp_comm {
@@ -43,6 +53,15 @@ struct lasp_comm {
     int max_ctas;         /* device backends: thread blocks an operation may use (0: the library's default) */
     lasp_comm_stats stats;
     void *impl;           /* backend handle (an MPI_Comm for mpi) */
+};
+
+/* A window of one-sided transfers: `bytes` of this rank's device memory (base) and n_flags counters. */
+struct lasp_comm_window {
+    lasp_comm *comm;
+    size_t bytes;
+    int n_flags;
+    void *base;
+    void *impl;
 };
 
 /* A pending non-blocking transfer. `impl` belongs to the backend; the self backend pairs a send
@@ -64,6 +83,17 @@ lasp_status lasp_comm_mpi_world(int *argc, char ***argv, lasp_comm *out, lasp_er
 #if defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
 /* comm_nccl.c */
 lasp_status lasp_comm_nccl_world(int *argc, char ***argv, lasp_comm *out, lasp_err *err);
+/* comm_nccl_window.cu: the device side of the nccl backend's windows (CUDA and NCCL types as void *) */
+int lasp_nccl_lsa_size(void *nccl_comm);  /* ranks of the communicator's load/store team */
+int lasp_nccl_peer_bases(void *nccl_window, int n, void **bases);  /* each rank's window base, as this GPU
+                                                                    * addresses it; a cudaError_t */
+int lasp_nccl_put(const void *src, void *dst, size_t bytes, unsigned *flag, unsigned value, unsigned *arrived,
+                  void *stream);
+int lasp_nccl_wait(const unsigned *flag, unsigned value, double timeout_s, void *stream);
+#endif
+
+#ifdef __cplusplus
+}
 #endif
 
 #endif

@@ -237,6 +237,100 @@ static lasp_status nccl_set_stream(lasp_comm *c, void *stream, lasp_err *err) {
 
 static void *nccl_stream(const lasp_comm *c) { return ST(c)->stream; }
 
+/* ---- one-sided transfers: windows of NCCL symmetric memory --------------------------------------
+ * The window is ncclMemAlloc'd and registered with NCCL_WIN_COLL_SYMMETRIC, so every rank of a load/store
+ * team (NVLink) maps every other rank's: a put is then a kernel of this rank's storing straight into the
+ * peer's memory and raising its counter (comm_nccl_window.cu), and no kernel of the peer's (a receive that
+ * needs an SM, beside compute that holds them all) stands between the data and its use. Layout: the
+ * caller's bytes, then the counters (n_flags unsigned). */
+typedef struct nccl_window {
+    ncclWindow_t win;
+    void **peer;         /* [size]: each rank's window base as this GPU addresses it */
+    size_t flag_off;     /* the counters' offset in every window */
+    unsigned *arrived;   /* a put's blocks counted, so that its last one raises the counter */
+} nccl_window;
+
+#define WIN(w) ((nccl_window *)(w)->impl)
+
+/* Whether every rank says ok (MPI over the communicator's twin); a failed agreement counts as no. */
+static int all_agree(lasp_comm *c, int ok) {
+    int all = 0;
+    return MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, ST(c)->mpi) == MPI_SUCCESS && all;
+}
+
+static void window_release(lasp_comm_window *w, int registered) {
+    nccl_window *n = WIN(w);
+    if (!n) return;
+    if (registered) ncclCommWindowDeregister(ST(w->comm)->nccl, n->win);
+    if (w->base) ncclMemFree(w->base);
+    if (n->arrived) cudaFree(n->arrived);
+    free(n->peer);
+    free(n);
+    w->impl = NULL, w->base = NULL;
+}
+
+static lasp_status nccl_window_make(lasp_comm *c, lasp_comm_window *w, lasp_err *err) {
+    nccl_window *n = calloc(1, sizeof *n);
+    void **peer = calloc((size_t)c->size, sizeof *peer);
+    if (!n || !peer) {
+        free(n), free(peer);
+        return lasp_fail(err, LASP_ERR_NOMEM, "rank %d: no memory for a window", c->world_rank);
+    }
+    n->peer = peer;
+    w->impl = n;
+    n->flag_off = (w->bytes + 255) / 256 * 256;
+    const size_t total = n->flag_off + (size_t)w->n_flags * sizeof(unsigned);
+    /* zeroed before it is registered: once registration returns anywhere, a peer may already raise our
+     * counters */
+    int ok = lasp_nccl_lsa_size(ST(c)->nccl) == c->size && ncclMemAlloc(&w->base, total) == ncclSuccess &&
+             cudaMemset(w->base, 0, total) == cudaSuccess && cudaMalloc((void **)&n->arrived, sizeof(unsigned)) ==
+             cudaSuccess && cudaMemset(n->arrived, 0, sizeof(unsigned)) == cudaSuccess &&
+             cudaDeviceSynchronize() == cudaSuccess;
+    if (!all_agree(c, ok)) {
+        window_release(w, 0);
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "rank %d: no one-sided window over %d ranks: %s", c->world_rank,
+                         c->size, ok ? "another rank cannot make one" : "the ranks are not all reachable by loads and "
+                         "stores (NVLink), or symmetric memory is unavailable (hint: NCCL_CUMEM_ENABLE=1)");
+    }
+    ncclResult_t r = ncclCommWindowRegister(ST(c)->nccl, w->base, total, &n->win, NCCL_WIN_COLL_SYMMETRIC);
+    ok = r == ncclSuccess && n->win && lasp_nccl_peer_bases(n->win, c->size, n->peer) == 0;
+    if (!all_agree(c, ok)) {
+        lasp_status s = r != ncclSuccess ? nccl_fail(c, r, "ncclCommWindowRegister", err)
+                                         : lasp_fail(err, LASP_ERR_COMM, "rank %d: a window's registration failed on "
+                                                     "another rank", c->world_rank);
+        window_release(w, r == ncclSuccess);
+        return s;
+    }
+    return LASP_OK;
+}
+
+static void nccl_window_free(lasp_comm_window *w) {
+    lasp_comm *c = w->comm;
+    /* nothing of ours in flight, and no peer still writing into this window */
+    cudaStreamSynchronize(ST(c)->stream);
+    MPI_Barrier(ST(c)->mpi);
+    window_release(w, 1);
+}
+
+static lasp_status nccl_put_signal(lasp_comm_window *w, const void *src, size_t bytes, size_t offset, int peer,
+                                   int flag, unsigned value, lasp_err *err) {
+    nccl_window *n = WIN(w);
+    char *base = (char *)n->peer[peer];
+    int e = lasp_nccl_put(src, base + offset, bytes, (unsigned *)(base + n->flag_off) + flag, value, n->arrived,
+                          ST(w->comm)->stream);
+    if (e) return cuda_fail(w->comm, (cudaError_t)e, "launching a put", err);
+    return LASP_OK;
+}
+
+static lasp_status nccl_wait_signal(lasp_comm_window *w, int flag, unsigned value, lasp_err *err) {
+    const char *env = getenv("LASP_NCCL_TIMEOUT");
+    const double limit = env && atof(env) > 0 ? atof(env) : 300.0;
+    const unsigned *mine = (const unsigned *)((const char *)w->base + WIN(w)->flag_off) + flag;
+    int e = lasp_nccl_wait(mine, value, limit, ST(w->comm)->stream);
+    if (e) return cuda_fail(w->comm, (cudaError_t)e, "launching a wait", err);
+    return LASP_OK;
+}
+
 static const lasp_comm_ops NCCL_OPS = {
     .name = "nccl",
     .split = nccl_split,
@@ -255,6 +349,10 @@ static const lasp_comm_ops NCCL_OPS = {
     .set_stream = nccl_set_stream,
     .stream = nccl_stream,
     .sync = nccl_sync,
+    .window_make = nccl_window_make,
+    .window_free = nccl_window_free,
+    .put_signal = nccl_put_signal,
+    .wait_signal = nccl_wait_signal,
 };
 
 /* One GPU per process: the rank among the processes of this node picks it. */

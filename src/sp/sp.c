@@ -44,6 +44,8 @@ lasp_status lasp_sp_init(lasp_comm *world, int sp_size, lasp_sp_mode mode, lasp_
 
 void lasp_sp_free(lasp_sp *sp) {
     if (!sp) return;
+    lasp_comm_window_free(sp->win);
+    sp->win = NULL;
     lasp_comm_free(sp->sp);
     lasp_comm_free(sp->dp);
     sp->sp = sp->dp = NULL;

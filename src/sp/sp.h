@@ -24,6 +24,12 @@ typedef struct lasp_sp {
     int sp_size, sp_rank;         /* piece index within the sequence */
     int dp_size, dp_rank;         /* which slice of the batch */
     lasp_sp_mode mode;
+    /* GPU: the one-sided window the states travel through (sp_cuda.cu, made on first use; none where
+     * the machine cannot), and the calls made so far in each direction, which number the transfers */
+    lasp_comm_window *win;
+    size_t win_states;            /* elements of one state slot */
+    int win_none;                 /* the window could not be made: send/receive */
+    unsigned calls[2];            /* forward, backward */
 } lasp_sp;
 
 /* SMs the GPU schedule's compute leaves to the SP communicator, and the thread blocks that communicator's
@@ -35,7 +41,7 @@ int lasp_sp_comm_ctas(void);
 
 /* Splits world into SP and DP groups; error (with the numbers) if sp does not divide the world. */
 lasp_status lasp_sp_init(lasp_comm *world, int sp_size, lasp_sp_mode mode, lasp_sp *out, lasp_err *err);
-void lasp_sp_free(lasp_sp *sp);
+void lasp_sp_free(lasp_sp *sp);  /* collective once a GPU call made the window: every rank frees together */
 
 /* What the forward keeps for the backward (KV state caching): the state received from the
  * previous piece, so the backward runs no second forward chain. Owned by the caller; reused

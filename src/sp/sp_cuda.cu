@@ -343,6 +343,80 @@ static void trace_print(const sched *s) {
             s->r, t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
 }
 
+/* LASP_SP_XFER: how the states travel. `put` (the default where the machine allows it): one-sided, into
+ * the peer's memory through a window of NCCL symmetric memory (lasp_comm_put_signal), the peer waiting on
+ * a counter; `send`: NCCL send/receive, each a kernel on both sides. A receive is a kernel that must find a
+ * free SM while the output pass holds all but lasp_sp_comm_ctas() of them, and NCCL moves a 1 MB state
+ * on the few CTAs it is allowed: on 2 × H100 (LASP_SP_TRACE, T_local 32768) the state took ~85 µs from the
+ * sender's combine to the receiver's stream, on the forward's critical path. A put is the sender's kernel
+ * alone. Where no window can be made (ranks not all on NVLink, no symmetric memory) it is send/receive. */
+enum { FWD = 0, BWD = 1 };
+
+static int put_wanted(void) {
+    const char *e = getenv("LASP_SP_XFER");
+    return !(e && !strcmp(e, "send"));
+}
+
+/* The window, per direction W slots of a state (slot p: what rank p sent), then the counters: data[dir][p]
+ * (raised by p after its put into slot p) and ack[dir][q] (raised by q once it has read our slot there).
+ * Made (collectively: every rank reaches its first call of a shape together) for this shape's states. */
+static lasp_status window_for(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int *use) {
+    *use = 0;
+    if (!put_wanted() || sp->win_none || s->W < 2) return LASP_OK;
+    if (sp->win && sp->win_states == s->ns) return *use = 1, LASP_OK;
+    lasp_comm_window_free(sp->win);
+    sp->win = NULL, sp->calls[FWD] = sp->calls[BWD] = 0; /* a new window's counters start at zero */
+    lasp_status st = lasp_comm_window_make(sp->sp, 2 * (size_t)s->W * s->ns * sizeof(float), 4 * s->W, &sp->win,
+                                           &ctx->err);
+    if (st == LASP_ERR_UNSUPPORTED) return sp->win_none = 1, LASP_OK;
+    LASP_TRY(st);
+    sp->win_states = s->ns;
+    return *use = 1, LASP_OK;
+}
+static size_t slot_bytes(const sched *s, int dir, int p) { return ((size_t)dir * s->W + p) * s->ns * sizeof(float); }
+static float *slot(const lasp_sp *sp, const sched *s, int dir, int p) {
+    return (float *)((char *)lasp_comm_window_base(sp->win) + slot_bytes(s, dir, p));
+}
+static int data_flag(const sched *s, int dir, int p) { return dir * 2 * s->W + p; }
+static int ack_flag(const sched *s, int dir, int q) { return dir * 2 * s->W + s->W + q; }
+
+/* The transfers of a direction are numbered: seq = this call's number · groups + group + 1, the same on every
+ * rank (every rank makes every call). A slot may be written again once its reader acknowledged the
+ * transfer one call back (seq − per_call). */
+static unsigned seq_of(const lasp_sp *sp, int dir, int per_call, int i) {
+    return (sp->calls[dir] - 1) * (unsigned)per_call + (unsigned)i + 1;
+}
+
+/* Elements [off, off + cnt) of x into rank `to`'s slot of ours (after `to` read the last transfer there). */
+static lasp_status put_state(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int dir, int per_call, int i,
+                             const float *x, size_t off, size_t cnt, int to) {
+    const unsigned seq = seq_of(sp, dir, per_call, i);
+    if (seq > (unsigned)per_call)
+        LASP_TRY(lasp_comm_wait_signal(sp->win, ack_flag(s, dir, to), seq - per_call, &ctx->err));
+    return lasp_comm_put_signal(sp->win, x + off, cnt * sizeof(float), slot_bytes(s, dir, s->r) + off * sizeof(float),
+                                to, data_flag(s, dir, s->r), seq, &ctx->err);
+}
+
+/* Wait for rank `from`'s transfer into our window; with dst, copy it out and acknowledge at once. */
+static lasp_status take_state(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int dir, int per_call, int i, int from,
+                              float *dst, size_t off, size_t cnt) {
+    const unsigned seq = seq_of(sp, dir, per_call, i);
+    LASP_TRY(lasp_comm_wait_signal(sp->win, data_flag(s, dir, from), seq, &ctx->err));
+    if (!dst) return LASP_OK;
+    CU_TRY(ctx, cudaMemcpyAsync(dst + off, slot(sp, s, dir, from) + off, cnt * sizeof(float),
+                                cudaMemcpyDeviceToDevice, s->C), "state copy");
+    return lasp_comm_put_signal(sp->win, NULL, 0, 0, from, ack_flag(s, dir, s->r), seq, &ctx->err);
+}
+
+/* LASP-2 read the gathered slots in place: acknowledge them to their senders. */
+static lasp_status release_slots(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int dir) {
+    for (int p = 0; p < s->W; p++)
+        if (p != s->r)
+            LASP_TRY(lasp_comm_put_signal(sp->win, NULL, 0, 0, p, ack_flag(s, dir, s->r), seq_of(sp, dir, 1, 0),
+                                          &ctx->err));
+    return LASP_OK;
+}
+
 /* LASP-2's gather of every rank's state x into G ([W][ns]) on C: W − 1 grouped send/receive pairs, in
  * step k rank r sending to r + k and receiving from r − k (every pair of a step matches, so no step can
  * wait on another), and its own state copied in place; LASP_SP_GATHER=coll uses NCCL's all-gather, to
@@ -350,7 +424,17 @@ static void trace_print(const sched *s) {
  * 32768): the all-gather's state arrived ~210 µs after the local half, the pairs' as fast as the chain's
  * send, and the layer went 1.130–1.133 → 1.072–1.082 × one GPU (bench/RESULTS.md). Not measured on
  * more than 2 GPUs. */
-static lasp_status gather_states(lasp_ctx *ctx, lasp_sp *sp, const sched *s, const float *x, float *G) {
+static lasp_status gather_states(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int put, int dir, const float *x,
+                                 float **Gp) {
+    float *G = *Gp;
+    if (put) { /* into every peer's slot of ours; G is then our window's slots of this direction */
+        G = *Gp = slot(sp, s, dir, 0);
+        CU_TRY(ctx, cudaMemcpyAsync(G + (size_t)s->r * s->ns, x, s->ns * sizeof(float), cudaMemcpyDeviceToDevice,
+                                    s->C), "state copy");
+        for (int k = 1; k < s->W; k++) LASP_TRY(put_state(ctx, sp, s, dir, 1, 0, x, 0, s->ns, (s->r + k) % s->W));
+        for (int k = 1; k < s->W; k++) LASP_TRY(take_state(ctx, sp, s, dir, 1, 0, (s->r - k + s->W) % s->W, NULL, 0, 0));
+        return LASP_OK;
+    }
     const char *e = getenv("LASP_SP_GATHER");
     if (e && !strcmp(e, "coll")) return lasp_comm_allgather(sp->sp, x, G, s->ns, LASP_F32, &ctx->err);
     CU_TRY(ctx, cudaMemcpyAsync(G + (size_t)s->r * s->ns, x, s->ns * sizeof(float), cudaMemcpyDeviceToDevice, s->C),
@@ -374,6 +458,9 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     lasp_err *err = &ctx->err;
     sched s;
     LASP_TRY(prepare(ctx, sp, a, cache, 0, &s));
+    int put = 0;
+    LASP_TRY(window_for(ctx, sp, &s, &put));
+    sp->calls[FWD]++;
     trace(&s, 0, s.S);
     float *KV = cache->kv_in, *m = cache->work;
     const int r = s.r, W = s.W;
@@ -396,7 +483,9 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             lasp_comm_req *rx = NULL, *tx = NULL;
             LASP_TRY(lasp_attn_fwd_cuda_local(ctx, a, hs, q, k, v, slopes, m, cache->seg));
             LASP_TRY(hand_to_comm(ctx, &s, 1, i));
-            if (r > 0) { /* the receive starts after S's event: after_send says why */
+            if (r > 0 && put) {
+                LASP_TRY(take_state(ctx, sp, &s, FWD, s.ng, i, r - 1, KV, off, cnt));
+            } else if (r > 0) { /* the receive starts after S's event: after_send says why */
                 LASP_TRY(lasp_comm_irecv(sp->sp, KV + off, cnt, r - 1, LASP_F32, &rx, err));
                 LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
             } else {
@@ -405,7 +494,9 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(state_here(ctx, &s, 1, i)); /* S may finish group i while C serves the next rank */
             if (split == 3) LASP_TRY(lasp_attn_cuda_signal(ctx, s.ev->ready + i, s.ev->epoch, s.C));
             if (has_in) LASP_TRY(combine(ctx, s.C, a, hs, slopes, KV, m, m)); /* KV_out = γ KV_in + m (else m) */
-            if (r < W - 1) {
+            if (r < W - 1 && put) {
+                LASP_TRY(put_state(ctx, sp, &s, FWD, s.ng, i, m, off, cnt, r + 1));
+            } else if (r < W - 1) {
                 LASP_TRY(lasp_comm_isend(sp->sp, m + off, cnt, r + 1, LASP_F32, &tx, err));
                 LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
             } else if (kv_out) {
@@ -425,10 +516,11 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(state_here(ctx, &s, 1, 0));
             if (kv_in) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, kv_in, m, m));
         }
-        LASP_TRY(gather_states(ctx, sp, &s, m, G));
+        LASP_TRY(gather_states(ctx, sp, &s, put, FWD, m, &G));
         if (r > 0) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, r, 1, KV));
         if (r == W - 1 && kv_out) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, W, 1, kv_out));
         if (r > 0) LASP_TRY(state_here(ctx, &s, 1, 0));
+        if (put) LASP_TRY(release_slots(ctx, sp, &s, FWD));
         if (split == 3) LASP_TRY(lasp_attn_cuda_signal(ctx, s.ev->ready, s.ev->epoch, s.C));
         LASP_TRY(mark_sent(ctx, &s));
     }
@@ -469,6 +561,9 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     lasp_err *err = &ctx->err;
     sched s;
     LASP_TRY(prepare(ctx, sp, a, (lasp_sp_cache *)cache, 1, &s));
+    int put = 0;
+    LASP_TRY(window_for(ctx, sp, &s, &put));
+    sp->calls[BWD]++;
     trace(&s, 4, s.S);
     float *g = cache->work, *dKV = cache->work + s.ns;
     const int r = s.r, W = s.W;
@@ -491,14 +586,18 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             lasp_comm_req *rx = NULL, *tx = NULL;
             LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, hs, q, k, v, slopes, do_, g));
             LASP_TRY(hand_to_comm(ctx, &s, 0, i));
-            if (r < W - 1) {
+            if (r < W - 1 && put) {
+                LASP_TRY(take_state(ctx, sp, &s, BWD, s.ng, i, r + 1, dKV, off, cnt));
+            } else if (r < W - 1) {
                 LASP_TRY(lasp_comm_irecv(sp->sp, dKV + off, cnt, r + 1, LASP_F32, &rx, err));
                 LASP_TRY(lasp_comm_wait(sp->sp, rx, err));
             }
             if (in && fold) LASP_TRY(lasp_attn_bwd_cuda_fold(ctx, a, hs, q, k, do_, slopes, in, s.C)); /* beside S */
             LASP_TRY(state_here(ctx, &s, 0, i)); /* S may finish group i while C serves the next rank */
             if (in) LASP_TRY(combine(ctx, s.C, a, hs, slopes, in, g, g)); /* dKV_in = γ dKV_out + g (else g) */
-            if (r > 0) {
+            if (r > 0 && put) {
+                LASP_TRY(put_state(ctx, sp, &s, BWD, s.ng, i, g, off, cnt, r - 1));
+            } else if (r > 0) {
                 LASP_TRY(lasp_comm_isend(sp->sp, g + off, cnt, r - 1, LASP_F32, &tx, err));
                 LASP_TRY(lasp_comm_wait(sp->sp, tx, err));
             } else if (dkv_in) {
@@ -515,7 +614,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         LASP_TRY(hand_to_comm(ctx, &s, 0, 0));
         LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, kv_in, do_, dq, cache->seg)); /* while G gathers */
         if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, dkv_out, g, g));
-        LASP_TRY(gather_states(ctx, sp, &s, g, G));
+        LASP_TRY(gather_states(ctx, sp, &s, put, BWD, g, &G));
         if (r == 0 && dkv_in) LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
         if (r < W - 1) {
             LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, r, -1, g));  /* g is free: it takes dKV_out */
@@ -523,6 +622,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         }
         if (in && fold) LASP_TRY(lasp_attn_bwd_cuda_fold(ctx, a, ALL, q, k, do_, slopes, in, s.C)); /* beside dq */
         LASP_TRY(state_here(ctx, &s, 0, 0));
+        if (put) LASP_TRY(release_slots(ctx, sp, &s, BWD));
         LASP_TRY(mark_sent(ctx, &s));
     }
     for (int i = 0; i < s.ng; i++) { /* dKV_out folded in, or added here */
