@@ -175,6 +175,7 @@ typedef struct sched {
     int64_t de;  /* elements of one head's state */
     int r, W;
     int ng;      /* head groups the chain pipelines */
+    int put;     /* the states travel by one-sided puts (window_for), else send/receive */
     int64_t BH;
 } sched;
 
@@ -292,9 +293,9 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
  * communicator's stream sets after the state says it is here (lasp_attn_fwd_cuda_finish_when): the one
  * tail of a single launch. Needs SMs left to the transfer (lasp_sp_comm_ctas() ≥ 1, else 2) and the
  * sm_90a output pass (else 2). Not yet run on a GPU. */
-static int split_finish(void) {
+static int split_finish(const sched *s) {
     const char *e = getenv("LASP_SP_SPLIT");
-    return !e ? 2 : e[0] == '0' ? 0 : e[0] == '1' ? 1 : e[0] == '3' ? 3 : 2;
+    return !e ? (s->put ? 0 : 2) : e[0] == '0' ? 0 : e[0] == '1' ? 1 : e[0] == '3' ? 3 : 2;
 }
 
 /* the flags of LASP_SP_SPLIT=3, made on first use (zero: no epoch yet) */
@@ -328,7 +329,7 @@ static lasp_status after_send(lasp_ctx *ctx, const sched *s, int sent, int fwd) 
     /* LASP_SP_WAIT_SEND: 1 both passes, f the forward only, 0 never; unset: with one group, the backward,
      * and the forward where the finish is not split */
     const char *w = getenv("LASP_SP_WAIT_SEND");
-    const int wait = w ? !(w[0] == '0' || (w[0] == 'f' && !fwd)) : s->ng == 1 && !(fwd && split_finish());
+    const int wait = w ? !(w[0] == '0' || (w[0] == 'f' && !fwd)) : s->ng == 1 && !(fwd && split_finish(s));
     if (sent && wait) CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->sent, 0), "cudaStreamWaitEvent");
     return LASP_OK;
 }
@@ -377,6 +378,8 @@ static size_t slot_bytes(const sched *s, int dir, int p) { return ((size_t)dir *
 static float *slot(const lasp_sp *sp, const sched *s, int dir, int p) {
     return (float *)((char *)lasp_comm_window_base(sp->win) + slot_bytes(s, dir, p));
 }
+/* Whether rank p's piece follows ours in the direction of travel (forward: later in the sequence) */
+static int later(const sched *s, int dir, int p) { return dir == FWD ? p > s->r : p < s->r; }
 static int data_flag(const sched *s, int dir, int p) { return dir * 2 * s->W + p; }
 static int ack_flag(const sched *s, int dir, int q) { return dir * 2 * s->W + s->W + q; }
 
@@ -411,13 +414,17 @@ static lasp_status take_state(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int di
 /* LASP-2 read the gathered slots in place: acknowledge them to their senders. */
 static lasp_status release_slots(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int dir) {
     for (int p = 0; p < s->W; p++)
-        if (p != s->r)
+        if (p != s->r && !later(s, dir, p))
             LASP_TRY(lasp_comm_put_signal(sp->win, NULL, 0, 0, p, ack_flag(s, dir, s->r), seq_of(sp, dir, 1, 0),
                                           &ctx->err));
     return LASP_OK;
 }
 
-/* LASP-2's gather of every rank's state x into G ([W][ns]) on C: W − 1 grouped send/receive pairs, in
+/* LASP-2's gather of the states x into G ([W][ns]) on C. With puts (s->put): a rank's state goes only to
+ * the ranks whose pieces follow its own in the direction of travel — the only ones whose Horner sums read
+ * it — straight into their windows, and it waits for the earlier ranks' (G is then the window's slots,
+ * read in place and acknowledged by release_slots); half the traffic of an all-gather. Otherwise all of
+ * them, by W − 1 grouped send/receive pairs, in
  * step k rank r sending to r + k and receiving from r − k (every pair of a step matches, so no step can
  * wait on another), and its own state copied in place; LASP_SP_GATHER=coll uses NCCL's all-gather, to
  * compare. Beside the output pass on the 4 SMs left to the communicator, on 2 × H100 (2026-11-26, T_local
@@ -427,12 +434,12 @@ static lasp_status release_slots(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int
 static lasp_status gather_states(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int put, int dir, const float *x,
                                  float **Gp) {
     float *G = *Gp;
-    if (put) { /* into every peer's slot of ours; G is then our window's slots of this direction */
+    if (put) { /* G is our window's slots of this direction, our own left to own_slot */
         G = *Gp = slot(sp, s, dir, 0);
-        CU_TRY(ctx, cudaMemcpyAsync(G + (size_t)s->r * s->ns, x, s->ns * sizeof(float), cudaMemcpyDeviceToDevice,
-                                    s->C), "state copy");
-        for (int k = 1; k < s->W; k++) LASP_TRY(put_state(ctx, sp, s, dir, 1, 0, x, 0, s->ns, (s->r + k) % s->W));
-        for (int k = 1; k < s->W; k++) LASP_TRY(take_state(ctx, sp, s, dir, 1, 0, (s->r - k + s->W) % s->W, NULL, 0, 0));
+        for (int p = 0; p < s->W; p++)
+            if (later(s, dir, p)) LASP_TRY(put_state(ctx, sp, s, dir, 1, 0, x, 0, s->ns, p));
+        for (int p = 0; p < s->W; p++)
+            if (p != s->r && !later(s, dir, p)) LASP_TRY(take_state(ctx, sp, s, dir, 1, 0, p, NULL, 0, 0));
         return LASP_OK;
     }
     const char *e = getenv("LASP_SP_GATHER");
@@ -443,6 +450,14 @@ static lasp_status gather_states(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int
         const int to = (s->r + k) % s->W, from = (s->r - k + s->W) % s->W;
         LASP_TRY(lasp_comm_sendrecv(sp->sp, x, s->ns, to, G + (size_t)from * s->ns, s->ns, from, LASP_F32, &ctx->err));
     }
+    return LASP_OK;
+}
+
+/* With puts, this rank's state into its own slot of G (gather_states left it out) */
+static lasp_status own_slot(lasp_ctx *ctx, const sched *s, const float *x, float *G) {
+    if (s->put)
+        CU_TRY(ctx, cudaMemcpyAsync(G + (size_t)s->r * s->ns, x, s->ns * sizeof(float), cudaMemcpyDeviceToDevice, s->C),
+               "state copy");
     return LASP_OK;
 }
 
@@ -458,8 +473,8 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     lasp_err *err = &ctx->err;
     sched s;
     LASP_TRY(prepare(ctx, sp, a, cache, 0, &s));
-    int put = 0;
-    LASP_TRY(window_for(ctx, sp, &s, &put));
+    LASP_TRY(window_for(ctx, sp, &s, &s.put));
+    const int put = s.put;
     sp->calls[FWD]++;
     trace(&s, 0, s.S);
     float *KV = cache->kv_in, *m = cache->work;
@@ -467,7 +482,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     const int has_in = r > 0 || kv_in != NULL;
     s.ev->fwd_has_in = has_in;
     /* A rank whose KV_in comes from another first finishes the segments KV_in cannot reach (split_finish) */
-    int split = r > 0 ? split_finish() : 0;
+    int split = r > 0 ? split_finish(&s) : 0;
     if (split == 3 && lasp_sp_comm_ctas() < 1) split = 2;
     if (split == 3) {
         LASP_TRY(ready_flags(ctx, s.ev));
@@ -518,8 +533,11 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         }
         LASP_TRY(gather_states(ctx, sp, &s, put, FWD, m, &G));
         if (r > 0) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, r, 1, KV));
-        if (r == W - 1 && kv_out) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, W, 1, kv_out));
         if (r > 0) LASP_TRY(state_here(ctx, &s, 1, 0));
+        if (r == W - 1 && kv_out) {
+            LASP_TRY(own_slot(ctx, &s, m, G));
+            LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, W, 1, kv_out));
+        }
         if (put) LASP_TRY(release_slots(ctx, sp, &s, FWD));
         if (split == 3) LASP_TRY(lasp_attn_cuda_signal(ctx, s.ev->ready, s.ev->epoch, s.C));
         LASP_TRY(mark_sent(ctx, &s));
@@ -561,8 +579,8 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     lasp_err *err = &ctx->err;
     sched s;
     LASP_TRY(prepare(ctx, sp, a, (lasp_sp_cache *)cache, 1, &s));
-    int put = 0;
-    LASP_TRY(window_for(ctx, sp, &s, &put));
+    LASP_TRY(window_for(ctx, sp, &s, &s.put));
+    const int put = s.put;
     sp->calls[BWD]++;
     trace(&s, 4, s.S);
     float *g = cache->work, *dKV = cache->work + s.ns;
@@ -615,7 +633,10 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, kv_in, do_, dq, cache->seg)); /* while G gathers */
         if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, dkv_out, g, g));
         LASP_TRY(gather_states(ctx, sp, &s, put, BWD, g, &G));
-        if (r == 0 && dkv_in) LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
+        if (r == 0 && dkv_in) {
+            LASP_TRY(own_slot(ctx, &s, g, G));
+            LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
+        }
         if (r < W - 1) {
             LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, r, -1, g));  /* g is free: it takes dKV_out */
             in = g;
