@@ -176,6 +176,7 @@ typedef struct sched {
     int r, W;
     int ng;      /* head groups the chain pipelines */
     int put;     /* the states travel by one-sided puts (window_for), else send/receive */
+    int lasp2;   /* the mode is LASP-2 (else the chain) */
     int64_t BH;
 } sched;
 
@@ -207,6 +208,7 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
     s->de = a->d * a->e, s->BH = a->B * a->H;
     s->r = sp->sp_rank, s->W = sp->sp_size;
     s->ng = sp->mode == LASP_SP_CHAIN ? n_groups(s->BH) : 1;
+    s->lasp2 = sp->mode == LASP_SP_LASP2;
     const size_t work = (sp->mode == LASP_SP_LASP2 ? (size_t)s->W + 1 : 2) * s->ns;
     size_t seg_bytes = 0;
     LASP_TRY(lasp_attn_cuda_saved_bytes(ctx, a, &seg_bytes));
@@ -295,7 +297,7 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
  * sm_90a output pass (else 2). Not yet run on a GPU. */
 static int split_finish(const sched *s) {
     const char *e = getenv("LASP_SP_SPLIT");
-    return !e ? (s->put ? 0 : 2) : e[0] == '0' ? 0 : e[0] == '1' ? 1 : e[0] == '3' ? 3 : 2;
+    return !e ? (s->put && !s->lasp2 ? 0 : 2) : e[0] == '0' ? 0 : e[0] == '1' ? 1 : e[0] == '3' ? 3 : 2;
 }
 
 /* the flags of LASP_SP_SPLIT=3, made on first use (zero: no epoch yet) */
@@ -434,7 +436,8 @@ static lasp_status release_slots(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int
 static lasp_status gather_states(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int put, int dir, const float *x,
                                  float **Gp) {
     float *G = *Gp;
-    if (put) { /* G is our window's slots of this direction, our own left to own_slot */
+    if (put) { /* G is our window's slots of this direction (our own unused: the boundary states come from a
+                * combine) */
         G = *Gp = slot(sp, s, dir, 0);
         for (int p = 0; p < s->W; p++)
             if (later(s, dir, p)) LASP_TRY(put_state(ctx, sp, s, dir, 1, 0, x, 0, s->ns, p));
@@ -450,14 +453,6 @@ static lasp_status gather_states(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int
         const int to = (s->r + k) % s->W, from = (s->r - k + s->W) % s->W;
         LASP_TRY(lasp_comm_sendrecv(sp->sp, x, s->ns, to, G + (size_t)from * s->ns, s->ns, from, LASP_F32, &ctx->err));
     }
-    return LASP_OK;
-}
-
-/* With puts, this rank's state into its own slot of G (gather_states left it out) */
-static lasp_status own_slot(lasp_ctx *ctx, const sched *s, const float *x, float *G) {
-    if (s->put)
-        CU_TRY(ctx, cudaMemcpyAsync(G + (size_t)s->r * s->ns, x, s->ns * sizeof(float), cudaMemcpyDeviceToDevice, s->C),
-               "state copy");
     return LASP_OK;
 }
 
@@ -534,13 +529,13 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         LASP_TRY(gather_states(ctx, sp, &s, put, FWD, m, &G));
         if (r > 0) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, r, 1, KV));
         if (r > 0) LASP_TRY(state_here(ctx, &s, 1, 0));
-        if (r == W - 1 && kv_out) {
-            LASP_TRY(own_slot(ctx, &s, m, G));
-            LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, W, 1, kv_out));
-        }
+        /* the sequence's KV_out: with puts γ KV_in + m (G has no slot of ours), else the sum over G */
+        if (r == W - 1 && kv_out && put) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, KV, m, kv_out));
+        else if (r == W - 1 && kv_out) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, W, 1, kv_out));
         if (put) LASP_TRY(release_slots(ctx, sp, &s, FWD));
         if (split == 3) LASP_TRY(lasp_attn_cuda_signal(ctx, s.ev->ready, s.ev->epoch, s.C));
         LASP_TRY(mark_sent(ctx, &s));
+        LASP_TRY(after_send(ctx, &s, put ? r < W - 1 : W > 1, 1));
     }
     if (split == 3) {
         /* one launch a group, enqueued now: its CTAs wait on the device for the flag, not S for C */
@@ -632,17 +627,17 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         LASP_TRY(hand_to_comm(ctx, &s, 0, 0));
         LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, kv_in, do_, dq, cache->seg)); /* while G gathers */
         if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, dkv_out, g, g));
+        float *dKVo = put ? cache->work + s.ns : g; /* dKV_out: with puts G is the window and work is free */
         LASP_TRY(gather_states(ctx, sp, &s, put, BWD, g, &G));
-        if (r == 0 && dkv_in) {
-            LASP_TRY(own_slot(ctx, &s, g, G));
-            LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
-        }
+        if (r == 0 && dkv_in && !put) LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
         if (r < W - 1) {
-            LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, r, -1, g));  /* g is free: it takes dKV_out */
-            in = g;
+            LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, r, -1, dKVo)); /* without puts g is free by now */
+            in = dKVo;
         }
         if (in && fold) LASP_TRY(lasp_attn_bwd_cuda_fold(ctx, a, ALL, q, k, do_, slopes, in, s.C)); /* beside dq */
         LASP_TRY(state_here(ctx, &s, 0, 0));
+        /* with puts the sequence's dKV_in = γ dKV_out + g, after the state S waits for */
+        if (r == 0 && dkv_in && put) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, in, g, dkv_in));
         if (put) LASP_TRY(release_slots(ctx, sp, &s, BWD));
         LASP_TRY(mark_sent(ctx, &s));
     }
