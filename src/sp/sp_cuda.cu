@@ -1,14 +1,18 @@
 /* sp_cuda.cu — the LASP chain and LASP-2 on GPUs (MATH.md §3–4), the device twin of sp.c.
  *
- * Two streams per rank: the op's compute stream S and the SP communicator's NCCL stream C.
+ * Two streams per rank: the op's compute stream S and the SP communicator's stream C. The states travel
+ * by one-sided puts into the peer's memory where the ranks share NVLink (window_for), else by NCCL
+ * send/receive.
  *
  *   forward (chain), rank r of W
  *     S: local half of the op → m (the piece's own state)   (segment states + scan from zero)
- *     C: the receive of KV_in from r−1, enqueued now, started by S's event (after_send says why)
- *     C: after S's event and the receive: S may go on; KV_out = γ KV_in + m, send to r+1
+ *     C: after S's event, wait for KV_in from r−1 (take_state; or its receive, started by that event:
+ *        after_send says why)
+ *     C: then S may go on; KV_out = γ KV_in + m, put (send) to r+1
  *        (rank 0 without a kv_in sends m as it is: nothing but the message on the critical path)
  *     S: after C's event: finishing half with KV_in → o     (outputs, KV_in added as the states are read;
- *        a rank waiting for KV_in first runs the blocks KV_in cannot reach: split_finish)
+ *        outside the chain with puts a rank waiting for KV_in first runs the blocks KV_in cannot reach:
+ *        split_finish)
  *   backward mirrored: the piece's g first, handed to C at once; S computes dq (it needs only the
  *     forward's segment states, kept in the cache, and the cached KV_in) while C receives dKV_out from
  *     r+1, forms dKV_in = γ dKV_out + g and sends it to r−1; then dk, dv, adding dKV_out as they read
@@ -16,9 +20,10 @@
  *   LASP-2: the local states are gathered on C (gather_states) and combined by Horner, same halves
  *     around it.
  *
- * The output passes are persistent (a CTA an SM to the pass's end) and NCCL's transfers are kernels:
- * the halves leave lasp_sp_comm_ctas() SMs free and the SP communicator's kernels use at most that many
- * CTAs (sp.h), else a transfer enqueued beside a pass waits for all of it.
+ * The output passes are persistent (a CTA an SM to the pass's end) and transfers are kernels (NCCL's on
+ * both sides, a put on the sender's): the halves leave lasp_sp_comm_ctas() SMs free and the SP
+ * communicator's kernels use at most that many CTAs (sp.h), else a transfer enqueued beside a pass waits
+ * for all of it.
  *
  * The chain can pipeline groups of heads (LASP_SP_GROUPS=n; default 1): the halves above run per group,
  * so that group 0's state travels while group 1's local half computes. Measured on 2 × H200 (bench sp,
@@ -280,7 +285,8 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
     return LASP_OK;
 }
 
-/* LASP_SP_SPLIT (default 2; 0, 1 or 3 to compare): a rank waiting for KV_in first runs the finishing half's
+/* LASP_SP_SPLIT (default 0 for the chain with puts, else 2; any of 0–3 to compare): 0 runs the finish in one
+ * launch once the state is here. Otherwise a rank waiting for KV_in first runs the finishing half's
  * blocks that KV_in cannot reach — at the usual slopes the decay to most segments of a long piece is
  * exactly 0 in fp32, so the hop hides behind them; the output equals the one-launch result up to rounding
  * (k_out_tma carries the state from segment to segment along runs, which are cut differently for one
@@ -294,7 +300,12 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
  * 3: both parts in one launch, each CTA running part 2's blocks after its part 1's once a flag the
  * communicator's stream sets after the state says it is here (lasp_attn_fwd_cuda_finish_when): the one
  * tail of a single launch. Needs SMs left to the transfer (lasp_sp_comm_ctas() ≥ 1, else 2) and the
- * sm_90a output pass (else 2). Not yet run on a GPU. */
+ * sm_90a output pass (else 2).
+ * Measured (bench/RESULTS.md, 2 × and 4 × H100, T_local 32768): with puts the chain is fastest in one
+ * launch (W 2: 0 1.033, 2 1.053, 3 1.064; W 4: 0 1.092, 3 1.177, 2 1.224) — while part 1 holds the SMs
+ * the state's own kernels on C run slower, and with puts the state comes early enough to wait for; LASP-2
+ * at W 4, whose states come later, gains from the split (2 1.096, 0 1.125–1.139); with send/receive the
+ * state is late and 2 pays (W 2 chain 1.065–1.072 against 1.113 for 1). */
 static int split_finish(const sched *s) {
     const char *e = getenv("LASP_SP_SPLIT");
     return !e ? (s->put && !s->lasp2 ? 0 : 2) : e[0] == '0' ? 0 : e[0] == '1' ? 1 : e[0] == '3' ? 3 : 2;
