@@ -338,14 +338,11 @@ static lasp_status second_stream(lasp_ctx *ctx, gpu_events *ev) {
  * With head groups the last send runs beside the first group's finishing half, and the next rank needs
  * that state only once its own first group is finished; with the forward's finish split (split_finish)
  * the next rank has its first part to run meanwhile: no wait then unless asked for. */
-static lasp_status after_send(lasp_ctx *ctx, const sched *s, int sent, int fwd, int receives) {
+static lasp_status after_send(lasp_ctx *ctx, const sched *s, int sent, int fwd) {
     /* LASP_SP_WAIT_SEND: 1 both passes, f the forward only, 0 never; unset: with one group, the backward,
-     * the forward where the finish is not split, and with puts a rank that receives nothing (its put is
-     * its own kernel alone, a few µs with the GPU to itself and slower beside its finish, and the state
-     * is what the later ranks wait for) */
+     * and the forward where the finish is not split */
     const char *w = getenv("LASP_SP_WAIT_SEND");
-    const int wait = w ? !(w[0] == '0' || (w[0] == 'f' && !fwd))
-                       : s->ng == 1 && (!fwd || !split_finish(s) || (s->put && !receives));
+    const int wait = w ? !(w[0] == '0' || (w[0] == 'f' && !fwd)) : s->ng == 1 && !(fwd && split_finish(s));
     if (sent && wait) CU_TRY(ctx, cudaStreamWaitEvent(s->S, s->ev->sent, 0), "cudaStreamWaitEvent");
     return LASP_OK;
 }
@@ -528,7 +525,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             }
         }
         LASP_TRY(mark_sent(ctx, &s));
-        LASP_TRY(after_send(ctx, &s, r < W - 1, 1, r > 0));
+        LASP_TRY(after_send(ctx, &s, r < W - 1, 1));
     } else {
         /* LASP-2: rank 0 folds the sequence's kv_in into its contribution (MATH.md §4); its own KV_in is
          * the sequence's, so its finishing half need not wait for the all-gather */
@@ -549,7 +546,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         if (put) LASP_TRY(release_slots(ctx, sp, &s, FWD));
         if (split == 3) LASP_TRY(lasp_attn_cuda_signal(ctx, s.ev->ready, s.ev->epoch, s.C));
         LASP_TRY(mark_sent(ctx, &s));
-        LASP_TRY(after_send(ctx, &s, put ? r < W - 1 : W > 1, 1, r > 0));
+        LASP_TRY(after_send(ctx, &s, put ? r < W - 1 : W > 1, 1));
     }
     if (split == 3) {
         /* one launch a group, enqueued now: its CTAs wait on the device for the flag, not S for C */
@@ -634,7 +631,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         /* dq needs only the forward's segment states and the cached KV_in: it hides the states' travel */
         LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, kv_in, do_, dq, cache->seg));
         LASP_TRY(mark_sent(ctx, &s));
-        LASP_TRY(after_send(ctx, &s, r > 0, 0, r < W - 1));
+        LASP_TRY(after_send(ctx, &s, r > 0, 0));
     } else {
         float *G = cache->work + s.ns;
         LASP_TRY(lasp_attn_bwd_cuda_local(ctx, a, ALL, q, k, v, slopes, do_, g));
