@@ -11,7 +11,7 @@ bash scripts/gpu.sh ${OP_STEPS:-build test test-mma san bench-mma bench} >"$OUT/
 ngpu=$(nvidia-smi -L | grep -c '^GPU')
 if [ "$ngpu" -ge 2 ]; then
     # `make test-gpu` already ran the multi-GPU tests under the default schedule
-    case " ${OP_STEPS:-test} " in *" test "*) export SP_TEST_RUNS="${SP_TEST_RUNS:-gpu_mpi_sp:LASP_SP_SPLIT=3 gpu_mpi_sp:LASP_SP_SPLIT=1,LASP_SP_FOLD=1,LASP_SP_LEAVE_SMS=0}" ;; esac
+    case " ${OP_STEPS:-test} " in *" test "*) export SP_TEST_RUNS="${SP_TEST_RUNS:-gpu_mpi_sp:LASP_SP_XFER=send gpu_mpi_sp:LASP_SP_SPLIT=3,LASP_SP_FOLD=1 gpu_mpi_sp:LASP_SP_XFER=send,LASP_SP_SPLIT=1,LASP_SP_LEAVE_SMS=0}" ;; esac
     bash scripts/gpu_sp.sh ${SP_STEPS:-build cli bench} >"$OUT/sp.txt" 2>&1
 fi
 echo "# ==== the op (scripts/gpu.sh; full log $OUT/op.txt) ===="

@@ -24,9 +24,10 @@ if has build; then
     [ $rc -eq 0 ] || { tail -30 "$OUT/build.log"; exit 1; }
 fi
 if has test; then
-    # the SP test also with the opt-in schedules (their outputs must equal one GPU's as the default's do);
-    # $SP_TEST_RUNS (test[:VAR=value,...] ...) narrows it, e.g. when `make test-gpu` ran the first two
-    for run in ${SP_TEST_RUNS:-gpu_mpi_comm gpu_mpi_sp gpu_mpi_sp:LASP_SP_SPLIT=3 gpu_mpi_sp:LASP_SP_SPLIT=1,LASP_SP_FOLD=1,LASP_SP_LEAVE_SMS=0}; do
+    # the SP test also with the other transfer (send/receive, what runs where no window can be made) and
+    # the opt-in schedules (their outputs must equal one GPU's as the default's do); $SP_TEST_RUNS
+    # (test[:VAR=value,...] ...) narrows it, e.g. when `make test-gpu` ran the first two
+    for run in ${SP_TEST_RUNS:-gpu_mpi_comm gpu_mpi_sp gpu_mpi_sp:LASP_SP_XFER=send gpu_mpi_sp:LASP_SP_SPLIT=3,LASP_SP_FOLD=1 gpu_mpi_sp:LASP_SP_XFER=send,LASP_SP_SPLIT=1,LASP_SP_LEAVE_SMS=0}; do
         t=${run%%:*} envs=; [ "$run" != "$t" ] && envs=${run#*:}
         log=$OUT/$t${envs:+-${envs//[=,]/-}}.log
         t0=$SECONDS
@@ -63,7 +64,7 @@ if has bench; then
 fi
 if has variants; then
     : >"$OUT/variants.txt"
-    for var in ${SP_VARIANTS:-LASP_SP_SPLIT=2 LASP_SP_SPLIT=3 LASP_SP_SPLIT=1}; do
+    for var in ${SP_VARIANTS:-LASP_SP_XFER=put LASP_SP_XFER=send LASP_SP_SPLIT=2 LASP_SP_SPLIT=3}; do
         envs=$(echo "$var" | tr ',' ' ')
         env $envs timeout 200 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 \
             --mode "${SP_VARIANT_MODES:-lasp}" --t-local 32768,65536 >"$OUT/v.txt" 2>&1
