@@ -237,6 +237,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         return failed;
     }
     long long tl_first = 0;
+    char xfer[256] = "";
     char *list = strdup(t_locals);
     for (char *tok = strtok(list, ","); tok && !failed; tok = strtok(NULL, ",")) {
         const long long Tl = atoll(tok);
@@ -256,6 +257,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
             lasp_comm_reset_stats(sp.sp);
             const double ms = time_layer(ctx, &sp, &a, &L, (int)repeat, (int)warmup, &failed);
             lasp_comm_stats st = lasp_comm_get_stats(sp.sp);
+            if (!xfer[0]) snprintf(xfer, sizeof xfer, "%s", lasp_sp_transfer(&sp));
             double sent = (double)(st.p2p_bytes + st.coll_bytes) / (double)(repeat + warmup), most = 0;
             MPI_Allreduce(&sent, &most, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
             if (rank == 0 && !failed)
@@ -291,6 +293,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         layer_free(&L);
     }
     if (rank == 0) printf("# ratio = SP ms / 1-GPU ms (weak: at T_local; strong: 1 GPU holds all T; speed-up = 1/ratio)\n");
+    if (rank == 0 && xfer[0]) printf("# the states travelled by %s\n", xfer);
     lasp_ctx_free(ctx);
     lasp_comm_free(world);
     return failed;

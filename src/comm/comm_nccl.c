@@ -295,11 +295,15 @@ static lasp_status nccl_window_make(lasp_comm *c, lasp_comm_window *w, lasp_err 
     ncclResult_t r = ncclCommWindowRegister(ST(c)->nccl, w->base, total, &n->win, NCCL_WIN_COLL_SYMMETRIC);
     ok = r == ncclSuccess && n->win && lasp_nccl_peer_bases(n->win, c->size, n->peer) == 0;
     if (!all_agree(c, ok)) {
-        lasp_status s = r != ncclSuccess ? nccl_fail(c, r, "ncclCommWindowRegister", err)
-                                         : lasp_fail(err, LASP_ERR_COMM, "rank %d: a window's registration failed on "
-                                                     "another rank", c->world_rank);
-        window_release(w, r == ncclSuccess);
-        return s;
+        /* every rank goes on without a window; where the registration did succeed the memory stays (leaked):
+         * deregistering is collective, and a rank whose registration failed would never join */
+        const char *last = ncclGetLastError(ST(c)->nccl);
+        lasp_fail(err, LASP_ERR_UNSUPPORTED, "rank %d: no one-sided window: %s%s%s", c->world_rank,
+                  r != ncclSuccess ? ncclGetErrorString(r) : ok ? "it failed on another rank" : "no peer addresses",
+                  r != ncclSuccess && last && *last ? ": " : "", r != ncclSuccess && last ? last : "");
+        if (r != ncclSuccess) window_release(w, 0);
+        else free(n->peer), free(n), w->impl = NULL, w->base = NULL;
+        return LASP_ERR_UNSUPPORTED;
     }
     return LASP_OK;
 }

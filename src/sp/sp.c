@@ -51,6 +51,12 @@ void lasp_sp_free(lasp_sp *sp) {
     sp->sp = sp->dp = NULL;
 }
 
+const char *lasp_sp_transfer(const lasp_sp *sp) {
+    if (sp->win) return "one-sided puts into the peers' memory";
+    if (sp->win_none) return sp->win_why;
+    return "NCCL send/receive";
+}
+
 void lasp_sp_cache_free(lasp_sp_cache *c) {
     if (!c) return;
 #ifdef LASP_HAVE_CUDA

@@ -29,6 +29,7 @@ typedef struct lasp_sp {
     lasp_comm_window *win;
     size_t win_states;            /* elements of one state slot */
     int win_none;                 /* the window could not be made: send/receive */
+    char win_why[200];            /* ... and why */
     unsigned calls[2];            /* forward, backward */
 } lasp_sp;
 
@@ -41,7 +42,9 @@ int lasp_sp_comm_ctas(void);
 
 /* Splits world into SP and DP groups; error (with the numbers) if sp does not divide the world. */
 lasp_status lasp_sp_init(lasp_comm *world, int sp_size, lasp_sp_mode mode, lasp_sp *out, lasp_err *err);
-void lasp_sp_free(lasp_sp *sp);  /* collective once a GPU call made the window: every rank frees together */
+void lasp_sp_free(lasp_sp *sp);
+/* How this group's GPU states travelled (for reports): one-sided puts, or send/receive and why. */
+const char *lasp_sp_transfer(const lasp_sp *sp);  /* collective once a GPU call made the window: every rank frees together */
 
 /* What the forward keeps for the backward (KV state caching): the state received from the
  * previous piece, so the backward runs no second forward chain. Owned by the caller; reused

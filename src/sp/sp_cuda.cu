@@ -382,7 +382,10 @@ static lasp_status window_for(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int *u
     sp->win = NULL, sp->calls[FWD] = sp->calls[BWD] = 0; /* a new window's counters start at zero */
     lasp_status st = lasp_comm_window_make(sp->sp, 2 * (size_t)s->W * s->ns * sizeof(float), 4 * s->W, &sp->win,
                                            &ctx->err);
-    if (st == LASP_ERR_UNSUPPORTED) return sp->win_none = 1, LASP_OK;
+    if (st == LASP_ERR_UNSUPPORTED) { /* send/receive, and the reason kept for reports */
+        snprintf(sp->win_why, sizeof sp->win_why, "NCCL send/receive (%.170s)", ctx->err.msg);
+        return sp->win_none = 1, LASP_OK;
+    }
     LASP_TRY(st);
     sp->win_states = s->ns;
     return *use = 1, LASP_OK;
