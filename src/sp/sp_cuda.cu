@@ -445,8 +445,8 @@ static lasp_status release_slots(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int
  * wait on another), and its own state copied in place; LASP_SP_GATHER=coll uses NCCL's all-gather, to
  * compare. Beside the output pass on the 4 SMs left to the communicator, on 2 × H100 (2026-11-26, T_local
  * 32768): the all-gather's state arrived ~210 µs after the local half, the pairs' as fast as the chain's
- * send, and the layer went 1.130–1.133 → 1.072–1.082 × one GPU (bench/RESULTS.md). Not measured on
- * more than 2 GPUs. */
+ * send, and the layer went 1.130–1.133 → 1.072–1.082 × one GPU (bench/RESULTS.md); at W 4 (4 × H100)
+ * the pairs gave 1.37 × one GPU, the puts 1.10. */
 static lasp_status gather_states(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int put, int dir, const float *x,
                                  float **Gp) {
     float *G = *Gp;
