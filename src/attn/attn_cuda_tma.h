@@ -60,6 +60,8 @@
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
+#include "core/wait_cuda.h"
+
 namespace lasp_cu {
 
 /* the tensor maps of x, y and z (bf16 [B,T,H,width]), boxes of 64 columns × 64 tokens, and the op */
@@ -222,24 +224,11 @@ __device__ __forceinline__ void part_run(const DirParams &P, int *cnt, int *run)
     __syncwarp();
     if (lane == 0) part_bounds(P, cnt, (int)gridDim.x / slices, (int)blockIdx.x / slices, run);
 }
-/* part 3: until *ready ≥ epoch, by one thread of the state warpgroup (an acquire at GPU scope; the
- * warpgroup's barrier and a fence then order the others' reads of s_add after it). A state that never
- * comes is a kernel error after 30 s, not a hang. Not inlined: the spin's registers stay out of the state
- * loop's (ptxas: 24 → 82 bytes of spills at DX = 128 when inlined). */
-static __device__ __noinline__ void spin_ready(const unsigned *ready, unsigned epoch) {
-    uint64_t t0, now;
-    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t0));
-    for (;;) {
-        unsigned v;
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(ready) : "memory");
-        if ((int)(v - epoch) >= 0) return;
-        __nanosleep(200);
-        asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
-        if (now - t0 > 30000000000ull) __trap();
-    }
-}
+/* part 3: until *ready ≥ epoch, by one thread of the state warpgroup (core/wait_cuda.h; the warpgroup's
+ * barrier and a fence then order the others' reads of s_add after it). A state that never comes is a
+ * kernel error after 30 s, not a hang. */
 __device__ __forceinline__ void wait_ready(const DirParams &P) {
-    if ((threadIdx.x & 127) == 0) spin_ready(P.ready, P.epoch);
+    if ((threadIdx.x & 127) == 0) lasp_wait_counter(P.ready, P.epoch, 30000000000ull);
     asm volatile("bar.sync 3, 128;\n" ::: "memory");
     asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
 }

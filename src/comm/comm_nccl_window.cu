@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "comm/comm_impl.h"
+#include "core/wait_cuda.h"
 
 namespace {
 
@@ -43,17 +44,9 @@ __global__ void k_put(const float4 *__restrict__ src, float4 *dst, size_t n4, un
     }
 }
 
+/* a peer that never puts: an error on this stream after limit_ns, not a hang */
 __global__ void k_wait(const unsigned *flag, unsigned value, unsigned long long limit_ns) {
-    unsigned long long t0, now;
-    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t0));
-    for (;;) {
-        unsigned v;
-        asm volatile("ld.acquire.sys.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
-        if ((int)(v - value) >= 0) return;
-        __nanosleep(256);
-        asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
-        if (now - t0 > limit_ns) __trap(); /* a peer that never puts: an error on this stream, not a hang */
-    }
+    lasp_wait_counter(flag, value, limit_ns);
 }
 
 }  // namespace
