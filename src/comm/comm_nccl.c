@@ -197,11 +197,16 @@ static lasp_status nccl_bcast(lasp_comm *c, void *buf, size_t count, lasp_dtype 
     return check_async(c, err);
 }
 
-/* Waits for everything enqueued, polling for asynchronous errors; LASP_NCCL_TIMEOUT seconds (default
- * 300) bound the wait, so a dead peer ends in an error rather than a hang. */
-static lasp_status nccl_sync(lasp_comm *c, lasp_err *err) {
+/* How long a wait for a peer may take: LASP_NCCL_TIMEOUT seconds (default 300) */
+static double timeout_s(void) {
     const char *env = getenv("LASP_NCCL_TIMEOUT");
-    const double limit = env && atof(env) > 0 ? atof(env) : 300.0;
+    return env && atof(env) > 0 ? atof(env) : 300.0;
+}
+
+/* Waits for everything enqueued, polling for asynchronous errors; timeout_s() bounds the wait, so a dead
+ * peer ends in an error rather than a hang. */
+static lasp_status nccl_sync(lasp_comm *c, lasp_err *err) {
+    const double limit = timeout_s();
     struct timespec t0, now, nap = {0, 100000};
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
@@ -327,10 +332,8 @@ static lasp_status nccl_put_signal(lasp_comm_window *w, const void *src, size_t 
 }
 
 static lasp_status nccl_wait_signal(lasp_comm_window *w, int flag, unsigned value, lasp_err *err) {
-    const char *env = getenv("LASP_NCCL_TIMEOUT");
-    const double limit = env && atof(env) > 0 ? atof(env) : 300.0;
     const unsigned *mine = (const unsigned *)((const char *)w->base + WIN(w)->flag_off) + flag;
-    int e = lasp_nccl_wait(mine, value, limit, ST(w->comm)->stream);
+    int e = lasp_nccl_wait(mine, value, timeout_s(), ST(w->comm)->stream);
     if (e) return cuda_fail(w->comm, (cudaError_t)e, "launching a wait", err);
     return LASP_OK;
 }
