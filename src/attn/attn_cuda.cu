@@ -267,8 +267,6 @@ static lasp_status run_dir(lasp_ctx *ctx, cuda_state *cs, const lasp_attn_desc *
     return LASP_OK;
 }
 
-static int misaligned(const void *p) { return ((uintptr_t)p & 15) != 0; }
-
 static lasp_status check_args(lasp_ctx *ctx, const lasp_attn_desc *a, const void *const *t, const char *const *names,
                               int n) {
     LASP_TRY(lasp_attn_check_desc(a, &ctx->err));
@@ -280,7 +278,7 @@ static lasp_status check_args(lasp_ctx *ctx, const lasp_attn_desc *a, const void
                          (long long)(a->B * a->H));
     for (int i = 0; i < n; i++) {
         if (!t[i]) return lasp_fail(&ctx->err, LASP_ERR_ARG, "%s must not be NULL", names[i]);
-        if (misaligned(t[i]))
+        if (lasp_misaligned16(t[i]))
             return lasp_fail(&ctx->err, LASP_ERR_ARG, "%s is not 16-byte aligned (the CUDA kernels load 16 bytes)",
                              names[i]);
     }
@@ -513,7 +511,7 @@ extern "C" lasp_status lasp_attn_fwd_cuda_finish_when(lasp_ctx *ctx, const lasp_
                                                       const float *kv_in, void *o, const float *seg,
                                                       const unsigned *ready, unsigned epoch) {
     if (!kv_in || !ready) return lasp_fail(&ctx->err, LASP_ERR_ARG, "kv_in and ready must not be NULL");
-    if (misaligned(kv_in))
+    if (lasp_misaligned16(kv_in))
         return lasp_fail(&ctx->err, LASP_ERR_ARG, "kv_in is not 16-byte aligned (the CUDA kernels load 16 bytes)");
     cuda_state *cs = NULL;
     LASP_TRY(get_state(ctx, &cs));

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "comm/comm_impl.h"
+#include "core/dtype.h"
 
 static double clock_ms(void) {
     struct timespec t;
@@ -499,7 +500,7 @@ lasp_status lasp_comm_put_signal(lasp_comm_window *w, const void *src, size_t by
     if (offset > w->bytes || bytes > w->bytes - offset)
         return lasp_fail(err, LASP_ERR_ARG, "rank %d: %s: %zu bytes at offset %zu overrun the window's %zu",
                          c->world_rank, fn, bytes, offset, w->bytes);
-    if (bytes % 16 || offset % 16 || ((uintptr_t)src & 15) || (bytes && !src))
+    if (bytes % 16 || offset % 16 || lasp_misaligned16(src) || (bytes && !src))
         return lasp_fail(err, LASP_ERR_ARG, "rank %d: %s: %zu bytes at offset %zu from %p (hint: multiples of 16 "
                          "bytes, src 16-byte aligned)", c->world_rank, fn, bytes, offset, src);
     c->stats.p2p_msgs++;

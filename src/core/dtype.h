@@ -20,6 +20,9 @@ float lasp_f16_to_f32(uint16_t h);
 /* Convert n elements between host buffers of any two dtypes. */
 void lasp_convert(void *dst, lasp_dtype dst_t, const void *src, lasp_dtype src_t, size_t n);
 
+/* Whether p is not 16-byte aligned: the GPU code moves 16 bytes a load (float4s, TMA, one-sided puts). */
+static inline int lasp_misaligned16(const void *p) { return ((uintptr_t)p & 15) != 0; }
+
 /* Index of the first non-finite element of a host buffer, or n if all are finite. */
 size_t lasp_find_nonfinite(const void *x, lasp_dtype t, size_t n);
 

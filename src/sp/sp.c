@@ -53,7 +53,7 @@ void lasp_sp_free(lasp_sp *sp) {
 
 const char *lasp_sp_transfer(const lasp_sp *sp) {
     if (sp->win) return "one-sided puts into the peers' memory";
-    if (sp->win_none) return sp->win_why;
+    if (sp->win_why[0]) return sp->win_why;
     return "NCCL send/receive";
 }
 

@@ -28,8 +28,7 @@ typedef struct lasp_sp {
      * the machine cannot), and the calls made so far in each direction, which number the transfers */
     lasp_comm_window *win;
     size_t win_states;            /* elements of one state slot */
-    int win_none;                 /* the window could not be made: send/receive */
-    char win_why[200];            /* ... and why */
+    char win_why[200];            /* set: no window could be made (send/receive), and why */
     unsigned calls[2];            /* forward, backward */
 } lasp_sp;
 
@@ -42,9 +41,9 @@ int lasp_sp_comm_ctas(void);
 
 /* Splits world into SP and DP groups; error (with the numbers) if sp does not divide the world. */
 lasp_status lasp_sp_init(lasp_comm *world, int sp_size, lasp_sp_mode mode, lasp_sp *out, lasp_err *err);
-void lasp_sp_free(lasp_sp *sp);
+void lasp_sp_free(lasp_sp *sp);  /* collective once a GPU call made the window: every rank frees together */
 /* How this group's GPU states travelled (for reports): one-sided puts, or send/receive and why. */
-const char *lasp_sp_transfer(const lasp_sp *sp);  /* collective once a GPU call made the window: every rank frees together */
+const char *lasp_sp_transfer(const lasp_sp *sp);
 
 /* What the forward keeps for the backward (KV state caching): the state received from the
  * previous piece, so the backward runs no second forward chain. Owned by the caller; reused

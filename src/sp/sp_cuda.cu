@@ -42,6 +42,7 @@
 #include "attn/attn.h"
 #include "attn/attn_cuda.h"
 #include "attn/attn_cuda_sp.h"
+#include "core/dtype.h"
 #include "sp/sp_cuda.h"
 
 /* Head groups the chain pipelines (LASP_SP_GROUPS, 1 .. MAX_GROUPS): one event pair each */
@@ -112,13 +113,11 @@ static dim3 grid_of(int64_t total) {
     return dim3((unsigned)(b < STATE_BLOCKS ? b : STATE_BLOCKS));
 }
 
-static int unaligned(const void *p) { return ((uintptr_t)p & 15) != 0; }
-
 /* the combine of the heads hs ({0, 0}: all) */
 static lasp_status combine(lasp_ctx *ctx, cudaStream_t st, const lasp_attn_desc *a, lasp_heads hs,
                            const float *slopes, const float *in, const float *local, float *out) {
     const int64_t de = a->d * a->e, n = hs.n ? hs.n : a->B * a->H;
-    if (unaligned(out) || unaligned(in) || unaligned(local))
+    if (lasp_misaligned16(out) || lasp_misaligned16(in) || lasp_misaligned16(local))
         return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: a state buffer is not 16-byte aligned");
     k_combine<<<grid_of(n * de), 256, 0, st>>>((float4 *)out, (const float4 *)in, (const float4 *)local, slopes, a->T,
                                                (int)a->H, de, hs.bh0 * de, (hs.bh0 + n) * de);
@@ -129,7 +128,7 @@ static lasp_status combine(lasp_ctx *ctx, cudaStream_t st, const lasp_attn_desc 
 static lasp_status horner(lasp_ctx *ctx, cudaStream_t st, const lasp_attn_desc *a, const float *slopes,
                           const float *G, int from, int to, int step, float *P) {
     const int64_t de = a->d * a->e, total = a->B * a->H * de;
-    if (unaligned(P) || unaligned(G))
+    if (lasp_misaligned16(P) || lasp_misaligned16(G))
         return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: a state buffer is not 16-byte aligned");
     k_horner<<<grid_of(total), 256, 0, st>>>((float4 *)P, (const float4 *)G, slopes, a->T, from, to, step, (int)a->H,
                                              de, total);
@@ -374,21 +373,21 @@ static int put_wanted(void) {
 /* The window, per direction W slots of a state (slot p: what rank p sent), then the counters: data[dir][p]
  * (raised by p after its put into slot p) and ack[dir][q] (raised by q once it has read our slot there).
  * Made (collectively: every rank reaches its first call of a shape together) for this shape's states. */
-static lasp_status window_for(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int *use) {
-    *use = 0;
-    if (!put_wanted() || sp->win_none || s->W < 2) return LASP_OK;
-    if (sp->win && sp->win_states == s->ns) return *use = 1, LASP_OK;
+static lasp_status window_for(lasp_ctx *ctx, lasp_sp *sp, sched *s) {
+    s->put = 0;
+    if (!put_wanted() || sp->win_why[0] || s->W < 2) return LASP_OK;
+    if (sp->win && sp->win_states == s->ns) return s->put = 1, LASP_OK;
     lasp_comm_window_free(sp->win);
     sp->win = NULL, sp->calls[FWD] = sp->calls[BWD] = 0; /* a new window's counters start at zero */
     lasp_status st = lasp_comm_window_make(sp->sp, 2 * (size_t)s->W * s->ns * sizeof(float), 4 * s->W, &sp->win,
                                            &ctx->err);
-    if (st == LASP_ERR_UNSUPPORTED) { /* send/receive, and the reason kept for reports */
+    if (st == LASP_ERR_UNSUPPORTED) { /* send/receive from now on, and the reason kept for reports */
         snprintf(sp->win_why, sizeof sp->win_why, "NCCL send/receive (%.170s)", ctx->err.msg);
-        return sp->win_none = 1, LASP_OK;
+        return LASP_OK;
     }
     LASP_TRY(st);
     sp->win_states = s->ns;
-    return *use = 1, LASP_OK;
+    return s->put = 1, LASP_OK;
 }
 static size_t slot_bytes(const sched *s, int dir, int p) { return ((size_t)dir * s->W + p) * s->ns * sizeof(float); }
 static float *slot(const lasp_sp *sp, const sched *s, int dir, int p) {
@@ -447,10 +446,9 @@ static lasp_status release_slots(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int
  * 32768): the all-gather's state arrived ~210 µs after the local half, the pairs' as fast as the chain's
  * send, and the layer went 1.130–1.133 → 1.072–1.082 × one GPU (bench/RESULTS.md); at W 4 (4 × H100)
  * the pairs gave 1.37 × one GPU, the puts 1.10. */
-static lasp_status gather_states(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int put, int dir, const float *x,
-                                 float **Gp) {
+static lasp_status gather_states(lasp_ctx *ctx, lasp_sp *sp, const sched *s, int dir, const float *x, float **Gp) {
     float *G = *Gp;
-    if (put) { /* G is our window's slots of this direction (our own unused: the boundary states come from a
+    if (s->put) { /* G is our window's slots of this direction (our own unused: the boundary states come from a
                 * combine) */
         G = *Gp = slot(sp, s, dir, 0);
         for (int p = 0; p < s->W; p++)
@@ -482,7 +480,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     lasp_err *err = &ctx->err;
     sched s;
     LASP_TRY(prepare(ctx, sp, a, cache, 0, &s));
-    LASP_TRY(window_for(ctx, sp, &s, &s.put));
+    LASP_TRY(window_for(ctx, sp, &s));
     const int put = s.put;
     sp->calls[FWD]++;
     trace(&s, 0, s.S);
@@ -540,7 +538,7 @@ extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
             LASP_TRY(state_here(ctx, &s, 1, 0));
             if (kv_in) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, kv_in, m, m));
         }
-        LASP_TRY(gather_states(ctx, sp, &s, put, FWD, m, &G));
+        LASP_TRY(gather_states(ctx, sp, &s, FWD, m, &G));
         if (r > 0) LASP_TRY(horner(ctx, s.C, a, slopes, G, 0, r, 1, KV));
         if (r > 0) LASP_TRY(state_here(ctx, &s, 1, 0));
         /* the sequence's KV_out: with puts γ KV_in + m (G has no slot of ours), else the sum over G */
@@ -588,7 +586,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
     lasp_err *err = &ctx->err;
     sched s;
     LASP_TRY(prepare(ctx, sp, a, (lasp_sp_cache *)cache, 1, &s));
-    LASP_TRY(window_for(ctx, sp, &s, &s.put));
+    LASP_TRY(window_for(ctx, sp, &s));
     const int put = s.put;
     sp->calls[BWD]++;
     trace(&s, 4, s.S);
@@ -642,7 +640,7 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
         LASP_TRY(lasp_attn_bwd_cuda_dq(ctx, a, ALL, k, v, slopes, kv_in, do_, dq, cache->seg)); /* while G gathers */
         if (r == W - 1 && dkv_out) LASP_TRY(combine(ctx, s.C, a, ALL, slopes, dkv_out, g, g));
         float *dKVo = put ? cache->work + s.ns : g; /* dKV_out: with puts G is the window and work is free */
-        LASP_TRY(gather_states(ctx, sp, &s, put, BWD, g, &G));
+        LASP_TRY(gather_states(ctx, sp, &s, BWD, g, &G));
         if (r == 0 && dkv_in && !put) LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, -1, -1, dkv_in));
         if (r < W - 1) {
             LASP_TRY(horner(ctx, s.C, a, slopes, G, W - 1, r, -1, dKVo)); /* without puts g is free by now */
