@@ -6,6 +6,7 @@
 #                         [pair]
 #   pair:  the backward's dv and dk output passes side by side (LASP_CUDA_PAIR=1): its tests, then the bench
 #          rows with and without it in alternating rounds
+#   ncu:   per-kernel time, bytes and throughputs of one fwd and one fwd+bwd of each of $NCU_SHAPES
 #   sweep: the D128 rows under LASP_CUDA_BLOCKS_PER_SM ∈ $SWEEP (default 4 6 8 12 16), one table
 #          (default: build test test-mma san bench-mma bench)
 #   *-mma: the same with LASP_CUDA_WGMMA=0, the mma.sync output pass that GPUs before Hopper run
@@ -45,20 +46,26 @@ if has san; then
         summary+=("sanitizer $tool  rc=$rc  $(grep -c '^PASS' "$OUT/san-$tool.log") passed  $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san-$tool.log" | tail -1)  $((SECONDS - t0)) s")
     done
 fi
+# the bench in alternating rounds under each setting (VAR=value ...), one table sorted by shape: $1 names it
+env_ab() {
+    local label=$1 r s
+    shift
+    : >"$OUT/$label.txt"
+    for r in 1 2; do
+        for s in "$@"; do
+            env "$s" build/lasp bench attn --device cuda --dtype bf16 --repeat 30 2>&1 | grep -E '^ +[0-9]' |
+                sed "s|^|$s r$r |" >>"$OUT/$label.txt"
+        done
+    done
+    summary+=("$label A/B (B H T D type fwd ms ... f+b ms ...):")
+    while IFS= read -r line; do summary+=("$line"); done < <(sort -s -b -k3,7 "$OUT/$label.txt")
+}
 if has pair; then
     t0=$SECONDS
     LASP_CUDA_PAIR=1 build/tests/gpu_attn >"$OUT/test-pair.log" 2>&1
     rc=$?
     summary+=("test (pair)      rc=$rc  $(grep -c '^PASS' "$OUT/test-pair.log") passed  $((SECONDS - t0)) s")
-    : >"$OUT/pair.txt"
-    for r in 1 2; do
-        for p in 0 1; do
-            LASP_CUDA_PAIR=$p build/lasp bench attn --device cuda --dtype bf16 --repeat 30 2>&1 | grep -E '^ +[0-9]' |
-                sed "s|^|pair=$p r$r |" >>"$OUT/pair.txt"
-        done
-    done
-    summary+=("pair A/B (LASP_CUDA_PAIR; B H T D type fwd ms ... f+b ms ...):")
-    while IFS= read -r line; do summary+=("$line"); done < <(sort -s -b -k3,7 "$OUT/pair.txt")
+    env_ab pair LASP_CUDA_PAIR=0 LASP_CUDA_PAIR=1
 fi
 if has dev; then
     for t in build/dev/*; do [ -x "$t" ] && "$t" 2>&1 | tee "$OUT/$(basename "$t").txt"; done
@@ -84,13 +91,24 @@ if has bench; then
     build/lasp bench attn --device cuda --dtype bf16 2>&1 | tee "$OUT/bench.txt"
 fi
 if has ncu; then
-    # one fwd and one fwd+bwd of B1 H16 T32768 D128 (or of $NCU_SHAPE, B,H,T,D): per-kernel time, DRAM bytes
-    # and throughput
-    ncu --clock-control none --print-units base -k 'regex:k_(state|scan|out)' --launch-count 11 --csv \
-        --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active \
-        build/lasp bench attn --device cuda --shape "${NCU_SHAPE:-1,16,32768,128}" --repeat 1 --warmup 0 \
-        >"$OUT/ncu.csv" 2>"$OUT/ncu.err"
-    python3 scripts/ncu_table.py "$OUT/ncu.csv" | tee "$OUT/ncu.txt"
+    # one fwd and one fwd+bwd of each shape of $NCU_SHAPES (B,H,T,D; default B1 H16 T32768 D128): per
+    # kernel its time, DRAM bytes, DRAM / L2 / SM throughput and the tensor pipes' busy share; totals per
+    # pass against the time the bytes take at the copy bandwidth (measured first)
+    bw=$(build/lasp bench attn --device cuda --dtype bf16 --shape 1,1,64,64 --repeat 1 --warmup 0 2>/dev/null |
+        sed -n 's/.*copy bandwidth \([0-9]*\) GB.*/\1/p')
+    m=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
+    m+=,lts__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed
+    tc=$(ncu --query-metrics 2>/dev/null | grep -o '^sm__pipe_tensor_op_gmma_cycles_active' | head -1)
+    [ -n "$tc" ] && m+=,$tc.avg.pct_of_peak_sustained_active
+    for shape in ${NCU_SHAPES:-1,16,32768,128}; do
+        f=$OUT/ncu-${shape//,/-}
+        ncu --clock-control none --print-units base -k 'regex:k_(state|scan|out)' --launch-count 11 --csv \
+            --metrics "$m" build/lasp bench attn --device cuda --shape "$shape" --repeat 1 --warmup 0 \
+            >"$f.csv" 2>"$f.err"
+        echo "# ncu, B,H,T,D = $shape, copy bandwidth ${bw:-?} GB/s" | tee "$f.txt"
+        python3 scripts/ncu_table.py "$f.csv" "${bw:-0}" | tee -a "$f.txt"
+        summary+=("$(cat "$f.txt")")
+    done
 fi
 echo "# ---- summary ----"
 for s in "${summary[@]}"; do echo "$s"; done
