@@ -52,6 +52,11 @@
  *          carries the state along runs of segments and reads the workspace once a run.
  *   So the floor at D = 128 on an H200 (4.2 TB/s copy) is ~0.19 ms fwd, ~0.64 ms fwd+bwd (0.69 recomputing)
  *   for B1 H16 T32768.
+ *   Measured (ncu on an H100, every pass of a fwd+bwd, bench/RESULTS.md "sixth session"): the passes move
+ *   2.79 GB at B1 H16 T32768 D128 and take 1.19 × what those bytes need at the copy bandwidth (1.04 × at
+ *   T131072, 1.26 × at D64), with the L2 78–85% busy carrying twice the DRAM bytes. The L2 is what an H200
+ *   shares with an H100, and it runs these kernels only 2–4% faster: the speed targets need fewer passes
+ *   over the tensors (dv and dk outputs fused, the forward's k and v read once), not faster passes.
  *
  * TWO IMPLEMENTATIONS OF KERNELS 1 AND 3
  * This file's k_state and k_out run mma.sync (sm_80+) for every dtype and head dim. On Hopper, bf16 with
