@@ -284,7 +284,8 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
     return LASP_OK;
 }
 
-/* LASP_SP_SPLIT (default 0 for the chain with puts, else 2; any of 0–3 to compare): 0 runs the finish in one
+/* LASP_SP_SPLIT (default 0 with puts where a rank's KV_in comes from one rank — the chain, LASP-2 at W 2 —
+ * else 2; any of 0–3 to compare): 0 runs the finish in one
  * launch once the state is here. Otherwise a rank waiting for KV_in first runs the finishing half's
  * blocks that KV_in cannot reach — at the usual slopes the decay to most segments of a long piece is
  * exactly 0 in fp32, so the hop hides behind them; the output equals the one-launch result up to rounding
@@ -303,11 +304,13 @@ static lasp_status mark_sent(lasp_ctx *ctx, const sched *s) {
  * Measured (bench/RESULTS.md, 2 × and 4 × H100, T_local 32768): with puts the chain is fastest in one
  * launch (W 2: 0 1.033, 2 1.053, 3 1.064; W 4: 0 1.092, 3 1.177, 2 1.224) — while part 1 holds the SMs
  * the state's own kernels on C run slower, and with puts the state comes early enough to wait for; LASP-2
- * at W 4, whose states come later, gains from the split (2 1.096, 0 1.125–1.139); with send/receive the
- * state is late and 2 pays (W 2 chain 1.065–1.072 against 1.113 for 1). */
+ * at W 4, whose states come later, gains from the split (2 1.096, 0 1.125–1.139), but at W 2, where its one
+ * state comes as the chain's does, loses by it (2 × H100, alternating rounds: 0 1.025 / 1.027, 2 1.062 /
+ * 1.060); with send/receive the state is late and 2 pays (W 2 chain 1.065–1.072 against 1.113 for 1). */
 static int split_finish(const sched *s) {
     const char *e = getenv("LASP_SP_SPLIT");
-    return !e ? (s->put && !s->lasp2 ? 0 : 2) : e[0] == '0' ? 0 : e[0] == '1' ? 1 : e[0] == '3' ? 3 : 2;
+    if (!e) return s->put && (!s->lasp2 || s->W == 2) ? 0 : 2;
+    return e[0] == '0' ? 0 : e[0] == '1' ? 1 : e[0] == '3' ? 3 : 2;
 }
 
 /* the flags of LASP_SP_SPLIT=3, made on first use (zero: no epoch yet) */
