@@ -92,14 +92,12 @@ if has bench; then
 fi
 if has ncu; then
     # one fwd and one fwd+bwd of each shape of $NCU_SHAPES (B,H,T,D; default B1 H16 T32768 D128): per
-    # kernel its time, DRAM bytes, DRAM / L2 / SM throughput and the tensor pipes' busy share; totals per
-    # pass against the time the bytes take at the copy bandwidth (measured first)
+    # kernel its time, DRAM bytes, L2 bytes and DRAM / L2 / SM throughput; totals per pass against the time
+    # the bytes take at the copy bandwidth (measured first)
     bw=$(build/lasp bench attn --device cuda --dtype bf16 --shape 1,1,64,64 --repeat 1 --warmup 0 2>/dev/null |
         sed -n 's/.*copy bandwidth \([0-9]*\) GB.*/\1/p')
     m=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
     m+=,lts__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed
-    tc=$(ncu --query-metrics 2>/dev/null | grep -o '^sm__pipe_tensor_op_gmma_cycles_active' | head -1)
-    [ -n "$tc" ] && m+=,$tc.avg.pct_of_peak_sustained_active
     for shape in ${NCU_SHAPES:-1,16,32768,128}; do
         f=$OUT/ncu-${shape//,/-}
         ncu --clock-control none --print-units base -k 'regex:k_(state|scan|out)' --launch-count 11 --csv \

@@ -37,13 +37,13 @@ def val(d, prefix):
 
 
 print(f"{'pass':<17} {'kernel':<26} {'us':>7} {'MB rd':>7} {'MB wr':>7} {'L2 MB':>7} {'dram%':>6} {'L2%':>5} "
-      f"{'SM%':>5} {'tc%':>5}")
+      f"{'SM%':>5}")
 for n, k in enumerate(ids):
     d = launches[k]
     print(f"{PASSES[n] if named else k:<17} {d['name'][:26]:<26} {val(d, 'gpu__time_duration') / 1e3:7.1f} "
           f"{val(d, 'dram__bytes_read') / 1e6:7.1f} {val(d, 'dram__bytes_write') / 1e6:7.1f} "
           f"{val(d, 'lts__t_bytes') / 1e6:7.1f} {val(d, 'dram__throughput'):6.1f} {val(d, 'lts__throughput'):5.1f} "
-          f"{val(d, 'sm__throughput'):5.1f} {val(d, 'sm__pipe_tensor_op_gmma'):5.1f}")
+          f"{val(d, 'sm__throughput'):5.1f}")
 if named:
     for label, sel in (("forward", ids[0:3]), ("backward", ids[6:11]), ("fwd+bwd", ids[3:11])):
         us = sum(val(launches[k], "gpu__time_duration") for k in sel) / 1e3
