@@ -1,15 +1,25 @@
-/* test.h — the smallest useful harness. A test binary prints one line per case:
+/* test.h — the smallest useful harness, and the helpers every test shares. A test binary prints one line
+ * per case:
  *     PASS name            or            FAIL name
  * with the failed checks above it, and exits non-zero if any case failed. tests/run.sh counts
  * these lines over every binary and run, so the suite's total is the sum of its cases. */
 #ifndef LASP_TEST_H
 #define LASP_TEST_H
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef LASP_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+#include "core/dtype.h"
+#include "core/rng.h"
+#include "lasp.h"
 
 static int test_failed_checks_;  /* in the current case */
 static int test_cases_failed_, test_cases_passed_;
@@ -55,5 +65,70 @@ static inline int test_exit(void) {
     printf("# %d passed, %d failed\n", test_cases_passed_, test_cases_failed_);
     return test_cases_failed_ ? 1 : 0;
 }
+
+/* ---- inputs and errors, shared by every test (C and CUDA C++) ---------------------------------- */
+
+/* n normal values × scale (never zeros: they would hide unwritten outputs) */
+static inline float *test_randn(lasp_rng *r, size_t n, double scale) {
+    float *x = (float *)malloc((n ? n : 1) * sizeof *x);
+    for (size_t i = 0; i < n; i++) x[i] = (float)(scale * lasp_rng_normal(r));
+    return x;
+}
+
+/* a double copy of x (NULL stays NULL), for the fp64 reference */
+static inline double *test_widen(const float *x, size_t n) {
+    if (!x) return NULL;
+    double *y = (double *)malloc((n ? n : 1) * sizeof *y);
+    for (size_t i = 0; i < n; i++) y[i] = x[i];
+    return y;
+}
+
+/* ‖x − ref‖ / ‖ref‖ between two f32 arrays (+inf on NaN or Inf), the metric of docs/MATH.md §6 */
+static inline double test_rel(const float *x, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = (double)x[i] - ref[i];
+        num += d * d, den += (double)ref[i] * ref[i];
+    }
+    if (!(num < INFINITY)) return INFINITY;
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* x rounded to dtype t in place, so that a reference sees the values a device of that dtype sees */
+static inline void test_round(float *x, size_t n, lasp_dtype t) {
+    if (t == LASP_F32 || !n) return;
+    void *tmp = malloc(n * lasp_dtype_size(t));
+    lasp_convert(tmp, t, x, LASP_F32, n);
+    lasp_convert(x, LASP_F32, tmp, t, n);
+    free(tmp);
+}
+
+#ifdef LASP_HAVE_CUDA
+/* a device copy of host f32 x in dtype t; x NULL: poisoned with NaN (0xff bytes), so that every element
+ * the code under test should write must be written. NULL if the GPU refuses. */
+static inline void *test_to_dev(const float *x, size_t n, lasp_dtype t) {
+    const size_t bytes = (n ? n : 1) * lasp_dtype_size(t);
+    void *d = NULL;
+    if (cudaMalloc(&d, bytes) != cudaSuccess) return NULL;
+    if (!x) return cudaMemset(d, 0xff, bytes) == cudaSuccess ? d : NULL;
+    void *h = malloc(bytes);
+    lasp_convert(h, t, x, LASP_F32, n);
+    const cudaError_t e = cudaMemcpy(d, h, n * lasp_dtype_size(t), cudaMemcpyHostToDevice);
+    free(h);
+    return e == cudaSuccess ? d : NULL;
+}
+
+/* host f32 of n device elements of dtype t (NaN-filled if the copy fails) */
+static inline float *test_from_dev(const void *d, size_t n, lasp_dtype t) {
+    void *h = malloc((n ? n : 1) * lasp_dtype_size(t));
+    float *x = (float *)malloc((n ? n : 1) * sizeof(float));
+    if (cudaMemcpy(h, d, n * lasp_dtype_size(t), cudaMemcpyDeviceToHost) == cudaSuccess)
+        lasp_convert(x, LASP_F32, h, t, n);
+    else
+        for (size_t i = 0; i < n; i++) x[i] = NAN;
+    free(h);
+    return x;
+}
+#endif
 
 #endif

@@ -26,6 +26,8 @@ void attn_files_free(attn_files *f);
 int attn_load_all(const attn_args *o, attn_files *f);      /* the files named by --q ... --dkv-out */
 int attn_make_random(const attn_args *o, attn_files *f);   /* --random B,T,H,d,e */
 int attn_make_dir(const char *dir);
+/* --device and --dtype as the op's enums; the CPU runs f32 only */
+int attn_parse_device(const attn_args *o, lasp_device *dev, lasp_dtype *dt);
 /* The fp64 reference on the full inputs; prints one row per output; 1 if any is above tol. */
 int attn_check(lasp_ctx *ctx, const attn_files *f, int bwd, const float *const outs[6], double tol);
 int attn_write_out(const char *dir, const char *name, int ndim, const int64_t *shape, const float *x);
@@ -41,7 +43,6 @@ typedef struct attn_piece {
 } attn_piece;
 
 /* attn_sp_cuda.c: run the piece on this rank's GPU through an NCCL SP layer; 1 + msg on failure. */
-#include "sp/sp.h"
 int attn_sp_piece_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const attn_piece *p, char *msg,
                        size_t msg_n);
 

@@ -57,7 +57,7 @@ int attn_sp_piece_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, cons
         dkvo = p->dkv_out ? up(&b, p->dkv_out, ns, LASP_F32) : NULL;
         dkvi = p->dkv_in ? up(&b, NULL, ns, LASP_F32) : NULL;
     }
-    lasp_sp_cache cache = {0};
+    lasp_sp_cache *cache = NULL;
     lasp_err err = {0};
     if (!q || !k || !v || !o || !sl || (p->kv_in && !kvi) || (p->kv_out && !kvo) ||
         (p->do_ && (!dO || !dq || !dk || !dv || (p->dkv_out && !dkvo) || (p->dkv_in && !dkvi)))) {
@@ -66,12 +66,12 @@ int attn_sp_piece_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, cons
         goto done;
     }
     if (lasp_sp_attn_fwd(ctx, sp, a, q, k, v, sl, kvi, o, kvo, &cache) != LASP_OK ||
-        (p->do_ && lasp_sp_attn_bwd(ctx, sp, a, q, k, v, sl, &cache, dO, dkvo, dq, dk, dv, dkvi) != LASP_OK)) {
+        (p->do_ && lasp_sp_attn_bwd(ctx, sp, a, q, k, v, sl, cache, dO, dkvo, dq, dk, dv, dkvi) != LASP_OK)) {
         snprintf(msg, msg_n, "%s", lasp_ctx_error(ctx));
         goto done;
     }
     cudaError_t e = cudaDeviceSynchronize();
-    if (e != cudaSuccess || lasp_comm_sync(sp->sp, &err) != LASP_OK) {
+    if (e != cudaSuccess || lasp_comm_sync(lasp_sp_group(sp), &err) != LASP_OK) {
         snprintf(msg, msg_n, "%s", e != cudaSuccess ? cudaGetErrorString(e) : err.msg);
         goto done;
     }
@@ -83,7 +83,7 @@ int attn_sp_piece_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, cons
     }
     rc = 0;
 done:
-    lasp_sp_cache_free(&cache);
+    lasp_sp_cache_free(cache);
     for (int i = 0; i < b.n; i++) cudaFree(b.p[i]);
     return rc;
 }

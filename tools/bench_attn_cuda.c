@@ -88,7 +88,7 @@ fail:
 enum { NT_IN = 4, NT_OUT = 4, MAX_SETS = 8 };
 
 static int bench_shape(lasp_ctx *ctx, shape s, lasp_dtype t, int warmup, int repeat, double copy_bw,
-                       const void *pat, size_t npat, size_t l2) {
+                       const void *pat, size_t npat, size_t l2, int recompute) {
     const size_t n = (size_t)(s.B * s.T * s.H * s.D), es = lasp_dtype_size(t);
     const size_t set_bytes = NT_IN * n * es;
     int nsets = (int)((4 * l2 + set_bytes - 1) / set_bytes);
@@ -110,9 +110,8 @@ static int bench_shape(lasp_ctx *ctx, shape s, lasp_dtype t, int warmup, int rep
     if (!slh || !tf || !tb) goto fail;
     for (int64_t h = 0; h < s.H; h++) slh[h] = (float)pow(2.0, -8.0 * (double)(h + 1) / (double)s.H);
     CU(cudaMalloc((void **)&sl, (size_t)s.H * sizeof(float)));
-    /* LASP_BENCH_RECOMPUTE=1: the backward recomputes the forward's states (to compare) */
-    const char *rec = getenv("LASP_BENCH_RECOMPUTE");
-    if (!(rec && rec[0] == '1')) {
+    /* --recompute: the backward recomputes the forward's states instead of reading the saved ones */
+    if (!recompute) {
         size_t sb = 0;
         if (lasp_attn_saved_bytes(ctx, &a, &sb) != LASP_OK) goto lasp_fail;
         CU(cudaMalloc((void **)&saved, sb));
@@ -167,8 +166,9 @@ fail:
 
 int lasp_bench_attn_cuda(int argc, char **argv) {
     const char *device = "cuda", *dtype = "bf16", *one = NULL;
+    const char *kernels = "auto";
     long long repeat = 50, warmup = 10, dim = 0;
-    int quick = 0;
+    int quick = 0, recompute = 0;
     const opt opts[] = {
         {"--device", OPT_STR, &device, "cuda", "where to run (this bench: cuda)", 0},
         {"--dtype", OPT_STR, &dtype, "bf16|f16|f32", "I/O type (states are fp32 always)", 0},
@@ -177,15 +177,18 @@ int lasp_bench_attn_cuda(int argc, char **argv) {
         {"--dim", OPT_INT, &dim, "D", "only shapes of head dim D (64 or 128; 0 = both)", 0},
         {"--quick", OPT_FLAG, &quick, NULL, "only B1 H16 T32768, per head dim", 0},
         {"--shape", OPT_STR, &one, "B,H,T,D", "only this shape (D 64 or 128; to profile one shape)", 0},
+        {"--kernels", OPT_STR, &kernels, "auto|sm80", "the kernels: the fastest for the GPU, or the portable mma.sync "
+                                                      "ones everywhere", 0},
+        {"--recompute", OPT_FLAG, &recompute, NULL, "the backward recomputes the forward's states (not kept)", 0},
     };
     const cmd_spec spec = {
         "lasp bench attn --device cuda [--dtype bf16|f16|f32] [--repeat N] [--warmup N] [--dim D] [--quick]\n"
-        "                              [--shape B,H,T,D]",
-        "Times the fused CUDA op, forward and forward+backward, on the shapes of docs/TARGETS.md (D = 128 and\n"
-        "D = 64), ALiBi slopes s_h = 2^(−8(h+1)/H): median of N CUDA-event-timed runs after warm-up, inputs\n"
-        "rotated over several sets larger than L2 together. TFLOP/s with MATH.md §7's FLOPs (C = 64), GB/s of\n"
-        "the ideal traffic (each input read once, each output written once) and that as % of the measured\n"
-        "device-to-device copy bandwidth.",
+        "                              [--shape B,H,T,D] [--kernels auto|sm80] [--recompute]",
+        "Times the fused CUDA op, forward and forward+backward, on the shapes bench/RESULTS.md tracks (D = 128\n"
+        "and D = 64), ALiBi slopes s_h = 2^(−8(h+1)/H): median of N CUDA-event-timed runs after warm-up, inputs\n"
+        "rotated over several sets larger than L2 together. TFLOP/s with the FLOPs of docs/MATH.md §7 (C = 64),\n"
+        "GB/s of the ideal traffic (each input read once, each output written once) and that as % of the\n"
+        "measured device-to-device copy bandwidth.",
         "lasp bench attn --device cuda --dtype bf16", opts, N_OPTS(opts)};
     int r = opts_parse(&spec, argc, argv);
     if (r) return r > 0 ? 0 : 2;
@@ -199,6 +202,10 @@ int lasp_bench_attn_cuda(int argc, char **argv) {
     }
     if (strcmp(device, "cuda") || repeat < 1 || repeat > 100000 || warmup < 0 || (dim && dim != 64 && dim != 128)) {
         fprintf(stderr, "error: need --device cuda, --repeat ≥ 1, --warmup ≥ 0, --dim 0, 64 or 128\n");
+        return 2;
+    }
+    if (strcmp(kernels, "auto") && strcmp(kernels, "sm80")) {
+        fprintf(stderr, "error: --kernels '%s' is not known (hint: auto or sm80)\n", kernels);
         return 2;
     }
     int dev = 0;
@@ -242,6 +249,7 @@ int lasp_bench_attn_cuda(int argc, char **argv) {
 
     lasp_ctx *ctx;
     lasp_ctx_params cp = lasp_ctx_default_params();
+    cp.kernels = !strcmp(kernels, "sm80") ? LASP_KERNELS_SM80 : LASP_KERNELS_AUTO;
     if (lasp_ctx_create(&cp, &ctx) != LASP_OK) {
         free(pat);
         return 1;
@@ -249,15 +257,16 @@ int lasp_bench_attn_cuda(int argc, char **argv) {
     const double bw = copy_bandwidth();
     printf("# lasp bench attn — device cuda: %s, %d SMs, %.0f MB L2; copy bandwidth %.0f GB/s (read + write)\n",
            prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6, bw);
-    printf("# %s I/O, fp32 states, slopes 2^(-8(h+1)/H), median of %lld runs after %lld warm-up, inputs rotated\n",
-           dtype, repeat, warmup);
+    printf("# %s I/O, fp32 states, slopes 2^(-8(h+1)/H), median of %lld runs after %lld warm-up, inputs rotated; "
+           "kernels %s%s\n", dtype, repeat, warmup, kernels, recompute ? ", the backward recomputing the states" : "");
     printf("# FLOPs fwd 4·BHTD(D+64), fwd+bwd 14·BHTD(D+64); ideal bytes fwd 4·s·BHTD, fwd+bwd 11·s·BHTD\n");
     printf("# %2s %3s %7s %4s %5s %9s %8s %8s %6s %9s %8s %8s %6s\n", "B", "H", "T", "D", "type", "fwd ms", "TFLOP/s",
            "GB/s", "%copy", "f+b ms", "TFLOP/s", "GB/s", "%copy");
     int rc = 0;
     for (int i = 0; i < n_shapes && !rc; i++) {
         if (dim && shapes[i].D != dim) continue;
-        rc = bench_shape(ctx, shapes[i], t, (int)warmup, (int)repeat, bw, pat, npat, (size_t)prop.l2CacheSize);
+        rc = bench_shape(ctx, shapes[i], t, (int)warmup, (int)repeat, bw, pat, npat, (size_t)prop.l2CacheSize,
+                         recompute);
     }
     lasp_ctx_free(ctx);
     free(pat);

@@ -3,24 +3,22 @@
  * one GPU at the same tokens per GPU. Weak scaling (T_local fixed) and strong scaling (T fixed).
  * "exposed" is the SP time minus the one-GPU time at T_local: what sequence parallelism costs beyond
  * the local attention. Times are the slowest rank's, median over repeats, host-timed around a barrier
- * and a stream synchronisation. */
+ * and a stream synchronisation. The host world (MPI) agrees on times and memory; the GPU world (NCCL)
+ * carries the states. */
 #if defined(LASP_HAVE_CUDA) && defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
 
 #include <cuda_runtime.h>
 #include <math.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "clock.h"
-#include "attn/attn_cuda_sp.h"
-#include "comm/comm.h"
 #include "core/dtype.h"
 #include "core/rng.h"
+#include "lasp.h"
 #include "opts.h"
-#include "sp/sp.h"
 
 int lasp_bench_sp_cuda(int argc, char **argv);
 
@@ -77,34 +75,43 @@ static void layer_free(layer *L) {
     memset(L, 0, sizeof *L);
 }
 
+/* x reduced over the host world (max or min); a failure of the host world itself ends the job */
+static double host_reduce(lasp_comm *hw, double x, lasp_reduce_op op) {
+    double y = 0;
+    lasp_err err = {0};
+    if (lasp_comm_allreduce(hw, &x, &y, 1, LASP_F64, op, &err) != LASP_OK) lasp_comm_abort(hw, err.msg);
+    return y;
+}
+
 /* Median (over ranks: the slowest) ms of `reps` fwd+bwd; sp == NULL: the one-GPU op. */
-static double time_layer(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, layer *L, int reps, int warm,
-                         int *failed) {
+static double time_layer(lasp_comm *hw, lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, layer *L, int reps,
+                         int warm, int *failed) {
     void *stream = NULL;
-    lasp_attn_cuda_stream(ctx, &stream);
-    lasp_sp_cache cache = {0};
+    lasp_ctx_cuda_stream(ctx, &stream);
+    lasp_sp_cache *cache = NULL;
     double *t = malloc((size_t)reps * sizeof *t);
     lasp_err err = {0};
     /* the one-GPU op at its best, as the SP schedule runs: the backward from the forward's saved states */
     float *saved = NULL;
     size_t sb = 0;
     int bad = !sp && (lasp_attn_saved_bytes(ctx, a, &sb) != LASP_OK || cudaMalloc((void **)&saved, sb) != cudaSuccess);
-    MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD); /* no rank left waiting */
+    bad = host_reduce(hw, bad, LASP_REDUCE_MAX) != 0; /* no rank left waiting */
     if (bad) {
         fprintf(stderr, "error: no room for the one-GPU op's saved states (%zu bytes)\n", sb);
         *failed = 1, reps = 0, warm = 0;
     }
     for (int it = -warm; it < reps; it++) {
-        MPI_Barrier(MPI_COMM_WORLD);
+        if (lasp_comm_barrier(hw, &err) != LASP_OK) lasp_comm_abort(hw, err.msg);
         const double t0 = tool_now_ms();
         lasp_status s;
         if (sp) {
-            const int first = sp->sp_rank == 0, last = sp->sp_rank == sp->sp_size - 1;
+            const lasp_sp_layout lay = lasp_sp_get_layout(sp);
+            const int first = lay.sp_rank == 0, last = lay.sp_rank == lay.sp_size - 1;
             s = lasp_sp_attn_fwd(ctx, sp, a, L->q, L->k, L->v, L->slopes, NULL, L->o, last ? L->kv : NULL, &cache);
             if (s == LASP_OK)
-                s = lasp_sp_attn_bwd(ctx, sp, a, L->q, L->k, L->v, L->slopes, &cache, L->dO, NULL, L->dq, L->dk, L->dv,
+                s = lasp_sp_attn_bwd(ctx, sp, a, L->q, L->k, L->v, L->slopes, cache, L->dO, NULL, L->dq, L->dk, L->dv,
                                      first ? L->dkv : NULL);
-            if (s == LASP_OK) s = lasp_comm_sync(sp->sp, &err);
+            if (s == LASP_OK) s = lasp_comm_sync(lasp_sp_group(sp), &err);
         } else {
             s = lasp_attn_fwd_saving(ctx, a, L->q, L->k, L->v, L->slopes, NULL, L->o, L->kv, saved);
             if (s == LASP_OK)
@@ -117,11 +124,10 @@ static double time_layer(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, la
             *failed = 1;
             break;
         }
-        double ms = tool_now_ms() - t0, worst = 0;
-        MPI_Allreduce(&ms, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        const double worst = host_reduce(hw, tool_now_ms() - t0, LASP_REDUCE_MAX);
         if (it >= 0) t[it] = worst;
     }
-    lasp_sp_cache_free(&cache);
+    lasp_sp_cache_free(cache);
     cudaFree(saved);
     double med = 0;
     if (!*failed) {
@@ -134,31 +140,32 @@ static double time_layer(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, la
 /* The longest sequence one layer fwd+bwd runs with on W GPUs (LASP chain): T_local doubles from 65536
  * while every rank has room for the tensors with 2 GiB to spare for the workspace (a failed allocation
  * inside the SP run would leave the neighbours waiting, so memory is agreed on before each run). */
-static int find_longest(lasp_comm *world, lasp_ctx *ctx, long long B, long long H, long long D, lasp_dtype dt) {
+static int find_longest(lasp_comm *hw, lasp_comm *world, const lasp_sp_params *spp, lasp_ctx *ctx, long long B,
+                        long long H, long long D, lasp_dtype dt) {
     const int W = lasp_comm_size(world), rank = lasp_comm_rank(world);
     lasp_err err = {0};
-    lasp_sp sp;
-    if (lasp_sp_init(world, W, LASP_SP_CHAIN, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+    lasp_sp *sp = NULL;
+    lasp_sp_params p = *spp;
+    p.size = W, p.mode = LASP_SP_CHAIN;
+    if (lasp_sp_create(world, &p, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
     long long best = 0;
     double best_ms = 0, best_gib = 0, total_gib = 0;
     int failed = 0;
     for (long long Tl = 65536; !failed; Tl *= 2) {
         lasp_attn_desc a = {.B = B, .T = Tl, .H = H, .d = D, .e = D, .block = 0, .dtype = dt};
         layer L = {0};
-        int ok = layer_alloc(&L, &a, 5 + (uint64_t)rank), all = 0;
+        int ok = layer_alloc(&L, &a, 5 + (uint64_t)rank);
         size_t fr = 0, tot = 0;
         cudaMemGetInfo(&fr, &tot);
         ok = ok && fr > ((size_t)2 << 30);
-        MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
-        if (!all) {
+        if (host_reduce(hw, ok, LASP_REDUCE_MIN) == 0) {
             layer_free(&L);
             cudaGetLastError();
             break;
         }
-        const double ms = time_layer(ctx, &sp, &a, &L, 1, 1, &failed);
+        const double ms = time_layer(hw, ctx, sp, &a, &L, 1, 1, &failed);
         cudaMemGetInfo(&fr, &tot);
-        double used = (double)(tot - fr) / 1073741824.0, most = 0;
-        MPI_Allreduce(&used, &most, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        const double most = host_reduce(hw, (double)(tot - fr) / 1073741824.0, LASP_REDUCE_MAX);
         if (!failed) {
             best = Tl, best_ms = ms, best_gib = most, total_gib = (double)tot / 1073741824.0;
             if (rank == 0) {
@@ -172,14 +179,32 @@ static int find_longest(lasp_comm *world, lasp_ctx *ctx, long long B, long long 
     if (rank == 0)
         printf("# longest: T_total %lld tokens (%lld per GPU) ran one layer fwd+bwd in %.1f ms, %.1f of %.1f GiB per "
                "GPU in use\n", best * W, best, best_ms, best_gib, total_gib);
-    lasp_sp_free(&sp);
+    lasp_sp_free(sp);
     return failed;
 }
 
+/* --trace: each rank's phases of the last traced layer (rank 0 prints them all) */
+static void print_trace(lasp_comm *hw, const lasp_sp *sp, const char *mode) {
+    const lasp_sp_trace t = lasp_sp_get_trace(sp);
+    const int W = lasp_comm_size(hw);
+    double mine[7] = {t.fwd_local_ms, t.fwd_state_ms, t.fwd_end_ms, t.bwd_start_ms, t.bwd_local_ms, t.bwd_state_ms,
+                      t.bwd_end_ms};
+    double *all = calloc((size_t)W * 7, sizeof *all);
+    lasp_err err = {0};
+    if (!all || lasp_comm_allgather(hw, mine, all, 7, LASP_F64, &err) != LASP_OK) lasp_comm_abort(hw, "bench sp: trace");
+    for (int r = 0; lasp_comm_rank(hw) == 0 && r < W; r++) {
+        const double *x = all + 7 * r;
+        printf("# trace %-6s rank %d: fwd local %.3f state %.3f end %.3f | bwd start %.3f local %.3f state %.3f end "
+               "%.3f ms\n", mode, r, x[0], x[1], x[2], x[3], x[4], x[5], x[6]);
+    }
+    free(all);
+}
+
 int lasp_bench_sp_cuda(int argc, char **argv) {
-    long long B = 1, H = 16, D = 128, repeat = 20, warmup = 3, t_total = 0;
-    int longest = 0;
-    const char *device = "cuda", *dtype = "bf16", *t_locals = "32768,65536", *mode = "both";
+    long long B = 1, H = 16, D = 128, repeat = 20, warmup = 3, t_total = 0, comm_sms = 4;
+    double timeout = LASP_COMM_TIMEOUT_S;
+    int longest = 0, trace = 0;
+    const char *device = "cuda", *dtype = "bf16", *t_locals = "32768,65536", *mode = "both", *transfer = "auto";
     const opt opts[] = {
         {"--device", OPT_STR, &device, "cuda", "the GPU bench (cpu: see `lasp bench sp --device cpu --help`)", 0},
         {"--dtype", OPT_STR, &dtype, "bf16|f16|f32", "I/O type", 0},
@@ -192,6 +217,11 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         {"--repeat", OPT_INT, &repeat, "N", "timed runs (median reported)", 0},
         {"--warmup", OPT_INT, &warmup, "N", "untimed runs first", 0},
         {"--longest", OPT_FLAG, &longest, NULL, "instead: double T_local from 65536 while it fits; report the longest", 0},
+        {"--transfer", OPT_STR, &transfer, "auto|send", "how states travel: one-sided puts where possible, or NCCL "
+                                                         "send/receive", 0},
+        {"--comm-sms", OPT_INT, &comm_sms, "N", "SMs the attention leaves to the transfers (0 .. 32)", 0},
+        {"--timeout", OPT_DOUBLE, &timeout, "S", "longest wait for a peer, in seconds", 0},
+        {"--trace", OPT_FLAG, &trace, NULL, "print each rank's phases of the last layer (ms from its start)", 0},
     };
     const cmd_spec spec = {
         "mpirun -np W lasp bench sp --device cuda [--dtype bf16] [--t-local N,...] [--mode lasp|lasp2|both] ...",
@@ -210,10 +240,24 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         fprintf(stderr, "error: --repeat ≥ 1, --warmup ≥ 0, --batch and --heads ≥ 1\n");
         return 2;
     }
+    if (strcmp(transfer, "auto") && strcmp(transfer, "send")) {
+        fprintf(stderr, "error: --transfer '%s' (hint: auto or send)\n", transfer);
+        return 2;
+    }
+    if (comm_sms < 0 || comm_sms > 32 || !(timeout > 0)) {
+        fprintf(stderr, "error: --comm-sms %lld, --timeout %g (hint: 0 .. 32 SMs, a timeout > 0 s)\n", comm_sms,
+                timeout);
+        return 2;
+    }
+    lasp_sp_params spp = lasp_sp_default_params();
+    spp.transfer = !strcmp(transfer, "send") ? LASP_SP_TRANSFER_SEND : LASP_SP_TRANSFER_AUTO;
+    spp.comm_sms = (int)comm_sms, spp.timeout_s = timeout, spp.trace = trace;
     lasp_err err = {0};
-    lasp_comm *world = NULL;
-    if (lasp_comm_world(LASP_COMM_NCCL, NULL, NULL, &world, &err) != LASP_OK) {
+    lasp_comm *hw = NULL, *world = NULL;
+    if (lasp_comm_world(LASP_COMM_MPI, NULL, NULL, &hw, &err) != LASP_OK ||
+        lasp_comm_world(LASP_COMM_NCCL, NULL, NULL, &world, &err) != LASP_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
+        lasp_comm_free(hw);
         return 1;
     }
     const int W = lasp_comm_size(world), rank = lasp_comm_rank(world);
@@ -231,9 +275,10 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
     }
     int failed = 0;
     if (longest) {
-        failed = find_longest(world, ctx, B, H, D, dt);
+        failed = find_longest(hw, world, &spp, ctx, B, H, D, dt);
         lasp_ctx_free(ctx);
         lasp_comm_free(world);
+        lasp_comm_free(hw);
         return failed;
     }
     long long tl_first = 0;
@@ -249,21 +294,24 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
             failed = 1;
             break;
         }
-        const double one = time_layer(ctx, NULL, &a, &L, (int)repeat, (int)warmup, &failed);
+        const double one = time_layer(hw, ctx, NULL, &a, &L, (int)repeat, (int)warmup, &failed);
         for (int m = 0; m < 2 && !failed; m++) {
             if ((m == 0 && !strcmp(mode, "lasp2")) || (m == 1 && !strcmp(mode, "lasp"))) continue;
-            lasp_sp sp;
-            if (lasp_sp_init(world, W, (lasp_sp_mode)m, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
-            lasp_comm_reset_stats(sp.sp);
-            const double ms = time_layer(ctx, &sp, &a, &L, (int)repeat, (int)warmup, &failed);
-            lasp_comm_stats st = lasp_comm_get_stats(sp.sp);
-            if (!xfer[0]) snprintf(xfer, sizeof xfer, "%s", lasp_sp_transfer(&sp));
-            double sent = (double)(st.p2p_bytes + st.coll_bytes) / (double)(repeat + warmup), most = 0;
-            MPI_Allreduce(&sent, &most, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+            lasp_sp *sp = NULL;
+            lasp_sp_params p = spp;
+            p.size = W, p.mode = (lasp_sp_mode)m;
+            if (lasp_sp_create(world, &p, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+            lasp_comm_reset_stats(lasp_sp_group(sp));
+            const double ms = time_layer(hw, ctx, sp, &a, &L, (int)repeat, (int)warmup, &failed);
+            const lasp_comm_stats st = lasp_comm_get_stats(lasp_sp_group(sp));
+            if (!xfer[0]) snprintf(xfer, sizeof xfer, "%s", lasp_sp_transfer_name(sp));
+            const double most = host_reduce(hw, (double)(st.p2p_bytes + st.coll_bytes) / (double)(repeat + warmup),
+                                            LASP_REDUCE_MAX);
             if (rank == 0 && !failed)
                 printf("  %-7s %-6s %3d %8lld %8lld %10.3f %9.3f %7.3f %11.3f %12.0f\n", "weak", m ? "lasp2" : "lasp",
                        W, Tl, Tl * W, one, ms, ms / one, ms - one, most);
-            lasp_sp_free(&sp);
+            if (trace && !failed) print_trace(hw, sp, m ? "lasp2" : "lasp");
+            lasp_sp_free(sp);
         }
         layer_free(&L);
     }
@@ -274,20 +322,23 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         lasp_attn_desc a1 = {.B = B, .T = T, .H = H, .d = D, .e = D, .block = 0, .dtype = dt};
         layer L = {0};
         double one = 0;
-        if (layer_alloc(&L, &a1, 7 + (uint64_t)rank)) one = time_layer(ctx, NULL, &a1, &L, (int)repeat, (int)warmup, &failed);
+        if (layer_alloc(&L, &a1, 7 + (uint64_t)rank))
+            one = time_layer(hw, ctx, NULL, &a1, &L, (int)repeat, (int)warmup, &failed);
         layer_free(&L);
         lasp_attn_desc a = a1;
         a.T = T / W;
         if (!failed && layer_alloc(&L, &a, 8 + (uint64_t)rank)) {
             for (int m = 0; m < 2 && !failed; m++) {
                 if ((m == 0 && !strcmp(mode, "lasp2")) || (m == 1 && !strcmp(mode, "lasp"))) continue;
-                lasp_sp sp;
-                if (lasp_sp_init(world, W, (lasp_sp_mode)m, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
-                const double ms = time_layer(ctx, &sp, &a, &L, (int)repeat, (int)warmup, &failed);
+                lasp_sp *sp = NULL;
+                lasp_sp_params p = spp;
+                p.size = W, p.mode = (lasp_sp_mode)m;
+                if (lasp_sp_create(world, &p, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+                const double ms = time_layer(hw, ctx, sp, &a, &L, (int)repeat, (int)warmup, &failed);
                 if (rank == 0 && !failed)
                     printf("  %-7s %-6s %3d %8lld %8lld %10.3f %9.3f %7.3f %11s %12s\n", "strong", m ? "lasp2" : "lasp",
                            W, T / W, T, one, ms, ms / one, "-", "-");
-                lasp_sp_free(&sp);
+                lasp_sp_free(sp);
             }
         }
         layer_free(&L);
@@ -296,6 +347,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
     if (rank == 0 && xfer[0]) printf("# the states travelled by %s\n", xfer);
     lasp_ctx_free(ctx);
     lasp_comm_free(world);
+    lasp_comm_free(hw);
     return failed;
 }
 

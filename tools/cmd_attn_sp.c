@@ -11,10 +11,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "clock.h"
 #include "attn_io.h"
-#include "comm/comm.h"
-#include "sp/sp.h"
+#include "clock.h"
+#include "lasp.h"
 
 typedef struct layout {
     int n, rank;
@@ -123,8 +122,11 @@ int attn_sp(attn_args *o) {
         return 2;
     }
     L.dp = L.n / L.sp;
-    lasp_sp sp;
-    if (lasp_sp_init(gpu ? gworld : world, L.sp, mode, &sp, &err) != LASP_OK) die(world, "layout", err.msg);
+    lasp_sp *sp = NULL;
+    lasp_sp_params spp = lasp_sp_default_params();
+    spp.size = L.sp, spp.mode = mode;
+    if (lasp_sp_create(gpu ? gworld : world, &spp, &sp, &err) != LASP_OK) die(world, "layout", err.msg);
+    const lasp_sp_layout lay = lasp_sp_get_layout(sp);
 
     /* ---- before the run: everything that can fail on one rank alone, then one agreement ---- */
     attn_files f = {0};
@@ -149,7 +151,7 @@ int attn_sp(attn_args *o) {
     float *q = NULL, *k = NULL, *v = NULL, *dO = NULL, *o_ = NULL, *dq = NULL, *dk = NULL, *dv = NULL, *kvo = NULL,
           *dkvi = NULL, *tmp = NULL, *full[6] = {0};
     lasp_ctx *ctx = NULL;
-    lasp_sp_cache cache = {0};
+    lasp_sp_cache *cache = NULL;
     if (!bad) {
         q = malloc(lq * 4), k = malloc(lq * 4), v = malloc(lv * 4), o_ = malloc(lv * 4);
         kvo = calloc(ls, 4), dkvi = calloc(ls, 4), tmp = malloc((lq > lv ? lq : lv) * 4);
@@ -176,9 +178,9 @@ int attn_sp(attn_args *o) {
     /* ---- the run: from here a failing rank ends the job ---- */
     take(q, f.q.data, &L, L.rank, H * d), take(k, f.k.data, &L, L.rank, H * d), take(v, f.v.data, &L, L.rank, H * e);
     if (bwd) take(dO, f.do_.data, &L, L.rank, H * e);
-    const int first = sp.sp_rank == 0, last = sp.sp_rank == L.sp - 1;
-    const float *kvi = first && f.kv_in.data ? (const float *)f.kv_in.data + sp.dp_rank * ls : NULL;
-    const float *dkvo = last && f.dkv_out.data ? (const float *)f.dkv_out.data + sp.dp_rank * ls : NULL;
+    const int first = lay.sp_rank == 0, last = lay.sp_rank == L.sp - 1;
+    const float *kvi = first && f.kv_in.data ? (const float *)f.kv_in.data + lay.dp_rank * ls : NULL;
+    const float *dkvo = last && f.dkv_out.data ? (const float *)f.dkv_out.data + lay.dp_rank * ls : NULL;
     lasp_attn_desc al = *a;
     al.B = L.Bl, al.T = L.Tl;
     if (fault_here(L.rank)) die(world, "forward", "failing on purpose (LASP_TEST_FAIL_RANK)");
@@ -188,11 +190,11 @@ int attn_sp(attn_args *o) {
         const attn_piece p = {q, k, v, f.slopes.data, kvi, bwd ? dO : NULL, dkvo, o_, last ? kvo : NULL, dq, dk, dv,
                               first ? dkvi : NULL};
         char msg[1200];
-        if (attn_sp_piece_cuda(ctx, &sp, &al, &p, msg, sizeof msg)) die(world, "on the GPU", msg);
+        if (attn_sp_piece_cuda(ctx, sp, &al, &p, msg, sizeof msg)) die(world, "on the GPU", msg);
     } else {
-        if (lasp_sp_attn_fwd(ctx, &sp, &al, q, k, v, f.slopes.data, kvi, o_, last ? kvo : NULL, &cache) != LASP_OK)
+        if (lasp_sp_attn_fwd(ctx, sp, &al, q, k, v, f.slopes.data, kvi, o_, last ? kvo : NULL, &cache) != LASP_OK)
             die(world, "forward", lasp_ctx_error(ctx));
-        if (bwd && lasp_sp_attn_bwd(ctx, &sp, &al, q, k, v, f.slopes.data, &cache, dO, dkvo, dq, dk, dv,
+        if (bwd && lasp_sp_attn_bwd(ctx, sp, &al, q, k, v, f.slopes.data, cache, dO, dkvo, dq, dk, dv,
                                     first ? dkvi : NULL) != LASP_OK)
             die(world, "backward", lasp_ctx_error(ctx));
     }
@@ -235,10 +237,10 @@ int attn_sp(attn_args *o) {
 done:
     free(q), free(k), free(v), free(dO), free(o_), free(dq), free(dk), free(dv), free(kvo), free(dkvi), free(tmp);
     for (int i = 0; i < 6; i++) free(full[i]);
-    lasp_sp_cache_free(&cache);
+    lasp_sp_cache_free(cache);
     lasp_ctx_free(ctx);
     attn_files_free(&f);
-    lasp_sp_free(&sp);
+    lasp_sp_free(sp);
     lasp_comm_free(gworld);
     lasp_comm_free(world);
     return rc;

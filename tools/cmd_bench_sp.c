@@ -10,10 +10,9 @@
 #include <time.h>
 
 #include "clock.h"
-#include "comm/comm.h"
 #include "core/rng.h"
+#include "lasp.h"
 #include "opts.h"
-#include "sp/sp.h"
 
 int lasp_bench_sp(int argc, char **argv);
 #if defined(LASP_HAVE_CUDA) && defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
@@ -39,8 +38,11 @@ static int run_one(lasp_comm *world, const bench_cfg *c, int W, int64_t Tl, lasp
     int rc = 0;
     double sent = 0, med = 0;
     if (r < W) {
-        lasp_sp sp;
-        if (lasp_sp_init(g, W, mode, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+        lasp_sp *sp = NULL;
+        lasp_sp_params spp = lasp_sp_default_params();
+        spp.size = W, spp.mode = mode;
+        if (lasp_sp_create(g, &spp, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+        lasp_comm *group = lasp_sp_group(sp);
         lasp_attn_desc a = {.B = c->B, .T = Tl, .H = c->H, .d = c->D, .e = c->D, .block = (int)c->block,
                             .dtype = LASP_F32};
         const size_t n = (size_t)(c->B * Tl * c->H * c->D), ns = (size_t)(c->B * c->H * c->D * c->D);
@@ -54,29 +56,29 @@ static int run_one(lasp_comm *world, const bench_cfg *c, int W, int64_t Tl, lasp
             q[i] = 0.1f * (float)lasp_rng_normal(&rng), k[i] = (float)lasp_rng_normal(&rng),
             v[i] = (float)lasp_rng_normal(&rng), dO[i] = (float)lasp_rng_normal(&rng);
         for (int h = 0; h < c->H; h++) sl[h] = (float)pow(2.0, -8.0 * (h + 1) / (double)c->H);
-        lasp_sp_cache cache = {0};
+        lasp_sp_cache *cache = NULL;
         const int reps = (int)c->repeat;
         double *t = malloc(sizeof(double) * (size_t)reps);
         for (int it = -1; it < reps; it++) {  /* −1: warm-up (allocations, page faults) */
-            if (lasp_comm_barrier(sp.sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
-            lasp_comm_reset_stats(sp.sp);
+            if (lasp_comm_barrier(group, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
+            lasp_comm_reset_stats(group);
             const double t0 = tool_now_ms();
-            if (lasp_sp_attn_fwd(ctx, &sp, &a, q, k, v, sl, NULL, o, st, &cache) != LASP_OK ||
-                lasp_sp_attn_bwd(ctx, &sp, &a, q, k, v, sl, &cache, dO, NULL, dq, dk, dv, st) != LASP_OK)
+            if (lasp_sp_attn_fwd(ctx, sp, &a, q, k, v, sl, NULL, o, st, &cache) != LASP_OK ||
+                lasp_sp_attn_bwd(ctx, sp, &a, q, k, v, sl, cache, dO, NULL, dq, dk, dv, st) != LASP_OK)
                 lasp_comm_abort(world, lasp_ctx_error(ctx));
             double dt = tool_now_ms() - t0, slowest = 0;
-            const lasp_comm_stats s = lasp_comm_get_stats(sp.sp);
+            const lasp_comm_stats s = lasp_comm_get_stats(group);
             double mine = (double)(s.p2p_bytes + s.coll_bytes), most = 0;
-            if (lasp_comm_allreduce(sp.sp, &dt, &slowest, 1, LASP_F64, LASP_REDUCE_MAX, &err) != LASP_OK ||
-                lasp_comm_allreduce(sp.sp, &mine, &most, 1, LASP_F64, LASP_REDUCE_MAX, &err) != LASP_OK)
+            if (lasp_comm_allreduce(group, &dt, &slowest, 1, LASP_F64, LASP_REDUCE_MAX, &err) != LASP_OK ||
+                lasp_comm_allreduce(group, &mine, &most, 1, LASP_F64, LASP_REDUCE_MAX, &err) != LASP_OK)
                 lasp_comm_abort(world, err.msg);
             if (it >= 0) t[it] = slowest;
             sent = most;
         }
         med = tool_median(t, reps);
         free(t), free(q), free(k), free(v), free(dO), free(o), free(dq), free(dk), free(dv), free(st), free(sl);
-        lasp_sp_cache_free(&cache);
-        lasp_sp_free(&sp);
+        lasp_sp_cache_free(cache);
+        lasp_sp_free(sp);
     }
     lasp_comm_free(g);
     /* rank 0 is always in the group; the waiting ranks join here */

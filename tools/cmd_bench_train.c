@@ -1,22 +1,18 @@
 /* cmd_bench_train.c — `lasp bench train --device cpu`: tokens per second of full training steps
  * (forward, backward, gradient reduction, AdamW) for the tiny and small presets on the recall task,
- * at the --sp of the launch (run it once plainly and once under `mpirun -np 2 … --sp 2`). With
- * BLAS builds it also times the plain loops, to show what BLAS buys. */
+ * at the --sp of the launch (run it once plainly and once under `mpirun -np 2 … --sp 2`). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "clock.h"
 #include "commands.h"
-#include "comm/comm.h"
+#include "lasp.h"
 #include "opts.h"
-#include "sp/sp.h"
-#include "train/trainer.h"
 
 int lasp_bench_train(int argc, char **argv) {
     const char *device = "cpu", *models = "tiny,small";
     long long sp_size = 0, steps = 10, batch = 8, seq = 256, zero = 0;
-    int no_loops = 0;
     const opt opts[] = {
         {"--device", OPT_STR, &device, "cpu", "where to train (the CPU for now)", 0},
         {"--models", OPT_STR, &models, "A,B", "presets to time", 0},
@@ -25,7 +21,6 @@ int lasp_bench_train(int argc, char **argv) {
         {"--steps", OPT_INT, &steps, "N", "timed steps (after 2 warm-up steps); the median is reported", 0},
         {"--batch", OPT_INT, &batch, "N", "global batch", 0},
         {"--seq-len", OPT_INT, &seq, "N", "tokens per sequence", 0},
-        {"--no-loops", OPT_FLAG, &no_loops, NULL, "skip timing the plain-loop (non-BLAS) matrix products", 0},
     };
     const cmd_spec spec = {"lasp bench train --device cpu [--models tiny,small] [--sp N] [--steps N]",
                            "Times training steps (median ms, tokens/s) of the given presets on the recall task.",
@@ -36,80 +31,77 @@ int lasp_bench_train(int argc, char **argv) {
         fprintf(stderr, "error: --device %s: the training bench runs on the CPU for now (hint: --device cpu)\n", device);
         return 2;
     }
-    if (steps < 1 || steps > 1000) {
-        fprintf(stderr, "error: --steps %lld out of range 1..1000\n", steps);
+    if (steps < 1 || steps > 1000 || sp_size < 0 || sp_size > 1 << 20) {
+        fprintf(stderr, "error: --steps %lld out of range 1..1000, or --sp %lld below 0\n", steps, sp_size);
         return 2;
     }
     lasp_err err = {0};
     lasp_comm *world;
-    /* MPI only when a launcher started us: one process needs no MPI (DESIGN.md) */
+    /* MPI only when a launcher started us: one process needs no MPI */
     const lasp_comm_backend be = lasp_comm_launcher_size() > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
     if (lasp_comm_world(be, &argc, &argv, &world, &err) != LASP_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;
     }
     const int W = lasp_comm_size(world), rank = lasp_comm_rank(world);
-    if (!sp_size) sp_size = W;
-    lasp_ctx *ctx;
-    lasp_ctx_params cp = lasp_ctx_default_params();
-    lasp_ctx_create(&cp, &ctx);
-    lasp_sp sp;
-    int rc = 0;
-    if (lasp_sp_init(world, (int)sp_size, LASP_SP_CHAIN, &sp, &ctx->err) != LASP_OK) {
-        if (rank == 0) fprintf(stderr, "error: %s\n", ctx->err.msg);
-        lasp_ctx_free(ctx);
-        lasp_comm_free(world);
-        return 1;
+    lasp_ctx *ctx = NULL;
+    lasp_sp *sp = NULL;
+    lasp_data *data = NULL;
+    lasp_sp_params spp = lasp_sp_default_params();
+    spp.size = sp_size ? (int)sp_size : W;
+    int rc = 1;
+    if (lasp_ctx_create(NULL, &ctx) != LASP_OK || lasp_sp_create(world, &spp, &sp, &err) != LASP_OK ||
+        lasp_data_recall(1, 8, &data, &err) != LASP_OK) {
+        if (rank == 0) fprintf(stderr, "error: %s\n", err.msg[0] ? err.msg : "cannot create a lasp context");
+        goto done;
     }
-    lasp_data data;
-    lasp_data_recall(1, 8, &data, &err);
+    const lasp_sp_layout lay = lasp_sp_get_layout(sp);
     if (rank == 0) {
         printf("# lasp bench train — device cpu, world %d = dp %d × sp %d, ZeRO-%lld, batch %lld × seq %lld, "
-               "recall task, median of %lld steps\n", W, sp.dp_size, sp.sp_size, zero, batch, seq, steps);
-        printf("# %-6s %9s %6s %10s %12s %8s\n", "model", "params", "gemm", "step ms", "tokens/s", "comm %");
+               "recall task, median of %lld steps, matrix products on %s\n", W, lay.dp_size, lay.sp_size, zero,
+               batch, seq, steps, lasp_get_build_info().has_blas ? "BLAS" : "plain loops");
+        printf("# %-6s %9s %10s %12s %8s\n", "model", "params", "step ms", "tokens/s", "comm %");
     }
     char list[256];
     snprintf(list, sizeof list, "%s", models);
+    rc = 0;
     for (char *save = NULL, *name = strtok_r(list, ",", &save); name && !rc; name = strtok_r(NULL, ",", &save)) {
-        for (int loops = 0; loops <= 1 && !rc; loops++) {
-#ifndef LASP_HAVE_BLAS
-            if (!loops) continue;
-#endif
-            if (loops && no_loops) continue;
-            lasp_train_opts o = lasp_train_default_opts();
-            if (lasp_model_preset(name, 256, &o.model, &ctx->err) != LASP_OK) {
-                if (rank == 0) fprintf(stderr, "error: %s\n", ctx->err.msg);
-                rc = 2;
-                break;
-            }
-            o.batch = batch, o.seq_len = seq, o.zero = (int)zero, o.steps = steps + 2;
-            lasp_trainer t;
-            if (lasp_trainer_init(&t, ctx, &sp, &data, &o) != LASP_OK) {
-                if (rank == 0) fprintf(stderr, "error: %s\n", ctx->err.msg);
-                rc = 1;
-                break;
-            }
-            t.m.no_blas = loops;
-            double *ms = malloc((size_t)steps * sizeof(double)), comm = 0, total = 0;
-            for (long long s = -2; s < steps && !rc; s++) {
-                lasp_step_stats st;
-                if (lasp_trainer_step(&t, &st) != LASP_OK) {
-                    fprintf(stderr, "error: rank %d: %s\n", rank, ctx->err.msg);
-                    rc = 1;
-                }
-                if (s >= 0) ms[s] = st.ms, comm += st.comm_ms, total += st.ms;
-            }
-            if (!rc && rank == 0) {
-                const double med = tool_median(ms, (int)steps);
-                printf("  %-6s %8.2fM %6s %10.1f %12.0f %8.1f\n", name, t.P / 1e6, loops ? "loops" : "blas", med,
-                       (double)batch * (double)seq / (med / 1e3), 100 * comm / total);
-                fflush(stdout);
-            }
-            free(ms);
-            lasp_trainer_free(&t);
+        lasp_train_params o = lasp_train_default_params();
+        if (lasp_model_preset(name, 256, &o.model, &err) != LASP_OK) {
+            if (rank == 0) fprintf(stderr, "error: %s\n", err.msg);
+            rc = 2;
+            break;
         }
+        o.batch = batch, o.seq_len = seq, o.zero = (int)zero, o.steps = steps + 2;
+        lasp_trainer *t = NULL;
+        if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) {
+            if (rank == 0) fprintf(stderr, "error: %s\n", lasp_ctx_error(ctx));
+            rc = 1;
+            break;
+        }
+        double *ms = malloc((size_t)steps * sizeof(double)), comm = 0, total = 0;
+        for (long long s = -2; s < steps && !rc; s++) {
+            lasp_step_stats st;
+            if (lasp_trainer_step(t, &st) != LASP_OK) {
+                fprintf(stderr, "error: rank %d: %s\n", rank, lasp_ctx_error(ctx));
+                rc = 1;
+            }
+            if (s >= 0 && !rc) ms[s] = st.ms, comm += st.comm_ms, total += st.ms;
+        }
+        if (!rc && rank == 0) {
+            const double med = tool_median(ms, (int)steps);
+            printf("  %-6s %8.2fM %10.1f %12.0f %8.1f\n", name, lasp_trainer_n_params(t) / 1e6, med,
+                   (double)batch * (double)seq / (med / 1e3), 100 * comm / total);
+            fflush(stdout);
+        }
+        free(ms);
+        lasp_trainer_free(t);
     }
-    lasp_sp_free(&sp);
+done:
+    /* a failing rank ends the job before anything collective (freeing the SP group may be) */
+    if (rc == 1 && W > 1) lasp_comm_abort(world, "lasp bench train failed");
+    lasp_data_free(data);
+    lasp_sp_free(sp);
     lasp_ctx_free(ctx);
     lasp_comm_free(world);
     return rc;

@@ -13,11 +13,9 @@
 #include <unistd.h>
 
 #include "commands.h"
-#include "comm/comm.h"
+#include "core/error.h"
+#include "lasp.h"
 #include "opts.h"
-#include "sp/sp.h"
-#include "train/ckpt.h"
-#include "train/trainer.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -70,25 +68,6 @@ typedef struct train_args {
     int resume, quiet;
 } train_args;
 
-static int save_ckpt(lasp_trainer *t, const train_args *a, const lasp_data *d, lasp_comm *w, int rank) {
-    lasp_err *err = &t->ctx->err;
-    float *p = malloc(t->P * 4), *m = malloc(t->P * 4), *v = malloc(t->P * 4);
-    lasp_status s = (!p || !m || !v) ? lasp_fail(err, LASP_ERR_NOMEM, "no memory to gather a checkpoint")
-                                     : LASP_OK;
-    s = agree(w, s, err);
-    if (s == LASP_OK) s = lasp_trainer_gather(t, p, m, v);
-    if (s == LASP_OK && rank == 0) {
-        lasp_ckpt_meta meta = {.model = t->o.model, .step = t->step, .cursor = t->cursor, .seed = t->o.seed,
-                               .rng = t->rng, .data_kind = d->kind, .n_pairs = d->n_pairs, .batch = t->o.batch,
-                               .seq_len = t->o.seq_len, .dp = t->sp->dp_size, .sp = t->sp->sp_size,
-                               .zero = t->o.zero, .n_params = t->P};
-        s = lasp_ckpt_save(a->ckpt, &meta, p, m, v, err);
-    }
-    s = agree(w, s, err);
-    free(p), free(m), free(v);
-    return s;
-}
-
 int cmd_train(int argc, char **argv) {
     train_args a = {.model = "small", .sp_mode = "chain", .out = "runs/train", .recall_pairs = 8, .batch = 8, .conv = -1,
                     .seq_len = 256, .steps = 200, .warmup = 20, .sp = 1, .seed = 1337, .val_every = 50,
@@ -134,7 +113,7 @@ int cmd_train(int argc, char **argv) {
 
     lasp_err err = {0};
     lasp_comm *world = NULL;
-    /* MPI only when a launcher started us: one process needs no MPI (DESIGN.md) */
+    /* MPI only when a launcher started us: one process needs no MPI */
     const lasp_comm_backend be = lasp_comm_launcher_size() > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
     if (lasp_comm_world(be, &argc, &argv, &world, &err) != LASP_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
@@ -143,16 +122,17 @@ int cmd_train(int argc, char **argv) {
     const int rank = lasp_comm_rank(world), W = lasp_comm_size(world);
     int rc = 1;
     lasp_ctx *ctx = NULL;
-    lasp_sp sp = {0};
-    lasp_data data = {0};
-    lasp_trainer t = {0};
-    int have_sp = 0, have_t = 0;
+    lasp_sp *sp = NULL;
+    lasp_data *data = NULL;
+    lasp_trainer *t = NULL;
     FILE *log = NULL;
-    float *cp = NULL, *cm = NULL, *cv = NULL;
     lasp_ctx_params cpar = lasp_ctx_default_params();
     cpar.n_threads = (int)a.threads;
-    if (lasp_ctx_create(&cpar, &ctx) != LASP_OK) goto done;
-    lasp_err *e = &ctx->err;
+    if (lasp_ctx_create(&cpar, &ctx) != LASP_OK) {
+        if (rank == 0) fprintf(stderr, "error: cannot create a lasp context (--threads %lld)\n", a.threads);
+        goto done;
+    }
+    lasp_err *e = &err;
 #define BAIL(...)                                       \
     do {                                                \
         if (rank == 0) fprintf(stderr, "error: " __VA_ARGS__); \
@@ -165,15 +145,18 @@ int cmd_train(int argc, char **argv) {
     if (a.resume && !a.ckpt) BAIL("--resume needs --ckpt DIR (the directory of the checkpoint to continue)\n");
     if (a.steps < 1 || a.val_every < 0 || a.val_batches < 0 || a.ckpt_every < 0 || a.vocab < 0 || a.seed < 0)
         BAIL("--steps must be ≥ 1; --val-every, --val-batches, --ckpt-every, --vocab, --seed ≥ 0\n");
-    if (lasp_sp_init(world, (int)a.sp, mode, &sp, e) != LASP_OK) BAIL("%s\n", e->msg);
-    have_sp = 1;
+    lasp_sp_params spp = lasp_sp_default_params();
+    spp.size = (int)a.sp, spp.mode = mode;
+    if (lasp_sp_create(world, &spp, &sp, e) != LASP_OK) BAIL("%s\n", e->msg);
+    const lasp_sp_layout lay = lasp_sp_get_layout(sp);
 
     /* data and model */
     lasp_status s = a.data ? lasp_data_open(a.data, a.val_frac, &data, e)
                            : lasp_data_recall((uint64_t)a.seed, (int32_t)a.recall_pairs, &data, e);
     if (s != LASP_OK) BAIL("%s\n", e->msg);
-    const int32_t vocab = a.vocab ? (int32_t)a.vocab : data.kind == LASP_DATA_SHARD ? 50304 : 256;
-    lasp_train_opts o = lasp_train_default_opts();
+    const lasp_data_info di = lasp_data_get_info(data);
+    const int32_t vocab = a.vocab ? (int32_t)a.vocab : di.kind == LASP_DATA_SHARD ? 50304 : 256;
+    lasp_train_params o = lasp_train_default_params();
     if (lasp_model_preset(a.model, vocab, &o.model, e) != LASP_OK) BAIL("%s\n", e->msg);
     if (a.conv >= 0) {
         o.model.conv = a.conv > 1000 ? 1000 : (int32_t)a.conv;  /* the check names the range */
@@ -183,34 +166,21 @@ int cmd_train(int argc, char **argv) {
     o.min_lr = a.min_lr, o.weight_decay = a.wd, o.clip = a.clip, o.zero = (int)a.zero, o.seed = (uint64_t)a.seed;
     o.val_batches = a.val_batches;
 
+    if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) BAIL("%s\n", lasp_ctx_error(ctx));
     /* the checkpoint to resume, validated against what was asked */
-    lasp_ckpt_meta meta = {0};
     if (a.resume) {
-        if (lasp_ckpt_load(a.ckpt, &meta, &cp, &cm, &cv, e) != LASP_OK) BAIL("%s\n", e->msg);
-        const lasp_model_config *c = &meta.model;
-        if (memcmp(c, &o.model, sizeof *c))
-            BAIL("checkpoint %s holds another model (d_model %d, layers %d, heads %d, ffn %d, vocab %d, conv %d) "
-                 "than --model %s asks for (d_model %d, layers %d, heads %d, ffn %d, vocab %d, conv %d) (hint: pass "
-                 "the --model, --vocab and --conv it was trained with)\n", a.ckpt, c->d_model, c->n_layers,
-                 c->n_heads, c->ffn_dim, c->vocab, c->conv, a.model, o.model.d_model, o.model.n_layers,
-                 o.model.n_heads, o.model.ffn_dim, o.model.vocab, o.model.conv);
-        if (meta.data_kind != (int32_t)data.kind || (data.kind == LASP_DATA_RECALL && meta.n_pairs != data.n_pairs))
-            BAIL("checkpoint %s was trained on %s data%s, this run reads %s (hint: the same --data / --recall-pairs)\n",
-                 a.ckpt, lasp_data_kind_name((lasp_data_kind)meta.data_kind),
-                 meta.data_kind == LASP_DATA_RECALL ? " (recall task)" : "", lasp_data_kind_name(data.kind));
-        if (meta.step >= a.steps) {
+        if (lasp_trainer_resume(t, a.ckpt) != LASP_OK) BAIL("%s\n", lasp_ctx_error(ctx));
+        if (lasp_trainer_steps_done(t) >= a.steps) {
             if (rank == 0) printf("# checkpoint %s is at step %lld of --steps %lld: nothing to do\n", a.ckpt,
-                                  (long long)meta.step, a.steps);
+                                  (long long)lasp_trainer_steps_done(t), a.steps);
             rc = 0;
             goto done;
         }
     }
-    if (lasp_trainer_init(&t, ctx, &sp, &data, &o) != LASP_OK) BAIL("%s\n", e->msg);
-    have_t = 1;
-    if (a.resume) {
-        lasp_trainer_scatter(&t, cp, cm, cv);
-        t.step = meta.step, t.cursor = meta.cursor, t.rng = meta.rng;
-    }
+    int64_t Bl = 0, Tl = 0;
+    lasp_trainer_local_shape(t, &Bl, &Tl);
+    const size_t n_params = lasp_trainer_n_params(t);
+    const int64_t resumed_at = lasp_trainer_steps_done(t);
 
     /* from here on files are written */
     s = LASP_OK;
@@ -230,23 +200,23 @@ int cmd_train(int argc, char **argv) {
         printf("# lasp train\n");
         printf("#   %-14s %s (d_model %d, layers %d, heads %d × %d, ffn %d, vocab %d, conv %d): %.2fM parameters\n",
                "model", a.model, o.model.d_model, o.model.n_layers, o.model.n_heads, o.model.d_model / o.model.n_heads,
-               o.model.ffn_dim, o.model.vocab, o.model.conv, t.P / 1e6);
-        if (data.kind == LASP_DATA_RECALL)
+               o.model.ffn_dim, o.model.vocab, o.model.conv, n_params / 1e6);
+        if (di.kind == LASP_DATA_RECALL)
             printf("#   %-14s recall task: %d key-value pairs, then questions (chance accuracy 1/%d; knowing the "
-                   "values but not their keys: ~1/%d)\n", "data", data.n_pairs, LASP_RECALL_N_VALUES, data.n_pairs);
+                   "values but not their keys: ~1/%d)\n", "data", di.n_pairs, LASP_RECALL_N_VALUES, di.n_pairs);
         else
             printf("#   %-14s %s (%s): %zu tokens, %zu train / %zu validation\n", "data", a.data,
-                   lasp_data_kind_name(data.kind), data.n_tokens, data.n_train, data.n_tokens - data.n_train);
-        printf("#   %-14s world %d = dp %d × sp %d (%s), ZeRO-%d\n", "parallelism", W, sp.dp_size, sp.sp_size,
+                   lasp_data_kind_name(di.kind), di.n_tokens, di.n_train, di.n_tokens - di.n_train);
+        printf("#   %-14s world %d = dp %d × sp %d (%s), ZeRO-%d\n", "parallelism", W, lay.dp_size, lay.sp_size,
                a.sp_mode, o.zero);
         printf("#   %-14s batch %lld × seq %lld = %.0f tokens/step; each rank: %lld × %lld\n", "batch",
-               (long long)o.batch, (long long)o.seq_len, tokens_per_step, (long long)t.Bl, (long long)t.Tl);
+               (long long)o.batch, (long long)o.seq_len, tokens_per_step, (long long)Bl, (long long)Tl);
         printf("#   %-14s AdamW lr %.1e → %.1e (warmup %lld, cosine), betas %.2f/%.2f, wd %.2f, clip %.2f\n",
                "optimizer", o.lr, o.min_lr, (long long)o.warmup, o.beta1, o.beta2, o.weight_decay, o.clip);
         printf("#   %-14s %lld%s, seed %lld\n", "steps", (long long)o.steps,
                a.resume ? " (resumed)" : "", a.seed);
-        if (a.resume) printf("#   %-14s resumed from %s at step %lld\n", "checkpoint", a.ckpt, (long long)meta.step);
-        else if (a.ckpt) printf("#   %-14s %s/%s\n", "checkpoint", a.ckpt, LASP_CKPT_FILE);
+        if (a.resume) printf("#   %-14s resumed from %s at step %lld\n", "checkpoint", a.ckpt, (long long)resumed_at);
+        else if (a.ckpt) printf("#   %-14s %s/model.ckpt\n", "checkpoint", a.ckpt);
         printf("#   %-14s %s/train.jsonl\n", "log", a.out);
         fflush(stdout);
     }
@@ -254,62 +224,65 @@ int cmd_train(int argc, char **argv) {
         fprintf(log, "{\"config\":{\"model\":\"%s\",\"d_model\":%d,\"layers\":%d,\"heads\":%d,\"ffn\":%d,\"vocab\":%d,\"conv\":%d,"
                      "\"params\":%zu,\"data\":\"%s\",\"world\":%d,\"dp\":%d,\"sp\":%d,\"zero\":%d,\"batch\":%lld,"
                      "\"seq_len\":%lld,\"steps\":%lld,\"lr\":%g,\"seed\":%lld}}\n",
-                a.model, o.model.d_model, o.model.n_layers, o.model.n_heads, o.model.ffn_dim, o.model.vocab, o.model.conv, t.P,
-                a.data ? a.data : "recall", W, sp.dp_size, sp.sp_size, o.zero, (long long)o.batch,
+                a.model, o.model.d_model, o.model.n_layers, o.model.n_heads, o.model.ffn_dim, o.model.vocab, o.model.conv,
+                n_params, a.data ? a.data : "recall", W, lay.dp_size, lay.sp_size, o.zero, (long long)o.batch,
                 (long long)o.seq_len, (long long)o.steps, o.lr, a.seed);
 
     const double t_start = now_s();
-    const int64_t first = t.step;
+    const int64_t first = resumed_at;
     double vloss = 0, vacc = 0, last_loss = 0;
-    while (t.step < o.steps && !(a.stop_after && t.step - first >= a.stop_after)) {
+    int64_t step = first;
+    while (step < o.steps && !(a.stop_after && step - first >= a.stop_after)) {
         lasp_step_stats st;
-        if (lasp_trainer_step(&t, &st) != LASP_OK) BAIL("step %lld: %s\n", (long long)t.step + 1, e->msg);
+        if (lasp_trainer_step(t, &st) != LASP_OK) BAIL("step %lld: %s\n", (long long)step + 1, lasp_ctx_error(ctx));
+        step = lasp_trainer_steps_done(t);
         last_loss = st.loss;
         if (rank == 0) {
             char rate[32];
             fmt_rate(rate, sizeof rate, tokens_per_step / (st.ms / 1e3));
             if (!a.quiet)
                 printf("step %lld/%lld | loss %.4f | lr %.1e | norm %.2f | %.0f ms | %s tok/s | comm %.0f%%\n",
-                       (long long)t.step, (long long)o.steps, st.loss, st.lr, st.grad_norm, st.ms, rate,
+                       (long long)step, (long long)o.steps, st.loss, st.lr, st.grad_norm, st.ms, rate,
                        100.0 * st.comm_ms / st.ms);
             if (log)
                 fprintf(log, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.6e,\"norm\":%.6f,\"ms\":%.3f,\"tok_s\":%.1f,"
                              "\"comm_ms\":%.3f,\"train_acc\":%.6f}\n",
-                        (long long)t.step, st.loss, st.lr, st.grad_norm, st.ms, tokens_per_step / (st.ms / 1e3),
+                        (long long)step, st.loss, st.lr, st.grad_norm, st.ms, tokens_per_step / (st.ms / 1e3),
                         st.comm_ms, st.acc);
         }
-        const int last = t.step == o.steps || (a.stop_after && t.step - first >= a.stop_after);
-        if ((a.val_every && t.step % a.val_every == 0) || last) {
-            if (a.val_batches && lasp_trainer_eval(&t, &vloss, &vacc) != LASP_OK) BAIL("validation: %s\n", e->msg);
+        const int last = step == o.steps || (a.stop_after && step - first >= a.stop_after);
+        if ((a.val_every && step % a.val_every == 0) || last) {
+            if (a.val_batches && lasp_trainer_eval(t, &vloss, &vacc) != LASP_OK)
+                BAIL("validation: %s\n", lasp_ctx_error(ctx));
             if (rank == 0) {
-                const double el = now_s() - t_start, f = (double)(t.step - first) / (double)(o.steps - first);
+                const double el = now_s() - t_start, f = (double)(step - first) / (double)(o.steps - first);
                 char els[32], eta[32], bar[32];
                 fmt_dur(els, sizeof els, el), fmt_dur(eta, sizeof eta, f > 0 ? el / f - el : 0);
                 const int fill = (int)(f * 20 + 0.5);
                 for (int i = 0; i < 20; i++) bar[i] = i < fill ? '#' : '.';
                 bar[20] = 0;
                 if (!a.quiet && a.val_batches) {
-                    if (data.kind == LASP_DATA_RECALL)  /* beside the two levels it must beat (docs/MODEL.md) */
+                    if (di.kind == LASP_DATA_RECALL)  /* beside the two levels it must beat (docs/MODEL.md) */
                         printf("val  step %lld | loss %.4f | recall accuracy %.1f%% (chance %.1f%%, values without "
-                               "keys %.1f%%)\n", (long long)t.step, vloss, 100 * vacc, 100.0 / LASP_RECALL_N_VALUES,
-                               100.0 / data.n_pairs);
+                               "keys %.1f%%)\n", (long long)step, vloss, 100 * vacc, 100.0 / LASP_RECALL_N_VALUES,
+                               100.0 / di.n_pairs);
                     else
-                        printf("val  step %lld | loss %.4f\n", (long long)t.step, vloss);
+                        printf("val  step %lld | loss %.4f\n", (long long)step, vloss);
                 }
                 if (!a.quiet) printf("progress [%s] %3.0f%% | elapsed %s | eta %s\n", bar, 100 * f, els, eta);
                 if (log && a.val_batches)
-                    fprintf(log, "{\"step\":%lld,\"val_loss\":%.6f,\"val_acc\":%.6f}\n", (long long)t.step, vloss, vacc);
+                    fprintf(log, "{\"step\":%lld,\"val_loss\":%.6f,\"val_acc\":%.6f}\n", (long long)step, vloss, vacc);
                 if (log) fflush(log);
                 fflush(stdout);
             }
         }
-        if (a.ckpt && (last || (a.ckpt_every && t.step % a.ckpt_every == 0)))
-            if (save_ckpt(&t, &a, &data, world, rank) != LASP_OK) BAIL("%s\n", e->msg);
+        if (a.ckpt && (last || (a.ckpt_every && step % a.ckpt_every == 0)))
+            if (lasp_trainer_save(t, a.ckpt) != LASP_OK) BAIL("%s\n", lasp_ctx_error(ctx));
     }
     if (rank == 0) {
-        printf("# done: %lld of %lld steps, final loss %.4f", (long long)t.step, (long long)o.steps, last_loss);
+        printf("# done: %lld of %lld steps, final loss %.4f", (long long)step, (long long)o.steps, last_loss);
         if (a.val_batches)
-            printf(data.kind == LASP_DATA_RECALL ? ", validation loss %.4f, recall accuracy %.1f%%" : ", validation loss %.4f",
+            printf(di.kind == LASP_DATA_RECALL ? ", validation loss %.4f, recall accuracy %.1f%%" : ", validation loss %.4f",
                    vloss, 100 * vacc);
         printf(", %.1f s%s%s\n", now_s() - t_start, a.ckpt ? ", checkpoint in " : "", a.ckpt ? a.ckpt : "");
     }
@@ -319,10 +292,9 @@ done:
     if (log) fclose(log);
     /* a failing rank ends the job before anything collective (freeing the SP group may be) */
     if (rc && W > 1) lasp_comm_abort(world, "lasp train failed");
-    free(cp), free(cm), free(cv);
-    if (have_t) lasp_trainer_free(&t);
-    lasp_data_free(&data);
-    if (have_sp) lasp_sp_free(&sp);
+    lasp_trainer_free(t);
+    lasp_data_free(data);
+    lasp_sp_free(sp);
     lasp_ctx_free(ctx);
     lasp_comm_free(world);
     return rc;

@@ -9,7 +9,12 @@
 #ifdef LASP_HAVE_CUDA
 #include "attn/attn_cuda.h"
 #else
-void lasp_attn_cuda_ctx_free(void *cuda) { (void)cuda; }
+lasp_status lasp_ctx_cuda_stream(lasp_ctx *ctx, void **stream) {
+    (void)stream;
+    if (!ctx) return LASP_ERR_ARG;
+    return lasp_fail(&ctx->err, LASP_ERR_UNSUPPORTED, "this lasp was built without CUDA (hint: `lasp info` lists "
+                     "the build features)");
+}
 #endif
 
 int lasp_head_dim_supported(int64_t dim) {

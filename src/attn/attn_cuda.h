@@ -1,5 +1,6 @@
-/* attn_cuda.h — the op on NVIDIA GPUs (fused CUDA kernels), same signatures as the CPU path.
- * Only built when nvcc is found (LASP_HAVE_CUDA). Tensors passed here live in device memory. */
+/* attn_cuda.h — the op on NVIDIA GPUs (fused CUDA kernels, docs/CUDA.md), same signatures as the CPU path.
+ * Only built when nvcc is found (LASP_HAVE_CUDA). Tensors passed here live in device memory; calls are
+ * asynchronous on the context's CUDA stream. */
 #ifndef LASP_ATTN_CUDA_H
 #define LASP_ATTN_CUDA_H
 
@@ -27,7 +28,12 @@ lasp_status lasp_attn_bwd_host_cuda(lasp_ctx *ctx, const lasp_attn_desc *a, cons
                                     const float *v, const float *slopes, const float *kv_in, const float *do_,
                                     const float *dkv_out, float *dq, float *dk, float *dv, float *dkv_in);
 
-void lasp_attn_cuda_ctx_free(void *cuda);
+/* The kernels of the last pass this context launched (static names: "k_state_wg", "k_state"; "k_out_tma",
+ * "k_out"; NULL for a pass that did not run), so that tests and reports need not guess the library's choice. */
+typedef struct lasp_attn_cuda_kernels {
+    const char *state_pass, *out_pass;
+} lasp_attn_cuda_kernels;
+lasp_status lasp_attn_cuda_last_kernels(lasp_ctx *ctx, lasp_attn_cuda_kernels *out);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,4 @@
-/* attn_cuda_sp.h — the CUDA op in halves, for the sequence-parallel schedule of MATH.md §3: the
+/* attn_cuda_sp.h — the CUDA op in halves, for the sequence-parallel schedule of docs/MATH.md §3: the
  * local half needs nothing from other ranks, the finishing half takes the state that arrived.
  *
  *   forward   local:  segment states of the piece, scanned from a zero state, into `seg` (the caller's
@@ -9,20 +9,13 @@
  *   backward  local:  the reverse segment states of the piece from a zero gradient → g (the piece's own
  *                     dKV_in contribution), first, so that g travels while dq is computed
  *             dq:     complete on its own from the forward's `seg` and the cached kv_in (no state pass)
- *             fold:   dkv_out added to the reverse segment states (on any stream, e.g. the
- *                     communicator's, while dq runs), so that the finishing half adds nothing
- *             finish: dv and dk, adding dkv_out (if not folded in already) as they read the states
+ *             finish: dv and dk, adding dkv_out as they read the states
  *
- * So the SP critical path holds only KV_out = γ KV_in + m (a d×e axpy) and the message; no input is
- * read twice beyond what the one-device op reads. Between the backward's halves the context's
- * workspace holds the piece's reverse segment states: run nothing else on this context in between but
- * dq. `seg` must stay untouched from the forward's local half to the backward's dq. All pointers are
- * device memory; work is enqueued on the context's stream (lasp_attn_cuda_stream).
- *
- * Each half runs a group of heads `hs` (bh0 .. bh0 + n − 1 of the desc's B·H; {0, 0}: all of them), so
- * that the schedule can pipeline groups: the state of one group travels while the next computes. Every
- * buffer is still the whole problem's (indexed by the absolute head) and split as the whole problem
- * splits, so groups of one call may differ between the halves and never overlap in memory. */
+ * So the SP critical path holds only KV_out = γ KV_in + m (a d×e axpy) and the message; no input is read
+ * twice beyond what the one-device op reads. Between the backward's halves the context's workspace holds
+ * the piece's reverse segment states: run nothing else on this context in between but dq. `seg` must stay
+ * untouched from the forward's local half to the backward's dq. All pointers are device memory; work is
+ * enqueued on the context's stream (lasp_ctx_cuda_stream) unless a call names another. */
 #ifndef LASP_ATTN_CUDA_SP_H
 #define LASP_ATTN_CUDA_SP_H
 
@@ -32,47 +25,27 @@
 extern "C" {
 #endif
 
-typedef struct lasp_heads {
-    int64_t bh0, n;
-} lasp_heads;
-
-/* The CUDA stream the op runs on for this context and the current device (made on first use). */
-lasp_status lasp_attn_cuda_stream(lasp_ctx *ctx, void **stream);
 /* How many SMs the halves' persistent kernels (the output passes) leave free, for the communicator's
- * kernels that run beside them (default 0: all SMs are the op's). NCCL holds an SM from a kernel's launch
- * to its end, and a persistent kernel holds every SM it got to its own end: without room, a send or a
- * receive enqueued beside an output pass waits for the whole pass. */
+ * kernels that run beside them (default 0: all SMs are the op's). A transfer's kernel holds an SM from its
+ * launch to its end, and a persistent kernel holds every SM it got to its own end: without room, a send or
+ * a receive enqueued beside an output pass waits for the whole pass. */
 lasp_status lasp_attn_cuda_sp_leave_sms(lasp_ctx *ctx, int n);
 
-lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
+lasp_status lasp_attn_fwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
                                      const void *v, const float *slopes, float *m, float *seg);
 /* part: 0 the whole finish; 1 only the segments that kv_in cannot reach in fp32 (its decay to them is
  * exactly 0: kv_in is not read, and may still be in flight), 2 the rest. The two parts write disjoint
  * outputs: part 2 may run after part 1 on the context's stream or beside it on another (`stream`, NULL:
  * the context's), ordered after the local half by the caller. */
-lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, int part, const void *q,
-                                      const void *k, const void *v, const float *slopes, const float *kv_in, void *o,
+lasp_status lasp_attn_fwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, int part, const void *q, const void *k,
+                                      const void *v, const float *slopes, const float *kv_in, void *o,
                                       const float *seg, void *stream);
-/* The whole finish in one launch (part 3 of DirParams): each CTA runs its share of the blocks kv_in cannot
- * reach, then its share of the others, reading kv_in only once *ready ≥ epoch (compared as a wrapping
- * difference); write it with lasp_attn_cuda_signal on the stream that brings kv_in, after it. One tail
- * instead of two launches' two. The transfer must find SMs of its own (lasp_attn_cuda_sp_leave_sms ≥ 1,
- * else an error): the CTAs that wait hold theirs. A state that never comes ends the kernel with an error
- * after 30 s. Only where the output pass is k_out_tma (bf16, d 64 or 128, e ≥ 64, an sm_90a device):
- * LASP_ERR_UNSUPPORTED otherwise, before anything is enqueued. */
-lasp_status lasp_attn_fwd_cuda_finish_when(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q,
-                                           const void *k, const void *v, const float *slopes, const float *kv_in,
-                                           void *o, const float *seg, const unsigned *ready, unsigned epoch);
-/* *ready = epoch on `stream` once the work before it there is done (a release at GPU scope). */
-lasp_status lasp_attn_cuda_signal(lasp_ctx *ctx, unsigned *ready, unsigned epoch, void *stream);
-lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
+lasp_status lasp_attn_bwd_cuda_local(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
                                      const void *v, const float *slopes, const void *do_, float *g);
-lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *k, const void *v,
+lasp_status lasp_attn_bwd_cuda_dq(lasp_ctx *ctx, const lasp_attn_desc *a, const void *k, const void *v,
                                   const float *slopes, const float *kv_in, const void *do_, void *dq,
                                   const float *seg);
-lasp_status lasp_attn_bwd_cuda_fold(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
-                                    const void *do_, const float *slopes, const float *dkv_out, void *stream);
-lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, lasp_heads hs, const void *q, const void *k,
+lasp_status lasp_attn_bwd_cuda_finish(lasp_ctx *ctx, const lasp_attn_desc *a, const void *q, const void *k,
                                       const void *v, const float *slopes, const void *do_, const float *dkv_out,
                                       void *dk, void *dv);
 

@@ -154,6 +154,11 @@ static const lasp_comm_ops SELF_OPS = {
     .abort = self_abort,
 };
 
+static lasp_status check_comm(const lasp_comm *c, const char *fn, lasp_err *err) {
+    if (!c) return lasp_fail(err, LASP_ERR_ARG, "%s: communicator is NULL", fn);
+    return LASP_OK;
+}
+
 /* ---- dispatch --------------------------------------------------------------------------------- */
 
 int lasp_comm_launcher_size(void) {
@@ -207,6 +212,7 @@ lasp_status lasp_comm_world(lasp_comm_backend backend, int *argc, char ***argv, 
         return s;
     }
     c->world_rank = c->rank;
+    c->timeout_s = LASP_COMM_TIMEOUT_S;
     *out = c;
     return LASP_OK;
 }
@@ -223,6 +229,7 @@ lasp_status lasp_comm_split_lean(lasp_comm *c, int color, int key, int max_ctas,
     lasp_comm *n = calloc(1, sizeof *n);
     if (!n) return lasp_fail(err, LASP_ERR_NOMEM, "rank %d: no memory for a communicator", c->world_rank);
     n->ops = c->ops, n->backend = c->backend, n->world_rank = c->world_rank, n->size = 1, n->max_ctas = max_ctas;
+    n->timeout_s = c->timeout_s;
     lasp_status s = c->ops->split(c, color, key, n, err);
     if (s != LASP_OK) {
         free(n);
@@ -238,6 +245,15 @@ void lasp_comm_free(lasp_comm *c) {
     free(c);
 }
 
+lasp_status lasp_comm_set_timeout(lasp_comm *c, double seconds, lasp_err *err) {
+    LASP_TRY(check_comm(c, "lasp_comm_set_timeout", err));
+    if (!(seconds > 0) || seconds > 1e7)
+        return lasp_fail(err, LASP_ERR_ARG, "rank %d: a timeout of %g s (hint: seconds > 0, e.g. %.0f)", c->world_rank,
+                         seconds, LASP_COMM_TIMEOUT_S);
+    c->timeout_s = seconds;
+    return LASP_OK;
+}
+
 int lasp_comm_rank(const lasp_comm *c) { return c ? c->rank : 0; }
 int lasp_comm_size(const lasp_comm *c) { return c ? c->size : 1; }
 lasp_comm_backend lasp_comm_backend_of(const lasp_comm *c) { return c ? c->backend : LASP_COMM_SELF; }
@@ -248,10 +264,6 @@ void lasp_comm_reset_stats(lasp_comm *c) {
 
 /* ---- argument checks shared by every backend -------------------------------------------------- */
 
-static lasp_status check_comm(const lasp_comm *c, const char *fn, lasp_err *err) {
-    if (!c) return lasp_fail(err, LASP_ERR_ARG, "%s: communicator is NULL", fn);
-    return LASP_OK;
-}
 
 static lasp_status check_dtype(const lasp_comm *c, lasp_dtype t, const char *fn, lasp_err *err) {
     if (t != LASP_F32 && t != LASP_F64 && t != LASP_BF16 && t != LASP_F16)

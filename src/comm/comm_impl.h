@@ -1,7 +1,7 @@
 /* comm_impl.h — what a backend provides to the dispatch in comm.c. Private to src/comm.
  *
  * comm.c validates arguments, counts traffic and calls through `ops`, so a backend only moves bytes.
- * A new backend (NCCL, a later issue) is one more table and one more case in lasp_comm_world. */
+ * A new backend is one more table and one more case in lasp_comm_world. */
 #ifndef LASP_COMM_IMPL_H
 #define LASP_COMM_IMPL_H
 
@@ -51,6 +51,7 @@ struct lasp_comm {
     int is_world;
     int owns_init;        /* the world initialised MPI, so freeing it finalises */
     int max_ctas;         /* device backends: thread blocks an operation may use (0: the library's default) */
+    double timeout_s;     /* device backends: the longest wait for a peer (lasp_comm_set_timeout) */
     lasp_comm_stats stats;
     void *impl;           /* backend handle (an MPI_Comm for mpi) */
 };

@@ -197,16 +197,10 @@ static lasp_status nccl_bcast(lasp_comm *c, void *buf, size_t count, lasp_dtype 
     return check_async(c, err);
 }
 
-/* How long a wait for a peer may take: LASP_NCCL_TIMEOUT seconds (default 300) */
-static double timeout_s(void) {
-    const char *env = getenv("LASP_NCCL_TIMEOUT");
-    return env && atof(env) > 0 ? atof(env) : 300.0;
-}
-
-/* Waits for everything enqueued, polling for asynchronous errors; timeout_s() bounds the wait, so a dead
- * peer ends in an error rather than a hang. */
+/* Waits for everything enqueued, polling for asynchronous errors; the communicator's timeout bounds the
+ * wait, so a dead peer ends in an error rather than a hang. */
 static lasp_status nccl_sync(lasp_comm *c, lasp_err *err) {
-    const double limit = timeout_s();
+    const double limit = c->timeout_s;
     struct timespec t0, now, nap = {0, 100000};
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
@@ -217,7 +211,8 @@ static lasp_status nccl_sync(lasp_comm *c, lasp_err *err) {
         clock_gettime(CLOCK_MONOTONIC, &now);
         if ((now.tv_sec - t0.tv_sec) + 1e-9 * (now.tv_nsec - t0.tv_nsec) > limit)
             return lasp_fail(err, LASP_ERR_COMM, "rank %d: NCCL operations did not finish within %.0f s (a peer "
-                             "stopped or is far behind; hint: LASP_NCCL_TIMEOUT=seconds)", c->world_rank, limit);
+                             "stopped or is far behind; hint: a longer timeout, lasp_comm_set_timeout or --timeout)", c->world_rank,
+                             limit);
         nanosleep(&nap, NULL);
     }
 }
@@ -249,7 +244,7 @@ static void *nccl_stream(const lasp_comm *c) { return ST(c)->stream; }
  * needs an SM, beside compute that holds them all) stands between the data and its use. Layout: the
  * caller's bytes, then the counters (n_flags unsigned). */
 typedef struct nccl_window {
-    ncclWindow_t win;
+    ncclWindow_t win;    /* NULL for a window over one rank: plain device memory, no peer to map it */
     void **peer;         /* [size]: each rank's window base as this GPU addresses it */
     size_t flag_off;     /* the counters' offset in every window */
     unsigned *arrived;   /* a put's blocks counted, so that its last one raises the counter */
@@ -267,7 +262,8 @@ static void window_release(lasp_comm_window *w, int registered) {
     nccl_window *n = WIN(w);
     if (!n) return;
     if (registered) ncclCommWindowDeregister(ST(w->comm)->nccl, n->win);
-    if (w->base) ncclMemFree(w->base);
+    if (w->base && w->comm->size == 1) cudaFree(w->base);
+    else if (w->base) ncclMemFree(w->base);
     if (n->arrived) cudaFree(n->arrived);
     free(n->peer);
     free(n);
@@ -285,6 +281,17 @@ static lasp_status nccl_window_make(lasp_comm *c, lasp_comm_window *w, lasp_err 
     w->impl = n;
     n->flag_off = (w->bytes + 255) / 256 * 256;
     const size_t total = n->flag_off + (size_t)w->n_flags * sizeof(unsigned);
+    if (c->size == 1) { /* no peer: plain memory, which a put to oneself stores into */
+        if (cudaMalloc(&w->base, total) != cudaSuccess || cudaMemset(w->base, 0, total) != cudaSuccess ||
+            cudaMalloc((void **)&n->arrived, sizeof(unsigned)) != cudaSuccess ||
+            cudaMemset(n->arrived, 0, sizeof(unsigned)) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess) {
+            window_release(w, 0);
+            return lasp_fail(err, LASP_ERR_NOMEM, "rank %d: no device memory for a window of %zu bytes", c->world_rank,
+                             total);
+        }
+        peer[0] = w->base;
+        return LASP_OK;
+    }
     /* zeroed before it is registered: once registration returns anywhere, a peer may already raise our
      * counters */
     int ok = lasp_nccl_lsa_size(ST(c)->nccl) == c->size && ncclMemAlloc(&w->base, total) == ncclSuccess &&
@@ -318,7 +325,7 @@ static void nccl_window_free(lasp_comm_window *w) {
     /* nothing of ours in flight, and no peer still writing into this window */
     cudaStreamSynchronize(ST(c)->stream);
     MPI_Barrier(ST(c)->mpi);
-    window_release(w, 1);
+    window_release(w, WIN(w)->win != NULL);
 }
 
 static lasp_status nccl_put_signal(lasp_comm_window *w, const void *src, size_t bytes, size_t offset, int peer,
@@ -333,7 +340,7 @@ static lasp_status nccl_put_signal(lasp_comm_window *w, const void *src, size_t 
 
 static lasp_status nccl_wait_signal(lasp_comm_window *w, int flag, unsigned value, lasp_err *err) {
     const unsigned *mine = (const unsigned *)((const char *)w->base + WIN(w)->flag_off) + flag;
-    int e = lasp_nccl_wait(mine, value, timeout_s(), ST(w->comm)->stream);
+    int e = lasp_nccl_wait(mine, value, w->comm->timeout_s, ST(w->comm)->stream);
     if (e) return cuda_fail(w->comm, (cudaError_t)e, "launching a wait", err);
     return LASP_OK;
 }

@@ -3,30 +3,28 @@
 
 #include <stdlib.h>
 
-void lasp_attn_cuda_ctx_free(void *cuda);  /* src/attn (CUDA builds); a no-op stub otherwise */
-
 lasp_ctx_params lasp_ctx_default_params(void) {
-    lasp_ctx_params p = {.n_threads = 0, .log_level = 1};
+    lasp_ctx_params p = {.n_threads = 0, .log_level = 1, .kernels = LASP_KERNELS_AUTO};
     return p;
 }
 
 lasp_status lasp_ctx_create(const lasp_ctx_params *params, lasp_ctx **out) {
     if (!out) return LASP_ERR_ARG;
     *out = NULL;
+    const lasp_ctx_params p = params ? *params : lasp_ctx_default_params();
+    if (p.n_threads < 0 || p.n_threads > LASP_MAX_THREADS || p.log_level < 0 || p.log_level > 3 ||
+        (p.kernels != LASP_KERNELS_AUTO && p.kernels != LASP_KERNELS_SM80))
+        return LASP_ERR_ARG;
     lasp_ctx *c = calloc(1, sizeof *c);
     if (!c) return LASP_ERR_NOMEM;
-    c->params = params ? *params : lasp_ctx_default_params();
-    if (c->params.n_threads < 0) {
-        free(c);
-        return LASP_ERR_ARG;
-    }
+    c->params = p;
     *out = c;
     return LASP_OK;
 }
 
 void lasp_ctx_free(lasp_ctx *ctx) {
     if (!ctx) return;
-    if (ctx->cuda) lasp_attn_cuda_ctx_free(ctx->cuda);
+    if (ctx->cuda && ctx->cuda_free) ctx->cuda_free(ctx->cuda);
     free(ctx);
 }
 

@@ -1,4 +1,4 @@
-/* ctx.h — the context every call takes: settings and the last error. No globals anywhere. */
+/* ctx.h — the context every op call takes: settings and the last error. No globals anywhere. */
 #ifndef LASP_CORE_CTX_H
 #define LASP_CORE_CTX_H
 
@@ -7,7 +7,10 @@
 struct lasp_ctx {
     lasp_ctx_params params;
     lasp_err err;
-    void *cuda;  /* GPU state (stream, workspace), owned by the CUDA attention code; NULL on CPU */
+    /* GPU state (stream, workspace), made and owned by the CUDA op, which sets the function that frees
+     * it: the context itself knows nothing of CUDA. NULL on the CPU. */
+    void *cuda;
+    void (*cuda_free)(void *cuda);
 };
 
 #endif

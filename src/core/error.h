@@ -1,4 +1,5 @@
-/* error.h — status plus a message that names the bad value: how every layer reports failure. */
+/* error.h — recording a failure in a lasp_err (lasp.h): a status plus a message that names the bad value,
+ * how every layer reports failure. */
 #ifndef LASP_CORE_ERROR_H
 #define LASP_CORE_ERROR_H
 
@@ -7,11 +8,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-typedef struct lasp_err {
-    lasp_status status;
-    char msg[1024];
-} lasp_err;
 
 /* Record a failure (printf-style message) and return its status, so callers write
  * `return lasp_fail(err, LASP_ERR_SHAPE, "q has T=%lld but k has T=%lld", ...)`. err may be NULL. */

@@ -26,7 +26,7 @@ lasp_status lasp_model_preset(const char *name, int32_t vocab, lasp_model_config
         {"tiny", 32, 2, 2, 64},        /* seconds on a laptop core: tests, finite differences */
         {"small", 128, 4, 4, 256},     /* the demo: learns the recall task in minutes on 2 cores */
         {"400m", 1024, 24, 8, 2816},   /* ~0.4 B with a GPT-2 vocab */
-        {"1b", 2048, 16, 16, 5632},    /* ~1.1 B with a GPT-2 vocab (TARGETS.md's 1B shape) */
+        {"1b", 2048, 16, 16, 5632},    /* ~1.1 B with a GPT-2 vocab */
     };
     for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
         if (!strcmp(name, presets[i].name)) {
@@ -147,7 +147,7 @@ static void acts_free(lasp_model *m) {
         free(a->x), free(a->rstd1), free(a->xn1), free(a->pre), free(a->q), free(a->k), free(a->v), free(a->o);
         free(a->rstdo), free(a->y), free(a->xm), free(a->rstd2), free(a->xn2), free(a->h), free(a->a);
         free(a->cpre), free(a->halo);
-        lasp_sp_cache_free(&a->cache);
+        lasp_sp_cache_free(a->cache);
         memset(a, 0, sizeof *a);
     }
     free(m->xL), free(m->rstdf), free(m->xf), free(m->logits), free(m->dres), free(m->dbuf), free(m->dbig);
@@ -312,7 +312,7 @@ static lasp_status attn_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a,
 static lasp_status attn_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, lasp_model *m,
                             const lasp_layer_acts *A, const float *slopes) {
     if (sp && sp->sp_size > 1)
-        return lasp_sp_attn_bwd(ctx, sp, a, A->q, A->k, A->v, slopes, &A->cache, m->dob, NULL, m->dq, m->dk, m->dv,
+        return lasp_sp_attn_bwd(ctx, sp, a, A->q, A->k, A->v, slopes, A->cache, m->dob, NULL, m->dq, m->dk, m->dv,
                                 NULL);
     return lasp_attn_bwd(ctx, a, A->q, A->k, A->v, slopes, NULL, m->dob, NULL, m->dq, m->dk, m->dv, NULL);
 }
@@ -326,13 +326,11 @@ static lasp_status conv_halo_fwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, lasp
     const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K1 = m->cfg.conv - 1, n = B * K1 * 3 * C;
     memset(A->halo, 0, (size_t)n * sizeof(float));
     if (!sp || sp->sp_size == 1) return LASP_OK;
-    const int r = sp->sp_rank, last = sp->sp_size - 1;
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < K1; i++)
             memcpy(m->halo_tx + (b * K1 + i) * 3 * C, A->pre + (b * T + T - K1 + i) * 4 * C,
                    (size_t)(3 * C) * sizeof(float));
-    return lasp_comm_sendrecv(sp->sp, m->halo_tx, (size_t)n, r < last ? r + 1 : -1, A->halo, (size_t)n,
-                              r > 0 ? r - 1 : -1, LASP_F32, &ctx->err);
+    return lasp_sp_halo(sp, 0, m->halo_tx, A->halo, (size_t)n, LASP_F32, &ctx->err);
 }
 
 /* Row of q | k | v projections (3C, stride 1) of token t of sequence b before the convolution;
@@ -386,11 +384,9 @@ static lasp_status conv_bwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const las
             }
         }
     if (!sp || sp->sp_size == 1) return LASP_OK;
-    const int r = sp->sp_rank, last = sp->sp_size - 1;
     const size_t n = (size_t)(B * K1 * W3);
-    LASP_TRY(lasp_comm_sendrecv(sp->sp, m->halo_tx, n, r > 0 ? r - 1 : -1, m->halo_rx, n, r < last ? r + 1 : -1,
-                                LASP_F32, &ctx->err));
-    if (r < last)
+    LASP_TRY(lasp_sp_halo(sp, 1, m->halo_tx, m->halo_rx, n, LASP_F32, &ctx->err));
+    if (sp->sp_rank < sp->sp_size - 1)
         for (int64_t b = 0; b < B; b++)
             for (int64_t i = 0; i < K1; i++)
                 for (int64_t c = 0; c < W3; c++)

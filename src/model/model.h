@@ -21,20 +21,9 @@
 extern "C" {
 #endif
 
-typedef struct lasp_model_config {
-    int32_t vocab;     /* V */
-    int32_t d_model;   /* C */
-    int32_t n_layers;  /* L */
-    int32_t n_heads;   /* H; C / H must be a head dim the op supports (16..256) */
-    int32_t ffn_dim;   /* F */
-    int32_t conv;      /* K: taps of the short causal depthwise convolution on q, k, v (0 = none);
-                        * it gives each position its predecessors' projections, which associative
-                        * recall needs (docs/MODEL.md) */
-} lasp_model_config;
-
-/* tiny | small | 400m | 1b, with the given vocab (all with the short convolution, K = 4). */
-lasp_status lasp_model_preset(const char *name, int32_t vocab, lasp_model_config *out, lasp_err *err);
-lasp_status lasp_model_config_check(const lasp_model_config *c, lasp_err *err);
+/* lasp_model_config, lasp_model_preset and lasp_model_config_check are lasp.h's. conv, the short causal
+ * depthwise convolution on q, k, v, gives each position its predecessors' projections, which associative
+ * recall needs (docs/MODEL.md). */
 
 /* Offsets of the tensors inside one block (elements, from the block's start). */
 typedef struct lasp_block_off {
@@ -69,7 +58,7 @@ int lasp_layout_decays(const lasp_layout *l, size_t i);
  * on the seed and the config, so every rank (and every dp × sp layout) starts from the same model. */
 void lasp_model_init_params(const lasp_model_config *c, const lasp_layout *l, uint64_t seed, float *params);
 
-/* Per-layer decay slopes of MATH.md §1: s_h = 2^(−8(h+1)/H) · (1 − l/(L−1) + 1e−5). */
+/* Per-layer decay slopes of docs/MATH.md §1: s_h = 2^(−8(h+1)/H) · (1 − l/(L−1) + 1e−5). */
 void lasp_model_slopes(const lasp_model_config *c, int layer, float *slopes /* [H] */);
 
 /* How the model reaches its parameters and gradients, unit by unit. With ZeRO-3 `get` gathers the
@@ -102,7 +91,7 @@ typedef struct lasp_layer_acts {
     float *xn2;     /* [N, C] */
     float *h;       /* [N, 2F] */
     float *a;       /* [N, F]  h1 ⊙ h2 */
-    lasp_sp_cache cache;
+    lasp_sp_cache *cache; /* what the SP forward keeps for the backward (made by the first forward) */
 } lasp_layer_acts;
 
 typedef struct lasp_model {

@@ -1,4 +1,5 @@
-/* sp.c — LASP over an SP group (MATH.md §3–5): the chain with KV_in cached, and the LASP-2 all-gather.
+/* sp.c — LASP over an SP group (docs/MATH.md §3–5): the group itself (made by splitting the world), and
+ * its schedule on host communicators: the chain with KV_in cached, and the LASP-2 all-gather.
  *
  * Both modes share the local work: lasp_attn_fwd_cpu with no incoming state gives O_intra (with the
  * piece's own block-to-block inter terms) and the piece's state m; lasp_attn_bwd_cpu with the cached
@@ -11,50 +12,93 @@
 #include "sp/sp.h"
 #include "sp/sp_cuda.h"
 
-int lasp_sp_comm_ctas(void) {
-    const char *e = getenv("LASP_SP_LEAVE_SMS");
-    return e && atoi(e) >= 0 ? atoi(e) : LASP_SP_COMM_CTAS;
+lasp_sp_params lasp_sp_default_params(void) {
+    lasp_sp_params p = {.size = 1, .mode = LASP_SP_CHAIN, .transfer = LASP_SP_TRANSFER_AUTO, .comm_sms = 4,
+                        .timeout_s = LASP_COMM_TIMEOUT_S, .trace = 0};
+    return p;
 }
 
-lasp_status lasp_sp_init(lasp_comm *world, int sp_size, lasp_sp_mode mode, lasp_sp *out, lasp_err *err) {
-    if (!world || !out) return lasp_fail(err, LASP_ERR_ARG, "lasp_sp_init: world or out is NULL");
-    memset(out, 0, sizeof *out);
-    const int n = lasp_comm_size(world), r = lasp_comm_rank(world);
-    if (mode != LASP_SP_CHAIN && mode != LASP_SP_LASP2)
-        return lasp_fail(err, LASP_ERR_ARG, "unknown SP mode %d (hint: chain (lasp) or lasp2)", (int)mode);
-    if (sp_size < 1 || n % sp_size)
+static lasp_status check_params(const lasp_sp_params *p, int n, lasp_err *err) {
+    if (p->mode != LASP_SP_CHAIN && p->mode != LASP_SP_LASP2)
+        return lasp_fail(err, LASP_ERR_ARG, "unknown SP mode %d (hint: chain or lasp2)", (int)p->mode);
+    if (p->size < 1 || n % p->size)
         return lasp_fail(err, LASP_ERR_ARG,
                          "--sp %d does not divide the %d ranks of the job (world = dp × sp; hint: an sp that divides "
-                         "%d)", sp_size, n, n);
-    out->world = world;
-    out->world_size = n, out->world_rank = r;
-    out->sp_size = sp_size, out->sp_rank = r % sp_size;
-    out->dp_size = n / sp_size, out->dp_rank = r / sp_size;
-    out->mode = mode;
+                         "%d)", p->size, n, n);
+    if (p->transfer != LASP_SP_TRANSFER_AUTO && p->transfer != LASP_SP_TRANSFER_SEND)
+        return lasp_fail(err, LASP_ERR_ARG, "unknown SP transfer %d (hint: auto or send)", (int)p->transfer);
+    if (p->comm_sms < 0 || p->comm_sms > 32)
+        return lasp_fail(err, LASP_ERR_ARG, "%d SMs left to the SP transfers (hint: 0 .. 32; the default is 4)",
+                         p->comm_sms);
+    if (!(p->timeout_s > 0) || p->timeout_s > 1e7)
+        return lasp_fail(err, LASP_ERR_ARG, "an SP timeout of %g s (hint: seconds > 0)", p->timeout_s);
+    if (p->trace != 0 && p->trace != 1) return lasp_fail(err, LASP_ERR_ARG, "trace %d (hint: 0 or 1)", p->trace);
+    return LASP_OK;
+}
+
+lasp_status lasp_sp_create(lasp_comm *world, const lasp_sp_params *p, lasp_sp **out, lasp_err *err) {
+    if (!world || !out) return lasp_fail(err, LASP_ERR_ARG, "lasp_sp_create: world or out is NULL");
+    *out = NULL;
+    const lasp_sp_params prm = p ? *p : lasp_sp_default_params();
+    const int n = lasp_comm_size(world), r = lasp_comm_rank(world);
+    LASP_TRY(check_params(&prm, n, err));
+    lasp_sp *sp = calloc(1, sizeof *sp);
+    if (!sp) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for an SP group");
+    sp->world = world, sp->p = prm;
+    sp->world_size = n, sp->world_rank = r;
+    sp->sp_size = prm.size, sp->sp_rank = r % prm.size;
+    sp->dp_size = n / prm.size, sp->dp_rank = r / prm.size;
     /* SP groups contiguous (neighbours in the chain are neighbours in rank order, usually on one node),
-     * DP groups strided. Both splits are collective over the world, in the same order on every rank. */
-    LASP_TRY(lasp_comm_split_lean(world, out->dp_rank, out->sp_rank, lasp_sp_comm_ctas(), &out->sp, err));
-    lasp_status s = lasp_comm_split(world, out->sp_rank, out->dp_rank, &out->dp, err);
+     * DP groups strided. Both splits are collective over the world, in the same order on every rank. The SP
+     * group's device transfers run on the SMs the attention leaves them (comm_sms thread blocks at most). */
+    lasp_status s = lasp_comm_split_lean(world, sp->dp_rank, sp->sp_rank, prm.comm_sms, &sp->sp, err);
+    if (s == LASP_OK) s = lasp_comm_set_timeout(sp->sp, prm.timeout_s, err);
+    if (s == LASP_OK) s = lasp_comm_split(world, sp->sp_rank, sp->dp_rank, &sp->dp, err);
     if (s != LASP_OK) {
-        lasp_comm_free(out->sp);
-        out->sp = NULL;
+        lasp_comm_free(sp->sp);
+        free(sp);
+        return s;
     }
-    return s;
+    *out = sp;
+    return LASP_OK;
 }
 
 void lasp_sp_free(lasp_sp *sp) {
     if (!sp) return;
-    lasp_comm_window_free(sp->win);
-    sp->win = NULL;
+#ifdef LASP_HAVE_CUDA
+    lasp_sp_gpu_free(sp);
+#endif
     lasp_comm_free(sp->sp);
     lasp_comm_free(sp->dp);
-    sp->sp = sp->dp = NULL;
+    free(sp);
 }
 
-const char *lasp_sp_transfer(const lasp_sp *sp) {
-    if (sp->win) return "one-sided puts into the peers' memory";
-    if (sp->win_why[0]) return sp->win_why;
-    return "NCCL send/receive";
+lasp_sp_layout lasp_sp_get_layout(const lasp_sp *sp) {
+    lasp_sp_layout l = {1, 0, 1, 0, 1, 0};
+    if (sp)
+        l = (lasp_sp_layout){sp->world_size, sp->world_rank, sp->sp_size, sp->sp_rank, sp->dp_size, sp->dp_rank};
+    return l;
+}
+
+lasp_comm *lasp_sp_group(const lasp_sp *sp) { return sp ? sp->sp : NULL; }
+lasp_comm *lasp_sp_dp_group(const lasp_sp *sp) { return sp ? sp->dp : NULL; }
+lasp_sp_trace lasp_sp_get_trace(const lasp_sp *sp) { return sp ? sp->trace : (lasp_sp_trace){0}; }
+
+const char *lasp_sp_transfer_name(const lasp_sp *sp) {
+#ifdef LASP_HAVE_CUDA
+    if (sp && lasp_comm_backend_of(sp->sp) == LASP_COMM_NCCL) return lasp_sp_gpu_transfer(sp);
+#endif
+    return sp && lasp_comm_backend_of(sp->sp) == LASP_COMM_MPI ? "MPI send/receive" : "none (one process)";
+}
+
+lasp_status lasp_sp_halo(lasp_sp *sp, int backward, const void *send, void *recv, size_t count, lasp_dtype dtype,
+                         lasp_err *err) {
+    if (!sp) return lasp_fail(err, LASP_ERR_ARG, "lasp_sp_halo: sp is NULL");
+    const int r = sp->sp_rank, last = sp->sp_size - 1;
+    const int next = r < last ? r + 1 : -1, prev = r > 0 ? r - 1 : -1;
+    if (sp->sp_size == 1) return LASP_OK;
+    return lasp_comm_sendrecv(sp->sp, send, count, backward ? prev : next, recv, count, backward ? next : prev, dtype,
+                              err);
 }
 
 void lasp_sp_cache_free(lasp_sp_cache *c) {
@@ -62,12 +106,21 @@ void lasp_sp_cache_free(lasp_sp_cache *c) {
 #ifdef LASP_HAVE_CUDA
     if (c->on_device) {
         lasp_sp_cache_free_cuda(c);
+        free(c);
         return;
     }
 #endif
     free(c->kv_in);
     free(c->work);
-    memset(c, 0, sizeof *c);
+    free(c);
+}
+
+/* The cache of a forward: made on first use. */
+static lasp_status cache_of(lasp_sp_cache **cache, lasp_err *err) {
+    if (!cache) return lasp_fail(err, LASP_ERR_ARG, "lasp_sp_attn_fwd: cache is NULL (the backward needs it)");
+    if (!*cache && !(*cache = calloc(1, sizeof **cache)))
+        return lasp_fail(err, LASP_ERR_NOMEM, "no memory for an SP cache");
+    return LASP_OK;
 }
 
 static size_t state_count(const lasp_attn_desc *a) {
@@ -77,7 +130,7 @@ static size_t state_count(const lasp_attn_desc *a) {
 /* Scratch the backward needs too (it cannot grow a const cache): chain m/g + a receive buffer;
  * LASP-2 the local state + the gathered states of the group. */
 static size_t work_states(const lasp_sp *sp) {
-    return sp->mode == LASP_SP_LASP2 ? (size_t)sp->sp_size + 1 : 2;
+    return sp->p.mode == LASP_SP_LASP2 ? (size_t)sp->sp_size + 1 : 2;
 }
 
 static lasp_status check_args(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *slopes,
@@ -108,23 +161,29 @@ static void horner(const lasp_attn_desc *a, const float *slopes, const float *G,
     for (int s = from; s != to; s += step) lasp_state_combine_cpu(a->B, a->H, a->d, a->e, slopes, a->T, P, G + s * ns, P);
 }
 
-lasp_status lasp_sp_attn_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *q, const float *k,
-                             const float *v, const float *slopes, const float *kv_in, float *o, float *kv_out,
-                             lasp_sp_cache *cache) {
+lasp_status lasp_sp_attn_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q_, const void *k_,
+                             const void *v_, const float *slopes, const float *kv_in, void *o_, float *kv_out,
+                             lasp_sp_cache **cachep) {
+    if (!ctx) return LASP_ERR_ARG;
+    LASP_TRY(cache_of(cachep, &ctx->err));
+    lasp_sp_cache *cache = *cachep;
 #ifdef LASP_HAVE_CUDA
     if (sp && sp->sp && lasp_comm_backend_of(sp->sp) == LASP_COMM_NCCL)
-        return lasp_sp_attn_fwd_cuda(ctx, sp, a, q, k, v, slopes, kv_in, o, kv_out, cache);
+        return lasp_sp_attn_fwd_cuda(ctx, sp, a, q_, k_, v_, slopes, kv_in, o_, kv_out, cache);
 #endif
     LASP_TRY(check_args(ctx, sp, a, slopes, "lasp_sp_attn_fwd"));
     lasp_err *err = &ctx->err;
-    if (!cache) return lasp_fail(err, LASP_ERR_ARG, "lasp_sp_attn_fwd: cache is NULL (the backward needs it)");
+    if (cache->on_device)
+        return lasp_fail(err, LASP_ERR_ARG, "lasp_sp_attn_fwd: the cache holds GPU buffers of a run on NCCL");
+    const float *q = q_, *k = k_, *v = v_;
+    float *o = o_;
     const size_t ns = state_count(a);
     const int W = sp->sp_size, r = sp->sp_rank;
     LASP_TRY(grow(&cache->kv_in, &cache->n, ns, err, "state cache"));
     LASP_TRY(grow(&cache->work, &cache->work_n, work_states(sp) * ns, err, "state buffers"));
     float *KV = cache->kv_in, *m = cache->work;
 
-    if (sp->mode == LASP_SP_CHAIN) {
+    if (sp->p.mode == LASP_SP_CHAIN) {
         /* post the receive before the local work, so the state can land while we compute */
         lasp_comm_req *rx = NULL, *tx = NULL;
         if (r > 0) LASP_TRY(lasp_comm_irecv(sp->sp, KV, ns, r - 1, LASP_F32, &rx, err));
@@ -158,24 +217,26 @@ lasp_status lasp_sp_attn_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a
     return LASP_OK;
 }
 
-lasp_status lasp_sp_attn_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *q, const float *k,
-                             const float *v, const float *slopes, const lasp_sp_cache *cache, const float *do_,
-                             const float *dkv_out, float *dq, float *dk, float *dv, float *dkv_in) {
+lasp_status lasp_sp_attn_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q_, const void *k_,
+                             const void *v_, const float *slopes, const lasp_sp_cache *cache, const void *do__,
+                             const float *dkv_out, void *dq_, void *dk_, void *dv_, float *dkv_in) {
 #ifdef LASP_HAVE_CUDA
     if (sp && sp->sp && lasp_comm_backend_of(sp->sp) == LASP_COMM_NCCL)
-        return lasp_sp_attn_bwd_cuda(ctx, sp, a, q, k, v, slopes, cache, do_, dkv_out, dq, dk, dv, dkv_in);
+        return lasp_sp_attn_bwd_cuda(ctx, sp, a, q_, k_, v_, slopes, cache, do__, dkv_out, dq_, dk_, dv_, dkv_in);
 #endif
+    const float *q = q_, *k = k_, *v = v_, *do_ = do__;
+    float *dq = dq_, *dk = dk_, *dv = dv_;
     LASP_TRY(check_args(ctx, sp, a, slopes, "lasp_sp_attn_bwd"));
     lasp_err *err = &ctx->err;
     const size_t ns = state_count(a);
     const int W = sp->sp_size, r = sp->sp_rank;
-    if (!cache || !cache->kv_in || cache->n < ns || cache->work_n < work_states(sp) * ns)
+    if (!cache || cache->on_device || !cache->kv_in || cache->n < ns || cache->work_n < work_states(sp) * ns)
         return lasp_fail(err, LASP_ERR_ARG,
                          "lasp_sp_attn_bwd: the cache does not hold a forward of this shape (hint: run "
                          "lasp_sp_attn_fwd with the same desc and mode first)");
     float *g = cache->work, *dKV = cache->work + ns;
 
-    if (sp->mode == LASP_SP_CHAIN) {
+    if (sp->p.mode == LASP_SP_CHAIN) {
         lasp_comm_req *rx = NULL, *tx = NULL;
         if (r < W - 1) LASP_TRY(lasp_comm_irecv(sp->sp, dKV, ns, r + 1, LASP_F32, &rx, err));
         /* dQ needs only KV_in, which the forward cached: no second forward chain */

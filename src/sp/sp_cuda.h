@@ -1,7 +1,5 @@
-/* sp_cuda.h — LASP on GPUs (sp_cuda.cu): the chain and LASP-2 of sp.c on device memory, with the
- * transfers on the NCCL communicator's stream and the op's halves (attn/attn_cuda_sp.h) on the
- * compute stream, ordered by CUDA events only — no host synchronisation on the critical path.
- * Reached through lasp_sp_attn_fwd/bwd when the SP communicators are NCCL. */
+/* sp_cuda.h — LASP on GPUs: the schedule of sp.c on device memory (sp_cuda.cu), reached through
+ * lasp_sp_attn_fwd/bwd when the SP communicators are NCCL. */
 #ifndef LASP_SP_CUDA_H
 #define LASP_SP_CUDA_H
 
@@ -19,6 +17,9 @@ lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_de
                                   const void *v, const float *slopes, const lasp_sp_cache *cache, const void *do_,
                                   const float *dkv_out, void *dq, void *dk, void *dv, float *dkv_in);
 void lasp_sp_cache_free_cuda(lasp_sp_cache *c);
+/* the transport's state (collective: its one-sided window), and how the states travelled */
+void lasp_sp_gpu_free(lasp_sp *sp);
+const char *lasp_sp_gpu_transfer(const lasp_sp *sp);
 #endif
 
 #ifdef __cplusplus

@@ -22,8 +22,7 @@ const char *lasp_data_kind_name(lasp_data_kind k) {
     return "?";
 }
 
-lasp_status lasp_data_recall(uint64_t seed, int32_t n_pairs, lasp_data *out, lasp_err *err) {
-    memset(out, 0, sizeof *out);
+static lasp_status recall_init(uint64_t seed, int32_t n_pairs, lasp_data *out, lasp_err *err) {
     if (n_pairs < 1 || n_pairs > LASP_RECALL_N_KEYS)
         return lasp_fail(err, LASP_ERR_ARG, "--recall-pairs %d is out of range 1..%d (the task has %d distinct keys)",
                          n_pairs, LASP_RECALL_N_KEYS, LASP_RECALL_N_KEYS);
@@ -33,12 +32,18 @@ lasp_status lasp_data_recall(uint64_t seed, int32_t n_pairs, lasp_data *out, las
 }
 
 void lasp_data_free(lasp_data *d) {
+    if (!d) return;
     free(d->tokens);
-    memset(d, 0, sizeof *d);
+    free(d);
 }
 
-lasp_status lasp_data_open(const char *path, double val_frac, lasp_data *out, lasp_err *err) {
-    memset(out, 0, sizeof *out);
+lasp_data_info lasp_data_get_info(const lasp_data *d) {
+    lasp_data_info i = {0};
+    if (d) i = (lasp_data_info){d->kind, d->n_pairs, d->n_tokens, d->n_train, d->max_token};
+    return i;
+}
+
+static lasp_status open_init(const char *path, double val_frac, lasp_data *out, lasp_err *err) {
     if (!(val_frac >= 0 && val_frac < 1))
         return lasp_fail(err, LASP_ERR_ARG, "validation fraction %g is out of range [0, 1)", val_frac);
     FILE *f = fopen(path, "rb");
@@ -115,6 +120,32 @@ lasp_status lasp_data_open(const char *path, double val_frac, lasp_data *out, la
         if (out->tokens[i] > out->max_token) out->max_token = out->tokens[i];
     out->n_train = out->n_tokens - (size_t)((double)out->n_tokens * val_frac);
     return LASP_OK;
+}
+
+/* a zeroed lasp_data filled by init; freed again if init fails */
+static lasp_status make(lasp_data **out, lasp_status init_status, lasp_data *d) {
+    if (init_status != LASP_OK) {
+        lasp_data_free(d);
+        return init_status;
+    }
+    *out = d;
+    return LASP_OK;
+}
+
+lasp_status lasp_data_recall(uint64_t seed, int32_t n_pairs, lasp_data **out, lasp_err *err) {
+    if (!out) return lasp_fail(err, LASP_ERR_ARG, "lasp_data_recall: out is NULL");
+    *out = NULL;
+    lasp_data *d = calloc(1, sizeof *d);
+    if (!d) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the data");
+    return make(out, recall_init(seed, n_pairs, d, err), d);
+}
+
+lasp_status lasp_data_open(const char *path, double val_frac, lasp_data **out, lasp_err *err) {
+    if (!out || !path) return lasp_fail(err, LASP_ERR_ARG, "lasp_data_open: path or out is NULL");
+    *out = NULL;
+    lasp_data *d = calloc(1, sizeof *d);
+    if (!d) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the data");
+    return make(out, open_init(path, val_frac, d, err), d);
 }
 
 lasp_status lasp_data_check(const lasp_data *d, int64_t T, lasp_err *err) {

@@ -14,42 +14,28 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "lasp.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-typedef enum lasp_data_kind {
-    LASP_DATA_RECALL = 0,  /* built-in multi-query associative recall, generated from the seed */
-    LASP_DATA_TEXT = 1,    /* a text file, one token per byte (vocab 256) */
-    LASP_DATA_SHARD = 2,   /* an llm.c token shard (uint16 or uint32 tokens) */
-} lasp_data_kind;
-
 enum { LASP_SPLIT_TRAIN = 0, LASP_SPLIT_VAL = 1 };
 
-/* The recall task's vocabulary: keys and values are disjoint ranges, so a model that only learnt
- * the format still has to guess among RECALL_N_VALUES values: chance accuracy 1/64. */
-#define LASP_RECALL_KEY0 16
-#define LASP_RECALL_N_KEYS 64
-#define LASP_RECALL_VAL0 128
-#define LASP_RECALL_N_VALUES 64
-
-typedef struct lasp_data {
+/* The data behind lasp.h's opaque lasp_data: the recall task (kind RECALL), a text file (TEXT, one token
+ * per byte, vocab 256) or an llm.c token shard (SHARD, uint16 or uint32 tokens). */
+struct lasp_data {
     lasp_data_kind kind;
     uint64_t seed;
     int32_t n_pairs;         /* recall: key-value pairs stated at the start of each sample */
     int32_t *tokens;         /* files: all tokens */
     size_t n_tokens, n_train;  /* the first n_train tokens train, the rest validate */
     int32_t max_token;       /* largest token in the data (the model's vocab must exceed it) */
-} lasp_data;
+};
 
-/* The recall task: each sample states n_pairs (key, value) pairs, then asks random keys again
+/* lasp_data_recall, lasp_data_open, lasp_data_get_info, lasp_data_free and lasp_data_kind_name are
+ * lasp.h's. The recall task's samples state n_pairs (key, value) pairs, then ask random keys again
  * ("k v k v …") to the end; the values after the repeated keys are what `mask` marks. */
-lasp_status lasp_data_recall(uint64_t seed, int32_t n_pairs, lasp_data *out, lasp_err *err);
-/* A text file or an llm.c shard (recognised by its magic); val_frac of the tokens validate. */
-lasp_status lasp_data_open(const char *path, double val_frac, lasp_data *out, lasp_err *err);
-void lasp_data_free(lasp_data *d);
-const char *lasp_data_kind_name(lasp_data_kind k);
 
 /* Checks that samples of T+1 tokens fit (both splits of a file; the recall format). */
 lasp_status lasp_data_check(const lasp_data *d, int64_t T, lasp_err *err);

@@ -12,8 +12,8 @@ static double now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
-lasp_train_opts lasp_train_default_opts(void) {
-    lasp_train_opts o = {0};
+lasp_train_params lasp_train_default_params(void) {
+    lasp_train_params o = {0};
     o.batch = 8, o.seq_len = 256, o.steps = 100, o.warmup = 10;
     o.lr = 3e-3, o.min_lr = 3e-4, o.weight_decay = 0.1, o.beta1 = 0.9, o.beta2 = 0.95, o.eps = 1e-8, o.clip = 1.0;
     o.zero = 0, o.seed = 1337, o.val_batches = 4;
@@ -88,7 +88,7 @@ static lasp_status zero_grad_done(void *user, int u, lasp_err *err) {
 
 /* ---- init / free ------------------------------------------------------------------------------- */
 
-void lasp_trainer_free(lasp_trainer *t) {
+void lasp_trainer_release(lasp_trainer *t) {
     lasp_model_free(&t->m);
     free(t->chunk), free(t->soff), free(t->params), free(t->grads), free(t->pshard), free(t->gshard);
     free(t->mom), free(t->vel), free(t->decay), free(t->wscratch), free(t->gscratch);
@@ -97,7 +97,7 @@ void lasp_trainer_free(lasp_trainer *t) {
 }
 
 lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const lasp_data *data,
-                              const lasp_train_opts *o) {
+                              const lasp_train_params *o) {
     memset(t, 0, sizeof *t);
     lasp_err *err = &ctx->err;
     t->o = *o, t->ctx = ctx, t->sp = sp, t->world = sp->world, t->data = data;
@@ -124,7 +124,7 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
     t->Bl = o->batch / sp->dp_size, t->Tl = o->seq_len / sp->sp_size;
     lasp_status s = lasp_model_reserve(&t->m, t->Bl, t->Tl, err);
     if (s != LASP_OK) {
-        lasp_trainer_free(t);
+        lasp_trainer_release(t);
         return s;
     }
 
@@ -179,13 +179,13 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
     if (init != t->params) free(init);
     return LASP_OK;
 nomem:
-    lasp_trainer_free(t);
+    lasp_trainer_release(t);
     return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the trainer (hint: a higher --zero stage shards it)");
 }
 
 /* ---- schedule, step ---------------------------------------------------------------------------- */
 
-double lasp_trainer_lr(const lasp_train_opts *o, int64_t step) {
+double lasp_trainer_lr(const lasp_train_params *o, int64_t step) {
     if (step < o->warmup) return o->lr * (double)(step + 1) / (double)o->warmup;
     const int64_t span = o->steps - o->warmup;
     if (span <= 1) return o->lr;
@@ -332,4 +332,36 @@ lasp_status lasp_trainer_scatter(lasp_trainer *t, const float *params, const flo
             for (int u = 0; u < U; u++) slice_unit(t, u, src[k], dst[k]);
     }
     return LASP_OK;
+}
+
+/* ---- lasp.h's trainer ------------------------------------------------------------------------- */
+
+lasp_status lasp_trainer_create(lasp_ctx *ctx, lasp_sp *sp, const lasp_data *data, const lasp_train_params *p,
+                                lasp_trainer **out) {
+    if (!ctx) return LASP_ERR_ARG;
+    if (!sp || !data || !p || !out)
+        return lasp_fail(&ctx->err, LASP_ERR_ARG, "lasp_trainer_create: sp, data, params or out is NULL");
+    *out = NULL;
+    lasp_trainer *t = calloc(1, sizeof *t);
+    if (!t) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no memory for a trainer");
+    lasp_status s = lasp_trainer_init(t, ctx, sp, data, p);
+    if (s != LASP_OK) {
+        free(t);
+        return s;
+    }
+    *out = t;
+    return LASP_OK;
+}
+
+void lasp_trainer_free(lasp_trainer *t) {
+    if (!t) return;
+    lasp_trainer_release(t);
+    free(t);
+}
+
+int64_t lasp_trainer_steps_done(const lasp_trainer *t) { return t ? t->step : 0; }
+size_t lasp_trainer_n_params(const lasp_trainer *t) { return t ? t->P : 0; }
+void lasp_trainer_local_shape(const lasp_trainer *t, int64_t *batch, int64_t *tokens) {
+    if (batch) *batch = t ? t->Bl : 0;
+    if (tokens) *tokens = t ? t->Tl : 0;
 }

@@ -1,8 +1,8 @@
-/* trainer.h — one training run: the model, the optimizer (AdamW with ZeRO 0–3 over the whole
- * world), the data loader's position and the schedule. The CLI drives it step by step and prints;
- * nothing here prints or exits.
+/* trainer.h — one training run, the internals of lasp.h's lasp_trainer_*: the model, the optimizer (AdamW
+ * with ZeRO 0–3 over the whole world), the data loader's position and the schedule. The CLI drives it step
+ * by step and prints; nothing here prints or exits.
  *
- * Parallelism (MATH.md §5): world = dp × sp ranks. Every rank runs the model on its piece of its
+ * Parallelism (docs/MATH.md §5): world = dp × sp ranks. Every rank runs the model on its piece of its
  * slice of the batch; each rank's gradient is a partial sum (scaled by 1/world so that the sum is the
  * gradient of the global mean loss), reduced over the whole world.
  *
@@ -23,34 +23,14 @@
 #include "model/model.h"
 #include "sp/sp.h"
 #include "train/data.h"
+#include "lasp.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-typedef struct lasp_train_opts {
-    lasp_model_config model;
-    int64_t batch;        /* global batch (sequences per step, over all dp ranks) */
-    int64_t seq_len;      /* tokens per sequence (over all sp ranks) */
-    int64_t steps, warmup;
-    double lr, min_lr, weight_decay, beta1, beta2, eps, clip;
-    int zero;             /* 0..3 */
-    uint64_t seed;
-    int64_t val_batches;  /* batches of the validation split per evaluation */
-} lasp_train_opts;
-
-lasp_train_opts lasp_train_default_opts(void);
-
-typedef struct lasp_step_stats {
-    double loss;          /* mean over every token of the global batch */
-    double grad_norm;     /* before clipping */
-    double lr;
-    double ms, comm_ms;   /* wall time of the step, and of it in the trainer's collectives */
-    double acc;           /* recall accuracy on the batch (masked positions), over the world */
-} lasp_step_stats;
-
-typedef struct lasp_trainer {
-    lasp_train_opts o;
+struct lasp_trainer {
+    lasp_train_params o;
     lasp_ctx *ctx;
     lasp_sp *sp;          /* borrowed */
     lasp_comm *world;     /* sp->world */
@@ -73,19 +53,16 @@ typedef struct lasp_trainer {
     int32_t *tok, *tgt;
     uint8_t *mask;
     double comm_ms;
-} lasp_trainer;
+};
 
-/* Checks the options against the layout (batch % dp, seq_len % sp, …) and builds everything;
- * parameters start from lasp_model_init_params(seed). */
+/* lasp_trainer_create (lasp.h) in place: checks the params against the layout (batch % dp, seq_len % sp,
+ * …) and builds everything; parameters start from lasp_model_init_params(seed). lasp_trainer_release
+ * frees what it built, not t. */
 lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const lasp_data *data,
-                              const lasp_train_opts *o);
-void lasp_trainer_free(lasp_trainer *t);
+                              const lasp_train_params *o);
+void lasp_trainer_release(lasp_trainer *t);
 
-double lasp_trainer_lr(const lasp_train_opts *o, int64_t step);
-lasp_status lasp_trainer_step(lasp_trainer *t, lasp_step_stats *st);
-/* Loss and recall accuracy on val_batches batches of the validation split (training split if
- * the data has none). */
-lasp_status lasp_trainer_eval(lasp_trainer *t, double *loss, double *acc);
+double lasp_trainer_lr(const lasp_train_params *o, int64_t step);
 
 /* Loss and every gradient of one batch, without an update (tests): the full gradient lands in
  * grad_out[P] on every rank. */

@@ -1,40 +1,9 @@
-/* attn_cuda_tma.h — kernel 3 (the outputs) of attn_cuda_kern.h on Hopper, pipelined: k_out_tma.
- * Same math, grid and workspace as k_out_wg (attn_cuda_wgmma.h) and the same wgmma products from the same
- * 128-byte-swizzled tiles; what differs is how the chunk loop is scheduled.
- *
- * WHY
- * k_out_wg runs its two warpgroups in lock-step (two __syncthreads a chunk) with the tiles copied one
- * chunk ahead, two CTAs an SM. The H200 ran it only 2–6% faster than the H100 with 40% more bandwidth,
- * which suggested latency; this kernel was written on that guess, and ncu (below) showed instead that
- * the L2 was the busiest unit: what paid was the TMA output stores, not the decoupling alone.
- * Here each role runs at its own pace, held back only by the data it needs:
- *   - the tiles come by TMA (cp.async.bulk.tensor, 128-byte swizzle: the layout the wgmma descriptors
- *     read) into a ring of NS stages: the output warpgroup that finishes chunk c asks for chunk c + NS
- *     into the same stage (one thread), so the loads run NS chunks ahead of the outputs;
- *   - the state warpgroup runs ahead of the outputs: it publishes KV(c) as bf16 into one of two slots
- *     and goes on to KV(c+1) as soon as chunk c's tiles are in;
- *   - two output warpgroups take the chunks in turn (even, odd): the outputs of chunk c need only its
- *     tiles and KV(c), so one group's MMAs run while the other masks its scores or stores its rows.
- * One CTA an SM (384 threads, 168 registers each, ~195 KB of shared memory at DX = 128) keeps up to
- * NS·40 KB of loads in flight where k_out_wg kept 2·40 KB. (A separate producer warp would cost the
- * 128-register cap of a 512-thread block: ptxas spills at DX = 128 there, setmaxnreg or not.)
- *
- * Measured on an H100, B1 H16 T32768 D128: k_out_wg 256 µs → k_out_tma 271 with per-thread output
- * stores (ncu: L2 81% busy, DRAM 63%) → 225 µs with TMA stores (L2 83%, DRAM 76%). Tried and dropped:
- * the two z-slices of a segment as a CTA pair sharing the x and y tiles by TMA multicast (x and y read
- * from the L2 once, not twice): 293 µs, the L2 still 80% busy, the pair's CTAs held to each other's pace.
- *
- * PERSISTENT, OVER RUNS OF SEGMENTS (work_of, below)
- * One CTA an SM, in groups of one per z-slice, each group over a run of segments of one head (R runs a
- * head, the heads side by side, so that the groups read the same tokens of neighbouring heads at once).
- * The chunk ring, the KV slots and their barriers run on across a CTA's segments (chunks numbered g over
- * the whole run): the next segment's tiles load while this one's last chunks compute, and the state the
- * state warpgroup holds after a segment's last chunk is the state entering the next, so the workspace is
- * read once a run instead of once a segment. Measured on an H200 against one CTA a block (same machine,
- * 2026-11-26, fwd+bwd): B1 H16 T32768 D128 1.12 → 1.06 ms, D64 0.49 → 0.45, B1 H16 T131072 D64 1.66 →
- * 1.40; ncu: the pass 212 → 199 µs, 436 → 407 MB read. A part of a split finish (DirParams.part) is cut into
- * equal runs of its own segments (part_run): its blocks are every head's first (or last) segments, which
- * runs of all positions piled on a quarter of the groups (the SP layer went 1.05 → 1.21 × one GPU).
+/* attn_kern_sm90_out.h — kernel 3 (the outputs) on Hopper, pipelined and persistent: k_out_tma, the output
+ * pass wherever the wgmma kernels run. Tiles come in by TMA (cp.async.bulk.tensor, 128-byte swizzle: the
+ * layout the wgmma descriptors read) into a ring of stages; one state warpgroup runs ahead carrying the fp32
+ * state, two output warpgroups take the chunks in turn; mbarriers, not CTA-wide barriers, hold each role to
+ * the data it needs; one CTA an SM walks a run of segments, carrying the state from one into the next;
+ * whole output rows go out by TMA stores. docs/CUDA.md explains the roles, the barriers and the work split.
  *
  * SYNCHRONISATION (mbarriers; no CTA-wide barrier after the set-up)
  *   full[s]   TMA bytes of stage s landed (the issuing thread's arrive.expect_tx + the copies' complete_tx)
@@ -52,15 +21,14 @@
  * TMA copies rows in memory order. Forwards, row r of a chunk's tile is position c0 + r; backwards
  * (rev), the box starts at token T − 64 − c0 (negative at the end of the sequence: TMA fills rows
  * outside the tensor with zeros), so row r is position c0 + 63 − r. The causal mask, the decays and the
- * state weights read position indices i(r) = r or 63 − r; an output row is always token tok0 + r.
- */
-#ifndef LASP_ATTN_CUDA_TMA_H
-#define LASP_ATTN_CUDA_TMA_H
+ * state weights read position indices i(r) = r or 63 − r; an output row is always token tok0 + r. */
+#ifndef LASP_ATTN_KERN_SM90_OUT_H
+#define LASP_ATTN_KERN_SM90_OUT_H
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
-#include "core/wait_cuda.h"
+#include "attn/attn_kern_sm90.h"
 
 namespace lasp_cu {
 
@@ -127,7 +95,7 @@ __device__ __forceinline__ void load_box(uint32_t dst, const CUtensorMap *m, int
 }  // namespace tma
 
 /* k_out_tma's work: the (z-slice, segment, head) blocks of the op. The CTAs come in groups of one per
- * z-slice; group p takes a contiguous run of the positions u = seg + ns·(head − bh0) (segments of a head in
+ * z-slice; group p takes a contiguous run of the positions u = seg + ns·head (segments of a head in
  * order, then the next head), each CTA of the group its slice of them: the group's CTAs read the same x
  * and y tiles at about the same time (the second from the L2), and along a run the state the state
  * warpgroup holds at the end of a segment is the state entering the next one, so only a run's first
@@ -140,21 +108,13 @@ struct Item {
 };
 struct Work {
     int begin, end, slice, step; /* positions begin, begin + step, … < end */
-    /* part 3 (DirParams.part): the positions of part 2 are numbered on from n = ns·nbh (u ≥ n is part 2's
-     * position u − n), and gap .. resume − 1 are skipped: from the end of the CTA's part-1 run to the start
-     * of its part-2 run. 0, 0 elsewhere. */
-    int gap, resume;
     /* the first item to run at or after position u */
     __host__ __device__ __forceinline__ Item at(const DirParams &P, int u) const {
         Item t;
-        const int n = P.ns * P.nbh;
         for (; u < end; u += step) {
-            if (u >= gap && u < resume) u = resume;
-            if (u >= end) break;
-            const int w = u >= n ? u - n : u; /* only part 3 numbers positions past n */
-            t.seg = w % P.ns, t.bh = P.bh0 + w / P.ns;
+            t.seg = u % P.ns, t.bh = u / P.ns;
             t.s = P.slopes[t.bh % P.H];
-            if (not_in_part(P.part == 3 ? (u < n ? 1 : 2) : P.part, P, t.seg, t.s)) continue;
+            if (not_in_part(P.part, P, t.seg, t.s)) continue;
             const int64_t p0 = (int64_t)t.seg * P.seg, p1 = p0 + P.seg < P.T ? p0 + P.seg : P.T;
             t.nch = (int)((p1 - p0 + CH - 1) / CH);
             t.i = u, t.slice = slice;
@@ -177,45 +137,30 @@ struct Work {
  * the arrived state reaches, the decay falling with the segment) or the rest (part 1). part_run: warp 0
  * counts the segments the state reaches per head (cnt: shared scratch, 64 heads at most), then
  * part_bounds cuts the part's segments into equal runs in order and gives group grp of groups its run as
- * positions, run[0..1]; for part 3 run[0..1] of part 1 and run[2..3] of part 2, cut so that each group's
- * two shares add up to an equal share of the whole (one tail). Work::at skips the other part's positions. */
+ * positions, run[0..1]. Work::at skips the other part's positions. */
 __host__ __device__ __forceinline__ int part_count(const DirParams &P, const int *cnt, int part, int hh) {
     return part == 2 ? cnt[hh] : P.ns - cnt[hh];
 }
-/* the position of the v-th segment of part `part` (v = the part's total: n = nbh·ns, the end) */
+/* the position of the v-th segment of part `part` (v = the part's total: n = BH·ns, the end) */
 __host__ __device__ __forceinline__ int part_pos(const DirParams &P, const int *cnt, int part, int64_t v) {
-    for (int hh = 0; hh < P.nbh; hh++) {
+    for (int hh = 0; hh < P.BH; hh++) {
         const int c = part_count(P, cnt, part, hh);
         if (v < c) return hh * P.ns + (part == 2 ? 0 : P.ns - c) + (int)v;
         v -= c;
     }
-    return P.nbh * P.ns;
+    return P.BH * P.ns;
 }
 __host__ __device__ __forceinline__ void part_bounds(const DirParams &P, const int *cnt, int groups, int grp,
                                                      int *run) {
-    int64_t t1 = 0, t2 = 0; /* the parts' segments */
-    for (int hh = 0; hh < P.nbh; hh++) t1 += part_count(P, cnt, 1, hh), t2 += part_count(P, cnt, 2, hh);
-    if (P.part != 3) {
-        const int64_t total = P.part == 2 ? t2 : t1;
-        for (int e = 0; e < 2; e++) run[e] = part_pos(P, cnt, P.part, total * (grp + e) / groups);
-        return;
-    }
-    /* group g's part-1 share ends at t1·(g+1)/G; its part-2 share makes the two add up to the whole's
-     * (t1 + t2)·(g+1)/G, kept in [0, t2] and never behind the previous group's (a running maximum) */
-    int64_t v2 = 0, b2 = 0;
-    for (int g = 1; g <= grp + 1; g++) {
-        const int64_t c = (t1 + t2) * g / groups - t1 * g / groups;
-        v2 = c > v2 ? (c < t2 ? c : t2) : v2;
-        if (g == grp) b2 = v2;
-    }
-    run[0] = part_pos(P, cnt, 1, t1 * grp / groups), run[1] = part_pos(P, cnt, 1, t1 * (grp + 1) / groups);
-    run[2] = part_pos(P, cnt, 2, b2), run[3] = part_pos(P, cnt, 2, v2);
+    int64_t total = 0; /* the part's segments */
+    for (int hh = 0; hh < P.BH; hh++) total += part_count(P, cnt, P.part, hh);
+    for (int e = 0; e < 2; e++) run[e] = part_pos(P, cnt, P.part, total * (grp + e) / groups);
 }
 __device__ __forceinline__ void part_run(const DirParams &P, int *cnt, int *run) {
     const int lane = threadIdx.x & 31;
     const int slices = P.ezt / wg::EZ;
-    for (int hh = 0; hh < P.nbh; hh++) {
-        const float s = P.slopes[(P.bh0 + hh) % P.H];
+    for (int hh = 0; hh < P.BH; hh++) {
+        const float s = P.slopes[hh % P.H];
         int reach = 0;
         for (int k0 = 0; k0 < P.ns; k0 += 32)
             reach += __popc(__ballot_sync(0xffffffffu, k0 + lane < P.ns && s_add_decay(P, k0 + lane, s) != 0.f));
@@ -224,37 +169,25 @@ __device__ __forceinline__ void part_run(const DirParams &P, int *cnt, int *run)
     __syncwarp();
     if (lane == 0) part_bounds(P, cnt, (int)gridDim.x / slices, (int)blockIdx.x / slices, run);
 }
-/* part 3: until *ready ≥ epoch, by one thread of the state warpgroup (core/wait_cuda.h; the warpgroup's
- * barrier and a fence then order the others' reads of s_add after it). A state that never comes is a
- * kernel error after 30 s, not a hang. */
-__device__ __forceinline__ void wait_ready(const DirParams &P) {
-    if ((threadIdx.x & 127) == 0) lasp_wait_counter(P.ready, P.epoch, 30000000000ull);
-    asm volatile("bar.sync 3, 128;\n" ::: "memory");
-    asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
-}
 constexpr int PART_RUN_HEADS = 64; /* above: a part's segments dealt round */
 
 /* this CTA's run (gridDim.x a multiple of the slices). Where the groups divide among the heads with at most
- * a tenth of them idle, R runs a head, the heads side by side (group p: head p mod nbh, run ⌊p/nbh⌋): at any
+ * a tenth of them idle, R runs a head, the heads side by side (group p: head p mod BH, run ⌊p/BH⌋): at any
  * moment the groups read the same tokens of neighbouring heads, which share the tensors' rows ([B,T,H,D]:
  * a token's heads are adjacent in memory). Otherwise the positions in order, cut in equal runs. */
 __host__ __device__ __forceinline__ Work work_for(const DirParams &P, const int *run, int groups, int grp, int slice) {
-    const int64_t n = (int64_t)P.ns * P.nbh;
+    const int64_t n = (int64_t)P.ns * P.BH;
     /* a part of a split finish runs the first (or the last) segments of every head: runs of positions would
      * leave most groups idle, so its segments are counted and cut evenly (part_run), or with many heads
      * dealt round (no state carried) */
-    if (P.part == 3) /* part 1's run, then part 2's (positions from n on); with many heads both dealt round */
-        return P.nbh <= PART_RUN_HEADS ? Work{run[0], (int)n + run[3], slice, 1, run[1], (int)n + run[2]}
-                                       : Work{grp, 2 * (int)n, slice, groups, 0, 0};
-    if (P.part)
-        return P.nbh <= PART_RUN_HEADS ? Work{run[0], run[1], slice, 1, 0, 0} : Work{grp, (int)n, slice, groups, 0, 0};
-    const int R = groups / P.nbh < P.ns ? groups / P.nbh : P.ns;
-    if (R >= 1 && 10 * R * P.nbh >= 9 * groups) {
-        if (grp >= R * P.nbh) return {0, 0, slice, 1, 0, 0};
-        const int h = grp % P.nbh, r = grp / P.nbh;
-        return {h * P.ns + P.ns * r / R, h * P.ns + P.ns * (r + 1) / R, slice, 1, 0, 0};
+    if (P.part) return P.BH <= PART_RUN_HEADS ? Work{run[0], run[1], slice, 1} : Work{grp, (int)n, slice, groups};
+    const int R = groups / P.BH < P.ns ? groups / P.BH : P.ns;
+    if (R >= 1 && 10 * R * P.BH >= 9 * groups) {
+        if (grp >= R * P.BH) return {0, 0, slice, 1};
+        const int h = grp % P.BH, r = grp / P.BH;
+        return {h * P.ns + P.ns * r / R, h * P.ns + P.ns * (r + 1) / R, slice, 1};
     }
-    return {(int)(n * grp / groups), (int)(n * (grp + 1) / groups), slice, 1, 0, 0};
+    return {(int)(n * grp / groups), (int)(n * (grp + 1) / groups), slice, 1};
 }
 __device__ __forceinline__ Work work_of(const DirParams &P, const int *run) {
     const int slices = P.ezt / wg::EZ;
@@ -266,9 +199,7 @@ inline int out_tma_ctas(int slices, int64_t runs, int n_sm) {
     return slices * (int)(groups > 0 ? groups : 1);
 }
 
-/* WAITS: the instance for part 3 (a finish in one launch that waits for its state, wait_ready); the other
- * instance compiles without it, as before part 3 existed */
-template <int DX, bool WAITS>
+template <int DX>
 __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant__ TmaParams A) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using namespace wg;
@@ -293,7 +224,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
 
     int *run = (int *)(smem + S::BAROFF + 96); /* a part's run (part_run), beside the 12 barriers */
     static_assert(S::TAB * S::NTAB >= PART_RUN_HEADS, "part_run's counts fit the decay tables' room");
-    if (P.part && P.nbh <= PART_RUN_HEADS && threadIdx.x < 32) part_run(P, (int *)(smem + S::TABOFF), run);
+    if (P.part && P.BH <= PART_RUN_HEADS && threadIdx.x < 32) part_run(P, (int *)(smem + S::TABOFF), run);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool rev = P.rev != 0;
     /* chunk c of item t: the first token of its box (row r of the tile is token tok0 + r) */
@@ -377,7 +308,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
                     W.advance(P, nt, nc, 2);
                 }
                 const int64_t c0 = p0 + (int64_t)c * CH, t0 = tok0(t, c);
-                if (P.tma == 2 && t0 >= 0 && t0 + CH <= P.T) {
+                if (t0 >= 0 && t0 + CH <= P.T) {
                     /* through shared memory and one TMA store of whole rows: per-thread stores of bf16 pairs
                      * write half sectors, and the L2 is this kernel's busiest unit. The staging tile is free
                      * once the last store has read it. (A chunk that runs past either end of the sequence
@@ -421,14 +352,11 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
         static_assert(2 * S::KV == DX * EZ * 4, "the staged s_add fills the two KV slots");
         int g = 0;
         bool carried = false; /* kv holds the state entering t already */
-        bool ready = !WAITS; /* part 3: s_add may be read (wait_ready, before the first part-2 item) */
         Item t = W.at(P, W.begin);
         for (int q = 0; t.i < W.end; q++) {
             const Item next = W.at(P, t.i + W.step);
             const bool carry = next.i < W.end && Work::follows(t, next);
             if (!carried) {
-                /* part 3: before the first item of part 2 (never carried: runs carry only within a part) */
-                if (WAITS && !ready && t.i >= P.ns * P.nbh) wait_ready(P), ready = true;
                 /* the state entering the segment from the workspace, plus an arrived state (P.s_add), which
                  * the carried state then holds, decayed, for the rest of the run */
                 const bool add = P.s_add && s_add_decay(P, t.seg, t.s) != 0.f; /* as load_state decides it */
@@ -467,7 +395,7 @@ __global__ void __launch_bounds__(tma::NTHR, 1) k_out_tma(const __grid_constant_
     }
 #else
     (void)A;
-    __trap(); /* launched only where the sm_90a code exists (k_has_wgmma, attn_cuda.cu) */
+    __trap(); /* launched only where the sm_90a code exists (attn_cuda_ctx.cu probes it) */
 #endif
 }
 
@@ -512,8 +440,7 @@ cudaError_t launch_out_tma(const DirParams &P, dim3 grid, cudaStream_t st) {
     if (!tensor_map(&A.x, P.x, B, P.T, P.H, DX) || !tensor_map(&A.y, P.y, B, P.T, P.H, DX) ||
         !tensor_map(&A.z, P.z, B, P.T, P.H, P.ezt) || !tensor_map(&A.out, P.out, B, P.T, P.H, P.ezt))
         return cudaErrorInvalidValue;
-    return launch(P.part == 3 ? k_out_tma<DX, true> : k_out_tma<DX, false>, grid, tma::NTHR, tma::Smem<DX>::bytes, st,
-                  A);
+    return launch(k_out_tma<DX>, grid, tma::NTHR, tma::Smem<DX>::bytes, st, A);
 }
 
 }  // namespace lasp_cu

@@ -1,47 +1,16 @@
-/* attn_cuda_wgmma.h — kernels 1 and 3 of attn_cuda_kern.h (segment states, outputs) on Hopper's
- * warpgroup MMA, for bf16 I/O, DX ∈ {64, 128}, slices of EZ = 64 value columns: k_state_wg and k_out_wg.
- * Same math, grid and workspace as k_state and k_out, and k_out_wg the same two roles as k_out; only how
- * the products reach the tensor cores, and how the tiles reach shared memory, differ. Measured on an
- * H100 at B1 H16 T32768 D128: k_out 311 → 245 µs, k_state 126 → 117 µs (bench/RESULTS.md).
- *
- * WHY
- * k_out on mma.sync spends ~4300 cycles a (chunk, slice) at D = 128 for ~750 MMAs of m16n8k16: every warp
- * loads its operands through ldmatrix into registers (250 KB of shared-memory traffic a chunk) and issues
- * the MMAs one by one. wgmma.m64n64k16 reads both operands straight from shared memory once for the whole
- * warpgroup (4 warps), runs asynchronously, and needs one instruction where mma.sync needs 32: the same
- * products are 28 wgmma a chunk (at D = 128): 20 in the output warpgroup (8 scores X·Yᵀ, 8 inter X·KV,
- * 4 intra S·Z), 8 in the state warpgroup (Yᵀ·Z for the two 64-row halves of the 128-row state).
- *
- * SHARED-MEMORY LAYOUT (the canonical 128-byte-swizzle layouts of the PTX ISA)
- * Every tile is bf16 in rows of 64 elements (128 bytes); wider tiles are stored as column blocks of 64
- * (block b holds columns 64b..64b+63 of every row, blocks one after the other). Within a block the 16-byte
- * piece j of row r sits at piece j ^ (r mod 8): eight rows make a 1024-byte atom, so tiles start on
- * 1024-byte boundaries.
- *   X, Y   [64 tokens][DX]   K-major operands (k = d): A of X·Yᵀ and X·KV, B of X·Yᵀ. Step ks (16 of
- *                             k) starts at block ks/4, +32·(ks mod 4) bytes; 8-row groups 1024 bytes apart.
- *   Z      [64 tokens][64]   N-major B (k = token) of S·Z and of the state update: step kk starts 2048·kk
- *                             bytes in (16 rows of 128 bytes), 8-row groups of k 1024 bytes apart.
- *   KV     [DX][64]          the state as bf16, N-major B (k = d) of X·KV, written by the state warps.
- * The A operands built in registers (the masked scores S; Yᵀ scaled by λ^{C−j}) use the mma.sync
- * fragment layout, which is wgmma's for each warp's 16 rows.
- *
- * SYNCHRONISATION (two barriers a chunk, as k_out)
- * The state warpgroup also copies the tiles (cp.async, double-buffered). Per chunk c it stores KV(c) as
- * bf16, waits for chunk c's copies, fences them and the stores into the async proxy (fence.proxy.async:
- * wgmma reads shared memory through it, cp.async and st.shared write through the generic one), and only
- * then starts chunk c+1's copies, so that the fence (a MEMBAR in SASS) never waits for copies in flight;
- * then the barrier. The output warpgroup only meets the barriers: no copy, no fence, no wait on memory.
- * Each warpgroup waits for its own wgmma groups (wait_group 0) before the barrier that ends a chunk, so
- * no buffer is overwritten under an MMA in flight.
- */
-#ifndef LASP_ATTN_CUDA_WGMMA_H
-#define LASP_ATTN_CUDA_WGMMA_H
+/* attn_kern_sm90.h — Hopper's warpgroup MMA (wgmma, sm_90a) for bf16 I/O, dx ∈ {64, 128}, slices of 64
+ * value columns: the 128-byte-swizzled tiles and their descriptors, the state warpgroup's building blocks
+ * (shared with the TMA output pass, attn_kern_sm90_out.h), and kernel 1 on them, k_state_wg. Same math,
+ * grid and workspace as attn_kern_sm80.h's k_state; docs/CUDA.md has the layouts and the synchronisation. */
+#ifndef LASP_ATTN_KERN_SM90_H
+#define LASP_ATTN_KERN_SM90_H
+
+#include "attn/attn_kern_common.h"
 
 namespace lasp_cu {
 namespace wg {
 
-constexpr int EZ = 64;
-constexpr int NTHR = 256; /* warpgroup 0: outputs; warpgroup 1: the state */
+constexpr int EZ = 64; /* the value columns of a slice */
 
 /* byte offset of element (r, c) in a swizzled tile of R rows (column blocks of 64) */
 __device__ __forceinline__ uint32_t swz(int R, int r, int c) {
@@ -126,13 +95,10 @@ __device__ __forceinline__ void load_tile(uint32_t tile, const bf16 *base, const
     }
 }
 
-/* Shared memory of k_out_wg (bytes: two buffers of x, y, z, then KV and the decay tables) and of
- * k_state_wg (state_bytes: two buffers of y, z), each + 1024 of room to align the base to 1024 */
+/* Shared memory of k_state_wg: two buffers of y and z, + 1024 of room to align the base to 1024 */
 template <int DX>
 struct Smem {
-    static constexpr uint32_t X = CH * DX * 2, Z = CH * EZ * 2, BUF = 2 * X + Z, KV = DX * EZ * 2;
-    static constexpr uint32_t TAB = 1024; /* λ^n and λ^{C−j} */
-    static constexpr size_t bytes = 2 * BUF + KV + TAB + 1024;
+    static constexpr uint32_t X = CH * DX * 2, Z = CH * EZ * 2;
     static constexpr uint32_t SBUF = X + Z;
     static constexpr size_t state_bytes = 2 * SBUF + 1024;
 };
@@ -216,12 +182,11 @@ __device__ __forceinline__ void store_kv(unsigned char *kvp, const float (&kv)[D
 
 /* The state entering segment seg, slice `slice`, into the state warpgroup's registers (accumulator
  * order): the workspace's (read transposed when P.ws_trans) plus, in the SP schedule's finishing half,
- * the state that arrived (P.s_add) decayed to the segment. The loads go 16 at a time: one load and exp an
- * element made the SP finishing halves 50–80 µs slower; 64 at a time spilled registers in k_out_tma.
+ * the state that arrived (P.s_add) decayed to the segment. The loads go 16 at a time: one at a time waits
+ * on memory once an element, 64 at a time spill registers in k_out_tma.
  * staged: P.s_add's slice already copied to shared memory by stage_s_add (k_out_tma), its copies in
  * flight: waited for here (the state warpgroup's named barrier 3 on both sides of the reads, so that the
- * caller may then overwrite the staging area) and read from there, one trip to memory instead of four
- * (on 2 × H200 the SP layer did not change beyond the run-to-run spread with it; it costs nothing). */
+ * caller may then overwrite the staging area) and read from there, one trip to memory instead of four. */
 template <int DX>
 __device__ __forceinline__ void load_state(float (&kv)[DX / 64][32], const DirParams &P, int bh, int seg, int slice,
                                            float slope, int sw, int lane, const float *staged = nullptr) {
@@ -317,99 +282,6 @@ __device__ __forceinline__ void intra(float (&o)[32], const float (&sc)[32], uin
 
 }  // namespace wg
 
-template <int DX>
-__global__ void __launch_bounds__(wg::NTHR, 2) k_out_wg(DirParams P) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using namespace wg;
-    typedef wg::Smem<DX> S;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    const uint32_t sb = aligned_base(smem_raw);
-    unsigned char *smem = smem_raw + (sb - smem_u32(smem_raw));
-    const uint32_t kvs = sb + 2 * S::BUF;
-    float *pw = (float *)(smem + 2 * S::BUF + S::KV); /* pw[n] = λ^n, n = 0..64 */
-    float *wt = pw + CH + 4;                          /* wt[j] = λ^{C−j} */
-
-    const int slice = blockIdx.x, seg = blockIdx.y, bh = P.bh0 + blockIdx.z;
-    const int64_t b = bh / P.H;
-    const int h = bh % P.H;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const float s = P.slopes[h];
-    if (other_part(P, seg, s)) return; /* the whole CTA, before any barrier */
-    const float gammaC = decay_tables(pw, wt, s, threadIdx.x);
-
-    const int64_t p0 = (int64_t)seg * P.seg, p1 = min(p0 + P.seg, P.T);
-    const int nch = (int)((p1 - p0 + CH - 1) / CH);
-    auto xt = [&](int buf) { return sb + buf * S::BUF; };
-    auto yt = [&](int buf) { return sb + buf * S::BUF + S::X; };
-    auto zt = [&](int buf) { return sb + buf * S::BUF + 2 * S::X; };
-    /* the state warpgroup copies the tiles (the output warpgroup never waits on a copy or a fence) */
-    auto load = [&](int buf, int64_t pos0) {
-        load_chunk<DX>(xt(buf), yt(buf), zt(buf), P, b, h, slice, pos0, p1, threadIdx.x - 128);
-    };
-
-    /* the role, as a value the compiler knows is uniform over the warp (wgmma needs convergent warpgroups) */
-    const int role = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
-    if (role == 0) {
-        /* warpgroup 0: the outputs of chunk c from KV(c) */
-        const int ra = warp * 16 + (lane >> 2), rb = ra + 8;
-        for (int ci = 0; ci < nch; ci++) {
-            const int64_t c0 = p0 + (int64_t)ci * CH;
-            const int buf = ci & 1;
-            __syncthreads(); /* chunk ci's tiles and KV(ci) are in shared memory */
-            float sc[32], o[32];
-            scores_inter<DX>(sc, o, xt(buf), yt(buf), kvs);
-            /* inter rows decay λ^i; the exact causal mask with λ^{i−j} on the scores */
-            const float pa = pw[ra], pb = pw[rb];
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                o[4 * j] *= pa, o[4 * j + 1] *= pa, o[4 * j + 2] *= pb, o[4 * j + 3] *= pb;
-                const int c = j * 8 + 2 * (lane & 3);
-                sc[4 * j] *= c <= ra ? pw[ra - c] : 0.f;
-                sc[4 * j + 1] *= c + 1 <= ra ? pw[ra - c - 1] : 0.f;
-                sc[4 * j + 2] *= c <= rb ? pw[rb - c] : 0.f;
-                sc[4 * j + 3] *= c + 1 <= rb ? pw[rb - c - 1] : 0.f;
-            }
-            intra(o, sc, zt(buf));
-            const int64_t pa_ = c0 + ra, pb_ = c0 + rb;
-            bf16 *outp = (bf16 *)P.out;
-            bf16 *oa = pa_ < p1 ? outp + ((b * P.T + (P.rev ? P.T - 1 - pa_ : pa_)) * P.H + h) * (int64_t)P.ezt : nullptr;
-            bf16 *ob = pb_ < p1 ? outp + ((b * P.T + (P.rev ? P.T - 1 - pb_ : pb_)) * P.H + h) * (int64_t)P.ezt : nullptr;
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const int c = slice * EZ + j * 8 + 2 * (lane & 3);
-                if (oa) store2<bf16>(oa + c, o[4 * j], o[4 * j + 1]);
-                if (ob) store2<bf16>(ob + c, o[4 * j + 2], o[4 * j + 3]);
-            }
-            __syncthreads();
-        }
-    } else {
-        /* warpgroup 1: the fp32 state in registers, rows 64·hf + 16·sw + lane/4 (+8) of half hf */
-        const int sw = warp - 4;
-        float kv[DX / 64][32];
-        load(0, p0);
-        load_state<DX>(kv, P, bh, seg, slice, s, sw, lane);
-        for (int ci = 0; ci < nch; ci++) {
-            const int64_t c0 = p0 + (int64_t)ci * CH;
-            const int buf = ci & 1;
-            /* KV(c) as bf16 for the output warpgroup; every warp is past the last chunk's reads */
-            store_kv<DX>(smem + 2 * S::BUF, kv, sw, lane);
-            /* chunk ci's copies done; they and the KV stores made visible to wgmma (the async proxy) before
-             * the barrier; only then chunk ci+1's copies start, so the fence does not wait for them */
-            cp_async_wait<0>();
-            fence_async_smem();
-            if (ci + 1 < nch) load(buf ^ 1, c0 + CH);
-            __syncthreads();
-            /* KV(c+1) = λ^C KV(c) + (diag(λ^{C−j}) Y)ᵀ Z, Yᵀ scaled in registers */
-            if (ci + 1 < nch) advance_state<DX>(kv, gammaC, yt(buf), zt(buf), [&](int k) { return wt[k]; }, sw, lane);
-            __syncthreads();
-        }
-    }
-#else
-    (void)P;
-    __trap(); /* launched only where the sm_90a code exists (k_has_wgmma, attn_cuda.cu) */
-#endif
-}
-
 /* Kernel 1 (the segment states m'_s = Σ_l λ^{L_s−σ−l} y_lᵀ z_l) on wgmma: one warpgroup copies the
  * chunks (double-buffered) and accumulates the DX × 64 state slice in registers. */
 template <int DX>
@@ -421,7 +293,7 @@ __global__ void __launch_bounds__(128, 4) k_state_wg(DirParams P) {
     const uint32_t sb = aligned_base(smem_raw);
     auto yt = [&](int buf) { return sb + buf * S::SBUF; };
     auto zt = [&](int buf) { return sb + buf * S::SBUF + S::X; };
-    const int slice = blockIdx.x, seg = blockIdx.y, bh = P.bh0 + blockIdx.z;
+    const int slice = blockIdx.x, seg = blockIdx.y, bh = blockIdx.z;
     const int64_t b = bh / P.H;
     const int h = bh % P.H;
     const int sw = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -461,7 +333,7 @@ __global__ void __launch_bounds__(128, 4) k_state_wg(DirParams P) {
         }
 #else
     (void)P;
-    __trap();
+    __trap(); /* launched only where the sm_90a code exists (attn_cuda_ctx.cu probes it) */
 #endif
 }
 
