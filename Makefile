@@ -163,7 +163,7 @@ $(BUILD)/dev/%: dev/cuda/%.cu $(BUILD)/liblasp.a
 test: all $(TESTS) $(GPU_TESTS) $(HOST_CU_TESTS)
 	@BUILD=$(BUILD) HAVE_MPI=$(HAVE_MPI) HAVE_CUDA=$(HAVE_CUDA) SAN=$(SAN) bash tests/run.sh
 
-test-gpu: all $(GPU_TESTS)
+test-gpu: all $(GPU_TESTS) $(BUILD)/tests/test_comm $(BUILD)/tests/test_sp
 	@BUILD=$(BUILD) bash tests/run_gpu.sh
 
 bench-gpu: all

@@ -458,6 +458,16 @@ lasp_status lasp_trainer_save(lasp_trainer *t, const char *dir);
  * state become the checkpoint's. */
 lasp_status lasp_trainer_resume(lasp_trainer *t, const char *dir);
 
+/* Decoding from a checkpoint with the recurrent form (docs/MATH.md §1): one d × d state per layer and
+ * head and the convolution's last few projections, so memory does not grow with the length. */
+typedef struct lasp_generator lasp_generator;
+lasp_status lasp_generator_load(const char *ckpt_dir, lasp_generator **out, lasp_err *err);
+lasp_model_config lasp_generator_config(const lasp_generator *g);
+/* Feeds one token (0 ≤ token < vocab); returns the logits [vocab] of the next one, valid until the next
+ * call. */
+const float *lasp_generator_feed(lasp_generator *g, int32_t token);
+void lasp_generator_free(lasp_generator *g);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# scripts/gpu.sh — everything the CUDA op needs on a GPU machine, in one call:
-#   build (sm_90a), `make test-gpu`, compute-sanitizer memcheck + racecheck on small shapes, the bench;
-# a short summary table last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
-#   usage: scripts/gpu.sh [build] [test] [test-mma] [san] [dev] [bench] [bench-mma] [quickbench] [sweep] [ncu]
-#                         [pair]
-#   pair:  the backward's dv and dk output passes side by side (LASP_CUDA_PAIR=1): its tests, then the bench
-#          rows with and without it in alternating rounds
-#   ncu:   per-kernel time, bytes and throughputs of one fwd and one fwd+bwd of each of $NCU_SHAPES
-#   sweep: the D128 rows under LASP_CUDA_BLOCKS_PER_SM ∈ $SWEEP (default 4 6 8 12 16), one table
-#          (default: build test test-mma san bench-mma bench)
-#   *-mma: the same with LASP_CUDA_WGMMA=0, the mma.sync output pass that GPUs before Hopper run
+# scripts/gpu.sh — what the CUDA op needs on a GPU machine, in one call: build (sm_90a), `make test-gpu`,
+# compute-sanitizer memcheck + racecheck on small shapes (both kernel families), the bench; a short summary
+# last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
+#   usage: scripts/gpu.sh [build] [test] [san] [dev] [bench] [bench-sm80] [quickbench] [ncu]
+#          (default: build test san bench-sm80 bench)
+#   bench-sm80: the bench on the portable mma.sync kernels (--kernels sm80), as GPUs before Hopper run them
+#   ncu:        per-kernel time, bytes and throughputs of one fwd and one fwd+bwd of each of $NCU_SHAPES
 set -u
-steps=${*:-build test test-mma san bench-mma bench}
+steps=${*:-build test san bench-sm80 bench}
 OUT=${OUT:-build/gpu-logs}
 mkdir -p "$OUT"
 ARCH=${CUDA_ARCH_OVERRIDE:--gencode arch=compute_90a,code=sm_90a}
@@ -29,43 +25,19 @@ fi
 if has test; then
     t0=$SECONDS
     make test-gpu CUDA_ARCH="$ARCH" 2>&1 | tee "$OUT/test-gpu.log" | tail -40
-    cp build/test-logs/gpu_attn.log "$OUT/" 2>/dev/null
+    cp build/test-logs/gpu_attn*.log "$OUT/" 2>/dev/null
     summary+=("test-gpu         $(tail -1 "$OUT/test-gpu.log")  $((SECONDS - t0)) s")
 fi
-if has test-mma; then
-    t0=$SECONDS
-    LASP_CUDA_WGMMA=0 build/tests/gpu_attn >"$OUT/test-mma.log" 2>&1
-    rc=$?
-    summary+=("test (mma.sync)  rc=$rc  $(grep -c '^PASS' "$OUT/test-mma.log") passed  $((SECONDS - t0)) s")
-fi
 if has san; then
-    for tool in memcheck racecheck; do
-        t0=$SECONDS
-        compute-sanitizer --tool $tool --error-exitcode 3 build/tests/gpu_attn --quick >"$OUT/san-$tool.log" 2>&1
-        rc=$?
-        summary+=("sanitizer $tool  rc=$rc  $(grep -c '^PASS' "$OUT/san-$tool.log") passed  $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san-$tool.log" | tail -1)  $((SECONDS - t0)) s")
-    done
-fi
-# the bench in alternating rounds under each setting (VAR=value ...), one table sorted by shape: $1 names it
-env_ab() {
-    local label=$1 r s
-    shift
-    : >"$OUT/$label.txt"
-    for r in 1 2; do
-        for s in "$@"; do
-            env "$s" build/lasp bench attn --device cuda --dtype bf16 --repeat 30 2>&1 | grep -E '^ +[0-9]' |
-                sed "s|^|$s r$r |" >>"$OUT/$label.txt"
+    for kernels in auto sm80; do
+        for tool in memcheck racecheck; do
+            t0=$SECONDS
+            log=$OUT/san-$tool-$kernels.log
+            compute-sanitizer --tool $tool --error-exitcode 3 build/tests/gpu_attn --quick --kernels $kernels >"$log" 2>&1
+            rc=$?
+            summary+=("sanitizer $tool ($kernels)  rc=$rc  $(grep -c '^PASS' "$log") passed  $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)  $((SECONDS - t0)) s")
         done
     done
-    summary+=("$label A/B (B H T D type fwd ms ... f+b ms ...):")
-    while IFS= read -r line; do summary+=("$line"); done < <(sort -s -b -k3,7 "$OUT/$label.txt")
-}
-if has pair; then
-    t0=$SECONDS
-    LASP_CUDA_PAIR=1 build/tests/gpu_attn >"$OUT/test-pair.log" 2>&1
-    rc=$?
-    summary+=("test (pair)      rc=$rc  $(grep -c '^PASS' "$OUT/test-pair.log") passed  $((SECONDS - t0)) s")
-    env_ab pair LASP_CUDA_PAIR=0 LASP_CUDA_PAIR=1
 fi
 if has dev; then
     for t in build/dev/*; do [ -x "$t" ] && "$t" 2>&1 | tee "$OUT/$(basename "$t").txt"; done
@@ -73,19 +45,8 @@ fi
 if has quickbench; then
     build/lasp bench attn --device cuda --dtype bf16 --repeat 20 2>&1 | tee "$OUT/bench.txt"
 fi
-if has sweep; then
-    # how finely the sequence is cut (segments per SM) against the waves' tails and the state traffic
-    : >"$OUT/sweep.txt"
-    for n in ${SWEEP:-4 6 8 12 16}; do
-        LASP_CUDA_BLOCKS_PER_SM=$n build/lasp bench attn --device cuda --dtype bf16 --dim 128 --repeat 20 2>&1 |
-            grep -E '^ +[0-9]' | sed "s|^|blocks/SM $n |" >>"$OUT/sweep.txt"
-    done
-    summary+=("sweep (LASP_CUDA_BLOCKS_PER_SM; B H T D type fwd ms ... f+b ms ...):")
-    while IFS= read -r line; do summary+=("$line"); done <"$OUT/sweep.txt"
-fi
-if has bench-mma; then
-    echo "# output pass on mma.sync (LASP_CUDA_WGMMA=0)" >"$OUT/bench-mma.txt"
-    LASP_CUDA_WGMMA=0 build/lasp bench attn --device cuda --dtype bf16 --repeat 20 2>&1 | tee -a "$OUT/bench-mma.txt"
+if has bench-sm80; then
+    build/lasp bench attn --device cuda --dtype bf16 --repeat 20 --kernels sm80 2>&1 | tee "$OUT/bench-sm80.txt"
 fi
 if has bench; then
     build/lasp bench attn --device cuda --dtype bf16 2>&1 | tee "$OUT/bench.txt"
@@ -110,6 +71,6 @@ if has ncu; then
 fi
 echo "# ---- summary ----"
 for s in "${summary[@]}"; do echo "$s"; done
-[ -f "$OUT/bench-mma.txt" ] && cat "$OUT/bench-mma.txt"
+[ -f "$OUT/bench-sm80.txt" ] && { echo "# --kernels sm80"; grep -E '^ +[0-9]' "$OUT/bench-sm80.txt"; }
 [ -f "$OUT/bench.txt" ] && cat "$OUT/bench.txt"
 exit 0

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# scripts/gpu_sp.sh — LASP across GPUs in one call on a multi-GPU machine: build (sm_90a), the NCCL comm
-# test and the SP correctness test under mpirun (one process per GPU), the GPU SP bench; a short table
-# last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
+# scripts/gpu_sp.sh — LASP across GPUs in one call on a multi-GPU machine: build (sm_90a), the comm and SP
+# conformance suites under mpirun (one process per GPU), the CLI against one GPU, the GPU SP bench; a short
+# table last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
 #   usage: scripts/gpu_sp.sh [build] [test] [cli] [bench] [variants]   (default: the first four)
-#   variants: the weak-scaling rows under each setting of $SP_VARIANTS (space-separated, each
-#   VAR=value[,VAR=value]), one process launch each, and each setting's last LASP_SP_TRACE line per rank;
+#   variants: the weak-scaling rows under each of $SP_VARIANTS (space-separated sets of `lasp bench sp` flags,
+#   commas for spaces, e.g. "--transfer,send --comm-sms,2"), and each one's --trace of the last layer;
 #   SP_VARIANT_MODES: the modes benched (default lasp; lasp2 or both)
 set -u
 steps=${*:-build test cli bench}
@@ -18,23 +18,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 summary=()
 if has build; then
     t0=$SECONDS
-    make -j16 all build/tests/gpu_mpi_comm build/tests/gpu_mpi_sp CUDA_ARCH="$ARCH" >"$OUT/build.log" 2>&1
+    make -j16 all build/tests/test_comm build/tests/test_sp CUDA_ARCH="$ARCH" >"$OUT/build.log" 2>&1
     rc=$?
     summary+=("build             rc=$rc  $((SECONDS - t0)) s")
     [ $rc -eq 0 ] || { tail -30 "$OUT/build.log"; exit 1; }
 fi
 if has test; then
-    # the SP test also with the other transfer (send/receive, what runs where no window can be made) and
-    # the opt-in schedules (their outputs must equal one GPU's as the default's do); $SP_TEST_RUNS
-    # (test[:VAR=value,...] ...) narrows it, e.g. when `make test-gpu` ran the first two
-    for run in ${SP_TEST_RUNS:-gpu_mpi_comm gpu_mpi_sp gpu_mpi_sp:LASP_SP_XFER=send gpu_mpi_sp:LASP_SP_SPLIT=3,LASP_SP_FOLD=1 gpu_mpi_sp:LASP_SP_XFER=send,LASP_SP_SPLIT=1,LASP_SP_LEAVE_SMS=0}; do
-        t=${run%%:*} envs=; [ "$run" != "$t" ] && envs=${run#*:}
-        log=$OUT/$t${envs:+-${envs//[=,]/-}}.log
+    for run in "test_comm --backend nccl" "test_sp --device cuda"; do
+        log=$OUT/${run// /_}.log
         t0=$SECONDS
-        env $envs timeout 300 mpirun --bind-to none -np "$ngpu" build/tests/$t >"$log" 2>&1
+        timeout 600 mpirun --bind-to none -np "$ngpu" build/tests/$run >"$log" 2>&1
         rc=$?
-        grep -E '^(PASS|FAIL|  check)' "$log" | head -40
-        summary+=("$t${envs:+ ($envs)} -np $ngpu  rc=$rc  $(grep -c '^PASS' "$log") passed $(grep -c '^FAIL' "$log") failed  $((SECONDS - t0)) s")
+        grep -E '^(FAIL|  check)' "$log" | head -40
+        summary+=("$run -np $ngpu  rc=$rc  $(grep -c '^PASS' "$log") passed $(grep -c '^FAIL' "$log") failed  $((SECONDS - t0)) s")
     done
 fi
 if has cli; then
@@ -46,7 +42,7 @@ if has cli; then
     for dt in bf16 f32; do
         build/lasp attn $in --device cuda --dtype $dt --check --out "$d/one-$dt" >"$d/one-$dt.log" 2>&1
         r1=$?
-        for mode in lasp lasp2; do
+        for mode in chain lasp2; do
             timeout 120 mpirun --bind-to none -np "$ngpu" build/lasp attn $in --device cuda --dtype $dt --sp "$ngpu" \
                 --sp-mode $mode --check --out "$d/sp-$dt-$mode" >"$d/sp-$dt-$mode.log" 2>&1
             r2=$?
@@ -64,21 +60,15 @@ if has bench; then
 fi
 if has variants; then
     : >"$OUT/variants.txt"
-    for var in ${SP_VARIANTS:-LASP_SP_XFER=put LASP_SP_XFER=send LASP_SP_SPLIT=2 LASP_SP_SPLIT=3}; do
-        envs=$(echo "$var" | tr ',' ' ')
-        env $envs timeout 200 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 \
-            --mode "${SP_VARIANT_MODES:-lasp}" --t-local 32768,65536 >"$OUT/v.txt" 2>&1
-        grep '^  weak' "$OUT/v.txt" | sed "s|^|$var |" >>"$OUT/variants.txt"
-        for m in $(echo "${SP_VARIANT_MODES:-lasp}" | sed 's/both/lasp lasp2/'); do
-            env $envs LASP_SP_TRACE=1 timeout 100 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda \
-                --dtype bf16 --mode $m --t-local 32768 --repeat 5 --warmup 2 >"$OUT/v.txt" 2>&1
-            for r in $(seq 0 $((ngpu - 1))); do grep "sp-trace rank $r:" "$OUT/v.txt" | tail -1 | sed "s|^|$var $m |"; done \
-                >>"$OUT/variants.txt"
-        done
+    for var in ${SP_VARIANTS:---transfer,auto --transfer,send}; do
+        flags=${var//,/ }
+        timeout 200 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 $flags \
+            --mode "${SP_VARIANT_MODES:-lasp}" --t-local 32768,65536 --trace >"$OUT/v.txt" 2>&1
+        grep -E '^  weak|^# trace' "$OUT/v.txt" | sed "s|^|$var |" >>"$OUT/variants.txt"
     done
 fi
 echo "# ---- summary ----"
 for s in "${summary[@]}"; do echo "$s"; done
 [ -f "$OUT/bench_sp.txt" ] && cat "$OUT/bench_sp.txt"
-[ -f "$OUT/variants.txt" ] && { echo "# variants (weak scaling, the modes of SP_VARIANT_MODES; trace: ms from the layer's start)"; cat "$OUT/variants.txt"; }
+[ -f "$OUT/variants.txt" ] && { echo "# variants (weak scaling; trace: ms from the layer's start)"; cat "$OUT/variants.txt"; }
 exit 0

@@ -9,9 +9,9 @@ mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 ngpu=$(nvidia-smi -L | grep -c '^GPU')
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-make -j16 all build/tests/gpu_mpi_sp CUDA_ARCH="-gencode arch=compute_90a,code=sm_90a" >"$OUT/build.log" 2>&1 ||
+make -j16 all build/tests/test_sp CUDA_ARCH="-gencode arch=compute_90a,code=sm_90a" >"$OUT/build.log" 2>&1 ||
     { tail -30 "$OUT/build.log"; exit 1; }
-timeout 600 mpirun --bind-to none -np "$ngpu" build/tests/gpu_mpi_sp >"$OUT/correctness.log" 2>&1
+timeout 600 mpirun --bind-to none -np "$ngpu" build/tests/test_sp --device cuda >"$OUT/correctness.log" 2>&1
 echo "correctness: rc=$? $(grep -c '^PASS' "$OUT/correctness.log") passed, $(grep -c '^FAIL' "$OUT/correctness.log") failed" |
     tee "$OUT/summary.txt"
 grep '^FAIL' "$OUT/correctness.log" | head

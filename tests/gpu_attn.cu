@@ -4,7 +4,10 @@
  * without the incoming states; long sequences against the CPU chunked fp32 path (itself tested against
  * fp64 in test_attn); the op in the halves the SP schedule uses equals the op in one call. Outputs are
  * poisoned with NaN before each run, so every element must be written.
- * The reference sees the inputs rounded to the I/O dtype: the error measured is the kernels' own. */
+ * The reference sees the inputs rounded to the I/O dtype: the error measured is the kernels' own.
+ *   gpu_attn [--kernels auto|sm80] [--quick]
+ * runs every case on the kernels the context is given (auto: Hopper's where they apply), and checks with the
+ * library, which reports the kernels each pass ran, that the choice was honoured. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +15,7 @@
 
 #include <cuda_runtime.h>
 
+#include "attn/attn_cuda.h"
 #include "attn/attn_cuda_sp.h"
 #include "core/dtype.h"
 #include "core/rng.h"
@@ -21,6 +25,15 @@
 static lasp_rng rng;
 static lasp_ctx *ctx;
 static double worst[4];  /* per dtype: largest error seen */
+static int ran_tma, ran_mma; /* forwards whose output pass was k_out_tma, k_out (as the library reports) */
+
+/* which output pass the last forward ran, counted */
+static void note_kernels(void) {
+    lasp_attn_cuda_kernels k = {NULL, NULL};
+    CHECK(lasp_attn_cuda_last_kernels(ctx, &k) == LASP_OK && k.out_pass, "kernels: %s", lasp_ctx_error(ctx));
+    if (k.out_pass && !strcmp(k.out_pass, "k_out_tma")) ran_tma++;
+    else if (k.out_pass && !strcmp(k.out_pass, "k_out")) ran_mma++;
+}
 
 #define CUDA_OK(call)                                                                          \
     do {                                                                                       \
@@ -35,50 +48,20 @@ static double tol_of(lasp_dtype t) { return t == LASP_F32 ? 1e-4 : 1e-2; }
 
 /* n normal values × scale, rounded to dtype t (so host and device see the same numbers) */
 static float *randn(size_t n, double scale, lasp_dtype t) {
-    float *x = (float *)calloc(n ? n : 1, sizeof *x);
-    for (size_t i = 0; i < n; i++) x[i] = (float)(scale * lasp_rng_normal(&rng));
-    if (t != LASP_F32) {
-        void *tmp = malloc(n * 2);
-        lasp_convert(tmp, t, x, LASP_F32, n);
-        lasp_convert(x, LASP_F32, tmp, t, n);
-        free(tmp);
+    float *x = test_randn(&rng, n, scale);
+    test_round(x, n, t);
+    return x;
+}
+
+static void *dev_or_die(void *d) {
+    if (!d) {
+        printf("FAIL no GPU memory for a test tensor\n");
+        exit(1);
     }
-    return x;
-}
-
-static double *widen(const float *x, size_t n) {
-    double *y = (double *)malloc((n ? n : 1) * sizeof *y);
-    for (size_t i = 0; i < n; i++) y[i] = x[i];
-    return y;
-}
-
-/* device copy of host f32 values in dtype t */
-static void *to_dev(const float *x, size_t n, lasp_dtype t) {
-    const size_t bytes = n * lasp_dtype_size(t);
-    void *d, *h = malloc(bytes);
-    lasp_convert(h, t, x, LASP_F32, n);
-    CUDA_OK(cudaMalloc(&d, bytes));
-    CUDA_OK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
-    free(h);
     return d;
 }
-
-static void *poisoned(size_t n, lasp_dtype t) {
-    void *d;
-    CUDA_OK(cudaMalloc(&d, n * lasp_dtype_size(t)));
-    CUDA_OK(cudaMemset(d, 0xff, n * lasp_dtype_size(t)));  /* NaN in every dtype */
-    return d;
-}
-
-static float *from_dev(const void *d, size_t n, lasp_dtype t) {
-    const size_t bytes = n * lasp_dtype_size(t);
-    void *h = malloc(bytes);
-    float *x = (float *)malloc(n * sizeof(float));
-    CUDA_OK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost));
-    lasp_convert(x, LASP_F32, h, t, n);
-    free(h);
-    return x;
-}
+static void *to_dev(const float *x, size_t n, lasp_dtype t) { return dev_or_die(test_to_dev(x, n, t)); }
+static void *poisoned(size_t n, lasp_dtype t) { return dev_or_die(test_to_dev(NULL, n, t)); }
 
 /* A fresh random problem's inputs, on the host (rounded to t) and on the device: q scaled by 1/√d so
  * that q·k ~ 1 whatever d is, the states and slopes f32. */
@@ -116,8 +99,8 @@ static void expect(const char *what, const float *x, const double *ref, size_t n
 /* Two device results of n elements stored as `st` that must agree, `one` serving as the reference, within
  * the tolerance of the problem's I/O dtype t. */
 static void expect_same(const char *what, const void *one, const void *two, size_t n, lasp_dtype st, lasp_dtype t) {
-    float *x1 = from_dev(one, n, st), *x2 = from_dev(two, n, st);
-    double *r = widen(x1, n);
+    float *x1 = test_from_dev(one, n, st), *x2 = test_from_dev(two, n, st);
+    double *r = test_widen(x1, n);
     expect(what, x2, r, n, tol_of(t), t);
     free(x1), free(x2), free(r);
 }
@@ -140,17 +123,18 @@ static void run_case(lasp_dtype t, int64_t B, int64_t T, int64_t H, int64_t d, i
 
     lasp_status s = lasp_attn_fwd(ctx, &a, gq, gk, gv, gsl, gkv, go, gkvo);
     CHECK(s == LASP_OK, "fwd: %s", lasp_ctx_error(ctx));
+    note_kernels();
     s = lasp_attn_bwd(ctx, &a, gq, gk, gv, gsl, gkv, gdo, gdkv, gdq, gdk, gdv, gdkvi);
     CHECK(s == LASP_OK, "bwd: %s", lasp_ctx_error(ctx));
     CUDA_OK(cudaDeviceSynchronize());
-    float *o = from_dev(go, nv, t), *kvo = from_dev(gkvo, ns, LASP_F32), *dq = from_dev(gdq, nq, t),
-          *dk = from_dev(gdk, nq, t), *dv = from_dev(gdv, nv, t), *dkvi = from_dev(gdkvi, ns, LASP_F32);
+    float *o = test_from_dev(go, nv, t), *kvo = test_from_dev(gkvo, ns, LASP_F32), *dq = test_from_dev(gdq, nq, t),
+          *dk = test_from_dev(gdk, nq, t), *dv = test_from_dev(gdv, nv, t), *dkvi = test_from_dev(gdkvi, ns, LASP_F32);
 
     double *r_o = (double *)malloc(nv * 8), *r_kvo = (double *)malloc(ns * 8), *r_dq = (double *)malloc(nq * 8),
            *r_dk = (double *)malloc(nq * 8), *r_dv = (double *)malloc(nv * 8), *r_dkvi = (double *)malloc(ns * 8);
     if (ref_kind == REF_FP64) {
-        double *q8 = widen(q, nq), *k8 = widen(k, nq), *v8 = widen(v, nv), *do8 = widen(dO, nv), *kv8 = widen(kv, ns),
-               *dkv8 = widen(dkv, ns), *sl8 = widen(sl, (size_t)H);
+        double *q8 = test_widen(q, nq), *k8 = test_widen(k, nq), *v8 = test_widen(v, nv), *do8 = test_widen(dO, nv), *kv8 = test_widen(kv, ns),
+               *dkv8 = test_widen(dkv, ns), *sl8 = test_widen(sl, (size_t)H);
         lasp_attn_desc a8 = a;
         a8.dtype = LASP_F64;
         s = lasp_attn_ref_fwd(ctx, &a8, q8, k8, v8, sl8, states ? kv8 : NULL, r_o, r_kvo);
@@ -206,14 +190,14 @@ static void case_null_outputs(lasp_dtype t) {
     CHECK(lasp_attn_bwd(ctx, &a, gq, gk, gv, gsl, NULL, gdo, NULL, gdq, gdk, gdv, NULL) == LASP_OK, "bwd: %s",
           lasp_ctx_error(ctx));
     CUDA_OK(cudaDeviceSynchronize());
-    double *q8 = widen(q, nq), *k8 = widen(k, nq), *v8 = widen(v, nv), *do8 = widen(dO, nv), sl8[2] = {sl[0], sl[1]};
+    double *q8 = test_widen(q, nq), *k8 = test_widen(k, nq), *v8 = test_widen(v, nv), *do8 = test_widen(dO, nv), sl8[2] = {sl[0], sl[1]};
     double *r_o = (double *)malloc(nv * 8), *r_dq = (double *)malloc(nq * 8), *r_dk = (double *)malloc(nq * 8),
            *r_dv = (double *)malloc(nv * 8);
     lasp_attn_desc a8 = a;
     a8.dtype = LASP_F64;
     lasp_attn_ref_fwd(ctx, &a8, q8, k8, v8, sl8, NULL, r_o, NULL);
     lasp_attn_ref_bwd(ctx, &a8, q8, k8, v8, sl8, NULL, do8, NULL, r_dq, r_dk, r_dv, NULL);
-    float *o = from_dev(go, nv, t), *dq = from_dev(gdq, nq, t), *dk = from_dev(gdk, nq, t), *dv = from_dev(gdv, nv, t);
+    float *o = test_from_dev(go, nv, t), *dq = test_from_dev(gdq, nq, t), *dk = test_from_dev(gdk, nq, t), *dv = test_from_dev(gdv, nv, t);
     expect("o", o, r_o, nv, tol_of(t), t);
     expect("dq", dq, r_dq, nq, tol_of(t), t);
     expect("dk", dk, r_dk, nq, tol_of(t), t);
@@ -274,31 +258,14 @@ static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
               (long long)t1, (long long)(T - t1), (long long)D);
 }
 
-/* group i of two that split the BH heads at b0 */
-static lasp_heads part(int64_t i, int64_t b0, int64_t BH) {
-    lasp_heads hs = {i ? b0 : 0, i ? BH - b0 : b0};
-    return hs;
-}
-
 /* The op in halves (attn_cuda_sp.h), in the SP schedule's order, equals the op in one call: forward
- * local → finish with kv_in, backward local (g) → dq from the forward's segment states → finish with dkv_out
- * (added by the output kernels, or folded into the states first); the
- * states the schedule forms, KV_out = λ^T kv_in + m and dKV_in = λ^T dkv_out + g, equal the op's. One GPU
- * exercises here what the multi-GPU schedule relies on: the arrived state added by the output kernels.
- * The backward from the forward's saved states (dq without its own state pass) must equal it too. */
+ * local → finish with kv_in (in one launch, and in two parts on two streams), backward local (g) → dq from
+ * the forward's segment states → finish with dkv_out, added by the output kernels; the states the schedule
+ * forms, KV_out = λ^T kv_in + m and dKV_in = λ^T dkv_out + g, equal the op's. One GPU exercises here what the
+ * multi-GPU schedule relies on. The backward from the forward's saved states (dq without its own state
+ * pass) must equal it too. */
 /* --quick: small shapes only, for compute-sanitizer (which may run kernels one at a time) */
 static int quick;
-
-/* the output pass is k_out_tma here (attn_cuda.cu, out_pass_tma): bf16, d 64 or 128, e ≥ 64, a Hopper
- * GPU, neither LASP_CUDA_WGMMA=0 nor LASP_CUDA_TMA=0 */
-static int out_pass_tma(lasp_dtype t, int64_t d, int64_t e) {
-    int dev = 0, major = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    const char *w = getenv("LASP_CUDA_WGMMA"), *m = getenv("LASP_CUDA_TMA");
-    return t == LASP_BF16 && (d == 64 || d == 128) && e >= 64 && major == 9 && !(w && w[0] == '0') &&
-           !(m && m[0] == '0');
-}
 
 static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e, int64_t B = 2, int64_t H = 3) {
     lasp_attn_desc a = {B, T, H, d, e, 0, t};
@@ -309,8 +276,9 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e, int64_t B
     const float *kv = in.kv, *dkv = in.dkv;
     void *gq = in.gq, *gk = in.gk, *gv = in.gv, *gdo = in.gdo;
     float *gsl = in.gsl, *gkv = in.gkv, *gdkv = in.gdkv;
-    void *o1 = poisoned(nv, t), *o2 = poisoned(nv, t), *dq1 = poisoned(nq, t), *dq2 = poisoned(nq, t),
-         *dk1 = poisoned(nq, t), *dk2 = poisoned(nq, t), *dv1 = poisoned(nv, t), *dv2 = poisoned(nv, t);
+    void *o1 = poisoned(nv, t), *o2 = poisoned(nv, t), *o4 = poisoned(nv, t), *dq1 = poisoned(nq, t),
+         *dq2 = poisoned(nq, t), *dk1 = poisoned(nq, t), *dk2 = poisoned(nq, t), *dv1 = poisoned(nv, t),
+         *dv2 = poisoned(nv, t);
     float *kvo = (float *)poisoned(ns, LASP_F32), *dkvi = (float *)poisoned(ns, LASP_F32),
           *m = (float *)poisoned(ns, LASP_F32), *g = (float *)poisoned(ns, LASP_F32);
     CHECK(lasp_attn_fwd(ctx, &a, gq, gk, gv, gsl, gkv, o1, kvo) == LASP_OK, "%s", lasp_ctx_error(ctx));
@@ -319,72 +287,35 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e, int64_t B
     size_t sb = 0;
     CHECK(lasp_attn_saved_bytes(ctx, &a, &sb) == LASP_OK && sb > 0, "saved bytes: %s", lasp_ctx_error(ctx));
     float *seg = (float *)poisoned(sb / sizeof(float), LASP_F32);
-    /* each half in two groups of heads (as the SP chain pipelines them), split differently per half: a
-     * group's halves touch only its heads of the whole problem's buffers */
-    const lasp_heads all = {0, 0};
-    for (int64_t i = 0, b0 = 2; i < 2; i++)
-        CHECK(lasp_attn_fwd_cuda_local(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, m, seg) == LASP_OK, "%s",
-              lasp_ctx_error(ctx));
-    /* the finish in two launches, each in two groups: the segments kv_in cannot reach on the context's
-     * stream, and beside them the rest on a stream of its own (ordered after the local halves by an event) */
+    /* the halves leave SMs to a communicator, as the SP schedule has them do */
+    CHECK(lasp_attn_cuda_sp_leave_sms(ctx, 4) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_fwd_cuda_local(ctx, &a, gq, gk, gv, gsl, m, seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    /* the finish in one launch */
+    CHECK(lasp_attn_fwd_cuda_finish(ctx, &a, 0, gq, gk, gv, gsl, gkv, o4, seg, NULL) == LASP_OK, "%s",
+          lasp_ctx_error(ctx));
+    /* and in two parts: the segments kv_in cannot reach on the context's stream, and beside them the rest on a
+     * stream of its own (ordered after the local half by an event) */
     void *cst = NULL;
     cudaStream_t side;
     cudaEvent_t ev_local, ev_side;
-    CHECK(lasp_attn_cuda_stream(ctx, &cst) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_ctx_cuda_stream(ctx, &cst) == LASP_OK, "%s", lasp_ctx_error(ctx));
     CUDA_OK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
     CUDA_OK(cudaEventCreateWithFlags(&ev_local, cudaEventDisableTiming));
     CUDA_OK(cudaEventCreateWithFlags(&ev_side, cudaEventDisableTiming));
     CUDA_OK(cudaEventRecord(ev_local, (cudaStream_t)cst));
     CUDA_OK(cudaStreamWaitEvent(side, ev_local, 0));
     for (int p = 1; p <= 2; p++)
-        for (int64_t i = 0, b0 = 4; i < 2; i++)
-            CHECK(lasp_attn_fwd_cuda_finish(ctx, &a, part(i, b0, B * H), p, gq, gk, gv, gsl, p == 1 ? NULL : gkv, o2,
-                                            seg, p == 2 ? (void *)side : NULL) == LASP_OK, "%s", lasp_ctx_error(ctx));
+        CHECK(lasp_attn_fwd_cuda_finish(ctx, &a, p, gq, gk, gv, gsl, p == 1 ? NULL : gkv, o2, seg,
+                                        p == 2 ? (void *)side : NULL) == LASP_OK, "%s", lasp_ctx_error(ctx));
     CUDA_OK(cudaEventRecord(ev_side, side));
     CUDA_OK(cudaStreamWaitEvent((cudaStream_t)cst, ev_side, 0));
-    /* the finish in one launch, in two groups, waiting on the device for a flag that another stream sets a
-     * while later (the SP schedule's LASP_SP_SPLIT=3): only with SMs left for the signal, only where the
-     * output pass is k_out_tma */
-    void *o5 = poisoned(nv, t);
-    unsigned *ready = NULL;
-    CUDA_OK(cudaMalloc((void **)&ready, sizeof(unsigned)));
-    CUDA_OK(cudaMemset(ready, 0, sizeof(unsigned)));
-    lasp_status s5 = lasp_attn_fwd_cuda_finish_when(ctx, &a, all, gq, gk, gv, gsl, gkv, o5, seg, ready, 1);
-    CHECK(s5 == LASP_ERR_ARG || s5 == LASP_ERR_UNSUPPORTED, "the one-launch finish with no SMs left: status %d",
-          (int)s5);
-    CHECK(lasp_attn_cuda_sp_leave_sms(ctx, 4) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    /* under --quick the flag is set first: a sanitizer that runs one kernel at a time would never signal */
-    if (quick) CHECK(lasp_attn_cuda_signal(ctx, ready, 1, cst) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    for (int64_t i = 0, b0 = 2; i < 2 && (i == 0 || s5 == LASP_OK); i++)
-        s5 = lasp_attn_fwd_cuda_finish_when(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, gkv, o5, seg, ready, 1);
-    const int one_launch = s5 == LASP_OK;
-    CHECK(one_launch || (s5 == LASP_ERR_UNSUPPORTED && !out_pass_tma(t, d, e)), "the one-launch finish: %s",
+    CHECK(lasp_attn_fwd_cuda_finish(ctx, &a, 3, gq, gk, gv, gsl, gkv, o2, seg, NULL) == LASP_ERR_ARG,
+          "finishing part 3 accepted");
+    CHECK(lasp_attn_bwd_cuda_local(ctx, &a, gq, gk, gv, gsl, gdo, g) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd_cuda_dq(ctx, &a, gk, gv, gsl, gkv, gdo, dq2, seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, gq, gk, gv, gsl, gdo, gdkv, dk2, dv2) == LASP_OK, "%s",
           lasp_ctx_error(ctx));
-    if (one_launch && !quick) {
-        usleep(2000); /* the kernel's part-2 CTAs are waiting by now */
-        CHECK(lasp_attn_cuda_signal(ctx, ready, 1, side) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    }
-    CUDA_OK(cudaStreamSynchronize((cudaStream_t)cst));
     CHECK(lasp_attn_cuda_sp_leave_sms(ctx, 0) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    for (int64_t i = 0, b0 = 1; i < 2; i++)
-        CHECK(lasp_attn_bwd_cuda_local(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, gdo, g) == LASP_OK, "%s",
-              lasp_ctx_error(ctx));
-    CHECK(lasp_attn_bwd_cuda_dq(ctx, &a, all, gk, gv, gsl, gkv, gdo, dq2, seg) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    for (int64_t i = 0, b0 = 3; i < 2; i++)
-        CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, part(i, b0, B * H), gq, gk, gv, gsl, gdo, gdkv, dk2, dv2) == LASP_OK,
-              "%s", lasp_ctx_error(ctx));
-    /* the same finish with dkv_out folded into the states first (what the SP schedule does) */
-    void *dk4 = poisoned(nq, t), *dv4 = poisoned(nv, t), *st = NULL;
-    CHECK(lasp_attn_cuda_stream(ctx, &st) == LASP_OK, "%s", lasp_ctx_error(ctx));
-    for (int64_t i = 0, b0 = 5; i < 2; i++)
-        CHECK(lasp_attn_bwd_cuda_fold(ctx, &a, part(i, b0, B * H), gq, gk, gdo, gsl, gdkv, st) == LASP_OK, "%s",
-              lasp_ctx_error(ctx));
-    CHECK(lasp_attn_bwd_cuda_finish(ctx, &a, all, gq, gk, gv, gsl, gdo, NULL, dk4, dv4) == LASP_OK, "%s",
-          lasp_ctx_error(ctx));
-    /* a group outside B·H is refused */
-    const lasp_heads bad = {B * H - 1, 2};
-    CHECK(lasp_attn_fwd_cuda_local(ctx, &a, bad, gq, gk, gv, gsl, m, seg) == LASP_ERR_ARG, "heads %lld..%lld of %lld "
-          "accepted", (long long)bad.bh0, (long long)(bad.bh0 + bad.n - 1), (long long)(B * H));
     /* the backward from the forward's saved states (lasp_attn_fwd_saving / lasp_attn_bwd_saved) */
     float *saved = (float *)poisoned(sb / sizeof(float), LASP_F32), *dkvi3 = (float *)poisoned(ns, LASP_F32);
     void *o3 = poisoned(nv, t), *dq3 = poisoned(nq, t), *dk3 = poisoned(nq, t), *dv3 = poisoned(nv, t);
@@ -393,30 +324,27 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e, int64_t B
           lasp_ctx_error(ctx));
     CUDA_OK(cudaDeviceSynchronize());
     cudaEventDestroy(ev_local), cudaEventDestroy(ev_side), cudaStreamDestroy(side);
-    expect_same("o", o1, o2, nv, t, t);
-    if (one_launch) expect_same("o (one launch, waiting for the state)", o1, o5, nv, t, t);
-    cudaFree(o5), cudaFree(ready);
+    expect_same("o (finish in one launch)", o1, o4, nv, t, t);
+    expect_same("o (finish in two parts)", o1, o2, nv, t, t);
     expect_same("dq", dq1, dq2, nq, t, t);
     expect_same("dk", dk1, dk2, nq, t, t);
     expect_same("dv", dv1, dv2, nv, t, t);
-    expect_same("dk (folded dkv_out)", dk1, dk4, nq, t, t);
-    expect_same("dv (folded dkv_out)", dv1, dv4, nv, t, t);
     expect_same("o (saving)", o1, o3, nv, t, t);
     expect_same("dq (saved states)", dq1, dq3, nq, t, t);
     expect_same("dk (saved states)", dk1, dk3, nq, t, t);
     expect_same("dv (saved states)", dv1, dv3, nv, t, t);
     expect_same("dkv_in (saved states)", dkvi, dkvi3, ns, LASP_F32, t);
-    void *dev3[] = {saved, seg, dkvi3, o3, dq3, dk3, dv3, dk4, dv4};
+    void *dev3[] = {saved, seg, dkvi3, o3, dq3, dk3, dv3, o4};
     for (size_t i = 0; i < sizeof dev3 / sizeof dev3[0]; i++) cudaFree(dev3[i]);
     /* the states the schedule forms from m and g */
-    float *hm = from_dev(m, ns, LASP_F32), *hg = from_dev(g, ns, LASP_F32), *hkvo = from_dev(kvo, ns, LASP_F32),
-          *hdkvi = from_dev(dkvi, ns, LASP_F32);
+    float *hm = test_from_dev(m, ns, LASP_F32), *hg = test_from_dev(g, ns, LASP_F32), *hkvo = test_from_dev(kvo, ns, LASP_F32),
+          *hdkvi = test_from_dev(dkvi, ns, LASP_F32);
     const size_t de = (size_t)(d * e);
     for (size_t i = 0; i < ns; i++) {
         const float gam = expf(-sl[(i / de) % H] * (float)T);
         hm[i] += gam * kv[i], hg[i] += gam * dkv[i];
     }
-    double *r_kvo = widen(hkvo, ns), *r_dkvi = widen(hdkvi, ns);
+    double *r_kvo = test_widen(hkvo, ns), *r_dkvi = test_widen(hdkvi, ns);
     expect("KV_out = λ^T kv_in + m", hm, r_kvo, ns, 1e-4, LASP_F32);
     expect("dKV_in = λ^T dkv_out + g", hg, r_dkvi, ns, 1e-4, LASP_F32);
     void *dev[] = {o1, o2, dq1, dq2, dk1, dk2, dv1, dv2, kvo, dkvi, m, g};
@@ -424,8 +352,8 @@ static void case_halves(lasp_dtype t, int64_t T, int64_t d, int64_t e, int64_t B
     inputs_free(&in);
     void *host[] = {hm, hg, hkvo, hdkvi, r_kvo, r_dkvi};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
-    test_case("%s halves T%lld d%lld e%lld: local + finish equal one call, with the arrived states; so does the "
-              "backward from saved states",
+    test_case("%s halves T%lld d%lld e%lld: local + finish (one launch, two parts) equal one call, with the "
+              "arrived states; so does the backward from saved states",
               lasp_dtype_name(t), (long long)T, (long long)d, (long long)e);
 }
 
@@ -443,8 +371,8 @@ static void case_host_and_errors(void) {
           lasp_ctx_error(ctx));
     CHECK(lasp_attn_bwd_host(ctx, &a, LASP_DEVICE_CUDA, q, k, v, sl, kv, dO, dkv, dq, dk, dv, dkvi) == LASP_OK,
           "bwd_host: %s", lasp_ctx_error(ctx));
-    double *q8 = widen(q, nq), *k8 = widen(k, nq), *v8 = widen(v, nv), *do8 = widen(dO, nv), *kv8 = widen(kv, ns),
-           *dkv8 = widen(dkv, ns), sl8[2] = {sl[0], sl[1]};
+    double *q8 = test_widen(q, nq), *k8 = test_widen(k, nq), *v8 = test_widen(v, nv), *do8 = test_widen(dO, nv), *kv8 = test_widen(kv, ns),
+           *dkv8 = test_widen(dkv, ns), sl8[2] = {sl[0], sl[1]};
     double *r_o = (double *)malloc(nv * 8), *r_kvo = (double *)malloc(ns * 8), *r_dq = (double *)malloc(nq * 8),
            *r_dk = (double *)malloc(nq * 8), *r_dv = (double *)malloc(nv * 8), *r_dkvi = (double *)malloc(ns * 8);
     lasp_attn_desc a8 = a;
@@ -481,15 +409,40 @@ static void case_host_and_errors(void) {
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
 }
 
+/* The kernels the library reports having run honour the context's choice: sm80 never runs Hopper's output
+ * pass; auto runs it on an sm_90 device (the bf16 forwards at d 64 and 128 above) and nowhere else. */
+static void case_kernel_choice(const lasp_ctx_params *p) {
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    printf("# output passes of the forwards: k_out_tma %d, k_out %d (compute capability %d.x)\n", ran_tma, ran_mma,
+           major);
+    CHECK(ran_mma > 0, "no forward ran k_out");
+    if (p->kernels == LASP_KERNELS_SM80 || major != 9) CHECK(ran_tma == 0, "%d forwards ran k_out_tma", ran_tma);
+    else CHECK(ran_tma > 0, "no forward ran k_out_tma on an sm_90 device with kernels auto");
+    test_case("the kernels run are the context's choice (%s)", p->kernels == LASP_KERNELS_SM80 ? "sm80" : "auto");
+}
+
 int main(int argc, char **argv) {
-    quick = argc > 1 && !strcmp(argv[1], "--quick"); /* small shapes only (compute-sanitizer) */
+    lasp_ctx_params p = lasp_ctx_default_params();
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) quick = 1; /* small shapes only (compute-sanitizer) */
+        else if (!strcmp(argv[i], "--kernels") && i + 1 < argc && !strcmp(argv[i + 1], "sm80"))
+            p.kernels = LASP_KERNELS_SM80, i++;
+        else if (!strcmp(argv[i], "--kernels") && i + 1 < argc && !strcmp(argv[i + 1], "auto"))
+            p.kernels = LASP_KERNELS_AUTO, i++;
+        else {
+            printf("FAIL usage: gpu_attn [--kernels auto|sm80] [--quick] (got '%s')\n", argv[i]);
+            return 1;
+        }
+    }
+    printf("# kernels: %s\n", p.kernels == LASP_KERNELS_SM80 ? "sm80 (mma.sync everywhere)" : "auto");
     lasp_rng_seed(&rng, test_seed());
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev < 1) {
         printf("FAIL no CUDA device: run the GPU tests on a machine with one\n");
         return 1;
     }
-    lasp_ctx_params p = lasp_ctx_default_params();
     if (lasp_ctx_create(&p, &ctx) != LASP_OK) return 1;
 
     const lasp_dtype types[] = {LASP_BF16, LASP_F16, LASP_F32};
@@ -502,6 +455,7 @@ int main(int argc, char **argv) {
         run_case(LASP_F32, 1, 65, 3, 128, 32, 1, REF_FP64);
         case_handover(LASP_BF16, 200, 71, 32);
         case_halves(LASP_BF16, 300, 128, 128);
+        case_kernel_choice(&p);
         return test_exit();
     }
     for (size_t ti = 0; ti < 3; ti++)
@@ -528,12 +482,13 @@ int main(int argc, char **argv) {
         case_handover(types[ti], 4096, 2048, 128);
         case_halves(types[ti], 1000, 64, 64);
         case_halves(types[ti], 4096, 128, 128);
-        /* 80 heads: a head group over 64 deals a split finish's segments round in k_out_tma */
+        /* 80 heads: over 64, k_out_tma deals a split finish's segments round */
         case_halves(types[ti], 1000, 128, 128, 2, 40);
         case_halves(types[ti], 500, 64, 128); /* d ≠ e: the transposed reads of dk */
     }
     case_halves(LASP_BF16, 777, 256, 256);
     case_host_and_errors();
+    case_kernel_choice(&p);
     printf("# worst relative error: bf16 %.3g, f16 %.3g, f32 %.3g\n", worst[LASP_BF16], worst[LASP_F16],
            worst[LASP_F32]);
     lasp_ctx_free(ctx);

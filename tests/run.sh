@@ -5,9 +5,12 @@
 set -u
 BUILD=${BUILD:-build}
 HAVE_MPI=${HAVE_MPI:-}
-TIMEOUT=${LASP_TEST_TIMEOUT:-900}
+TIMEOUT=${LASP_TEST_TIMEOUT:-1800}
 # Multi-rank runs get a shorter limit: a deadlock must fail quickly, not stall the suite.
 MPI_TIMEOUT=${LASP_MPI_TEST_TIMEOUT:-180}
+# The suites that run on every number of ranks (the conformance suites of the comm and SP layers, and the
+# trainer's layout invariance): once as one process, then under mpirun with 1, 2 and 4 ranks.
+MULTI="test_comm test_sp test_train"
 passed=0 failed=0
 
 # OpenMPI refuses to run as root unless told that it is on purpose (CI containers run as root), and
@@ -38,23 +41,23 @@ for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
     case $name in
-    test_mpi_*) continue ;;                     # multi-rank: below
     test_cli) run "$name" "$t" "$BUILD/lasp" ;;
     test_cli_sp)                                # `lasp attn --sp` under mpirun, from inside the test
         if [ "$HAVE_MPI" = 1 ]; then run "$name" env $MPI_ASAN OMP_NUM_THREADS=1 "$t" "$BUILD/lasp"; fi ;;
-    test_comm)                                  # its NCCL world case initialises MPI (singleton)
-        run "$name" env $MPI_ASAN "$t" ;;
+    test_comm | test_sp | test_train)           # one process (self, or a singleton MPI world)
+        run "$name" env $MPI_ASAN OMP_NUM_THREADS=1 "$t" ;;
     *) run "$name" "$t" ;;
     esac
 done
 
-# Multi-rank tests: each test_mpi_* binary under mpirun with 1, 2 and 4 ranks.
+# Multi-rank: each suite under mpirun with 1, 2 and 4 ranks.
 if [ "$HAVE_MPI" = 1 ]; then
-    for t in "$BUILD"/tests/test_mpi_*; do
+    for name in $MULTI; do
+        t=$BUILD/tests/$name
         [ -x "$t" ] || continue
         for np in 1 2 4; do
-            run "$(basename "$t") -np $np" env $MPI_ASAN OMP_NUM_THREADS=1 \
-                mpirun --oversubscribe --bind-to none -np "$np" "$t" "$BUILD/lasp"
+            run "$name -np $np" env $MPI_ASAN OMP_NUM_THREADS=1 \
+                mpirun --oversubscribe --bind-to none -np "$np" "$t"
         done
     done
 else

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# tests/run_gpu.sh — `make test-gpu`: runs every build/tests/gpu_* binary (on a machine with a GPU) and
-# prints one total, "N passed, N failed", counting PASS/FAIL lines as tests/run.sh does. A binary that
-# dies, hangs or exits non-zero without a FAIL line counts as one failure.
+# tests/run_gpu.sh — `make test-gpu`, on a machine with a GPU: the CUDA op's tests on both kernel families
+# (Hopper's where they apply, and the portable mma.sync ones everywhere), then the comm and SP conformance
+# suites on the GPU under mpirun, one process per GPU of this machine (and a single-rank run besides, on a
+# machine of several). Prints one total, "N passed, N failed", counting PASS/FAIL lines as tests/run.sh
+# does; a run that dies, hangs or exits non-zero without a FAIL line counts as one failure.
 set -u
 BUILD=${BUILD:-build}
 TIMEOUT=${LASP_TEST_TIMEOUT:-900}
@@ -9,19 +11,19 @@ passed=0 failed=0
 logdir=$BUILD/test-logs
 mkdir -p "$logdir"
 
-# Multi-GPU tests (gpu_mpi_*) run under mpirun with one process per GPU of this machine.
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 export OMPI_ALLOW_RUN_AS_ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-1} OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 echo "# lasp GPU tests ($BUILD, $ngpu GPUs)"
 . "$(dirname "$0")/counted.sh"
-for t in "$BUILD"/tests/gpu_*; do
-    [ -x "$t" ] || continue
-    name=$(basename "$t")
-    case $name in
-    gpu_mpi_*) counted "$name" "$TIMEOUT" mpirun --bind-to none -np "$((ngpu > 0 ? ngpu : 1))" "$t" ;;
-    *) counted "$name" "$TIMEOUT" "$t" "$@" ;;
-    esac
+counted "gpu_attn (kernels auto)" "$TIMEOUT" "$BUILD/tests/gpu_attn" --kernels auto "$@"
+counted "gpu_attn (kernels sm80)" "$TIMEOUT" "$BUILD/tests/gpu_attn" --kernels sm80 "$@"
+nps=$((ngpu > 0 ? ngpu : 1))
+[ "$nps" -gt 1 ] && nps="1 $nps"
+for np in $nps; do
+    counted "test_comm --backend nccl -np $np" "$TIMEOUT" mpirun --bind-to none -np "$np" "$BUILD/tests/test_comm" --backend nccl
+    counted "test_sp --device cuda -np $np" "$TIMEOUT" mpirun --bind-to none -np "$np" "$BUILD/tests/test_sp" --device cuda
 done
+[ "$ngpu" -lt 2 ] && echo "  note  one GPU: the suites ran over one rank; the multi-GPU schedules need a machine of several"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

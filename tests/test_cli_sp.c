@@ -102,7 +102,7 @@ int main(int argc, char **argv) {
     for (int np = 1; np <= 4; np *= 2)
         for (int sp = 1; sp <= np; sp *= 2)
             for (int m = 0; m < 2; m++) {
-                const char *mode = m ? "lasp2" : "lasp";
+                const char *mode = m ? "lasp2" : "chain";
                 char args[2048], od[64];
                 snprintf(od, sizeof od, "np%d_sp%d_%s", np, sp, mode);
                 snprintf(args, sizeof args, INPUTS " --sp %d --sp-mode %s --check --out %s", sp, mode, od);
@@ -154,7 +154,7 @@ int main(int argc, char **argv) {
     /* a rank that fails inside the run, while the others wait for its state: the job ends, naming it */
     for (int m = 0; m < 2; m++) {
         char args[1024];
-        snprintf(args, sizeof args, INPUTS " --sp 4 --sp-mode %s --out bad", m ? "lasp2" : "lasp");
+        snprintf(args, sizeof args, INPUTS " --sp 4 --sp-mode %s --out bad", m ? "lasp2" : "chain");
         rc = mpirun(4, "LASP_TEST_FAIL_RANK=2", args);
         CHECK(rc > 0, "exit status %d (−1001 = hung until the timeout); output:\n%s", rc, out);
         CHECK(strstr(out, "rank 2: lasp attn: forward") != NULL, "the message does not name rank 2:\n%s", out);
@@ -166,7 +166,7 @@ int main(int argc, char **argv) {
     snprintf(cmd, sizeof cmd, "mpirun --oversubscribe --bind-to none -np 2 '%s' bench sp --device cpu --quick", lasp);
     rc = sh(cmd);
     CHECK(rc == 0, "exit %d\n%s", rc, out);
-    CHECK(strstr(out, "weak    lasp2    2") && strstr(out, "strong  lasp     2"), "rows missing:\n%s", out);
+    CHECK(strstr(out, "weak    lasp2    2") && strstr(out, "strong  chain    2"), "rows missing:\n%s", out);
     test_case("mpirun -np 2 lasp bench sp --quick");
 
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

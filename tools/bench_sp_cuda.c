@@ -169,7 +169,7 @@ static int find_longest(lasp_comm *hw, lasp_comm *world, const lasp_sp_params *s
         if (!failed) {
             best = Tl, best_ms = ms, best_gib = most, total_gib = (double)tot / 1073741824.0;
             if (rank == 0) {
-                printf("  longest %-6s %3d %8lld %8lld %10s %9.3f %7s %11s   %.1f GiB/GPU\n", "lasp", W, Tl, Tl * W, "-", ms,
+                printf("  longest %-6s %3d %8lld %8lld %10s %9.3f %7s %11s   %.1f GiB/GPU\n", "chain", W, Tl, Tl * W, "-", ms,
                        "-", "-", most);
                 fflush(stdout);
             }
@@ -208,7 +208,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
     const opt opts[] = {
         {"--device", OPT_STR, &device, "cuda", "the GPU bench (cpu: see `lasp bench sp --device cpu --help`)", 0},
         {"--dtype", OPT_STR, &dtype, "bf16|f16|f32", "I/O type", 0},
-        {"--mode", OPT_STR, &mode, "lasp|lasp2|both", "which SP form", 0},
+        {"--mode", OPT_STR, &mode, "chain|lasp2|both", "which SP form", 0},
         {"--t-local", OPT_STR, &t_locals, "N[,N...]", "tokens per GPU for weak scaling", 0},
         {"--t-total", OPT_INT, &t_total, "N", "total tokens for strong scaling (0 = W × the first --t-local)", 0},
         {"--batch", OPT_INT, &B, "N", "sequences", 0},
@@ -224,7 +224,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         {"--trace", OPT_FLAG, &trace, NULL, "print each rank's phases of the last layer (ms from its start)", 0},
     };
     const cmd_spec spec = {
-        "mpirun -np W lasp bench sp --device cuda [--dtype bf16] [--t-local N,...] [--mode lasp|lasp2|both] ...",
+        "mpirun -np W lasp bench sp --device cuda [--dtype bf16] [--t-local N,...] [--mode chain|lasp2|both] ...",
         "One attention layer forward+backward over W GPUs (one process each, NCCL), LASP chain and LASP-2, against\n"
         "the same op on one GPU at the same tokens per GPU: weak scaling (T_local fixed) and strong scaling (T\n"
         "fixed). exposed = SP time − one-GPU time at T_local. Keep NCCL_NVLS_ENABLE=0 on NVLink machines.",
@@ -240,6 +240,8 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         fprintf(stderr, "error: --repeat ≥ 1, --warmup ≥ 0, --batch and --heads ≥ 1\n");
         return 2;
     }
+    const int which = opts_sp_mode(mode, "--mode", 1);
+    if (which < 0) return 2;
     if (strcmp(transfer, "auto") && strcmp(transfer, "send")) {
         fprintf(stderr, "error: --transfer '%s' (hint: auto or send)\n", transfer);
         return 2;
@@ -296,7 +298,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         }
         const double one = time_layer(hw, ctx, NULL, &a, &L, (int)repeat, (int)warmup, &failed);
         for (int m = 0; m < 2 && !failed; m++) {
-            if ((m == 0 && !strcmp(mode, "lasp2")) || (m == 1 && !strcmp(mode, "lasp"))) continue;
+            if ((m == 0 && which == 1) || (m == 1 && which == 0)) continue;
             lasp_sp *sp = NULL;
             lasp_sp_params p = spp;
             p.size = W, p.mode = (lasp_sp_mode)m;
@@ -308,9 +310,9 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
             const double most = host_reduce(hw, (double)(st.p2p_bytes + st.coll_bytes) / (double)(repeat + warmup),
                                             LASP_REDUCE_MAX);
             if (rank == 0 && !failed)
-                printf("  %-7s %-6s %3d %8lld %8lld %10.3f %9.3f %7.3f %11.3f %12.0f\n", "weak", m ? "lasp2" : "lasp",
+                printf("  %-7s %-6s %3d %8lld %8lld %10.3f %9.3f %7.3f %11.3f %12.0f\n", "weak", m ? "lasp2" : "chain",
                        W, Tl, Tl * W, one, ms, ms / one, ms - one, most);
-            if (trace && !failed) print_trace(hw, sp, m ? "lasp2" : "lasp");
+            if (trace && !failed) print_trace(hw, sp, m ? "lasp2" : "chain");
             lasp_sp_free(sp);
         }
         layer_free(&L);
@@ -329,14 +331,14 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         a.T = T / W;
         if (!failed && layer_alloc(&L, &a, 8 + (uint64_t)rank)) {
             for (int m = 0; m < 2 && !failed; m++) {
-                if ((m == 0 && !strcmp(mode, "lasp2")) || (m == 1 && !strcmp(mode, "lasp"))) continue;
+                if ((m == 0 && which == 1) || (m == 1 && which == 0)) continue;
                 lasp_sp *sp = NULL;
                 lasp_sp_params p = spp;
                 p.size = W, p.mode = (lasp_sp_mode)m;
                 if (lasp_sp_create(world, &p, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
                 const double ms = time_layer(hw, ctx, sp, &a, &L, (int)repeat, (int)warmup, &failed);
                 if (rank == 0 && !failed)
-                    printf("  %-7s %-6s %3d %8lld %8lld %10.3f %9.3f %7.3f %11s %12s\n", "strong", m ? "lasp2" : "lasp",
+                    printf("  %-7s %-6s %3d %8lld %8lld %10.3f %9.3f %7.3f %11s %12s\n", "strong", m ? "lasp2" : "chain",
                            W, T / W, T, one, ms, ms / one, "-", "-");
                 lasp_sp_free(sp);
             }

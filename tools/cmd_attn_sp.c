@@ -14,6 +14,7 @@
 #include "attn_io.h"
 #include "clock.h"
 #include "lasp.h"
+#include "opts.h"
 
 typedef struct layout {
     int n, rank;
@@ -85,12 +86,9 @@ static int fault_here(int rank) {
 }
 
 int attn_sp(attn_args *o) {
-    lasp_sp_mode mode = LASP_SP_CHAIN;
-    if (o->sp_mode && !strcmp(o->sp_mode, "lasp2")) mode = LASP_SP_LASP2;
-    else if (o->sp_mode && strcmp(o->sp_mode, "lasp")) {
-        fprintf(stderr, "error: --sp-mode '%s' is not known (hint: lasp or lasp2)\n", o->sp_mode);
-        return 2;
-    }
+    const int m = o->sp_mode ? opts_sp_mode(o->sp_mode, "--sp-mode", 0) : 0;
+    if (m < 0) return 2;
+    const lasp_sp_mode mode = (lasp_sp_mode)m;
     const int gpu = !strcmp(o->device, "cuda");
     lasp_dtype dt = LASP_F32;
     if (!strcmp(o->dtype, "bf16")) dt = LASP_BF16;
@@ -226,7 +224,7 @@ int attn_sp(attn_args *o) {
         if (!rc) {
             printf("lasp attn: B=%lld T=%lld H=%lld d=%lld e=%lld on %d ranks (dp %d × sp %d, %s, %s %s): %.2f ms on rank 0; "
                    "wrote %s/{o,kv_out%s}.npy\n", (long long)L.B, (long long)L.T, (long long)H, (long long)d,
-                   (long long)e, L.n, L.dp, L.sp, mode == LASP_SP_CHAIN ? "lasp chain" : "lasp2", o->device, o->dtype, ms, o->out,
+                   (long long)e, L.n, L.dp, L.sp, mode == LASP_SP_CHAIN ? "chain" : "lasp2", o->device, o->dtype, ms, o->out,
                    bwd ? ",dq,dk,dv,dkv_in" : "");
             fflush(stdout);
             rc = o->check ? attn_check(ctx, &f, bwd, (const float *const *)full, o->tol) : 0;

@@ -105,7 +105,7 @@ int lasp_bench_sp(int argc, char **argv) {
     int quick = 0;
     const opt opts[] = {
         {"--device", OPT_STR, &device, "cpu|cuda", "where to run (cuda: its own options, see --device cuda --help)", 0},
-        {"--mode", OPT_STR, &mode, "lasp|lasp2|both", "SP schedules to time", 0},
+        {"--mode", OPT_STR, &mode, "chain|lasp2|both", "SP schedules to time", 0},
         {"--B", OPT_INT, &c.B, "N", "batch", 0},
         {"--H", OPT_INT, &c.H, "N", "heads", 0},
         {"--D", OPT_INT, &c.D, "N", "head dim (d = e)", 0},
@@ -117,7 +117,7 @@ int lasp_bench_sp(int argc, char **argv) {
         {"--quick", OPT_FLAG, &quick, NULL, "tiny shapes, one repeat: a smoke test", 0},
     };
     const cmd_spec spec = {
-        "mpirun -np N lasp bench sp [--device cpu] [--mode lasp|lasp2|both] [--t-local N] [--t-total N] ...",
+        "mpirun -np N lasp bench sp [--device cpu] [--mode chain|lasp2|both] [--t-local N] [--t-total N] ...",
         "Times one linear-attention layer forward+backward over an SP group of W = 1, 2, 4, … ranks (the first\n"
         "W ranks of the job), weak scaling (T = W · t-local) and strong scaling (T = t-total), for the LASP chain\n"
         "and LASP-2, with the bytes one rank sent. Time is the slowest rank's; eff is t(1)/t(W) for weak and\n"
@@ -129,11 +129,9 @@ int lasp_bench_sp(int argc, char **argv) {
         fprintf(stderr, "error: --device '%s': the SP bench runs on the CPU for now (hint: --device cpu)\n", device);
         return 2;
     }
-    const int do_chain = !strcmp(mode, "lasp") || !strcmp(mode, "both"), do_l2 = !strcmp(mode, "lasp2") || !strcmp(mode, "both");
-    if (!do_chain && !do_l2) {
-        fprintf(stderr, "error: --mode '%s' is not known (hint: lasp, lasp2 or both)\n", mode);
-        return 2;
-    }
+    const int which = opts_sp_mode(mode, "--mode", 1);
+    const int do_chain = which == 0 || which == 2, do_l2 = which == 1 || which == 2;
+    if (which < 0) return 2;
     if (quick) c.B = 1, c.H = 2, c.D = 16, c.t_local = 128, c.t_total = 256, c.repeat = 1;
     if (c.B < 1 || c.H < 1 || c.t_local < 1 || c.t_total < 1 || c.repeat < 1 || c.threads < 0 || c.block < 1 ||
         !lasp_head_dim_supported(c.D)) {
@@ -175,7 +173,7 @@ int lasp_bench_sp(int argc, char **argv) {
                 const double eff = weak ? base / row.ms : base / (W * row.ms);
                 if (rank == 0) {
                     printf("  %-7s %-6s %3d %8lld %8lld %11.2f %12.3f %12.0f %6.2f\n", weak ? "weak" : "strong",
-                           m ? "lasp2" : "lasp", W, (long long)(T / W), (long long)T, row.ms,
+                           m ? "lasp2" : "chain", W, (long long)(T / W), (long long)T, row.ms,
                            (double)(c.B * T) / row.ms * 1e-3, row.sent, eff);
                     fflush(stdout);
                 }

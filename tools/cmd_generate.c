@@ -1,5 +1,5 @@
 /* cmd_generate.c — `lasp generate`: loads a checkpoint and samples from the model with the recurrent
- * form (MATH.md §1): one state per layer and head, so memory per token is constant. */
+ * form (docs/MATH.md §1): one state per layer and head, so memory per token is constant. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,8 +7,8 @@
 
 #include "commands.h"
 #include "core/rng.h"
+#include "lasp.h"
 #include "opts.h"
-#include "train/ckpt.h"
 
 int cmd_generate(int argc, char **argv) {
     const char *ckpt = NULL, *prompt = NULL, *prompt_ids = NULL;
@@ -38,13 +38,12 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     lasp_err err = {0};
-    lasp_ckpt_meta meta;
-    float *params = NULL;
-    if (lasp_ckpt_load(ckpt, &meta, &params, NULL, NULL, &err) != LASP_OK) {
+    lasp_generator *g = NULL;
+    if (lasp_generator_load(ckpt, &g, &err) != LASP_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;
     }
-    const int V = meta.model.vocab;
+    const int V = lasp_generator_config(g).vocab;
     int32_t *pr = malloc((strlen(prompt ? prompt : "") + (prompt_ids ? strlen(prompt_ids) : 0) + 1) * sizeof(int32_t));
     int np = 0, rc = 1;
     if (prompt_ids) {
@@ -65,24 +64,14 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "error: give a prompt with --prompt TEXT or --prompt-ids I,J,.. (at least one token)\n");
         goto out;
     }
-    lasp_model m;
-    if (lasp_model_create(&meta.model, &m, &err) != LASP_OK) {
-        fprintf(stderr, "error: %s\n", err.msg);
-        goto out;
-    }
-    lasp_decoder d;
-    if (lasp_decoder_create(&m, params, &d, &err) != LASP_OK) {
-        fprintf(stderr, "error: %s\n", err.msg);
-        lasp_model_free(&m);
-        goto out;
-    }
     lasp_rng rng;
     lasp_rng_seed(&rng, (uint64_t)seed);
     float *p = malloc((size_t)V * sizeof(float));
     int *order = malloc((size_t)V * sizeof(int));
     const int bytes = !ids && V <= 256;
+    const float *logits = NULL;
     for (int i = 0; i < np; i++) {
-        lasp_decoder_step(&d, pr[i]);
+        logits = lasp_generator_feed(g, pr[i]);
         if (bytes) putchar(pr[i]);
         else printf("%s%d", i ? "," : "", pr[i]);
     }
@@ -90,7 +79,7 @@ int cmd_generate(int argc, char **argv) {
     for (long long i = 0; i < n; i++) {
         int next = 0;
         for (int v = 1; v < V; v++)
-            if (d.logits[v] > d.logits[next]) next = v;
+            if (logits[v] > logits[next]) next = v;
         if (temp > 0) {
             /* softmax over the top-k (or all) logits at temperature T, then one draw */
             int K = top_k && top_k < V ? (int)top_k : V;
@@ -99,12 +88,12 @@ int cmd_generate(int argc, char **argv) {
                 if (K < V) {
                     int b = j;
                     for (int v = j + 1; v < V; v++)
-                        if (d.logits[order[v]] > d.logits[order[b]]) b = v;
+                        if (logits[order[v]] > logits[order[b]]) b = v;
                     const int tmp = order[j];
                     order[j] = order[b], order[b] = tmp;
                 }
             double sum = 0;
-            for (int j = 0; j < K; j++) sum += (p[j] = (float)exp((d.logits[order[j]] - d.logits[next]) / temp));
+            for (int j = 0; j < K; j++) sum += (p[j] = (float)exp((logits[order[j]] - logits[next]) / temp));
             double u = lasp_rng_uniform(&rng) * sum;
             next = order[K - 1];
             for (int j = 0; j < K; j++)
@@ -116,15 +105,14 @@ int cmd_generate(int argc, char **argv) {
         if (bytes) putchar(next);
         else printf(",%d", next);
         fflush(stdout);
-        lasp_decoder_step(&d, next);
+        logits = lasp_generator_feed(g, next);
     }
     if (bytes) printf("\x1b[0m");
     printf("\n");
     free(p), free(order);
-    lasp_decoder_free(&d);
-    lasp_model_free(&m);
     rc = 0;
 out:
-    free(pr), free(params);
+    free(pr);
+    lasp_generator_free(g);
     return rc;
 }

@@ -140,13 +140,13 @@ int cmd_train(int argc, char **argv) {
     } while (0)
 
     if (a.sp < 1 || W % a.sp) BAIL("--sp %lld does not divide the %d ranks of the world (hint: mpirun -np a multiple of --sp)\n", a.sp, W);
-    lasp_sp_mode mode = !strcmp(a.sp_mode, "chain") ? LASP_SP_CHAIN : !strcmp(a.sp_mode, "lasp2") ? LASP_SP_LASP2 : -1;
-    if ((int)mode < 0) BAIL("--sp-mode '%s' is not known (hint: chain or lasp2)\n", a.sp_mode);
+    const int mode = opts_sp_mode(a.sp_mode, "--sp-mode", 0);
+    if (mode < 0) goto done;
     if (a.resume && !a.ckpt) BAIL("--resume needs --ckpt DIR (the directory of the checkpoint to continue)\n");
     if (a.steps < 1 || a.val_every < 0 || a.val_batches < 0 || a.ckpt_every < 0 || a.vocab < 0 || a.seed < 0)
         BAIL("--steps must be ≥ 1; --val-every, --val-batches, --ckpt-every, --vocab, --seed ≥ 0\n");
     lasp_sp_params spp = lasp_sp_default_params();
-    spp.size = (int)a.sp, spp.mode = mode;
+    spp.size = (int)a.sp, spp.mode = (lasp_sp_mode)mode;
     if (lasp_sp_create(world, &spp, &sp, e) != LASP_OK) BAIL("%s\n", e->msg);
     const lasp_sp_layout lay = lasp_sp_get_layout(sp);
 

@@ -96,3 +96,15 @@ int opts_parse(const cmd_spec *spec, int argc, char **argv) {
         }
     return 0;
 }
+
+int opts_sp_mode(const char *name, const char *flag, int both_ok) {
+    if (!strcmp(name, "chain")) return 0;
+    if (!strcmp(name, "lasp2")) return 1;
+    if (both_ok && !strcmp(name, "both")) return 2;
+    if (!strcmp(name, "lasp")) {
+        fprintf(stderr, "note: %s lasp is now called chain (the LASP chain); running chain\n", flag);
+        return 0;
+    }
+    fprintf(stderr, "error: %s '%s' is not known (hint: chain or lasp2%s)\n", flag, name, both_ok ? " or both" : "");
+    return -1;
+}

@@ -29,4 +29,9 @@ void opts_help(const cmd_spec *spec);
 
 #define N_OPTS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
+/* An SP mode's name, as every command spells it: "chain" (the LASP chain) or "lasp2"; with both_ok also
+ * "both" (returns 2). The chain's former name "lasp" is taken with a note. 0 or 1 is the lasp_sp_mode; −1
+ * an unknown name (message printed, naming `flag`). */
+int opts_sp_mode(const char *name, const char *flag, int both_ok);
+
 #endif

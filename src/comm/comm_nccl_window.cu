@@ -5,7 +5,7 @@
  * over NVLink, each block fences (system scope) and counts itself, and the last one raises the peer's
  * counter with a release store — so the peer, which acquires the counter, sees every byte. A wait is one
  * thread polling this rank's counter with acquire loads; later work on the stream then reads the window.
- * Both fit on the few SMs that the compute leaves the communicator (lasp_sp_comm_ctas). */
+ * Both fit on the few SMs that the compute leaves the communicator (the SP group's comm_sms). */
 #if defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
 
 #include <cuda_runtime.h>
@@ -18,7 +18,6 @@
 #include <stdint.h>
 
 #include "comm/comm_impl.h"
-#include "core/wait_cuda.h"
 
 namespace {
 
@@ -44,9 +43,21 @@ __global__ void k_put(const float4 *__restrict__ src, float4 *dst, size_t n4, un
     }
 }
 
-/* a peer that never puts: an error on this stream after limit_ns, not a hang */
+/* Until *flag has reached value (modulo 2^32: (int)(*flag − value) ≥ 0), polling with acquire loads at
+ * system scope (they pair with the peer's release in k_put), so that what the peer stored before its release
+ * is visible to the work after this kernel. A peer that never puts: a kernel error (trap) after limit_ns,
+ * not a hang. */
 __global__ void k_wait(const unsigned *flag, unsigned value, unsigned long long limit_ns) {
-    lasp_wait_counter(flag, value, limit_ns);
+    uint64_t t0, now;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t0));
+    for (;;) {
+        unsigned v;
+        asm volatile("ld.acquire.sys.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+        if ((int)(v - value) >= 0) return;
+        __nanosleep(200);
+        asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
+        if (now - t0 > limit_ns) __trap();
+    }
 }
 
 }  // namespace

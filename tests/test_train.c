@@ -1,4 +1,4 @@
-/* test_mpi_train.c — SP and ZeRO invariance (run under mpirun -np 1, 2, 4 by tests/run.sh).
+/* test_train.c — SP and ZeRO invariance (run under mpirun -np 1, 2, 4 by tests/run.sh).
  * For every (dp, sp) layout the world allows among {(1,1), (1,2), (1,4), (2,1), (2,2)} and every
  * ZeRO stage 0–3: the loss and every parameter gradient of one fixed batch equal those of a
  * single process (each rank computes that reference itself, on a one-rank world) within 1e-5
@@ -7,7 +7,6 @@
 #include <math.h>
 #include <string.h>
 
-#include "comm/comm.h"
 #include "train/trainer.h"
 #include "test.h"
 
@@ -31,8 +30,8 @@ static void case_all(const char *fmt, const char *a, int b, int c) {
     }
 }
 
-static lasp_train_opts opts(int zero) {
-    lasp_train_opts o = lasp_train_default_opts();
+static lasp_train_params opts(int zero) {
+    lasp_train_params o = lasp_train_default_params();
     lasp_err err = {0};
     lasp_model_preset("tiny", 256, &o.model, &err);
     o.batch = 4, o.seq_len = 64, o.steps = 20, o.warmup = 2, o.lr = 1e-2, o.min_lr = 1e-3, o.zero = zero;
@@ -47,18 +46,20 @@ typedef struct result {
 } result;
 
 static int run(lasp_comm *w, int sp_size, int zero, const lasp_data *d, lasp_ctx *ctx, result *r) {
-    lasp_sp sp;
+    lasp_sp *sp = NULL;
     lasp_err err = {0};
-    if (lasp_sp_init(w, sp_size, LASP_SP_CHAIN, &sp, &err) != LASP_OK) {
-        CHECK(0, "sp init: %s", err.msg);
+    lasp_sp_params spp = lasp_sp_default_params();
+    spp.size = sp_size;
+    if (lasp_sp_create(w, &spp, &sp, &err) != LASP_OK) {
+        CHECK(0, "sp create: %s", err.msg);
         return 1;
     }
-    lasp_train_opts o = opts(zero);
+    lasp_train_params o = opts(zero);
     lasp_trainer t;
     int bad = 0;
-    if (lasp_trainer_init(&t, ctx, &sp, d, &o) != LASP_OK) {
+    if (lasp_trainer_init(&t, ctx, sp, d, &o) != LASP_OK) {
         CHECK(0, "trainer init: %s", lasp_ctx_error(ctx));
-        lasp_sp_free(&sp);
+        lasp_sp_free(sp);
         return 1;
     }
     r->grad = malloc(t.P * sizeof(float));
@@ -66,8 +67,8 @@ static int run(lasp_comm *w, int sp_size, int zero, const lasp_data *d, lasp_ctx
         CHECK(0, "grad: %s", lasp_ctx_error(ctx));
         bad = 1;
     }
-    lasp_trainer_free(&t);
-    if (!bad && lasp_trainer_init(&t, ctx, &sp, d, &o) == LASP_OK) {
+    lasp_trainer_release(&t);
+    if (!bad && lasp_trainer_init(&t, ctx, sp, d, &o) == LASP_OK) {
         for (int s = 0; s < 20 && !bad; s++) {
             lasp_step_stats st;
             if (lasp_trainer_step(&t, &st) != LASP_OK) {
@@ -76,9 +77,9 @@ static int run(lasp_comm *w, int sp_size, int zero, const lasp_data *d, lasp_ctx
             }
             r->curve[s] = st.loss;
         }
-        lasp_trainer_free(&t);
+        lasp_trainer_release(&t);
     }
-    lasp_sp_free(&sp);
+    lasp_sp_free(sp);
     return bad;
 }
 
@@ -98,13 +99,13 @@ int main(int argc, char **argv) {
     lasp_ctx *ctx;
     lasp_ctx_params cp = lasp_ctx_default_params();
     lasp_ctx_create(&cp, &ctx);
-    lasp_data d;
+    lasp_data *d = NULL;
     lasp_data_recall(7, 8, &d, &err);
     if (rank == 0) printf("# world of %d ranks\n", W);
 
     result ref;
-    CHECK(run(self, 1, 0, &d, ctx, &ref) == 0, "single-process reference failed");
-    lasp_train_opts o = opts(0);
+    CHECK(run(self, 1, 0, d, ctx, &ref) == 0, "single-process reference failed");
+    lasp_train_params o = opts(0);
     lasp_layout lay;
     lasp_layout_make(&o.model, &lay, &err);
 
@@ -112,7 +113,7 @@ int main(int argc, char **argv) {
         if (W % sp || (W / sp == 4)) continue;  /* the layouts of the issue: dp ≤ 2 */
         for (int zero = 0; zero <= 3; zero++) {
             result r;
-            if (run(world, sp, zero, &d, ctx, &r) == 0) {
+            if (run(world, sp, zero, d, ctx, &r) == 0) {
                 const double le = fabs(r.loss - ref.loss) / fabs(ref.loss);
                 CHECK(le < 1e-5, "loss %.9g vs single-process %.9g: rel %.2e", r.loss, ref.loss, le);
                 double worst = 0;
@@ -153,6 +154,7 @@ int main(int argc, char **argv) {
         }
     }
     free(ref.grad);
+    lasp_data_free(d);
     lasp_layout_free(&lay);
     lasp_ctx_free(ctx);
     int failed = test_cases_failed_;
