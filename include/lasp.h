@@ -404,8 +404,17 @@ typedef struct lasp_data_info {
 #define LASP_RECALL_VAL0 128
 #define LASP_RECALL_N_VALUES 64
 lasp_status lasp_data_recall(uint64_t seed, int32_t n_pairs, lasp_data **out, lasp_err *err);
-/* A text file or an llm.c shard (told apart by the shard's magic); val_frac of the tokens validate. */
-lasp_status lasp_data_open(const char *path, double val_frac, lasp_data **out, lasp_err *err);
+/* How lasp_data_open reads a file: AUTO tells an llm.c shard (its header: magic 20240520 with version 1 and
+ * uint16 tokens, 20240801 with version 7 and uint32) from text; a file whose header looks like a shard's but
+ * is not a valid one is an error under AUTO, not text. TEXT and SHARD force one. */
+typedef enum lasp_data_format {
+    LASP_DATA_FORMAT_AUTO = 0,
+    LASP_DATA_FORMAT_TEXT = 1,
+    LASP_DATA_FORMAT_SHARD = 2,
+} lasp_data_format;
+/* A text file (one token per byte) or an llm.c token shard; val_frac (in [0, 1)) of the tokens validate. */
+lasp_status lasp_data_open(const char *path, lasp_data_format format, double val_frac, lasp_data **out,
+                           lasp_err *err);
 lasp_data_info lasp_data_get_info(const lasp_data *d);
 const char *lasp_data_kind_name(lasp_data_kind k);
 void lasp_data_free(lasp_data *d);
@@ -422,6 +431,8 @@ typedef struct lasp_train_params {
 } lasp_train_params;
 
 lasp_train_params lasp_train_default_params(void);
+/* Every field in range (lasp_trainer_create checks them too, and the layout's divisibility). */
+lasp_status lasp_train_params_check(const lasp_train_params *p, lasp_err *err);
 
 /* One training run over the ranks of an SP layout (every rank of sp's world calls every function
  * here: they are collective). */

@@ -184,8 +184,8 @@ int lasp_bench_attn_cuda(int argc, char **argv) {
     const cmd_spec spec = {
         "lasp bench attn --device cuda [--dtype bf16|f16|f32] [--repeat N] [--warmup N] [--dim D] [--quick]\n"
         "                              [--shape B,H,T,D] [--kernels auto|sm80] [--recompute]",
-        "Times the fused CUDA op, forward and forward+backward, on the shapes bench/RESULTS.md tracks (D = 128\n"
-        "and D = 64), ALiBi slopes s_h = 2^(−8(h+1)/H): median of N CUDA-event-timed runs after warm-up, inputs\n"
+        "Times the fused CUDA op, forward and forward+backward, on eight reference shapes (D = 128 and\n"
+        "D = 64), ALiBi slopes s_h = 2^(−8(h+1)/H): median of N CUDA-event-timed runs after warm-up, inputs\n"
         "rotated over several sets larger than L2 together. TFLOP/s with the FLOPs of docs/MATH.md §7 (C = 64),\n"
         "GB/s of the ideal traffic (each input read once, each output written once) and that as % of the\n"
         "measured device-to-device copy bandwidth.",

@@ -157,6 +157,15 @@ static void acts_free(lasp_model *m) {
     m->B = m->T = 0;
 }
 
+double lasp_model_activation_bytes(const lasp_model_config *c, int64_t B, int64_t T) {
+    const double N = (double)B * (double)T, C = c->d_model, F = c->ffn_dim, V = c->vocab, K = c->conv;
+    const double big = 4 * C > 3 * F ? 4 * C : 3 * F, halo = K ? (double)B * (K - 1) * 3 * C : 0;
+    /* the floats lasp_model_reserve allocates, buffer by buffer */
+    const double layer = N * (C + 1 + C + 4 * C + 4 * C + 1 + C + C + 1 + C + 2 * F + F) + (K ? N * 3 * C + halo : 0);
+    const double rest = (K ? N * 3 * C + 2 * halo : 0) + N * (C + 1 + C + V) + N * (2 * C + big) + N * 4 * C;
+    return 4.0 * ((double)c->n_layers * layer + rest);
+}
+
 lasp_status lasp_model_reserve(lasp_model *m, int64_t B, int64_t T, lasp_err *err) {
     if (B == m->B && T == m->T) return LASP_OK;
     acts_free(m);
@@ -182,8 +191,9 @@ lasp_status lasp_model_reserve(lasp_model *m, int64_t B, int64_t T, lasp_err *er
 #undef ALLOC
     if (bad) {
         acts_free(m);
-        return lasp_fail(err, LASP_ERR_NOMEM, "no memory for activations of B=%lld T=%lld (hint: smaller --batch or "
-                         "--seq-len, or more --sp ranks)", (long long)B, (long long)T);
+        return lasp_fail(err, LASP_ERR_NOMEM, "no memory for activations of B=%lld T=%lld (%.2f GiB; hint: smaller "
+                         "--batch or --seq-len, or more ranks)", (long long)B, (long long)T,
+                         lasp_model_activation_bytes(&m->cfg, B, T) / 1073741824.0);
     }
     m->B = B, m->T = T;
     return LASP_OK;

@@ -112,6 +112,9 @@ typedef struct lasp_model {
 } lasp_model;
 
 lasp_status lasp_model_create(const lasp_model_config *c, lasp_model *m, lasp_err *err);
+/* The bytes lasp_model_reserve allocates for B sequences of T tokens (a double: asked-for sizes may not fit
+ * an integer). */
+double lasp_model_activation_bytes(const lasp_model_config *c, int64_t B, int64_t T);
 /* (Re)size activation buffers for a local batch of B sequences of T tokens. */
 lasp_status lasp_model_reserve(lasp_model *m, int64_t B, int64_t T, lasp_err *err);
 void lasp_model_free(lasp_model *m);

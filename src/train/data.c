@@ -9,8 +9,11 @@
 
 #include "core/rng.h"
 
+/* llm.c's token shards: a header of 256 int32 (magic, version, token count, …), then the tokens */
 #define SHARD_MAGIC_U16 20240520
+#define SHARD_VERSION_U16 1
 #define SHARD_MAGIC_U32 20240801
+#define SHARD_VERSION_U32 7
 #define SHARD_HEADER_BYTES (256 * 4)
 
 const char *lasp_data_kind_name(lasp_data_kind k) {
@@ -43,7 +46,43 @@ lasp_data_info lasp_data_get_info(const lasp_data *d) {
     return i;
 }
 
-static lasp_status open_init(const char *path, double val_frac, lasp_data *out, lasp_err *err) {
+/* Whether a file's first bytes look like a shard's header, valid or not: a date-like magic, or a token count
+ * that, with a width of 2 or 4 bytes, is the file's size. Text (ASCII or UTF-8) is neither. */
+static int looks_like_shard(const int32_t *hdr, size_t size) {
+    const int64_t n = hdr[2];
+    return (hdr[0] >= 20000000 && hdr[0] <= 20991231) ||
+           (n > 0 && (SHARD_HEADER_BYTES + 2 * n == (int64_t)size || SHARD_HEADER_BYTES + 4 * n == (int64_t)size));
+}
+
+/* The shard's token width (2 or 4), or 0 with the reason in err. */
+static size_t shard_width(const char *path, const int32_t *hdr, size_t size, lasp_err *err) {
+    const size_t width = hdr[0] == SHARD_MAGIC_U16 ? 2 : hdr[0] == SHARD_MAGIC_U32 ? 4 : 0;
+    if (!width) {
+        lasp_fail(err, LASP_ERR_FORMAT, "%s looks like an llm.c token shard but its magic is %d, not %d (uint16 "
+                  "tokens) or %d (uint32) (hint: a damaged shard; --data-format text reads any file as bytes)", path,
+                  hdr[0], SHARD_MAGIC_U16, SHARD_MAGIC_U32);
+        return 0;
+    }
+    const int32_t version = width == 2 ? SHARD_VERSION_U16 : SHARD_VERSION_U32;
+    if (hdr[1] != version) {
+        lasp_fail(err, LASP_ERR_FORMAT, "token shard %s: version %d with magic %d, expected version %d", path, hdr[1],
+                  hdr[0], version);
+        return 0;
+    }
+    const int64_t n = hdr[2];
+    if (n < 1 || (size - SHARD_HEADER_BYTES) / width != (size_t)n || (size - SHARD_HEADER_BYTES) % width) {
+        lasp_fail(err, LASP_ERR_FORMAT, "token shard %s: header says %lld tokens of %zu bytes but the file holds %zu "
+                  "bytes after the header (hint: truncated or not an llm.c shard)", path, (long long)n, width,
+                  size - SHARD_HEADER_BYTES);
+        return 0;
+    }
+    return width;
+}
+
+static lasp_status open_init(const char *path, lasp_data_format format, double val_frac, lasp_data *out,
+                             lasp_err *err) {
+    if (format != LASP_DATA_FORMAT_AUTO && format != LASP_DATA_FORMAT_TEXT && format != LASP_DATA_FORMAT_SHARD)
+        return lasp_fail(err, LASP_ERR_ARG, "unknown data format %d (hint: auto, text or shard)", (int)format);
     if (!(val_frac >= 0 && val_frac < 1))
         return lasp_fail(err, LASP_ERR_ARG, "validation fraction %g is out of range [0, 1)", val_frac);
     FILE *f = fopen(path, "rb");
@@ -71,16 +110,20 @@ static lasp_status open_init(const char *path, double val_frac, lasp_data *out, 
     }
     int32_t hdr[3] = {0, 0, 0};
     if (size >= SHARD_HEADER_BYTES) memcpy(hdr, bytes, sizeof hdr);
-    if (hdr[0] == SHARD_MAGIC_U16 || hdr[0] == SHARD_MAGIC_U32) {
-        const size_t width = hdr[0] == SHARD_MAGIC_U16 ? 2 : 4;
-        const int64_t n = hdr[2];
-        if (n < 1 || (size - SHARD_HEADER_BYTES) / width != (size_t)n || (size - SHARD_HEADER_BYTES) % width) {
+    const int shard = format == LASP_DATA_FORMAT_SHARD ||
+                      (format == LASP_DATA_FORMAT_AUTO && size >= SHARD_HEADER_BYTES && looks_like_shard(hdr, size));
+    if (shard && size < SHARD_HEADER_BYTES) {
+        free(bytes);
+        return lasp_fail(err, LASP_ERR_FORMAT, "%s has %zu bytes, less than a token shard's header of %d", path, size,
+                         SHARD_HEADER_BYTES);
+    }
+    if (shard) {
+        const size_t width = shard_width(path, hdr, size, err);
+        if (!width) {
             free(bytes);
-            return lasp_fail(err, LASP_ERR_FORMAT,
-                             "token shard %s: header says %lld tokens of %zu bytes but the file holds %zu bytes after "
-                             "the header (hint: truncated or not an llm.c shard)",
-                             path, (long long)n, width, size - SHARD_HEADER_BYTES);
+            return err ? err->status : LASP_ERR_FORMAT;
         }
+        const int64_t n = hdr[2];
         out->kind = LASP_DATA_SHARD;
         out->n_tokens = (size_t)n;
         out->tokens = malloc((size_t)n * sizeof(int32_t));
@@ -99,7 +142,7 @@ static lasp_status open_init(const char *path, double val_frac, lasp_data *out, 
                 memcpy(&t, p + i * 4, 4);
             }
             if (t > (1u << 24)) {
-                free(bytes), lasp_data_free(out);
+                free(bytes), free(out->tokens), out->tokens = NULL;
                 return lasp_fail(err, LASP_ERR_FORMAT, "token shard %s: token %u at index %lld is implausibly large",
                                  path, t, (long long)i);
             }
@@ -140,12 +183,13 @@ lasp_status lasp_data_recall(uint64_t seed, int32_t n_pairs, lasp_data **out, la
     return make(out, recall_init(seed, n_pairs, d, err), d);
 }
 
-lasp_status lasp_data_open(const char *path, double val_frac, lasp_data **out, lasp_err *err) {
+lasp_status lasp_data_open(const char *path, lasp_data_format format, double val_frac, lasp_data **out,
+                           lasp_err *err) {
     if (!out || !path) return lasp_fail(err, LASP_ERR_ARG, "lasp_data_open: path or out is NULL");
     *out = NULL;
     lasp_data *d = calloc(1, sizeof *d);
     if (!d) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the data");
-    return make(out, open_init(path, val_frac, d, err), d);
+    return make(out, open_init(path, format, val_frac, d, err), d);
 }
 
 lasp_status lasp_data_check(const lasp_data *d, int64_t T, lasp_err *err) {

@@ -2,14 +2,48 @@
 #include "train/trainer.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+/* A value in [lo, hi], finite (NaN fails every comparison). */
+static int in_range(double x, double lo, double hi) { return x >= lo && x <= hi; }
+
+lasp_status lasp_train_params_check(const lasp_train_params *o, lasp_err *err) {
+    LASP_TRY(lasp_model_config_check(&o->model, err));
+    if (o->zero < 0 || o->zero > 3)
+        return lasp_fail(err, LASP_ERR_ARG, "--zero %d: the stages are 0 (DDP), 1, 2 and 3", o->zero);
+    if (o->batch < 1 || o->batch > (1LL << 30))
+        return lasp_fail(err, LASP_ERR_ARG, "--batch %lld must be ≥ 1 (sequences per step)", (long long)o->batch);
+    if (o->seq_len < 1 || o->seq_len > (1LL << 40))
+        return lasp_fail(err, LASP_ERR_ARG, "--seq-len %lld must be ≥ 1 (tokens per sequence)", (long long)o->seq_len);
+    if (o->steps < 1 || o->steps > (1LL << 40))
+        return lasp_fail(err, LASP_ERR_ARG, "--steps %lld must be ≥ 1", (long long)o->steps);
+    if (o->warmup < 0 || o->warmup > (1LL << 40))
+        return lasp_fail(err, LASP_ERR_ARG, "--warmup %lld must be ≥ 0", (long long)o->warmup);
+    if (!in_range(o->lr, 1e-12, 1e3))
+        return lasp_fail(err, LASP_ERR_ARG, "--lr %g is not a learning rate (hint: a finite value > 0, e.g. 3e-3)", o->lr);
+    if (!in_range(o->min_lr, 0, o->lr))
+        return lasp_fail(err, LASP_ERR_ARG, "--min-lr %g is outside 0 .. --lr %g (the cosine decays from --lr down to "
+                         "it)", o->min_lr, o->lr);
+    if (!in_range(o->weight_decay, 0, 1e3))
+        return lasp_fail(err, LASP_ERR_ARG, "--wd %g must be a finite value ≥ 0", o->weight_decay);
+    if (!in_range(o->clip, 0, 1e30))
+        return lasp_fail(err, LASP_ERR_ARG, "--clip %g must be a finite value ≥ 0 (0 = off)", o->clip);
+    if (!in_range(o->beta1, 0, 0.999999) || !in_range(o->beta2, 0, 0.999999999) || !in_range(o->eps, 1e-30, 1))
+        return lasp_fail(err, LASP_ERR_ARG, "AdamW betas %g, %g must be in [0, 1) and eps %g in (0, 1]", o->beta1,
+                         o->beta2, o->eps);
+    if (o->val_batches < 0 || o->val_batches > (1LL << 30))
+        return lasp_fail(err, LASP_ERR_ARG, "--val-batches %lld must be ≥ 0", (long long)o->val_batches);
+    return LASP_OK;
 }
 
 lasp_train_params lasp_train_default_params(void) {
@@ -102,26 +136,32 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
     lasp_err *err = &ctx->err;
     t->o = *o, t->ctx = ctx, t->sp = sp, t->world = sp->world, t->data = data;
     t->W = sp->world_size, t->rank = sp->world_rank;
-    if (o->zero < 0 || o->zero > 3)
-        return lasp_fail(err, LASP_ERR_ARG, "--zero %d: the stages are 0 (DDP), 1, 2 and 3", o->zero);
-    if (o->batch < 1 || o->batch % sp->dp_size)
+    LASP_TRY(lasp_train_params_check(o, err));
+    if (o->batch % sp->dp_size)
         return lasp_fail(err, LASP_ERR_ARG,
                          "--batch %lld is not divisible by dp = %d (world %d / sp %d) (hint: a multiple of %d)",
                          (long long)o->batch, sp->dp_size, sp->world_size, sp->sp_size, sp->dp_size);
-    if (o->seq_len < 1 || o->seq_len % sp->sp_size)
+    if (o->seq_len % sp->sp_size)
         return lasp_fail(err, LASP_ERR_ARG,
                          "--seq-len %lld is not divisible by --sp %d: every rank holds an equal piece "
                          "(hint: a multiple of %d)", (long long)o->seq_len, sp->sp_size, sp->sp_size);
-    if (o->steps < 1 || o->warmup < 0 || !(o->lr > 0) || !(o->min_lr >= 0) || !(o->clip >= 0) ||
-        !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) || !(o->weight_decay >= 0))
-        return lasp_fail(err, LASP_ERR_ARG, "optimizer settings out of range (steps %lld, warmup %lld, lr %g, "
-                         "min lr %g, clip %g)", (long long)o->steps, (long long)o->warmup, o->lr, o->min_lr, o->clip);
     LASP_TRY(lasp_data_check(data, o->seq_len, err));
     if (data->max_token >= o->model.vocab)
         return lasp_fail(err, LASP_ERR_ARG, "the data holds token %d but the model's vocab is %d (hint: --vocab %d)",
                          data->max_token, o->model.vocab, data->max_token + 1);
     LASP_TRY(lasp_model_create(&o->model, &t->m, err));
     t->Bl = o->batch / sp->dp_size, t->Tl = o->seq_len / sp->sp_size;
+    /* what a rank needs, against what the machine has: refused here rather than failing (or being killed)
+     * once the allocations are touched */
+    const double need = lasp_model_activation_bytes(&o->model, t->Bl, t->Tl) + 16.0 * (double)t->m.lay.n_params;
+    const double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
+    if (have > 0 && need > have) {
+        lasp_trainer_release(t);
+        return lasp_fail(err, LASP_ERR_NOMEM, "a rank needs %.1f GiB (activations of %lld × %lld tokens, parameters and "
+                         "optimizer state) but this machine has %.1f GiB (hint: a smaller --batch or --seq-len, or more "
+                         "ranks: --sp splits each sequence, dp the batch)", need / 1073741824.0, (long long)t->Bl,
+                         (long long)t->Tl, have / 1073741824.0);
+    }
     lasp_status s = lasp_model_reserve(&t->m, t->Bl, t->Tl, err);
     if (s != LASP_OK) {
         lasp_trainer_release(t);
@@ -220,7 +260,18 @@ lasp_status lasp_trainer_step(lasp_trainer *t, lasp_step_stats *st) {
      * the SP communicator itself */
     const double sp_wait0 = lasp_comm_get_stats(t->sp->sp).wait_ms;
     double red[3];
-    LASP_TRY(forward_backward(t, red));
+    lasp_status fs = forward_backward(t, red);
+    if (fs == LASP_ERR_NONFINITE) { /* the op refuses NaN and Inf inputs: what produced them is the update */
+        char why[sizeof t->ctx->err.msg];
+        snprintf(why, sizeof why, "%s", t->ctx->err.msg);
+        return lasp_fail(&t->ctx->err, fs, "step %lld: the activations became non-finite (%s): the parameters hold "
+                         "NaN or Inf after the last update (hint: a lower --lr, --clip on)", (long long)t->step + 1,
+                         why);
+    }
+    LASP_TRY(fs);
+    if (!isfinite(red[0]))
+        return lasp_fail(&t->ctx->err, LASP_ERR_NONFINITE, "step %lld: the loss is %g (hint: a lower --lr, --clip on)",
+                         (long long)t->step + 1, red[0] / t->W);
 
     /* the optimizer's domain: everything (stage 0) or this rank's shard */
     const int z = t->o.zero;
@@ -231,8 +282,8 @@ lasp_status lasp_trainer_step(lasp_trainer *t, lasp_step_stats *st) {
     if (z >= 1) LASP_TRY(allreduce(t, &ss, 1, LASP_F64));
     const double norm = sqrt(ss);
     if (!isfinite(norm))
-        return lasp_fail(&t->ctx->err, LASP_ERR_NONFINITE, "gradient norm is %g at step %lld (hint: lower --lr)", norm,
-                         (long long)t->step + 1);
+        return lasp_fail(&t->ctx->err, LASP_ERR_NONFINITE, "step %lld: the gradient norm is %g (hint: a lower --lr, "
+                         "--clip on)", (long long)t->step + 1, norm);
     const float clip = t->o.clip > 0 && norm > t->o.clip ? (float)(t->o.clip / norm) : 1.0f;
 
     /* AdamW (decoupled weight decay), bias-corrected */
