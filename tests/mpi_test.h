@@ -1,6 +1,8 @@
 /* mpi_test.h — the harness of test.h for multi-rank tests: every rank runs every check, the verdict
  * of a case is reduced over the world (it fails if any rank failed), and only rank 0 prints the
- * PASS/FAIL line, so tests/run.sh counts each case once whatever the number of ranks. */
+ * PASS/FAIL line, so tests/run.sh counts each case once whatever the number of ranks.
+ * mpi_test_world_ is a host communicator over every process of the job: an mpi world, a self world
+ * for one process, or, in a test of device communicators, an mpi world kept beside them. */
 #ifndef LASP_MPI_TEST_H
 #define LASP_MPI_TEST_H
 
