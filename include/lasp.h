@@ -104,7 +104,7 @@ typedef struct lasp_ctx_params {
     lasp_kernels kernels;  /* GPU: which kernels run the op */
 } lasp_ctx_params;
 
-#define LASP_MAX_THREADS 4096
+#define LASP_MAX_THREADS 1024
 
 lasp_ctx_params lasp_ctx_default_params(void);
 lasp_status lasp_ctx_create(const lasp_ctx_params *params, lasp_ctx **out);
@@ -250,7 +250,7 @@ lasp_comm_stats lasp_comm_get_stats(const lasp_comm *c);
 void lasp_comm_reset_stats(lasp_comm *c);
 
 /* The longest a device backend waits for a peer (a collective in lasp_comm_sync, a one-sided transfer)
- * before it gives up with an error rather than hang: seconds > 0, default LASP_COMM_TIMEOUT_S. */
+ * before it gives up with an error rather than hang: 0 < seconds ≤ 1e7, default LASP_COMM_TIMEOUT_S. */
 #define LASP_COMM_TIMEOUT_S 300.0
 lasp_status lasp_comm_set_timeout(lasp_comm *c, double seconds, lasp_err *err);
 

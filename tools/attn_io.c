@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "attn_io.h"
+#include "core/dtype.h"
 #include "core/rng.h"
 
 void attn_files_free(attn_files *f) {
@@ -200,3 +201,15 @@ int attn_write_out(const char *dir, const char *name, int ndim, const int64_t *s
     return 0;
 }
 
+
+int attn_check_finite(const float *const outs[6], const size_t counts[6], int n) {
+    static const char *names[6] = {"o", "kv_out", "dq", "dk", "dv", "dkv_in"};
+    for (int i = 0; i < n; i++) {
+        if (!outs[i]) continue;
+        const size_t at = lasp_find_nonfinite(outs[i], LASP_F32, counts[i]);
+        if (at < counts[i])
+            return fail("%s holds a non-finite value (%g at flat index %zu): the inputs overflow fp32 in the op; "
+                        "nothing was written (hint: inputs of a smaller magnitude)", names[i], (double)outs[i][at], at);
+    }
+    return 0;
+}

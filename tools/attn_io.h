@@ -31,6 +31,9 @@ int attn_parse_device(const attn_args *o, lasp_device *dev, lasp_dtype *dt);
 /* The fp64 reference on the full inputs; prints one row per output; 1 if any is above tol. */
 int attn_check(lasp_ctx *ctx, const attn_files *f, int bwd, const float *const outs[6], double tol);
 int attn_write_out(const char *dir, const char *name, int ndim, const int64_t *shape, const float *x);
+/* 1 (message printed) if any of the first n outputs (o, kv_out, dq, dk, dv, dkv_in; NULL: absent) holds a NaN
+ * or an Inf: finite inputs of a large magnitude can overflow, and such outputs are never written. */
+int attn_check_finite(const float *const outs[6], const size_t counts[6], int n);
 
 /* cmd_attn_sp.c: the SP path, for `--sp` or a job started by mpirun. Returns the exit status. */
 int attn_sp(attn_args *o);

@@ -25,7 +25,7 @@ int cmd_attn(int argc, char **argv) {
         {"--block", OPT_INT, &o.block, "N", "chunk size of the blocked algorithm (0 = the default, 64)", 0},
         {"--device", OPT_STR, &o.device, "cpu|cuda", "where to run", 0},
         {"--dtype", OPT_STR, &o.dtype, "f32|bf16|f16", "I/O type on the device (bf16/f16 on cuda only)", 0},
-        {"--threads", OPT_INT, &o.threads, "N", "CPU threads (0 = all)", 0},
+        {"--threads", OPT_INT, &o.threads, "N", "CPU threads (0 = OpenMP's default; at most 1024)", 0},
         {"--check", OPT_FLAG, &o.check, NULL, "also run the fp64 reference and report relative errors", 0},
         {"--tol", OPT_DOUBLE, &o.tol, "X", "tolerance of --check (default 1e-5 f32 on the CPU, 1e-4 on the GPU, 1e-2 bf16/f16)", 0},
         {"--sp", OPT_INT, &o.sp, "N", "under mpirun: ranks per sequence; world = dp × sp (default 1 under mpirun)", 0},
@@ -53,8 +53,12 @@ int cmd_attn(int argc, char **argv) {
         fprintf(stderr, "error: --block %lld is out of range (hint: 0 for the default, or 1..4096)\n", o.block);
         return 2;
     }
-    if (o.threads < 0) {
-        fprintf(stderr, "error: --threads %lld must be ≥ 0\n", o.threads);
+    if (o.threads < 0 || o.threads > LASP_MAX_THREADS) {
+        fprintf(stderr, "error: --threads %lld: 0 (OpenMP's default) or 1 .. %d\n", o.threads, LASP_MAX_THREADS);
+        return 2;
+    }
+    if (!(o.tol >= 0 && o.tol < 1)) {
+        fprintf(stderr, "error: --tol %g: a relative error in [0, 1) (0: the dtype's default)\n", o.tol);
         return 2;
     }
     /* the GPU's f32 path runs on tensor cores (bf16 splits): 1e-4 there, as its tests use */
@@ -107,7 +111,7 @@ int cmd_attn(int argc, char **argv) {
         fprintf(stderr, "error: %s: %s\n", lasp_status_string(s), lasp_ctx_error(ctx));
         goto done;
     }
-    if (attn_make_dir(o.out)) goto done;
+    if (attn_check_finite((const float *const *)out, counts, bwd ? 6 : 2) || attn_make_dir(o.out)) goto done;
     const int64_t st_shape[4] = {a->B, a->H, a->d, a->e};
     if (attn_write_out(o.out, "o", 4, f.v.shape, out[0]) || attn_write_out(o.out, "kv_out", 4, st_shape, out[1])) goto done;
     if (o.random && (attn_write_out(o.out, "q", 4, f.q.shape, f.q.data) || attn_write_out(o.out, "k", 4, f.k.shape, f.k.data) ||

@@ -210,7 +210,10 @@ int attn_sp(attn_args *o) {
     rc = 0;
     if (L.rank == 0) {
         const int64_t st_shape[4] = {L.B, H, d, e};
-        rc = attn_make_dir(o->out) || attn_write_out(o->out, "o", 4, f.v.shape, full[0]) ||
+        const size_t counts[6] = {f.v.count, (size_t)(L.B * H * d * e), f.q.count, f.q.count, f.v.count,
+                                  (size_t)(L.B * H * d * e)};
+        rc = attn_check_finite((const float *const *)full, counts, bwd ? 6 : 2) || attn_make_dir(o->out) ||
+             attn_write_out(o->out, "o", 4, f.v.shape, full[0]) ||
              attn_write_out(o->out, "kv_out", 4, st_shape, full[1]);
         if (!rc && o->random)
             rc = attn_write_out(o->out, "q", 4, f.q.shape, f.q.data) || attn_write_out(o->out, "k", 4, f.k.shape, f.k.data) ||

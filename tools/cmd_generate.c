@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "commands.h"
 #include "core/rng.h"
@@ -33,8 +34,13 @@ int cmd_generate(int argc, char **argv) {
         N_OPTS(opts)};
     int r = opts_parse(&spec, argc, argv);
     if (r) return r > 0 ? 0 : 2;
-    if (n < 0 || top_k < 0 || temp < 0 || seed < 0) {
-        fprintf(stderr, "error: --tokens, --top-k, --temperature and --seed must be ≥ 0\n");
+    if (n < 0 || n > (1LL << 40) || top_k < 0 || seed < 0 || !(temp >= 0 && temp <= 1e6)) {
+        fprintf(stderr, "error: --tokens %lld, --top-k %lld, --temperature %g and --seed %lld must be finite and ≥ 0\n",
+                n, top_k, temp, seed);
+        return 2;
+    }
+    if (prompt && prompt_ids) {
+        fprintf(stderr, "error: --prompt and --prompt-ids both given (hint: the text, or its token ids: one of them)\n");
         return 2;
     }
     lasp_err err = {0};
@@ -75,7 +81,8 @@ int cmd_generate(int argc, char **argv) {
         if (bytes) putchar(pr[i]);
         else printf("%s%d", i ? "," : "", pr[i]);
     }
-    if (bytes) printf("\x1b[1m");  /* the generated part in bold, where the terminal shows it */
+    const int bold = bytes && isatty(fileno(stdout)); /* the generated part in bold, on a terminal only */
+    if (bold) printf("\x1b[1m");
     for (long long i = 0; i < n; i++) {
         int next = 0;
         for (int v = 1; v < V; v++)
@@ -107,7 +114,7 @@ int cmd_generate(int argc, char **argv) {
         fflush(stdout);
         logits = lasp_generator_feed(g, next);
     }
-    if (bytes) printf("\x1b[0m");
+    if (bold) printf("\x1b[0m");
     printf("\n");
     free(p), free(order);
     rc = 0;

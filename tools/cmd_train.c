@@ -1,9 +1,17 @@
 /* cmd_train.c — `lasp train`: trains the model on the built-in recall task or a token file, on one
  * process or under mpirun with dp × sp ranks. Rank 0 prints the configuration, one line per step,
- * validation and progress, and writes DIR/train.jsonl; checkpoints go to --ckpt DIR.
- * Everything that can be refused (options, data, checkpoint, layout) is checked before any file is
- * written, so a bad invocation leaves the run and checkpoint directories as they were. */
+ * validation and progress, and writes DIR/train.jsonl (each line as it is printed); checkpoints go to
+ * --ckpt DIR, every --ckpt-every steps or --ckpt-minutes minutes, at the end, and when a signal stops
+ * the run. Everything that can be refused (options, data, checkpoint, layout) is checked before any file
+ * is written, so a bad invocation leaves the run and checkpoint directories as they were.
+ *
+ * SIGINT or SIGTERM (Ctrl-C, a scheduler's preemption): the step in progress finishes, every rank agrees
+ * to stop after it (the signal may reach only some ranks), the checkpoint is written, the log closed, and
+ * the run exits with 128 + the signal's number and a line saying how to resume. A second signal ends the
+ * process at once. */
 #include <errno.h>
+#include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +59,42 @@ static lasp_status mkdir_p(const char *dir, lasp_err *err) {
     return LASP_OK;
 }
 
+/* The first SIGINT or SIGTERM asks the loop to stop after its step; a second ends the process now. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig) {
+    if (stop_signal) {
+        static const char msg[] = "lasp train: second signal, stopping now without a checkpoint\n";
+        (void)!write(2, msg, sizeof msg - 1);
+        _exit(128 + sig);
+    }
+    stop_signal = sig;
+}
+
+static void catch_stop_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* After each step, what every rank does next, decided together: stop (a signal reached some rank: the
+ * number of the first one seen) and whether to checkpoint now (rank 0's clock says --ckpt-minutes have
+ * passed). One small all-reduce a step. */
+typedef struct next_step {
+    int stop_signal;
+    int save;
+} next_step;
+
+static lasp_status decide(lasp_comm *w, int save_due, next_step *out, lasp_err *err) {
+    double x[2] = {(double)stop_signal, save_due ? 1.0 : 0.0}, y[2] = {0, 0};
+    LASP_TRY(lasp_comm_allreduce(w, x, y, 2, LASP_F64, LASP_REDUCE_MAX, err));
+    out->stop_signal = (int)y[0], out->save = y[1] > 0;
+    return LASP_OK;
+}
+
 /* Status of rank 0's file work, shared so that every rank stops together. */
 static lasp_status agree(lasp_comm *w, lasp_status s, lasp_err *err) {
     double x = s, y = 0;
@@ -61,20 +105,58 @@ static lasp_status agree(lasp_comm *w, lasp_status s, lasp_err *err) {
 }
 
 typedef struct train_args {
-    const char *model, *data, *ckpt, *out, *sp_mode;
+    const char *model, *data, *data_format, *ckpt, *out, *sp_mode;
     long long vocab, recall_pairs, batch, seq_len, steps, warmup, sp, zero, seed, val_every, val_batches, ckpt_every;
     long long threads, stop_after, conv;
-    double lr, min_lr, wd, clip, val_frac;
+    double lr, min_lr, wd, clip, val_frac, ckpt_minutes;
     int resume, quiet;
 } train_args;
+
+/* The options' ranges that the library does not check itself (it checks the training params). */
+static int check_args(const train_args *a, int W) {
+    const char *bad = NULL;
+    char why[160] = "";
+    if (a->threads < 0 || a->threads > LASP_MAX_THREADS)
+        bad = "--threads", snprintf(why, sizeof why, "%lld: 0 (OpenMP's default) or 1 .. %d", a->threads,
+                                    LASP_MAX_THREADS);
+    else if (a->sp < 1 || W % a->sp)
+        bad = "--sp", snprintf(why, sizeof why, "%lld does not divide the %d ranks of the job (hint: mpirun -np a "
+                               "multiple of --sp)", a->sp, W);
+    else if (a->vocab < 0 || a->vocab > (1 << 24))
+        bad = "--vocab", snprintf(why, sizeof why, "%lld: 0 (the data's default) or 2 .. %d", a->vocab, 1 << 24);
+    else if (a->conv < -1 || a->conv > 16)
+        bad = "--conv", snprintf(why, sizeof why, "%lld: -1 (the preset's), 0 (none) or 2 .. 16 taps", a->conv);
+    else if (!(a->val_frac >= 0 && a->val_frac < 1))
+        bad = "--val-frac", snprintf(why, sizeof why, "%g: a fraction in [0, 1)", a->val_frac);
+    else if (a->recall_pairs < 1 || a->recall_pairs > LASP_RECALL_N_KEYS)
+        bad = "--recall-pairs", snprintf(why, sizeof why, "%lld: 1 .. %d", a->recall_pairs, LASP_RECALL_N_KEYS);
+    else if (a->seed < 0)
+        bad = "--seed", snprintf(why, sizeof why, "%lld must be ≥ 0", a->seed);
+    else if (a->val_every < 0 || a->ckpt_every < 0 || a->stop_after < 0)
+        bad = "--val-every, --ckpt-every, --stop-after",
+        snprintf(why, sizeof why, "%lld, %lld, %lld must be ≥ 0", a->val_every, a->ckpt_every, a->stop_after);
+    else if (!(a->ckpt_minutes >= 0 && a->ckpt_minutes <= 1e6))
+        bad = "--ckpt-minutes", snprintf(why, sizeof why, "%g must be ≥ 0 (0: only by --ckpt-every and at the end)",
+                                         a->ckpt_minutes);
+    else if (a->resume && !a->ckpt)
+        bad = "--resume", snprintf(why, sizeof why, "needs --ckpt DIR (the directory of the checkpoint to continue)");
+    else if (strcmp(a->data_format, "auto") && strcmp(a->data_format, "text") && strcmp(a->data_format, "shard"))
+        bad = "--data-format", snprintf(why, sizeof why, "'%s' (hint: auto, text or shard)", a->data_format);
+    if (!bad) return 0;
+    fprintf(stderr, "error: %s %s\n", bad, why);
+    return 1;
+}
 
 int cmd_train(int argc, char **argv) {
     train_args a = {.model = "small", .sp_mode = "chain", .out = "runs/train", .recall_pairs = 8, .batch = 8, .conv = -1,
                     .seq_len = 256, .steps = 200, .warmup = 20, .sp = 1, .seed = 1337, .val_every = 50,
-                    .val_batches = 4, .lr = 3e-3, .min_lr = 3e-4, .wd = 0.1, .clip = 1.0, .val_frac = 0.1};
+                    .val_batches = 4, .lr = 3e-3, .min_lr = 3e-4, .wd = 0.1, .clip = 1.0, .val_frac = 0.1,
+                    .ckpt_minutes = 10, .data_format = "auto"};
     const opt opts[] = {
         {"--model", OPT_STR, &a.model, "NAME", "preset: tiny, small, 400m, 1b", 0},
         {"--data", OPT_STR, &a.data, "FILE", "text file (bytes) or llm.c token shard; default: the built-in recall task", 0},
+        {"--data-format", OPT_STR, &a.data_format, "auto|text|shard", "how to read --data (auto: a shard's header "
+                                                                       "tells it from text)", 0},
         {"--conv", OPT_INT, &a.conv, "K", "taps of the short convolution on q, k, v (-1: the preset's, 4; 0: none)", 0},
         {"--vocab", OPT_INT, &a.vocab, "N", "vocabulary size (0 = 256 for text and recall, 50304 for shards)", 0},
         {"--val-frac", OPT_DOUBLE, &a.val_frac, "F", "fraction of a data file held out for validation", 0},
@@ -93,11 +175,13 @@ int cmd_train(int argc, char **argv) {
         {"--seed", OPT_INT, &a.seed, "N", "seed of data, initialisation and everything random", 0},
         {"--val-every", OPT_INT, &a.val_every, "N", "validation (loss, recall accuracy) every N steps", 0},
         {"--val-batches", OPT_INT, &a.val_batches, "N", "batches per validation", 0},
-        {"--ckpt", OPT_STR, &a.ckpt, "DIR", "write checkpoints to DIR (at the end and every --ckpt-every)", 0},
-        {"--ckpt-every", OPT_INT, &a.ckpt_every, "N", "checkpoint every N steps (0 = only at the end)", 0},
+        {"--ckpt", OPT_STR, &a.ckpt, "DIR", "write checkpoints to DIR (periodically, at the end, and on SIGINT/SIGTERM)", 0},
+        {"--ckpt-every", OPT_INT, &a.ckpt_every, "N", "also checkpoint every N steps (0 = by time only)", 0},
+        {"--ckpt-minutes", OPT_DOUBLE, &a.ckpt_minutes, "M", "checkpoint when M minutes have passed since the last "
+                                                             "(0 = not by time)", 0},
         {"--resume", OPT_FLAG, &a.resume, NULL, "continue from the checkpoint in --ckpt DIR", 0},
         {"--out", OPT_STR, &a.out, "DIR", "run directory for the log train.jsonl", 0},
-        {"--threads", OPT_INT, &a.threads, "N", "CPU threads per rank (0 = OpenMP's default)", 0},
+        {"--threads", OPT_INT, &a.threads, "N", "CPU threads per rank (0 = OpenMP's default; at most 1024)", 0},
         {"--stop-after", OPT_INT, &a.stop_after, "N", "stop after N steps of this invocation (as if interrupted)", 0},
         {"--quiet", OPT_FLAG, &a.quiet, NULL, "only the summary and errors", 0},
     };
@@ -111,10 +195,12 @@ int cmd_train(int argc, char **argv) {
     int r = opts_parse(&spec, argc, argv);
     if (r) return r > 0 ? 0 : 2;
 
+    /* MPI only when a launcher started us: one process needs no MPI */
+    const int launched = lasp_comm_launcher_size();
+    if (check_args(&a, launched > 0 ? launched : 1)) return 2;
     lasp_err err = {0};
     lasp_comm *world = NULL;
-    /* MPI only when a launcher started us: one process needs no MPI */
-    const lasp_comm_backend be = lasp_comm_launcher_size() > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
+    const lasp_comm_backend be = launched > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
     if (lasp_comm_world(be, &argc, &argv, &world, &err) != LASP_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;
@@ -129,7 +215,7 @@ int cmd_train(int argc, char **argv) {
     lasp_ctx_params cpar = lasp_ctx_default_params();
     cpar.n_threads = (int)a.threads;
     if (lasp_ctx_create(&cpar, &ctx) != LASP_OK) {
-        if (rank == 0) fprintf(stderr, "error: cannot create a lasp context (--threads %lld)\n", a.threads);
+        if (rank == 0) fprintf(stderr, "error: no memory for a lasp context\n");
         goto done;
     }
     lasp_err *e = &err;
@@ -139,19 +225,18 @@ int cmd_train(int argc, char **argv) {
         goto done;                                      \
     } while (0)
 
-    if (a.sp < 1 || W % a.sp) BAIL("--sp %lld does not divide the %d ranks of the world (hint: mpirun -np a multiple of --sp)\n", a.sp, W);
     const int mode = opts_sp_mode(a.sp_mode, "--sp-mode", 0);
     if (mode < 0) goto done;
-    if (a.resume && !a.ckpt) BAIL("--resume needs --ckpt DIR (the directory of the checkpoint to continue)\n");
-    if (a.steps < 1 || a.val_every < 0 || a.val_batches < 0 || a.ckpt_every < 0 || a.vocab < 0 || a.seed < 0)
-        BAIL("--steps must be ≥ 1; --val-every, --val-batches, --ckpt-every, --vocab, --seed ≥ 0\n");
     lasp_sp_params spp = lasp_sp_default_params();
     spp.size = (int)a.sp, spp.mode = (lasp_sp_mode)mode;
     if (lasp_sp_create(world, &spp, &sp, e) != LASP_OK) BAIL("%s\n", e->msg);
     const lasp_sp_layout lay = lasp_sp_get_layout(sp);
 
     /* data and model */
-    lasp_status s = a.data ? lasp_data_open(a.data, a.val_frac, &data, e)
+    const lasp_data_format fmt = !strcmp(a.data_format, "text")    ? LASP_DATA_FORMAT_TEXT
+                                 : !strcmp(a.data_format, "shard") ? LASP_DATA_FORMAT_SHARD
+                                                                   : LASP_DATA_FORMAT_AUTO;
+    lasp_status s = a.data ? lasp_data_open(a.data, fmt, a.val_frac, &data, e)
                            : lasp_data_recall((uint64_t)a.seed, (int32_t)a.recall_pairs, &data, e);
     if (s != LASP_OK) BAIL("%s\n", e->msg);
     const lasp_data_info di = lasp_data_get_info(data);
@@ -159,12 +244,13 @@ int cmd_train(int argc, char **argv) {
     lasp_train_params o = lasp_train_default_params();
     if (lasp_model_preset(a.model, vocab, &o.model, e) != LASP_OK) BAIL("%s\n", e->msg);
     if (a.conv >= 0) {
-        o.model.conv = a.conv > 1000 ? 1000 : (int32_t)a.conv;  /* the check names the range */
+        o.model.conv = (int32_t)a.conv;
         if (lasp_model_config_check(&o.model, e) != LASP_OK) BAIL("--conv %lld: %s\n", a.conv, e->msg);
     }
     o.batch = a.batch, o.seq_len = a.seq_len, o.steps = a.steps, o.warmup = a.warmup, o.lr = a.lr;
     o.min_lr = a.min_lr, o.weight_decay = a.wd, o.clip = a.clip, o.zero = (int)a.zero, o.seed = (uint64_t)a.seed;
     o.val_batches = a.val_batches;
+    if (lasp_train_params_check(&o, e) != LASP_OK) BAIL("%s\n", e->msg);
 
     if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) BAIL("%s\n", lasp_ctx_error(ctx));
     /* the checkpoint to resume, validated against what was asked */
@@ -191,6 +277,8 @@ int cmd_train(int argc, char **argv) {
             snprintf(path, sizeof path, "%s/train.jsonl", a.out);
             if (!(log = fopen(path, a.resume ? "a" : "w")))
                 s = lasp_fail(e, LASP_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+            else
+                setvbuf(log, NULL, _IOLBF, 0); /* every line reaches the file as it is written */
         }
     }
     if (agree(world, s, e) != LASP_OK) BAIL("%s\n", e->msg);
@@ -229,14 +317,19 @@ int cmd_train(int argc, char **argv) {
                 (long long)o.seq_len, (long long)o.steps, o.lr, a.seed);
 
     const double t_start = now_s();
+    double last_save = t_start;
     const int64_t first = resumed_at;
     double vloss = 0, vacc = 0, last_loss = 0;
     int64_t step = first;
-    while (step < o.steps && !(a.stop_after && step - first >= a.stop_after)) {
+    next_step next = {0, 0};
+    catch_stop_signals();
+    while (step < o.steps && !(a.stop_after && step - first >= a.stop_after) && !next.stop_signal) {
         lasp_step_stats st;
         if (lasp_trainer_step(t, &st) != LASP_OK) BAIL("step %lld: %s\n", (long long)step + 1, lasp_ctx_error(ctx));
         step = lasp_trainer_steps_done(t);
         last_loss = st.loss;
+        const int by_time = a.ckpt && a.ckpt_minutes > 0 && rank == 0 && now_s() - last_save >= 60 * a.ckpt_minutes;
+        if (decide(world, by_time, &next, e) != LASP_OK) BAIL("%s\n", e->msg);
         if (rank == 0) {
             char rate[32];
             fmt_rate(rate, sizeof rate, tokens_per_step / (st.ms / 1e3));
@@ -244,13 +337,14 @@ int cmd_train(int argc, char **argv) {
                 printf("step %lld/%lld | loss %.4f | lr %.1e | norm %.2f | %.0f ms | %s tok/s | comm %.0f%%\n",
                        (long long)step, (long long)o.steps, st.loss, st.lr, st.grad_norm, st.ms, rate,
                        100.0 * st.comm_ms / st.ms);
+            fflush(stdout);
             if (log)
                 fprintf(log, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.6e,\"norm\":%.6f,\"ms\":%.3f,\"tok_s\":%.1f,"
                              "\"comm_ms\":%.3f,\"train_acc\":%.6f}\n",
                         (long long)step, st.loss, st.lr, st.grad_norm, st.ms, tokens_per_step / (st.ms / 1e3),
                         st.comm_ms, st.acc);
         }
-        const int last = step == o.steps || (a.stop_after && step - first >= a.stop_after);
+        const int last = step == o.steps || (a.stop_after && step - first >= a.stop_after) || next.stop_signal;
         if ((a.val_every && step % a.val_every == 0) || last) {
             if (a.val_batches && lasp_trainer_eval(t, &vloss, &vacc) != LASP_OK)
                 BAIL("validation: %s\n", lasp_ctx_error(ctx));
@@ -276,8 +370,21 @@ int cmd_train(int argc, char **argv) {
                 fflush(stdout);
             }
         }
-        if (a.ckpt && (last || (a.ckpt_every && step % a.ckpt_every == 0)))
+        if (a.ckpt && (last || next.save || (a.ckpt_every && step % a.ckpt_every == 0))) {
             if (lasp_trainer_save(t, a.ckpt) != LASP_OK) BAIL("%s\n", lasp_ctx_error(ctx));
+            last_save = now_s();
+        }
+    }
+    if (next.stop_signal) {
+        if (rank == 0) {
+            printf("# stopped by %s after step %lld of %lld", strsignal(next.stop_signal), (long long)step,
+                   (long long)o.steps);
+            if (a.ckpt) printf(": checkpoint in %s (continue with the same command and --resume)\n", a.ckpt);
+            else printf(" (no --ckpt: nothing was saved)\n");
+            fflush(stdout);
+        }
+        rc = 128 + next.stop_signal;
+        goto done;
     }
     if (rank == 0) {
         printf("# done: %lld of %lld steps, final loss %.4f", (long long)step, (long long)o.steps, last_loss);
@@ -290,8 +397,9 @@ int cmd_train(int argc, char **argv) {
 done:
 #undef BAIL
     if (log) fclose(log);
-    /* a failing rank ends the job before anything collective (freeing the SP group may be) */
-    if (rc && W > 1) lasp_comm_abort(world, "lasp train failed");
+    /* a failing rank ends the job before anything collective (freeing the SP group may be); a stop by a
+     * signal was agreed on, and every rank goes on to free its part */
+    if (rc && rc < 128 && W > 1) lasp_comm_abort(world, "lasp train failed");
     lasp_trainer_free(t);
     lasp_data_free(data);
     lasp_sp_free(sp);

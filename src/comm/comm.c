@@ -223,6 +223,7 @@ lasp_status lasp_comm_split(lasp_comm *c, int color, int key, lasp_comm **out, l
 
 lasp_status lasp_comm_split_lean(lasp_comm *c, int color, int key, int max_ctas, lasp_comm **out, lasp_err *err) {
     if (!c || !out) return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_split: communicator or out is NULL");
+    *out = NULL;
     if (color < 0) return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_split: color %d must be ≥ 0", color);
     if (max_ctas < 0) return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_split: max_ctas %d must be ≥ 0", max_ctas);
     *out = NULL;

@@ -81,7 +81,7 @@ static lasp_status make_state(lasp_comm *c, int device, lasp_err *err) {
     cudaError_t e = cudaStreamCreateWithPriority(&s->own, cudaStreamNonBlocking, hi);
     if (e != cudaSuccess) {
         free(s);
-        return cuda_fail(c, e, "cudaStreamCreateWithFlags", err);
+        return cuda_fail(c, e, "cudaStreamCreateWithPriority", err);
     }
     s->stream = s->own;
     c->impl = s;
@@ -167,8 +167,15 @@ static lasp_status nccl_allreduce(lasp_comm *c, const void *sbuf, void *rbuf, si
 
 static lasp_status nccl_reduce_scatter(lasp_comm *c, const void *sbuf, void *rbuf, size_t rcount, lasp_dtype t,
                                        lasp_reduce_op op, lasp_err *err) {
-    NCCL_TRY(c, ncclReduceScatter(sbuf, rbuf, rcount, nccl_type(t), nccl_op(op), ST(c)->nccl, ST(c)->stream),
+    /* NCCL's in place is recvbuf = sendbuf + rank·rcount: reduce there, then move this rank's block to the front */
+    const size_t bytes = rcount * lasp_dtype_size(t);
+    void *dst = sbuf == rbuf ? (char *)rbuf + (size_t)c->rank * bytes : rbuf;
+    NCCL_TRY(c, ncclReduceScatter(sbuf, dst, rcount, nccl_type(t), nccl_op(op), ST(c)->nccl, ST(c)->stream),
              "ncclReduceScatter");
+    if (dst != rbuf) {
+        cudaError_t e = cudaMemcpyAsync(rbuf, dst, bytes, cudaMemcpyDeviceToDevice, ST(c)->stream);
+        if (e != cudaSuccess) return cuda_fail(c, e, "cudaMemcpyAsync of the reduced block", err);
+    }
     return check_async(c, err);
 }
 

@@ -132,6 +132,11 @@ lasp_status lasp_npy_read(const char *path, lasp_npy *a, lasp_err *err) {
     memset(a, 0, sizeof *a);
     FILE *fp = fopen(path, "rb");
     if (!fp) return lasp_fail(err, LASP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(fp), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(fp);
+        return lasp_fail(err, LASP_ERR_IO, "%s is a directory, not a .npy file", path);
+    }
     lasp_status st = read_file(path, a, err, fp);
     fclose(fp);
     if (st) {

@@ -95,6 +95,11 @@ lasp_status lasp_ckpt_load(const char *dir, lasp_ckpt_meta *meta, float **params
                          "training run wrote)", path, strerror(errno));
     struct stat st;
     fstat(fileno(f), &st);
+    if (S_ISDIR(st.st_mode)) {
+        fclose(f);
+        return lasp_fail(err, LASP_ERR_IO, "%s is a directory, not a checkpoint file (hint: --ckpt names the directory "
+                         "that holds %s)", path, LASP_CKPT_FILE);
+    }
     uint8_t hdr[HEADER_BYTES];
     lasp_status s = LASP_OK;
     float *arr[3] = {NULL, NULL, NULL};

@@ -156,11 +156,12 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
     const double need = lasp_model_activation_bytes(&o->model, t->Bl, t->Tl) + 16.0 * (double)t->m.lay.n_params;
     const double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
     if (have > 0 && need > have) {
+        const long long Bl = (long long)t->Bl, Tl = (long long)t->Tl;
         lasp_trainer_release(t);
         return lasp_fail(err, LASP_ERR_NOMEM, "a rank needs %.1f GiB (activations of %lld × %lld tokens, parameters and "
                          "optimizer state) but this machine has %.1f GiB (hint: a smaller --batch or --seq-len, or more "
-                         "ranks: --sp splits each sequence, dp the batch)", need / 1073741824.0, (long long)t->Bl,
-                         (long long)t->Tl, have / 1073741824.0);
+                         "ranks: --sp splits each sequence, dp the batch)", need / 1073741824.0, Bl, Tl,
+                         have / 1073741824.0);
     }
     lasp_status s = lasp_model_reserve(&t->m, t->Bl, t->Tl, err);
     if (s != LASP_OK) {
