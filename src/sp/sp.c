@@ -133,6 +133,12 @@ static size_t work_states(const lasp_sp *sp) {
     return sp->p.mode == LASP_SP_LASP2 ? (size_t)sp->sp_size + 1 : 2;
 }
 
+/* Whether a backward's shape is that of the forward the cache holds (the block size aside). */
+int lasp_sp_cache_matches(const lasp_sp_cache *c, const lasp_attn_desc *a) {
+    const lasp_attn_desc *f = &c->fwd;
+    return f->B == a->B && f->T == a->T && f->H == a->H && f->d == a->d && f->e == a->e && f->dtype == a->dtype;
+}
+
 static lasp_status check_args(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *slopes,
                               const char *fn) {
     if (!ctx) return LASP_ERR_ARG;
@@ -181,6 +187,7 @@ lasp_status lasp_sp_attn_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a
     const int W = sp->sp_size, r = sp->sp_rank;
     LASP_TRY(grow(&cache->kv_in, &cache->n, ns, err, "state cache"));
     LASP_TRY(grow(&cache->work, &cache->work_n, work_states(sp) * ns, err, "state buffers"));
+    cache->fwd = *a;
     float *KV = cache->kv_in, *m = cache->work;
 
     if (sp->p.mode == LASP_SP_CHAIN) {
@@ -230,7 +237,8 @@ lasp_status lasp_sp_attn_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a
     lasp_err *err = &ctx->err;
     const size_t ns = state_count(a);
     const int W = sp->sp_size, r = sp->sp_rank;
-    if (!cache || cache->on_device || !cache->kv_in || cache->n < ns || cache->work_n < work_states(sp) * ns)
+    if (!cache || cache->on_device || !cache->kv_in || !lasp_sp_cache_matches(cache, a) ||
+        cache->work_n < work_states(sp) * ns)
         return lasp_fail(err, LASP_ERR_ARG,
                          "lasp_sp_attn_bwd: the cache does not hold a forward of this shape (hint: run "
                          "lasp_sp_attn_fwd with the same desc and mode first)");

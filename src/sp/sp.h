@@ -30,6 +30,7 @@ struct lasp_sp {
  * cache const); on GPUs the piece's segment states and the schedule's events. Buffers grow to the
  * largest shape seen. */
 struct lasp_sp_cache {
+    lasp_attn_desc fwd; /* the shape of the last forward, which the backward must match */
     int on_device;    /* the buffers are GPU memory (the SP communicators are NCCL) */
     float *kv_in;     /* [B, H, d, e]: state entering this rank's piece */
     size_t n;         /* elements allocated */
@@ -39,6 +40,9 @@ struct lasp_sp_cache {
     size_t seg_n;
     void *gpu;        /* GPU: the schedule's CUDA events (sp_cuda.cu) */
 };
+
+/* Whether a backward of shape a may use the cache: its forward had the same shape (the block aside). */
+int lasp_sp_cache_matches(const lasp_sp_cache *c, const lasp_attn_desc *a);
 
 #ifdef __cplusplus
 }

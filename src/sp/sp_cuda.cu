@@ -77,7 +77,9 @@ static lasp_status make_events(lasp_ctx *ctx, const lasp_sp *sp, lasp_sp_cache *
 static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, lasp_sp_cache *cache, int dir,
                            Sched *s) {
     LASP_TRY(lasp_attn_check_desc(a, &ctx->err));
-    if (!cache) return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: the state cache is NULL");
+    if (!cache)
+        return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: the state cache is NULL (hint: the cache the "
+                         "forward made, lasp_sp_attn_fwd's last argument)");
     if (cache->n && !cache->on_device)
         return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: the cache holds host buffers of a CPU run");
     s->ns = (size_t)(a->B * a->H * a->d * a->e);
@@ -88,7 +90,8 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
     size_t seg_bytes = 0;
     LASP_TRY(lasp_attn_cuda_saved_bytes(ctx, a, &seg_bytes));
     if (dir == BWD) {
-        if (!cache->gpu || cache->n < s->ns || cache->work_n < work || cache->seg_n * sizeof(float) < seg_bytes)
+        if (!cache->gpu || !lasp_sp_cache_matches(cache, a) || cache->work_n < work ||
+            cache->seg_n * sizeof(float) < seg_bytes)
             return lasp_fail(&ctx->err, LASP_ERR_ARG, "SP on the GPU: the cache does not hold a forward of this shape "
                              "(hint: run the forward with the same desc and mode first)");
     } else {
@@ -97,6 +100,7 @@ static lasp_status prepare(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, 
         LASP_TRY(grow(ctx, &cache->work, &cache->work_n, work));
         LASP_TRY(grow(ctx, &cache->seg, &cache->seg_n, seg_bytes / sizeof(float)));
         if (!cache->gpu) LASP_TRY(make_events(ctx, sp, cache));
+        cache->fwd = *a;
     }
     s->ev = (Events *)cache->gpu;
     LASP_TRY(lasp_attn_cuda_sp_leave_sms(ctx, sp->p.comm_sms));
