@@ -49,6 +49,9 @@ endif
 ifeq ($(HAVE_BLAS),1)
   CFLAGS  += -DLASP_HAVE_BLAS
   LDLIBS  += -lopenblas
+else ifndef NO_BLAS
+  # the probe links OpenBLAS only, not the reference BLAS of libblas-dev (whose cblas.h is common)
+  BLAS_MISSING := (no OpenBLAS: apt-get install libopenblas-dev)
 endif
 
 ifndef NO_CUDA
@@ -112,7 +115,7 @@ yn = $(if $(filter 1,$(1)),✓,✗)
 all: features $(BUILD)/liblasp.a $(BUILD)/liblasp.so $(BUILD)/lasp $(DEV_BIN)
 
 features:
-	@echo "lasp build: OpenMP $(call yn,$(HAVE_OPENMP))  MPI $(call yn,$(HAVE_MPI))  BLAS $(call yn,$(HAVE_BLAS))  CUDA $(call yn,$(HAVE_CUDA))  NCCL $(call yn,$(HAVE_NCCL))  [$(BUILD)/]"
+	@echo "lasp build: OpenMP $(call yn,$(HAVE_OPENMP))  MPI $(call yn,$(HAVE_MPI))  BLAS $(call yn,$(HAVE_BLAS))$(if $(BLAS_MISSING), $(BLAS_MISSING))  CUDA $(call yn,$(HAVE_CUDA))  NCCL $(call yn,$(HAVE_NCCL))  [$(BUILD)/]"
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h tools/*.h) $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
