@@ -15,7 +15,7 @@ counted() {
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
         f=1
         if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-            echo "FAIL $name (timed out after ${limit}s)" >>"$log"
+            echo "FAIL $name (timed out after $limit s)" >>"$log"
         else
             echo "FAIL $name (exit status $rc)" >>"$log"
         fi

@@ -20,4 +20,15 @@ static inline int test_shell(const char *cmd, char *out, size_t n) {
     return rc == 124 ? -1001 : rc;
 }
 
+/* How a test_shell run ended, for a failure message: "exit status 2", "killed by signal 9", or "timed out
+ * after 300 s" (limit_s: the `timeout` it ran under). One buffer: print it before the next call. */
+static inline const char *test_shell_ended(int rc, int limit_s) {
+    static char s[64];
+    if (rc == -1001) snprintf(s, sizeof s, "timed out after %d s", limit_s);
+    else if (rc == -1000) snprintf(s, sizeof s, "could not start the shell");
+    else if (rc < 0) snprintf(s, sizeof s, "killed by signal %d", -rc);
+    else snprintf(s, sizeof s, "exit status %d", rc);
+    return s;
+}
+
 #endif

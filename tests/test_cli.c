@@ -14,12 +14,17 @@ static char dir[] = "/tmp/lasp-test-cli-XXXXXX";
 static lasp_rng rng;
 static char out[4096];  /* combined stdout + stderr of the last run */
 
+/* Every run takes well under a second: the limit only ends a hang. */
+#define LIMIT_S 120
+
 /* Runs `lasp ARGS` (file names relative to the temp dir) and returns its exit status; a signal is −signo. */
 static int run(const char *args) {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "cd '%s' && timeout 120 '%s' %s 2>&1", dir, lasp, args);
+    snprintf(cmd, sizeof cmd, "cd '%s' && timeout %d '%s' %s 2>&1", dir, LIMIT_S, lasp, args);
     return test_shell(cmd, out, sizeof out);
 }
+
+static const char *ended(int rc) { return test_shell_ended(rc, LIMIT_S); }
 
 static void save(const char *name, lasp_dtype t, int ndim, const int64_t *shape, const void *x) {
     char path[512];
@@ -46,7 +51,7 @@ static int exists(const char *name) {
 /* A failing run: exit status `want_rc` (1 = error, 2 = usage), `needle` in the message, no outputs. */
 static void expect_fail(const char *what, const char *args, int want_rc, const char *needle) {
     int rc = run(args);
-    CHECK(rc == want_rc, "exit status %d, expected %d; output:\n%s", rc, want_rc, out);
+    CHECK(rc == want_rc, "%s, expected exit status %d; output:\n%s", ended(rc), want_rc, out);
     CHECK(strstr(out, needle) != NULL, "message does not mention '%s':\n%s", needle, out);
     CHECK(!exists("bad/o.npy") && !exists("bad/dq.npy"), "outputs were written despite the error");
     test_case("lasp attn refuses %s", what);
@@ -78,7 +83,7 @@ int main(int argc, char **argv) {
 
     /* the good run, checked against the reference, with every output written */
     int rc = run(GOOD " --kv-in kv.npy --do do.npy --dkv-out g.npy --block 16 --check --out good");
-    CHECK(rc == 0, "exit status %d:\n%s", rc, out);
+    CHECK(rc == 0, "%s:\n%s", ended(rc), out);
     CHECK(strstr(out, "dkv_in") && !strstr(out, "ABOVE"), "check table:\n%s", out);
     const char *files[] = {"good/o.npy", "good/kv_out.npy", "good/dq.npy", "good/dk.npy", "good/dv.npy",
                            "good/dkv_in.npy"};
@@ -93,11 +98,11 @@ int main(int argc, char **argv) {
     test_case("lasp attn forward + backward with states, --check passes, all outputs written");
 
     rc = run(GOOD " --check --tol 1e-12 --out tight");
-    CHECK(rc == 1 && strstr(out, "ABOVE TOLERANCE"), "--check must fail above its tolerance (exit %d):\n%s", rc, out);
+    CHECK(rc == 1 && strstr(out, "ABOVE TOLERANCE"), "--check must fail above its tolerance (%s):\n%s", ended(rc), out);
     test_case("lasp attn --check fails when the error is above the tolerance");
 
     rc = run("attn --random 1,100,2,32,16 --seed 3 --check --out rnd");
-    CHECK(rc == 0 && exists("rnd/q.npy") && exists("rnd/dkv_in.npy"), "--random (exit %d):\n%s", rc, out);
+    CHECK(rc == 0 && exists("rnd/q.npy") && exists("rnd/dkv_in.npy"), "--random (%s):\n%s", ended(rc), out);
     test_case("lasp attn --random writes its inputs and passes --check");
 
     /* inputs that must be refused */
@@ -160,13 +165,13 @@ int main(int argc, char **argv) {
         char args[64];
         snprintf(args, sizeof args, "%s --help", cmds[i]);
         rc = run(args);
-        CHECK(rc == 0 && strstr(out, "usage: lasp"), "lasp %s --help (exit %d):\n%s", cmds[i], rc, out);
+        CHECK(rc == 0 && strstr(out, "usage: lasp"), "lasp %s --help (%s):\n%s", cmds[i], ended(rc), out);
         test_case("lasp %s --help", cmds[i]);
     }
     rc = run("frobnicate");
-    CHECK(rc == 2 && strstr(out, "unknown command"), "unknown command (exit %d):\n%s", rc, out);
+    CHECK(rc == 2 && strstr(out, "unknown command"), "unknown command (%s):\n%s", ended(rc), out);
     rc = run("info");
-    CHECK(rc == 0 && strstr(out, "OpenMP"), "lasp info (exit %d):\n%s", rc, out);
+    CHECK(rc == 0 && strstr(out, "OpenMP"), "lasp info (%s):\n%s", ended(rc), out);
     test_case("lasp with an unknown command, lasp info");
 
     char cmd[600];

@@ -14,12 +14,17 @@ static const char *lasp;
 static char dir[] = "/tmp/lasp-test-cli-sp-XXXXXX";
 static char out[1 << 16];
 
+/* Every run takes a few seconds at most: the limit only ends a hang (a rank waiting for a failed one). */
+#define LIMIT_S 60
+
 /* Runs CMD in the temp dir with a timeout; returns the exit status, −1001 on timeout. */
 static int sh(const char *cmd) {
     char full[8192];
-    snprintf(full, sizeof full, "cd '%s' && OMP_NUM_THREADS=1 timeout -k 5 60 %s 2>&1", dir, cmd);
+    snprintf(full, sizeof full, "cd '%s' && OMP_NUM_THREADS=1 timeout -k 5 %d %s 2>&1", dir, LIMIT_S, cmd);
     return test_shell(full, out, sizeof out);
 }
+
+static const char *ended(int rc) { return test_shell_ended(rc, LIMIT_S); }
 
 static int mpirun(int np, const char *env, const char *args) {
     char cmd[4096];
@@ -95,7 +100,7 @@ int main(int argc, char **argv) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "'%s' attn " INPUTS " --out single", lasp);
     rc = sh(cmd);
-    CHECK(rc == 0, "one-process run: exit %d\n%s", rc, out);
+    CHECK(rc == 0, "one-process run: %s\n%s", ended(rc), out);
     test_case("lasp attn one process: reference files written");
 
     static const char *outs[6] = {"o", "kv_out", "dq", "dk", "dv", "dkv_in"};
@@ -107,7 +112,7 @@ int main(int argc, char **argv) {
                 snprintf(od, sizeof od, "np%d_sp%d_%s", np, sp, mode);
                 snprintf(args, sizeof args, INPUTS " --sp %d --sp-mode %s --check --out %s", sp, mode, od);
                 rc = mpirun(np, "", args);
-                CHECK(rc == 0, "mpirun -np %d --sp %d --sp-mode %s: exit %d\n%s", np, sp, mode, rc, out);
+                CHECK(rc == 0, "mpirun -np %d --sp %d --sp-mode %s: %s\n%s", np, sp, mode, ended(rc), out);
                 CHECK(strstr(out, "dkv_in ") && !strstr(out, "ABOVE"), "--check did not pass:\n%s", out);
                 double worst = 0;
                 for (int i = 0; i < 6; i++) {
@@ -122,7 +127,7 @@ int main(int argc, char **argv) {
             }
 
     rc = mpirun(2, "", INPUTS " --out np2_default");
-    CHECK(rc == 0, "exit %d\n%s", rc, out);
+    CHECK(rc == 0, "%s\n%s", ended(rc), out);
     CHECK(file_err("np2_default/dq.npy", "single/dq.npy") <= 1e-6, "dq differs");
     test_case("mpirun -np 2 lasp attn without --sp: data parallel (sp 1), same files");
 
@@ -139,7 +144,7 @@ int main(int argc, char **argv) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         rc = mpirun(bad[i].np, "", bad[i].args);
-        CHECK(rc > 0, "exit status %d, expected a failure; output:\n%s", rc, out);
+        CHECK(rc > 0, "%s, expected a failure; output:\n%s", ended(rc), out);
         CHECK(strstr(out, bad[i].needle) != NULL, "message does not mention '%s':\n%s", bad[i].needle, out);
         if (strstr(bad[i].needle, "split") || strstr(bad[i].needle, "divide"))
             for (int r = 0; r < bad[i].np; r++) {
@@ -156,7 +161,7 @@ int main(int argc, char **argv) {
         char args[1024];
         snprintf(args, sizeof args, INPUTS " --sp 4 --sp-mode %s --out bad", m ? "lasp2" : "chain");
         rc = mpirun(4, "LASP_TEST_FAIL_RANK=2", args);
-        CHECK(rc > 0, "exit status %d (−1001 = hung until the timeout); output:\n%s", rc, out);
+        CHECK(rc > 0, "%s, expected a failure; output:\n%s", ended(rc), out);
         CHECK(strstr(out, "rank 2: lasp attn: forward") != NULL, "the message does not name rank 2:\n%s", out);
         CHECK(!exists("bad/o.npy"), "outputs were written despite the failure");
         test_case("a rank failing inside the %s run ends the whole job, naming the rank, no hang",
@@ -165,7 +170,7 @@ int main(int argc, char **argv) {
     /* the SP bench runs end to end and reports both modes at W = 2 */
     snprintf(cmd, sizeof cmd, "mpirun --oversubscribe --bind-to none -np 2 '%s' bench sp --device cpu --quick", lasp);
     rc = sh(cmd);
-    CHECK(rc == 0, "exit %d\n%s", rc, out);
+    CHECK(rc == 0, "%s\n%s", ended(rc), out);
     CHECK(strstr(out, "weak    lasp2    2") && strstr(out, "strong  chain    2"), "rows missing:\n%s", out);
     test_case("mpirun -np 2 lasp bench sp --quick");
 
