@@ -22,7 +22,7 @@ typedef struct shape {
     int64_t B, H, T, D;
 } shape;
 
-/* Per-head slopes of MATH.md §1 for the bottom layer: s_h = 2^(−8(h+1)/H). */
+/* Per-head slopes of docs/MATH.md §1 for the bottom layer: s_h = 2^(−8(h+1)/H). */
 static void alibi_slopes(float *s, int64_t H) {
     for (int64_t h = 0; h < H; h++) s[h] = (float)pow(2.0, -8.0 * (double)(h + 1) / (double)H);
 }
@@ -41,13 +41,13 @@ static int bench_attn_cpu(int argc, char **argv) {
     const opt opts[] = {
         {"--device", OPT_STR, &device, "cpu|cuda", "where to run", 0},
         {"--repeat", OPT_INT, &repeat, "N", "timed runs per shape (the median is reported)", 0},
-        {"--threads", OPT_INT, &threads, "N", "CPU threads (0 = all)", 0},
+        {"--threads", OPT_INT, &threads, "N", "CPU threads (0 = OpenMP's default; at most 1024)", 0},
         {"--block", OPT_INT, &block, "N", "chunk size C", 0},
         {"--quick", OPT_FLAG, &quick, NULL, "small shapes only, and no reference comparison", 0},
     };
     const cmd_spec spec = {
         "lasp bench attn [--device cpu|cuda] [--repeat N] [--threads N] [--block N] [--quick]",
-        "Times the op forward and forward+backward for a few shapes: ms, GFLOP/s with the FLOPs of MATH.md §7\n"
+        "Times the op forward and forward+backward for a few shapes: ms, GFLOP/s with the FLOPs of docs/MATH.md §7\n"
         "(fwd 4·B·H·T·D·(D+C), fwd+bwd 14·B·H·T·D·(D+C)) and GB/s of the ideal traffic (f32 I/O: fwd 16·B·H·T·D,\n"
         "fwd+bwd 44·B·H·T·D bytes). On the CPU it also times the fp64 O(T²) reference at T = 4096 and\n"
         "prints how much faster the chunked path is. --device cuda runs the GPU bench (its own options).",
@@ -69,8 +69,9 @@ static int bench_attn_cpu(int argc, char **argv) {
         fprintf(stderr, "error: --device '%s' is not known (hint: cpu or cuda)\n", device);
         return 2;
     }
-    if (repeat < 1 || threads < 0 || block < 1 || block > 4096) {
-        fprintf(stderr, "error: --repeat must be ≥ 1, --threads ≥ 0, --block in 1..4096\n");
+    if (repeat < 1 || repeat > 100000 || threads < 0 || threads > LASP_MAX_THREADS || block < 1 || block > 4096) {
+        fprintf(stderr, "error: --repeat %lld, --threads %lld, --block %lld: --repeat 1 .. 100000, --threads 0 .. %d, "
+                "--block 1 .. 4096\n", repeat, threads, block, LASP_MAX_THREADS);
         return 2;
     }
     const shape full[] = {{1, 8, 1024, 64}, {1, 8, 4096, 64}, {1, 8, 16384, 64}, {1, 16, 4096, 128}, {4, 8, 4096, 64}};
