@@ -139,13 +139,20 @@ int attn_parse_device(const attn_args *o, lasp_device *dev, lasp_dtype *dt) {
     return 0;
 }
 
+/* DIR and the directories above it, as `mkdir -p` makes them */
 int attn_make_dir(const char *dir) {
-    if (mkdir(dir, 0755) == 0 || errno == EEXIST) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *c = p + 1;; c++) {
+        const char was = *c;
+        if (was != '/' && was) continue;
+        *c = 0;
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) return fail("cannot create --out directory %s: %s", p, strerror(errno));
         struct stat sb;
-        if (stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode)) return 0;
-        return fail("--out %s exists and is not a directory", dir);
+        if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) return fail("--out: %s exists and is not a directory", p);
+        *c = was;
+        if (!was) return 0;
     }
-    return fail("cannot create --out directory %s: %s", dir, strerror(errno));
 }
 
 static double *widen(const lasp_npy *x) {
