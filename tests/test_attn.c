@@ -21,17 +21,7 @@ typedef struct prob {
     double *q8, *k8, *v8, *kv8, *dO8, *dkv8, *slopes8;
 } prob;
 
-static float *randn(size_t n, double scale) {
-    float *x = malloc(n * sizeof *x);
-    for (size_t i = 0; i < n; i++) x[i] = (float)(scale * lasp_rng_normal(&rng));
-    return x;
-}
-
-static double *widen(const float *x, size_t n) {
-    double *y = malloc(n * sizeof *y);
-    for (size_t i = 0; i < n; i++) y[i] = x[i];
-    return y;
-}
+static float *randn(size_t n, double scale) { return test_randn(&rng, n, scale); }
 
 static prob prob_make(int64_t B, int64_t T, int64_t H, int64_t d, int64_t e, const float *slopes) {
     prob p = {.a = {.B = B, .T = T, .H = H, .d = d, .e = e, .dtype = LASP_F32}};
@@ -41,9 +31,9 @@ static prob prob_make(int64_t B, int64_t T, int64_t H, int64_t d, int64_t e, con
     p.kv = randn(p.ns, 1.0), p.dO = randn(p.nv, 1.0), p.dkv = randn(p.ns, 1.0);
     p.slopes = malloc((size_t)H * sizeof(float));
     memcpy(p.slopes, slopes, (size_t)H * sizeof(float));
-    p.q8 = widen(p.q, p.nq), p.k8 = widen(p.k, p.nq), p.v8 = widen(p.v, p.nv);
-    p.kv8 = widen(p.kv, p.ns), p.dO8 = widen(p.dO, p.nv), p.dkv8 = widen(p.dkv, p.ns);
-    p.slopes8 = widen(p.slopes, (size_t)H);
+    p.q8 = test_widen(p.q, p.nq), p.k8 = test_widen(p.k, p.nq), p.v8 = test_widen(p.v, p.nv);
+    p.kv8 = test_widen(p.kv, p.ns), p.dO8 = test_widen(p.dO, p.nv), p.dkv8 = test_widen(p.dkv, p.ns);
+    p.slopes8 = test_widen(p.slopes, (size_t)H);
     return p;
 }
 
