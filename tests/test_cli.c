@@ -1,6 +1,7 @@
-/* test_cli.c — `lasp attn` end to end: a good run, then every kind of bad input must give a clear
- * message and a non-zero exit — never a crash, a hang or a silently wrong answer — and leave no
- * outputs behind. Usage: test_cli path/to/lasp */
+/* test_cli.c — `lasp attn` end to end: a good run, then every kind of bad input (every numeric flag out of
+ * range, inputs whose outputs overflow fp32, no usable GPU) must give a clear message and a non-zero exit —
+ * never a crash, a hang or a silently wrong answer — and leave no outputs behind; `lasp bench attn`'s flag
+ * bounds likewise. Usage: test_cli path/to/lasp */
 #include <math.h>
 #include <string.h>
 
@@ -156,6 +157,76 @@ int main(int argc, char **argv) {
     expect_fail("a bad --block", GOOD " --block -3 --out bad", 2, "--block -3");
     expect_fail("a non-integer --block", GOOD " --block 1x --out bad", 2, "expects an integer");
     expect_fail("a bad --random shape", "attn --random 2,3,x --out bad", 1, "not a shape");
+    /* every numeric flag out of range, the value named */
+    expect_fail("--threads -1", GOOD " --threads -1 --out bad", 2, "--threads -1");
+    expect_fail("--threads 100000", GOOD " --threads 100000 --out bad", 2, "--threads 100000");
+    expect_fail("--threads 99999999999", GOOD " --threads 99999999999 --out bad", 2, "--threads 99999999999");
+    expect_fail("--block 5000", GOOD " --block 5000 --out bad", 2, "--block 5000");
+    expect_fail("--tol nan", GOOD " --check --tol nan --out bad", 2, "--tol nan");
+    expect_fail("--tol -1", GOOD " --check --tol -1 --out bad", 2, "--tol -1");
+    expect_fail("--tol 1", GOOD " --check --tol 1 --out bad", 2, "--tol 1");
+    /* finite inputs whose products overflow fp32 (1e20 · 1e20): the outputs are NaN and Inf. With v and dO
+     * that large, o stays finite (q·k is small) but dq = Σ (dO·v) k overflows: the backward's outputs count too */
+    save_randn("qbig.npy", 4, qs, 1e20f), save_randn("kbig.npy", 4, qs, 1e20f);
+    save_randn("vbig.npy", 4, vs, 1e20f), save_randn("dobig.npy", 4, vs, 1e20f);
+    expect_fail("inputs whose outputs overflow fp32", "attn --q qbig.npy --k kbig.npy --v v.npy --slopes s.npy --out bad",
+                1, "o holds a non-finite value");
+    expect_fail("inputs whose gradients overflow fp32",
+                "attn --q q.npy --k k.npy --v vbig.npy --slopes s.npy --do dobig.npy --out bad", 1,
+                "dq holds a non-finite value");
+    CHECK(!exists("bad/kv_out.npy") && !exists("bad"), "a file or the --out directory was written");
+    test_case("lasp attn writes nothing, not even --out, when an output is non-finite");
+    if (system("true") == 0) {
+        char mk[1200];
+        snprintf(mk, sizeof mk, "mkdir -p '%s/dir.npy'", dir);
+        if (system(mk) != 0) printf("# could not make dir.npy\n");
+    }
+    expect_fail("a directory given as a .npy file", "attn --q dir.npy --k k.npy --v v.npy --slopes s.npy --out bad", 1,
+                "dir.npy is a directory");
+
+    /* one word for the LASP chain everywhere (`lasp train` says chain): the old word runs it, with a note */
+    rc = run("attn --random 1,64,2,16,16 --sp-mode lasp --out spmode");
+    CHECK(rc == 0 && exists("spmode/o.npy"), "%s:\n%s", ended(rc), out);
+    CHECK(strstr(out, "note: --sp-mode lasp is now called chain"), "no note naming chain:\n%s", out);
+    test_case("lasp attn --sp-mode lasp runs the chain, with a note naming it");
+
+    /* --device cuda where no GPU is usable (or CUDA is not built) says so; where one is, it runs */
+    rc = run("info");
+    const int gpu = strstr(out, "  GPU 0 ") != NULL;
+    rc = run("attn --random 1,64,2,16,16 --device cuda --out cuda");
+    if (gpu) {
+        CHECK(rc == 0 && exists("cuda/o.npy"), "%s:\n%s", ended(rc), out);
+    } else {
+        CHECK(rc == 1, "%s, expected exit status 1:\n%s", ended(rc), out);
+        CHECK(strstr(out, "no usable GPU") || strstr(out, "no CUDA support"), "the message does not say that no GPU "
+              "is usable (or that CUDA is not built):\n%s", out);
+        CHECK(!exists("cuda/o.npy"), "outputs were written despite the error");
+    }
+    test_case("lasp attn --device cuda %s", gpu ? "runs on the GPU" : "without a usable GPU: a message saying so");
+
+    /* lasp bench attn (cpu): its flags' bounds, and --device cuda without a GPU */
+    static const struct {
+        const char *args, *needle;
+    } bench_bad[] = {
+        {"--threads -1", "--threads -1"},         {"--threads 100000", "--threads 100000"},
+        {"--threads 99999999999", "--threads 99999999999"}, {"--repeat 0", "--repeat 0"},
+        {"--repeat -5", "--repeat -5"},           {"--block 0", "--block 0"},
+        {"--block 5000", "--block 5000"},
+    };
+    for (size_t i = 0; i < sizeof bench_bad / sizeof bench_bad[0]; i++) {
+        char args[256];
+        snprintf(args, sizeof args, "bench attn --quick %s", bench_bad[i].args);
+        rc = run(args);
+        CHECK(rc == 2, "%s, expected exit status 2:\n%s", ended(rc), out);
+        CHECK(strstr(out, bench_bad[i].needle), "message does not mention '%s':\n%s", bench_bad[i].needle, out);
+        test_case("lasp bench attn refuses %s", bench_bad[i].args);
+    }
+    if (!gpu) {
+        rc = run("bench attn --quick --device cuda");
+        CHECK(rc == 1 && (strstr(out, "no CUDA device") || strstr(out, "no CUDA bench")), "%s:\n%s", ended(rc), out);
+        test_case("lasp bench attn --device cuda without a usable GPU: a message saying so");
+    }
+
     save_randn("bad", 1, hs, 1);  /* a file where the output directory should be */
     expect_fail("--out naming a file", GOOD " --out bad", 1, "not a directory");
 

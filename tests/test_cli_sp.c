@@ -1,6 +1,7 @@
 /* test_cli_sp.c — `lasp attn --sp` under mpirun, end to end: for 1, 2 and 4 ranks, every dp × sp layout
  * and both modes, the files rank 0 writes equal the one-process files (rel ≤ 1e-6) and pass --check;
- * bad layouts fail on every rank with a message naming it; a rank failing inside the run ends the job
+ * bad layouts and outputs that overflow fail on every rank with a message naming them; the chain's former
+ * name runs it with a note; a rank failing inside the run ends the job
  * (no hang) with its rank named; nothing is written on failure. Usage: test_cli_sp path/to/lasp */
 #include <math.h>
 #include <string.h>
@@ -94,6 +95,9 @@ int main(int argc, char **argv) {
     }
     const float slopes[4] = {0.0f, 0.1f, 3.0f, 25.0f};  /* no decay .. λ^19 underflowing */
     save("s.npy", 1, hs, slopes);
+    /* finite q and k whose products overflow fp32 (1e20 · 1e20): o is NaN and Inf */
+    for (size_t j = 0; j < nq; j++) x[j] = (float)(1e20 * lasp_rng_normal(&rng));
+    save("qbig.npy", 4, qs, x), save("kbig.npy", 4, qs, x);
     free(x);
 
     int rc;
@@ -126,6 +130,13 @@ int main(int argc, char **argv) {
                           "--check passes", np, sp, mode, np / sp, worst);
             }
 
+    /* the chain's former name runs the chain, with a note */
+    rc = mpirun(2, "", INPUTS " --sp 2 --sp-mode lasp --out np2_lasp");
+    CHECK(rc == 0, "%s\n%s", ended(rc), out);
+    CHECK(strstr(out, "note: --sp-mode lasp is now called chain"), "no note naming chain:\n%s", out);
+    CHECK(file_err("np2_lasp/dq.npy", "single/dq.npy") <= 1e-6, "dq differs");
+    test_case("mpirun -np 2 lasp attn --sp 2 --sp-mode lasp: the chain, with a note naming it");
+
     rc = mpirun(2, "", INPUTS " --out np2_default");
     CHECK(rc == 0, "%s\n%s", ended(rc), out);
     CHECK(file_err("np2_default/dq.npy", "single/dq.npy") <= 1e-6, "dq differs");
@@ -141,6 +152,8 @@ int main(int argc, char **argv) {
         {4, "--random 3,64,2,16,16 --sp 2 --out bad", "does not split over dp = 2", "B = 3 with dp 2"},
         {2, "--q nothere.npy --k k.npy --v v.npy --slopes s.npy --sp 2 --out bad", "nothere.npy", "a missing file"},
         {2, INPUTS " --sp 2 --sp-mode ring --out bad", "--sp-mode 'ring'", "an unknown --sp-mode"},
+        {2, "--q qbig.npy --k kbig.npy --v v.npy --slopes s.npy --sp 2 --out bad", "o holds a non-finite value",
+         "outputs that overflow fp32"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         rc = mpirun(bad[i].np, "", bad[i].args);
