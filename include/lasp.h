@@ -464,6 +464,9 @@ void lasp_trainer_local_shape(const lasp_trainer *t, int64_t *batch, int64_t *to
  * checkpoint or the new one. It holds full arrays whatever the layout, so any dp × sp × ZeRO layout can
  * continue any checkpoint. */
 lasp_status lasp_trainer_save(lasp_trainer *t, const char *dir);
+/* Whether DIR can take checkpoints (it is a writable directory, or does not exist yet, and no directory
+ * stands where model.ckpt goes): for a run to check before it trains, not at its first save. */
+lasp_status lasp_ckpt_dir_check(const char *dir, lasp_err *err);
 /* Continues the run from DIR/model.ckpt: the model config and the data it was trained on must be this
  * run's (an error names what differs); parameters, optimizer state, step, data position and random
  * state become the checkpoint's. */

@@ -223,7 +223,7 @@ int main(int argc, char **argv) {
     }
     if (!gpu) {
         rc = run("bench attn --quick --device cuda");
-        CHECK(rc == 1 && (strstr(out, "no CUDA device") || strstr(out, "no CUDA bench")), "%s:\n%s", ended(rc), out);
+        CHECK(rc == 1 && (strstr(out, "no usable GPU") || strstr(out, "no CUDA bench")), "%s:\n%s", ended(rc), out);
         test_case("lasp bench attn --device cuda without a usable GPU: a message saying so");
     }
 

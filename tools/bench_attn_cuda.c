@@ -211,7 +211,8 @@ int lasp_bench_attn_cuda(int argc, char **argv) {
     int dev = 0;
     struct cudaDeviceProp prop;
     if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
-        fprintf(stderr, "error: no CUDA device (hint: `lasp info` lists the devices)\n");
+        fprintf(stderr, "error: no usable GPU (hint: a machine with an NVIDIA GPU and its driver; `lasp info` lists "
+                "the devices)\n");
         return 1;
     }
     const shape full[] = {{1, 16, 32768, 128}, {1, 32, 32768, 128}, {4, 16, 8192, 128}, {1, 16, 131072, 128},

@@ -57,6 +57,10 @@ int cmd_attn(int argc, char **argv) {
         fprintf(stderr, "error: --threads %lld: 0 (OpenMP's default) or 1 .. %d\n", o.threads, LASP_MAX_THREADS);
         return 2;
     }
+    if (o.seed < 0 || o.sp < 0 || o.sp > (1 << 20)) {
+        fprintf(stderr, "error: --seed %lld and --sp %lld must be ≥ 0 (--sp 0: not given)\n", o.seed, o.sp);
+        return 2;
+    }
     if (!(o.tol >= 0 && o.tol < 1)) {
         fprintf(stderr, "error: --tol %g: a relative error in [0, 1) (0: the dtype's default)\n", o.tol);
         return 2;

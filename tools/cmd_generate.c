@@ -35,8 +35,8 @@ int cmd_generate(int argc, char **argv) {
     int r = opts_parse(&spec, argc, argv);
     if (r) return r > 0 ? 0 : 2;
     if (n < 0 || n > (1LL << 40) || top_k < 0 || seed < 0 || !(temp >= 0 && temp <= 1e6)) {
-        fprintf(stderr, "error: --tokens %lld, --top-k %lld, --temperature %g and --seed %lld must be finite and ≥ 0\n",
-                n, top_k, temp, seed);
+        fprintf(stderr, "error: --tokens %lld (0 .. 2^40), --top-k %lld (≥ 0), --temperature %g (0 .. 1e6) or --seed "
+                "%lld (≥ 0) is out of range\n", n, top_k, temp, seed);
         return 2;
     }
     if (prompt && prompt_ids) {

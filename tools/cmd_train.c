@@ -195,6 +195,7 @@ int cmd_train(int argc, char **argv) {
     int r = opts_parse(&spec, argc, argv);
     if (r) return r > 0 ? 0 : 2;
 
+    catch_stop_signals(); /* from here a signal stops the run between steps, or before the first */
     /* MPI only when a launcher started us: one process needs no MPI */
     const int launched = lasp_comm_launcher_size();
     if (check_args(&a, launched > 0 ? launched : 1)) return 2;
@@ -271,7 +272,8 @@ int cmd_train(int argc, char **argv) {
     /* from here on files are written */
     s = LASP_OK;
     if (rank == 0) {
-        s = mkdir_p(a.out, e);
+        s = a.ckpt ? lasp_ckpt_dir_check(a.ckpt, e) : LASP_OK;
+        if (s == LASP_OK) s = mkdir_p(a.out, e);
         if (s == LASP_OK) {
             char path[4200];
             snprintf(path, sizeof path, "%s/train.jsonl", a.out);
@@ -296,7 +298,7 @@ int cmd_train(int argc, char **argv) {
             printf("#   %-14s %s (%s): %zu tokens, %zu train / %zu validation\n", "data", a.data,
                    lasp_data_kind_name(di.kind), di.n_tokens, di.n_train, di.n_tokens - di.n_train);
         printf("#   %-14s world %d = dp %d × sp %d (%s), ZeRO-%d\n", "parallelism", W, lay.dp_size, lay.sp_size,
-               a.sp_mode, o.zero);
+               mode ? "lasp2" : "chain", o.zero);
         printf("#   %-14s batch %lld × seq %lld = %.0f tokens/step; each rank: %lld × %lld\n", "batch",
                (long long)o.batch, (long long)o.seq_len, tokens_per_step, (long long)Bl, (long long)Tl);
         printf("#   %-14s AdamW lr %.1e → %.1e (warmup %lld, cosine), betas %.2f/%.2f, wd %.2f, clip %.2f\n",
@@ -322,10 +324,10 @@ int cmd_train(int argc, char **argv) {
     double vloss = 0, vacc = 0, last_loss = 0;
     int64_t step = first;
     next_step next = {0, 0};
-    catch_stop_signals();
+    if (decide(world, 0, &next, e) != LASP_OK) BAIL("%s\n", e->msg); /* a signal during the start-up */
     while (step < o.steps && !(a.stop_after && step - first >= a.stop_after) && !next.stop_signal) {
         lasp_step_stats st;
-        if (lasp_trainer_step(t, &st) != LASP_OK) BAIL("step %lld: %s\n", (long long)step + 1, lasp_ctx_error(ctx));
+        if (lasp_trainer_step(t, &st) != LASP_OK) BAIL("%s\n", lasp_ctx_error(ctx)); /* it names the step */
         step = lasp_trainer_steps_done(t);
         last_loss = st.loss;
         const int by_time = a.ckpt && a.ckpt_minutes > 0 && rank == 0 && now_s() - last_save >= 60 * a.ckpt_minutes;
@@ -379,7 +381,8 @@ int cmd_train(int argc, char **argv) {
         if (rank == 0) {
             printf("# stopped by %s after step %lld of %lld", strsignal(next.stop_signal), (long long)step,
                    (long long)o.steps);
-            if (a.ckpt) printf(": checkpoint in %s (continue with the same command and --resume)\n", a.ckpt);
+            if (step == first) printf(": before this run's first step, nothing new to save\n");
+            else if (a.ckpt) printf(": checkpoint in %s (continue with the same command and --resume)\n", a.ckpt);
             else printf(" (no --ckpt: nothing was saved)\n");
             fflush(stdout);
         }

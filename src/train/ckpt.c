@@ -78,10 +78,28 @@ lasp_status lasp_ckpt_save(const char *dir, const lasp_ckpt_meta *meta, const fl
     if (!ok || rename(tmp, final) != 0) {
         const int e = errno;
         unlink(tmp);
-        return lasp_fail(err, LASP_ERR_IO, "writing checkpoint %s failed: %s (hint: disk full?)", final, strerror(e));
+        return lasp_fail(err, LASP_ERR_IO, "writing checkpoint %s failed: %s%s", final, strerror(e),
+                         e == ENOSPC || e == EDQUOT ? " (hint: free some disk space, or --ckpt on another disk)" : "");
     }
     const int dfd = open(dir, O_RDONLY);  /* make the rename itself durable */
     if (dfd >= 0) fsync(dfd), close(dfd);
+    return LASP_OK;
+}
+
+lasp_status lasp_ckpt_dir_check(const char *dir, lasp_err *err) {
+    if (!dir || !*dir) return lasp_fail(err, LASP_ERR_ARG, "no checkpoint directory given");
+    struct stat st;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, LASP_CKPT_FILE);
+    if (stat(dir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode))
+            return lasp_fail(err, LASP_ERR_IO, "checkpoint directory %s is not a directory", dir);
+        if (access(dir, W_OK) != 0)
+            return lasp_fail(err, LASP_ERR_IO, "checkpoint directory %s is not writable: %s", dir, strerror(errno));
+        if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+            return lasp_fail(err, LASP_ERR_IO, "%s is not a file (a directory?): a checkpoint could never be written "
+                             "there (hint: another --ckpt, or remove it)", path);
+    }
     return LASP_OK;
 }
 

@@ -55,12 +55,15 @@ static int looks_like_shard(const int32_t *hdr, size_t size) {
 }
 
 /* The shard's token width (2 or 4), or 0 with the reason in err. */
-static size_t shard_width(const char *path, const int32_t *hdr, size_t size, lasp_err *err) {
+static size_t shard_width(const char *path, const int32_t *hdr, size_t size, int forced, lasp_err *err) {
     const size_t width = hdr[0] == SHARD_MAGIC_U16 ? 2 : hdr[0] == SHARD_MAGIC_U32 ? 4 : 0;
     if (!width) {
-        lasp_fail(err, LASP_ERR_FORMAT, "%s looks like an llm.c token shard but its magic is %d, not %d (uint16 "
-                  "tokens) or %d (uint32) (hint: a damaged shard; --data-format text reads any file as bytes)", path,
-                  hdr[0], SHARD_MAGIC_U16, SHARD_MAGIC_U32);
+        lasp_fail(err, LASP_ERR_FORMAT, "%s %s but its magic is %d, not %d (uint16 tokens) or %d (uint32) (hint: %s)",
+                  path, forced ? "was read as an llm.c token shard (--data-format shard)"
+                               : "looks like an llm.c token shard",
+                  hdr[0], SHARD_MAGIC_U16, SHARD_MAGIC_U32,
+                  forced ? "--data-format auto or text for a text file"
+                         : "a damaged shard; --data-format text reads any file as bytes");
         return 0;
     }
     const int32_t version = width == 2 ? SHARD_VERSION_U16 : SHARD_VERSION_U32;
@@ -118,7 +121,7 @@ static lasp_status open_init(const char *path, lasp_data_format format, double v
                          SHARD_HEADER_BYTES);
     }
     if (shard) {
-        const size_t width = shard_width(path, hdr, size, err);
+        const size_t width = shard_width(path, hdr, size, format == LASP_DATA_FORMAT_SHARD, err);
         if (!width) {
             free(bytes);
             return err ? err->status : LASP_ERR_FORMAT;

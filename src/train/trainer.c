@@ -22,13 +22,14 @@ lasp_status lasp_train_params_check(const lasp_train_params *o, lasp_err *err) {
     if (o->zero < 0 || o->zero > 3)
         return lasp_fail(err, LASP_ERR_ARG, "--zero %d: the stages are 0 (DDP), 1, 2 and 3", o->zero);
     if (o->batch < 1 || o->batch > (1LL << 30))
-        return lasp_fail(err, LASP_ERR_ARG, "--batch %lld must be ≥ 1 (sequences per step)", (long long)o->batch);
+        return lasp_fail(err, LASP_ERR_ARG, "--batch %lld is outside 1 .. 2^30 (sequences per step)", (long long)o->batch);
     if (o->seq_len < 1 || o->seq_len > (1LL << 40))
-        return lasp_fail(err, LASP_ERR_ARG, "--seq-len %lld must be ≥ 1 (tokens per sequence)", (long long)o->seq_len);
+        return lasp_fail(err, LASP_ERR_ARG, "--seq-len %lld is outside 1 .. 2^40 (tokens per sequence)",
+                         (long long)o->seq_len);
     if (o->steps < 1 || o->steps > (1LL << 40))
-        return lasp_fail(err, LASP_ERR_ARG, "--steps %lld must be ≥ 1", (long long)o->steps);
+        return lasp_fail(err, LASP_ERR_ARG, "--steps %lld is outside 1 .. 2^40", (long long)o->steps);
     if (o->warmup < 0 || o->warmup > (1LL << 40))
-        return lasp_fail(err, LASP_ERR_ARG, "--warmup %lld must be ≥ 0", (long long)o->warmup);
+        return lasp_fail(err, LASP_ERR_ARG, "--warmup %lld is outside 0 .. 2^40", (long long)o->warmup);
     if (!in_range(o->lr, 1e-12, 1e3))
         return lasp_fail(err, LASP_ERR_ARG, "--lr %g is not a learning rate (hint: a finite value > 0, e.g. 3e-3)", o->lr);
     if (!in_range(o->min_lr, 0, o->lr))
@@ -42,7 +43,7 @@ lasp_status lasp_train_params_check(const lasp_train_params *o, lasp_err *err) {
         return lasp_fail(err, LASP_ERR_ARG, "AdamW betas %g, %g must be in [0, 1) and eps %g in (0, 1]", o->beta1,
                          o->beta2, o->eps);
     if (o->val_batches < 0 || o->val_batches > (1LL << 30))
-        return lasp_fail(err, LASP_ERR_ARG, "--val-batches %lld must be ≥ 0", (long long)o->val_batches);
+        return lasp_fail(err, LASP_ERR_ARG, "--val-batches %lld is outside 0 .. 2^30", (long long)o->val_batches);
     return LASP_OK;
 }
 
