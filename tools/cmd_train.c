@@ -132,9 +132,13 @@ static int check_args(const train_args *a, int W) {
         bad = "--recall-pairs", snprintf(why, sizeof why, "%lld: 1 .. %d", a->recall_pairs, LASP_RECALL_N_KEYS);
     else if (a->seed < 0)
         bad = "--seed", snprintf(why, sizeof why, "%lld must be ≥ 0", a->seed);
-    else if (a->val_every < 0 || a->ckpt_every < 0 || a->stop_after < 0)
-        bad = "--val-every, --ckpt-every, --stop-after",
-        snprintf(why, sizeof why, "%lld, %lld, %lld must be ≥ 0", a->val_every, a->ckpt_every, a->stop_after);
+    else if (a->val_every < 0)
+        bad = "--val-every", snprintf(why, sizeof why, "%lld must be ≥ 0 (0: no validation)", a->val_every);
+    else if (a->ckpt_every < 0)
+        bad = "--ckpt-every", snprintf(why, sizeof why, "%lld must be ≥ 0 (0: by --ckpt-minutes and at the end)",
+                                       a->ckpt_every);
+    else if (a->stop_after < 0)
+        bad = "--stop-after", snprintf(why, sizeof why, "%lld must be ≥ 0 (0: run to --steps)", a->stop_after);
     else if (!(a->ckpt_minutes >= 0 && a->ckpt_minutes <= 1e6))
         bad = "--ckpt-minutes", snprintf(why, sizeof why, "%g must be ≥ 0 (0: only by --ckpt-every and at the end)",
                                          a->ckpt_minutes);
