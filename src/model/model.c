@@ -8,13 +8,12 @@
 #include <string.h>
 
 #include "attn/attn.h"
+#include "model/layers.h"
 #include "core/rng.h"
 
 #ifdef LASP_HAVE_BLAS
 #include <cblas.h>
 #endif
-
-#define RMS_EPS 1e-6f
 
 /* ---- config, presets, layout ------------------------------------------------------------------ */
 
@@ -281,34 +280,6 @@ static void mm_bwd(const lasp_model *m, float *din, float *dW, const float *dout
     }
 }
 
-/* out = x · rstd · g per row, rstd = 1/√(mean(x²) + ε) */
-static void rms_fwd(float *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C) {
-    for (int64_t n = 0; n < N; n++) {
-        const float *xr = x + n * C;
-        double ss = 0;
-        for (int64_t c = 0; c < C; c++) ss += (double)xr[c] * xr[c];
-        const float r = 1.0f / sqrtf((float)(ss / C) + RMS_EPS);
-        if (rstd) rstd[n] = r;
-        for (int64_t c = 0; c < C; c++) out[n * C + c] = xr[c] * r * g[c];
-    }
-}
-
-/* dx += ∂/∂x, dg += ∂/∂g of rms_fwd, given dy: with n̂ = x·rstd, dx = rstd·(dy·g − n̂·mean(dy·g·n̂)) */
-static void rms_bwd(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,
-                    int64_t N, int64_t C) {
-    for (int64_t n = 0; n < N; n++) {
-        const float *xr = x + n * C, *dr = dy + n * C, r = rstd[n];
-        double dot = 0;
-        for (int64_t c = 0; c < C; c++) dot += (double)dr[c] * g[c] * xr[c] * r;
-        const float mean = (float)(dot / C);
-        for (int64_t c = 0; c < C; c++) {
-            const float nh = xr[c] * r;
-            dx[n * C + c] += r * (dr[c] * g[c] - nh * mean);
-            dg[c] += dr[c] * nh;
-        }
-    }
-}
-
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /* The op, through the SP layer when the sequence is split over ranks. */
@@ -343,57 +314,16 @@ static lasp_status conv_halo_fwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, lasp
     return lasp_sp_halo(sp, 0, m->halo_tx, A->halo, (size_t)n, LASP_F32, &ctx->err);
 }
 
-/* Row of q | k | v projections (3C, stride 1) of token t of sequence b before the convolution;
- * t < 0 reaches into the halo. */
-static inline const float *conv_row(const lasp_layer_acts *A, int64_t b, int64_t t, int64_t T, int64_t K1,
-                                    int64_t C) {
-    return t >= 0 ? A->pre + (b * T + t) * 4 * C : A->halo + (b * K1 + K1 + t) * 3 * C;
-}
-
-/* cpre[b,t,c] = Σ_j wc[j,c] · pre[b,t−j,c] over the 3C q | k | v channels (depthwise, causal);
- * rows outside, channels inside, so the inner loop is contiguous and vectorises */
-static void conv_fwd(const lasp_model *m, lasp_layer_acts *A, const float *wc) {
-    const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K = m->cfg.conv, W3 = 3 * C;
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) {
-            float *y = A->cpre + (b * T + t) * W3;
-            memset(y, 0, (size_t)W3 * sizeof *y);
-            for (int64_t j = 0; j < K; j++) {
-                const float *x = conv_row(A, b, t - j, T, K - 1, C), *w = wc + j * W3;
-                for (int64_t c = 0; c < W3; c++) y[c] += w[c] * x[c];
-            }
-        }
-}
-
-/* Backward of conv_fwd, given dy = ∂/∂cpre in m->dconv: dwc += Σ dy·x; ∂/∂pre into dpre's q | k | v
+/* Backward of the convolution, given dy = ∂/∂cpre in m->dconv: dwc += Σ dy·x; ∂/∂pre into dpre's q | k | v
  * columns (stride 4C). The gradient of the halo goes back to the rank it came from, which adds it
  * to its last K−1 tokens: sendrecv to r−1, from r+1 (the forward's exchange, reversed). */
 static lasp_status conv_bwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const lasp_layer_acts *A, const float *wc,
                             float *dwc, float *dpre) {
     const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K = m->cfg.conv, K1 = K - 1, W3 = 3 * C;
-    const float *dy = m->dconv;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) {
-            const float *g = dy + (b * T + t) * W3;
-            for (int64_t j = 0; j < K; j++) {
-                const float *x = conv_row(A, b, t - j, T, K1, C);
-                float *dw = dwc + j * W3;
-                for (int64_t c = 0; c < W3; c++) dw[c] += g[c] * x[c];
-            }
-        }
-    /* ∂/∂x[b,s] = Σ_j wc[j] · dy[b,s+j]: s ≥ 0 are this piece's tokens, s < 0 the halo's */
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t s = -K1; s < T; s++) {
-            float *d = s >= 0 ? dpre + (b * T + s) * 4 * C : m->halo_tx + (b * K1 + K1 + s) * W3;
-            memset(d, 0, (size_t)W3 * sizeof *d);
-            for (int64_t j = s < 0 ? -s : 0; j < K && s + j < T; j++) {
-                const float *g = dy + (b * T + s + j) * W3, *w = wc + j * W3;
-                for (int64_t c = 0; c < W3; c++) d[c] += w[c] * g[c];
-            }
-        }
-    if (!sp || sp->sp_size == 1) return LASP_OK;
+    const int split = sp && sp->sp_size > 1;
+    lasp_conv_bwd_w_cpu(dwc, m->dconv, A->pre, 4 * C, A->halo, B, T, W3, K);
+    lasp_conv_bwd_x_cpu(dpre, 4 * C, split ? m->halo_tx : NULL, m->dconv, wc, B, T, W3, K);
+    if (!split) return LASP_OK;
     const size_t n = (size_t)(B * K1 * W3);
     LASP_TRY(lasp_sp_halo(sp, 1, m->halo_tx, m->halo_rx, n, LASP_F32, &ctx->err));
     if (sp->sp_rank < sp->sp_size - 1)
@@ -418,13 +348,11 @@ lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const 
 
     /* embedding: x[n] = wte[token[n]]   wte [V, C] */
     LASP_TRY(get_w(m, 0, &w, err));
-    for (int64_t n = 0; n < N; n++) {
-        const int32_t t = tokens[n];
-        if (t < 0 || t >= V)
-            return lasp_fail(err, LASP_ERR_ARG, "token %d at position %lld is outside the vocab 0..%lld", t,
+    for (int64_t n = 0; n < N; n++)
+        if (tokens[n] < 0 || tokens[n] >= V)
+            return lasp_fail(err, LASP_ERR_ARG, "token %d at position %lld is outside the vocab 0..%lld", tokens[n],
                              (long long)n, (long long)V - 1);
-        memcpy(m->acts[0].x + n * C, w + (int64_t)t * C, (size_t)C * sizeof(float));
-    }
+    lasp_embed_fwd_cpu(m->acts[0].x, w, tokens, N, C);
 
     const int64_t K = m->cfg.conv;
     if (K && sp && sp->sp_size > 1 && T < K - 1)
@@ -438,68 +366,52 @@ lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const 
         LASP_TRY(get_w(m, 1 + (int)l, &w, err));
         /* attention branch: xn1 = RMSNorm(x); pre [N,4C] = xn1 · wqkvu; the convolution mixes q | k | v
          * over the last K tokens (qkv: where they are read from, stride sq) */
-        rms_fwd(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C);
+        lasp_rms_fwd_cpu(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C);
         mm_fwd(m, A->pre, A->xn1, w + bo->wqkvu, N, C, 4 * C);
         const float *qkv = A->pre;
         int64_t sq = 4 * C;
         if (K) {
             LASP_TRY(conv_halo_fwd(m, ctx, sp, A));
-            conv_fwd(m, A, w + bo->conv);
+            lasp_conv_fwd_cpu(A->cpre, A->pre, 4 * C, A->halo, w + bo->conv, B, T, 3 * C, K);
             qkv = A->cpre, sq = 3 * C;
         }
         /* q = SiLU, k = SiLU, v as is — each [N, C] = [B, T, H, D] */
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t c = 0; c < C; c++) {
-                const float *p = qkv + n * sq;
-                A->q[n * C + c] = p[c] * sigmoidf(p[c]);
-                A->k[n * C + c] = p[C + c] * sigmoidf(p[C + c]);
-                A->v[n * C + c] = p[2 * C + c];
-            }
+        lasp_qkv_fwd_cpu(A->q, A->k, A->v, qkv, sq, N, C);
         LASP_TRY(attn_fwd(ctx, sp, &ad, A, m->slopes + l * H));
         /* y = RMSNorm(o) ⊙ σ(u): the output norm keeps the un-normalised linear attention in scale */
-        rms_fwd(A->y, A->rstdo, A->o, w + bo->onorm, N, C);
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t c = 0; c < C; c++) A->y[n * C + c] *= sigmoidf(A->pre[n * 4 * C + 3 * C + c]);
+        lasp_rms_fwd_cpu(A->y, A->rstdo, A->o, w + bo->onorm, N, C);
+        lasp_gate_fwd_cpu(A->y, A->pre + 3 * C, 4 * C, N, C);
         /* xm = x + y · wo */
         mm_fwd(m, A->xm, A->y, w + bo->wo, N, C, C);
         for (int64_t i = 0; i < N * C; i++) A->xm[i] += A->x[i];
         /* GLU FFN: h [N,2F] = RMSNorm(xm) · w12; a = h1 ⊙ h2; xout = xm + a · w3 */
-        rms_fwd(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C);
+        lasp_rms_fwd_cpu(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C);
         mm_fwd(m, A->h, A->xn2, w + bo->w12, N, C, 2 * F);
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t f = 0; f < F; f++) A->a[n * F + f] = A->h[n * 2 * F + f] * A->h[n * 2 * F + F + f];
+        lasp_glu_fwd_cpu(A->a, A->h, N, F);
         mm_fwd(m, xout, A->a, w + bo->w3, N, F, C);
         for (int64_t i = 0; i < N * C; i++) xout[i] += A->xm[i];
     }
 
     /* head: xf = RMSNorm(xL); logits [N,V] = xf · wh */
     LASP_TRY(get_w(m, (int)L + 1, &w, err));
-    rms_fwd(m->xf, m->rstdf, m->xL, w + m->lay.head_lnf, N, C);
+    lasp_rms_fwd_cpu(m->xf, m->rstdf, m->xL, w + m->lay.head_lnf, N, C);
     mm_fwd(m, m->logits, m->xf, w + m->lay.head_w, N, C, V);
     if (!targets) return LASP_OK;
 
     /* cross-entropy, and (training) dlogits = grad_scale · (softmax − onehot) / N in place */
     double loss = 0;
     int64_t correct = 0, count = 0;
-    for (int64_t n = 0; n < N; n++) {
-        float *z = m->logits + n * V;
-        const int32_t t = targets[n];
-        if (t < 0 || t >= V)
-            return lasp_fail(err, LASP_ERR_ARG, "target %d at position %lld is outside the vocab 0..%lld", t,
+    for (int64_t n = 0; n < N; n++)
+        if (targets[n] < 0 || targets[n] >= V)
+            return lasp_fail(err, LASP_ERR_ARG, "target %d at position %lld is outside the vocab 0..%lld", targets[n],
                              (long long)n, (long long)V - 1);
-        int64_t arg = 0;
-        for (int64_t v = 1; v < V; v++)
-            if (z[v] > z[arg]) arg = v;
-        if (!mask || mask[n]) correct += arg == t, count++;
-        const float mx = z[arg];
-        double sum = 0;
-        for (int64_t v = 0; v < V; v++) sum += exp((double)(z[v] - mx));
-        loss += log(sum) - (double)(z[t] - mx);
-        if (grad_scale > 0) {
-            const float inv = (float)(1.0 / sum), s = grad_scale / (float)N;
-            for (int64_t v = 0; v < V; v++) z[v] = expf(z[v] - mx) * inv * s;
-            z[t] -= s;
-        }
+    for (int64_t n = 0; n < N; n++) {
+        double row_loss;
+        int32_t hit;
+        lasp_xent_cpu(m->logits + n * V, targets + n, 1, V, grad_scale > 0 ? grad_scale / (float)N : 0, &row_loss,
+                      &hit);
+        loss += row_loss;
+        if (!mask || mask[n]) correct += hit, count++;
     }
     if (!isfinite(loss))
         return lasp_fail(err, LASP_ERR_NONFINITE, "the loss is not finite (hint: lower --lr, or check the data)");
@@ -524,7 +436,7 @@ lasp_status lasp_model_backward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const
     LASP_TRY(get_g(m, (int)L + 1, &g, err));
     mm_bwd(m, m->dbuf, g + m->lay.head_w, m->logits, m->xf, w + m->lay.head_w, N, C, V);
     memset(m->dres, 0, (size_t)(N * C) * sizeof(float));
-    rms_bwd(m->dres, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C);
+    lasp_rms_bwd_cpu(m->dres, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C);
     LASP_TRY(grad_done(m, (int)L + 1, err));
 
     const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = LASP_F32};
@@ -535,56 +447,33 @@ lasp_status lasp_model_backward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const
         /* dres = ∂/∂xout. FFN: da [N,F] = dres · w3ᵀ; dh1 = da ⊙ h2, dh2 = da ⊙ h1 */
         float *dh = m->dbig, *da = m->dbig + N * 2 * F;
         mm_bwd(m, da, g + bo->w3, m->dres, A->a, w + bo->w3, N, F, C);
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t f = 0; f < F; f++) {
-                const float d = da[n * F + f];
-                dh[n * 2 * F + f] = d * A->h[n * 2 * F + F + f];
-                dh[n * 2 * F + F + f] = d * A->h[n * 2 * F + f];
-            }
+        lasp_glu_bwd_cpu(dh, da, A->h, N, F);
         mm_bwd(m, m->dbuf, g + bo->w12, dh, A->xn2, w + bo->w12, N, C, 2 * F);
-        rms_bwd(m->dres, g + bo->ln2, m->dbuf, A->xm, A->rstd2, w + bo->ln2, N, C);  /* dres = ∂/∂xm */
+        lasp_rms_bwd_cpu(m->dres, g + bo->ln2, m->dbuf, A->xm, A->rstd2, w + bo->ln2, N, C);  /* dres = ∂/∂xm */
 
         /* attention: dy = dres · woᵀ; y = ô·σ(u) with ô = RMSNorm(o) */
         mm_bwd(m, m->dbuf, g + bo->wo, m->dres, A->y, w + bo->wo, N, C, C);
         float *dpre = m->dbig;  /* [N, 4C] */
         const float *go = w + bo->onorm;
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t c = 0; c < C; c++) {
-                const float s = sigmoidf(A->pre[n * 4 * C + 3 * C + c]);
-                const float oh = A->o[n * C + c] * A->rstdo[n] * go[c];
-                const float dy = m->dbuf[n * C + c];
-                dpre[n * 4 * C + 3 * C + c] = dy * oh * s * (1 - s);
-                m->dbuf[n * C + c] = dy * s;  /* now ∂/∂ô */
-            }
+        lasp_gate_bwd_cpu(m->dbuf, dpre + 3 * C, 4 * C, A->o, A->rstdo, go, A->pre + 3 * C, 4 * C, N, C); /* dbuf: ∂/∂ô */
         memset(m->dob, 0, (size_t)(N * C) * sizeof(float));
-        rms_bwd(m->dob, g + bo->onorm, m->dbuf, A->o, A->rstdo, go, N, C);
+        lasp_rms_bwd_cpu(m->dob, g + bo->onorm, m->dbuf, A->o, A->rstdo, go, N, C);
         LASP_TRY(attn_bwd(ctx, sp, &ad, m, A, m->slopes + l * H));
         /* through SiLU (q, k) into the projections, or into the convolution's output first (both of
          * stride sq): silu'(x) = σ(x)·(1 + x·(1 − σ(x))) */
         const float *qkv = K ? A->cpre : A->pre;
         float *dqkv = K ? m->dconv : dpre;
         const int64_t sq = K ? 3 * C : 4 * C;
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t c = 0; c < C; c++) {
-                const float *p = qkv + n * sq;
-                const float sgq = sigmoidf(p[c]), sgk = sigmoidf(p[C + c]);
-                dqkv[n * sq + c] = m->dq[n * C + c] * sgq * (1 + p[c] * (1 - sgq));
-                dqkv[n * sq + C + c] = m->dk[n * C + c] * sgk * (1 + p[C + c] * (1 - sgk));
-                dqkv[n * sq + 2 * C + c] = m->dv[n * C + c];
-            }
+        lasp_qkv_bwd_cpu(dqkv, sq, m->dq, m->dk, m->dv, qkv, N, C);
         if (K) LASP_TRY(conv_bwd(m, ctx, sp, A, w + bo->conv, g + bo->conv, dpre));
         mm_bwd(m, m->dbuf, g + bo->wqkvu, dpre, A->xn1, w + bo->wqkvu, N, C, 4 * C);
-        rms_bwd(m->dres, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C);  /* dres = ∂/∂x */
+        lasp_rms_bwd_cpu(m->dres, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C);  /* dres = ∂/∂x */
         LASP_TRY(grad_done(m, 1 + (int)l, err));
     }
 
     /* embedding: dwte[token[n]] += dres[n] */
     LASP_TRY(get_g(m, 0, &g, err));
-    for (int64_t n = 0; n < N; n++) {
-        float *gr = g + (int64_t)tokens[n] * C;
-        const float *d = m->dres + n * C;
-        for (int64_t c = 0; c < C; c++) gr[c] += d[c];
-    }
+    lasp_embed_bwd_cpu(g, m->dres, tokens, N, C);
     return grad_done(m, 0, err);
 }
 
@@ -636,7 +525,7 @@ void lasp_decoder_step(lasp_decoder *d, int32_t token) {
     float rstd;
     for (int l = 0; l < d->cfg->n_layers; l++) {
         const float *w = d->params + lay->unit_off[1 + l];
-        rms_fwd(d->xn, &rstd, d->x, w + bo->ln1, 1, C);
+        lasp_rms_fwd_cpu(d->xn, &rstd, d->x, w + bo->ln1, 1, C);
         vm(d->pre, d->xn, w + bo->wqkvu, C, 4 * C);
         /* the convolution over this token and the window of the K−1 before it (newest first), then
          * the window moves on by one */
@@ -668,17 +557,17 @@ void lasp_decoder_step(lasp_decoder *d, int32_t token) {
                 for (int64_t j = 0; j < D; j++) d->o[h * D + j] += q * S[i * D + j];
             }
         }
-        rms_fwd(d->y, &rstd, d->o, w + bo->onorm, 1, C);
+        lasp_rms_fwd_cpu(d->y, &rstd, d->o, w + bo->onorm, 1, C);
         for (int64_t c = 0; c < C; c++) d->y[c] *= sigmoidf(d->pre[3 * C + c]);
         vm(d->xn, d->y, w + bo->wo, C, C);
         for (int64_t c = 0; c < C; c++) d->x[c] += d->xn[c];
-        rms_fwd(d->xn, &rstd, d->x, w + bo->ln2, 1, C);
+        lasp_rms_fwd_cpu(d->xn, &rstd, d->x, w + bo->ln2, 1, C);
         vm(d->h, d->xn, w + bo->w12, C, 2 * F);
         for (int64_t f = 0; f < F; f++) d->a[f] = d->h[f] * d->h[F + f];
         vm(d->xn, d->a, w + bo->w3, F, C);
         for (int64_t c = 0; c < C; c++) d->x[c] += d->xn[c];
     }
     const float *w = d->params + lay->unit_off[d->cfg->n_layers + 1];
-    rms_fwd(d->xn, &rstd, d->x, w + lay->head_lnf, 1, C);
+    lasp_rms_fwd_cpu(d->xn, &rstd, d->x, w + lay->head_lnf, 1, C);
     vm(d->logits, d->xn, w + lay->head_w, C, V);
 }

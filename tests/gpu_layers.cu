@@ -1,0 +1,235 @@
+/* gpu_layers.cu — every layer of the model on the GPU (src/model/layers_cuda.cu) against its CPU version
+ * (layers_cpu.c, the spec), forward and backward, f32, on fresh random inputs: relative error (MATH.md §6)
+ * ≤ 1e-5. Outputs start poisoned with NaN, so an element the GPU forgets fails; accumulated gradients start
+ * from the same random values on both sides. The passes that sum over rows run twice and must give the
+ * same bits (no atomics). Needs a GPU. */
+#include <string.h>
+
+#include "model/layers.h"
+#include "test.h"
+
+static lasp_rng rng;
+static const double TOL = 1e-5;
+
+/* a device copy of host x (n floats); x NULL: NaN-poisoned */
+static float *up(const float *x, size_t n) { return (float *)test_to_dev(x, n, LASP_F32); }
+static float *down(const float *d, size_t n) { return test_from_dev(d, n, LASP_F32); }
+
+static int32_t *up_i(const int32_t *x, size_t n) {
+    int32_t *d = NULL;
+    if (cudaMalloc(&d, (n ? n : 1) * sizeof *d) != cudaSuccess) return NULL;
+    cudaMemcpy(d, x, n * sizeof *d, cudaMemcpyHostToDevice);
+    return d;
+}
+
+/* the GPU result d (n floats) against the CPU's ref: relative error within TOL */
+static void expect_close(const char *what, const float *d, const float *ref, size_t n) {
+    cudaError_t e = cudaDeviceSynchronize();
+    CHECK(e == cudaSuccess, "%s: %s", what, cudaGetErrorString(e));
+    float *h = down(d, n);
+    const double r = test_rel(h, ref, n);
+    CHECK(r <= TOL, "%s: relative error %.3g > %.0e", what, r, TOL);
+    free(h);
+}
+
+/* two device results must be the same bits */
+static void expect_same_bits(const char *what, const float *a, const float *b, size_t n) {
+    float *x = down(a, n), *y = down(b, n);
+    CHECK(!memcmp(x, y, n * sizeof *x), "%s: two runs differ", what);
+    free(x), free(y);
+}
+
+static float *copy(const float *x, size_t n) {
+    float *y = (float *)malloc(n * sizeof *y);
+    memcpy(y, x, n * sizeof *y);
+    return y;
+}
+
+static void case_rms(int64_t N, int64_t C) {
+    float *x = test_randn(&rng, N * C, 1.5), *g = test_randn(&rng, C, 1), *dy = test_randn(&rng, N * C, 1);
+    float *dx0 = test_randn(&rng, N * C, 1), *dg0 = test_randn(&rng, C, 1);
+    float *out = (float *)malloc(N * C * 4), *rstd = (float *)malloc(N * 4), *dx = copy(dx0, N * C), *dg = copy(dg0, C);
+    lasp_rms_fwd_cpu(out, rstd, x, g, N, C);
+    lasp_rms_bwd_cpu(dx, dg, dy, x, rstd, g, N, C);
+
+    float *d_x = up(x, N * C), *d_g = up(g, C), *d_dy = up(dy, N * C), *d_out = up(NULL, N * C), *d_rstd = up(NULL, N);
+    float *d_dx = up(dx0, N * C), *d_dg = up(dg0, C), *d_dg2 = up(dg0, C);
+    float *work = up(NULL, lasp_layers_cuda_work_floats(N, C));
+    lasp_rms_fwd_cuda(d_out, d_rstd, d_x, d_g, N, C, 0);
+    expect_close("out", d_out, out, N * C);
+    expect_close("rstd", d_rstd, rstd, N);
+    lasp_rms_bwd_cuda(d_dx, d_dg, d_dy, d_x, d_rstd, d_g, N, C, work, 0);
+    expect_close("dx (accumulated)", d_dx, dx, N * C);
+    expect_close("dg (accumulated)", d_dg, dg, C);
+    lasp_rms_bwd_cuda(d_dx, d_dg2, d_dy, d_x, d_rstd, d_g, N, C, work, 0);
+    expect_same_bits("dg", d_dg, d_dg2, C);
+    test_case("RMSNorm forward and backward, N %lld C %lld", (long long)N, (long long)C);
+    free(x), free(g), free(dy), free(dx0), free(dg0), free(out), free(rstd), free(dx), free(dg);
+    cudaFree(d_x), cudaFree(d_g), cudaFree(d_dy), cudaFree(d_out), cudaFree(d_rstd), cudaFree(d_dx), cudaFree(d_dg);
+    cudaFree(d_dg2), cudaFree(work);
+}
+
+/* q | k | v features and the output gate, from one [N, 4C] projection as the model lays it out */
+static void case_qkv_gate(int64_t N, int64_t C) {
+    const int64_t S = 4 * C;
+    float *p = test_randn(&rng, N * S, 2), *dq = test_randn(&rng, N * C, 1), *dk = test_randn(&rng, N * C, 1);
+    float *dv = test_randn(&rng, N * C, 1), *o = test_randn(&rng, N * C, 1), *y0 = test_randn(&rng, N * C, 1);
+    float *g = test_randn(&rng, C, 1), *rstd = test_randn(&rng, N, 0.5), *dy0 = test_randn(&rng, N * C, 1);
+    float *q = (float *)malloc(N * C * 4), *k = (float *)malloc(N * C * 4), *v = (float *)malloc(N * C * 4);
+    float *dp = test_randn(&rng, N * S, 1), *y = copy(y0, N * C), *dy = copy(dy0, N * C);
+    lasp_qkv_fwd_cpu(q, k, v, p, S, N, C);
+    lasp_qkv_bwd_cpu(dp, S, dq, dk, dv, p, N, C);
+    lasp_gate_fwd_cpu(y, p + 3 * C, S, N, C);
+    lasp_gate_bwd_cpu(dy, dp + 3 * C, S, o, rstd, g, p + 3 * C, S, N, C);
+
+    float *d_p = up(p, N * S), *d_q = up(NULL, N * C), *d_k = up(NULL, N * C), *d_v = up(NULL, N * C);
+    float *d_dq = up(dq, N * C), *d_dk = up(dk, N * C), *d_dv = up(dv, N * C), *d_dp = up(NULL, N * S);
+    float *d_y = up(y0, N * C), *d_dy = up(dy0, N * C), *d_o = up(o, N * C), *d_g = up(g, C), *d_rstd = up(rstd, N);
+    lasp_qkv_fwd_cuda(d_q, d_k, d_v, d_p, S, N, C, 0);
+    lasp_qkv_bwd_cuda(d_dp, S, d_dq, d_dk, d_dv, d_p, N, C, 0);
+    lasp_gate_fwd_cuda(d_y, d_p + 3 * C, S, N, C, 0);
+    lasp_gate_bwd_cuda(d_dy, d_dp + 3 * C, S, d_o, d_rstd, d_g, d_p + 3 * C, S, N, C, 0);
+    expect_close("q", d_q, q, N * C);
+    expect_close("k", d_k, k, N * C);
+    expect_close("v", d_v, v, N * C);
+    expect_close("dp (q | k | v | u)", d_dp, dp, N * S);
+    expect_close("gated y", d_y, y, N * C);
+    expect_close("dy → dô", d_dy, dy, N * C);
+    test_case("SiLU features and the output gate, forward and backward, N %lld C %lld", (long long)N, (long long)C);
+    free(p), free(dq), free(dk), free(dv), free(o), free(y0), free(g), free(rstd), free(dy0), free(q), free(k);
+    free(v), free(dp), free(y), free(dy);
+    cudaFree(d_p), cudaFree(d_q), cudaFree(d_k), cudaFree(d_v), cudaFree(d_dq), cudaFree(d_dk), cudaFree(d_dv);
+    cudaFree(d_dp), cudaFree(d_y), cudaFree(d_dy), cudaFree(d_o), cudaFree(d_g), cudaFree(d_rstd);
+}
+
+static void case_glu(int64_t N, int64_t F) {
+    float *h = test_randn(&rng, N * 2 * F, 1), *da = test_randn(&rng, N * F, 1);
+    float *a = (float *)malloc(N * F * 4), *dh = (float *)malloc(N * 2 * F * 4);
+    lasp_glu_fwd_cpu(a, h, N, F);
+    lasp_glu_bwd_cpu(dh, da, h, N, F);
+    float *d_h = up(h, N * 2 * F), *d_da = up(da, N * F), *d_a = up(NULL, N * F), *d_dh = up(NULL, N * 2 * F);
+    lasp_glu_fwd_cuda(d_a, d_h, N, F, 0);
+    lasp_glu_bwd_cuda(d_dh, d_da, d_h, N, F, 0);
+    expect_close("a", d_a, a, N * F);
+    expect_close("dh", d_dh, dh, N * 2 * F);
+    test_case("gated linear unit, forward and backward, N %lld F %lld", (long long)N, (long long)F);
+    free(h), free(da), free(a), free(dh);
+    cudaFree(d_h), cudaFree(d_da), cudaFree(d_a), cudaFree(d_dh);
+}
+
+/* the convolution reads rows of stride 4C (the projections) and, with a halo, the rows before the piece */
+static void case_conv(int64_t B, int64_t T, int64_t C, int64_t K, int with_halo) {
+    const int64_t W = 3 * C, S = 4 * C, N = B * T, K1 = K - 1;
+    float *x = test_randn(&rng, N * S, 1), *wc = test_randn(&rng, K * W, 0.5), *dy = test_randn(&rng, N * W, 1);
+    float *halo = with_halo ? test_randn(&rng, B * K1 * W, 1) : NULL, *dw0 = test_randn(&rng, K * W, 1);
+    float *y = (float *)malloc(N * W * 4), *dw = copy(dw0, K * W), *dx = test_randn(&rng, N * S, 1);
+    float *dhalo = with_halo ? (float *)malloc(B * K1 * W * 4) : NULL, *dx0 = copy(dx, N * S);
+    lasp_conv_fwd_cpu(y, x, S, halo, wc, B, T, W, K);
+    lasp_conv_bwd_w_cpu(dw, dy, x, S, halo, B, T, W, K);
+    lasp_conv_bwd_x_cpu(dx, S, dhalo, dy, wc, B, T, W, K);
+
+    float *d_x = up(x, N * S), *d_wc = up(wc, K * W), *d_dy = up(dy, N * W), *d_y = up(NULL, N * W);
+    float *d_halo = with_halo ? up(halo, B * K1 * W) : NULL, *d_dhalo = with_halo ? up(NULL, B * K1 * W) : NULL;
+    float *d_dw = up(dw0, K * W), *d_dw2 = up(dw0, K * W), *d_dx = up(dx0, N * S);
+    float *work = up(NULL, lasp_layers_cuda_work_floats(N, K * W));
+    lasp_conv_fwd_cuda(d_y, d_x, S, d_halo, d_wc, B, T, W, K, 0);
+    lasp_conv_bwd_w_cuda(d_dw, d_dy, d_x, S, d_halo, B, T, W, K, work, 0);
+    lasp_conv_bwd_x_cuda(d_dx, S, d_dhalo, d_dy, d_wc, B, T, W, K, 0);
+    expect_close("y", d_y, y, N * W);
+    expect_close("dwc (accumulated)", d_dw, dw, K * W);
+    expect_close("dx (q | k | v columns written, u's kept)", d_dx, dx, N * S);
+    if (with_halo) expect_close("dhalo", d_dhalo, dhalo, B * K1 * W);
+    lasp_conv_bwd_w_cuda(d_dw2, d_dy, d_x, S, d_halo, B, T, W, K, work, 0);
+    expect_same_bits("dwc", d_dw, d_dw2, K * W);
+    test_case("short convolution, forward and backward, B %lld T %lld C %lld K %lld, %s", (long long)B, (long long)T,
+              (long long)C, (long long)K, with_halo ? "with a halo" : "zeros before the piece");
+    free(x), free(wc), free(dy), free(halo), free(dw0), free(y), free(dw), free(dx), free(dhalo), free(dx0);
+    cudaFree(d_x), cudaFree(d_wc), cudaFree(d_dy), cudaFree(d_y), cudaFree(d_halo), cudaFree(d_dhalo);
+    cudaFree(d_dw), cudaFree(d_dw2), cudaFree(d_dx), cudaFree(work);
+}
+
+static void case_xent(int64_t N, int64_t V, float logit_scale) {
+    float *z = test_randn(&rng, N * V, logit_scale);
+    int32_t *t = (int32_t *)malloc(N * 4), *hit = (int32_t *)malloc(N * 4), *d_hit_h = (int32_t *)malloc(N * 4);
+    for (int64_t n = 0; n < N; n++) t[n] = (int32_t)(lasp_rng_u64(&rng) % (uint64_t)V);
+    if (N > 1) z[1 * V + t[1]] = 1e3f;  /* a row the model already gets right */
+    double *loss = (double *)malloc(N * 8), *d_loss_h = (double *)malloc(N * 8);
+    float *zg = copy(z, N * V);
+    const float scale = 0.37f;
+    lasp_xent_cpu(zg, t, N, V, scale, loss, hit);
+
+    float *d_z = up(z, N * V);
+    int32_t *d_t = up_i(t, N), *d_hit = NULL;
+    double *d_loss = NULL;
+    cudaMalloc(&d_hit, N * 4), cudaMalloc(&d_loss, N * 8);
+    lasp_xent_cuda(d_z, d_t, N, V, scale, d_loss, d_hit, 0);
+    expect_close("dlogits", d_z, zg, N * V);
+    cudaMemcpy(d_loss_h, d_loss, N * 8, cudaMemcpyDeviceToHost);
+    cudaMemcpy(d_hit_h, d_hit, N * 4, cudaMemcpyDeviceToHost);
+    double num = 0, den = 0;
+    int hits_differ = 0;
+    for (int64_t n = 0; n < N; n++)
+        num += (d_loss_h[n] - loss[n]) * (d_loss_h[n] - loss[n]), den += loss[n] * loss[n], hits_differ += d_hit_h[n] != hit[n];
+    CHECK(sqrt(num / (den > 0 ? den : 1)) <= TOL, "loss: relative error %.3g", sqrt(num / (den > 0 ? den : 1)));
+    CHECK(!hits_differ, "%d rows' argmax differs from the CPU's", hits_differ);
+    test_case("cross-entropy rows and their gradient, N %lld V %lld, logits × %g", (long long)N, (long long)V,
+              logit_scale);
+    free(z), free(t), free(hit), free(d_hit_h), free(loss), free(d_loss_h), free(zg);
+    cudaFree(d_z), cudaFree(d_t), cudaFree(d_hit), cudaFree(d_loss);
+}
+
+static void case_embed(int64_t N, int64_t V, int64_t C) {
+    float *wte = test_randn(&rng, V * C, 1), *dx = test_randn(&rng, N * C, 1), *dw0 = test_randn(&rng, V * C, 1);
+    int32_t *tok = (int32_t *)malloc(N * 4);
+    for (int64_t n = 0; n < N; n++) tok[n] = (int32_t)(lasp_rng_u64(&rng) % (uint64_t)(n % 3 ? V : 4)); /* repeats */
+    float *x = (float *)malloc(N * C * 4), *dw = copy(dw0, V * C);
+    lasp_embed_fwd_cpu(x, wte, tok, N, C);
+    lasp_embed_bwd_cpu(dw, dx, tok, N, C);
+
+    int32_t *order = (int32_t *)malloc(N * 4), *starts = (int32_t *)malloc((N + 1) * 4);
+    int32_t *uniq = (int32_t *)malloc(N * 4), *count = (int32_t *)malloc((V + 1) * 4);
+    const int64_t nu = lasp_embed_index(tok, N, V, order, starts, uniq, count);
+    float *d_wte = up(wte, V * C), *d_dx = up(dx, N * C), *d_x = up(NULL, N * C);
+    float *d_dw = up(dw0, V * C), *d_dw2 = up(dw0, V * C);
+    int32_t *d_tok = up_i(tok, N), *d_order = up_i(order, N), *d_starts = up_i(starts, nu + 1), *d_uniq = up_i(uniq, nu);
+    lasp_embed_fwd_cuda(d_x, d_wte, d_tok, N, C, 0);
+    lasp_embed_bwd_cuda(d_dw, d_dx, d_order, d_starts, d_uniq, nu, C, 0);
+    lasp_embed_bwd_cuda(d_dw2, d_dx, d_order, d_starts, d_uniq, nu, C, 0);
+    expect_close("x", d_x, x, N * C);
+    expect_close("dwte (accumulated)", d_dw, dw, V * C);
+    expect_same_bits("dwte", d_dw, d_dw2, V * C);
+    test_case("embedding, forward and backward, N %lld V %lld C %lld (%lld distinct tokens)", (long long)N,
+              (long long)V, (long long)C, (long long)nu);
+    free(wte), free(dx), free(dw0), free(tok), free(x), free(dw), free(order), free(starts), free(uniq), free(count);
+    cudaFree(d_wte), cudaFree(d_dx), cudaFree(d_x), cudaFree(d_dw), cudaFree(d_dw2), cudaFree(d_tok);
+    cudaFree(d_order), cudaFree(d_starts), cudaFree(d_uniq);
+}
+
+int main(void) {
+    lasp_rng_seed(&rng, test_seed());
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev < 1) {
+        printf("FAIL no CUDA device: run the GPU tests on a machine with one\n");
+        return 1;
+    }
+    const int64_t rc[][2] = {{1, 16}, {37, 32}, {300, 96}, {1000, 1024}, {257, 2048}};
+    for (size_t i = 0; i < sizeof rc / sizeof rc[0]; i++) {
+        case_rms(rc[i][0], rc[i][1]);
+        case_qkv_gate(rc[i][0], rc[i][1]);
+        case_glu(rc[i][0], 2 * rc[i][1] + 3);
+    }
+    case_conv(1, 1, 16, 4, 0);
+    case_conv(2, 1, 16, 4, 1);   /* a piece shorter than the taps: every row reaches into the halo */
+    case_conv(3, 37, 32, 4, 0);
+    case_conv(3, 37, 32, 4, 1);
+    case_conv(2, 300, 64, 2, 1);
+    case_conv(1, 2000, 128, 4, 0);
+    case_xent(1, 256, 1);
+    case_xent(33, 256, 3);
+    case_xent(40, 64000, 2);
+    case_xent(7, 50304, 10);
+    case_embed(1, 256, 16);
+    case_embed(500, 256, 32);
+    case_embed(3000, 64000, 128);
+    return test_exit();
+}
