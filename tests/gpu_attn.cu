@@ -438,11 +438,7 @@ int main(int argc, char **argv) {
     }
     printf("# kernels: %s\n", p.kernels == LASP_KERNELS_SM80 ? "sm80 (mma.sync everywhere)" : "auto");
     lasp_rng_seed(&rng, test_seed());
-    int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev < 1) {
-        printf("FAIL no CUDA device: run the GPU tests on a machine with one\n");
-        return 1;
-    }
+    if (!test_have_gpu()) return 1;
     if (lasp_ctx_create(&p, &ctx) != LASP_OK) return 1;
 
     const lasp_dtype types[] = {LASP_BF16, LASP_F16, LASP_F32};

@@ -207,11 +207,7 @@ static void case_embed(int64_t N, int64_t V, int64_t C) {
 
 int main(void) {
     lasp_rng_seed(&rng, test_seed());
-    int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev < 1) {
-        printf("FAIL no CUDA device: run the GPU tests on a machine with one\n");
-        return 1;
-    }
+    if (!test_have_gpu()) return 1;
     const int64_t rc[][2] = {{1, 16}, {37, 32}, {300, 96}, {1000, 1024}, {257, 2048}};
     for (size_t i = 0; i < sizeof rc / sizeof rc[0]; i++) {
         case_rms(rc[i][0], rc[i][1]);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/run_gpu.sh — `make test-gpu`, on a machine with a GPU: the CUDA op's tests on both kernel families
 # (Hopper's where they apply, and the portable mma.sync ones everywhere), the model's layers against their CPU
-# versions, then the comm and SP conformance
+# versions, the whole model against the CPU's, then the comm and SP conformance
 # suites on the GPU under mpirun, one process per GPU of this machine (and a single-rank run besides, on a
 # machine of several). Prints one total, "N passed, N failed", counting PASS/FAIL lines as tests/run.sh
 # does; a run that dies, hangs or exits non-zero without a FAIL line counts as one failure.
@@ -20,6 +20,7 @@ echo "# lasp GPU tests ($BUILD, $ngpu GPUs)"
 counted "gpu_attn (kernels auto)" "$TIMEOUT" "$BUILD/tests/gpu_attn" --kernels auto "$@"
 counted "gpu_attn (kernels sm80)" "$TIMEOUT" "$BUILD/tests/gpu_attn" --kernels sm80 "$@"
 counted "gpu_layers" "$TIMEOUT" "$BUILD/tests/gpu_layers"
+counted "gpu_model" "$TIMEOUT" "$BUILD/tests/gpu_model"
 nps=$((ngpu > 0 ? ngpu : 1))
 [ "$nps" -gt 1 ] && nps="1 $nps"
 for np in $nps; do

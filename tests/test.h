@@ -118,6 +118,14 @@ static inline void *test_to_dev(const float *x, size_t n, lasp_dtype t) {
     return e == cudaSuccess ? d : NULL;
 }
 
+/* 1 if a GPU is there; otherwise a FAIL line saying so (a GPU test on a machine without one fails) */
+static inline int test_have_gpu(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0) return 1;
+    printf("FAIL no CUDA device: run the GPU tests on a machine with one\n");
+    return 0;
+}
+
 /* host f32 of n device elements of dtype t (NaN-filled if the copy fails) */
 static inline float *test_from_dev(const void *d, size_t n, lasp_dtype t) {
     void *h = malloc((n ? n : 1) * lasp_dtype_size(t));

@@ -151,6 +151,8 @@ static void acts_free(lasp_model *m) {
     }
     free(m->xL), free(m->rstdf), free(m->xf), free(m->logits), free(m->dres), free(m->dbuf), free(m->dbig);
     free(m->dq), free(m->dk), free(m->dv), free(m->dob), free(m->dconv), free(m->halo_tx), free(m->halo_rx);
+    free(m->row_loss), free(m->row_hit);
+    m->row_loss = NULL, m->row_hit = NULL;
     m->xL = m->rstdf = m->xf = m->logits = m->dres = m->dbuf = m->dbig = m->dq = m->dk = m->dv = m->dob = NULL;
     m->dconv = m->halo_tx = m->halo_rx = NULL;
     m->B = m->T = 0;
@@ -161,7 +163,8 @@ double lasp_model_activation_bytes(const lasp_model_config *c, int64_t B, int64_
     const double big = 4 * C > 3 * F ? 4 * C : 3 * F, halo = K ? (double)B * (K - 1) * 3 * C : 0;
     /* the floats lasp_model_reserve allocates, buffer by buffer */
     const double layer = N * (C + 1 + C + 4 * C + 4 * C + 1 + C + C + 1 + C + 2 * F + F) + (K ? N * 3 * C + halo : 0);
-    const double rest = (K ? N * 3 * C + 2 * halo : 0) + N * (C + 1 + C + V) + N * (2 * C + big) + N * 4 * C;
+    const double rest = (K ? N * 3 * C + 2 * halo : 0) + N * (C + 1 + C + V) + N * (2 * C + big) + N * 4 * C +
+                        N * 3 /* a row's loss (double) and hit (int) */;
     return 4.0 * ((double)c->n_layers * layer + rest);
 }
 
@@ -188,6 +191,7 @@ lasp_status lasp_model_reserve(lasp_model *m, int64_t B, int64_t T, lasp_err *er
     ALLOC(m->dres, N * C), ALLOC(m->dbuf, N * C), ALLOC(m->dbig, N * big);
     ALLOC(m->dq, N * C), ALLOC(m->dk, N * C), ALLOC(m->dv, N * C), ALLOC(m->dob, N * C);
 #undef ALLOC
+    bad |= !(m->row_loss = malloc(N * sizeof *m->row_loss)) || !(m->row_hit = malloc(N * sizeof *m->row_hit));
     if (bad) {
         acts_free(m);
         return lasp_fail(err, LASP_ERR_NOMEM, "no memory for activations of B=%lld T=%lld (%.2f GiB; hint: smaller "
@@ -348,10 +352,7 @@ lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const 
 
     /* embedding: x[n] = wte[token[n]]   wte [V, C] */
     LASP_TRY(get_w(m, 0, &w, err));
-    for (int64_t n = 0; n < N; n++)
-        if (tokens[n] < 0 || tokens[n] >= V)
-            return lasp_fail(err, LASP_ERR_ARG, "token %d at position %lld is outside the vocab 0..%lld", tokens[n],
-                             (long long)n, (long long)V - 1);
+    LASP_TRY(lasp_model_check_ids(tokens, targets, N, V, err));
     lasp_embed_fwd_cpu(m->acts[0].x, w, tokens, N, C);
 
     const int64_t K = m->cfg.conv;
@@ -399,19 +400,29 @@ lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const 
     if (!targets) return LASP_OK;
 
     /* cross-entropy, and (training) dlogits = grad_scale · (softmax − onehot) / N in place */
-    double loss = 0;
-    int64_t correct = 0, count = 0;
-    for (int64_t n = 0; n < N; n++)
-        if (targets[n] < 0 || targets[n] >= V)
+    lasp_xent_cpu(m->logits, targets, N, V, grad_scale > 0 ? grad_scale / (float)N : 0, m->row_loss, m->row_hit);
+    return lasp_model_sum_rows(m->row_loss, m->row_hit, mask, N, loss_out, correct_out, count_out, err);
+}
+
+lasp_status lasp_model_check_ids(const int32_t *tokens, const int32_t *targets, int64_t N, int64_t V, lasp_err *err) {
+    for (int64_t n = 0; n < N; n++) {
+        if (tokens[n] < 0 || tokens[n] >= V)
+            return lasp_fail(err, LASP_ERR_ARG, "token %d at position %lld is outside the vocab 0..%lld", tokens[n],
+                             (long long)n, (long long)V - 1);
+        if (targets && (targets[n] < 0 || targets[n] >= V))
             return lasp_fail(err, LASP_ERR_ARG, "target %d at position %lld is outside the vocab 0..%lld", targets[n],
                              (long long)n, (long long)V - 1);
+    }
+    return LASP_OK;
+}
+
+lasp_status lasp_model_sum_rows(const double *row_loss, const int32_t *row_hit, const uint8_t *mask, int64_t N,
+                                double *loss_out, int64_t *correct_out, int64_t *count_out, lasp_err *err) {
+    double loss = 0;
+    int64_t correct = 0, count = 0;
     for (int64_t n = 0; n < N; n++) {
-        double row_loss;
-        int32_t hit;
-        lasp_xent_cpu(m->logits + n * V, targets + n, 1, V, grad_scale > 0 ? grad_scale / (float)N : 0, &row_loss,
-                      &hit);
-        loss += row_loss;
-        if (!mask || mask[n]) correct += hit, count++;
+        loss += row_loss[n];
+        if (!mask || mask[n]) correct += row_hit[n], count++;
     }
     if (!isfinite(loss))
         return lasp_fail(err, LASP_ERR_NONFINITE, "the loss is not finite (hint: lower --lr, or check the data)");

@@ -108,6 +108,8 @@ typedef struct lasp_model {
     float *dq, *dk, *dv, *dob;      /* [N, C]: the op's gradients and its dO */
     float *dconv;                   /* [N, 3C]: gradient at the convolution's output (conv > 0) */
     float *halo_tx, *halo_rx;       /* [B, K−1, 3C]: the halo (or its gradient) sent / received */
+    double *row_loss;               /* [N]: each token's cross-entropy */
+    int32_t *row_hit;               /* [N]: 1 where the argmax is the target */
     int no_blas;                    /* force the plain loops (to measure what BLAS buys) */
 } lasp_model;
 
@@ -129,6 +131,11 @@ void lasp_model_free(lasp_model *m);
 lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const int32_t *tokens,
                                const int32_t *targets, const uint8_t *mask, float grad_scale, double *loss_out,
                                int64_t *correct_out, int64_t *count_out);
+/* Both backends' checks and sums around the forward: every token and target in 0 .. V−1 (targets may be
+ * NULL); then the mean of N per-row losses, and the hits and count where mask is 1 (NULL: everywhere). */
+lasp_status lasp_model_check_ids(const int32_t *tokens, const int32_t *targets, int64_t N, int64_t V, lasp_err *err);
+lasp_status lasp_model_sum_rows(const double *row_loss, const int32_t *row_hit, const uint8_t *mask, int64_t N,
+                                double *loss_out, int64_t *correct_out, int64_t *count_out, lasp_err *err);
 /* Backward after a forward with grad_scale > 0: accumulates into the gradients. */
 lasp_status lasp_model_backward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const int32_t *tokens);
 

@@ -1,0 +1,370 @@
+/* model_cuda.c — the model on one GPU (model_cuda.h): buffers, the forward and the backward, pass for pass
+ * the CPU's of model.c, with layers_cuda.cu for the layers, cuBLAS for the matrix products (fp32, no
+ * TF32) and the CUDA attention op. Letters as in model.h. */
+#include "model/model_cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/layers.h"
+
+/* The head's logits are made this many bytes of rows at a time (docs/MODEL.md: never [N × V] whole). */
+#define LOGIT_CHUNK_BYTES (256 << 20)
+
+typedef struct gacts {
+    float *x, *rstd1, *xn1, *pre, *cpre, *q, *k, *v, *o, *rstdo, *y, *xm, *rstd2, *xn2, *h, *a;
+} gacts;
+
+struct lasp_gmodel {
+    lasp_ctx *ctx;
+    lasp_model_config cfg;
+    lasp_layout lay;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    float *params, *grads, *slopes;     /* device: [n_params], [n_params], [L, slope_stride] */
+    int64_t slope_stride;               /* H rounded up to 4: each layer's slopes 16-byte aligned, as the op loads them */
+    int64_t B, T, chunk;                /* activations sized for B × T; rows of logits a chunk */
+    gacts *acts;                        /* [L] */
+    float *xL, *rstdf, *xf, *logits;    /* [N, C], [N], [N, C], [chunk, V] */
+    float *dres, *dbuf, *dbig, *dq, *dk, *dv, *dob, *dconv, *work;
+    double *loss;                       /* [N] per-row losses */
+    int32_t *hit, *tok, *tgt;           /* [N] each */
+    int32_t *order, *starts, *uniq;     /* device copies of the embedding's index */
+    int32_t *h_hit, *h_order, *h_starts, *h_uniq, *h_count; /* host */
+    double *h_loss;
+    int64_t n_uniq;
+};
+
+static lasp_status cuda_fail(lasp_gmodel *m, cudaError_t e, const char *what) {
+    return lasp_fail(&m->ctx->err, e == cudaErrorMemoryAllocation ? LASP_ERR_NOMEM : LASP_ERR_CUDA, "%s: %s", what,
+                     cudaGetErrorString(e));
+}
+
+#define CU(call, what)                                   \
+    do {                                                 \
+        const cudaError_t e_ = (call);                   \
+        if (e_ != cudaSuccess) return cuda_fail(m, e_, what); \
+    } while (0)
+#define BLAS(call)                                                                                    \
+    do {                                                                                              \
+        const cublasStatus_t s_ = (call);                                                             \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                              \
+            return lasp_fail(&m->ctx->err, LASP_ERR_CUDA, "cuBLAS failed (status %d) in %s", (int)s_, #call); \
+    } while (0)
+
+/* ---- matrix products, row-major as the CPU's (cuBLAS is column-major: each is the transposed product) -- */
+
+static const float ONE = 1.0f, ZERO = 0.0f;
+
+/* out[N,O] = in[N,K] · W[K,O] + beta · out */
+static cublasStatus_t mm_fwd(cublasHandle_t h, float *out, const float *in, const float *W, int64_t N, int64_t K,
+                             int64_t O, const float *beta) {
+    return cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)O, (int)N, (int)K, &ONE, W, (int)O, in, (int)K, beta, out,
+                       (int)O);
+}
+
+/* din[N,K] = dout[N,O] · Wᵀ */
+static cublasStatus_t mm_bwd_in(cublasHandle_t h, float *din, const float *dout, const float *W, int64_t N, int64_t K,
+                                int64_t O) {
+    return cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)K, (int)N, (int)O, &ONE, W, (int)O, dout, (int)O, &ZERO, din,
+                       (int)K);
+}
+
+/* dW[K,O] += in[N,K]ᵀ · dout[N,O] */
+static cublasStatus_t mm_bwd_w(cublasHandle_t h, float *dW, const float *in, const float *dout, int64_t N, int64_t K,
+                               int64_t O) {
+    return cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)O, (int)K, (int)N, &ONE, dout, (int)O, in, (int)K, &ONE, dW,
+                       (int)O);
+}
+
+/* ---- sizes, create, reserve, free ----------------------------------------------------------------- */
+
+static int64_t logit_rows(const lasp_model_config *c, int64_t N) {
+    const int64_t r = LOGIT_CHUNK_BYTES / (4 * (int64_t)c->vocab);
+    return r < 1 ? 1 : r > N ? N : r;
+}
+
+static int64_t work_floats(const lasp_model_config *c, int64_t N) {
+    const int64_t C = c->d_model, kw = (int64_t)c->conv * 3 * C;
+    return lasp_layers_cuda_work_floats(N, kw > C ? kw : C);
+}
+
+double lasp_gmodel_activation_bytes(const lasp_model_config *c, int64_t B, int64_t T) {
+    const double N = (double)B * T, C = c->d_model, F = c->ffn_dim, K = c->conv;
+    const double big = 4 * C > 3 * F ? 4 * C : 3 * F;
+    const double layer = N * (C + 1 + C + 4 * C + (K ? 3 * C : 0) + 4 * C + 1 + C + C + 1 + C + 2 * F + F);
+    const double rest = N * (C + 1 + C) + (double)logit_rows(c, B * T) * c->vocab + N * (2 * C + big + 4 * C) +
+                        (K ? N * 3 * C : 0) + (double)work_floats(c, B * T) + N * (2 + 3 + 3);
+    return 4.0 * ((double)c->n_layers * layer + rest);
+}
+
+static void acts_free(lasp_gmodel *m) {
+    for (int l = 0; m->acts && l < m->cfg.n_layers; l++) {
+        gacts *a = &m->acts[l];
+        float *all[] = {a->x, a->rstd1, a->xn1, a->pre, a->cpre, a->q, a->k, a->v, a->o, a->rstdo, a->y, a->xm,
+                        a->rstd2, a->xn2, a->h, a->a};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) cudaFree(all[i]);
+        memset(a, 0, sizeof *a);
+    }
+    void *dev[] = {m->xL, m->rstdf, m->xf, m->logits, m->dres, m->dbuf, m->dbig, m->dq, m->dk, m->dv, m->dob,
+                   m->dconv, m->work, m->loss, m->hit, m->tok, m->tgt, m->order, m->starts, m->uniq};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
+    free(m->h_hit), free(m->h_order), free(m->h_starts), free(m->h_uniq), free(m->h_count), free(m->h_loss);
+    m->xL = m->rstdf = m->xf = m->logits = m->dres = m->dbuf = m->dbig = m->dq = m->dk = m->dv = m->dob = NULL;
+    m->dconv = m->work = NULL, m->loss = NULL;
+    m->hit = m->tok = m->tgt = m->order = m->starts = m->uniq = NULL;
+    m->h_hit = m->h_order = m->h_starts = m->h_uniq = m->h_count = NULL, m->h_loss = NULL;
+    m->B = m->T = 0;
+}
+
+void lasp_gmodel_free(lasp_gmodel *m) {
+    if (!m) return;
+    acts_free(m);
+    free(m->acts);
+    cudaFree(m->params), cudaFree(m->grads), cudaFree(m->slopes);
+    if (m->blas) cublasDestroy(m->blas);
+    lasp_layout_free(&m->lay);
+    free(m);
+}
+
+lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_gmodel **out) {
+    *out = NULL;
+    LASP_TRY(lasp_model_config_check(c, &ctx->err));
+    void *stream = NULL;
+    LASP_TRY(lasp_ctx_cuda_stream(ctx, &stream));
+    lasp_gmodel *m = calloc(1, sizeof *m);
+    if (!m) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no memory for the GPU model");
+    m->ctx = ctx, m->cfg = *c, m->stream = (cudaStream_t)stream;
+    lasp_status s = lasp_layout_make(c, &m->lay, &ctx->err);
+    if (s == LASP_OK && !(m->acts = calloc((size_t)c->n_layers, sizeof *m->acts)))
+        s = lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no memory for the GPU model");
+    if (s == LASP_OK && cublasCreate(&m->blas) != CUBLAS_STATUS_SUCCESS)
+        s = lasp_fail(&ctx->err, LASP_ERR_CUDA, "cuBLAS would not start (hint: `lasp info` checks the GPU)");
+    if (s == LASP_OK && (cublasSetStream(m->blas, m->stream) != CUBLAS_STATUS_SUCCESS ||
+                         cublasSetMathMode(m->blas, CUBLAS_PEDANTIC_MATH) != CUBLAS_STATUS_SUCCESS))
+        s = lasp_fail(&ctx->err, LASP_ERR_CUDA, "cuBLAS refused its stream or math mode");
+    m->slope_stride = (c->n_heads + 3) / 4 * 4;
+    const size_t P = m->lay.n_params, LH = (size_t)c->n_layers * m->slope_stride;
+    float *slopes = s == LASP_OK ? calloc(LH, sizeof *slopes) : NULL;
+    if (s == LASP_OK && !slopes) s = lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no memory for the slopes");
+    cudaError_t e = cudaSuccess;
+    if (s == LASP_OK) {
+        for (int l = 0; l < c->n_layers; l++) lasp_model_slopes(c, l, slopes + (size_t)l * m->slope_stride);
+        e = cudaMalloc((void **)&m->params, P * 4);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&m->grads, P * 4);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&m->slopes, LH * 4);
+        if (e == cudaSuccess) e = cudaMemcpy(m->slopes, slopes, LH * 4, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess)
+            s = lasp_fail(&ctx->err, e == cudaErrorMemoryAllocation ? LASP_ERR_NOMEM : LASP_ERR_CUDA,
+                          "the GPU model's parameters and gradients (%.2f GiB): %s", 8.0 * P / 1073741824.0,
+                          cudaGetErrorString(e));
+    }
+    free(slopes);
+    if (s != LASP_OK) {
+        lasp_gmodel_free(m);
+        return s;
+    }
+    *out = m;
+    return LASP_OK;
+}
+
+lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T) {
+    if (B == m->B && T == m->T) return LASP_OK;
+    acts_free(m);
+    if (B < 1 || T < 1)
+        return lasp_fail(&m->ctx->err, LASP_ERR_ARG, "batch %lld and tokens %lld must be ≥ 1", (long long)B,
+                         (long long)T);
+    const lasp_model_config *c = &m->cfg;
+    const size_t N = (size_t)(B * T), C = (size_t)c->d_model, F = (size_t)c->ffn_dim, V = (size_t)c->vocab;
+    const size_t big = 4 * C > 3 * F ? 4 * C : 3 * F, K = (size_t)c->conv;
+    const int64_t chunk = logit_rows(c, (int64_t)N);
+    cudaError_t e = cudaSuccess;
+#define DEV(p, n) \
+    if (e == cudaSuccess) e = cudaMalloc((void **)&(p), (n) * sizeof *(p))
+    for (int l = 0; l < c->n_layers; l++) {
+        gacts *a = &m->acts[l];
+        DEV(a->x, N * C); DEV(a->rstd1, N); DEV(a->xn1, N * C); DEV(a->pre, N * 4 * C);
+        DEV(a->q, N * C); DEV(a->k, N * C); DEV(a->v, N * C); DEV(a->o, N * C); DEV(a->rstdo, N);
+        DEV(a->y, N * C); DEV(a->xm, N * C); DEV(a->rstd2, N); DEV(a->xn2, N * C);
+        DEV(a->h, N * 2 * F); DEV(a->a, N * F);
+        if (K) DEV(a->cpre, N * 3 * C);
+    }
+    if (K) DEV(m->dconv, N * 3 * C);
+    DEV(m->xL, N * C); DEV(m->rstdf, N); DEV(m->xf, N * C); DEV(m->logits, (size_t)chunk * V);
+    DEV(m->dres, N * C); DEV(m->dbuf, N * C); DEV(m->dbig, N * big);
+    DEV(m->dq, N * C); DEV(m->dk, N * C); DEV(m->dv, N * C); DEV(m->dob, N * C);
+    DEV(m->work, (size_t)work_floats(c, (int64_t)N));
+    DEV(m->loss, N); DEV(m->hit, N); DEV(m->tok, N); DEV(m->tgt, N);
+    DEV(m->order, N); DEV(m->starts, N + 1); DEV(m->uniq, N);
+#undef DEV
+    m->h_hit = malloc(N * sizeof *m->h_hit), m->h_loss = malloc(N * sizeof *m->h_loss);
+    m->h_order = malloc(N * sizeof *m->h_order), m->h_starts = malloc((N + 1) * sizeof *m->h_starts);
+    m->h_uniq = malloc(N * sizeof *m->h_uniq), m->h_count = malloc((V + 1) * sizeof *m->h_count);
+    const int host_ok = m->h_hit && m->h_loss && m->h_order && m->h_starts && m->h_uniq && m->h_count;
+    if (e != cudaSuccess || !host_ok) {
+        acts_free(m);
+        cudaGetLastError(); /* a failed cudaMalloc leaves nothing behind: clear it */
+        return lasp_fail(&m->ctx->err, LASP_ERR_NOMEM, "the GPU has no room for the activations of batch %lld × "
+                         "%lld tokens (%.2f GiB; hint: a smaller --batch or --seq-len)", (long long)B, (long long)T,
+                         lasp_gmodel_activation_bytes(c, B, T) / 1073741824.0);
+    }
+    m->B = B, m->T = T, m->chunk = chunk;
+    return LASP_OK;
+}
+
+const lasp_layout *lasp_gmodel_layout(const lasp_gmodel *m) { return &m->lay; }
+float *lasp_gmodel_params(lasp_gmodel *m) { return m->params; }
+float *lasp_gmodel_grads(lasp_gmodel *m) { return m->grads; }
+
+lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host) {
+    CU(cudaMemcpy(m->params, host, m->lay.n_params * 4, cudaMemcpyHostToDevice), "copying the parameters in");
+    return LASP_OK;
+}
+
+lasp_status lasp_gmodel_get_params(lasp_gmodel *m, float *host) {
+    CU(cudaStreamSynchronize(m->stream), "the GPU's work");
+    CU(cudaMemcpy(host, m->params, m->lay.n_params * 4, cudaMemcpyDeviceToHost), "copying the parameters out");
+    return LASP_OK;
+}
+
+lasp_status lasp_gmodel_get_grads(lasp_gmodel *m, float *host) {
+    CU(cudaStreamSynchronize(m->stream), "the GPU's work");
+    CU(cudaMemcpy(host, m->grads, m->lay.n_params * 4, cudaMemcpyDeviceToHost), "copying the gradients out");
+    return LASP_OK;
+}
+
+lasp_status lasp_gmodel_zero_grads(lasp_gmodel *m) {
+    CU(cudaMemsetAsync(m->grads, 0, m->lay.n_params * 4, m->stream), "zeroing the gradients");
+    return LASP_OK;
+}
+
+/* ---- forward -------------------------------------------------------------------------------------- */
+
+lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int32_t *targets, const uint8_t *mask,
+                                float grad_scale, double *loss_out, int64_t *correct_out, int64_t *count_out) {
+    lasp_ctx *ctx = m->ctx;
+    lasp_err *err = &ctx->err;
+    const int64_t B = m->B, T = m->T, N = B * T, C = m->cfg.d_model, H = m->cfg.n_heads, D = C / H;
+    const int64_t F = m->cfg.ffn_dim, V = m->cfg.vocab, L = m->cfg.n_layers, K = m->cfg.conv;
+    const lasp_block_off *bo = &m->lay.blk;
+    cudaStream_t st = m->stream;
+    if (N == 0) return lasp_fail(err, LASP_ERR_ARG, "the GPU model has no activations (hint: lasp_gmodel_reserve)");
+    if (!targets) return lasp_fail(err, LASP_ERR_ARG, "the GPU model's forward needs targets");
+    LASP_TRY(lasp_model_check_ids(tokens, targets, N, V, err));
+    /* the tokens, and the embedding backward's index of them (a counting sort, done here on the host) */
+    m->n_uniq = lasp_embed_index(tokens, N, V, m->h_order, m->h_starts, m->h_uniq, m->h_count);
+    CU(cudaMemcpyAsync(m->tok, tokens, N * 4, cudaMemcpyHostToDevice, st), "copying the tokens in");
+    CU(cudaMemcpyAsync(m->tgt, targets, N * 4, cudaMemcpyHostToDevice, st), "copying the targets in");
+    CU(cudaMemcpyAsync(m->order, m->h_order, N * 4, cudaMemcpyHostToDevice, st), "copying the index in");
+    CU(cudaMemcpyAsync(m->starts, m->h_starts, (m->n_uniq + 1) * 4, cudaMemcpyHostToDevice, st), "copying the index in");
+    CU(cudaMemcpyAsync(m->uniq, m->h_uniq, m->n_uniq * 4, cudaMemcpyHostToDevice, st), "copying the index in");
+
+    lasp_embed_fwd_cuda(m->acts[0].x, m->params, m->tok, N, C, st);
+    const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = LASP_F32};
+    for (int64_t l = 0; l < L; l++) {
+        gacts *A = &m->acts[l];
+        const float *w = m->params + m->lay.unit_off[1 + l];
+        float *xout = l + 1 < L ? m->acts[l + 1].x : m->xL;
+        /* attention branch: xn1 = RMSNorm(x); pre = xn1 · wqkvu; the convolution; SiLU features */
+        lasp_rms_fwd_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
+        BLAS(mm_fwd(m->blas, A->pre, A->xn1, w + bo->wqkvu, N, C, 4 * C, &ZERO));
+        const float *qkv = A->pre;
+        int64_t sq = 4 * C;
+        if (K) {
+            lasp_conv_fwd_cuda(A->cpre, A->pre, 4 * C, NULL, w + bo->conv, B, T, 3 * C, K, st);
+            qkv = A->cpre, sq = 3 * C;
+        }
+        lasp_qkv_fwd_cuda(A->q, A->k, A->v, qkv, sq, N, C, st);
+        LASP_TRY(lasp_attn_fwd(ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride, NULL, A->o, NULL));
+        /* y = RMSNorm(o) ⊙ σ(u); xm = x + y · wo (the residual added by the product: beta = 1) */
+        lasp_rms_fwd_cuda(A->y, A->rstdo, A->o, w + bo->onorm, N, C, st);
+        lasp_gate_fwd_cuda(A->y, A->pre + 3 * C, 4 * C, N, C, st);
+        CU(cudaMemcpyAsync(A->xm, A->x, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
+        BLAS(mm_fwd(m->blas, A->xm, A->y, w + bo->wo, N, C, C, &ONE));
+        /* GLU FFN: h = RMSNorm(xm) · w12; a = h1 ⊙ h2; xout = xm + a · w3 */
+        lasp_rms_fwd_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
+        BLAS(mm_fwd(m->blas, A->h, A->xn2, w + bo->w12, N, C, 2 * F, &ZERO));
+        lasp_glu_fwd_cuda(A->a, A->h, N, F, st);
+        CU(cudaMemcpyAsync(xout, A->xm, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
+        BLAS(mm_fwd(m->blas, xout, A->a, w + bo->w3, N, F, C, &ONE));
+    }
+
+    /* head, a chunk of rows at a time: logits = xf · wh; their loss; with grad_scale their gradient in place,
+     * then ∂xf (into dbuf) and ∂wh at once */
+    const float *w = m->params + m->lay.unit_off[L + 1];
+    float *gh = m->grads + m->lay.unit_off[L + 1] + m->lay.head_w;
+    lasp_rms_fwd_cuda(m->xf, m->rstdf, m->xL, w + m->lay.head_lnf, N, C, st);
+    const float scale = grad_scale > 0 ? grad_scale / (float)N : 0;
+    for (int64_t r0 = 0; r0 < N; r0 += m->chunk) {
+        const int64_t rows = N - r0 < m->chunk ? N - r0 : m->chunk;
+        BLAS(mm_fwd(m->blas, m->logits, m->xf + r0 * C, w + m->lay.head_w, rows, C, V, &ZERO));
+        lasp_xent_cuda(m->logits, m->tgt + r0, rows, V, scale, m->loss + r0, m->hit + r0, st);
+        if (scale > 0) {
+            BLAS(mm_bwd_in(m->blas, m->dbuf + r0 * C, m->logits, w + m->lay.head_w, rows, C, V));
+            BLAS(mm_bwd_w(m->blas, gh, m->xf + r0 * C, m->logits, rows, C, V));
+        }
+    }
+    CU(cudaMemcpyAsync(m->h_loss, m->loss, N * sizeof *m->h_loss, cudaMemcpyDeviceToHost, st), "the loss");
+    CU(cudaMemcpyAsync(m->h_hit, m->hit, N * sizeof *m->h_hit, cudaMemcpyDeviceToHost, st), "the loss");
+    CU(cudaStreamSynchronize(st), "the forward");
+    return lasp_model_sum_rows(m->h_loss, m->h_hit, mask, N, loss_out, correct_out, count_out, err);
+}
+
+/* ---- backward ------------------------------------------------------------------------------------- */
+
+lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
+    lasp_ctx *ctx = m->ctx;
+    const int64_t B = m->B, T = m->T, N = B * T, C = m->cfg.d_model, H = m->cfg.n_heads, D = C / H;
+    const int64_t F = m->cfg.ffn_dim, L = m->cfg.n_layers, K = m->cfg.conv;
+    const lasp_block_off *bo = &m->lay.blk;
+    cudaStream_t st = m->stream;
+
+    /* the head's ∂xf is in dbuf (the forward did it); dres = ∂/∂xL through the final norm */
+    const float *w = m->params + m->lay.unit_off[L + 1];
+    float *g = m->grads + m->lay.unit_off[L + 1];
+    CU(cudaMemsetAsync(m->dres, 0, N * C * 4, st), "zeroing");
+    lasp_rms_bwd_cuda(m->dres, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C, m->work, st);
+
+    const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = LASP_F32};
+    for (int64_t l = L - 1; l >= 0; l--) {
+        const gacts *A = &m->acts[l];
+        w = m->params + m->lay.unit_off[1 + l], g = m->grads + m->lay.unit_off[1 + l];
+        /* FFN: da = dres · w3ᵀ; dh from the GLU; dbuf = dh · w12ᵀ; dres += through the norm → ∂/∂xm */
+        float *dh = m->dbig, *da = m->dbig + N * 2 * F;
+        BLAS(mm_bwd_in(m->blas, da, m->dres, w + bo->w3, N, F, C));
+        BLAS(mm_bwd_w(m->blas, g + bo->w3, A->a, m->dres, N, F, C));
+        lasp_glu_bwd_cuda(dh, da, A->h, N, F, st);
+        BLAS(mm_bwd_in(m->blas, m->dbuf, dh, w + bo->w12, N, C, 2 * F));
+        BLAS(mm_bwd_w(m->blas, g + bo->w12, A->xn2, dh, N, C, 2 * F));
+        lasp_rms_bwd_cuda(m->dres, g + bo->ln2, m->dbuf, A->xm, A->rstd2, w + bo->ln2, N, C, m->work, st);
+
+        /* attention: dy = dres · woᵀ; through the gate (du into dpre's u columns) and the output norm */
+        float *dpre = m->dbig; /* [N, 4C] */
+        BLAS(mm_bwd_in(m->blas, m->dbuf, m->dres, w + bo->wo, N, C, C));
+        BLAS(mm_bwd_w(m->blas, g + bo->wo, A->y, m->dres, N, C, C));
+        lasp_gate_bwd_cuda(m->dbuf, dpre + 3 * C, 4 * C, A->o, A->rstdo, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C,
+                           st);
+        CU(cudaMemsetAsync(m->dob, 0, N * C * 4, st), "zeroing");
+        lasp_rms_bwd_cuda(m->dob, g + bo->onorm, m->dbuf, A->o, A->rstdo, w + bo->onorm, N, C, m->work, st);
+        LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride, NULL, m->dob, NULL, m->dq, m->dk, m->dv,
+                               NULL));
+        /* through SiLU into the convolution's output (or the projections), then the convolution */
+        const float *qkv = K ? A->cpre : A->pre;
+        float *dqkv = K ? m->dconv : dpre;
+        const int64_t sq = K ? 3 * C : 4 * C;
+        lasp_qkv_bwd_cuda(dqkv, sq, m->dq, m->dk, m->dv, qkv, N, C, st);
+        if (K) {
+            lasp_conv_bwd_w_cuda(g + bo->conv, m->dconv, A->pre, 4 * C, NULL, B, T, 3 * C, K, m->work, st);
+            lasp_conv_bwd_x_cuda(dpre, 4 * C, NULL, m->dconv, w + bo->conv, B, T, 3 * C, K, st);
+        }
+        BLAS(mm_bwd_in(m->blas, m->dbuf, dpre, w + bo->wqkvu, N, C, 4 * C));
+        BLAS(mm_bwd_w(m->blas, g + bo->wqkvu, A->xn1, dpre, N, C, 4 * C));
+        lasp_rms_bwd_cuda(m->dres, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C, m->work, st);
+    }
+    /* embedding: dwte[token] += dres, each token's positions in order */
+    lasp_embed_bwd_cuda(m->grads, m->dres, m->order, m->starts, m->uniq, m->n_uniq, C, st);
+    CU(cudaGetLastError(), "the backward's kernels");
+    return LASP_OK;
+}

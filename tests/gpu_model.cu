@@ -1,0 +1,101 @@
+/* gpu_model.cu — the whole model on one GPU (src/model/model_cuda.c) against the CPU model (model.c), f32:
+ * the same parameters and tokens give the loss within 1e-5 and every unit's gradient (embedding, each
+ * block, head) within 1e-4 relative (MATH.md §6; 1e-3 for a batch of one token), with and without the short convolution, several
+ * shapes and a head cut into several chunks of logits; the same step twice gives the same bits; bad
+ * tokens are refused. Needs a GPU. */
+#include <string.h>
+
+#include "model/model_cuda.h"
+#include "test.h"
+
+static lasp_rng rng;
+static lasp_ctx *ctx;
+
+/* tol: the gradients' bound; 1e-4 wherever a batch's rows average the f32 rounding out (a single token's
+ * gradient is one row per tensor: it was measured up to 3e-4) */
+static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t B, int64_t T, double tol) {
+    lasp_err err;
+    memset(&err, 0, sizeof err);
+    lasp_model_config c;
+    if (lasp_model_preset(preset, vocab, &c, &err) != LASP_OK) {
+        CHECK(0, "%s", err.msg);
+        test_case("model %s", preset);
+        return;
+    }
+    c.conv = conv;
+    const int64_t N = B * T;
+    /* the CPU model: the reference */
+    lasp_model cm;
+    CHECK(lasp_model_create(&c, &cm, &err) == LASP_OK, "%s", err.msg);
+    CHECK(lasp_model_reserve(&cm, B, T, &err) == LASP_OK, "%s", err.msg);
+    const size_t P = cm.lay.n_params;
+    cm.params = (float *)malloc(P * 4), cm.grads = (float *)calloc(P, 4);
+    lasp_model_init_params(&c, &cm.lay, lasp_rng_u64(&rng), cm.params);
+    int32_t *tok = (int32_t *)malloc(N * 4), *tgt = (int32_t *)malloc(N * 4);
+    for (int64_t n = 0; n < N; n++) tok[n] = (int32_t)lasp_rng_below(&rng, (uint64_t)vocab);
+    for (int64_t n = 0; n < N; n++) tgt[n] = (int32_t)lasp_rng_below(&rng, (uint64_t)vocab);
+    double loss_c = 0, loss_g = 0;
+    int64_t hit_c = 0, hit_g = 0, cnt_c = 0, cnt_g = 0;
+    CHECK(lasp_model_forward(&cm, ctx, NULL, tok, tgt, NULL, 1.0f, &loss_c, &hit_c, &cnt_c) == LASP_OK, "CPU: %s",
+          lasp_ctx_error(ctx));
+    CHECK(lasp_model_backward(&cm, ctx, NULL, tok) == LASP_OK, "CPU: %s", lasp_ctx_error(ctx));
+
+    /* the GPU model, twice over the same step */
+    lasp_gmodel *gm = NULL;
+    float *g1 = (float *)malloc(P * 4), *g2 = (float *)malloc(P * 4);
+    for (size_t i = 0; i < P; i++) g1[i] = g2[i] = NAN;
+    CHECK(lasp_gmodel_create(ctx, &c, &gm) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    if (gm) {
+        CHECK(lasp_gmodel_reserve(gm, B, T) == LASP_OK, "%s", lasp_ctx_error(ctx));
+        CHECK(lasp_gmodel_set_params(gm, cm.params) == LASP_OK, "%s", lasp_ctx_error(ctx));
+        for (int run = 0; run < 2; run++) {
+            CHECK(lasp_gmodel_zero_grads(gm) == LASP_OK, "%s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_forward(gm, tok, tgt, NULL, 1.0f, &loss_g, &hit_g, &cnt_g) == LASP_OK, "GPU: %s",
+                  lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_backward(gm) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_get_grads(gm, run ? g2 : g1) == LASP_OK, "%s", lasp_ctx_error(ctx));
+        }
+        /* a token outside the vocab: refused, naming it, before anything runs */
+        tok[N / 2] = vocab;
+        double l;
+        const lasp_status s = lasp_gmodel_forward(gm, tok, tgt, NULL, 1.0f, &l, NULL, NULL);
+        CHECK(s == LASP_ERR_ARG && strstr(lasp_ctx_error(ctx), "outside the vocab"), "a bad token: %d %s", (int)s,
+              lasp_ctx_error(ctx));
+    }
+    const double lrel = fabs(loss_g - loss_c) / fabs(loss_c);
+    CHECK(lrel <= 1e-5 * tol / 1e-4, "loss %.9f on the GPU, %.9f on the CPU: relative %.3g", loss_g, loss_c, lrel);
+    CHECK(hit_g == hit_c && cnt_g == cnt_c, "argmax hits %lld / %lld on the GPU, %lld / %lld on the CPU",
+          (long long)hit_g, (long long)cnt_g, (long long)hit_c, (long long)cnt_c);
+    double worst = 0;
+    int worst_u = -1;
+    for (int u = 0; u < cm.lay.n_units; u++) {
+        const size_t o = cm.lay.unit_off[u], n = cm.lay.unit_off[u + 1] - o;
+        const double r = test_rel(g1 + o, cm.grads + o, n);
+        if (!(r <= worst)) worst = r, worst_u = u;
+    }
+    CHECK(worst <= tol, "gradient of unit %d (0 embedding, 1..%d blocks, %d head): relative %.3g > %.0e", worst_u,
+          c.n_layers, c.n_layers + 1, worst, tol);
+    CHECK(!memcmp(g1, g2, P * 4), "the same step twice gave different gradients");
+    printf("# %s conv %d B %lld T %lld: loss rel %.2g, worst unit gradient rel %.2g (unit %d)\n", preset, conv,
+           (long long)B, (long long)T, lrel, worst, worst_u);
+    test_case("the GPU model equals the CPU's: %s, vocab %d, conv %d, B %lld × T %lld", preset, vocab, conv,
+              (long long)B, (long long)T);
+    lasp_gmodel_free(gm);
+    free(cm.params), free(cm.grads), lasp_model_free(&cm);
+    free(tok), free(tgt), free(g1), free(g2);
+}
+
+int main(void) {
+    lasp_rng_seed(&rng, test_seed());
+    if (!test_have_gpu()) return 1;
+    lasp_ctx_params p = lasp_ctx_default_params();
+    if (lasp_ctx_create(&p, &ctx) != LASP_OK) return 1;
+    case_model("tiny", 256, 4, 2, 37, 1e-4);
+    case_model("tiny", 256, 0, 3, 64, 1e-4);
+    case_model("small", 256, 4, 4, 128, 1e-4);
+    case_model("small", 256, 2, 1, 1, 1e-3);
+    /* a vocabulary whose logits take several chunks: 300 rows × 300000 × 4 B > the chunk */
+    case_model("tiny", 300000, 4, 2, 150, 1e-4);
+    lasp_ctx_free(ctx);
+    return test_exit();
+}
