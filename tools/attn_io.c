@@ -1,16 +1,15 @@
 /* attn_io.c — what `lasp attn` shares between its one-process path (cmd_attn.c) and its SP path under
  * mpirun (cmd_attn_sp.c): reading, drawing, checking and writing the op's tensors. Each function prints its
  * own error message and returns non-zero on failure. */
-#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "attn_io.h"
 #include "core/dtype.h"
+#include "core/fs.h"
 #include "core/rng.h"
 
 void attn_files_free(attn_files *f) {
@@ -139,20 +138,11 @@ int attn_parse_device(const attn_args *o, lasp_device *dev, lasp_dtype *dt) {
     return 0;
 }
 
-/* DIR and the directories above it, as `mkdir -p` makes them */
+/* --out DIR and the directories above it */
 int attn_make_dir(const char *dir) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s", dir);
-    for (char *c = p + 1;; c++) {
-        const char was = *c;
-        if (was != '/' && was) continue;
-        *c = 0;
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) return fail("cannot create --out directory %s: %s", p, strerror(errno));
-        struct stat sb;
-        if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) return fail("--out: %s exists and is not a directory", p);
-        *c = was;
-        if (!was) return 0;
-    }
+    lasp_err err;
+    memset(&err, 0, sizeof err);
+    return lasp_mkdir_p(dir, &err) != LASP_OK ? fail("--out: %s", err.msg) : 0;
 }
 
 static double *widen(const lasp_npy *x) {

@@ -16,12 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "commands.h"
 #include "core/error.h"
+#include "core/fs.h"
 #include "lasp.h"
 #include "opts.h"
 
@@ -41,22 +41,6 @@ static void fmt_rate(char *b, size_t n, double x) {
     if (x >= 1e6) snprintf(b, n, "%.2fM", x / 1e6);
     else if (x >= 1e3) snprintf(b, n, "%.1fk", x / 1e3);
     else snprintf(b, n, "%.0f", x);
-}
-
-static lasp_status mkdir_p(const char *dir, lasp_err *err) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s", dir);
-    for (char *s = p + 1;; s++) {
-        const char c = *s;
-        if (c == '/' || c == 0) {
-            *s = 0;
-            if (mkdir(p, 0777) != 0 && errno != EEXIST)
-                return lasp_fail(err, LASP_ERR_IO, "cannot create directory %s: %s", p, strerror(errno));
-            *s = c;
-        }
-        if (!c) break;
-    }
-    return LASP_OK;
 }
 
 /* The first SIGINT or SIGTERM asks the loop to stop after its step; a second ends the process now. */
@@ -277,7 +261,7 @@ int cmd_train(int argc, char **argv) {
     s = LASP_OK;
     if (rank == 0) {
         s = a.ckpt ? lasp_ckpt_dir_check(a.ckpt, e) : LASP_OK;
-        if (s == LASP_OK) s = mkdir_p(a.out, e);
+        if (s == LASP_OK) s = lasp_mkdir_p(a.out, e);
         if (s == LASP_OK) {
             char path[4200];
             snprintf(path, sizeof path, "%s/train.jsonl", a.out);

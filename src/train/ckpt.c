@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/fs.h"
+
 #define HEADER_BYTES 256
 
 static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
@@ -35,24 +37,9 @@ static void header_io(cursor *c, lasp_ckpt_meta *m, uint64_t *payload_sum, int w
     io(c, &m->dp, 4), io(c, &m->sp, 4), io(c, &m->zero, 4), io(c, &m->n_params, 8), io(c, payload_sum, 8);
 }
 
-static lasp_status mkdirs(const char *dir, lasp_err *err) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s", dir);
-    for (char *s = p + 1; *s; s++)
-        if (*s == '/') {
-            *s = 0;
-            if (mkdir(p, 0777) != 0 && errno != EEXIST)
-                return lasp_fail(err, LASP_ERR_IO, "cannot create directory %s: %s", p, strerror(errno));
-            *s = '/';
-        }
-    if (mkdir(p, 0777) != 0 && errno != EEXIST)
-        return lasp_fail(err, LASP_ERR_IO, "cannot create directory %s: %s", p, strerror(errno));
-    return LASP_OK;
-}
-
 lasp_status lasp_ckpt_save(const char *dir, const lasp_ckpt_meta *meta, const float *params, const float *mom,
                            const float *vel, lasp_err *err) {
-    LASP_TRY(mkdirs(dir, err));
+    LASP_TRY(lasp_mkdir_p(dir, err));
     const size_t n = (size_t)meta->n_params;
     const float *arrays[3] = {params, mom, vel};
     uint64_t sum = FNV0;
