@@ -139,4 +139,27 @@ static inline float *test_from_dev(const void *d, size_t n, lasp_dtype t) {
 }
 #endif
 
+/* For suites that run on the host or on the GPU (on_dev; always 0 without CUDA): host f32 of the n
+ * elements of dtype t at p, and freeing p */
+static inline float *test_down(const void *p, size_t n, lasp_dtype t, int on_dev) {
+#ifdef LASP_HAVE_CUDA
+    if (on_dev) return test_from_dev(p, n, t);
+#endif
+    (void)on_dev;
+    float *x = (float *)malloc((n ? n : 1) * sizeof *x);
+    lasp_convert(x, LASP_F32, p, t, n);
+    return x;
+}
+
+static inline void test_free(void *p, int on_dev) {
+#ifdef LASP_HAVE_CUDA
+    if (on_dev) {
+        cudaFree(p);
+        return;
+    }
+#endif
+    (void)on_dev;
+    free(p);
+}
+
 #endif

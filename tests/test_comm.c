@@ -54,26 +54,6 @@ static void *buf_up(const float *x, size_t n, lasp_dtype t) {
     return h;
 }
 
-/* the n elements of dtype t at b as host f32 (free them) */
-static float *buf_down(const void *b, size_t n, lasp_dtype t) {
-#if TEST_NCCL
-    if (on_dev) return test_from_dev(b, n, t);
-#endif
-    float *x = malloc((n ? n : 1) * sizeof *x);
-    lasp_convert(x, LASP_F32, b, t, n);
-    return x;
-}
-
-static void buf_free(void *b) {
-#if TEST_NCCL
-    if (on_dev) {
-        cudaFree(b);
-        return;
-    }
-#endif
-    free(b);
-}
-
 /* A call's status and, on device backends, the wait for what it enqueued: results are read only after it.
  * Needs `lasp_err err` in scope. */
 #define RUN(c, call)                                                \
@@ -109,9 +89,9 @@ static double sum_over(lasp_comm *c, float v) {
     lasp_err err = {0};
     void *x = buf_up(&v, 1, LASP_F32), *y = buf_up(NULL, 1, LASP_F32);
     RUN(c, lasp_comm_allreduce(c, x, y, 1, LASP_F32, LASP_REDUCE_SUM, &err));
-    float *g = buf_down(y, 1, LASP_F32);
+    float *g = test_down(y, 1, LASP_F32, on_dev);
     const double s = g[0];
-    free(g), buf_free(x), buf_free(y);
+    free(g), test_free(x, on_dev), test_free(y, on_dev);
     return s;
 }
 
@@ -138,24 +118,24 @@ static void test_ops(lasp_comm *c, const char *cn) {
           (unsigned long long)st.coll_calls, (unsigned long long)st.p2p_msgs);
     CHECK(st.coll_bytes == (uint64_t)(2.0 * (n - 1) / n * bytes + 0.5), "all-reduce counted %llu bytes",
           (unsigned long long)st.coll_bytes);
-    g = buf_down(y, N, LASP_F32);
+    g = test_down(y, N, LASP_F32, on_dev);
     for (int i = 0; i < N; i++) expect(g[i], 1000.0 * n * (n - 1) / 2 + (double)n * i);
     free(g);
     RUN(c, lasp_comm_allreduce(c, x, x, N, LASP_F32, LASP_REDUCE_MAX, &err));
-    g = buf_down(x, N, LASP_F32);
+    g = test_down(x, N, LASP_F32, on_dev);
     for (int i = 0; i < N; i++) expect(g[i], 1000.0 * (n - 1) + i);
-    free(g), buf_free(x);
+    free(g), test_free(x, on_dev);
     x = buf_up(h, N, LASP_F32);
     RUN(c, lasp_comm_allreduce(c, x, y, N, LASP_F32, LASP_REDUCE_MIN, &err));
-    g = buf_down(y, N, LASP_F32);
+    g = test_down(y, N, LASP_F32, on_dev);
     for (int i = 0; i < N; i++) expect(g[i], i);
-    free(g), buf_free(x), buf_free(y);
+    free(g), test_free(x, on_dev), test_free(y, on_dev);
     for (int i = 0; i < N; i++) h[i] = (float)(r + 0.5 * i);
     x = buf_up(h, N, LASP_F64);
     RUN(c, lasp_comm_allreduce(c, x, x, N, LASP_F64, LASP_REDUCE_SUM, &err));
-    g = buf_down(x, N, LASP_F64);
+    g = test_down(x, N, LASP_F64, on_dev);
     for (int i = 0; i < N; i++) expect(g[i], n * (n - 1) / 2.0 + n * 0.5 * i);
-    free(g), buf_free(x);
+    free(g), test_free(x, on_dev);
     CHECK(lasp_comm_get_stats(c).coll_calls == 4, "4 all-reduces counted as %llu calls",
           (unsigned long long)lasp_comm_get_stats(c).coll_calls);
     end_case(cn, "all-reduce sum, max, min; f32, f64; in place");
@@ -169,13 +149,13 @@ static void test_ops(lasp_comm *c, const char *cn) {
     st = lasp_comm_get_stats(c);
     CHECK(st.coll_calls == 1 && st.coll_bytes == (uint64_t)(n - 1) * bytes, "reduce-scatter counted %llu calls, "
           "%llu bytes", (unsigned long long)st.coll_calls, (unsigned long long)st.coll_bytes);
-    g = buf_down(y, N, LASP_F32);
+    g = test_down(y, N, LASP_F32, on_dev);
     for (int i = 0; i < N; i++) expect(g[i], (double)n * (r * N + i) + n * (n - 1) / 2.0);
     free(g);
     RUN(c, lasp_comm_reduce_scatter(c, x, x, N, LASP_F32, LASP_REDUCE_MAX, &err));
-    g = buf_down(x, N, LASP_F32);
+    g = test_down(x, N, LASP_F32, on_dev);
     for (int i = 0; i < N; i++) expect(g[i], (double)(r * N + i) + n - 1);
-    free(g), buf_free(x), buf_free(y);
+    free(g), test_free(x, on_dev), test_free(y, on_dev);
     end_case(cn, "reduce-scatter sum, max in place");
 
     /* all-gather: block j of the result is rank j's i + 7j; then MPI-style in place (own block already there) */
@@ -186,18 +166,18 @@ static void test_ops(lasp_comm *c, const char *cn) {
     st = lasp_comm_get_stats(c);
     CHECK(st.coll_calls == 1 && st.coll_bytes == (uint64_t)(n - 1) * bytes, "all-gather counted %llu calls, "
           "%llu bytes", (unsigned long long)st.coll_calls, (unsigned long long)st.coll_bytes);
-    g = buf_down(y, nn, LASP_F32);
+    g = test_down(y, nn, LASP_F32, on_dev);
     for (int j = 0; j < n; j++)
         for (int i = 0; i < N; i++) expect(g[j * N + i], i + 7 * j);
-    free(g), buf_free(x), buf_free(y);
+    free(g), test_free(x, on_dev), test_free(y, on_dev);
     for (size_t i = 0; i < nn; i++) h[i] = NAN;
     for (int i = 0; i < N; i++) h[r * N + i] = (float)(i - 3 * r);
     y = buf_up(h, nn, LASP_F32);
     RUN(c, lasp_comm_allgather(c, (char *)y + r * bytes, y, N, LASP_F32, &err));
-    g = buf_down(y, nn, LASP_F32);
+    g = test_down(y, nn, LASP_F32, on_dev);
     for (int j = 0; j < n; j++)
         for (int i = 0; i < N; i++) expect(g[j * N + i], i - 3 * j);
-    free(g), buf_free(y);
+    free(g), test_free(y, on_dev);
     end_case(cn, "all-gather, in place");
 
     /* all-to-all: rank r sends to rank j the block 100000·r + 1024·j + i */
@@ -209,20 +189,20 @@ static void test_ops(lasp_comm *c, const char *cn) {
     st = lasp_comm_get_stats(c);
     CHECK(st.coll_calls == 1 && st.coll_bytes == (uint64_t)(n - 1) * bytes, "all-to-all counted %llu calls, "
           "%llu bytes", (unsigned long long)st.coll_calls, (unsigned long long)st.coll_bytes);
-    g = buf_down(y, nn, LASP_F32);
+    g = test_down(y, nn, LASP_F32, on_dev);
     for (int j = 0; j < n; j++)
         for (int i = 0; i < N; i++) expect(g[j * N + i], 100000.0 * j + 1024.0 * r + i);
-    free(g), buf_free(x), buf_free(y);
+    free(g), test_free(x, on_dev), test_free(y, on_dev);
     /* 16-bit types move as bits: every pattern must arrive unchanged. The patterns stay below bf16's
      * infinity (0x7f80), so equal floats are equal bits. */
     for (int j = 0; j < n; j++)
         for (int i = 0; i < N; i++) h[j * N + i] = lasp_bf16_to_f32((uint16_t)((r * 4099 + j * 257 + i) % 0x7f80));
     x = buf_up(h, nn, LASP_BF16), y = buf_up(NULL, nn, LASP_BF16);
     RUN(c, lasp_comm_alltoall(c, x, y, N, LASP_BF16, &err));
-    g = buf_down(y, nn, LASP_BF16);
+    g = test_down(y, nn, LASP_BF16, on_dev);
     for (int j = 0; j < n; j++)
         for (int i = 0; i < N; i++) expect(g[j * N + i], lasp_bf16_to_f32((uint16_t)((j * 4099 + r * 257 + i) % 0x7f80)));
-    free(g), buf_free(x), buf_free(y);
+    free(g), test_free(x, on_dev), test_free(y, on_dev);
     end_case(cn, "all-to-all f32, bf16 bits");
 
     /* broadcast from every root; only the root counts the bytes */
@@ -235,9 +215,9 @@ static void test_ops(lasp_comm *c, const char *cn) {
         CHECK(st.coll_calls == 1 && st.coll_bytes == (r == root && n > 1 ? bytes : 0),
               "bcast from %d counted %llu calls, %llu bytes", root, (unsigned long long)st.coll_calls,
               (unsigned long long)st.coll_bytes);
-        g = buf_down(x, N, LASP_F32);
+        g = test_down(x, N, LASP_F32, on_dev);
         for (int i = 0; i < N; i++) expect(g[i], root * 10 + i);
-        free(g), buf_free(x);
+        free(g), test_free(x, on_dev);
     }
     lasp_comm_reset_stats(c);
     RUN(c, lasp_comm_barrier(c, &err));
@@ -257,14 +237,14 @@ static void test_ops(lasp_comm *c, const char *cn) {
     CHECK(st.p2p_msgs == (uint64_t)(next >= 0) && st.p2p_bytes == (next >= 0 ? bytes : 0) && st.coll_calls == 0,
           "chain counted %llu messages, %llu bytes, %llu collectives", (unsigned long long)st.p2p_msgs,
           (unsigned long long)st.p2p_bytes, (unsigned long long)st.coll_calls);
-    g = buf_down(y, N, LASP_F32);
+    g = test_down(y, N, LASP_F32, on_dev);
     for (int i = 0; i < N; i++) expect(g[i], r > 0 ? (r - 1) * 3 + i : -1);
-    free(g), buf_free(y);
+    free(g), test_free(y, on_dev);
     y = buf_up(minus, N, LASP_F32);
     RUN(c, lasp_comm_sendrecv(c, x, N, to, y, N, from, LASP_F32, &err));
-    g = buf_down(y, N, LASP_F32);
+    g = test_down(y, N, LASP_F32, on_dev);
     for (int i = 0; i < N; i++) expect(g[i], from * 3 + i);
-    free(g), buf_free(x), buf_free(y);
+    free(g), test_free(x, on_dev), test_free(y, on_dev);
     /* the non-blocking halves, receive first and send first: a ring on host backends; a chain on nccl, whose
      * halves are stream-ordered outside a group, so a ring of them would wait on itself */
     const int hto = on_dev ? next : to, hfrom = on_dev ? prev : from;
@@ -282,9 +262,9 @@ static void test_ops(lasp_comm *c, const char *cn) {
         if (s == LASP_OK) s = lasp_comm_wait(c, tx, &err);
         if (s == LASP_OK) s = lasp_comm_sync(c, &err);
         CHECK(s == LASP_OK, "%s", err.msg);
-        g = buf_down(y, N, LASP_F32);
+        g = test_down(y, N, LASP_F32, on_dev);
         for (int i = 0; i < N; i++) expect(g[i], hfrom >= 0 ? hfrom * 5 + i + order : -1);
-        free(g), buf_free(x), buf_free(y);
+        free(g), test_free(x, on_dev), test_free(y, on_dev);
     }
     st = lasp_comm_get_stats(c);
     CHECK(st.p2p_msgs == 2u * (hto >= 0) && st.p2p_bytes == 2 * (hto >= 0 ? bytes : 0),
@@ -304,14 +284,14 @@ static void test_ops(lasp_comm *c, const char *cn) {
         if (on_dev) {
             if (s == LASP_OK) s = lasp_comm_sync(c, &err);
             CHECK(s == LASP_OK, "%s all-reduce: %s", lasp_dtype_name(half[t]), err.msg);
-            g = buf_down(y, N, half[t]);
+            g = test_down(y, N, half[t], on_dev);
             for (int i = 0; i < N; i++) expect(g[i], (double)n * (i % 16) + n * (n - 1) / 2.0);
             free(g);
         } else {
             CHECK(s == LASP_ERR_UNSUPPORTED && strstr(err.msg, "NCCL") && strstr(err.msg, "hint"),
                   "%s reduction on the host: status %d, '%s'", lasp_dtype_name(half[t]), (int)s, err.msg);
         }
-        buf_free(x), buf_free(y);
+        test_free(x, on_dev), test_free(y, on_dev);
     }
     end_case(cn, on_dev ? "bf16, f16 all-reduce sums exact" : "bf16, f16 reductions refused with a hint");
 
@@ -352,7 +332,7 @@ static void test_ops(lasp_comm *c, const char *cn) {
     CHECK(st.coll_calls == 2 && st.coll_bytes == 0 && st.p2p_msgs == 0 && st.p2p_bytes == 0,
           "zero counts and refusals counted %llu calls, %llu bytes, %llu messages", (unsigned long long)st.coll_calls,
           (unsigned long long)st.coll_bytes, (unsigned long long)st.p2p_msgs);
-    buf_free(x), buf_free(y);
+    test_free(x, on_dev), test_free(y, on_dev);
     end_case(cn, "zero counts; a bad peer, root, dtype, reduction, NULL buffer or request refused, not counted");
     free(h);
 }
@@ -409,7 +389,7 @@ static void check_window(lasp_comm *c, const char *cn) {
         }
     }
     CHECK(lasp_comm_sync(c, &err) == LASP_OK, "%s", err.msg);
-    float *o = buf_down(out, (size_t)ROUNDS * W * n, LASP_F32);
+    float *o = test_down(out, (size_t)ROUNDS * W * n, LASP_F32, on_dev);
     for (int k = 0; k < ROUNDS; k++)
         for (int d = d0; d < d0 + peers; d++) {
             const int p = (r - d + W) % W;
@@ -438,7 +418,7 @@ static void check_window(lasp_comm *c, const char *cn) {
     CHECK(lasp_comm_window_make(c, 1024, 0, &bad, &err) == LASP_ERR_ARG && !bad, "a window of no flags accepted");
     mpi_case("%s: one-sided transfers refuse a bad peer, flag, range or alignment", cn);
     lasp_comm_window_free(w);
-    buf_free(x), buf_free(out);
+    test_free(x, on_dev), test_free(out, on_dev);
     free(h), free(o);
 }
 #endif

@@ -76,27 +76,6 @@ static void *buf_new(const float *x, size_t n, lasp_dtype t) {
     return p;
 }
 
-/* host f32 of n elements of dtype t */
-static float *buf_get(const void *p, size_t n, lasp_dtype t) {
-#if SP_GPU
-    if (gpu) return test_from_dev(p, n, t);
-#endif
-    (void)t;
-    float *x = malloc((n ? n : 1) * sizeof *x);
-    memcpy(x, p, n * sizeof *x);
-    return x;
-}
-
-static void buf_free(void *p) {
-#if SP_GPU
-    if (gpu) {
-        cudaFree(p);
-        return;
-    }
-#endif
-    free(p);
-}
-
 /* Everything the group enqueued has finished (GPU calls are asynchronous); an asynchronous failure ends the
  * job, since the peers would wait for this rank. */
 static void settle(lasp_sp *sp) {
@@ -267,8 +246,8 @@ static void problem_make(problem *P, const shape *sh, int si, lasp_dtype t, cons
 static void problem_free(problem *P) {
     void *dev[] = {P->q, P->k, P->v, P->dO, P->v2, P->dO2, P->slopes, P->kv_in, P->dkv_out};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
-        if (dev[i]) buf_free(dev[i]);
-    for (int i = 0; i < N_OUT; i++) buf_free(P->out[i]), free(P->ref[i]), free(P->ref64[i]);
+        if (dev[i]) test_free(dev[i], gpu);
+    for (int i = 0; i < N_OUT; i++) test_free(P->out[i], gpu), free(P->ref[i]), free(P->ref64[i]);
 }
 
 /* ---- one run and its checks ---------------------------------------------------------------------- */
@@ -305,7 +284,7 @@ static double check_single(const lasp_sp_layout *L, const problem *P, float *got
     const double tol = tol_single(P->t);
     double worst = 0;
     for (int i = 0; i < N_OUT; i++) {
-        got[i] = buf_get(P->out[i], P->ln[i], i < KV_OUT ? P->t : LASP_F32);
+        got[i] = test_down(P->out[i], P->ln[i], i < KV_OUT ? P->t : LASP_F32, gpu);
         const int mine = i < KV_OUT || (i == KV_OUT && P->last) || (i == DKV_IN && P->first);
         if (!mine) {
             CHECK(all_nan(got[i], P->ln[i]), "rank %d (sp rank %d): %s written on a rank that does not own it",
@@ -519,7 +498,7 @@ static void halo_case(int size) {
             const lasp_status st = lasp_sp_halo(sp, bwd, s, rcv, N, t, &err);
             CHECK(st == LASP_OK, "rank %d: lasp_sp_halo: %s", L.world_rank, err.msg);
             settle(sp);
-            float *got = buf_get(rcv, N, t);
+            float *got = test_down(rcv, N, t, gpu);
             const int has = bwd ? L.sp_rank < L.sp_size - 1 : L.sp_rank > 0;
             const int from = L.world_rank + (bwd ? 1 : -1);
             int bad = 0;
@@ -527,7 +506,7 @@ static void halo_case(int size) {
                 bad += got[i] != (has ? (float)(from % 16 + 1) + 0.25f * (i % 4) : -0.5f);
             CHECK(!bad, "rank %d (sp %d) %s halo in %s: %d of %d elements wrong (first %g)", L.world_rank, L.sp_rank,
                   bwd ? "backward" : "forward", lasp_dtype_name(t), bad, N, (double)got[0]);
-            free(got), buf_free(s), buf_free(rcv);
+            free(got), test_free(s, gpu), test_free(rcv, gpu);
         }
     }
     lasp_sp_free(sp);
@@ -612,7 +591,7 @@ static void misuse_case(void) {
     }
     settle(sp);
     lasp_sp_cache_free(cache);
-    buf_free(x), buf_free(y), buf_free(slopes), free(hx);
+    test_free(x, gpu), test_free(y, gpu), test_free(slopes, gpu), free(hx);
     lasp_sp_free(sp);
     mpi_case("sp %s: a backward with no cache, or a cache of a smaller shape, is refused (with a hint); no cache, "
              "no forward; lasp_sp_cache_free(NULL)%s", gpu ? "gpu" : "cpu", gpu ? "" : "; bf16 on the CPU refused");
