@@ -226,6 +226,16 @@ static void test_ops(lasp_comm *c, const char *cn) {
           (unsigned long long)st.coll_calls, (unsigned long long)st.coll_bytes);
     end_case(cn, "broadcast from every root, barrier");
 
+    /* agreeing on statuses (host communicators): all OK stays OK; one rank's failure reaches every rank */
+    if (!on_dev) {
+        lasp_err e2 = {0};
+        CHECK(lasp_comm_agree(c, LASP_OK, &e2) == LASP_OK, "every rank OK, yet: %s", e2.msg);
+        const lasp_status got = lasp_comm_agree(c, r == n - 1 ? LASP_ERR_IO : LASP_OK, &e2);
+        CHECK(got == LASP_ERR_IO, "rank %d of %d got status %d, not the last rank's %d", r, n, (int)got, LASP_ERR_IO);
+        CHECK(r == n - 1 || strstr(e2.msg, "another rank failed"), "rank %d's message: %s", r, e2.msg);
+        end_case(cn, "agreeing on statuses: one rank's failure reaches every rank");
+    }
+
     /* point to point: a chain (no wrap) and a ring (with one rank: to oneself) with sendrecv */
     const int next = r + 1 < n ? r + 1 : -1, prev = r - 1, to = (r + 1) % n, from = (r + n - 1) % n;
     float *minus = filled(N, -1.0f);

@@ -79,15 +79,6 @@ static lasp_status decide(lasp_comm *w, int save_due, next_step *out, lasp_err *
     return LASP_OK;
 }
 
-/* Status of rank 0's file work, shared so that every rank stops together. */
-static lasp_status agree(lasp_comm *w, lasp_status s, lasp_err *err) {
-    double x = s, y = 0;
-    lasp_err e2 = {0};
-    if (lasp_comm_allreduce(w, &x, &y, 1, LASP_F64, LASP_REDUCE_MAX, &e2) != LASP_OK) return LASP_ERR_COMM;
-    if (s == LASP_OK && y != 0) return lasp_fail(err, (lasp_status)y, "another rank failed (see its message)");
-    return s;
-}
-
 typedef struct train_args {
     const char *model, *data, *data_format, *ckpt, *out, *sp_mode;
     long long vocab, recall_pairs, batch, seq_len, steps, warmup, sp, zero, seed, val_every, val_batches, ckpt_every;
@@ -271,7 +262,7 @@ int cmd_train(int argc, char **argv) {
                 setvbuf(log, NULL, _IOLBF, 0); /* every line reaches the file as it is written */
         }
     }
-    if (agree(world, s, e) != LASP_OK) BAIL("%s\n", e->msg);
+    if (lasp_comm_agree(world, s, e) != LASP_OK) BAIL("%s\n", e->msg);
 
     const double tokens_per_step = (double)o.batch * (double)o.seq_len;
     if (rank == 0 && !a.quiet) {

@@ -7,18 +7,6 @@
 #include "train/ckpt.h"
 #include "train/trainer.h"
 
-/* The worst status over the world: one rank's failure (a file that rank 0 could not write) fails all. */
-static lasp_status agree(lasp_trainer *t, lasp_status s) {
-    lasp_err *err = &t->ctx->err;
-    if (t->W == 1) return s;
-    double x = s, y = 0;
-    lasp_err e2 = {0};
-    if (lasp_comm_allreduce(t->world, &x, &y, 1, LASP_F64, LASP_REDUCE_MAX, &e2) != LASP_OK)
-        return lasp_fail(err, LASP_ERR_COMM, "agreeing on a checkpoint: %s", e2.msg);
-    if (s == LASP_OK && y != 0) return lasp_fail(err, (lasp_status)y, "another rank failed (see its message)");
-    return s;
-}
-
 lasp_status lasp_trainer_save(lasp_trainer *t, const char *dir) {
     if (!t) return LASP_ERR_ARG;
     lasp_err *err = &t->ctx->err;
@@ -27,7 +15,7 @@ lasp_status lasp_trainer_save(lasp_trainer *t, const char *dir) {
     lasp_status s = (!p || !m || !v) ? lasp_fail(err, LASP_ERR_NOMEM, "no memory to gather a checkpoint (%zu "
                                                  "parameters)", t->P)
                                      : LASP_OK;
-    s = agree(t, s);
+    s = lasp_comm_agree(t->world, s, err);
     if (s == LASP_OK) s = lasp_trainer_gather(t, p, m, v);
     if (s == LASP_OK && t->rank == 0) {
         const lasp_ckpt_meta meta = {.model = t->o.model, .step = t->step, .cursor = t->cursor, .seed = t->o.seed,
@@ -36,7 +24,7 @@ lasp_status lasp_trainer_save(lasp_trainer *t, const char *dir) {
                                      .sp = t->sp->sp_size, .zero = t->o.zero, .n_params = t->P};
         s = lasp_ckpt_save(dir, &meta, p, m, v, err);
     }
-    s = agree(t, s);
+    s = lasp_comm_agree(t->world, s, err);
     free(p), free(m), free(v);
     return s;
 }
@@ -67,7 +55,7 @@ lasp_status lasp_trainer_resume(lasp_trainer *t, const char *dir) {
     float *p = NULL, *m = NULL, *v = NULL;
     lasp_status s = lasp_ckpt_load(dir, &meta, &p, &m, &v, err);
     if (s == LASP_OK) s = check_match(t, dir, &meta);
-    s = agree(t, s);
+    s = lasp_comm_agree(t->world, s, err);
     if (s == LASP_OK) s = lasp_trainer_scatter(t, p, m, v);
     if (s == LASP_OK) t->step = meta.step, t->cursor = meta.cursor, t->rng = meta.rng;
     free(p), free(m), free(v);
