@@ -91,15 +91,6 @@ static int64_t work_floats(const lasp_model_config *c, int64_t N) {
     return lasp_layers_cuda_work_floats(N, kw > C ? kw : C);
 }
 
-double lasp_gmodel_activation_bytes(const lasp_model_config *c, int64_t B, int64_t T) {
-    const double N = (double)B * T, C = c->d_model, F = c->ffn_dim, K = c->conv;
-    const double big = 4 * C > 3 * F ? 4 * C : 3 * F;
-    const double layer = N * (C + 1 + C + 4 * C + (K ? 3 * C : 0) + 4 * C + 1 + C + C + 1 + C + 2 * F + F);
-    const double rest = N * (C + 1 + C) + (double)logit_rows(c, B * T) * c->vocab + N * (2 * C + big + 4 * C) +
-                        (K ? N * 3 * C : 0) + (double)work_floats(c, B * T) + N * (2 + 3 + 3);
-    return 4.0 * ((double)c->n_layers * layer + rest);
-}
-
 static void acts_free(lasp_gmodel *m) {
     for (int l = 0; m->acts && l < m->cfg.n_layers; l++) {
         gacts *a = &m->acts[l];
@@ -207,25 +198,14 @@ lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T) {
         acts_free(m);
         cudaGetLastError(); /* a failed cudaMalloc leaves nothing behind: clear it */
         return lasp_fail(&m->ctx->err, LASP_ERR_NOMEM, "the GPU has no room for the activations of batch %lld × "
-                         "%lld tokens (%.2f GiB; hint: a smaller --batch or --seq-len)", (long long)B, (long long)T,
-                         lasp_gmodel_activation_bytes(c, B, T) / 1073741824.0);
+                         "%lld tokens (hint: a smaller --batch or --seq-len)", (long long)B, (long long)T);
     }
     m->B = B, m->T = T, m->chunk = chunk;
     return LASP_OK;
 }
 
-const lasp_layout *lasp_gmodel_layout(const lasp_gmodel *m) { return &m->lay; }
-float *lasp_gmodel_params(lasp_gmodel *m) { return m->params; }
-float *lasp_gmodel_grads(lasp_gmodel *m) { return m->grads; }
-
 lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host) {
     CU(cudaMemcpy(m->params, host, m->lay.n_params * 4, cudaMemcpyHostToDevice), "copying the parameters in");
-    return LASP_OK;
-}
-
-lasp_status lasp_gmodel_get_params(lasp_gmodel *m, float *host) {
-    CU(cudaStreamSynchronize(m->stream), "the GPU's work");
-    CU(cudaMemcpy(host, m->params, m->lay.n_params * 4, cudaMemcpyDeviceToHost), "copying the parameters out");
     return LASP_OK;
 }
 

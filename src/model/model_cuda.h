@@ -19,21 +19,13 @@ extern "C" {
 
 typedef struct lasp_gmodel lasp_gmodel;
 
-/* The bytes lasp_gmodel_reserve allocates on the device for B sequences of T tokens. */
-double lasp_gmodel_activation_bytes(const lasp_model_config *c, int64_t B, int64_t T);
-
 lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_gmodel **out);
 void lasp_gmodel_free(lasp_gmodel *m);
 /* (Re)size the activations for a batch of B sequences of T tokens. */
 lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T);
-const lasp_layout *lasp_gmodel_layout(const lasp_gmodel *m);
 
-/* Device buffers of n_params floats each: what an optimizer on the GPU updates. */
-float *lasp_gmodel_params(lasp_gmodel *m);
-float *lasp_gmodel_grads(lasp_gmodel *m);
 /* Copies between the device's buffers and host arrays of n_params floats (synchronous). */
 lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host);
-lasp_status lasp_gmodel_get_params(lasp_gmodel *m, float *host);
 lasp_status lasp_gmodel_get_grads(lasp_gmodel *m, float *host);
 lasp_status lasp_gmodel_zero_grads(lasp_gmodel *m);
 
