@@ -569,12 +569,12 @@ void lasp_decoder_step(lasp_decoder *d, int32_t token) {
             }
         }
         lasp_rms_fwd_cpu(d->y, &rstd, d->o, w + bo->onorm, 1, C);
-        for (int64_t c = 0; c < C; c++) d->y[c] *= sigmoidf(d->pre[3 * C + c]);
+        lasp_gate_fwd_cpu(d->y, d->pre + 3 * C, 4 * C, 1, C);
         vm(d->xn, d->y, w + bo->wo, C, C);
         for (int64_t c = 0; c < C; c++) d->x[c] += d->xn[c];
         lasp_rms_fwd_cpu(d->xn, &rstd, d->x, w + bo->ln2, 1, C);
         vm(d->h, d->xn, w + bo->w12, C, 2 * F);
-        for (int64_t f = 0; f < F; f++) d->a[f] = d->h[f] * d->h[F + f];
+        lasp_glu_fwd_cpu(d->a, d->h, 1, F);
         vm(d->xn, d->a, w + bo->w3, F, C);
         for (int64_t c = 0; c < C; c++) d->x[c] += d->xn[c];
     }
