@@ -621,8 +621,8 @@ static void test_diverge(void) {
     test_case("--lr 1000 --clip 0 diverges: the error names step %lld and the non-finite values", last + 1);
 }
 
-/* Learning: small preset, 4 pairs, seq 64, batch 16, 400 steps at lr 1e-3 (~35 s on one core of the
- * development VM; measured 75–83% recall accuracy over seeds 1 and 3). Accuracy counts only the
+/* Learning: small preset, 4 pairs, seq 64, batch 16, 400 steps at lr 1e-3 (docs/MODEL.md records its time
+ * and the accuracy it reaches over seeds). Accuracy counts only the
  * values after a repeated key. Untrained, the model is at chance, 1/64 = 1.6%. A model that learnt
  * which values a sample holds but not which key each belongs to is capped near 1/P = 25% (a little
  * more when two pairs share a value) — the model without the short convolution plateaus there,
