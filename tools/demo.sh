@@ -2,8 +2,8 @@
 # tools/demo.sh — what `make demo` runs: trains the small preset on the built-in recall task with
 # LASP over 2 ranks (`mpirun -np 2 lasp train --sp 2`: every sequence is split in two, and only the
 # attention states cross between the ranks), shows the loss falling and the recall accuracy rising,
-# then generates from the checkpoint with the recurrent form. About two minutes on 2 CPU cores with
-# OpenBLAS (installed here when missing), about five without it.
+# then generates from the checkpoint with the recurrent form. A few minutes on 2 CPU cores; OpenBLAS
+# (installed here when missing) makes the training several times faster (bench/RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LASP=${1:-build/lasp}
@@ -24,10 +24,10 @@ if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null; then
         exit 1
     fi
 fi
-# OpenBLAS makes the demo about twice as fast; without it lasp's own matrix products run it. The
+# OpenBLAS makes the training several times faster; without it lasp's own matrix products run it. The
 # build's probe says whether it links (the reference BLAS's cblas.h does not count).
 if [[ $(make -s features) == *"no OpenBLAS"* ]]; then
-    echo "# installing OpenBLAS (libopenblas-dev): the demo runs about twice as fast with it"
+    echo "# installing OpenBLAS (libopenblas-dev): the demo trains several times faster with it"
     apt_install libopenblas-dev || echo "# could not install OpenBLAS: the demo runs without it, slower" \
         "(hint: install libopenblas-dev with your package manager, then run make demo again)"
 fi
