@@ -381,6 +381,10 @@ typedef struct lasp_model_config {
 /* tiny | small | 400m | 1b, with the given vocab */
 lasp_status lasp_model_preset(const char *name, int32_t vocab, lasp_model_config *out, lasp_err *err);
 lasp_status lasp_model_config_check(const lasp_model_config *c, lasp_err *err);
+/* Training FLOPs per token, the count MFU is quoted against: 6 × the matrix parameters (the blocks' products
+ * and the output head; the embedding is a lookup) plus the attention's forward and backward, 14·H·D·(D + 64)
+ * per layer (docs/MODEL.md). */
+double lasp_model_flops_per_token(const lasp_model_config *c);
 
 /* What a run trains on: the built-in recall task (generated from a seed, nothing to download), a text
  * file (one token per byte) or an llm.c token shard, split into training and validation tokens. */
@@ -431,6 +435,7 @@ typedef struct lasp_train_params {
     int zero;         /* 0 DDP; 1 sharded optimizer state; 2 + sharded gradients; 3 + sharded parameters */
     uint64_t seed;    /* data order, initialisation */
     int64_t val_batches; /* batches of the validation split per lasp_trainer_eval */
+    lasp_device device;  /* where the model trains: the CPU, or CUDA (one GPU; one rank for now) */
 } lasp_train_params;
 
 lasp_train_params lasp_train_default_params(void);
@@ -447,6 +452,9 @@ typedef struct lasp_step_stats {
     double lr;
     double ms, comm_ms; /* wall time of the step, and of it in communication */
     double acc;         /* recall accuracy on the batch (the answer positions) */
+    double mfu;         /* GPU: model FLOPs (lasp_model_flops_per_token) per second over the GPU's dense bf16
+                         * peak; 0 on the CPU or a GPU whose peak is not known */
+    double mem_bytes;   /* GPU: device memory in use */
 } lasp_step_stats;
 
 /* Checks the params against the layout and the data (batch % dp, seq_len % sp, the vocab) and builds
@@ -462,6 +470,14 @@ int64_t lasp_trainer_steps_done(const lasp_trainer *t);
 size_t lasp_trainer_n_params(const lasp_trainer *t);
 /* The local batch and piece of each rank. */
 void lasp_trainer_local_shape(const lasp_trainer *t, int64_t *batch, int64_t *tokens);
+
+/* What one rank holds, for the start-up table. */
+typedef struct lasp_train_memory {
+    double params, grads, optimizer, activations; /* bytes (optimizer: the AdamW moments and the decay mask) */
+    double device_total, device_free;             /* GPU runs: the GPU's memory, and what was free at start-up */
+    char device[160];                             /* "GPU 0: NVIDIA H200 (sm_90, …)", or "CPU" */
+} lasp_train_memory;
+lasp_train_memory lasp_trainer_memory(const lasp_trainer *t);
 
 /* Checkpoints: DIR/model.ckpt, written whole to a temporary name and renamed, so a crash leaves the old
  * checkpoint or the new one. It holds full arrays whatever the layout, so any dp × sp × ZeRO layout can

@@ -2,9 +2,10 @@
 # scripts/gpu.sh — what the CUDA op needs on a GPU machine, in one call: build (sm_90a), `make test-gpu`,
 # compute-sanitizer memcheck + racecheck on small shapes (both kernel families), the bench; a short summary
 # last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
-#   usage: scripts/gpu.sh [build] [test] [san] [dev] [bench] [bench-sm80] [quickbench] [ncu]
+#   usage: scripts/gpu.sh [build] [test] [san] [dev] [bench] [bench-sm80] [quickbench] [ncu] [train]
 #          (default: build test san bench-sm80 bench)
 #   bench-sm80: the bench on the portable mma.sync kernels (--kernels sm80), as GPUs before Hopper run them
+#   train:      `lasp bench train --device cuda` on the shapes of the issue's table (TRAIN_ARGS adds options)
 #   ncu:        per-kernel time, bytes and throughputs of one fwd and one fwd+bwd of each of $NCU_SHAPES
 set -u
 steps=${*:-build test san bench-sm80 bench}
@@ -25,7 +26,7 @@ fi
 if has test; then
     t0=$SECONDS
     make test-gpu CUDA_ARCH="$ARCH" 2>&1 | tee "$OUT/test-gpu.log" | tail -40
-    cp build/test-logs/gpu_attn*.log "$OUT/" 2>/dev/null
+    cp build/test-logs/gpu_*.log "$OUT/" 2>/dev/null
     summary+=("test-gpu         $(tail -1 "$OUT/test-gpu.log")  $((SECONDS - t0)) s")
 fi
 if has san; then
@@ -69,8 +70,14 @@ if has ncu; then
         summary+=("$(cat "$f.txt")")
     done
 fi
+if has train; then
+    t0=$SECONDS
+    build/lasp bench train --device cuda ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/bench-train.txt"
+    summary+=("bench train      $((SECONDS - t0)) s")
+fi
 echo "# ---- summary ----"
 for s in "${summary[@]}"; do echo "$s"; done
 [ -f "$OUT/bench-sm80.txt" ] && { echo "# --kernels sm80"; grep -E '^ +[0-9]' "$OUT/bench-sm80.txt"; }
 [ -f "$OUT/bench.txt" ] && cat "$OUT/bench.txt"
+[ -f "$OUT/bench-train.txt" ] && grep -vE '^step ' "$OUT/bench-train.txt" | tail -20
 exit 0

@@ -21,6 +21,8 @@ counted "gpu_attn (kernels auto)" "$TIMEOUT" "$BUILD/tests/gpu_attn" --kernels a
 counted "gpu_attn (kernels sm80)" "$TIMEOUT" "$BUILD/tests/gpu_attn" --kernels sm80 "$@"
 counted "gpu_layers" "$TIMEOUT" "$BUILD/tests/gpu_layers"
 counted "gpu_model" "$TIMEOUT" "$BUILD/tests/gpu_model"
+counted "gpu_train" "$TIMEOUT" "$BUILD/tests/gpu_train"
+counted "gpu_cli" "$TIMEOUT" bash "$(dirname "$0")/gpu_cli.sh" "$BUILD"
 nps=$((ngpu > 0 ? ngpu : 1))
 [ "$nps" -gt 1 ] && nps="1 $nps"
 for np in $nps; do

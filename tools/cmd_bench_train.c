@@ -1,6 +1,7 @@
-/* cmd_bench_train.c — `lasp bench train --device cpu`: tokens per second of full training steps
- * (forward, backward, gradient reduction, AdamW) for the tiny and small presets on the recall task,
- * at the --sp of the launch (run it once plainly and once under `mpirun -np 2 … --sp 2`). */
+/* cmd_bench_train.c — `lasp bench train`: tokens per second of full training steps (forward, backward,
+ * gradient reduction, AdamW) of the given presets on the recall task's tokens. On the CPU at the --sp of
+ * the launch (run it once plainly and once under `mpirun -np 2 … --sp 2`); on one GPU with MFU and the
+ * GPU memory in use. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,28 +12,38 @@
 #include "opts.h"
 
 int lasp_bench_train(int argc, char **argv) {
-    const char *device = "cpu", *models = "tiny,small";
-    long long sp_size = 0, steps = 10, batch = 8, seq = 256, zero = 0;
+    const char *device_name = "cpu", *models = NULL;
+    long long sp_size = 0, steps = 10, batch = 0, seq = 0, zero = 0, vocab = 0;
     const opt opts[] = {
-        {"--device", OPT_STR, &device, "cpu", "where to train (the CPU for now)", 0},
-        {"--models", OPT_STR, &models, "A,B", "presets to time", 0},
+        {"--device", OPT_STR, &device_name, "cpu|cuda", "where to train: the CPU (ranks of the launch) or one GPU", 0},
+        {"--models", OPT_STR, &models, "A,B", "presets to time (default: tiny,small on the CPU, 400m,1b on a GPU)", 0},
+        {"--vocab", OPT_INT, &vocab, "N", "vocabulary (default: 256 on the CPU, 64000 on a GPU)", 0},
         {"--sp", OPT_INT, &sp_size, "N", "sequence-parallel ranks (0 = the whole world)", 0},
         {"--zero", OPT_INT, &zero, "N", "ZeRO stage", 0},
         {"--steps", OPT_INT, &steps, "N", "timed steps (after 2 warm-up steps); the median is reported", 0},
-        {"--batch", OPT_INT, &batch, "N", "global batch", 0},
-        {"--seq-len", OPT_INT, &seq, "N", "tokens per sequence", 0},
+        {"--batch", OPT_INT, &batch, "N", "global batch (default: 8 on the CPU, 1 on a GPU)", 0},
+        {"--seq-len", OPT_INT, &seq, "N", "tokens per sequence (default: 256 on the CPU, 8192 on a GPU)", 0},
     };
-    const cmd_spec spec = {"lasp bench train --device cpu [--models tiny,small] [--sp N] [--steps N]",
-                           "Times training steps (median ms, tokens/s) of the given presets on the recall task.",
-                           "mpirun -np 2 lasp bench train --device cpu --sp 2", opts, N_OPTS(opts)};
+    const cmd_spec spec = {"lasp bench train [--device cpu|cuda] [--models A,B] [--seq-len T] [--batch B] [--steps N]",
+                           "Times training steps (median ms, tokens/s; on a GPU also MFU and memory) of the given\n"
+                           "presets on the recall task's tokens. MFU counts 6 × the matrix parameters per token plus\n"
+                           "the attention's 14·H·D·(D + 64) per layer, against the GPU's dense bf16 peak.",
+                           "lasp bench train --device cuda --models 1b --seq-len 8192 --batch 1", opts, N_OPTS(opts)};
     int r = opts_parse(&spec, argc, argv);
     if (r) return r > 0 ? 0 : 2;
-    if (strcmp(device, "cpu")) {
-        fprintf(stderr, "error: --device %s: the training bench runs on the CPU for now (hint: --device cpu)\n", device);
-        return 2;
-    }
+    const int device = opts_device(device_name, "--device");
+    if (device < 0) return 2;
+    const int gpu = device == LASP_DEVICE_CUDA;
+    if (!models) models = gpu ? "400m,1b" : "tiny,small";
+    if (!vocab) vocab = gpu ? 64000 : 256;
+    if (!batch) batch = gpu ? 1 : 8;
+    if (!seq) seq = gpu ? 8192 : 256;
     if (steps < 1 || steps > 1000 || sp_size < 0 || sp_size > 1 << 20) {
         fprintf(stderr, "error: --steps %lld out of range 1..1000, or --sp %lld below 0\n", steps, sp_size);
+        return 2;
+    }
+    if (vocab < 2 || vocab > 1 << 24) {
+        fprintf(stderr, "error: --vocab %lld is outside 2 .. 16777216\n", vocab);
         return 2;
     }
     lasp_err err = {0};
@@ -57,41 +68,55 @@ int lasp_bench_train(int argc, char **argv) {
     }
     const lasp_sp_layout lay = lasp_sp_get_layout(sp);
     if (rank == 0) {
-        printf("# lasp bench train — device cpu, world %d = dp %d × sp %d, ZeRO-%lld, batch %lld × seq %lld, "
-               "recall task, median of %lld steps, matrix products on %s\n", W, lay.dp_size, lay.sp_size, zero,
-               batch, seq, steps, lasp_get_build_info().has_blas ? "BLAS" : "plain loops");
-        printf("# %-6s %9s %10s %12s %8s\n", "model", "params", "step ms", "tokens/s", "comm %");
+        if (gpu)
+            printf("# lasp bench train — one GPU, f32 (TF32 off), batch %lld × seq %lld, vocab %lld, recall task's "
+                   "tokens, median of %lld steps after 2\n# MFU: (6 × matrix parameters + 14·L·H·D·(D+64)) FLOPs per "
+                   "token against the dense bf16 peak\n", batch, seq, vocab, steps);
+        else
+            printf("# lasp bench train — device cpu, world %d = dp %d × sp %d, ZeRO-%lld, batch %lld × seq %lld, "
+                   "recall task, median of %lld steps, matrix products on %s\n", W, lay.dp_size, lay.sp_size, zero,
+                   batch, seq, steps, lasp_get_build_info().has_blas ? "BLAS" : "plain loops");
+        if (gpu) printf("# %-6s %9s %10s %12s %7s %10s\n", "model", "params", "step ms", "tokens/s", "MFU %", "GPU GiB");
+        else printf("# %-6s %9s %10s %12s %8s\n", "model", "params", "step ms", "tokens/s", "comm %");
     }
     char list[256];
     snprintf(list, sizeof list, "%s", models);
     rc = 0;
     for (char *save = NULL, *name = strtok_r(list, ",", &save); name && !rc; name = strtok_r(NULL, ",", &save)) {
         lasp_train_params o = lasp_train_default_params();
-        if (lasp_model_preset(name, 256, &o.model, &err) != LASP_OK) {
+        if (lasp_model_preset(name, (int32_t)vocab, &o.model, &err) != LASP_OK) {
             if (rank == 0) fprintf(stderr, "error: %s\n", err.msg);
             rc = 2;
             break;
         }
-        o.batch = batch, o.seq_len = seq, o.zero = (int)zero, o.steps = steps + 2;
+        o.batch = batch, o.seq_len = seq, o.zero = (int)zero, o.steps = steps + 2, o.device = (lasp_device)device;
         lasp_trainer *t = NULL;
         if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) {
             if (rank == 0) fprintf(stderr, "error: %s\n", lasp_ctx_error(ctx));
             rc = 1;
             break;
         }
-        double *ms = malloc((size_t)steps * sizeof(double)), comm = 0, total = 0;
+        double *ms = malloc((size_t)steps * sizeof(double)), comm = 0, total = 0, mem = 0, mfu_ms = 0;
         for (long long s = -2; s < steps && !rc; s++) {
             lasp_step_stats st;
             if (lasp_trainer_step(t, &st) != LASP_OK) {
                 fprintf(stderr, "error: rank %d: %s\n", rank, lasp_ctx_error(ctx));
                 rc = 1;
             }
-            if (s >= 0 && !rc) ms[s] = st.ms, comm += st.comm_ms, total += st.ms;
+            if (s >= 0 && !rc) {
+                ms[s] = st.ms, comm += st.comm_ms, total += st.ms;
+                mfu_ms = st.mfu * st.ms; /* MFU × ms is the same every step: scaled to the median below */
+                if (st.mem_bytes > mem) mem = st.mem_bytes;
+            }
         }
         if (!rc && rank == 0) {
             const double med = tool_median(ms, (int)steps);
-            printf("  %-6s %8.2fM %10.1f %12.0f %8.1f\n", name, lasp_trainer_n_params(t) / 1e6, med,
-                   (double)batch * (double)seq / (med / 1e3), 100 * comm / total);
+            if (gpu)
+                printf("  %-6s %8.2fM %10.1f %12.0f %7.1f %10.1f\n", name, lasp_trainer_n_params(t) / 1e6, med,
+                       (double)batch * (double)seq / (med / 1e3), 100 * mfu_ms / med, mem / 1073741824.0);
+            else
+                printf("  %-6s %8.2fM %10.1f %12.0f %8.1f\n", name, lasp_trainer_n_params(t) / 1e6, med,
+                       (double)batch * (double)seq / (med / 1e3), 100 * comm / total);
             fflush(stdout);
         }
         free(ms);

@@ -43,6 +43,13 @@ static void fmt_rate(char *b, size_t n, double x) {
     else snprintf(b, n, "%.0f", x);
 }
 
+/* "512.0 MiB", "4.21 GiB" */
+static const char *fmt_bytes(char *b, size_t n, double x) {
+    if (x < 1073741824.0) snprintf(b, n, "%.1f MiB", x / 1048576.0);
+    else snprintf(b, n, "%.2f GiB", x / 1073741824.0);
+    return b;
+}
+
 /* The first SIGINT or SIGTERM asks the loop to stop after its step; a second ends the process now. */
 static volatile sig_atomic_t stop_signal;
 
@@ -80,7 +87,7 @@ static lasp_status decide(lasp_comm *w, int save_due, next_step *out, lasp_err *
 }
 
 typedef struct train_args {
-    const char *model, *data, *data_format, *ckpt, *out, *sp_mode;
+    const char *model, *data, *data_format, *ckpt, *out, *sp_mode, *device;
     long long vocab, recall_pairs, batch, seq_len, steps, warmup, sp, zero, seed, val_every, val_batches, ckpt_every;
     long long threads, stop_after, conv;
     double lr, min_lr, wd, clip, val_frac, ckpt_minutes;
@@ -130,9 +137,10 @@ int cmd_train(int argc, char **argv) {
     train_args a = {.model = "small", .sp_mode = "chain", .out = "runs/train", .recall_pairs = 8, .batch = 8, .conv = -1,
                     .seq_len = 256, .steps = 200, .warmup = 20, .sp = 1, .seed = 1337, .val_every = 50,
                     .val_batches = 4, .lr = 3e-3, .min_lr = 3e-4, .wd = 0.1, .clip = 1.0, .val_frac = 0.1,
-                    .ckpt_minutes = 10, .data_format = "auto"};
+                    .ckpt_minutes = 10, .data_format = "auto", .device = "cpu"};
     const opt opts[] = {
         {"--model", OPT_STR, &a.model, "NAME", "preset: tiny, small, 400m, 1b", 0},
+        {"--device", OPT_STR, &a.device, "cpu|cuda", "where to train: the CPU, or one GPU (f32, TF32 off)", 0},
         {"--data", OPT_STR, &a.data, "FILE", "text file (bytes) or llm.c token shard; default: the built-in recall task", 0},
         {"--data-format", OPT_STR, &a.data_format, "auto|text|shard", "how to read --data (auto: a shard's header "
                                                                        "tells it from text)", 0},
@@ -206,7 +214,8 @@ int cmd_train(int argc, char **argv) {
     } while (0)
 
     const int mode = opts_sp_mode(a.sp_mode, "--sp-mode", 0);
-    if (mode < 0) goto done;
+    const int device = opts_device(a.device, "--device");
+    if (mode < 0 || device < 0) goto done;
     lasp_sp_params spp = lasp_sp_default_params();
     spp.size = (int)a.sp, spp.mode = (lasp_sp_mode)mode;
     if (lasp_sp_create(world, &spp, &sp, e) != LASP_OK) BAIL("%s\n", e->msg);
@@ -229,7 +238,7 @@ int cmd_train(int argc, char **argv) {
     }
     o.batch = a.batch, o.seq_len = a.seq_len, o.steps = a.steps, o.warmup = a.warmup, o.lr = a.lr;
     o.min_lr = a.min_lr, o.weight_decay = a.wd, o.clip = a.clip, o.zero = (int)a.zero, o.seed = (uint64_t)a.seed;
-    o.val_batches = a.val_batches;
+    o.val_batches = a.val_batches, o.device = (lasp_device)device;
     if (lasp_train_params_check(&o, e) != LASP_OK) BAIL("%s\n", e->msg);
 
     if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) BAIL("%s\n", lasp_ctx_error(ctx));
@@ -280,6 +289,15 @@ int cmd_train(int argc, char **argv) {
                mode ? "lasp2" : "chain", o.zero);
         printf("#   %-14s batch %lld × seq %lld = %.0f tokens/step; each rank: %lld × %lld\n", "batch",
                (long long)o.batch, (long long)o.seq_len, tokens_per_step, (long long)Bl, (long long)Tl);
+        const lasp_train_memory mem = lasp_trainer_memory(t);
+        char b1[32], b2[32], b3[32], b4[32];
+        printf("#   %-14s %s%s\n", "device", mem.device, device == LASP_DEVICE_CUDA ? ", f32 (TF32 off)" : "");
+        printf("#   %-14s parameters %s, gradients %s, optimizer %s, activations %s", "memory/rank",
+               fmt_bytes(b1, 32, mem.params), fmt_bytes(b2, 32, mem.grads), fmt_bytes(b3, 32, mem.optimizer),
+               fmt_bytes(b4, 32, mem.activations));
+        if (device == LASP_DEVICE_CUDA)
+            printf(" (the GPU has %s of %s free)", fmt_bytes(b1, 32, mem.device_free), fmt_bytes(b2, 32, mem.device_total));
+        printf("\n");
         printf("#   %-14s AdamW lr %.1e → %.1e (warmup %lld, cosine), betas %.2f/%.2f, wd %.2f, clip %.2f\n",
                "optimizer", o.lr, o.min_lr, (long long)o.warmup, o.beta1, o.beta2, o.weight_decay, o.clip);
         printf("#   %-14s %lld%s, seed %lld\n", "steps", (long long)o.steps,
@@ -292,10 +310,10 @@ int cmd_train(int argc, char **argv) {
     if (log && !a.resume)
         fprintf(log, "{\"config\":{\"model\":\"%s\",\"d_model\":%d,\"layers\":%d,\"heads\":%d,\"ffn\":%d,\"vocab\":%d,\"conv\":%d,"
                      "\"params\":%zu,\"data\":\"%s\",\"world\":%d,\"dp\":%d,\"sp\":%d,\"zero\":%d,\"batch\":%lld,"
-                     "\"seq_len\":%lld,\"steps\":%lld,\"lr\":%g,\"seed\":%lld}}\n",
+                     "\"seq_len\":%lld,\"steps\":%lld,\"lr\":%g,\"seed\":%lld,\"device\":\"%s\"}}\n",
                 a.model, o.model.d_model, o.model.n_layers, o.model.n_heads, o.model.ffn_dim, o.model.vocab, o.model.conv,
                 n_params, a.data ? a.data : "recall", W, lay.dp_size, lay.sp_size, o.zero, (long long)o.batch,
-                (long long)o.seq_len, (long long)o.steps, o.lr, a.seed);
+                (long long)o.seq_len, (long long)o.steps, o.lr, a.seed, a.device);
 
     const double t_start = now_s();
     double last_save = t_start;
@@ -314,16 +332,22 @@ int cmd_train(int argc, char **argv) {
         if (rank == 0) {
             char rate[32];
             fmt_rate(rate, sizeof rate, tokens_per_step / (st.ms / 1e3));
-            if (!a.quiet)
-                printf("step %lld/%lld | loss %.4f | lr %.1e | norm %.2f | %.0f ms | %s tok/s | comm %.0f%%\n",
-                       (long long)step, (long long)o.steps, st.loss, st.lr, st.grad_norm, st.ms, rate,
-                       100.0 * st.comm_ms / st.ms);
+            if (!a.quiet) {
+                printf("step %lld/%lld | loss %.4f | lr %.1e | norm %.2f | %.0f ms | %s tok/s", (long long)step,
+                       (long long)o.steps, st.loss, st.lr, st.grad_norm, st.ms, rate);
+                if (device == LASP_DEVICE_CUDA) {
+                    if (st.mfu > 0) printf(" | MFU %.1f%%", 100 * st.mfu);
+                    printf(" | GPU mem %.1f GiB\n", st.mem_bytes / 1073741824.0);
+                } else {
+                    printf(" | comm %.0f%%\n", 100.0 * st.comm_ms / st.ms);
+                }
+            }
             fflush(stdout);
             if (log)
                 fprintf(log, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.6e,\"norm\":%.6f,\"ms\":%.3f,\"tok_s\":%.1f,"
-                             "\"comm_ms\":%.3f,\"train_acc\":%.6f}\n",
+                             "\"comm_ms\":%.3f,\"train_acc\":%.6f,\"mfu\":%.4f,\"mem_bytes\":%.0f}\n",
                         (long long)step, st.loss, st.lr, st.grad_norm, st.ms, tokens_per_step / (st.ms / 1e3),
-                        st.comm_ms, st.acc);
+                        st.comm_ms, st.acc, st.mfu, st.mem_bytes);
         }
         const int last = step == o.steps || (a.stop_after && step - first >= a.stop_after) || next.stop_signal;
         if ((a.val_every && step % a.val_every == 0) || last) {

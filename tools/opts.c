@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lasp.h"
+
 void opts_help(const cmd_spec *spec) {
     printf("usage: %s\n\n%s\n\noptions:\n", spec->usage, spec->summary);
     for (int i = 0; i < spec->n_opts; i++) {
@@ -106,5 +108,12 @@ int opts_sp_mode(const char *name, const char *flag, int both_ok) {
         return 0;
     }
     fprintf(stderr, "error: %s '%s' is not known (hint: chain or lasp2%s)\n", flag, name, both_ok ? " or both" : "");
+    return -1;
+}
+
+int opts_device(const char *name, const char *flag) {
+    if (!strcmp(name, "cpu")) return LASP_DEVICE_CPU;
+    if (!strcmp(name, "cuda")) return LASP_DEVICE_CUDA;
+    fprintf(stderr, "error: %s '%s' is not known (hint: cpu or cuda)\n", flag, name);
     return -1;
 }

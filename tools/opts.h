@@ -33,5 +33,7 @@ void opts_help(const cmd_spec *spec);
  * "both" (returns 2). The chain's former name "lasp" is taken with a note. 0 or 1 is the lasp_sp_mode; −1
  * an unknown name (message printed, naming `flag`). */
 int opts_sp_mode(const char *name, const char *flag, int both_ok);
+/* "cpu" or "cuda" as a lasp_device; −1 for anything else (message printed, naming `flag`). */
+int opts_device(const char *name, const char *flag);
 
 #endif

@@ -51,6 +51,12 @@ lasp_status lasp_model_config_check(const lasp_model_config *c, lasp_err *err) {
     return LASP_OK;
 }
 
+double lasp_model_flops_per_token(const lasp_model_config *c) {
+    const double C = c->d_model, F = c->ffn_dim, V = c->vocab, L = c->n_layers, H = c->n_heads, D = C / H;
+    const double matrix = L * (4 * C * C + C * C + 3 * C * F) + C * V;
+    return 6 * matrix + L * 14 * H * D * (D + 64);
+}
+
 lasp_status lasp_layout_make(const lasp_model_config *c, lasp_layout *out, lasp_err *err) {
     LASP_TRY(lasp_model_config_check(c, err));
     const size_t C = (size_t)c->d_model, F = (size_t)c->ffn_dim, V = (size_t)c->vocab, L = (size_t)c->n_layers;

@@ -102,7 +102,8 @@ static void acts_free(lasp_gmodel *m) {
     void *dev[] = {m->xL, m->rstdf, m->xf, m->logits, m->dres, m->dbuf, m->dbig, m->dq, m->dk, m->dv, m->dob,
                    m->dconv, m->work, m->loss, m->hit, m->tok, m->tgt, m->order, m->starts, m->uniq};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
-    free(m->h_hit), free(m->h_order), free(m->h_starts), free(m->h_uniq), free(m->h_count), free(m->h_loss);
+    cudaFreeHost(m->h_hit), cudaFreeHost(m->h_order), cudaFreeHost(m->h_starts), cudaFreeHost(m->h_uniq);
+    cudaFreeHost(m->h_loss), free(m->h_count);
     m->xL = m->rstdf = m->xf = m->logits = m->dres = m->dbuf = m->dbig = m->dq = m->dk = m->dv = m->dob = NULL;
     m->dconv = m->work = NULL, m->loss = NULL;
     m->hit = m->tok = m->tgt = m->order = m->starts = m->uniq = NULL;
@@ -161,21 +162,23 @@ lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_g
     return LASP_OK;
 }
 
-lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T) {
-    if (B == m->B && T == m->T) return LASP_OK;
-    acts_free(m);
-    if (B < 1 || T < 1)
-        return lasp_fail(&m->ctx->err, LASP_ERR_ARG, "batch %lld and tokens %lld must be ≥ 1", (long long)B,
-                         (long long)T);
+/* Every activation buffer with its size, in one list: lasp_gmodel_reserve allocates them (alloc = 1) and
+ * lasp_gmodel_activation_bytes adds them up (alloc = 0, m only holds the config), so the estimate printed
+ * before a run is what the run allocates. Returns the bytes; *e the first allocation's failure. */
+static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t *e) {
     const lasp_model_config *c = &m->cfg;
     const size_t N = (size_t)(B * T), C = (size_t)c->d_model, F = (size_t)c->ffn_dim, V = (size_t)c->vocab;
     const size_t big = 4 * C > 3 * F ? 4 * C : 3 * F, K = (size_t)c->conv;
     const int64_t chunk = logit_rows(c, (int64_t)N);
-    cudaError_t e = cudaSuccess;
-#define DEV(p, n) \
-    if (e == cudaSuccess) e = cudaMalloc((void **)&(p), (n) * sizeof *(p))
+    double bytes = 0;
+    gacts scratch;
+#define DEV(p, n)                                                                             \
+    do {                                                                                      \
+        bytes += (double)(n) * sizeof *(p);                                                   \
+        if (alloc && *e == cudaSuccess) *e = cudaMalloc((void **)&(p), (size_t)(n) * sizeof *(p)); \
+    } while (0)
     for (int l = 0; l < c->n_layers; l++) {
-        gacts *a = &m->acts[l];
+        gacts *a = alloc ? &m->acts[l] : &scratch;
         DEV(a->x, N * C); DEV(a->rstd1, N); DEV(a->xn1, N * C); DEV(a->pre, N * 4 * C);
         DEV(a->q, N * C); DEV(a->k, N * C); DEV(a->v, N * C); DEV(a->o, N * C); DEV(a->rstdo, N);
         DEV(a->y, N * C); DEV(a->xm, N * C); DEV(a->rstd2, N); DEV(a->xn2, N * C);
@@ -190,24 +193,57 @@ lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T) {
     DEV(m->loss, N); DEV(m->hit, N); DEV(m->tok, N); DEV(m->tgt, N);
     DEV(m->order, N); DEV(m->starts, N + 1); DEV(m->uniq, N);
 #undef DEV
-    m->h_hit = malloc(N * sizeof *m->h_hit), m->h_loss = malloc(N * sizeof *m->h_loss);
-    m->h_order = malloc(N * sizeof *m->h_order), m->h_starts = malloc((N + 1) * sizeof *m->h_starts);
-    m->h_uniq = malloc(N * sizeof *m->h_uniq), m->h_count = malloc((V + 1) * sizeof *m->h_count);
-    const int host_ok = m->h_hit && m->h_loss && m->h_order && m->h_starts && m->h_uniq && m->h_count;
-    if (e != cudaSuccess || !host_ok) {
+    return bytes;
+}
+
+double lasp_gmodel_activation_bytes(const lasp_model_config *c, int64_t B, int64_t T) {
+    lasp_gmodel m;
+    memset(&m, 0, sizeof m);
+    m.cfg = *c;
+    cudaError_t e = cudaSuccess;
+    return plan(&m, B, T, 0, &e);
+}
+
+lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T) {
+    if (B == m->B && T == m->T) return LASP_OK;
+    acts_free(m);
+    if (B < 1 || T < 1)
+        return lasp_fail(&m->ctx->err, LASP_ERR_ARG, "batch %lld and tokens %lld must be ≥ 1", (long long)B,
+                         (long long)T);
+    const size_t N = (size_t)(B * T), V = (size_t)m->cfg.vocab;
+    cudaError_t e = cudaSuccess;
+    const double bytes = plan(m, B, T, 1, &e);
+    /* pinned, so that the copies of a step's index and losses are asynchronous */
+#define PIN(p, n) \
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&(p), (n) * sizeof *(p))
+    PIN(m->h_hit, N); PIN(m->h_loss, N); PIN(m->h_order, N); PIN(m->h_starts, N + 1); PIN(m->h_uniq, N);
+#undef PIN
+    m->h_count = malloc((V + 1) * sizeof *m->h_count);
+    if (e != cudaSuccess || !m->h_count) {
         acts_free(m);
         cudaGetLastError(); /* a failed cudaMalloc leaves nothing behind: clear it */
         return lasp_fail(&m->ctx->err, LASP_ERR_NOMEM, "the GPU has no room for the activations of batch %lld × "
-                         "%lld tokens (hint: a smaller --batch or --seq-len)", (long long)B, (long long)T);
+                         "%lld tokens (%.2f GiB) (hint: a smaller --batch or --seq-len)", (long long)B, (long long)T,
+                         bytes / 1073741824.0);
     }
-    m->B = B, m->T = T, m->chunk = chunk;
+    m->B = B, m->T = T, m->chunk = logit_rows(&m->cfg, (int64_t)N);
     return LASP_OK;
 }
 
 lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host) {
+    CU(cudaStreamSynchronize(m->stream), "the GPU's work");
     CU(cudaMemcpy(m->params, host, m->lay.n_params * 4, cudaMemcpyHostToDevice), "copying the parameters in");
     return LASP_OK;
 }
+
+lasp_status lasp_gmodel_get_params(lasp_gmodel *m, float *host) {
+    CU(cudaStreamSynchronize(m->stream), "the GPU's work");
+    CU(cudaMemcpy(host, m->params, m->lay.n_params * 4, cudaMemcpyDeviceToHost), "copying the parameters out");
+    return LASP_OK;
+}
+
+float *lasp_gmodel_params(lasp_gmodel *m) { return m->params; }
+float *lasp_gmodel_grads(lasp_gmodel *m) { return m->grads; }
 
 lasp_status lasp_gmodel_get_grads(lasp_gmodel *m, float *host) {
     CU(cudaStreamSynchronize(m->stream), "the GPU's work");
@@ -222,8 +258,7 @@ lasp_status lasp_gmodel_zero_grads(lasp_gmodel *m) {
 
 /* ---- forward -------------------------------------------------------------------------------------- */
 
-lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int32_t *targets, const uint8_t *mask,
-                                float grad_scale, double *loss_out, int64_t *correct_out, int64_t *count_out) {
+lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int32_t *targets, float grad_scale) {
     lasp_ctx *ctx = m->ctx;
     lasp_err *err = &ctx->err;
     const int64_t B = m->B, T = m->T, N = B * T, C = m->cfg.d_model, H = m->cfg.n_heads, D = C / H;
@@ -288,8 +323,14 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
     }
     CU(cudaMemcpyAsync(m->h_loss, m->loss, N * sizeof *m->h_loss, cudaMemcpyDeviceToHost, st), "the loss");
     CU(cudaMemcpyAsync(m->h_hit, m->hit, N * sizeof *m->h_hit, cudaMemcpyDeviceToHost, st), "the loss");
-    CU(cudaStreamSynchronize(st), "the forward");
-    return lasp_model_sum_rows(m->h_loss, m->h_hit, mask, N, loss_out, correct_out, count_out, err);
+    CU(cudaGetLastError(), "the forward's kernels");
+    return LASP_OK;
+}
+
+lasp_status lasp_gmodel_loss(lasp_gmodel *m, const uint8_t *mask, double *loss_out, int64_t *correct_out,
+                             int64_t *count_out) {
+    CU(cudaStreamSynchronize(m->stream), "the GPU's work");
+    return lasp_model_sum_rows(m->h_loss, m->h_hit, mask, m->B * m->T, loss_out, correct_out, count_out, &m->ctx->err);
 }
 
 /* ---- backward ------------------------------------------------------------------------------------- */

@@ -4,7 +4,7 @@
  *
  * Parameters and gradients live on the device as one flat fp32 buffer each, laid out as lasp_layout says,
  * so they copy to and from the CPU model's (and a checkpoint's) buffers as they are. All work goes on the
- * context's CUDA stream; the forward synchronises once, to return the loss. */
+ * context's CUDA stream; only lasp_gmodel_loss and the copies to and from the host wait for it. */
 #ifndef LASP_MODEL_CUDA_H
 #define LASP_MODEL_CUDA_H
 
@@ -23,18 +23,27 @@ lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_g
 void lasp_gmodel_free(lasp_gmodel *m);
 /* (Re)size the activations for a batch of B sequences of T tokens. */
 lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T);
+/* The device bytes lasp_gmodel_reserve allocates for B × T (a double: asked-for sizes may not fit). */
+double lasp_gmodel_activation_bytes(const lasp_model_config *c, int64_t B, int64_t T);
 
 /* Copies between the device's buffers and host arrays of n_params floats (synchronous). */
 lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host);
+lasp_status lasp_gmodel_get_params(lasp_gmodel *m, float *host);
 lasp_status lasp_gmodel_get_grads(lasp_gmodel *m, float *host);
 lasp_status lasp_gmodel_zero_grads(lasp_gmodel *m);
+/* The device buffers themselves [n_params], for the optimizer. */
+float *lasp_gmodel_params(lasp_gmodel *m);
+float *lasp_gmodel_grads(lasp_gmodel *m);
 
-/* Forward over host tokens and targets [B, T]: loss_out = mean cross-entropy; correct_out and count_out
- * as lasp_model_forward's (mask NULL = every position). With grad_scale > 0 the head's backward is done
- * in the same pass, a chunk of rows at a time (the logits never exist whole): its weight gradient is
- * added to the gradients, which must have been zeroed before, and lasp_gmodel_backward goes on from it. */
-lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int32_t *targets, const uint8_t *mask,
-                                float grad_scale, double *loss_out, int64_t *correct_out, int64_t *count_out);
+/* Forward over host tokens and targets [B, T] (read before it returns), enqueued. With grad_scale > 0 the
+ * head's backward is done in the same pass, a chunk of rows at a time (the logits never exist whole): its
+ * weight gradient is added to the gradients, which must have been zeroed before, and lasp_gmodel_backward
+ * goes on from it. */
+lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int32_t *targets, float grad_scale);
+/* Waits for the GPU, then the forward's loss_out = mean cross-entropy; correct_out and count_out as
+ * lasp_model_forward's (mask NULL = every position). */
+lasp_status lasp_gmodel_loss(lasp_gmodel *m, const uint8_t *mask, double *loss_out, int64_t *correct_out,
+                             int64_t *count_out);
 /* The rest of the backward after a forward with grad_scale > 0: accumulates into the gradients. */
 lasp_status lasp_gmodel_backward(lasp_gmodel *m);
 

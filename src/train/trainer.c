@@ -1,6 +1,8 @@
 /* trainer.c — see trainer.h. */
 #include "train/trainer.h"
 
+#include "train/adamw.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +44,8 @@ lasp_status lasp_train_params_check(const lasp_train_params *o, lasp_err *err) {
     if (!in_range(o->beta1, 0, 0.999999) || !in_range(o->beta2, 0, 0.999999999) || !in_range(o->eps, 1e-30, 1))
         return lasp_fail(err, LASP_ERR_ARG, "AdamW betas %g, %g must be in [0, 1) and eps %g in (0, 1]", o->beta1,
                          o->beta2, o->eps);
+    if (o->device != LASP_DEVICE_CPU && o->device != LASP_DEVICE_CUDA)
+        return lasp_fail(err, LASP_ERR_ARG, "device %d: LASP_DEVICE_CPU or LASP_DEVICE_CUDA", (int)o->device);
     if (o->val_batches < 0 || o->val_batches > (1LL << 30))
         return lasp_fail(err, LASP_ERR_ARG, "--val-batches %lld is outside 0 .. 2^30", (long long)o->val_batches);
     return LASP_OK;
@@ -124,6 +128,7 @@ static lasp_status zero_grad_done(void *user, int u, lasp_err *err) {
 /* ---- init / free ------------------------------------------------------------------------------- */
 
 void lasp_trainer_release(lasp_trainer *t) {
+    lasp_trainer_gpu_release(t);
     lasp_model_free(&t->m);
     free(t->chunk), free(t->soff), free(t->params), free(t->grads), free(t->pshard), free(t->gshard);
     free(t->mom), free(t->vel), free(t->decay), free(t->wscratch), free(t->gscratch);
@@ -152,6 +157,14 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
                          data->max_token, o->model.vocab, data->max_token + 1);
     LASP_TRY(lasp_model_create(&o->model, &t->m, err));
     t->Bl = o->batch / sp->dp_size, t->Tl = o->seq_len / sp->sp_size;
+    if (o->device == LASP_DEVICE_CUDA) {
+        const size_t N = (size_t)(t->Bl * t->Tl);
+        lasp_status s = (t->mask = malloc(N)) ? lasp_trainer_gpu_init(t)
+                                              : lasp_fail(err, LASP_ERR_NOMEM, "no memory for a batch's mask");
+        if (s == LASP_OK) lasp_rng_seed(&t->rng, o->seed);
+        else lasp_trainer_release(t);
+        return s;
+    }
     /* what a rank needs, against what the machine has: refused here rather than failing (or being killed)
      * once the allocations are touched */
     const double need = lasp_model_activation_bytes(&o->model, t->Bl, t->Tl) + 16.0 * (double)t->m.lay.n_params;
@@ -256,6 +269,7 @@ static lasp_status forward_backward(lasp_trainer *t, double out[3]) {
 }
 
 lasp_status lasp_trainer_step(lasp_trainer *t, lasp_step_stats *st) {
+    if (t->gpu) return lasp_trainer_gpu_step(t, st);
     const double t0 = now_ms();
     t->comm_ms = 0;
     /* the sequence-parallel traffic inside the model (LASP states, the convolution's halo) is timed by
@@ -286,21 +300,9 @@ lasp_status lasp_trainer_step(lasp_trainer *t, lasp_step_stats *st) {
     if (!isfinite(norm))
         return lasp_fail(&t->ctx->err, LASP_ERR_NONFINITE, "step %lld: the gradient norm is %g (hint: a lower --lr, "
                          "--clip on)", (long long)t->step + 1, norm);
-    const float clip = t->o.clip > 0 && norm > t->o.clip ? (float)(t->o.clip / norm) : 1.0f;
-
-    /* AdamW (decoupled weight decay), bias-corrected */
     const double lr = lasp_trainer_lr(&t->o, t->step);
-    const float b1 = (float)t->o.beta1, b2 = (float)t->o.beta2, eps = (float)t->o.eps;
-    const float bc1 = (float)(1 - pow(t->o.beta1, (double)(t->step + 1)));
-    const float bc2 = (float)(1 - pow(t->o.beta2, (double)(t->step + 1)));
-    const float flr = (float)lr, wd = (float)t->o.weight_decay;
-    for (size_t i = 0; i < n; i++) {
-        const float gi = g[i] * clip;
-        const float mi = b1 * t->mom[i] + (1 - b1) * gi, vi = b2 * t->vel[i] + (1 - b2) * gi * gi;
-        t->mom[i] = mi, t->vel[i] = vi;
-        const float upd = (mi / bc1) / (sqrtf(vi / bc2) + eps) + (t->decay[i] ? wd * p[i] : 0.0f);
-        p[i] -= flr * upd;
-    }
+    const lasp_adamw_step h = lasp_adamw_make(&t->o, t->step, lr);
+    lasp_adamw_cpu(p, g, t->mom, t->vel, t->decay, n, &h, lasp_adamw_clip_factor(t->o.clip, norm));
     if (z == 1 || z == 2)
         for (int u = 0; u < t->m.lay.n_units; u++)
             LASP_TRY(gather_unit(t, u, t->pshard, t->params + t->m.lay.unit_off[u]));
@@ -322,6 +324,7 @@ lasp_status lasp_trainer_eval(lasp_trainer *t, double *loss, double *acc) {
     const lasp_sp *sp = t->sp;
     const int split = t->data->kind != LASP_DATA_RECALL && t->data->n_train == t->data->n_tokens ? LASP_SPLIT_TRAIN
                                                                                                 : LASP_SPLIT_VAL;
+    if (t->gpu) return lasp_trainer_gpu_eval(t, split, loss, acc);
     double red[3] = {0, 0, 0};
     for (int64_t k = 0; k < t->o.val_batches; k++) {
         LASP_TRY(lasp_data_batch(t->data, split, (uint64_t)(k * t->o.batch), t->o.batch, t->o.seq_len, sp->dp_rank,
@@ -338,6 +341,7 @@ lasp_status lasp_trainer_eval(lasp_trainer *t, double *loss, double *acc) {
 }
 
 lasp_status lasp_trainer_grad(lasp_trainer *t, double *loss, float *grad_out) {
+    if (t->gpu) return lasp_trainer_gpu_grad(t, loss, grad_out);
     double red[3];
     LASP_TRY(forward_backward(t, red));
     *loss = red[0] / t->W;
@@ -362,6 +366,7 @@ static lasp_status gather_full(lasp_trainer *t, const float *dom, float *full) {
 }
 
 lasp_status lasp_trainer_gather(lasp_trainer *t, float *params, float *mom, float *vel) {
+    if (t->gpu) return lasp_trainer_gpu_gather(t, params, mom, vel);
     if (params) {
         if (t->params) memcpy(params, t->params, t->P * sizeof(float));
         else LASP_TRY(gather_full(t, t->pshard, params));
@@ -372,6 +377,7 @@ lasp_status lasp_trainer_gather(lasp_trainer *t, float *params, float *mom, floa
 }
 
 lasp_status lasp_trainer_scatter(lasp_trainer *t, const float *params, const float *mom, const float *vel) {
+    if (t->gpu) return lasp_trainer_gpu_scatter(t, params, mom, vel);
     const int z = t->o.zero, U = t->m.lay.n_units;
     if (t->params) memcpy(t->params, params, t->P * sizeof(float));
     const float *src[3] = {params, mom, vel};
@@ -414,6 +420,19 @@ void lasp_trainer_free(lasp_trainer *t) {
 
 int64_t lasp_trainer_steps_done(const lasp_trainer *t) { return t ? t->step : 0; }
 size_t lasp_trainer_n_params(const lasp_trainer *t) { return t ? t->P : 0; }
+lasp_train_memory lasp_trainer_memory(const lasp_trainer *t) {
+    if (t->gpu) return lasp_trainer_gpu_memory(t);
+    lasp_train_memory m;
+    memset(&m, 0, sizeof m);
+    const int z = t->o.zero;
+    m.params = 4.0 * (double)(z <= 2 ? t->P : 0) + 4.0 * (double)(z >= 1 ? t->S : 0);
+    m.grads = 4.0 * (double)(z <= 1 ? t->P : 0) + 4.0 * (double)(z >= 1 ? t->S : 0);
+    m.optimizer = 9.0 * (double)(z == 0 ? t->P : t->S);
+    m.activations = lasp_model_activation_bytes(&t->o.model, t->Bl, t->Tl);
+    snprintf(m.device, sizeof m.device, "CPU");
+    return m;
+}
+
 void lasp_trainer_local_shape(const lasp_trainer *t, int64_t *batch, int64_t *tokens) {
     if (batch) *batch = t ? t->Bl : 0;
     if (tokens) *tokens = t ? t->Tl : 0;

@@ -53,6 +53,8 @@ struct lasp_trainer {
     int32_t *tok, *tgt;
     uint8_t *mask;
     double comm_ms;
+    struct lasp_trainer_gpu *gpu; /* device CUDA: the model and optimizer on the GPU (trainer_cuda.c); the CPU
+                                   * model above then holds only its layout */
 };
 
 /* lasp_trainer_create (lasp.h) in place: checks the params against the layout (batch % dp, seq_len % sp,
@@ -72,6 +74,53 @@ lasp_status lasp_trainer_grad(lasp_trainer *t, double *loss, float *grad_out);
 lasp_status lasp_trainer_gather(lasp_trainer *t, float *params, float *mom, float *vel);
 /* Replace parameters and moments (full arrays, e.g. from a checkpoint); mom/vel NULL = zero. */
 lasp_status lasp_trainer_scatter(lasp_trainer *t, const float *params, const float *mom, const float *vel);
+
+/* The trainer on one GPU (trainer_cuda.c), which lasp_trainer_* hand over to when t->gpu is set: init after
+ * the checks common to both devices, with t->m made (its layout) and t->Bl, t->Tl set. */
+typedef struct lasp_trainer_gpu lasp_trainer_gpu;
+#ifdef LASP_HAVE_CUDA
+lasp_status lasp_trainer_gpu_init(lasp_trainer *t);
+void lasp_trainer_gpu_release(lasp_trainer *t);
+lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st);
+lasp_status lasp_trainer_gpu_eval(lasp_trainer *t, int split, double *loss, double *acc);
+lasp_status lasp_trainer_gpu_grad(lasp_trainer *t, double *loss, float *grad_out);
+lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params, float *mom, float *vel);
+lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const float *mom, const float *vel);
+lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t);
+#else
+static inline lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
+    return lasp_fail(&t->ctx->err, LASP_ERR_UNSUPPORTED, "this lasp was built without CUDA, so it cannot train on a "
+                     "GPU (hint: build it where nvcc is; `lasp info` lists the build's features)");
+}
+static inline void lasp_trainer_gpu_release(lasp_trainer *t) { (void)t; }
+/* unreachable without CUDA (t->gpu stays NULL) */
+static inline lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
+    (void)t, (void)st;
+    return LASP_ERR_UNSUPPORTED;
+}
+static inline lasp_status lasp_trainer_gpu_eval(lasp_trainer *t, int split, double *loss, double *acc) {
+    (void)t, (void)split, (void)loss, (void)acc;
+    return LASP_ERR_UNSUPPORTED;
+}
+static inline lasp_status lasp_trainer_gpu_grad(lasp_trainer *t, double *loss, float *grad_out) {
+    (void)t, (void)loss, (void)grad_out;
+    return LASP_ERR_UNSUPPORTED;
+}
+static inline lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params, float *mom, float *vel) {
+    (void)t, (void)params, (void)mom, (void)vel;
+    return LASP_ERR_UNSUPPORTED;
+}
+static inline lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const float *mom,
+                                                   const float *vel) {
+    (void)t, (void)params, (void)mom, (void)vel;
+    return LASP_ERR_UNSUPPORTED;
+}
+static inline lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t) {
+    (void)t;
+    lasp_train_memory m = {0};
+    return m;
+}
+#endif
 
 #ifdef __cplusplus
 }

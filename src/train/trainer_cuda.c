@@ -1,0 +1,237 @@
+/* trainer_cuda.c — the trainer on one GPU (trainer.h's lasp_trainer_gpu_*): the model of model_cuda.h, the
+ * optimizer state on the device beside it, and a step that goes from the batch's tokens to the updated
+ * parameters without waiting for the GPU until the loss and the gradient norm are read at its end.
+ *
+ * Memory is checked before anything is allocated: parameters, gradients, the two AdamW moments and the
+ * activations (lasp_gmodel_activation_bytes, the same list the model allocates) against what the GPU has
+ * free, so that a run that cannot fit is refused with the sizes and a hint, not by a failed allocation
+ * in the middle of a step. */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model/model_cuda.h"
+#include "train/adamw.h"
+#include "train/trainer.h"
+
+/* Room left for what is allocated outside the list: cuBLAS's workspace, the op's state workspace, the
+ * CUDA context's own growth. */
+#define HEADROOM_BYTES (768.0 * 1048576.0)
+
+struct lasp_trainer_gpu {
+    lasp_gmodel *m;
+    cudaStream_t stream;
+    float *mom, *vel;          /* device [P] */
+    uint8_t *decay;            /* device [P]: 1 where weight decay applies */
+    double *sumsq, *work;      /* device: the gradient's Σ g², and its scratch */
+    double *h_sumsq;           /* pinned host copy of *sumsq */
+    double peak_flops;         /* dense bf16 peak of this GPU (0: not known) */
+    double flops_per_token;
+    lasp_train_memory mem;
+};
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static lasp_status cuda_fail(lasp_trainer *t, cudaError_t e, const char *what) {
+    return lasp_fail(&t->ctx->err, e == cudaErrorMemoryAllocation ? LASP_ERR_NOMEM : LASP_ERR_CUDA, "%s: %s", what,
+                     cudaGetErrorString(e));
+}
+
+#define CU(call, what)                                        \
+    do {                                                      \
+        const cudaError_t e_ = (call);                        \
+        if (e_ != cudaSuccess) return cuda_fail(t, e_, what); \
+    } while (0)
+
+/* The dense bf16 tensor-core peak MFU is quoted against: the datasheet figure of the SXM parts (H100 and
+ * H200 989.4 TFLOP/s, A100 312); 0 for a GPU not listed, whose MFU is then not reported. */
+static double peak_bf16_flops(const struct cudaDeviceProp *p) {
+    if (p->major == 9 && p->minor == 0) return 989.4e12;
+    if (p->major == 8 && p->minor == 0) return 312e12;
+    return 0;
+}
+
+static double gib(double b) { return b / 1073741824.0; }
+
+void lasp_trainer_gpu_release(lasp_trainer *t) {
+    lasp_trainer_gpu *G = t->gpu;
+    if (!G) return;
+    if (G->stream) cudaStreamSynchronize(G->stream);
+    lasp_gmodel_free(G->m);
+    cudaFree(G->mom), cudaFree(G->vel), cudaFree(G->decay), cudaFree(G->sumsq), cudaFree(G->work);
+    cudaFreeHost(G->h_sumsq), cudaFreeHost(t->tok), cudaFreeHost(t->tgt);
+    t->tok = t->tgt = NULL;
+    free(G);
+    t->gpu = NULL;
+}
+
+lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
+    lasp_err *err = &t->ctx->err;
+    const lasp_train_params *o = &t->o;
+    if (t->W > 1)
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda trains on one GPU in this version, and this job "
+                         "has %d ranks (hint: run it without mpirun, or --device cpu for dp × sp over ranks)", t->W);
+    void *stream = NULL;
+    LASP_TRY(lasp_ctx_cuda_stream(t->ctx, &stream)); /* "no usable GPU" when there is none */
+    lasp_trainer_gpu *G = calloc(1, sizeof *G);
+    if (!G) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the GPU trainer");
+    t->gpu = G;
+    G->stream = (cudaStream_t)stream;
+    const size_t P = t->P = t->m.lay.n_params;
+    t->S = P;
+
+    /* what the run needs, against what the GPU has */
+    int dev = 0;
+    struct cudaDeviceProp prop;
+    size_t free_b = 0, total_b = 0;
+    CU(cudaGetDevice(&dev), "the current GPU");
+    CU(cudaGetDeviceProperties(&prop, dev), "the GPU's properties");
+    CU(cudaMemGetInfo(&free_b, &total_b), "the GPU's memory");
+    G->peak_flops = peak_bf16_flops(&prop);
+    G->flops_per_token = lasp_model_flops_per_token(&o->model);
+    lasp_train_memory *mem = &G->mem;
+    mem->params = 4.0 * (double)P, mem->grads = 4.0 * (double)P, mem->optimizer = 9.0 * (double)P;
+    mem->activations = lasp_gmodel_activation_bytes(&o->model, t->Bl, t->Tl);
+    mem->device_total = (double)total_b, mem->device_free = (double)free_b;
+    snprintf(mem->device, sizeof mem->device, "GPU %d: %s (sm_%d%d, %d SMs, %.0f GiB)", dev, prop.name, prop.major,
+             prop.minor, prop.multiProcessorCount, gib((double)total_b));
+    const double need = mem->params + mem->grads + mem->optimizer + mem->activations + HEADROOM_BYTES;
+    if (need > (double)free_b)
+        return lasp_fail(err, LASP_ERR_NOMEM, "the run needs %.2f GiB of GPU memory but %s has %.2f GiB free: "
+                         "parameters and gradients %.2f, optimizer state %.2f, activations of %lld × %lld tokens %.2f, "
+                         "workspace %.2f (hint: a smaller --batch or --seq-len)", gib(need), prop.name,
+                         gib((double)free_b), gib(mem->params + mem->grads), gib(mem->optimizer),
+                         (long long)t->Bl, (long long)t->Tl, gib(mem->activations), gib(HEADROOM_BYTES));
+
+    LASP_TRY(lasp_gmodel_create(t->ctx, &o->model, &G->m));
+    LASP_TRY(lasp_gmodel_reserve(G->m, t->Bl, t->Tl));
+    const size_t N = (size_t)(t->Bl * t->Tl);
+    CU(cudaMalloc((void **)&G->mom, P * 4), "the AdamW moments");
+    CU(cudaMalloc((void **)&G->vel, P * 4), "the AdamW moments");
+    CU(cudaMalloc((void **)&G->decay, P), "the weight-decay mask");
+    CU(cudaMalloc((void **)&G->sumsq, sizeof(double)), "the gradient norm");
+    CU(cudaMalloc((void **)&G->work, LASP_SUMSQ_PARTS * sizeof(double)), "the gradient norm");
+    CU(cudaMallocHost((void **)&G->h_sumsq, sizeof(double)), "the gradient norm");
+    /* the batch in pinned memory, so that its copy to the GPU does not wait */
+    free(t->tok), free(t->tgt);
+    t->tok = t->tgt = NULL;
+    CU(cudaMallocHost((void **)&t->tok, N * sizeof(int32_t)), "the batch's tokens");
+    CU(cudaMallocHost((void **)&t->tgt, N * sizeof(int32_t)), "the batch's tokens");
+    CU(cudaMemsetAsync(G->mom, 0, P * 4, G->stream), "zeroing the moments");
+    CU(cudaMemsetAsync(G->vel, 0, P * 4, G->stream), "zeroing the moments");
+
+    /* the weight-decay mask and the initial parameters, made on the host as the CPU trainer makes them */
+    uint8_t *decay = malloc(P);
+    float *init = malloc(P * 4);
+    lasp_status s = decay && init ? LASP_OK : lasp_fail(err, LASP_ERR_NOMEM, "no host memory to initialise %zu "
+                                                        "parameters", P);
+    if (s == LASP_OK) {
+        for (size_t i = 0; i < P; i++) decay[i] = (uint8_t)lasp_layout_decays(&t->m.lay, i);
+        lasp_model_init_params(&o->model, &t->m.lay, o->seed, init);
+        const cudaError_t e = cudaMemcpy(G->decay, decay, P, cudaMemcpyHostToDevice);
+        s = e == cudaSuccess ? lasp_gmodel_set_params(G->m, init) : cuda_fail(t, e, "copying the mask in");
+    }
+    free(decay), free(init);
+    return s;
+}
+
+lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t) { return t->gpu->mem; }
+
+/* The batch at the cursor of `split`, its forward (and with grad_scale, its backward) enqueued. */
+static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float grad_scale) {
+    lasp_trainer_gpu *G = t->gpu;
+    LASP_TRY(lasp_data_batch(t->data, split, first, t->o.batch, t->o.seq_len, 0, 1, 0, 1, t->tok, t->tgt, t->mask,
+                             &t->ctx->err));
+    if (grad_scale > 0) LASP_TRY(lasp_gmodel_zero_grads(G->m));
+    LASP_TRY(lasp_gmodel_forward(G->m, t->tok, t->tgt, grad_scale));
+    if (grad_scale > 0) LASP_TRY(lasp_gmodel_backward(G->m));
+    return LASP_OK;
+}
+
+lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
+    lasp_trainer_gpu *G = t->gpu;
+    lasp_err *err = &t->ctx->err;
+    const double t0 = now_ms();
+    LASP_TRY(forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f));
+    /* the norm and the update on the device: the update reads the norm there, and skips itself when the
+     * gradients are not finite, so the parameters stay those of the last good step */
+    float *p = lasp_gmodel_params(G->m), *g = lasp_gmodel_grads(G->m);
+    lasp_sumsq_cuda(g, t->P, G->sumsq, G->work, G->stream);
+    const double lr = lasp_trainer_lr(&t->o, t->step);
+    const lasp_adamw_step h = lasp_adamw_make(&t->o, t->step, lr);
+    lasp_adamw_cuda(p, g, G->mom, G->vel, G->decay, t->P, &h, G->sumsq, G->stream);
+    CU(cudaGetLastError(), "the optimizer's kernels");
+    CU(cudaMemcpyAsync(G->h_sumsq, G->sumsq, sizeof(double), cudaMemcpyDeviceToHost, G->stream), "the norm");
+    double loss;
+    int64_t correct, count;
+    const lasp_status ls = lasp_gmodel_loss(G->m, t->mask, &loss, &correct, &count); /* the step's one wait */
+    if (ls == LASP_ERR_NONFINITE) loss = NAN;
+    else LASP_TRY(ls);
+    const double norm = sqrt(*G->h_sumsq);
+    if (!isfinite(loss) || !isfinite(norm))
+        return lasp_fail(err, LASP_ERR_NONFINITE, "step %lld: the %s is %g; the parameters were left as they were "
+                         "after step %lld (hint: a lower --lr, --clip on)", (long long)t->step + 1,
+                         isfinite(loss) ? "gradient norm" : "loss", isfinite(loss) ? norm : loss, (long long)t->step);
+    t->step++;
+    t->cursor += (uint64_t)t->o.batch;
+    if (st) {
+        memset(st, 0, sizeof *st);
+        st->loss = loss, st->acc = count > 0 ? (double)correct / (double)count : 0;
+        st->grad_norm = norm, st->lr = lr;
+        st->ms = now_ms() - t0;
+        const double tokens = (double)t->o.batch * (double)t->o.seq_len;
+        st->mfu = G->peak_flops > 0 ? G->flops_per_token * tokens / (st->ms / 1e3) / G->peak_flops : 0;
+        size_t fr = 0, tot = 0;
+        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) st->mem_bytes = (double)(tot - fr);
+    }
+    return LASP_OK;
+}
+
+lasp_status lasp_trainer_gpu_eval(lasp_trainer *t, int split, double *loss, double *acc) {
+    double sum = 0;
+    int64_t hits = 0, n = 0;
+    for (int64_t k = 0; k < t->o.val_batches; k++) {
+        LASP_TRY(forward(t, split, (uint64_t)(k * t->o.batch), 0));
+        double l;
+        int64_t c, m;
+        LASP_TRY(lasp_gmodel_loss(t->gpu->m, t->mask, &l, &c, &m));
+        sum += l, hits += c, n += m;
+    }
+    *loss = t->o.val_batches ? sum / (double)t->o.val_batches : 0;
+    *acc = n > 0 ? (double)hits / (double)n : 0;
+    return LASP_OK;
+}
+
+lasp_status lasp_trainer_gpu_grad(lasp_trainer *t, double *loss, float *grad_out) {
+    LASP_TRY(forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f));
+    LASP_TRY(lasp_gmodel_loss(t->gpu->m, t->mask, loss, NULL, NULL));
+    return lasp_gmodel_get_grads(t->gpu->m, grad_out);
+}
+
+lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params, float *mom, float *vel) {
+    lasp_trainer_gpu *G = t->gpu;
+    if (params) LASP_TRY(lasp_gmodel_get_params(G->m, params));
+    CU(cudaStreamSynchronize(G->stream), "the GPU's work");
+    if (mom) CU(cudaMemcpy(mom, G->mom, t->P * 4, cudaMemcpyDeviceToHost), "copying the moments out");
+    if (vel) CU(cudaMemcpy(vel, G->vel, t->P * 4, cudaMemcpyDeviceToHost), "copying the moments out");
+    return LASP_OK;
+}
+
+lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const float *mom, const float *vel) {
+    lasp_trainer_gpu *G = t->gpu;
+    LASP_TRY(lasp_gmodel_set_params(G->m, params));
+    float *dst[2] = {G->mom, G->vel};
+    const float *src[2] = {mom, vel};
+    for (int k = 0; k < 2; k++) {
+        if (src[k]) CU(cudaMemcpy(dst[k], src[k], t->P * 4, cudaMemcpyHostToDevice), "copying the moments in");
+        else CU(cudaMemset(dst[k], 0, t->P * 4), "zeroing the moments");
+    }
+    return LASP_OK;
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# tests/gpu_cli.sh BUILD — `lasp train --device cuda` as a user runs it, on a machine with a GPU: the small
+# model learns the recall task as on the CPU (the threshold of test_train_cli.c), a stopped run resumes
+# and its checkpoint decodes on the CPU, a run that cannot fit is refused before anything is written,
+# and a diverging run stops naming the step with the last checkpoint still loadable. One PASS or FAIL
+# line each (counted by tests/run_gpu.sh).
+set -u
+lasp=$(realpath "$1/lasp")
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+cd "$scratch" || exit 1
+
+result() { # result OK NAME [LOG]
+    if [ "$1" -eq 0 ]; then echo "PASS $2"; else echo "FAIL $2"; [ -n "${3:-}" ] && tail -20 "$3" | sed 's/^/  | /'; fi
+}
+
+# learning: test_train_cli.c's command, on the GPU
+"$lasp" train --device cuda --model small --recall-pairs 4 --seq-len 64 --batch 16 --steps 400 --warmup 30 \
+    --lr 1e-3 --min-lr 1e-4 --seed 1 --val-every 0 --val-batches 8 --quiet --out learn >learn.log 2>&1
+acc=$(sed -n 's/.*recall accuracy \([0-9.]*\)%.*/\1/p' learn.log | tail -1)
+echo "# recall accuracy after 400 steps on the GPU: ${acc:-none}% (threshold 50%)"
+ok=1; [ -n "$acc" ] && awk "BEGIN{exit !($acc >= 50)}" && ok=0
+result $ok "the small model learns associative recall on the GPU (accuracy ≥ 50%)" learn.log
+
+# stop after 5 steps, resume to 10; the step lines name MFU-less f32 runs' GPU memory; generate on the CPU
+"$lasp" train --device cuda --model tiny --steps 10 --stop-after 5 --ckpt ck --out run >a.log 2>&1
+ra=$?
+"$lasp" train --device cuda --model tiny --steps 10 --ckpt ck --out run --resume >b.log 2>&1
+rb=$?
+"$lasp" generate --ckpt ck --prompt-ids 20,130,33 --tokens 4 --temperature 0 --ids >g.log 2>&1
+rg=$?
+ok=1
+[ $ra -eq 0 ] && [ $rb -eq 0 ] && [ $rg -eq 0 ] && grep -q '^step 10/10 .*GPU mem' b.log && grep -q 'resumed from ck at step 5' b.log &&
+    grep -q 'device .*GPU 0' a.log && ok=0
+result $ok "--device cuda: stopped at step 5, resumed to 10, the checkpoint decodes on the CPU" b.log
+
+# too big: refused with the sizes, before any file is written
+"$lasp" train --device cuda --model 1b --batch 1 --seq-len 16777216 --out big --ckpt big/ck >big.log 2>&1
+rc=$?
+ok=1
+[ $rc -eq 1 ] && grep -q 'GiB of GPU memory' big.log && grep -q 'hint' big.log && [ ! -e big ] && ok=0
+result $ok "a run that cannot fit is refused before the first step and writes nothing" big.log
+sed -n 's/^error: /# /p' big.log
+
+# divergence: stops naming the step; the last checkpoint (every step) still loads
+"$lasp" train --device cuda --model tiny --steps 200 --lr 1000 --clip 0 --warmup 1 --ckpt-every 1 --ckpt dv \
+    --out dv >dv.log 2>&1
+rc=$?
+"$lasp" generate --ckpt dv --prompt-ids 20,130 --tokens 1 --temperature 0 --ids >dvg.log 2>&1
+rg=$?
+ok=1
+[ $rc -eq 1 ] && grep -qE '^error: step [0-9]+: ' dv.log && grep -q 'hint: a lower --lr' dv.log && [ $rg -eq 0 ] && ok=0
+result $ok "a diverging run on the GPU stops naming the step; the last checkpoint still loads" dv.log
+grep '^error' dv.log | sed 's/^error: /# /'
+exit 0
