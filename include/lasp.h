@@ -436,6 +436,9 @@ typedef struct lasp_train_params {
     uint64_t seed;    /* data order, initialisation */
     int64_t val_batches; /* batches of the validation split per lasp_trainer_eval */
     lasp_device device;  /* where the model trains: the CPU, or CUDA (one GPU; one rank for now) */
+    lasp_dtype dtype;    /* GPU: operands of the matrix products and the attention, LASP_BF16 (tensor cores,
+                          * fp32 accumulation and master weights) or LASP_F32 (compares with the CPU, which
+                          * computes in f32 only) */
 } lasp_train_params;
 
 lasp_train_params lasp_train_default_params(void);

@@ -5,7 +5,8 @@
 #   usage: scripts/gpu.sh [build] [test] [san] [dev] [bench] [bench-sm80] [quickbench] [ncu] [train]
 #          (default: build test san bench-sm80 bench)
 #   bench-sm80: the bench on the portable mma.sync kernels (--kernels sm80), as GPUs before Hopper run them
-#   train:      `lasp bench train --device cuda` on the shapes of the issue's table (TRAIN_ARGS adds options)
+#   train:      `lasp bench train --device cuda` on the training table's shapes (TRAIN_ARGS adds options,
+#               e.g. "--dtype f32")
 #   ncu:        per-kernel time, bytes and throughputs of one fwd and one fwd+bwd of each of $NCU_SHAPES
 set -u
 steps=${*:-build test san bench-sm80 bench}
@@ -72,7 +73,11 @@ if has ncu; then
 fi
 if has train; then
     t0=$SECONDS
-    build/lasp bench train --device cuda ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/bench-train.txt"
+    # the rows of the table: 1B 8192 × 1, 400m 8192 × 2, 1B 32768 × 1 (vocab 64000)
+    for shape in "1b 8192 1" "400m 8192 2" "1b 32768 1"; do
+        set -- $shape
+        build/lasp bench train --device cuda --models "$1" --seq-len "$2" --batch "$3" --steps 5 ${TRAIN_ARGS:-} 2>&1
+    done | tee "$OUT/bench-train.txt"
     summary+=("bench train      $((SECONDS - t0)) s")
 fi
 echo "# ---- summary ----"

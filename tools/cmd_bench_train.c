@@ -12,11 +12,12 @@
 #include "opts.h"
 
 int lasp_bench_train(int argc, char **argv) {
-    const char *device_name = "cpu", *models = NULL;
+    const char *device_name = "cpu", *models = NULL, *dtype = "bf16";
     long long sp_size = 0, steps = 10, batch = 0, seq = 0, zero = 0, vocab = 0;
     const opt opts[] = {
         {"--device", OPT_STR, &device_name, "cpu|cuda", "where to train: the CPU (ranks of the launch) or one GPU", 0},
         {"--models", OPT_STR, &models, "A,B", "presets to time (default: tiny,small on the CPU, 400m,1b on a GPU)", 0},
+        {"--dtype", OPT_STR, &dtype, "bf16|f32", "GPU: the products' and attention's operands", 0},
         {"--vocab", OPT_INT, &vocab, "N", "vocabulary (default: 256 on the CPU, 64000 on a GPU)", 0},
         {"--sp", OPT_INT, &sp_size, "N", "sequence-parallel ranks (0 = the whole world)", 0},
         {"--zero", OPT_INT, &zero, "N", "ZeRO stage", 0},
@@ -40,6 +41,10 @@ int lasp_bench_train(int argc, char **argv) {
     if (!seq) seq = gpu ? 8192 : 256;
     if (steps < 1 || steps > 1000 || sp_size < 0 || sp_size > 1 << 20) {
         fprintf(stderr, "error: --steps %lld out of range 1..1000, or --sp %lld below 0\n", steps, sp_size);
+        return 2;
+    }
+    if (strcmp(dtype, "bf16") && strcmp(dtype, "f32")) {
+        fprintf(stderr, "error: --dtype '%s' is not known (hint: bf16 or f32)\n", dtype);
         return 2;
     }
     if (vocab < 2 || vocab > 1 << 24) {
@@ -69,9 +74,10 @@ int lasp_bench_train(int argc, char **argv) {
     const lasp_sp_layout lay = lasp_sp_get_layout(sp);
     if (rank == 0) {
         if (gpu)
-            printf("# lasp bench train — one GPU, f32 (TF32 off), batch %lld × seq %lld, vocab %lld, recall task's "
+            printf("# lasp bench train — one GPU, %s, batch %lld × seq %lld, vocab %lld, recall task's "
                    "tokens, median of %lld steps after 2\n# MFU: (6 × matrix parameters + 14·L·H·D·(D+64)) FLOPs per "
-                   "token against the dense bf16 peak\n", batch, seq, vocab, steps);
+                   "token against the dense bf16 peak\n", strcmp(dtype, "f32") ? "bf16" : "f32 (TF32 off)", batch, seq,
+                   vocab, steps);
         else
             printf("# lasp bench train — device cpu, world %d = dp %d × sp %d, ZeRO-%lld, batch %lld × seq %lld, "
                    "recall task, median of %lld steps, matrix products on %s\n", W, lay.dp_size, lay.sp_size, zero,
@@ -90,6 +96,7 @@ int lasp_bench_train(int argc, char **argv) {
             break;
         }
         o.batch = batch, o.seq_len = seq, o.zero = (int)zero, o.steps = steps + 2, o.device = (lasp_device)device;
+        o.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
         lasp_trainer *t = NULL;
         if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) {
             if (rank == 0) fprintf(stderr, "error: %s\n", lasp_ctx_error(ctx));

@@ -87,7 +87,7 @@ static lasp_status decide(lasp_comm *w, int save_due, next_step *out, lasp_err *
 }
 
 typedef struct train_args {
-    const char *model, *data, *data_format, *ckpt, *out, *sp_mode, *device;
+    const char *model, *data, *data_format, *ckpt, *out, *sp_mode, *device, *dtype;
     long long vocab, recall_pairs, batch, seq_len, steps, warmup, sp, zero, seed, val_every, val_batches, ckpt_every;
     long long threads, stop_after, conv;
     double lr, min_lr, wd, clip, val_frac, ckpt_minutes;
@@ -126,6 +126,8 @@ static int check_args(const train_args *a, int W) {
                                          a->ckpt_minutes);
     else if (a->resume && !a->ckpt)
         bad = "--resume", snprintf(why, sizeof why, "needs --ckpt DIR (the directory of the checkpoint to continue)");
+    else if (*a->dtype && strcmp(a->dtype, "f32") && strcmp(a->dtype, "bf16"))
+        bad = "--dtype", snprintf(why, sizeof why, "'%s' (hint: bf16 or f32)", a->dtype);
     else if (strcmp(a->data_format, "auto") && strcmp(a->data_format, "text") && strcmp(a->data_format, "shard"))
         bad = "--data-format", snprintf(why, sizeof why, "'%s' (hint: auto, text or shard)", a->data_format);
     if (!bad) return 0;
@@ -137,10 +139,12 @@ int cmd_train(int argc, char **argv) {
     train_args a = {.model = "small", .sp_mode = "chain", .out = "runs/train", .recall_pairs = 8, .batch = 8, .conv = -1,
                     .seq_len = 256, .steps = 200, .warmup = 20, .sp = 1, .seed = 1337, .val_every = 50,
                     .val_batches = 4, .lr = 3e-3, .min_lr = 3e-4, .wd = 0.1, .clip = 1.0, .val_frac = 0.1,
-                    .ckpt_minutes = 10, .data_format = "auto", .device = "cpu"};
+                    .ckpt_minutes = 10, .data_format = "auto", .device = "cpu", .dtype = ""};
     const opt opts[] = {
         {"--model", OPT_STR, &a.model, "NAME", "preset: tiny, small, 400m, 1b", 0},
-        {"--device", OPT_STR, &a.device, "cpu|cuda", "where to train: the CPU, or one GPU (f32, TF32 off)", 0},
+        {"--device", OPT_STR, &a.device, "cpu|cuda", "where to train: the CPU, or one GPU", 0},
+        {"--dtype", OPT_STR, &a.dtype, "bf16|f32", "GPU: the matrix products' and attention's operands (default bf16; "
+                                                   "f32 compares with the CPU)", 0},
         {"--data", OPT_STR, &a.data, "FILE", "text file (bytes) or llm.c token shard; default: the built-in recall task", 0},
         {"--data-format", OPT_STR, &a.data_format, "auto|text|shard", "how to read --data (auto: a shard's header "
                                                                        "tells it from text)", 0},
@@ -239,6 +243,8 @@ int cmd_train(int argc, char **argv) {
     o.batch = a.batch, o.seq_len = a.seq_len, o.steps = a.steps, o.warmup = a.warmup, o.lr = a.lr;
     o.min_lr = a.min_lr, o.weight_decay = a.wd, o.clip = a.clip, o.zero = (int)a.zero, o.seed = (uint64_t)a.seed;
     o.val_batches = a.val_batches, o.device = (lasp_device)device;
+    /* bf16 by default on a GPU; asked for on the CPU, the library refuses it with a hint */
+    o.dtype = !strcmp(a.dtype, "bf16") || (!*a.dtype && device == LASP_DEVICE_CUDA) ? LASP_BF16 : LASP_F32;
     if (lasp_train_params_check(&o, e) != LASP_OK) BAIL("%s\n", e->msg);
 
     if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) BAIL("%s\n", lasp_ctx_error(ctx));
@@ -291,7 +297,8 @@ int cmd_train(int argc, char **argv) {
                (long long)o.batch, (long long)o.seq_len, tokens_per_step, (long long)Bl, (long long)Tl);
         const lasp_train_memory mem = lasp_trainer_memory(t);
         char b1[32], b2[32], b3[32], b4[32];
-        printf("#   %-14s %s%s\n", "device", mem.device, device == LASP_DEVICE_CUDA ? ", f32 (TF32 off)" : "");
+        printf("#   %-14s %s%s\n", "device", mem.device, device == LASP_DEVICE_CPU ? "" : o.dtype == LASP_BF16
+                   ? ", bf16 products and attention (fp32 accumulation, master weights and states)" : ", f32 (TF32 off)");
         printf("#   %-14s parameters %s, gradients %s, optimizer %s, activations %s", "memory/rank",
                fmt_bytes(b1, 32, mem.params), fmt_bytes(b2, 32, mem.grads), fmt_bytes(b3, 32, mem.optimizer),
                fmt_bytes(b4, 32, mem.activations));

@@ -72,6 +72,10 @@ struct CUstream_st;
  * columns (C for the norms, K·W for the convolution's taps). */
 int64_t lasp_layers_cuda_work_floats(int64_t N, int64_t width);
 
+/* bf16 copies (round to nearest even) and back, for the operands of the bf16 matrix products and op */
+void lasp_to_bf16_cuda(void *y, const float *x, int64_t n, struct CUstream_st *stream);
+void lasp_from_bf16_cuda(float *y, const void *x, int64_t n, struct CUstream_st *stream);
+
 void lasp_rms_fwd_cuda(float *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
                        struct CUstream_st *stream);
 void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,

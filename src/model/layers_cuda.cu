@@ -2,6 +2,7 @@
  * (cross-entropy); element-wise passes are grid-strided. Sums over rows (the gains' and the taps'
  * gradients) are never atomic: each block sums a fixed range of rows into `work`, and a second pass adds
  * the partial sums in order, so that a step's gradients are the same bits on every run. */
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "model/layers.h"
@@ -238,6 +239,16 @@ __global__ void __launch_bounds__(THREADS) k_xent(float *z, const int32_t *targe
     }
 }
 
+/* ---- bf16 copies ---------------------------------------------------------------------------------- */
+
+__global__ void k_to_bf16(__nv_bfloat16 *y, const float *x, int64_t n) {
+    GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+__global__ void k_from_bf16(float *y, const __nv_bfloat16 *x, int64_t n) {
+    GRID_STRIDE(i, n) y[i] = __bfloat162float(x[i]);
+}
+
 /* ---- embedding ----------------------------------------------------------------------------------- */
 
 __global__ void k_embed_fwd(float *x, const float *wte, const int32_t *tokens, int64_t N, int64_t C) {
@@ -263,6 +274,14 @@ __global__ void k_embed_bwd(float *dwte, const float *dx, const int32_t *order, 
 extern "C" {
 
 int64_t lasp_layers_cuda_work_floats(int64_t N, int64_t width) { return parts_for(N) * width; }
+
+void lasp_to_bf16_cuda(void *y, const float *x, int64_t n, cudaStream_t st) {
+    k_to_bf16<<<grid_for(n), THREADS, 0, st>>>((__nv_bfloat16 *)y, x, n);
+}
+
+void lasp_from_bf16_cuda(float *y, const void *x, int64_t n, cudaStream_t st) {
+    k_from_bf16<<<grid_for(n), THREADS, 0, st>>>(y, (const __nv_bfloat16 *)x, n);
+}
 
 void lasp_rms_fwd_cuda(float *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
                        cudaStream_t st) {

@@ -23,12 +23,16 @@ struct lasp_gmodel {
     lasp_layout lay;
     cudaStream_t stream;
     cublasHandle_t blas;
+    lasp_dtype dtype;                   /* of the matrix products' operands and the attention: f32 or bf16 */
     float *params, *grads, *slopes;     /* device: [n_params], [n_params], [L, slope_stride] */
+    uint16_t *params16;                 /* bf16: the parameters rounded to bf16 [n_params] (else NULL) */
+    uint16_t *in16, *out16;             /* bf16: operands rounded for one product or attention call */
     int64_t slope_stride;               /* H rounded up to 4: each layer's slopes 16-byte aligned, as the op loads them */
     int64_t B, T, chunk;                /* activations sized for B × T; rows of logits a chunk */
     gacts *acts;                        /* [L] */
     float *xL, *rstdf, *xf, *logits;    /* [N, C], [N], [N, C], [chunk, V] */
     float *dres, *dbuf, *dbig, *dq, *dk, *dv, *dob, *dconv, *work;
+    size_t n16;                         /* elements of in16 and of out16 */
     double *loss;                       /* [N] per-row losses */
     int32_t *hit, *tok, *tgt;           /* [N] each */
     int32_t *order, *starts, *uniq;     /* device copies of the embedding's index */
@@ -58,25 +62,45 @@ static lasp_status cuda_fail(lasp_gmodel *m, cudaError_t e, const char *what) {
 
 static const float ONE = 1.0f, ZERO = 0.0f;
 
+/* C[M,N] (column-major) = op(A) · op(B) + beta·C, fp32 C; A and B fp32, or bf16 (fp32 accumulation) */
+static cublasStatus_t gemm(const lasp_gmodel *m, cublasOperation_t ta, cublasOperation_t tb, int64_t M, int64_t N,
+                           int64_t K, const void *A, int64_t lda, const void *B, int64_t ldb, const float *beta,
+                           float *C, int64_t ldc) {
+    if (m->dtype == LASP_F32)
+        return cublasSgemm(m->blas, ta, tb, (int)M, (int)N, (int)K, &ONE, (const float *)A, (int)lda,
+                           (const float *)B, (int)ldb, beta, C, (int)ldc);
+    return cublasGemmEx(m->blas, ta, tb, (int)M, (int)N, (int)K, &ONE, A, CUDA_R_16BF, (int)lda, B, CUDA_R_16BF,
+                        (int)ldb, beta, C, CUDA_R_32F, (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
 /* out[N,O] = in[N,K] · W[K,O] + beta · out */
-static cublasStatus_t mm_fwd(cublasHandle_t h, float *out, const float *in, const float *W, int64_t N, int64_t K,
+static cublasStatus_t mm_fwd(const lasp_gmodel *m, float *out, const void *in, const void *W, int64_t N, int64_t K,
                              int64_t O, const float *beta) {
-    return cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)O, (int)N, (int)K, &ONE, W, (int)O, in, (int)K, beta, out,
-                       (int)O);
+    return gemm(m, CUBLAS_OP_N, CUBLAS_OP_N, O, N, K, W, O, in, K, beta, out, O);
 }
 
 /* din[N,K] = dout[N,O] · Wᵀ */
-static cublasStatus_t mm_bwd_in(cublasHandle_t h, float *din, const float *dout, const float *W, int64_t N, int64_t K,
-                                int64_t O) {
-    return cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)K, (int)N, (int)O, &ONE, W, (int)O, dout, (int)O, &ZERO, din,
-                       (int)K);
+static cublasStatus_t mm_bwd_in(const lasp_gmodel *m, float *din, const void *dout, const void *W, int64_t N,
+                                int64_t K, int64_t O) {
+    return gemm(m, CUBLAS_OP_T, CUBLAS_OP_N, K, N, O, W, O, dout, O, &ZERO, din, K);
 }
 
 /* dW[K,O] += in[N,K]ᵀ · dout[N,O] */
-static cublasStatus_t mm_bwd_w(cublasHandle_t h, float *dW, const float *in, const float *dout, int64_t N, int64_t K,
-                               int64_t O) {
-    return cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)O, (int)K, (int)N, &ONE, dout, (int)O, in, (int)K, &ONE, dW,
-                       (int)O);
+static cublasStatus_t mm_bwd_w(const lasp_gmodel *m, float *dW, const void *in, const void *dout, int64_t N,
+                               int64_t K, int64_t O) {
+    return gemm(m, CUBLAS_OP_N, CUBLAS_OP_T, O, K, N, dout, O, in, K, &ONE, dW, O);
+}
+
+/* An operand as the products take it: x itself in f32; in bf16, x rounded into `buf` (in16 or out16). */
+static const void *operand(const lasp_gmodel *m, uint16_t *buf, const float *x, int64_t n) {
+    if (m->dtype == LASP_F32) return x;
+    lasp_to_bf16_cuda(buf, x, n, m->stream);
+    return buf;
+}
+
+/* A weight as the products take it: the fp32 parameter, or its bf16 copy at the same offset. */
+static const void *weight(const lasp_gmodel *m, const float *w) {
+    return m->dtype == LASP_F32 ? (const void *)w : (const void *)(m->params16 + (w - m->params));
 }
 
 /* ---- sizes, create, reserve, free ----------------------------------------------------------------- */
@@ -100,13 +124,14 @@ static void acts_free(lasp_gmodel *m) {
         memset(a, 0, sizeof *a);
     }
     void *dev[] = {m->xL, m->rstdf, m->xf, m->logits, m->dres, m->dbuf, m->dbig, m->dq, m->dk, m->dv, m->dob,
-                   m->dconv, m->work, m->loss, m->hit, m->tok, m->tgt, m->order, m->starts, m->uniq};
+                   m->dconv, m->work, m->loss, m->hit, m->tok, m->tgt, m->order, m->starts, m->uniq, m->in16, m->out16};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
     cudaFreeHost(m->h_hit), cudaFreeHost(m->h_order), cudaFreeHost(m->h_starts), cudaFreeHost(m->h_uniq);
     cudaFreeHost(m->h_loss), free(m->h_count);
     m->xL = m->rstdf = m->xf = m->logits = m->dres = m->dbuf = m->dbig = m->dq = m->dk = m->dv = m->dob = NULL;
     m->dconv = m->work = NULL, m->loss = NULL;
     m->hit = m->tok = m->tgt = m->order = m->starts = m->uniq = NULL;
+    m->in16 = m->out16 = NULL;
     m->h_hit = m->h_order = m->h_starts = m->h_uniq = m->h_count = NULL, m->h_loss = NULL;
     m->B = m->T = 0;
 }
@@ -115,27 +140,32 @@ void lasp_gmodel_free(lasp_gmodel *m) {
     if (!m) return;
     acts_free(m);
     free(m->acts);
-    cudaFree(m->params), cudaFree(m->grads), cudaFree(m->slopes);
+    cudaFree(m->params), cudaFree(m->grads), cudaFree(m->slopes), cudaFree(m->params16);
     if (m->blas) cublasDestroy(m->blas);
     lasp_layout_free(&m->lay);
     free(m);
 }
 
-lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_gmodel **out) {
+lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_dtype dtype, lasp_gmodel **out) {
     *out = NULL;
     LASP_TRY(lasp_model_config_check(c, &ctx->err));
+    if (dtype != LASP_F32 && dtype != LASP_BF16)
+        return lasp_fail(&ctx->err, LASP_ERR_UNSUPPORTED, "the GPU model computes in f32 or bf16, not %s",
+                         lasp_dtype_name(dtype));
     void *stream = NULL;
     LASP_TRY(lasp_ctx_cuda_stream(ctx, &stream));
     lasp_gmodel *m = calloc(1, sizeof *m);
     if (!m) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no memory for the GPU model");
-    m->ctx = ctx, m->cfg = *c, m->stream = (cudaStream_t)stream;
+    m->ctx = ctx, m->cfg = *c, m->stream = (cudaStream_t)stream, m->dtype = dtype;
     lasp_status s = lasp_layout_make(c, &m->lay, &ctx->err);
     if (s == LASP_OK && !(m->acts = calloc((size_t)c->n_layers, sizeof *m->acts)))
         s = lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no memory for the GPU model");
     if (s == LASP_OK && cublasCreate(&m->blas) != CUBLAS_STATUS_SUCCESS)
         s = lasp_fail(&ctx->err, LASP_ERR_CUDA, "cuBLAS would not start (hint: `lasp info` checks the GPU)");
+    /* f32: no TF32 or other reduced-precision shortcut, so that it compares with the CPU */
+    const cublasMath_t math = dtype == LASP_F32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH;
     if (s == LASP_OK && (cublasSetStream(m->blas, m->stream) != CUBLAS_STATUS_SUCCESS ||
-                         cublasSetMathMode(m->blas, CUBLAS_PEDANTIC_MATH) != CUBLAS_STATUS_SUCCESS))
+                         cublasSetMathMode(m->blas, math) != CUBLAS_STATUS_SUCCESS))
         s = lasp_fail(&ctx->err, LASP_ERR_CUDA, "cuBLAS refused its stream or math mode");
     m->slope_stride = (c->n_heads + 3) / 4 * 4;
     const size_t P = m->lay.n_params, LH = (size_t)c->n_layers * m->slope_stride;
@@ -147,10 +177,11 @@ lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_g
         e = cudaMalloc((void **)&m->params, P * 4);
         if (e == cudaSuccess) e = cudaMalloc((void **)&m->grads, P * 4);
         if (e == cudaSuccess) e = cudaMalloc((void **)&m->slopes, LH * 4);
+        if (e == cudaSuccess && dtype == LASP_BF16) e = cudaMalloc((void **)&m->params16, P * 2);
         if (e == cudaSuccess) e = cudaMemcpy(m->slopes, slopes, LH * 4, cudaMemcpyHostToDevice);
         if (e != cudaSuccess)
             s = lasp_fail(&ctx->err, e == cudaErrorMemoryAllocation ? LASP_ERR_NOMEM : LASP_ERR_CUDA,
-                          "the GPU model's parameters and gradients (%.2f GiB): %s", 8.0 * P / 1073741824.0,
+                          "the GPU model's parameters and gradients (%.2f GiB): %s", (dtype == LASP_BF16 ? 10.0 : 8.0) * P / 1073741824.0,
                           cudaGetErrorString(e));
     }
     free(slopes);
@@ -192,14 +223,20 @@ static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t 
     DEV(m->work, (size_t)work_floats(c, (int64_t)N));
     DEV(m->loss, N); DEV(m->hit, N); DEV(m->tok, N); DEV(m->tgt, N);
     DEV(m->order, N); DEV(m->starts, N + 1); DEV(m->uniq, N);
+    if (m->dtype == LASP_BF16) { /* a product's or the op's rounded operands (see the forward and backward) */
+        const size_t in = N * (3 * C > F ? 3 * C : F), out1 = N * (4 * C > 2 * F ? 4 * C : 2 * F);
+        const size_t out = out1 > (size_t)chunk * V ? out1 : (size_t)chunk * V;
+        DEV(m->in16, in); DEV(m->out16, out);
+        if (alloc) m->n16 = out;
+    }
 #undef DEV
     return bytes;
 }
 
-double lasp_gmodel_activation_bytes(const lasp_model_config *c, int64_t B, int64_t T) {
+double lasp_gmodel_activation_bytes(const lasp_model_config *c, lasp_dtype dtype, int64_t B, int64_t T) {
     lasp_gmodel m;
     memset(&m, 0, sizeof m);
-    m.cfg = *c;
+    m.cfg = *c, m.dtype = dtype;
     cudaError_t e = cudaSuccess;
     return plan(&m, B, T, 0, &e);
 }
@@ -233,6 +270,8 @@ lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T) {
 lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host) {
     CU(cudaStreamSynchronize(m->stream), "the GPU's work");
     CU(cudaMemcpy(m->params, host, m->lay.n_params * 4, cudaMemcpyHostToDevice), "copying the parameters in");
+    if (m->params16) lasp_to_bf16_cuda(m->params16, m->params, (int64_t)m->lay.n_params, m->stream);
+    CU(cudaStreamSynchronize(m->stream), "rounding the parameters to bf16");
     return LASP_OK;
 }
 
@@ -244,6 +283,8 @@ lasp_status lasp_gmodel_get_params(lasp_gmodel *m, float *host) {
 
 float *lasp_gmodel_params(lasp_gmodel *m) { return m->params; }
 float *lasp_gmodel_grads(lasp_gmodel *m) { return m->grads; }
+void *lasp_gmodel_params16(lasp_gmodel *m) { return m->params16; }
+lasp_dtype lasp_gmodel_dtype(const lasp_gmodel *m) { return m->dtype; }
 
 lasp_status lasp_gmodel_get_grads(lasp_gmodel *m, float *host) {
     CU(cudaStreamSynchronize(m->stream), "the GPU's work");
@@ -277,14 +318,15 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
     CU(cudaMemcpyAsync(m->uniq, m->h_uniq, m->n_uniq * 4, cudaMemcpyHostToDevice, st), "copying the index in");
 
     lasp_embed_fwd_cuda(m->acts[0].x, m->params, m->tok, N, C, st);
-    const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = LASP_F32};
+    const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = m->dtype};
+    const int bf16 = m->dtype == LASP_BF16;
     for (int64_t l = 0; l < L; l++) {
         gacts *A = &m->acts[l];
         const float *w = m->params + m->lay.unit_off[1 + l];
         float *xout = l + 1 < L ? m->acts[l + 1].x : m->xL;
         /* attention branch: xn1 = RMSNorm(x); pre = xn1 · wqkvu; the convolution; SiLU features */
         lasp_rms_fwd_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
-        BLAS(mm_fwd(m->blas, A->pre, A->xn1, w + bo->wqkvu, N, C, 4 * C, &ZERO));
+        BLAS(mm_fwd(m, A->pre, operand(m, m->in16, A->xn1, N * C), weight(m, w + bo->wqkvu), N, C, 4 * C, &ZERO));
         const float *qkv = A->pre;
         int64_t sq = 4 * C;
         if (K) {
@@ -292,18 +334,27 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
             qkv = A->cpre, sq = 3 * C;
         }
         lasp_qkv_fwd_cuda(A->q, A->k, A->v, qkv, sq, N, C, st);
-        LASP_TRY(lasp_attn_fwd(ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride, NULL, A->o, NULL));
+        const float *slopes = m->slopes + l * m->slope_stride;
+        if (bf16) { /* the op on bf16 copies (q, k, v in in16; o in out16), its states in fp32 */
+            lasp_to_bf16_cuda(m->in16, A->q, N * C, st), lasp_to_bf16_cuda(m->in16 + N * C, A->k, N * C, st);
+            lasp_to_bf16_cuda(m->in16 + 2 * N * C, A->v, N * C, st);
+            LASP_TRY(lasp_attn_fwd(ctx, &ad, m->in16, m->in16 + N * C, m->in16 + 2 * N * C, slopes, NULL, m->out16,
+                                   NULL));
+            lasp_from_bf16_cuda(A->o, m->out16, N * C, st);
+        } else {
+            LASP_TRY(lasp_attn_fwd(ctx, &ad, A->q, A->k, A->v, slopes, NULL, A->o, NULL));
+        }
         /* y = RMSNorm(o) ⊙ σ(u); xm = x + y · wo (the residual added by the product: beta = 1) */
         lasp_rms_fwd_cuda(A->y, A->rstdo, A->o, w + bo->onorm, N, C, st);
         lasp_gate_fwd_cuda(A->y, A->pre + 3 * C, 4 * C, N, C, st);
         CU(cudaMemcpyAsync(A->xm, A->x, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
-        BLAS(mm_fwd(m->blas, A->xm, A->y, w + bo->wo, N, C, C, &ONE));
+        BLAS(mm_fwd(m, A->xm, operand(m, m->in16, A->y, N * C), weight(m, w + bo->wo), N, C, C, &ONE));
         /* GLU FFN: h = RMSNorm(xm) · w12; a = h1 ⊙ h2; xout = xm + a · w3 */
         lasp_rms_fwd_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
-        BLAS(mm_fwd(m->blas, A->h, A->xn2, w + bo->w12, N, C, 2 * F, &ZERO));
+        BLAS(mm_fwd(m, A->h, operand(m, m->in16, A->xn2, N * C), weight(m, w + bo->w12), N, C, 2 * F, &ZERO));
         lasp_glu_fwd_cuda(A->a, A->h, N, F, st);
         CU(cudaMemcpyAsync(xout, A->xm, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
-        BLAS(mm_fwd(m->blas, xout, A->a, w + bo->w3, N, F, C, &ONE));
+        BLAS(mm_fwd(m, xout, operand(m, m->in16, A->a, N * F), weight(m, w + bo->w3), N, F, C, &ONE));
     }
 
     /* head, a chunk of rows at a time: logits = xf · wh; their loss; with grad_scale their gradient in place,
@@ -312,13 +363,16 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
     float *gh = m->grads + m->lay.unit_off[L + 1] + m->lay.head_w;
     lasp_rms_fwd_cuda(m->xf, m->rstdf, m->xL, w + m->lay.head_lnf, N, C, st);
     const float scale = grad_scale > 0 ? grad_scale / (float)N : 0;
+    const char *xf = (const char *)operand(m, m->in16, m->xf, N * C); /* in16 holds it through the loop */
+    const size_t row = (size_t)C * (bf16 ? 2 : 4);
     for (int64_t r0 = 0; r0 < N; r0 += m->chunk) {
         const int64_t rows = N - r0 < m->chunk ? N - r0 : m->chunk;
-        BLAS(mm_fwd(m->blas, m->logits, m->xf + r0 * C, w + m->lay.head_w, rows, C, V, &ZERO));
+        BLAS(mm_fwd(m, m->logits, xf + r0 * row, weight(m, w + m->lay.head_w), rows, C, V, &ZERO));
         lasp_xent_cuda(m->logits, m->tgt + r0, rows, V, scale, m->loss + r0, m->hit + r0, st);
         if (scale > 0) {
-            BLAS(mm_bwd_in(m->blas, m->dbuf + r0 * C, m->logits, w + m->lay.head_w, rows, C, V));
-            BLAS(mm_bwd_w(m->blas, gh, m->xf + r0 * C, m->logits, rows, C, V));
+            const void *dz = operand(m, m->out16, m->logits, rows * V);
+            BLAS(mm_bwd_in(m, m->dbuf + r0 * C, dz, weight(m, w + m->lay.head_w), rows, C, V));
+            BLAS(mm_bwd_w(m, gh, xf + r0 * row, dz, rows, C, V));
         }
     }
     CU(cudaMemcpyAsync(m->h_loss, m->loss, N * sizeof *m->h_loss, cudaMemcpyDeviceToHost, st), "the loss");
@@ -348,29 +402,42 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     CU(cudaMemsetAsync(m->dres, 0, N * C * 4, st), "zeroing");
     lasp_rms_bwd_cuda(m->dres, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C, m->work, st);
 
-    const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = LASP_F32};
+    const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = m->dtype};
     for (int64_t l = L - 1; l >= 0; l--) {
         const gacts *A = &m->acts[l];
         w = m->params + m->lay.unit_off[1 + l], g = m->grads + m->lay.unit_off[1 + l];
         /* FFN: da = dres · w3ᵀ; dh from the GLU; dbuf = dh · w12ᵀ; dres += through the norm → ∂/∂xm */
         float *dh = m->dbig, *da = m->dbig + N * 2 * F;
-        BLAS(mm_bwd_in(m->blas, da, m->dres, w + bo->w3, N, F, C));
-        BLAS(mm_bwd_w(m->blas, g + bo->w3, A->a, m->dres, N, F, C));
+        const void *dout = operand(m, m->out16, m->dres, N * C);
+        BLAS(mm_bwd_in(m, da, dout, weight(m, w + bo->w3), N, F, C));
+        BLAS(mm_bwd_w(m, g + bo->w3, operand(m, m->in16, A->a, N * F), dout, N, F, C));
         lasp_glu_bwd_cuda(dh, da, A->h, N, F, st);
-        BLAS(mm_bwd_in(m->blas, m->dbuf, dh, w + bo->w12, N, C, 2 * F));
-        BLAS(mm_bwd_w(m->blas, g + bo->w12, A->xn2, dh, N, C, 2 * F));
+        dout = operand(m, m->out16, dh, N * 2 * F);
+        BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->w12), N, C, 2 * F));
+        BLAS(mm_bwd_w(m, g + bo->w12, operand(m, m->in16, A->xn2, N * C), dout, N, C, 2 * F));
         lasp_rms_bwd_cuda(m->dres, g + bo->ln2, m->dbuf, A->xm, A->rstd2, w + bo->ln2, N, C, m->work, st);
 
         /* attention: dy = dres · woᵀ; through the gate (du into dpre's u columns) and the output norm */
         float *dpre = m->dbig; /* [N, 4C] */
-        BLAS(mm_bwd_in(m->blas, m->dbuf, m->dres, w + bo->wo, N, C, C));
-        BLAS(mm_bwd_w(m->blas, g + bo->wo, A->y, m->dres, N, C, C));
+        dout = operand(m, m->out16, m->dres, N * C);
+        BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wo), N, C, C));
+        BLAS(mm_bwd_w(m, g + bo->wo, operand(m, m->in16, A->y, N * C), dout, N, C, C));
         lasp_gate_bwd_cuda(m->dbuf, dpre + 3 * C, 4 * C, A->o, A->rstdo, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C,
                            st);
         CU(cudaMemsetAsync(m->dob, 0, N * C * 4, st), "zeroing");
         lasp_rms_bwd_cuda(m->dob, g + bo->onorm, m->dbuf, A->o, A->rstdo, w + bo->onorm, N, C, m->work, st);
-        LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride, NULL, m->dob, NULL, m->dq, m->dk, m->dv,
-                               NULL));
+        const float *slopes = m->slopes + l * m->slope_stride;
+        if (m->dtype == LASP_BF16) { /* q, k, v in in16; dO, dq, dk, dv in out16 */
+            uint16_t *q = m->in16, *k = q + N * C, *v = k + N * C, *dob = m->out16, *dq = dob + N * C;
+            uint16_t *dk = dq + N * C, *dv = dk + N * C;
+            lasp_to_bf16_cuda(q, A->q, N * C, st), lasp_to_bf16_cuda(k, A->k, N * C, st);
+            lasp_to_bf16_cuda(v, A->v, N * C, st), lasp_to_bf16_cuda(dob, m->dob, N * C, st);
+            LASP_TRY(lasp_attn_bwd(ctx, &ad, q, k, v, slopes, NULL, dob, NULL, dq, dk, dv, NULL));
+            lasp_from_bf16_cuda(m->dq, dq, N * C, st), lasp_from_bf16_cuda(m->dk, dk, N * C, st);
+            lasp_from_bf16_cuda(m->dv, dv, N * C, st);
+        } else {
+            LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, NULL, m->dob, NULL, m->dq, m->dk, m->dv, NULL));
+        }
         /* through SiLU into the convolution's output (or the projections), then the convolution */
         const float *qkv = K ? A->cpre : A->pre;
         float *dqkv = K ? m->dconv : dpre;
@@ -380,8 +447,9 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
             lasp_conv_bwd_w_cuda(g + bo->conv, m->dconv, A->pre, 4 * C, NULL, B, T, 3 * C, K, m->work, st);
             lasp_conv_bwd_x_cuda(dpre, 4 * C, NULL, m->dconv, w + bo->conv, B, T, 3 * C, K, st);
         }
-        BLAS(mm_bwd_in(m->blas, m->dbuf, dpre, w + bo->wqkvu, N, C, 4 * C));
-        BLAS(mm_bwd_w(m->blas, g + bo->wqkvu, A->xn1, dpre, N, C, 4 * C));
+        dout = operand(m, m->out16, dpre, N * 4 * C);
+        BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wqkvu), N, C, 4 * C));
+        BLAS(mm_bwd_w(m, g + bo->wqkvu, operand(m, m->in16, A->xn1, N * C), dout, N, C, 4 * C));
         lasp_rms_bwd_cuda(m->dres, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C, m->work, st);
     }
     /* embedding: dwte[token] += dres, each token's positions in order */

@@ -19,21 +19,25 @@ extern "C" {
 
 typedef struct lasp_gmodel lasp_gmodel;
 
-lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_gmodel **out);
+/* dtype: LASP_F32 or LASP_BF16, of the products' and the op's operands. */
+lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_dtype dtype, lasp_gmodel **out);
 void lasp_gmodel_free(lasp_gmodel *m);
 /* (Re)size the activations for a batch of B sequences of T tokens. */
 lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T);
 /* The device bytes lasp_gmodel_reserve allocates for B × T (a double: asked-for sizes may not fit). */
-double lasp_gmodel_activation_bytes(const lasp_model_config *c, int64_t B, int64_t T);
+double lasp_gmodel_activation_bytes(const lasp_model_config *c, lasp_dtype dtype, int64_t B, int64_t T);
 
 /* Copies between the device's buffers and host arrays of n_params floats (synchronous). */
 lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host);
 lasp_status lasp_gmodel_get_params(lasp_gmodel *m, float *host);
 lasp_status lasp_gmodel_get_grads(lasp_gmodel *m, float *host);
 lasp_status lasp_gmodel_zero_grads(lasp_gmodel *m);
-/* The device buffers themselves [n_params], for the optimizer. */
+/* The device buffers themselves [n_params], for the optimizer; params16 is the bf16 copy the products read
+ * (NULL in f32), which whoever changes params must refresh (lasp_gmodel_set_params does). */
 float *lasp_gmodel_params(lasp_gmodel *m);
 float *lasp_gmodel_grads(lasp_gmodel *m);
+void *lasp_gmodel_params16(lasp_gmodel *m);
+lasp_dtype lasp_gmodel_dtype(const lasp_gmodel *m);
 
 /* Forward over host tokens and targets [B, T] (read before it returns), enqueued. With grad_scale > 0 the
  * head's backward is done in the same pass, a chunk of rows at a time (the logits never exist whole): its

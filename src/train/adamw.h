@@ -41,8 +41,9 @@ struct CUstream_st;
 /* *out (device) = Σ x², in a fixed order (the same bits every run); work: LASP_SUMSQ_PARTS doubles. */
 void lasp_sumsq_cuda(const float *x, size_t n, double *out, double *work, struct CUstream_st *stream);
 /* lasp_adamw_cpu with the clip factor made from √(*sumsq) (device); where that norm is not finite, nothing
- * is written: a step whose gradients hold NaN or Inf leaves parameters and moments as they were. */
-void lasp_adamw_cuda(float *p, const float *g, float *m, float *v, const uint8_t *decay, size_t n,
+ * is written: a step whose gradients hold NaN or Inf leaves parameters and moments as they were. p16 (may
+ * be NULL): a bf16 copy of p [n], rewritten from the updated values in the same pass. */
+void lasp_adamw_cuda(float *p, void *p16, const float *g, float *m, float *v, const uint8_t *decay, size_t n,
                      const lasp_adamw_step *h, const double *sumsq, struct CUstream_st *stream);
 
 #ifdef __cplusplus

@@ -1,5 +1,6 @@
 /* adamw_cuda.cu — the optimizer's update on the GPU (adamw.h): the gradient's sum of squares in two passes
  * of fixed shape (deterministic), and the element-wise update, which reads that sum from device memory. */
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 
@@ -31,7 +32,7 @@ __global__ void k_sum_parts(double *out, const double *work, int parts) {
     *out = s;
 }
 
-__global__ void k_adamw(float *p, const float *g, float *m, float *v, const uint8_t *decay, size_t n,
+__global__ void k_adamw(float *p, __nv_bfloat16 *p16, const float *g, float *m, float *v, const uint8_t *decay, size_t n,
                         lasp_adamw_step h, const double *sumsq) {
     const double norm = sqrt(*sumsq);
     if (!isfinite(norm)) return;
@@ -44,7 +45,9 @@ __global__ void k_adamw(float *p, const float *g, float *m, float *v, const uint
         m[i] = mi, v[i] = vi;
         const float upd = __fadd_rn(__fdiv_rn(__fdiv_rn(mi, h.bc1), __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, h.bc2)), h.eps)),
                                     decay[i] ? __fmul_rn(h.wd, p[i]) : 0.0f);
-        p[i] = __fsub_rn(p[i], __fmul_rn(h.lr, upd));
+        const float pi = __fsub_rn(p[i], __fmul_rn(h.lr, upd));
+        p[i] = pi;
+        if (p16) p16[i] = __float2bfloat16_rn(pi);
     }
 }
 
@@ -61,7 +64,7 @@ extern "C" void lasp_sumsq_cuda(const float *x, size_t n, double *out, double *w
     k_sum_parts<<<1, 1, 0, stream>>>(out, work, parts);
 }
 
-extern "C" void lasp_adamw_cuda(float *p, const float *g, float *m, float *v, const uint8_t *decay, size_t n,
-                                const lasp_adamw_step *h, const double *sumsq, cudaStream_t stream) {
-    k_adamw<<<blocks_for(n, 65535 * 8), THREADS, 0, stream>>>(p, g, m, v, decay, n, *h, sumsq);
+extern "C" void lasp_adamw_cuda(float *p, void *p16, const float *g, float *m, float *v, const uint8_t *decay,
+                                size_t n, const lasp_adamw_step *h, const double *sumsq, cudaStream_t stream) {
+    k_adamw<<<blocks_for(n, 65535 * 8), THREADS, 0, stream>>>(p, (__nv_bfloat16 *)p16, g, m, v, decay, n, *h, sumsq);
 }

@@ -46,6 +46,10 @@ lasp_status lasp_train_params_check(const lasp_train_params *o, lasp_err *err) {
                          o->beta2, o->eps);
     if (o->device != LASP_DEVICE_CPU && o->device != LASP_DEVICE_CUDA)
         return lasp_fail(err, LASP_ERR_ARG, "device %d: LASP_DEVICE_CPU or LASP_DEVICE_CUDA", (int)o->device);
+    if (o->dtype != LASP_F32 && (o->device == LASP_DEVICE_CPU || o->dtype != LASP_BF16))
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--dtype %s: %s", lasp_dtype_name(o->dtype),
+                         o->device == LASP_DEVICE_CPU ? "the CPU trains in f32 (hint: --dtype f32, or --device cuda)"
+                                                      : "a GPU trains in bf16 or f32");
     if (o->val_batches < 0 || o->val_batches > (1LL << 30))
         return lasp_fail(err, LASP_ERR_ARG, "--val-batches %lld is outside 0 .. 2^30", (long long)o->val_batches);
     return LASP_OK;
@@ -55,7 +59,7 @@ lasp_train_params lasp_train_default_params(void) {
     lasp_train_params o = {0};
     o.batch = 8, o.seq_len = 256, o.steps = 100, o.warmup = 10;
     o.lr = 3e-3, o.min_lr = 3e-4, o.weight_decay = 0.1, o.beta1 = 0.9, o.beta2 = 0.95, o.eps = 1e-8, o.clip = 1.0;
-    o.zero = 0, o.seed = 1337, o.val_batches = 4;
+    o.zero = 0, o.seed = 1337, o.val_batches = 4, o.device = LASP_DEVICE_CPU, o.dtype = LASP_F32;
     return o;
 }
 

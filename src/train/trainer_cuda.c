@@ -97,8 +97,9 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     G->peak_flops = peak_bf16_flops(&prop);
     G->flops_per_token = lasp_model_flops_per_token(&o->model);
     lasp_train_memory *mem = &G->mem;
-    mem->params = 4.0 * (double)P, mem->grads = 4.0 * (double)P, mem->optimizer = 9.0 * (double)P;
-    mem->activations = lasp_gmodel_activation_bytes(&o->model, t->Bl, t->Tl);
+    mem->params = (o->dtype == LASP_BF16 ? 6.0 : 4.0) * (double)P; /* fp32 master weights, and their bf16 copy */
+    mem->grads = 4.0 * (double)P, mem->optimizer = 9.0 * (double)P;
+    mem->activations = lasp_gmodel_activation_bytes(&o->model, o->dtype, t->Bl, t->Tl);
     mem->device_total = (double)total_b, mem->device_free = (double)free_b;
     snprintf(mem->device, sizeof mem->device, "GPU %d: %s (sm_%d%d, %d SMs, %.0f GiB)", dev, prop.name, prop.major,
              prop.minor, prop.multiProcessorCount, gib((double)total_b));
@@ -110,7 +111,7 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
                          gib((double)free_b), gib(mem->params + mem->grads), gib(mem->optimizer),
                          (long long)t->Bl, (long long)t->Tl, gib(mem->activations), gib(HEADROOM_BYTES));
 
-    LASP_TRY(lasp_gmodel_create(t->ctx, &o->model, &G->m));
+    LASP_TRY(lasp_gmodel_create(t->ctx, &o->model, o->dtype, &G->m));
     LASP_TRY(lasp_gmodel_reserve(G->m, t->Bl, t->Tl));
     const size_t N = (size_t)(t->Bl * t->Tl);
     CU(cudaMalloc((void **)&G->mom, P * 4), "the AdamW moments");
@@ -166,7 +167,7 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
     lasp_sumsq_cuda(g, t->P, G->sumsq, G->work, G->stream);
     const double lr = lasp_trainer_lr(&t->o, t->step);
     const lasp_adamw_step h = lasp_adamw_make(&t->o, t->step, lr);
-    lasp_adamw_cuda(p, g, G->mom, G->vel, G->decay, t->P, &h, G->sumsq, G->stream);
+    lasp_adamw_cuda(p, lasp_gmodel_params16(G->m), g, G->mom, G->vel, G->decay, t->P, &h, G->sumsq, G->stream);
     CU(cudaGetLastError(), "the optimizer's kernels");
     CU(cudaMemcpyAsync(G->h_sumsq, G->sumsq, sizeof(double), cudaMemcpyDeviceToHost, G->stream), "the norm");
     double loss;
