@@ -458,6 +458,8 @@ typedef struct lasp_step_stats {
     double mfu;         /* GPU: model FLOPs (lasp_model_flops_per_token) per second over the GPU's dense bf16
                          * peak; 0 on the CPU or a GPU whose peak is not known */
     double mem_bytes;   /* GPU: device memory in use */
+    double split_ms[5]; /* GPU with lasp_trainer_set_profile on: where the step's GPU time went, by CUDA events:
+                         * matrix products, attention, norms and element-wise, cross-entropy, optimizer */
 } lasp_step_stats;
 
 /* Checks the params against the layout and the data (batch % dp, seq_len % sp, the vocab) and builds
@@ -481,6 +483,9 @@ typedef struct lasp_train_memory {
     char device[160];                             /* "GPU 0: NVIDIA H200 (sm_90, …)", or "CPU" */
 } lasp_train_memory;
 lasp_train_memory lasp_trainer_memory(const lasp_trainer *t);
+/* GPU runs: record where each step's time goes (lasp_step_stats.split_ms), at the cost of an event where
+ * the kind of work changes. LASP_ERR_UNSUPPORTED on the CPU. */
+lasp_status lasp_trainer_set_profile(lasp_trainer *t, int on);
 
 /* Checkpoints: DIR/model.ckpt, written whole to a temporary name and renamed, so a crash leaves the old
  * checkpoint or the new one. It holds full arrays whatever the layout, so any dp × sp × ZeRO layout can
@@ -498,9 +503,11 @@ lasp_status lasp_trainer_resume(lasp_trainer *t, const char *dir);
  * head and the convolution's last few projections, so memory does not grow with the length. */
 typedef struct lasp_generator lasp_generator;
 lasp_status lasp_generator_load(const char *ckpt_dir, lasp_generator **out, lasp_err *err);
+/* The same on `device`: LASP_DEVICE_CUDA decodes on the current GPU, in f32 like the CPU. */
+lasp_status lasp_generator_open(const char *ckpt_dir, lasp_device device, lasp_generator **out, lasp_err *err);
 lasp_model_config lasp_generator_config(const lasp_generator *g);
-/* Feeds one token (0 ≤ token < vocab); returns the logits [vocab] of the next one, valid until the next
- * call. */
+/* Feeds one token (0 ≤ token < vocab); returns the logits [vocab] of the next one (host memory), valid until
+ * the next call; NULL for a token out of range or a GPU that failed. */
 const float *lasp_generator_feed(lasp_generator *g, int32_t token);
 void lasp_generator_free(lasp_generator *g);
 

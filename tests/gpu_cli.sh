@@ -29,10 +29,22 @@ ra=$?
 rb=$?
 "$lasp" generate --ckpt ck --prompt-ids 20,130,33 --tokens 4 --temperature 0 --ids >g.log 2>&1
 rg=$?
+"$lasp" generate --ckpt ck --prompt-ids 20,130,33 --tokens 4 --temperature 0 --ids --device cuda >gg.log 2>&1
+rgg=$?
 ok=1
 [ $ra -eq 0 ] && [ $rb -eq 0 ] && [ $rg -eq 0 ] && grep -q '^step 10/10 .*GPU mem' b.log && grep -q 'resumed from ck at step 5' b.log &&
     grep -q 'device .*GPU 0' a.log && ok=0
 result $ok "--device cuda: stopped at step 5, resumed to 10, the checkpoint decodes on the CPU" b.log
+ok=1; [ $rgg -eq 0 ] && cmp -s g.log gg.log && ok=0
+result $ok "lasp generate --device cuda: the CPU's tokens ($(cat gg.log))" gg.log
+
+# make demo on a GPU machine trains there
+bash "$(dirname "$lasp")/../tools/demo.sh" "$lasp" >demo.log 2>&1
+rc=$?
+acc=$(sed -n 's/.*recall accuracy \([0-9.]*\)%.*/\1/p' demo.log | tail -1)
+echo "# make demo on the GPU: recall accuracy ${acc:-none}%, answers $(grep -E '^[0-9]+(,[0-9]+)+$' demo.log | sed 's/.*,//' | tr '\n' ' ')"
+ok=1; [ $rc -eq 0 ] && grep -q 'demo on the GPU' demo.log && [ -n "$acc" ] && awk "BEGIN{exit !($acc >= 50)}" && ok=0
+result $ok "make demo trains on the GPU when there is one (recall accuracy ≥ 50%)" demo.log
 
 # too big: refused with the sizes, before any file is written
 "$lasp" train --device cuda --model 1b --batch 1 --seq-len 16777216 --out big --ckpt big/ck >big.log 2>&1

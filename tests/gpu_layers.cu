@@ -1,6 +1,6 @@
 /* gpu_layers.cu — every layer of the model on the GPU (src/model/layers_cuda.cu) against its CPU version
- * (layers_cpu.c, the spec), forward and backward, f32, on fresh random inputs: relative error (MATH.md §6)
- * ≤ 1e-5. Outputs start poisoned with NaN, so an element the GPU forgets fails; accumulated gradients start
+ * (layers_cpu.c, the spec), forward and backward, on fresh random inputs: relative error (MATH.md §6)
+ * ≤ 1e-5 in f32, and ≤ 2e-2 for the bf16 variants (their bf16 side rounded, the rest fp32). Outputs start poisoned with NaN, so an element the GPU forgets fails; accumulated gradients start
  * from the same random values on both sides. The passes that sum over rows run twice and must give the
  * same bits (no atomics). Needs a GPU. */
 #include <string.h>
@@ -205,6 +205,82 @@ static void case_embed(int64_t N, int64_t V, int64_t C) {
     cudaFree(d_order), cudaFree(d_starts), cudaFree(d_uniq);
 }
 
+/* the bf16 variants: what they write in bf16 within 2e-2 of the CPU's fp32, what they write in fp32 as the
+ * f32 passes' (1e-5) */
+static void expect_bf16(const char *what, const void *d, const float *ref, size_t n) {
+    cudaError_t e = cudaDeviceSynchronize();
+    CHECK(e == cudaSuccess, "%s: %s", what, cudaGetErrorString(e));
+    float *h = test_from_dev(d, n, LASP_BF16);
+    const double r = test_rel(h, ref, n);
+    CHECK(r <= 2e-2, "%s (bf16): relative error %.3g > 2e-2", what, r);
+    free(h);
+}
+
+static void case_bf16(int64_t N, int64_t C, int64_t F, int64_t V) {
+    const int64_t S = 4 * C;
+    float *x = test_randn(&rng, N * C, 1.5), *g = test_randn(&rng, C, 1), *p = test_randn(&rng, N * S, 2);
+    float *dq = test_randn(&rng, N * C, 1), *dk = test_randn(&rng, N * C, 1), *dv = test_randn(&rng, N * C, 1);
+    float *h = test_randn(&rng, N * 2 * F, 1), *da = test_randn(&rng, N * F, 1), *z = test_randn(&rng, N * V, 3);
+    int32_t *t = (int32_t *)malloc(N * 4), *hit = (int32_t *)malloc(N * 4);
+    for (int64_t n = 0; n < N; n++) t[n] = (int32_t)(lasp_rng_u64(&rng) % (uint64_t)V);
+    /* the CPU's */
+    float *xn = (float *)malloc(N * C * 4), *rstd = (float *)malloc(N * 4), *q = (float *)malloc(N * C * 4);
+    float *k = (float *)malloc(N * C * 4), *v = (float *)malloc(N * C * 4), *y = copy(x, N * C);
+    float *dp = test_randn(&rng, N * S, 1), *dp0 = copy(dp, N * S), *a = (float *)malloc(N * F * 4);
+    float *dh = (float *)malloc(N * 2 * F * 4), *dz = copy(z, N * V);
+    double *loss = (double *)malloc(N * 8), *loss_g = (double *)malloc(N * 8);
+    lasp_rms_fwd_cpu(xn, rstd, x, g, N, C);
+    lasp_qkv_fwd_cpu(q, k, v, p, S, N, C);
+    lasp_qkv_bwd_cpu(dp, S, dq, dk, dv, p, N, C);
+    lasp_gate_fwd_cpu(y, p + 3 * C, S, N, C);
+    lasp_glu_fwd_cpu(a, h, N, F);
+    lasp_glu_bwd_cpu(dh, da, h, N, F);
+    lasp_xent_cpu(dz, t, N, V, 0.37f, loss, hit);
+    /* the GPU's */
+    float *d_x = up(x, N * C), *d_g = up(g, C), *d_p = up(p, N * S), *d_rstd = up(NULL, N), *d_dp = up(dp0, N * S);
+    float *d_h = up(h, N * 2 * F), *d_da = up(da, N * F), *d_z = up(z, N * V);
+    void *d_xn = test_to_dev(NULL, N * C, LASP_BF16), *d_q = test_to_dev(NULL, N * C, LASP_BF16);
+    void *d_k = test_to_dev(NULL, N * C, LASP_BF16), *d_v = test_to_dev(NULL, N * C, LASP_BF16);
+    void *d_dq = test_to_dev(dq, N * C, LASP_BF16), *d_dk = test_to_dev(dk, N * C, LASP_BF16);
+    void *d_dv = test_to_dev(dv, N * C, LASP_BF16), *d_y = test_to_dev(NULL, N * C, LASP_BF16);
+    void *d_a = test_to_dev(NULL, N * F, LASP_BF16), *d_dh = test_to_dev(NULL, N * 2 * F, LASP_BF16);
+    void *d_dz = test_to_dev(NULL, N * V, LASP_BF16);
+    int32_t *d_t = up_i(t, N), *d_hit = NULL;
+    double *d_loss = NULL;
+    cudaMalloc(&d_hit, N * 4), cudaMalloc(&d_loss, N * 8);
+    lasp_rms_fwd_bf16_cuda(d_xn, d_rstd, d_x, d_g, N, C, 0);
+    lasp_qkv_fwd_bf16_cuda(d_q, d_k, d_v, d_p, S, N, C, 0);
+    lasp_qkv_bwd_bf16_cuda(d_dp, S, d_dq, d_dk, d_dv, d_p, N, C, 0);
+    lasp_gate_fwd_bf16_cuda(d_y, d_x, d_p + 3 * C, S, N, C, 0);
+    lasp_glu_fwd_bf16_cuda(d_a, d_h, N, F, 0);
+    lasp_glu_bwd_bf16_cuda(d_dh, d_da, d_h, N, F, 0);
+    lasp_xent_bf16_cuda(d_z, d_dz, d_t, N, V, 0.37f, d_loss, d_hit, 0);
+    expect_bf16("rms out", d_xn, xn, N * C);
+    expect_close("rms rstd", d_rstd, rstd, N);
+    expect_bf16("q", d_q, q, N * C), expect_bf16("k", d_k, k, N * C), expect_bf16("v", d_v, v, N * C);
+    /* dp from bf16 dq, dk, dv: fp32 out, the inputs' rounding in it */
+    float *hdp = down(d_dp, N * S);
+    CHECK(test_rel(hdp, dp, N * S) <= 2e-2, "dp from bf16 gradients: relative %.3g", test_rel(hdp, dp, N * S));
+    expect_bf16("gated y", d_y, y, N * C);
+    expect_bf16("glu a", d_a, a, N * F);
+    expect_bf16("glu dh", d_dh, dh, N * 2 * F);
+    expect_bf16("dlogits", d_dz, dz, N * V);
+    expect_close("logits kept", d_z, z, N * V);
+    cudaMemcpy(loss_g, d_loss, N * 8, cudaMemcpyDeviceToHost);
+    double num = 0, den = 0;
+    for (int64_t n = 0; n < N; n++) num += (loss_g[n] - loss[n]) * (loss_g[n] - loss[n]), den += loss[n] * loss[n];
+    CHECK(sqrt(num / den) <= TOL, "cross-entropy loss: relative %.3g", sqrt(num / den));
+    test_case("bf16 variants within 2e-2 (norm, q k v, their gradients, gate, GLU, dlogits), N %lld C %lld F %lld "
+              "V %lld", (long long)N, (long long)C, (long long)F, (long long)V);
+    free(x), free(g), free(p), free(dq), free(dk), free(dv), free(h), free(da), free(z), free(t), free(hit);
+    free(xn), free(rstd), free(q), free(k), free(v), free(y), free(dp), free(dp0), free(a), free(dh), free(dz);
+    free(loss), free(loss_g), free(hdp);
+    cudaFree(d_x), cudaFree(d_g), cudaFree(d_p), cudaFree(d_rstd), cudaFree(d_dp), cudaFree(d_h), cudaFree(d_da);
+    cudaFree(d_z), cudaFree(d_xn), cudaFree(d_q), cudaFree(d_k), cudaFree(d_v), cudaFree(d_dq), cudaFree(d_dk);
+    cudaFree(d_dv), cudaFree(d_y), cudaFree(d_a), cudaFree(d_dh), cudaFree(d_dz), cudaFree(d_t), cudaFree(d_hit);
+    cudaFree(d_loss);
+}
+
 int main(void) {
     lasp_rng_seed(&rng, test_seed());
     if (!test_have_gpu()) return 1;
@@ -227,5 +303,7 @@ int main(void) {
     case_embed(1, 256, 16);
     case_embed(500, 256, 32);
     case_embed(3000, 64000, 128);
+    case_bf16(37, 64, 96, 300);
+    case_bf16(1000, 128, 256, 50304);
     return test_exit();
 }

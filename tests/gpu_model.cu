@@ -2,10 +2,11 @@
  * the same parameters and tokens give the loss within 1e-5 and every unit's gradient (embedding, each
  * block, head) within 1e-4 relative (MATH.md §6; 1e-3 for a batch of one token), with and without the short convolution, several
  * shapes and a head cut into several chunks of logits; in bf16 (the products' and the op's operands
- * rounded) the loss and every unit's gradient within 2e-2; the same step twice gives the same bits; bad
+ * rounded) the loss within 2e-2 and every unit's gradient within 5e-2; the same step twice gives the same bits; bad
  * tokens are refused. Needs a GPU. */
 #include <string.h>
 
+#include "model/decoder_cuda.h"
 #include "model/model_cuda.h"
 #include "test.h"
 
@@ -63,7 +64,7 @@ static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t 
         CHECK(s == LASP_ERR_ARG && strstr(lasp_ctx_error(ctx), "outside the vocab"), "a bad token: %d %s", (int)s,
               lasp_ctx_error(ctx));
     }
-    const double lrel = fabs(loss_g - loss_c) / fabs(loss_c), ltol = dt == LASP_F32 ? 1e-5 * tol / 1e-4 : tol;
+    const double lrel = fabs(loss_g - loss_c) / fabs(loss_c), ltol = dt == LASP_F32 ? 1e-5 * tol / 1e-4 : 2e-2;
     CHECK(lrel <= ltol, "loss %.9f on the GPU, %.9f on the CPU: relative %.3g", loss_g, loss_c, lrel);
     /* in bf16 a near tie of two logits may fall the other way: the hits within 2% of the count */
     const int64_t hit_slack = dt == LASP_F32 ? 0 : cnt_c / 50;
@@ -88,6 +89,41 @@ static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t 
     free(tok), free(tgt), free(g1), free(g2);
 }
 
+/* The recurrent form on the GPU against the CPU's decoder: the same tokens give the same logits (f32, within
+ * 1e-4 relative at every step; the state carries every earlier token). */
+static void case_decoder(const char *preset, int32_t conv, int steps) {
+    lasp_err err;
+    memset(&err, 0, sizeof err);
+    lasp_model_config c;
+    lasp_model_preset(preset, 256, &c, &err);
+    c.conv = conv;
+    lasp_model cm;
+    CHECK(lasp_model_create(&c, &cm, &err) == LASP_OK, "%s", err.msg);
+    float *params = (float *)malloc(cm.lay.n_params * 4);
+    lasp_model_init_params(&c, &cm.lay, lasp_rng_u64(&rng), params);
+    lasp_decoder cd;
+    lasp_gdecoder *gd = NULL;
+    CHECK(lasp_decoder_create(&cm, params, &cd, &err) == LASP_OK, "%s", err.msg);
+    CHECK(lasp_gdecoder_create(ctx, &c, params, &gd) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    double worst = 0;
+    for (int i = 0; gd && i < steps; i++) {
+        const int32_t tok = (int32_t)lasp_rng_below(&rng, 256);
+        const float *lg = NULL;
+        lasp_decoder_step(&cd, tok);
+        CHECK(lasp_gdecoder_step(gd, tok, &lg) == LASP_OK, "step %d: %s", i, lasp_ctx_error(ctx));
+        if (!lg) break;
+        const double r = test_rel(lg, cd.logits, 256);
+        if (!(r <= worst)) worst = r;
+    }
+    printf("# decoder %s conv %d, %d tokens: worst relative error of the logits %.2g\n", preset, conv, steps, worst);
+    CHECK(worst <= 1e-4, "logits: relative %.3g > 1e-4", worst);
+    test_case("the GPU decoder equals the CPU's: %s, conv %d, %d tokens", preset, conv, steps);
+    lasp_gdecoder_free(gd);
+    lasp_decoder_free(&cd);
+    lasp_model_free(&cm);
+    free(params);
+}
+
 int main(void) {
     lasp_rng_seed(&rng, test_seed());
     if (!test_have_gpu()) return 1;
@@ -99,11 +135,16 @@ int main(void) {
     case_model("small", 256, 2, 1, 1, 1e-3, LASP_F32);
     /* a vocabulary whose logits take several chunks: 300 rows × 300000 × 4 B > the chunk */
     case_model("tiny", 300000, 4, 2, 150, 1e-4, LASP_F32);
-    /* bf16 operands for the products and the op: within 2e-2 of the CPU's fp32 */
-    case_model("tiny", 256, 4, 2, 37, 2e-2, LASP_BF16);
-    case_model("small", 256, 4, 4, 128, 2e-2, LASP_BF16);
-    case_model("small", 256, 0, 2, 200, 2e-2, LASP_BF16);
-    case_model("tiny", 300000, 4, 2, 150, 2e-2, LASP_BF16);
+    /* bf16 operands for the products and the op: each layer is within 2e-2 (gpu_layers); through the whole
+     * model the roundings of every layer add up in the gradients of the first units (2e-2 measured on the
+     * small preset, bench/RESULTS.md), so the bound of the whole is 5e-2, and the loss's 2e-2 */
+    case_model("tiny", 256, 4, 2, 37, 5e-2, LASP_BF16);
+    case_model("small", 256, 4, 4, 128, 5e-2, LASP_BF16);
+    case_model("small", 256, 0, 2, 200, 5e-2, LASP_BF16);
+    case_model("tiny", 300000, 4, 2, 150, 5e-2, LASP_BF16);
+    case_decoder("tiny", 4, 60);
+    case_decoder("small", 0, 40);
+    case_decoder("small", 3, 40);
     lasp_ctx_free(ctx);
     return test_exit();
 }

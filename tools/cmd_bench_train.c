@@ -103,7 +103,12 @@ int lasp_bench_train(int argc, char **argv) {
             rc = 1;
             break;
         }
+        if (gpu && lasp_trainer_set_profile(t, 1) != LASP_OK) {
+            if (rank == 0) fprintf(stderr, "error: %s\n", lasp_ctx_error(ctx));
+            rc = 1;
+        }
         double *ms = malloc((size_t)steps * sizeof(double)), comm = 0, total = 0, mem = 0, mfu_ms = 0;
+        double split[5] = {0, 0, 0, 0, 0};
         for (long long s = -2; s < steps && !rc; s++) {
             lasp_step_stats st;
             if (lasp_trainer_step(t, &st) != LASP_OK) {
@@ -114,13 +119,22 @@ int lasp_bench_train(int argc, char **argv) {
                 ms[s] = st.ms, comm += st.comm_ms, total += st.ms;
                 mfu_ms = st.mfu * st.ms; /* MFU × ms is the same every step: scaled to the median below */
                 if (st.mem_bytes > mem) mem = st.mem_bytes;
+                for (int k = 0; k < 5; k++) split[k] += st.split_ms[k] / (double)steps;
             }
         }
         if (!rc && rank == 0) {
             const double med = tool_median(ms, (int)steps);
-            if (gpu)
+            if (gpu) {
                 printf("  %-6s %8.2fM %10.1f %12.0f %7.1f %10.1f\n", name, lasp_trainer_n_params(t) / 1e6, med,
                        (double)batch * (double)seq / (med / 1e3), 100 * mfu_ms / med, mem / 1073741824.0);
+                static const char *part[5] = {"matrix products", "attention", "norms and element-wise",
+                                              "cross-entropy", "optimizer"};
+                double gpu_ms = 0;
+                for (int k = 0; k < 5; k++) gpu_ms += split[k];
+                printf("    where a step's GPU time goes (CUDA events, mean; %.1f ms of the %.1f ms step):\n", gpu_ms, med);
+                for (int k = 0; k < 5; k++)
+                    printf("      %-24s %8.1f ms %5.1f%%\n", part[k], split[k], gpu_ms > 0 ? 100 * split[k] / gpu_ms : 0);
+            }
             else
                 printf("  %-6s %8.2fM %10.1f %12.0f %8.1f\n", name, lasp_trainer_n_params(t) / 1e6, med,
                        (double)batch * (double)seq / (med / 1e3), 100 * comm / total);

@@ -12,7 +12,7 @@
 #include "opts.h"
 
 int cmd_generate(int argc, char **argv) {
-    const char *ckpt = NULL, *prompt = NULL, *prompt_ids = NULL;
+    const char *ckpt = NULL, *prompt = NULL, *prompt_ids = NULL, *device_name = "cpu";
     long long n = 200, top_k = 0, seed = 1337;
     double temp = 1.0;
     int ids = 0;
@@ -25,6 +25,7 @@ int cmd_generate(int argc, char **argv) {
         {"--top-k", OPT_INT, &top_k, "K", "sample among the K most likely tokens (0 = all)", 0},
         {"--seed", OPT_INT, &seed, "N", "seed of the sampler", 0},
         {"--ids", OPT_FLAG, &ids, NULL, "print token ids instead of bytes", 0},
+        {"--device", OPT_STR, &device_name, "cpu|cuda", "where to decode (f32 on either)", 0},
     };
     const cmd_spec spec = {
         "lasp generate --ckpt DIR [--prompt TEXT | --prompt-ids I,J,..] [--tokens N] [--temperature T] [--top-k K]",
@@ -45,7 +46,9 @@ int cmd_generate(int argc, char **argv) {
     }
     lasp_err err = {0};
     lasp_generator *g = NULL;
-    if (lasp_generator_load(ckpt, &g, &err) != LASP_OK) {
+    const int device = opts_device(device_name, "--device");
+    if (device < 0) return 2;
+    if (lasp_generator_open(ckpt, (lasp_device)device, &g, &err) != LASP_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;
     }
@@ -77,13 +80,13 @@ int cmd_generate(int argc, char **argv) {
     const int bytes = !ids && V <= 256;
     const float *logits = NULL;
     for (int i = 0; i < np; i++) {
-        logits = lasp_generator_feed(g, pr[i]);
+        if (!(logits = lasp_generator_feed(g, pr[i]))) break;
         if (bytes) putchar(pr[i]);
         else printf("%s%d", i ? "," : "", pr[i]);
     }
     const int bold = bytes && isatty(fileno(stdout)); /* the generated part in bold, on a terminal only */
     if (bold) printf("\x1b[1m");
-    for (long long i = 0; i < n; i++) {
+    for (long long i = 0; i < n && logits; i++) {
         int next = 0;
         for (int v = 1; v < V; v++)
             if (logits[v] > logits[next]) next = v;
@@ -112,10 +115,14 @@ int cmd_generate(int argc, char **argv) {
         if (bytes) putchar(next);
         else printf(",%d", next);
         fflush(stdout);
-        logits = lasp_generator_feed(g, next);
+        if (i + 1 < n) logits = lasp_generator_feed(g, next);
     }
     if (bold) printf("\x1b[0m");
     printf("\n");
+    if (!logits) {
+        fprintf(stderr, "error: the decoder failed on the GPU\n");
+        goto out;
+    }
     free(p), free(order);
     rc = 0;
 out:

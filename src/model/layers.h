@@ -72,6 +72,15 @@ struct CUstream_st;
  * columns (C for the norms, K·W for the convolution's taps). */
 int64_t lasp_layers_cuda_work_floats(int64_t N, int64_t width);
 
+/* The recurrent form's steps for one token (the decoder; model.c's lasp_decoder_step is their spec).
+ * conv_step: cq [W] = Σ_j wc[j] ⊙ (j = 0: p, else win[j − 1]), then the window win [K−1, W] (newest first)
+ * moves on by one, p entering it. recur_step: per head h, S_h [D, D] ← λ_h S_h + kᵀv and o = q S_h, with
+ * q = SiLU(p[0, C)), k = SiLU(p[C, 2C)), v = p[2C, 3C), λ_h = exp(−slopes[h]); state [H, D, D], o [C]. */
+void lasp_conv_step_cuda(float *cq, float *win, const float *p, const float *wc, int64_t W, int64_t K,
+                         struct CUstream_st *stream);
+void lasp_recur_step_cuda(float *state, float *o, const float *p, const float *slopes, int64_t H, int64_t D,
+                          struct CUstream_st *stream);
+
 /* bf16 copies (round to nearest even) and back, for the operands of the bf16 matrix products and op */
 void lasp_to_bf16_cuda(void *y, const float *x, int64_t n, struct CUstream_st *stream);
 void lasp_from_bf16_cuda(float *y, const void *x, int64_t n, struct CUstream_st *stream);
@@ -99,6 +108,24 @@ void lasp_xent_cuda(float *z, const int32_t *targets, int64_t N, int64_t V, floa
                     struct CUstream_st *stream);
 void lasp_embed_fwd_cuda(float *x, const float *wte, const int32_t *tokens, int64_t N, int64_t C,
                          struct CUstream_st *stream);
+/* The same passes with their bf16 side (void *: __nv_bfloat16, rounded to nearest even) for the bf16 model,
+ * where they feed the matrix products and the attention op: the outputs of rms_fwd, qkv_fwd, gate_fwd (out
+ * of place: y = yin ⊙ σ(u)), glu_fwd and glu_bwd (dh), the gradients qkv_bwd reads, and the gradient xent
+ * writes to dz instead of in place. Everything else stays fp32. */
+void lasp_rms_fwd_bf16_cuda(void *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
+                            struct CUstream_st *stream);
+void lasp_qkv_fwd_bf16_cuda(void *q, void *k, void *v, const float *p, int64_t sp, int64_t N, int64_t C,
+                            struct CUstream_st *stream);
+void lasp_qkv_bwd_bf16_cuda(float *dp, int64_t sp, const void *dq, const void *dk, const void *dv, const float *p,
+                            int64_t N, int64_t C, struct CUstream_st *stream);
+void lasp_gate_fwd_bf16_cuda(void *y, const float *yin, const float *u, int64_t su, int64_t N, int64_t C,
+                             struct CUstream_st *stream);
+void lasp_glu_fwd_bf16_cuda(void *a, const float *h, int64_t N, int64_t F, struct CUstream_st *stream);
+void lasp_glu_bwd_bf16_cuda(void *dh, const float *da, const float *h, int64_t N, int64_t F,
+                            struct CUstream_st *stream);
+void lasp_xent_bf16_cuda(const float *z, void *dz, const int32_t *targets, int64_t N, int64_t V, float scale,
+                         double *loss, int32_t *hit, struct CUstream_st *stream);
+
 /* The backward without atomics, so that it is deterministic: the caller groups the positions by token on
  * the host (lasp_embed_index), and each token's row sums its positions in order. */
 void lasp_embed_bwd_cuda(float *dwte, const float *dx, const int32_t *order, const int32_t *starts,

@@ -1,4 +1,4 @@
-/* layers_cuda.cu — the model's layers on the GPU (layers.h), fp32. Rows go to warps (norms) or blocks
+/* layers_cuda.cu — the model's layers on the GPU (layers.h), fp32, and the bf16 variants (one template each). Rows go to warps (norms) or blocks
  * (cross-entropy); element-wise passes are grid-strided. Sums over rows (the gains' and the taps'
  * gradients) are never atomic: each block sums a fixed range of rows into `work`, and a second pass adds
  * the partial sums in order, so that a step's gradients are the same bits on every run. */
@@ -14,6 +14,12 @@ constexpr int ROWS_PER_PART = 32;  /* rows one block sums for a column-sum's par
 constexpr int MAX_PARTS = 1024;    /* at most this many partials per column: the second pass stays short */
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* stores and loads of either element type: bf16 rounded to nearest even */
+__device__ __forceinline__ void put(float *p, float x) { *p = x; }
+__device__ __forceinline__ void put(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
+__device__ __forceinline__ float get(const float *p) { return *p; }
+__device__ __forceinline__ float get(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -47,7 +53,8 @@ __global__ void k_sum_parts(float *out, const float *work, int64_t parts, int64_
 
 /* ---- RMSNorm: a warp per row --------------------------------------------------------------------- */
 
-__global__ void k_rms_fwd(float *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C) {
+template <typename T>
+__global__ void k_rms_fwd(T *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C) {
     const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x & 31;
     if (n >= N) return;
@@ -56,7 +63,7 @@ __global__ void k_rms_fwd(float *out, float *rstd, const float *x, const float *
     for (int64_t c = lane; c < C; c += 32) ss += xr[c] * xr[c];
     const float r = rsqrtf(warp_sum(ss) / (float)C + LASP_RMS_EPS);
     if (rstd && lane == 0) rstd[n] = r;
-    for (int64_t c = lane; c < C; c += 32) out[n * C + c] = xr[c] * r * g[c];
+    for (int64_t c = lane; c < C; c += 32) put(out + n * C + c, xr[c] * r * g[c]);
 }
 
 __global__ void k_rms_bwd_x(float *dx, const float *dy, const float *x, const float *rstd, const float *g, int64_t N,
@@ -84,29 +91,33 @@ __global__ void k_rms_bwd_g(float *work, const float *dy, const float *x, const 
 
 /* ---- element-wise -------------------------------------------------------------------------------- */
 
-__global__ void k_qkv_fwd(float *q, float *k, float *v, const float *p, int64_t sp, int64_t N, int64_t C) {
+template <typename T>
+__global__ void k_qkv_fwd(T *q, T *k, T *v, const float *p, int64_t sp, int64_t N, int64_t C) {
     GRID_STRIDE(i, N * C) {
         const int64_t n = i / C, c = i % C;
         const float *r = p + n * sp;
         const float a = r[c], b = r[C + c];
-        q[i] = a * sigmoid(a), k[i] = b * sigmoid(b), v[i] = r[2 * C + c];
+        put(q + i, a * sigmoid(a)), put(k + i, b * sigmoid(b)), put(v + i, r[2 * C + c]);
     }
 }
 
-__global__ void k_qkv_bwd(float *dp, int64_t sp, const float *dq, const float *dk, const float *dv, const float *p,
+template <typename T>
+__global__ void k_qkv_bwd(float *dp, int64_t sp, const T *dq, const T *dk, const T *dv, const float *p,
                           int64_t N, int64_t C) {
     GRID_STRIDE(i, N * C) {
         const int64_t n = i / C, c = i % C;
         const float *r = p + n * sp;
         const float a = r[c], b = r[C + c], sa = sigmoid(a), sb = sigmoid(b);
-        dp[n * sp + c] = dq[i] * sa * (1 + a * (1 - sa));
-        dp[n * sp + C + c] = dk[i] * sb * (1 + b * (1 - sb));
-        dp[n * sp + 2 * C + c] = dv[i];
+        dp[n * sp + c] = get(dq + i) * sa * (1 + a * (1 - sa));
+        dp[n * sp + C + c] = get(dk + i) * sb * (1 + b * (1 - sb));
+        dp[n * sp + 2 * C + c] = get(dv + i);
     }
 }
 
-__global__ void k_gate_fwd(float *y, const float *u, int64_t su, int64_t N, int64_t C) {
-    GRID_STRIDE(i, N * C) y[i] *= sigmoid(u[(i / C) * su + i % C]);
+/* y = yin ⊙ σ(u) (y may be yin) */
+template <typename T>
+__global__ void k_gate_fwd(T *y, const float *yin, const float *u, int64_t su, int64_t N, int64_t C) {
+    GRID_STRIDE(i, N * C) put(y + i, yin[i] * sigmoid(u[(i / C) * su + i % C]));
 }
 
 __global__ void k_gate_bwd(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
@@ -119,19 +130,21 @@ __global__ void k_gate_bwd(float *dy, float *du, int64_t sdu, const float *o, co
     }
 }
 
-__global__ void k_glu_fwd(float *a, const float *h, int64_t N, int64_t F) {
+template <typename T>
+__global__ void k_glu_fwd(T *a, const float *h, int64_t N, int64_t F) {
     GRID_STRIDE(i, N * F) {
         const int64_t n = i / F, f = i % F;
-        a[i] = h[n * 2 * F + f] * h[n * 2 * F + F + f];
+        put(a + i, h[n * 2 * F + f] * h[n * 2 * F + F + f]);
     }
 }
 
-__global__ void k_glu_bwd(float *dh, const float *da, const float *h, int64_t N, int64_t F) {
+template <typename T>
+__global__ void k_glu_bwd(T *dh, const float *da, const float *h, int64_t N, int64_t F) {
     GRID_STRIDE(i, N * F) {
         const int64_t n = i / F, f = i % F;
         const float d = da[i];
-        dh[n * 2 * F + f] = d * h[n * 2 * F + F + f];
-        dh[n * 2 * F + F + f] = d * h[n * 2 * F + f];
+        put(dh + n * 2 * F + f, d * h[n * 2 * F + F + f]);
+        put(dh + n * 2 * F + F + f, d * h[n * 2 * F + f]);
     }
 }
 
@@ -215,10 +228,13 @@ __device__ float block_sum(float s) {
     return t;
 }
 
-__global__ void __launch_bounds__(THREADS) k_xent(float *z, const int32_t *targets, int64_t V, float scale,
-                                                  double *loss, int32_t *hit) {
+/* the gradient goes to dz (which may be z itself) */
+template <typename T>
+__global__ void __launch_bounds__(THREADS) k_xent(const float *z, T *dz, const int32_t *targets, int64_t V,
+                                                  float scale, double *loss, int32_t *hit) {
     const int64_t n = blockIdx.x;
-    float *zr = z + n * V;
+    const float *zr = z + n * V;
+    T *dr = dz + n * V;
     float mx = -INFINITY;
     int64_t arg = V;
     for (int64_t v = threadIdx.x; v < V; v += THREADS)
@@ -235,8 +251,44 @@ __global__ void __launch_bounds__(THREADS) k_xent(float *z, const int32_t *targe
     if (scale > 0) {
         __syncthreads();  /* zr[t] read above before it is overwritten */
         const float inv = 1.0f / sum;
-        for (int64_t v = threadIdx.x; v < V; v += THREADS) zr[v] = expf(zr[v] - mx) * inv * scale - (v == t ? scale : 0);
+        for (int64_t v = threadIdx.x; v < V; v += THREADS) put(dr + v, expf(zr[v] - mx) * inv * scale - (v == t ? scale : 0));
     }
+}
+
+/* ---- the recurrent form, one token (the decoder) --------------------------------------------------- */
+
+/* cq = the convolution of the token's projections p with the window (newest first), then the window moves
+ * on by one: a thread per channel, so the shift is in place */
+__global__ void k_conv_step(float *cq, float *win, const float *p, const float *wc, int64_t W, int64_t K) {
+    GRID_STRIDE(c, W) {
+        float s = wc[c] * p[c];
+        for (int64_t j = 1; j < K; j++) s += wc[j * W + c] * win[(j - 1) * W + c];
+        cq[c] = s;
+        for (int64_t j = K - 2; j > 0; j--) win[j * W + c] = win[(j - 1) * W + c];
+        if (K > 1) win[c] = p[c];
+    }
+}
+
+/* a block per head, a thread per column j of its D × D state: S = λS + kᵀv, o = q S, q and k through SiLU */
+__global__ void k_recur_step(float *state, float *o, const float *p, const float *slopes, int64_t C, int64_t D) {
+    extern __shared__ float qk[]; /* [2D] */
+    const int64_t h = blockIdx.x, j = threadIdx.x;
+    const float *pq = p + h * D, *pk = p + C + h * D, *pv = p + 2 * C + h * D;
+    for (int64_t i = j; i < D; i += blockDim.x) {
+        qk[i] = pq[i] * sigmoid(pq[i]);
+        qk[D + i] = pk[i] * sigmoid(pk[i]);
+    }
+    __syncthreads();
+    if (j >= D) return;
+    float *S = state + h * D * D;
+    const float lam = expf(-slopes[h]), v = pv[j];
+    float acc = 0;
+    for (int64_t i = 0; i < D; i++) {
+        const float sij = lam * S[i * D + j] + qk[D + i] * v;
+        S[i * D + j] = sij;
+        acc += qk[i] * sij;
+    }
+    o[h * D + j] = acc;
 }
 
 /* ---- bf16 copies ---------------------------------------------------------------------------------- */
@@ -275,6 +327,16 @@ extern "C" {
 
 int64_t lasp_layers_cuda_work_floats(int64_t N, int64_t width) { return parts_for(N) * width; }
 
+void lasp_conv_step_cuda(float *cq, float *win, const float *p, const float *wc, int64_t W, int64_t K,
+                         cudaStream_t st) {
+    k_conv_step<<<grid_for(W), THREADS, 0, st>>>(cq, win, p, wc, W, K);
+}
+
+void lasp_recur_step_cuda(float *state, float *o, const float *p, const float *slopes, int64_t H, int64_t D,
+                          cudaStream_t st) {
+    k_recur_step<<<(unsigned)H, (unsigned)D, 2 * D * sizeof(float), st>>>(state, o, p, slopes, H * D, D);
+}
+
 void lasp_to_bf16_cuda(void *y, const float *x, int64_t n, cudaStream_t st) {
     k_to_bf16<<<grid_for(n), THREADS, 0, st>>>((__nv_bfloat16 *)y, x, n);
 }
@@ -287,6 +349,12 @@ void lasp_rms_fwd_cuda(float *out, float *rstd, const float *x, const float *g, 
                        cudaStream_t st) {
     const int rows = THREADS / 32;
     if (N) k_rms_fwd<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>(out, rstd, x, g, N, C);
+}
+
+void lasp_rms_fwd_bf16_cuda(void *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
+                            cudaStream_t st) {
+    const int rows = THREADS / 32;
+    if (N) k_rms_fwd<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>((__nv_bfloat16 *)out, rstd, x, g, N, C);
 }
 
 void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,
@@ -305,13 +373,30 @@ void lasp_qkv_fwd_cuda(float *q, float *k, float *v, const float *p, int64_t sp,
     k_qkv_fwd<<<grid_for(N * C), THREADS, 0, st>>>(q, k, v, p, sp, N, C);
 }
 
+void lasp_qkv_fwd_bf16_cuda(void *q, void *k, void *v, const float *p, int64_t sp, int64_t N, int64_t C,
+                            cudaStream_t st) {
+    k_qkv_fwd<<<grid_for(N * C), THREADS, 0, st>>>((__nv_bfloat16 *)q, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v, p,
+                                                   sp, N, C);
+}
+
 void lasp_qkv_bwd_cuda(float *dp, int64_t sp, const float *dq, const float *dk, const float *dv, const float *p,
                        int64_t N, int64_t C, cudaStream_t st) {
     k_qkv_bwd<<<grid_for(N * C), THREADS, 0, st>>>(dp, sp, dq, dk, dv, p, N, C);
 }
 
+void lasp_qkv_bwd_bf16_cuda(float *dp, int64_t sp, const void *dq, const void *dk, const void *dv, const float *p,
+                            int64_t N, int64_t C, cudaStream_t st) {
+    k_qkv_bwd<<<grid_for(N * C), THREADS, 0, st>>>(dp, sp, (const __nv_bfloat16 *)dq, (const __nv_bfloat16 *)dk,
+                                                   (const __nv_bfloat16 *)dv, p, N, C);
+}
+
 void lasp_gate_fwd_cuda(float *y, const float *u, int64_t su, int64_t N, int64_t C, cudaStream_t st) {
-    k_gate_fwd<<<grid_for(N * C), THREADS, 0, st>>>(y, u, su, N, C);
+    k_gate_fwd<<<grid_for(N * C), THREADS, 0, st>>>(y, y, u, su, N, C);
+}
+
+void lasp_gate_fwd_bf16_cuda(void *y, const float *yin, const float *u, int64_t su, int64_t N, int64_t C,
+                             cudaStream_t st) {
+    k_gate_fwd<<<grid_for(N * C), THREADS, 0, st>>>((__nv_bfloat16 *)y, yin, u, su, N, C);
 }
 
 void lasp_gate_bwd_cuda(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
@@ -323,8 +408,16 @@ void lasp_glu_fwd_cuda(float *a, const float *h, int64_t N, int64_t F, cudaStrea
     k_glu_fwd<<<grid_for(N * F), THREADS, 0, st>>>(a, h, N, F);
 }
 
+void lasp_glu_fwd_bf16_cuda(void *a, const float *h, int64_t N, int64_t F, cudaStream_t st) {
+    k_glu_fwd<<<grid_for(N * F), THREADS, 0, st>>>((__nv_bfloat16 *)a, h, N, F);
+}
+
 void lasp_glu_bwd_cuda(float *dh, const float *da, const float *h, int64_t N, int64_t F, cudaStream_t st) {
     k_glu_bwd<<<grid_for(N * F), THREADS, 0, st>>>(dh, da, h, N, F);
+}
+
+void lasp_glu_bwd_bf16_cuda(void *dh, const float *da, const float *h, int64_t N, int64_t F, cudaStream_t st) {
+    k_glu_bwd<<<grid_for(N * F), THREADS, 0, st>>>((__nv_bfloat16 *)dh, da, h, N, F);
 }
 
 void lasp_conv_fwd_cuda(float *y, const float *x, int64_t sx, const float *halo, const float *wc, int64_t B,
@@ -350,7 +443,12 @@ void lasp_conv_bwd_x_cuda(float *dx, int64_t sdx, float *dhalo, const float *dy,
 
 void lasp_xent_cuda(float *z, const int32_t *targets, int64_t N, int64_t V, float scale, double *loss, int32_t *hit,
                     cudaStream_t st) {
-    if (N) k_xent<<<(unsigned)N, THREADS, 0, st>>>(z, targets, V, scale, loss, hit);
+    if (N) k_xent<<<(unsigned)N, THREADS, 0, st>>>(z, z, targets, V, scale, loss, hit);
+}
+
+void lasp_xent_bf16_cuda(const float *z, void *dz, const int32_t *targets, int64_t N, int64_t V, float scale,
+                         double *loss, int32_t *hit, cudaStream_t st) {
+    if (N) k_xent<<<(unsigned)N, THREADS, 0, st>>>(z, (__nv_bfloat16 *)dz, targets, V, scale, loss, hit);
 }
 
 void lasp_embed_fwd_cuda(float *x, const float *wte, const int32_t *tokens, int64_t N, int64_t C, cudaStream_t st) {

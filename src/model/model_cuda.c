@@ -9,12 +9,16 @@
 #include <string.h>
 
 #include "model/layers.h"
+#include "model/prof_cuda.h"
 
 /* The head's logits are made this many bytes of rows at a time (docs/MODEL.md: never [N × V] whole). */
 #define LOGIT_CHUNK_BYTES (256 << 20)
 
+/* A layer's saved activations. xn1, y, xn2, a (the products' inputs) and q, k, v (the op's) are only ever
+ * operands, so they are kept in the model's dtype (f32 or bf16); the rest is fp32. */
 typedef struct gacts {
-    float *x, *rstd1, *xn1, *pre, *cpre, *q, *k, *v, *o, *rstdo, *y, *xm, *rstd2, *xn2, *h, *a;
+    float *x, *rstd1, *pre, *cpre, *o, *rstdo, *xm, *rstd2, *h;
+    void *xn1, *q, *k, *v, *y, *xn2, *a;
 } gacts;
 
 struct lasp_gmodel {
@@ -26,13 +30,14 @@ struct lasp_gmodel {
     lasp_dtype dtype;                   /* of the matrix products' operands and the attention: f32 or bf16 */
     float *params, *grads, *slopes;     /* device: [n_params], [n_params], [L, slope_stride] */
     uint16_t *params16;                 /* bf16: the parameters rounded to bf16 [n_params] (else NULL) */
-    uint16_t *in16, *out16;             /* bf16: operands rounded for one product or attention call */
+    uint16_t *out16;                    /* bf16: a gradient rounded for the products or the op that read it */
     int64_t slope_stride;               /* H rounded up to 4: each layer's slopes 16-byte aligned, as the op loads them */
     int64_t B, T, chunk;                /* activations sized for B × T; rows of logits a chunk */
     gacts *acts;                        /* [L] */
-    float *xL, *rstdf, *xf, *logits;    /* [N, C], [N], [N, C], [chunk, V] */
+    float *xL, *rstdf, *logits;         /* [N, C], [N], [chunk, V] */
+    void *xf;                           /* [N, C] the final norm's output, in the dtype */
+    lasp_gprof *prof;                   /* where the time goes (NULL: not measured) */
     float *dres, *dbuf, *dbig, *dq, *dk, *dv, *dob, *dconv, *work;
-    size_t n16;                         /* elements of in16 and of out16 */
     double *loss;                       /* [N] per-row losses */
     int32_t *hit, *tok, *tgt;           /* [N] each */
     int32_t *order, *starts, *uniq;     /* device copies of the embedding's index */
@@ -58,6 +63,9 @@ static lasp_status cuda_fail(lasp_gmodel *m, cudaError_t e, const char *what) {
             return lasp_fail(&m->ctx->err, LASP_ERR_CUDA, "cuBLAS failed (status %d) in %s", (int)s_, #call); \
     } while (0)
 
+/* The work enqueued from here on is of this kind (prof_cuda.h) */
+#define PART(kind) lasp_gprof_mark(m->prof, LASP_PART_##kind)
+
 /* ---- matrix products, row-major as the CPU's (cuBLAS is column-major: each is the transposed product) -- */
 
 static const float ONE = 1.0f, ZERO = 0.0f;
@@ -66,6 +74,7 @@ static const float ONE = 1.0f, ZERO = 0.0f;
 static cublasStatus_t gemm(const lasp_gmodel *m, cublasOperation_t ta, cublasOperation_t tb, int64_t M, int64_t N,
                            int64_t K, const void *A, int64_t lda, const void *B, int64_t ldb, const float *beta,
                            float *C, int64_t ldc) {
+    lasp_gprof_mark(m->prof, LASP_PART_MATMUL);
     if (m->dtype == LASP_F32)
         return cublasSgemm(m->blas, ta, tb, (int)M, (int)N, (int)K, &ONE, (const float *)A, (int)lda,
                            (const float *)B, (int)ldb, beta, C, (int)ldc);
@@ -91,11 +100,12 @@ static cublasStatus_t mm_bwd_w(const lasp_gmodel *m, float *dW, const void *in, 
     return gemm(m, CUBLAS_OP_N, CUBLAS_OP_T, O, K, N, dout, O, in, K, &ONE, dW, O);
 }
 
-/* An operand as the products take it: x itself in f32; in bf16, x rounded into `buf` (in16 or out16). */
-static const void *operand(const lasp_gmodel *m, uint16_t *buf, const float *x, int64_t n) {
+/* A gradient as the products take it: x itself in f32; in bf16, x rounded into out16. */
+static const void *operand(const lasp_gmodel *m, const float *x, int64_t n) {
     if (m->dtype == LASP_F32) return x;
-    lasp_to_bf16_cuda(buf, x, n, m->stream);
-    return buf;
+    lasp_gprof_mark(m->prof, LASP_PART_ELEMWISE);
+    lasp_to_bf16_cuda(m->out16, x, n, m->stream);
+    return m->out16;
 }
 
 /* A weight as the products take it: the fp32 parameter, or its bf16 copy at the same offset. */
@@ -118,20 +128,19 @@ static int64_t work_floats(const lasp_model_config *c, int64_t N) {
 static void acts_free(lasp_gmodel *m) {
     for (int l = 0; m->acts && l < m->cfg.n_layers; l++) {
         gacts *a = &m->acts[l];
-        float *all[] = {a->x, a->rstd1, a->xn1, a->pre, a->cpre, a->q, a->k, a->v, a->o, a->rstdo, a->y, a->xm,
-                        a->rstd2, a->xn2, a->h, a->a};
+        void *all[] = {a->x, a->rstd1, a->xn1, a->pre, a->cpre, a->q, a->k, a->v, a->o, a->rstdo, a->y, a->xm,
+                       a->rstd2, a->xn2, a->h, a->a};
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) cudaFree(all[i]);
         memset(a, 0, sizeof *a);
     }
     void *dev[] = {m->xL, m->rstdf, m->xf, m->logits, m->dres, m->dbuf, m->dbig, m->dq, m->dk, m->dv, m->dob,
-                   m->dconv, m->work, m->loss, m->hit, m->tok, m->tgt, m->order, m->starts, m->uniq, m->in16, m->out16};
+                   m->dconv, m->work, m->loss, m->hit, m->tok, m->tgt, m->order, m->starts, m->uniq, m->out16};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
     cudaFreeHost(m->h_hit), cudaFreeHost(m->h_order), cudaFreeHost(m->h_starts), cudaFreeHost(m->h_uniq);
     cudaFreeHost(m->h_loss), free(m->h_count);
-    m->xL = m->rstdf = m->xf = m->logits = m->dres = m->dbuf = m->dbig = m->dq = m->dk = m->dv = m->dob = NULL;
-    m->dconv = m->work = NULL, m->loss = NULL;
+    m->xL = m->rstdf = m->logits = m->dres = m->dbuf = m->dbig = m->dq = m->dk = m->dv = m->dob = NULL;
+    m->xf = NULL, m->dconv = m->work = NULL, m->loss = NULL, m->out16 = NULL;
     m->hit = m->tok = m->tgt = m->order = m->starts = m->uniq = NULL;
-    m->in16 = m->out16 = NULL;
     m->h_hit = m->h_order = m->h_starts = m->h_uniq = m->h_count = NULL, m->h_loss = NULL;
     m->B = m->T = 0;
 }
@@ -199,37 +208,39 @@ lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_d
 static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t *e) {
     const lasp_model_config *c = &m->cfg;
     const size_t N = (size_t)(B * T), C = (size_t)c->d_model, F = (size_t)c->ffn_dim, V = (size_t)c->vocab;
-    const size_t big = 4 * C > 3 * F ? 4 * C : 3 * F, K = (size_t)c->conv;
+    const size_t big = 4 * C > 3 * F ? 4 * C : 3 * F, K = (size_t)c->conv, es = m->dtype == LASP_BF16 ? 2 : 4;
     const int64_t chunk = logit_rows(c, (int64_t)N);
     double bytes = 0;
     gacts scratch;
-#define DEV(p, n)                                                                             \
-    do {                                                                                      \
-        bytes += (double)(n) * sizeof *(p);                                                   \
-        if (alloc && *e == cudaSuccess) *e = cudaMalloc((void **)&(p), (size_t)(n) * sizeof *(p)); \
+#define BYTES(p, n)                                                                       \
+    do {                                                                                  \
+        bytes += (double)(n);                                                             \
+        if (alloc && *e == cudaSuccess) *e = cudaMalloc((void **)&(p), (size_t)(n));      \
     } while (0)
+#define DEV(p, n) BYTES(p, (n) * sizeof *(p))   /* n elements of p's type */
+#define OPD(p, n) BYTES(p, (n) * es)            /* n elements of the dtype */
     for (int l = 0; l < c->n_layers; l++) {
         gacts *a = alloc ? &m->acts[l] : &scratch;
-        DEV(a->x, N * C); DEV(a->rstd1, N); DEV(a->xn1, N * C); DEV(a->pre, N * 4 * C);
-        DEV(a->q, N * C); DEV(a->k, N * C); DEV(a->v, N * C); DEV(a->o, N * C); DEV(a->rstdo, N);
-        DEV(a->y, N * C); DEV(a->xm, N * C); DEV(a->rstd2, N); DEV(a->xn2, N * C);
-        DEV(a->h, N * 2 * F); DEV(a->a, N * F);
+        DEV(a->x, N * C); DEV(a->rstd1, N); OPD(a->xn1, N * C); DEV(a->pre, N * 4 * C);
+        OPD(a->q, N * C); OPD(a->k, N * C); OPD(a->v, N * C); DEV(a->o, N * C); DEV(a->rstdo, N);
+        OPD(a->y, N * C); DEV(a->xm, N * C); DEV(a->rstd2, N); OPD(a->xn2, N * C);
+        DEV(a->h, N * 2 * F); OPD(a->a, N * F);
         if (K) DEV(a->cpre, N * 3 * C);
     }
     if (K) DEV(m->dconv, N * 3 * C);
-    DEV(m->xL, N * C); DEV(m->rstdf, N); DEV(m->xf, N * C); DEV(m->logits, (size_t)chunk * V);
+    DEV(m->xL, N * C); DEV(m->rstdf, N); OPD(m->xf, N * C); DEV(m->logits, (size_t)chunk * V);
     DEV(m->dres, N * C); DEV(m->dbuf, N * C); DEV(m->dbig, N * big);
     DEV(m->dq, N * C); DEV(m->dk, N * C); DEV(m->dv, N * C); DEV(m->dob, N * C);
     DEV(m->work, (size_t)work_floats(c, (int64_t)N));
     DEV(m->loss, N); DEV(m->hit, N); DEV(m->tok, N); DEV(m->tgt, N);
     DEV(m->order, N); DEV(m->starts, N + 1); DEV(m->uniq, N);
-    if (m->dtype == LASP_BF16) { /* a product's or the op's rounded operands (see the forward and backward) */
-        const size_t in = N * (3 * C > F ? 3 * C : F), out1 = N * (4 * C > 2 * F ? 4 * C : 2 * F);
-        const size_t out = out1 > (size_t)chunk * V ? out1 : (size_t)chunk * V;
-        DEV(m->in16, in); DEV(m->out16, out);
-        if (alloc) m->n16 = out;
+    if (m->dtype == LASP_BF16) { /* a gradient rounded for the products or the op: see the backward */
+        const size_t g = N * (4 * C > 2 * F ? 4 * C : 2 * F);
+        DEV(m->out16, g > (size_t)chunk * V ? g : (size_t)chunk * V);
     }
+#undef OPD
 #undef DEV
+#undef BYTES
     return bytes;
 }
 
@@ -317,6 +328,7 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
     CU(cudaMemcpyAsync(m->starts, m->h_starts, (m->n_uniq + 1) * 4, cudaMemcpyHostToDevice, st), "copying the index in");
     CU(cudaMemcpyAsync(m->uniq, m->h_uniq, m->n_uniq * 4, cudaMemcpyHostToDevice, st), "copying the index in");
 
+    PART(ELEMWISE);
     lasp_embed_fwd_cuda(m->acts[0].x, m->params, m->tok, N, C, st);
     const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = m->dtype};
     const int bf16 = m->dtype == LASP_BF16;
@@ -325,56 +337,71 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
         const float *w = m->params + m->lay.unit_off[1 + l];
         float *xout = l + 1 < L ? m->acts[l + 1].x : m->xL;
         /* attention branch: xn1 = RMSNorm(x); pre = xn1 · wqkvu; the convolution; SiLU features */
-        lasp_rms_fwd_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
-        BLAS(mm_fwd(m, A->pre, operand(m, m->in16, A->xn1, N * C), weight(m, w + bo->wqkvu), N, C, 4 * C, &ZERO));
+        PART(ELEMWISE);
+        if (bf16) lasp_rms_fwd_bf16_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
+        else lasp_rms_fwd_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
+        BLAS(mm_fwd(m, A->pre, A->xn1, weight(m, w + bo->wqkvu), N, C, 4 * C, &ZERO));
+        PART(ELEMWISE);
         const float *qkv = A->pre;
         int64_t sq = 4 * C;
         if (K) {
             lasp_conv_fwd_cuda(A->cpre, A->pre, 4 * C, NULL, w + bo->conv, B, T, 3 * C, K, st);
             qkv = A->cpre, sq = 3 * C;
         }
-        lasp_qkv_fwd_cuda(A->q, A->k, A->v, qkv, sq, N, C, st);
-        const float *slopes = m->slopes + l * m->slope_stride;
-        if (bf16) { /* the op on bf16 copies (q, k, v in in16; o in out16), its states in fp32 */
-            lasp_to_bf16_cuda(m->in16, A->q, N * C, st), lasp_to_bf16_cuda(m->in16 + N * C, A->k, N * C, st);
-            lasp_to_bf16_cuda(m->in16 + 2 * N * C, A->v, N * C, st);
-            LASP_TRY(lasp_attn_fwd(ctx, &ad, m->in16, m->in16 + N * C, m->in16 + 2 * N * C, slopes, NULL, m->out16,
-                                   NULL));
-            lasp_from_bf16_cuda(A->o, m->out16, N * C, st);
+        if (bf16) lasp_qkv_fwd_bf16_cuda(A->q, A->k, A->v, qkv, sq, N, C, st);
+        else lasp_qkv_fwd_cuda(A->q, A->k, A->v, qkv, sq, N, C, st);
+        /* the op (bf16: its output rounded, read back into fp32 o), its states in fp32 */
+        PART(ATTN);
+        LASP_TRY(lasp_attn_fwd(ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride, NULL,
+                               bf16 ? (void *)m->out16 : (void *)A->o, NULL));
+        PART(ELEMWISE);
+        if (bf16) lasp_from_bf16_cuda(A->o, m->out16, N * C, st);
+        /* y = RMSNorm(o) ⊙ σ(u) (bf16: the norm into dbuf, free until the head); xm = x + y · wo (the residual
+         * added by the product: beta = 1) */
+        if (bf16) {
+            lasp_rms_fwd_cuda(m->dbuf, A->rstdo, A->o, w + bo->onorm, N, C, st);
+            lasp_gate_fwd_bf16_cuda(A->y, m->dbuf, A->pre + 3 * C, 4 * C, N, C, st);
         } else {
-            LASP_TRY(lasp_attn_fwd(ctx, &ad, A->q, A->k, A->v, slopes, NULL, A->o, NULL));
+            lasp_rms_fwd_cuda(A->y, A->rstdo, A->o, w + bo->onorm, N, C, st);
+            lasp_gate_fwd_cuda(A->y, A->pre + 3 * C, 4 * C, N, C, st);
         }
-        /* y = RMSNorm(o) ⊙ σ(u); xm = x + y · wo (the residual added by the product: beta = 1) */
-        lasp_rms_fwd_cuda(A->y, A->rstdo, A->o, w + bo->onorm, N, C, st);
-        lasp_gate_fwd_cuda(A->y, A->pre + 3 * C, 4 * C, N, C, st);
         CU(cudaMemcpyAsync(A->xm, A->x, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
-        BLAS(mm_fwd(m, A->xm, operand(m, m->in16, A->y, N * C), weight(m, w + bo->wo), N, C, C, &ONE));
+        BLAS(mm_fwd(m, A->xm, A->y, weight(m, w + bo->wo), N, C, C, &ONE));
         /* GLU FFN: h = RMSNorm(xm) · w12; a = h1 ⊙ h2; xout = xm + a · w3 */
-        lasp_rms_fwd_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
-        BLAS(mm_fwd(m, A->h, operand(m, m->in16, A->xn2, N * C), weight(m, w + bo->w12), N, C, 2 * F, &ZERO));
-        lasp_glu_fwd_cuda(A->a, A->h, N, F, st);
+        PART(ELEMWISE);
+        if (bf16) lasp_rms_fwd_bf16_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
+        else lasp_rms_fwd_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
+        BLAS(mm_fwd(m, A->h, A->xn2, weight(m, w + bo->w12), N, C, 2 * F, &ZERO));
+        PART(ELEMWISE);
+        if (bf16) lasp_glu_fwd_bf16_cuda(A->a, A->h, N, F, st);
+        else lasp_glu_fwd_cuda(A->a, A->h, N, F, st);
         CU(cudaMemcpyAsync(xout, A->xm, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
-        BLAS(mm_fwd(m, xout, operand(m, m->in16, A->a, N * F), weight(m, w + bo->w3), N, F, C, &ONE));
+        BLAS(mm_fwd(m, xout, A->a, weight(m, w + bo->w3), N, F, C, &ONE));
     }
 
-    /* head, a chunk of rows at a time: logits = xf · wh; their loss; with grad_scale their gradient in place,
-     * then ∂xf (into dbuf) and ∂wh at once */
+    /* head, a chunk of rows at a time: logits = xf · wh; their loss; with grad_scale their gradient (in place,
+     * or rounded into out16), then ∂xf (into dbuf) and ∂wh at once */
     const float *w = m->params + m->lay.unit_off[L + 1];
     float *gh = m->grads + m->lay.unit_off[L + 1] + m->lay.head_w;
-    lasp_rms_fwd_cuda(m->xf, m->rstdf, m->xL, w + m->lay.head_lnf, N, C, st);
+    PART(ELEMWISE);
+    if (bf16) lasp_rms_fwd_bf16_cuda(m->xf, m->rstdf, m->xL, w + m->lay.head_lnf, N, C, st);
+    else lasp_rms_fwd_cuda(m->xf, m->rstdf, m->xL, w + m->lay.head_lnf, N, C, st);
     const float scale = grad_scale > 0 ? grad_scale / (float)N : 0;
-    const char *xf = (const char *)operand(m, m->in16, m->xf, N * C); /* in16 holds it through the loop */
     const size_t row = (size_t)C * (bf16 ? 2 : 4);
     for (int64_t r0 = 0; r0 < N; r0 += m->chunk) {
         const int64_t rows = N - r0 < m->chunk ? N - r0 : m->chunk;
-        BLAS(mm_fwd(m, m->logits, xf + r0 * row, weight(m, w + m->lay.head_w), rows, C, V, &ZERO));
-        lasp_xent_cuda(m->logits, m->tgt + r0, rows, V, scale, m->loss + r0, m->hit + r0, st);
+        const void *xf = (const char *)m->xf + r0 * row;
+        BLAS(mm_fwd(m, m->logits, xf, weight(m, w + m->lay.head_w), rows, C, V, &ZERO));
+        PART(XENT);
+        if (bf16) lasp_xent_bf16_cuda(m->logits, m->out16, m->tgt + r0, rows, V, scale, m->loss + r0, m->hit + r0, st);
+        else lasp_xent_cuda(m->logits, m->tgt + r0, rows, V, scale, m->loss + r0, m->hit + r0, st);
         if (scale > 0) {
-            const void *dz = operand(m, m->out16, m->logits, rows * V);
+            const void *dz = bf16 ? (const void *)m->out16 : (const void *)m->logits;
             BLAS(mm_bwd_in(m, m->dbuf + r0 * C, dz, weight(m, w + m->lay.head_w), rows, C, V));
-            BLAS(mm_bwd_w(m, gh, xf + r0 * row, dz, rows, C, V));
+            BLAS(mm_bwd_w(m, gh, xf, dz, rows, C, V));
         }
     }
+    PART(ELEMWISE);
     CU(cudaMemcpyAsync(m->h_loss, m->loss, N * sizeof *m->h_loss, cudaMemcpyDeviceToHost, st), "the loss");
     CU(cudaMemcpyAsync(m->h_hit, m->hit, N * sizeof *m->h_hit, cudaMemcpyDeviceToHost, st), "the loss");
     CU(cudaGetLastError(), "the forward's kernels");
@@ -399,6 +426,8 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     /* the head's ∂xf is in dbuf (the forward did it); dres = ∂/∂xL through the final norm */
     const float *w = m->params + m->lay.unit_off[L + 1];
     float *g = m->grads + m->lay.unit_off[L + 1];
+    const int bf16 = m->dtype == LASP_BF16;
+    PART(ELEMWISE);
     CU(cudaMemsetAsync(m->dres, 0, N * C * 4, st), "zeroing");
     lasp_rms_bwd_cuda(m->dres, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C, m->work, st);
 
@@ -406,50 +435,53 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     for (int64_t l = L - 1; l >= 0; l--) {
         const gacts *A = &m->acts[l];
         w = m->params + m->lay.unit_off[1 + l], g = m->grads + m->lay.unit_off[1 + l];
-        /* FFN: da = dres · w3ᵀ; dh from the GLU; dbuf = dh · w12ᵀ; dres += through the norm → ∂/∂xm */
-        float *dh = m->dbig, *da = m->dbig + N * 2 * F;
-        const void *dout = operand(m, m->out16, m->dres, N * C);
+        /* FFN: da = dres · w3ᵀ; dh from the GLU (bf16: rounded into out16); dbuf = dh · w12ᵀ; dres += through
+         * the norm → ∂/∂xm */
+        float *da = m->dbig + N * 2 * F;
+        const void *dout = operand(m, m->dres, N * C);
         BLAS(mm_bwd_in(m, da, dout, weight(m, w + bo->w3), N, F, C));
-        BLAS(mm_bwd_w(m, g + bo->w3, operand(m, m->in16, A->a, N * F), dout, N, F, C));
-        lasp_glu_bwd_cuda(dh, da, A->h, N, F, st);
-        dout = operand(m, m->out16, dh, N * 2 * F);
+        BLAS(mm_bwd_w(m, g + bo->w3, A->a, dout, N, F, C));
+        PART(ELEMWISE);
+        if (bf16) lasp_glu_bwd_bf16_cuda(m->out16, da, A->h, N, F, st);
+        else lasp_glu_bwd_cuda(m->dbig, da, A->h, N, F, st);
+        dout = bf16 ? (const void *)m->out16 : (const void *)m->dbig;
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->w12), N, C, 2 * F));
-        BLAS(mm_bwd_w(m, g + bo->w12, operand(m, m->in16, A->xn2, N * C), dout, N, C, 2 * F));
+        BLAS(mm_bwd_w(m, g + bo->w12, A->xn2, dout, N, C, 2 * F));
+        PART(ELEMWISE);
         lasp_rms_bwd_cuda(m->dres, g + bo->ln2, m->dbuf, A->xm, A->rstd2, w + bo->ln2, N, C, m->work, st);
 
         /* attention: dy = dres · woᵀ; through the gate (du into dpre's u columns) and the output norm */
         float *dpre = m->dbig; /* [N, 4C] */
-        dout = operand(m, m->out16, m->dres, N * C);
+        dout = operand(m, m->dres, N * C);
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wo), N, C, C));
-        BLAS(mm_bwd_w(m, g + bo->wo, operand(m, m->in16, A->y, N * C), dout, N, C, C));
+        BLAS(mm_bwd_w(m, g + bo->wo, A->y, dout, N, C, C));
+        PART(ELEMWISE);
         lasp_gate_bwd_cuda(m->dbuf, dpre + 3 * C, 4 * C, A->o, A->rstdo, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C,
                            st);
         CU(cudaMemsetAsync(m->dob, 0, N * C * 4, st), "zeroing");
         lasp_rms_bwd_cuda(m->dob, g + bo->onorm, m->dbuf, A->o, A->rstdo, w + bo->onorm, N, C, m->work, st);
+        /* the op: bf16 reads dO rounded and writes dq, dk, dv rounded, all in out16 */
         const float *slopes = m->slopes + l * m->slope_stride;
-        if (m->dtype == LASP_BF16) { /* q, k, v in in16; dO, dq, dk, dv in out16 */
-            uint16_t *q = m->in16, *k = q + N * C, *v = k + N * C, *dob = m->out16, *dq = dob + N * C;
-            uint16_t *dk = dq + N * C, *dv = dk + N * C;
-            lasp_to_bf16_cuda(q, A->q, N * C, st), lasp_to_bf16_cuda(k, A->k, N * C, st);
-            lasp_to_bf16_cuda(v, A->v, N * C, st), lasp_to_bf16_cuda(dob, m->dob, N * C, st);
-            LASP_TRY(lasp_attn_bwd(ctx, &ad, q, k, v, slopes, NULL, dob, NULL, dq, dk, dv, NULL));
-            lasp_from_bf16_cuda(m->dq, dq, N * C, st), lasp_from_bf16_cuda(m->dk, dk, N * C, st);
-            lasp_from_bf16_cuda(m->dv, dv, N * C, st);
-        } else {
-            LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, NULL, m->dob, NULL, m->dq, m->dk, m->dv, NULL));
-        }
+        uint16_t *dob16 = m->out16, *dq16 = dob16 + N * C, *dk16 = dq16 + N * C, *dv16 = dk16 + N * C;
+        if (bf16) lasp_to_bf16_cuda(dob16, m->dob, N * C, st);
+        PART(ATTN);
+        if (bf16) LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, NULL, dob16, NULL, dq16, dk16, dv16, NULL));
+        else LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, NULL, m->dob, NULL, m->dq, m->dk, m->dv, NULL));
         /* through SiLU into the convolution's output (or the projections), then the convolution */
+        PART(ELEMWISE);
         const float *qkv = K ? A->cpre : A->pre;
         float *dqkv = K ? m->dconv : dpre;
         const int64_t sq = K ? 3 * C : 4 * C;
-        lasp_qkv_bwd_cuda(dqkv, sq, m->dq, m->dk, m->dv, qkv, N, C, st);
+        if (bf16) lasp_qkv_bwd_bf16_cuda(dqkv, sq, dq16, dk16, dv16, qkv, N, C, st);
+        else lasp_qkv_bwd_cuda(dqkv, sq, m->dq, m->dk, m->dv, qkv, N, C, st);
         if (K) {
             lasp_conv_bwd_w_cuda(g + bo->conv, m->dconv, A->pre, 4 * C, NULL, B, T, 3 * C, K, m->work, st);
             lasp_conv_bwd_x_cuda(dpre, 4 * C, NULL, m->dconv, w + bo->conv, B, T, 3 * C, K, st);
         }
-        dout = operand(m, m->out16, dpre, N * 4 * C);
+        dout = operand(m, dpre, N * 4 * C);
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wqkvu), N, C, 4 * C));
-        BLAS(mm_bwd_w(m, g + bo->wqkvu, operand(m, m->in16, A->xn1, N * C), dout, N, C, 4 * C));
+        BLAS(mm_bwd_w(m, g + bo->wqkvu, A->xn1, dout, N, C, 4 * C));
+        PART(ELEMWISE);
         lasp_rms_bwd_cuda(m->dres, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C, m->work, st);
     }
     /* embedding: dwte[token] += dres, each token's positions in order */
@@ -457,3 +489,5 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     CU(cudaGetLastError(), "the backward's kernels");
     return LASP_OK;
 }
+
+void lasp_gmodel_set_profile(lasp_gmodel *m, lasp_gprof *prof) { m->prof = prof; }

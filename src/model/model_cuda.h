@@ -12,6 +12,7 @@
 
 #include "core/ctx.h"
 #include "model/model.h"
+#include "model/prof_cuda.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -50,6 +51,8 @@ lasp_status lasp_gmodel_loss(lasp_gmodel *m, const uint8_t *mask, double *loss_o
                              int64_t *count_out);
 /* The rest of the backward after a forward with grad_scale > 0: accumulates into the gradients. */
 lasp_status lasp_gmodel_backward(lasp_gmodel *m);
+/* Marks the forward's and backward's work by kind in prof (borrowed; NULL: off). */
+void lasp_gmodel_set_profile(lasp_gmodel *m, lasp_gprof *prof);
 
 #ifdef __cplusplus
 }

@@ -314,6 +314,7 @@ lasp_status lasp_trainer_step(lasp_trainer *t, lasp_step_stats *st) {
     t->step++;
     t->cursor += (uint64_t)t->o.batch;
     if (st) {
+        memset(st, 0, sizeof *st);
         st->loss = red[0] / t->W;
         st->acc = red[2] > 0 ? red[1] / red[2] : 0;
         st->grad_norm = norm, st->lr = lr;
@@ -435,6 +436,12 @@ lasp_train_memory lasp_trainer_memory(const lasp_trainer *t) {
     m.activations = lasp_model_activation_bytes(&t->o.model, t->Bl, t->Tl);
     snprintf(m.device, sizeof m.device, "CPU");
     return m;
+}
+
+lasp_status lasp_trainer_set_profile(lasp_trainer *t, int on) {
+    if (!t) return LASP_ERR_ARG;
+    if (t->gpu) return lasp_trainer_gpu_profile(t, on);
+    return lasp_fail(&t->ctx->err, LASP_ERR_UNSUPPORTED, "the time split is measured on a GPU only");
 }
 
 void lasp_trainer_local_shape(const lasp_trainer *t, int64_t *batch, int64_t *tokens) {

@@ -87,6 +87,7 @@ lasp_status lasp_trainer_gpu_grad(lasp_trainer *t, double *loss, float *grad_out
 lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params, float *mom, float *vel);
 lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const float *mom, const float *vel);
 lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t);
+lasp_status lasp_trainer_gpu_profile(lasp_trainer *t, int on);
 #else
 static inline lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     return lasp_fail(&t->ctx->err, LASP_ERR_UNSUPPORTED, "this lasp was built without CUDA, so it cannot train on a "
@@ -113,6 +114,10 @@ static inline lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params
 static inline lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const float *mom,
                                                    const float *vel) {
     (void)t, (void)params, (void)mom, (void)vel;
+    return LASP_ERR_UNSUPPORTED;
+}
+static inline lasp_status lasp_trainer_gpu_profile(lasp_trainer *t, int on) {
+    (void)t, (void)on;
     return LASP_ERR_UNSUPPORTED;
 }
 static inline lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t) {

@@ -31,6 +31,7 @@ struct lasp_trainer_gpu {
     double peak_flops;         /* dense bf16 peak of this GPU (0: not known) */
     double flops_per_token;
     lasp_train_memory mem;
+    lasp_gprof *prof;          /* where the time goes (NULL: not measured) */
 };
 
 static double now_ms(void) {
@@ -65,6 +66,7 @@ void lasp_trainer_gpu_release(lasp_trainer *t) {
     if (!G) return;
     if (G->stream) cudaStreamSynchronize(G->stream);
     lasp_gmodel_free(G->m);
+    lasp_gprof_free(G->prof);
     cudaFree(G->mom), cudaFree(G->vel), cudaFree(G->decay), cudaFree(G->sumsq), cudaFree(G->work);
     cudaFreeHost(G->h_sumsq), cudaFreeHost(t->tok), cudaFreeHost(t->tgt);
     t->tok = t->tgt = NULL;
@@ -145,12 +147,23 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
 
 lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t) { return t->gpu->mem; }
 
+lasp_status lasp_trainer_gpu_profile(lasp_trainer *t, int on) {
+    lasp_trainer_gpu *G = t->gpu;
+    if (on && !G->prof) LASP_TRY(lasp_gprof_create(G->stream, &G->prof, &t->ctx->err));
+    if (!on) lasp_gprof_free(G->prof), G->prof = NULL;
+    lasp_gmodel_set_profile(G->m, G->prof);
+    return LASP_OK;
+}
+
 /* The batch at the cursor of `split`, its forward (and with grad_scale, its backward) enqueued. */
 static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float grad_scale) {
     lasp_trainer_gpu *G = t->gpu;
     LASP_TRY(lasp_data_batch(t->data, split, first, t->o.batch, t->o.seq_len, 0, 1, 0, 1, t->tok, t->tgt, t->mask,
                              &t->ctx->err));
-    if (grad_scale > 0) LASP_TRY(lasp_gmodel_zero_grads(G->m));
+    if (grad_scale > 0) {
+        lasp_gprof_mark(G->prof, LASP_PART_OPTIM); /* zeroing the gradients counts with the update */
+        LASP_TRY(lasp_gmodel_zero_grads(G->m));
+    }
     LASP_TRY(lasp_gmodel_forward(G->m, t->tok, t->tgt, grad_scale));
     if (grad_scale > 0) LASP_TRY(lasp_gmodel_backward(G->m));
     return LASP_OK;
@@ -164,6 +177,7 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
     /* the norm and the update on the device: the update reads the norm there, and skips itself when the
      * gradients are not finite, so the parameters stay those of the last good step */
     float *p = lasp_gmodel_params(G->m), *g = lasp_gmodel_grads(G->m);
+    lasp_gprof_mark(G->prof, LASP_PART_OPTIM);
     lasp_sumsq_cuda(g, t->P, G->sumsq, G->work, G->stream);
     const double lr = lasp_trainer_lr(&t->o, t->step);
     const lasp_adamw_step h = lasp_adamw_make(&t->o, t->step, lr);
@@ -182,8 +196,11 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
                          isfinite(loss) ? "gradient norm" : "loss", isfinite(loss) ? norm : loss, (long long)t->step);
     t->step++;
     t->cursor += (uint64_t)t->o.batch;
+    double split[LASP_PART_COUNT] = {0};
+    LASP_TRY(lasp_gprof_read(G->prof, split, err));
     if (st) {
         memset(st, 0, sizeof *st);
+        for (int k = 0; k < LASP_PART_COUNT; k++) st->split_ms[k] = split[k];
         st->loss = loss, st->acc = count > 0 ? (double)correct / (double)count : 0;
         st->grad_norm = norm, st->lr = lr;
         st->ms = now_ms() - t0;
@@ -198,13 +215,17 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
 lasp_status lasp_trainer_gpu_eval(lasp_trainer *t, int split, double *loss, double *acc) {
     double sum = 0;
     int64_t hits = 0, n = 0;
-    for (int64_t k = 0; k < t->o.val_batches; k++) {
-        LASP_TRY(forward(t, split, (uint64_t)(k * t->o.batch), 0));
+    lasp_gmodel_set_profile(t->gpu->m, NULL); /* the profile times training steps only */
+    lasp_status s = LASP_OK;
+    for (int64_t k = 0; k < t->o.val_batches && s == LASP_OK; k++) {
         double l;
         int64_t c, m;
-        LASP_TRY(lasp_gmodel_loss(t->gpu->m, t->mask, &l, &c, &m));
-        sum += l, hits += c, n += m;
+        s = forward(t, split, (uint64_t)(k * t->o.batch), 0);
+        if (s == LASP_OK) s = lasp_gmodel_loss(t->gpu->m, t->mask, &l, &c, &m);
+        if (s == LASP_OK) sum += l, hits += c, n += m;
     }
+    lasp_gmodel_set_profile(t->gpu->m, t->gpu->prof);
+    LASP_TRY(s);
     *loss = t->o.val_batches ? sum / (double)t->o.val_batches : 0;
     *acc = n > 0 ? (double)hits / (double)n : 0;
     return LASP_OK;
