@@ -1,5 +1,6 @@
-/* layers_cuda.cu — the model's layers on the GPU (layers.h), fp32, and the bf16 variants (one template each). Rows go to warps (norms) or blocks
- * (cross-entropy); element-wise passes are grid-strided. Sums over rows (the gains' and the taps'
+/* layers_cuda.cu — the model's layers on the GPU (layers.h), fp32, and their bf16 variants (one template
+ * each). Rows go to warps (norms) or blocks (cross-entropy, the row-wise element-wise passes); flat passes
+ * are grid-strided. Sums over rows (the gains' and the taps'
  * gradients) are never atomic: each block sums a fixed range of rows into `work`, and a second pass adds
  * the partial sums in order, so that a step's gradients are the same bits on every run. */
 #include <cuda_bf16.h>
@@ -36,6 +37,12 @@ int64_t parts_for(int64_t N) {
     const int64_t p = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
     return p < 1 ? 1 : p > MAX_PARTS ? MAX_PARTS : p;
 }
+
+/* Row-wise passes: a block per row (grid-strided over rows), its threads over the columns, so that no
+ * thread divides a 64-bit index (slow on a GPU) to find its row and column. */
+int rows_grid(int64_t N) { return (int)(N < 1 ? 1 : N < (1 << 20) ? N : (1 << 20)); }
+#define ROWS(n, N) for (int64_t n = blockIdx.x; n < (N); n += gridDim.x)
+#define COLS(c, C) for (int64_t c = threadIdx.x; c < (C); c += blockDim.x)
 
 #define GRID_STRIDE(i, n) for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); \
                                i += (int64_t)gridDim.x * blockDim.x)
@@ -93,37 +100,41 @@ __global__ void k_rms_bwd_g(float *work, const float *dy, const float *x, const 
 
 template <typename T>
 __global__ void k_qkv_fwd(T *q, T *k, T *v, const float *p, int64_t sp, int64_t N, int64_t C) {
-    GRID_STRIDE(i, N * C) {
-        const int64_t n = i / C, c = i % C;
+    ROWS(n, N) {
         const float *r = p + n * sp;
-        const float a = r[c], b = r[C + c];
-        put(q + i, a * sigmoid(a)), put(k + i, b * sigmoid(b)), put(v + i, r[2 * C + c]);
+        COLS(c, C) {
+            const int64_t i = n * C + c;
+            const float a = r[c], b = r[C + c];
+            put(q + i, a * sigmoid(a)), put(k + i, b * sigmoid(b)), put(v + i, r[2 * C + c]);
+        }
     }
 }
 
 template <typename T>
 __global__ void k_qkv_bwd(float *dp, int64_t sp, const T *dq, const T *dk, const T *dv, const float *p,
                           int64_t N, int64_t C) {
-    GRID_STRIDE(i, N * C) {
-        const int64_t n = i / C, c = i % C;
+    ROWS(n, N) {
         const float *r = p + n * sp;
-        const float a = r[c], b = r[C + c], sa = sigmoid(a), sb = sigmoid(b);
-        dp[n * sp + c] = get(dq + i) * sa * (1 + a * (1 - sa));
-        dp[n * sp + C + c] = get(dk + i) * sb * (1 + b * (1 - sb));
-        dp[n * sp + 2 * C + c] = get(dv + i);
+        COLS(c, C) {
+            const int64_t i = n * C + c;
+            const float a = r[c], b = r[C + c], sa = sigmoid(a), sb = sigmoid(b);
+            dp[n * sp + c] = get(dq + i) * sa * (1 + a * (1 - sa));
+            dp[n * sp + C + c] = get(dk + i) * sb * (1 + b * (1 - sb));
+            dp[n * sp + 2 * C + c] = get(dv + i);
+        }
     }
 }
 
 /* y = yin ⊙ σ(u) (y may be yin) */
 template <typename T>
 __global__ void k_gate_fwd(T *y, const float *yin, const float *u, int64_t su, int64_t N, int64_t C) {
-    GRID_STRIDE(i, N * C) put(y + i, yin[i] * sigmoid(u[(i / C) * su + i % C]));
+    ROWS(n, N) COLS(c, C) put(y + n * C + c, yin[n * C + c] * sigmoid(u[n * su + c]));
 }
 
 __global__ void k_gate_bwd(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
                            const float *u, int64_t su, int64_t N, int64_t C) {
-    GRID_STRIDE(i, N * C) {
-        const int64_t n = i / C, c = i % C;
+    ROWS(n, N) COLS(c, C) {
+        const int64_t i = n * C + c;
         const float s = sigmoid(u[n * su + c]), oh = o[i] * rstd[n] * g[c], d = dy[i];
         du[n * sdu + c] = d * oh * s * (1 - s);
         dy[i] = d * s;
@@ -132,17 +143,13 @@ __global__ void k_gate_bwd(float *dy, float *du, int64_t sdu, const float *o, co
 
 template <typename T>
 __global__ void k_glu_fwd(T *a, const float *h, int64_t N, int64_t F) {
-    GRID_STRIDE(i, N * F) {
-        const int64_t n = i / F, f = i % F;
-        put(a + i, h[n * 2 * F + f] * h[n * 2 * F + F + f]);
-    }
+    ROWS(n, N) COLS(f, F) put(a + n * F + f, h[n * 2 * F + f] * h[n * 2 * F + F + f]);
 }
 
 template <typename T>
 __global__ void k_glu_bwd(T *dh, const float *da, const float *h, int64_t N, int64_t F) {
-    GRID_STRIDE(i, N * F) {
-        const int64_t n = i / F, f = i % F;
-        const float d = da[i];
+    ROWS(n, N) COLS(f, F) {
+        const float d = da[n * F + f];
         put(dh + n * 2 * F + f, d * h[n * 2 * F + F + f]);
         put(dh + n * 2 * F + F + f, d * h[n * 2 * F + f]);
     }
@@ -158,14 +165,16 @@ __device__ __forceinline__ const float *conv_row(const float *x, int64_t sx, con
 
 __global__ void k_conv_fwd(float *y, const float *x, int64_t sx, const float *halo, const float *wc, int64_t B,
                            int64_t T, int64_t W, int64_t K) {
-    GRID_STRIDE(i, B * T * W) {
-        const int64_t c = i % W, t = (i / W) % T, b = i / (W * T);
-        float s = 0;
-        for (int64_t j = 0; j < K; j++) {
-            const float *xr = conv_row(x, sx, halo, b, t - j, T, K - 1, W);
-            if (xr) s += wc[j * W + c] * xr[c];
+    ROWS(n, B * T) {
+        const int64_t b = n / T, t = n % T;
+        COLS(c, W) {
+            float s = 0;
+            for (int64_t j = 0; j < K; j++) {
+                const float *xr = conv_row(x, sx, halo, b, t - j, T, K - 1, W);
+                if (xr) s += wc[j * W + c] * xr[c];
+            }
+            y[n * W + c] = s;
         }
-        y[i] = s;
     }
 }
 
@@ -177,9 +186,11 @@ __global__ void k_conv_bwd_w(float *work, const float *dy, const float *x, int64
     const int64_t j = col / W, c = col % W;
     const int64_t n1 = (p + 1) * rows < N ? (p + 1) * rows : N;
     float s = 0;
+    int64_t b = p * rows / T, t = p * rows % T; /* row n's sequence and position, moved along with n */
     for (int64_t n = p * rows; n < n1; n++) {
-        const float *xr = conv_row(x, sx, halo, n / T, n % T - j, T, K - 1, W);
+        const float *xr = conv_row(x, sx, halo, b, t - j, T, K - 1, W);
         if (xr) s += dy[n * W + c] * xr[c];
+        if (++t == T) t = 0, b++;
     }
     work[p * K * W + col] = s;
 }
@@ -188,12 +199,14 @@ __global__ void k_conv_bwd_w(float *work, const float *dy, const float *x, int64
 __global__ void k_conv_bwd_x(float *dx, int64_t sdx, float *dhalo, const float *dy, const float *wc, int64_t B,
                              int64_t T, int64_t W, int64_t K) {
     const int64_t K1 = K - 1, s0 = dhalo ? -K1 : 0, S = T - s0;
-    GRID_STRIDE(i, B * S * W) {
-        const int64_t c = i % W, s = (i / W) % S + s0, b = i / (W * S);
-        float acc = 0;
-        for (int64_t j = s < 0 ? -s : 0; j < K && s + j < T; j++) acc += wc[j * W + c] * dy[(b * T + s + j) * W + c];
-        if (s >= 0) dx[(b * T + s) * sdx + c] = acc;
-        else dhalo[(b * K1 + K1 + s) * W + c] = acc;
+    ROWS(r, B * S) {
+        const int64_t s = r % S + s0, b = r / S;
+        COLS(c, W) {
+            float acc = 0;
+            for (int64_t j = s < 0 ? -s : 0; j < K && s + j < T; j++) acc += wc[j * W + c] * dy[(b * T + s + j) * W + c];
+            if (s >= 0) dx[(b * T + s) * sdx + c] = acc;
+            else dhalo[(b * K1 + K1 + s) * W + c] = acc;
+        }
     }
 }
 
@@ -304,7 +317,7 @@ __global__ void k_from_bf16(float *y, const __nv_bfloat16 *x, int64_t n) {
 /* ---- embedding ----------------------------------------------------------------------------------- */
 
 __global__ void k_embed_fwd(float *x, const float *wte, const int32_t *tokens, int64_t N, int64_t C) {
-    GRID_STRIDE(i, N * C) x[i] = wte[(int64_t)tokens[i / C] * C + i % C];
+    ROWS(n, N) COLS(c, C) x[n * C + c] = wte[(int64_t)tokens[n] * C + c];
 }
 
 /* block u: the rows of token uniq[u], its positions summed in order */
@@ -370,59 +383,59 @@ void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, co
 
 void lasp_qkv_fwd_cuda(float *q, float *k, float *v, const float *p, int64_t sp, int64_t N, int64_t C,
                        cudaStream_t st) {
-    k_qkv_fwd<<<grid_for(N * C), THREADS, 0, st>>>(q, k, v, p, sp, N, C);
+    k_qkv_fwd<<<rows_grid(N), THREADS, 0, st>>>(q, k, v, p, sp, N, C);
 }
 
 void lasp_qkv_fwd_bf16_cuda(void *q, void *k, void *v, const float *p, int64_t sp, int64_t N, int64_t C,
                             cudaStream_t st) {
-    k_qkv_fwd<<<grid_for(N * C), THREADS, 0, st>>>((__nv_bfloat16 *)q, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v, p,
+    k_qkv_fwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)q, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v, p,
                                                    sp, N, C);
 }
 
 void lasp_qkv_bwd_cuda(float *dp, int64_t sp, const float *dq, const float *dk, const float *dv, const float *p,
                        int64_t N, int64_t C, cudaStream_t st) {
-    k_qkv_bwd<<<grid_for(N * C), THREADS, 0, st>>>(dp, sp, dq, dk, dv, p, N, C);
+    k_qkv_bwd<<<rows_grid(N), THREADS, 0, st>>>(dp, sp, dq, dk, dv, p, N, C);
 }
 
 void lasp_qkv_bwd_bf16_cuda(float *dp, int64_t sp, const void *dq, const void *dk, const void *dv, const float *p,
                             int64_t N, int64_t C, cudaStream_t st) {
-    k_qkv_bwd<<<grid_for(N * C), THREADS, 0, st>>>(dp, sp, (const __nv_bfloat16 *)dq, (const __nv_bfloat16 *)dk,
+    k_qkv_bwd<<<rows_grid(N), THREADS, 0, st>>>(dp, sp, (const __nv_bfloat16 *)dq, (const __nv_bfloat16 *)dk,
                                                    (const __nv_bfloat16 *)dv, p, N, C);
 }
 
 void lasp_gate_fwd_cuda(float *y, const float *u, int64_t su, int64_t N, int64_t C, cudaStream_t st) {
-    k_gate_fwd<<<grid_for(N * C), THREADS, 0, st>>>(y, y, u, su, N, C);
+    k_gate_fwd<<<rows_grid(N), THREADS, 0, st>>>(y, y, u, su, N, C);
 }
 
 void lasp_gate_fwd_bf16_cuda(void *y, const float *yin, const float *u, int64_t su, int64_t N, int64_t C,
                              cudaStream_t st) {
-    k_gate_fwd<<<grid_for(N * C), THREADS, 0, st>>>((__nv_bfloat16 *)y, yin, u, su, N, C);
+    k_gate_fwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)y, yin, u, su, N, C);
 }
 
 void lasp_gate_bwd_cuda(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
                         const float *u, int64_t su, int64_t N, int64_t C, cudaStream_t st) {
-    k_gate_bwd<<<grid_for(N * C), THREADS, 0, st>>>(dy, du, sdu, o, rstd, g, u, su, N, C);
+    k_gate_bwd<<<rows_grid(N), THREADS, 0, st>>>(dy, du, sdu, o, rstd, g, u, su, N, C);
 }
 
 void lasp_glu_fwd_cuda(float *a, const float *h, int64_t N, int64_t F, cudaStream_t st) {
-    k_glu_fwd<<<grid_for(N * F), THREADS, 0, st>>>(a, h, N, F);
+    k_glu_fwd<<<rows_grid(N), THREADS, 0, st>>>(a, h, N, F);
 }
 
 void lasp_glu_fwd_bf16_cuda(void *a, const float *h, int64_t N, int64_t F, cudaStream_t st) {
-    k_glu_fwd<<<grid_for(N * F), THREADS, 0, st>>>((__nv_bfloat16 *)a, h, N, F);
+    k_glu_fwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)a, h, N, F);
 }
 
 void lasp_glu_bwd_cuda(float *dh, const float *da, const float *h, int64_t N, int64_t F, cudaStream_t st) {
-    k_glu_bwd<<<grid_for(N * F), THREADS, 0, st>>>(dh, da, h, N, F);
+    k_glu_bwd<<<rows_grid(N), THREADS, 0, st>>>(dh, da, h, N, F);
 }
 
 void lasp_glu_bwd_bf16_cuda(void *dh, const float *da, const float *h, int64_t N, int64_t F, cudaStream_t st) {
-    k_glu_bwd<<<grid_for(N * F), THREADS, 0, st>>>((__nv_bfloat16 *)dh, da, h, N, F);
+    k_glu_bwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)dh, da, h, N, F);
 }
 
 void lasp_conv_fwd_cuda(float *y, const float *x, int64_t sx, const float *halo, const float *wc, int64_t B,
                         int64_t T, int64_t W, int64_t K, cudaStream_t st) {
-    k_conv_fwd<<<grid_for(B * T * W), THREADS, 0, st>>>(y, x, sx, halo, wc, B, T, W, K);
+    k_conv_fwd<<<rows_grid(B * T), THREADS, 0, st>>>(y, x, sx, halo, wc, B, T, W, K);
 }
 
 void lasp_conv_bwd_w_cuda(float *dwc, const float *dy, const float *x, int64_t sx, const float *halo, int64_t B,
@@ -438,7 +451,7 @@ void lasp_conv_bwd_w_cuda(float *dwc, const float *dy, const float *x, int64_t s
 void lasp_conv_bwd_x_cuda(float *dx, int64_t sdx, float *dhalo, const float *dy, const float *wc, int64_t B,
                           int64_t T, int64_t W, int64_t K, cudaStream_t st) {
     const int64_t S = T + (dhalo ? K - 1 : 0);
-    k_conv_bwd_x<<<grid_for(B * S * W), THREADS, 0, st>>>(dx, sdx, dhalo, dy, wc, B, T, W, K);
+    k_conv_bwd_x<<<rows_grid(B * S), THREADS, 0, st>>>(dx, sdx, dhalo, dy, wc, B, T, W, K);
 }
 
 void lasp_xent_cuda(float *z, const int32_t *targets, int64_t N, int64_t V, float scale, double *loss, int32_t *hit,
@@ -452,7 +465,7 @@ void lasp_xent_bf16_cuda(const float *z, void *dz, const int32_t *targets, int64
 }
 
 void lasp_embed_fwd_cuda(float *x, const float *wte, const int32_t *tokens, int64_t N, int64_t C, cudaStream_t st) {
-    k_embed_fwd<<<grid_for(N * C), THREADS, 0, st>>>(x, wte, tokens, N, C);
+    k_embed_fwd<<<rows_grid(N), THREADS, 0, st>>>(x, wte, tokens, N, C);
 }
 
 void lasp_embed_bwd_cuda(float *dwte, const float *dx, const int32_t *order, const int32_t *starts,
