@@ -290,9 +290,14 @@ void lasp_comm_abort(lasp_comm *c, const char *message) __attribute__((noreturn)
 typedef struct lasp_sp lasp_sp;
 
 typedef enum lasp_sp_mode {
-    LASP_SP_CHAIN = 0,
-    LASP_SP_LASP2 = 1,
+    LASP_SP_CHAIN = 0,     /* LASP: the state handed from piece to piece (docs/SP.md) */
+    LASP_SP_LASP2 = 1,     /* LASP-2: every piece's state all-gathered */
+    /* the baselines LASP is compared against (host communicators only for now; docs/SP.md "The baselines"): */
+    LASP_SP_ULYSSES = 2,   /* DeepSpeed-Ulysses: all-to-all to a head split and back (H divisible by sp) */
+    LASP_SP_ALLGATHER = 3, /* Megatron-style: keys and values all-gathered, their gradients reduce-scattered */
 } lasp_sp_mode;
+/* "chain", "lasp2", "ulysses", "allgather" */
+const char *lasp_sp_mode_name(lasp_sp_mode m);
 
 typedef enum lasp_sp_transfer {
     LASP_SP_TRANSFER_AUTO = 0, /* one-sided puts where every rank of the group can, else send/receive */
@@ -334,6 +339,9 @@ const char *lasp_sp_transfer_name(const lasp_sp *sp);
  * freed with lasp_sp_cache_free. One cache per layer whose backward is still to come. */
 typedef struct lasp_sp_cache lasp_sp_cache;
 void lasp_sp_cache_free(lasp_sp_cache *c);
+/* Bytes the cache holds (host or device): what the modes keep from the forward for the backward — states
+ * for LASP, the head split's q | k | v for Ulysses, every piece's keys and values for the all-gather. */
+size_t lasp_sp_cache_bytes(const lasp_sp_cache *c);
 
 /* One attention layer over the group. `a` describes this rank's piece (a->T tokens of the piece, a->B
  * the local batch); q, k, v, o are the piece's tensors in the op's layouts. kv_in is read only on SP
@@ -498,6 +506,11 @@ lasp_status lasp_ckpt_dir_check(const char *dir, lasp_err *err);
  * run's (an error names what differs); parameters, optimizer state, step, data position and random
  * state become the checkpoint's. */
 lasp_status lasp_trainer_resume(lasp_trainer *t, const char *dir);
+
+/* A checkpoint's weights for other tools: OUT/model.safetensors, one fp32 tensor per weight (embed.weight [V, C];
+ * blocks.L.{ln1, wqkvu [C, 4C], conv [K, 3C], onorm, wo [C, C], ln2, w12 [C, 2F], w3 [F, C]}; head.norm,
+ * head.weight [C, V]; products are y = x · W), and OUT/config.json (the model config and the slopes' rule). */
+lasp_status lasp_export_safetensors(const char *ckpt_dir, const char *out_dir, lasp_err *err);
 
 /* Decoding from a checkpoint with the recurrent form (docs/MATH.md §1): one d × d state per layer and
  * head and the convolution's last few projections, so memory does not grow with the length. */

@@ -110,8 +110,8 @@ int main(int argc, char **argv) {
     static const char *outs[6] = {"o", "kv_out", "dq", "dk", "dv", "dkv_in"};
     for (int np = 1; np <= 4; np *= 2)
         for (int sp = 1; sp <= np; sp *= 2)
-            for (int m = 0; m < 2; m++) {
-                const char *mode = m ? "lasp2" : "chain";
+            for (int m = LASP_SP_CHAIN; m <= LASP_SP_ALLGATHER; m++) { /* the LASP modes and the baselines */
+                const char *mode = lasp_sp_mode_name((lasp_sp_mode)m);
                 char args[2048], od[64];
                 snprintf(od, sizeof od, "np%d_sp%d_%s", np, sp, mode);
                 snprintf(args, sizeof args, INPUTS " --sp %d --sp-mode %s --check --out %s", sp, mode, od);
@@ -180,12 +180,27 @@ int main(int argc, char **argv) {
         test_case("a rank failing inside the %s run ends the whole job, naming the rank, no hang",
                   m ? "lasp2" : "lasp");
     }
-    /* the SP bench runs end to end and reports both modes at W = 2 */
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe --bind-to none -np 2 '%s' bench sp --device cpu --quick", lasp);
+    /* the SP bench runs end to end, reports every mode at W = 2, and the bytes it counts are its formula's */
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe --bind-to none -np 2 '%s' bench sp --device cpu --mode all --quick",
+             lasp);
     rc = sh(cmd);
     CHECK(rc == 0, "%s\n%s", ended(rc), out);
-    CHECK(strstr(out, "weak    lasp2    2") && strstr(out, "strong  chain    2"), "rows missing:\n%s", out);
-    test_case("mpirun -np 2 lasp bench sp --quick");
+    int rows = 0, at2[4] = {0, 0, 0, 0};
+    for (const char *line = out; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        char scaling[16], mode[16];
+        int W;
+        long long tl, t;
+        double ms, mtok, sent, formula;
+        if (sscanf(line, " %15s %15s %d %lld %lld %lf %lf %lf %lf", scaling, mode, &W, &tl, &t, &ms, &mtok, &sent,
+                   &formula) != 9 || (strcmp(scaling, "weak") && strcmp(scaling, "strong")))
+            continue;
+        rows++;
+        CHECK(sent == formula, "%s %s W %d: %.0f bytes sent, the formula says %.0f", scaling, mode, W, sent, formula);
+        for (int m = 0; m < 4; m++)
+            if (W == 2 && !strcmp(mode, lasp_sp_mode_name((lasp_sp_mode)m))) at2[m] = 1;
+    }
+    CHECK(rows >= 8 && at2[0] && at2[1] && at2[2] && at2[3], "rows missing (%d rows):\n%s", rows, out);
+    test_case("mpirun -np 2 lasp bench sp --mode all --quick: every mode at W = 2, bytes sent = docs/SP.md's formula");
 
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) printf("# could not remove %s\n", dir);

@@ -5,14 +5,17 @@
  *     mpirun -np N test_sp --device cuda          the GPU schedule (sp_cuda*.cu): device f32 and bf16 over
  *                                                 NCCL, one process per GPU
  *
- * What it proves, for every dp × sp layout the world fits, both modes (the chain, LASP-2), ragged pieces,
+ * What it proves, for every dp × sp layout the world fits, every mode (the chain, LASP-2; on host communicators
+ * also the baselines Ulysses and the all-gather of keys and values), ragged pieces,
  * slopes from 0 to past underflow (λ^T = 0 in fp32), with and without kv_in / dkv_out:
  *   - every rank's o, dq, dk, dv and boundary states (kv_out on the last piece, dkv_in on the first; the other
  *     ranks' stay unwritten) equal the single-process op on the whole tensors: CPU 1e-6 relative, GPU f32
  *     1e-4, bf16 1e-2 (bf16 inputs rounded first, so that the reference sees what the GPU sees);
  *   - on small shapes the gathered tensors equal the fp64 reference (CPU 1e-5, GPU as above);
  *   - the SP communicator's counters show the schedule: the chain sends one state per hop and direction (the
- *     backward runs no second forward chain), LASP-2 one gather per direction;
+ *     backward runs no second forward chain), LASP-2 one gather per direction, the baselines the collectives
+ *     and bytes of docs/SP.md's formulas; Ulysses with heads not divisible by sp is refused on every rank
+ *     before any message;
  *   - three forward+backward calls in a row on one cache (other inputs first) end right, and the trace
  *     (params.trace) reports ordered phases on GPUs and nothing on host communicators;
  *   - lasp_sp_create's parameter checks, lasp_sp_get_layout, lasp_sp_halo both ways, lasp_sp_cache_free(NULL),
@@ -330,7 +333,24 @@ static void check_msgs(const lasp_sp_layout *L, const problem *P, lasp_sp_mode m
     const uint64_t state = (uint64_t)P->ln[KV_OUT] * sizeof(float);
     const int ahead = dir == 0 ? W - 1 - r : r; /* ranks after this one in the direction of travel */
     uint64_t msgs, bytes, colls = 0, coll_bytes = 0;
-    if (mode == LASP_SP_CHAIN) {
+    /* the baselines (docs/SP.md's formulas, in the bytes the counters count: what this rank sends) */
+    const lasp_attn_desc *a = &P->loc;
+    const uint64_t Hl = (uint64_t)(a->H / W), bt = (uint64_t)(a->B * a->T), f = sizeof(float), w1 = (uint64_t)(W - 1);
+    const uint64_t qkv = bt * Hl * (uint64_t)(2 * a->d + a->e) * f, ob = bt * Hl * (uint64_t)a->e * f;
+    const uint64_t slice = (uint64_t)a->B * Hl * (uint64_t)(a->d * a->e) * f;
+    const uint64_t kv = bt * (uint64_t)a->H * (uint64_t)(a->d + a->e) * f;
+    if (mode == LASP_SP_ULYSSES) {
+        /* all-to-all of q | k | v (backward: dq | dk | dv) and of o (dO), a boundary state broadcast from the
+         * first rank (backward: the last), the other's slices gathered */
+        const int root = dir == 0 ? 0 : W - 1;
+        msgs = 0, bytes = 0, colls = 4;
+        coll_bytes = w1 * qkv + w1 * ob + w1 * slice + (r == root && W > 1 ? state : 0);
+    } else if (mode == LASP_SP_ALLGATHER) {
+        /* forward: k | v all-gathered, kv_in broadcast; backward: dk | dv reduce-scattered, dkv_in all-reduced */
+        msgs = 0, bytes = 0, colls = 2;
+        coll_bytes = dir == 0 ? w1 * kv + (r == 0 && W > 1 ? state : 0)
+                              : w1 * kv + (uint64_t)(2.0 * (double)w1 / W * (double)state + 0.5);
+    } else if (mode == LASP_SP_CHAIN) {
         msgs = (ahead > 0) + (uint64_t)(puts && ahead < W - 1), bytes = ahead > 0 ? state : 0;
     } else if (!gpu) {
         msgs = 0, bytes = 0, colls = 1, coll_bytes = (uint64_t)(W - 1) * state;
@@ -345,7 +365,7 @@ static void check_msgs(const lasp_sp_layout *L, const problem *P, lasp_sp_mode m
           (unsigned long long)coll_bytes);
 }
 
-static const char *mode_name(lasp_sp_mode m) { return m == LASP_SP_CHAIN ? "chain" : "lasp2"; }
+static const char *mode_name(lasp_sp_mode m) { return lasp_sp_mode_name(m); }
 
 /* whether this group's states travel by one-sided puts (decided by its first GPU call) */
 static int uses_puts(const lasp_sp *sp) { return !strncmp(lasp_sp_transfer_name(sp), "one-sided", 9); }
@@ -390,6 +410,7 @@ static void config_cases(int size, const config *c, problem *probs, int n_probs)
     lasp_sp_cache *cache = NULL;
     for (int pi = 0; pi < n_probs; pi++) {
         problem *P = &probs[pi];
+        if (c->mode == LASP_SP_ULYSSES && P->loc.H % L.sp_size) continue; /* ulysses_refusal_case */
         lasp_comm_stats st[2];
         sp_run(sp, P, 0, &cache, st);
         if (pi == 0 && gpu && lasp_comm_rank(mpi_test_world_) == 0)
@@ -409,9 +430,10 @@ static void config_cases(int size, const config *c, problem *probs, int n_probs)
         for (int i = 0; i < N_OUT; i++) free(got[i]);
         check_msgs(&L, P, c->mode, uses_puts(sp), 0, st[0]);
         check_msgs(&L, P, c->mode, uses_puts(sp), 1, st[1]);
+        static const char *how[4] = {"one state a hop, no second forward chain", "one gather",
+                                     "all-to-all of q k v and o, boundary states", "k v gathered, dk dv reduce-scattered"};
         mpi_case("sp %s, dp %d × sp %d, %s, %s: messages per direction as the schedule says (%s)", label, L.dp_size,
-                 L.sp_size, P->sh->name, lasp_dtype_name(P->t),
-                 c->mode == LASP_SP_LASP2 ? "one gather" : "one state a hop, no second forward chain");
+                 L.sp_size, P->sh->name, lasp_dtype_name(P->t), how[c->mode]);
     }
     lasp_sp_cache_free(cache);
     lasp_sp_free(sp);
@@ -429,7 +451,7 @@ static void repeat_cases(int size, const config *c, problem *probs, int n_probs)
     int64_t layers = 0;
     for (int pi = 0; pi < n_probs; pi++) {
         problem *P = &probs[pi];
-        if (P->t != LASP_F32) continue;
+        if (P->t != LASP_F32 || (c->mode == LASP_SP_ULYSSES && P->loc.H % L.sp_size)) continue;
         lasp_comm_stats st[2];
         for (int i = 0; i < 3; i++) sp_run(sp, P, i < 2, &cache, st);
         layers += 3;
@@ -597,6 +619,35 @@ static void misuse_case(void) {
              "no forward; lasp_sp_cache_free(NULL)%s", gpu ? "gpu" : "cpu", gpu ? "" : "; bf16 on the CPU refused");
 }
 
+/* Ulysses over more ranks than a shape has heads (or a number that does not divide them): every rank refuses
+ * the forward and the backward alike, naming the heads and the ranks, before anything is sent. */
+static void ulysses_refusal_case(int size, problem *probs, int n_probs) {
+    const config c = {LASP_SP_ULYSSES, LASP_SP_TRANSFER_AUTO, 4};
+    lasp_sp *sp = sp_make(size, &c, 0);
+    const lasp_sp_layout L = lasp_sp_get_layout(sp);
+    lasp_comm *g = lasp_sp_group(sp);
+    int tried = 0;
+    for (int pi = 0; pi < n_probs; pi++) {
+        problem *P = &probs[pi];
+        if (P->loc.H % size == 0) continue;
+        tried++;
+        lasp_sp_cache *cache = NULL;
+        lasp_comm_reset_stats(g);
+        const lasp_status s = lasp_sp_attn_fwd(ctx, sp, &P->loc, P->q, P->k, P->v, P->slopes, P->kv_in, P->out[O],
+                                               P->out[KV_OUT], &cache);
+        CHECK(s == LASP_ERR_ARG && strstr(lasp_ctx_error(ctx), "does not divide") && strstr(lasp_ctx_error(ctx), "hint"),
+              "rank %d: ulysses with H %lld over %d ranks: status %d, '%s'", L.world_rank, (long long)P->loc.H, size,
+              (int)s, lasp_ctx_error(ctx));
+        const lasp_comm_stats st = lasp_comm_get_stats(g);
+        CHECK(st.p2p_msgs == 0 && st.coll_calls == 0, "rank %d: the refused forward communicated", L.world_rank);
+        lasp_sp_cache_free(cache);
+    }
+    lasp_sp_free(sp);
+    if (tried)
+        mpi_case("sp cpu ulysses, dp %d × sp %d: heads not divisible by sp refused on every rank before any message "
+                 "(with a hint)", L.dp_size, L.sp_size);
+}
+
 /* Every case over the group of `size` ranks (and dp = world / size of them). On GPUs the full matrix of
  * configurations runs where the group is the whole world; the other layouts run each mode with the defaults. */
 static void layout_cases(int size) {
@@ -610,15 +661,16 @@ static void layout_cases(int size) {
     for (int si = 0; si < N_SHAPES; si++)
         for (int ti = 0; ti < n_dtypes(); ti++)
             if (gpu || !SHAPES[si].gpu_only) problem_make(&probs[n_probs++], &SHAPES[si], si, dtype_at(ti), &L);
-    const int whole = size == L.world_size;
-    for (int mode = 0; mode < 2; mode++)
+    const int whole = size == L.world_size, modes = gpu ? 2 : 4; /* the baselines: host communicators */
+    if (!gpu) ulysses_refusal_case(size, probs, n_probs);
+    for (int mode = 0; mode < modes; mode++)
         for (int tr = 0; tr < (gpu && whole ? 2 : 1); tr++)
             for (int sms = 0; sms < (gpu && whole ? 2 : 1); sms++) {
                 const config c = {(lasp_sp_mode)mode, (lasp_sp_transfer)tr, sms ? 0 : 4};
                 config_cases(size, &c, probs, n_probs);
             }
     if (whole)
-        for (int mode = 0; mode < 2; mode++)
+        for (int mode = 0; mode < modes; mode++)
             for (int tr = 0; tr < (gpu ? 2 : 1); tr++) {
                 const config c = {(lasp_sp_mode)mode, (lasp_sp_transfer)tr, 4};
                 repeat_cases(size, &c, probs, n_probs);

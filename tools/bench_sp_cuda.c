@@ -242,6 +242,11 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
     }
     const int which = opts_sp_mode(mode, "--mode", 1);
     if (which < 0) return 2;
+    if (which == LASP_SP_ULYSSES || which == LASP_SP_ALLGATHER || which == OPTS_SP_ALL) {
+        fprintf(stderr, "error: --mode %s: the baselines run on the CPU for now (hint: chain, lasp2 or both on "
+                "GPUs; --device cpu for all)\n", mode);
+        return 2;
+    }
     if (strcmp(transfer, "auto") && strcmp(transfer, "send")) {
         fprintf(stderr, "error: --transfer '%s' (hint: auto or send)\n", transfer);
         return 2;
@@ -298,7 +303,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         }
         const double one = time_layer(hw, ctx, NULL, &a, &L, (int)repeat, (int)warmup, &failed);
         for (int m = 0; m < 2 && !failed; m++) {
-            if ((m == 0 && which == 1) || (m == 1 && which == 0)) continue;
+            if (which != OPTS_SP_BOTH && which != m) continue;
             lasp_sp *sp = NULL;
             lasp_sp_params p = spp;
             p.size = W, p.mode = (lasp_sp_mode)m;
@@ -331,7 +336,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         a.T = T / W;
         if (!failed && layer_alloc(&L, &a, 8 + (uint64_t)rank)) {
             for (int m = 0; m < 2 && !failed; m++) {
-                if ((m == 0 && which == 1) || (m == 1 && which == 0)) continue;
+                if (which != OPTS_SP_BOTH && which != m) continue;
                 lasp_sp *sp = NULL;
                 lasp_sp_params p = spp;
                 p.size = W, p.mode = (lasp_sp_mode)m;

@@ -29,12 +29,13 @@ int cmd_attn(int argc, char **argv) {
         {"--check", OPT_FLAG, &o.check, NULL, "also run the fp64 reference and report relative errors", 0},
         {"--tol", OPT_DOUBLE, &o.tol, "X", "tolerance of --check (default 1e-5 f32 on the CPU, 1e-4 on the GPU, 1e-2 bf16/f16)", 0},
         {"--sp", OPT_INT, &o.sp, "N", "under mpirun: ranks per sequence; world = dp × sp (default 1 under mpirun)", 0},
-        {"--sp-mode", OPT_STR, &o.sp_mode, "chain|lasp2", "SP schedule: the LASP chain (default) or the LASP-2 all-gather", 0},
+        {"--sp-mode", OPT_STR, &o.sp_mode, "MODE", "SP schedule: the LASP chain (default), LASP-2, or the baselines "
+                                                 "ulysses and allgather (CPU)", 0},
     };
     const cmd_spec spec = {
         "lasp attn --q Q.npy --k K.npy --v V.npy --slopes S.npy [--kv-in KV.npy] [--do DO.npy] "
         "[--dkv-out G.npy] [--block N] [--check] --out DIR\n       lasp attn --random B,T,H,d,e [--seed N] [--check] --out DIR\n"
-        "       mpirun -np N lasp attn ... --sp S [--sp-mode chain|lasp2] --out DIR",
+        "       mpirun -np N lasp attn ... --sp S [--sp-mode chain|lasp2|ulysses|allgather] --out DIR",
         "Runs decayed causal linear attention o_t = Σ_{j≤t} λ^{t−j} (q_t·k_j) v_j + λ^t q_t KV_in on .npy files\n"
         "and writes DIR/o.npy and DIR/kv_out.npy; with --do also the gradients DIR/dq.npy, dk.npy, dv.npy and\n"
         "dkv_in.npy. All files are little-endian float32, C order. Exit status: 0 ok, 1 error or --check above\n"

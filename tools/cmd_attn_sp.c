@@ -227,7 +227,7 @@ int attn_sp(attn_args *o) {
         if (!rc) {
             printf("lasp attn: B=%lld T=%lld H=%lld d=%lld e=%lld on %d ranks (dp %d × sp %d, %s, %s %s): %.2f ms on rank 0; "
                    "wrote %s/{o,kv_out%s}.npy\n", (long long)L.B, (long long)L.T, (long long)H, (long long)d,
-                   (long long)e, L.n, L.dp, L.sp, mode == LASP_SP_CHAIN ? "chain" : "lasp2", o->device, o->dtype, ms, o->out,
+                   (long long)e, L.n, L.dp, L.sp, lasp_sp_mode_name(mode), o->device, o->dtype, ms, o->out,
                    bwd ? ",dq,dk,dv,dkv_in" : "");
             fflush(stdout);
             rc = o->check ? attn_check(ctx, &f, bwd, (const float *const *)full, o->tol) : 0;

@@ -1,8 +1,8 @@
 /* cmd_bench_sp.c — `lasp bench sp` under mpirun: one attention layer forward+backward over an SP group of
  * W ranks (the first W of the job; the others wait), for W = 1, 2, 4, … up to the job's size, at fixed
- * tokens per rank (weak scaling) and at fixed total tokens (strong scaling), for the LASP chain and
- * LASP-2. Time is the slowest rank's, median over repeats; bytes are what one rank sent (the most over
- * the group), counted by the communicator. */
+ * tokens per rank (weak scaling) and at fixed total tokens (strong scaling), for the LASP chain, LASP-2
+ * and the baselines (Ulysses, all-gather of keys and values). Time is the slowest rank's, median over
+ * repeats; bytes are what one rank sent (the most over the group), counted by the communicator. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +26,7 @@ typedef struct bench_cfg {
 typedef struct bench_row {
     double ms;        /* slowest rank, median */
     double sent;      /* bytes the busiest rank sent per fwd+bwd */
+    double kept;      /* bytes the largest SP cache holds from the forward for the backward */
 } bench_row;
 
 /* One layer on the first W ranks of world with T_local tokens each. Collective over world. */
@@ -36,7 +37,7 @@ static int run_one(lasp_comm *world, const bench_cfg *c, int W, int64_t Tl, lasp
     lasp_comm *g = NULL;
     if (lasp_comm_split(world, r < W ? 0 : 1, r, &g, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
     int rc = 0;
-    double sent = 0, med = 0;
+    double sent = 0, med = 0, kept = 0;
     if (r < W) {
         lasp_sp *sp = NULL;
         lasp_sp_params spp = lasp_sp_default_params();
@@ -76,6 +77,9 @@ static int run_one(lasp_comm *world, const bench_cfg *c, int W, int64_t Tl, lasp
             sent = most;
         }
         med = tool_median(t, reps);
+        double mine = (double)lasp_sp_cache_bytes(cache);
+        if (lasp_comm_allreduce(group, &mine, &kept, 1, LASP_F64, LASP_REDUCE_MAX, &err) != LASP_OK)
+            lasp_comm_abort(world, err.msg);
         free(t), free(q), free(k), free(v), free(dO), free(o), free(dq), free(dk), free(dv), free(st), free(sl);
         lasp_sp_cache_free(cache);
         lasp_sp_free(sp);
@@ -83,8 +87,25 @@ static int run_one(lasp_comm *world, const bench_cfg *c, int W, int64_t Tl, lasp
     lasp_comm_free(g);
     /* rank 0 is always in the group; the waiting ranks join here */
     if (lasp_comm_barrier(world, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
-    row->ms = med, row->sent = sent;
+    row->ms = med, row->sent = sent, row->kept = kept;
     return rc;
+}
+
+/* What the busiest rank of a group of W sends in one layer's forward + backward, by docs/SP.md's formulas
+ * (s = one d × e state per head, B·H·D²·4 bytes): the chain 2s (s for W = 2), LASP-2 2(W−1)s, Ulysses
+ * 2(W−1)·(q k v + o slabs + a state slice) + s, the all-gather 2(W−1)·(k v of a piece) + s + 2(W−1)/W·s. */
+static double formula_bytes(lasp_sp_mode m, int W, const bench_cfg *c, int64_t Tl) {
+    const double f = 4, s = (double)(c->B * c->H * c->D * c->D) * f, w1 = W - 1, bt = (double)(c->B * Tl);
+    if (W == 1) return 0;
+    switch (m) {
+    case LASP_SP_CHAIN: return W == 2 ? s : 2 * s;
+    case LASP_SP_LASP2: return 2 * w1 * s;
+    case LASP_SP_ULYSSES: {
+        const double hl = (double)c->H / W, slab = bt * hl * (double)c->D * f;
+        return 2 * w1 * (3 * slab + slab + s / W) + s;
+    }
+    default: return 2 * w1 * bt * (double)c->H * 2 * (double)c->D * f + s + 2 * w1 / W * s;
+    }
 }
 
 int lasp_bench_sp(int argc, char **argv) {
@@ -105,7 +126,8 @@ int lasp_bench_sp(int argc, char **argv) {
     int quick = 0;
     const opt opts[] = {
         {"--device", OPT_STR, &device, "cpu|cuda", "where to run (cuda: its own options, see --device cuda --help)", 0},
-        {"--mode", OPT_STR, &mode, "chain|lasp2|both", "SP schedules to time", 0},
+        {"--mode", OPT_STR, &mode, "MODE", "SP schedules to time: chain, lasp2, ulysses, allgather, both (chain and "
+                                           "lasp2) or all", 0},
         {"--B", OPT_INT, &c.B, "N", "batch", 0},
         {"--H", OPT_INT, &c.H, "N", "heads", 0},
         {"--D", OPT_INT, &c.D, "N", "head dim (d = e)", 0},
@@ -117,10 +139,10 @@ int lasp_bench_sp(int argc, char **argv) {
         {"--quick", OPT_FLAG, &quick, NULL, "tiny shapes, one repeat: a smoke test", 0},
     };
     const cmd_spec spec = {
-        "mpirun -np N lasp bench sp [--device cpu] [--mode chain|lasp2|both] [--t-local N] [--t-total N] ...",
+        "mpirun -np N lasp bench sp [--device cpu] [--mode chain|lasp2|ulysses|allgather|both|all] [--t-local N] ...",
         "Times one linear-attention layer forward+backward over an SP group of W = 1, 2, 4, … ranks (the first\n"
-        "W ranks of the job), weak scaling (T = W · t-local) and strong scaling (T = t-total), for the LASP chain\n"
-        "and LASP-2, with the bytes one rank sent. Time is the slowest rank's; eff is t(1)/t(W) for weak and\n"
+        "W ranks of the job), weak scaling (T = W · t-local) and strong scaling (T = t-total), for the LASP chain,\n"
+        "LASP-2, Ulysses and the all-gather of keys and values, with the bytes one rank sent. Time is the slowest rank's; eff is t(1)/t(W) for weak and\n"
         "t(1)/(W·t(W)) for strong scaling.",
         "OMP_NUM_THREADS=1 mpirun -np 2 lasp bench sp --device cpu", opts, N_OPTS(opts)};
     int pr = opts_parse(&spec, argc, argv);
@@ -130,7 +152,6 @@ int lasp_bench_sp(int argc, char **argv) {
         return 2;
     }
     const int which = opts_sp_mode(mode, "--mode", 1);
-    const int do_chain = which == 0 || which == 2, do_l2 = which == 1 || which == 2;
     if (which < 0) return 2;
     if (quick) c.B = 1, c.H = 2, c.D = 16, c.t_local = 128, c.t_total = 256, c.repeat = 1;
     if (c.B < 1 || c.H < 1 || c.t_local < 1 || c.t_total < 1 || c.repeat < 1 || c.threads < 0 || c.block < 1 ||
@@ -156,25 +177,28 @@ int lasp_bench_sp(int argc, char **argv) {
                "OpenMP threads per rank: %s\n", n, c.B, c.H, c.D, c.block, c.repeat,
                c.threads ? "--threads" : omp ? omp : "default");
         printf("# state message: B·H·D²·4 = %lld bytes; time = slowest rank; sent = bytes of the busiest rank per "
-               "fwd+bwd\n", c.B * c.H * c.D * c.D * 4);
-        printf("# %-7s %-6s %3s %8s %8s %11s %12s %12s %6s\n", "scaling", "mode", "W", "T_local", "T", "fwd+bwd ms",
-               "Mtokens/s", "sent bytes", "eff");
+               "fwd+bwd (counted), formula = docs/SP.md's\n", c.B * c.H * c.D * c.D * 4);
+        printf("# kept = what the SP layer holds from the forward for the backward on its largest rank, beside the "
+               "piece's own q, k, v, o\n");
+        printf("# %-7s %-9s %3s %8s %8s %11s %12s %12s %12s %10s %6s\n", "scaling", "mode", "W", "T_local", "T",
+               "fwd+bwd ms", "Mtokens/s", "sent bytes", "formula", "kept MiB", "eff");
     }
     for (int weak = 1; weak >= 0; weak--)
-        for (int m = 0; m < 2; m++) {
-            if ((m == 0 && !do_chain) || (m == 1 && !do_l2)) continue;
+        for (int m = LASP_SP_CHAIN; m <= LASP_SP_ALLGATHER; m++) {
+            if (!(which == m || which == OPTS_SP_ALL || (which == OPTS_SP_BOTH && m <= LASP_SP_LASP2))) continue;
             double base = 0;
             for (int W = 1; W <= n; W *= 2) {
                 const int64_t T = weak ? c.t_local * W : c.t_total;
-                if (T % W) continue;
+                if (T % W || (m == LASP_SP_ULYSSES && c.H % W)) continue; /* ulysses: heads split over W */
                 bench_row row;
-                run_one(world, &c, W, T / W, m ? LASP_SP_LASP2 : LASP_SP_CHAIN, ctx, &row);
+                run_one(world, &c, W, T / W, (lasp_sp_mode)m, ctx, &row);
                 if (W == 1) base = row.ms;
                 const double eff = weak ? base / row.ms : base / (W * row.ms);
                 if (rank == 0) {
-                    printf("  %-7s %-6s %3d %8lld %8lld %11.2f %12.3f %12.0f %6.2f\n", weak ? "weak" : "strong",
-                           m ? "lasp2" : "chain", W, (long long)(T / W), (long long)T, row.ms,
-                           (double)(c.B * T) / row.ms * 1e-3, row.sent, eff);
+                    printf("  %-7s %-9s %3d %8lld %8lld %11.2f %12.3f %12.0f %12.0f %10.2f %6.2f\n",
+                           weak ? "weak" : "strong", lasp_sp_mode_name((lasp_sp_mode)m), W, (long long)(T / W),
+                           (long long)T, row.ms, (double)(c.B * T) / row.ms * 1e-3, row.sent,
+                           formula_bytes((lasp_sp_mode)m, W, &c, T / W), row.kept / 1048576.0, eff);
                     fflush(stdout);
                 }
             }

@@ -161,7 +161,8 @@ int cmd_train(int argc, char **argv) {
         {"--wd", OPT_DOUBLE, &a.wd, "X", "weight decay (matrices and embedding)", 0},
         {"--clip", OPT_DOUBLE, &a.clip, "X", "clip the global gradient norm to X (0 = off)", 0},
         {"--sp", OPT_INT, &a.sp, "N", "sequence-parallel ranks per sequence; dp = world / sp", 0},
-        {"--sp-mode", OPT_STR, &a.sp_mode, "MODE", "chain (LASP) or lasp2 (all-gather)", 0},
+        {"--sp-mode", OPT_STR, &a.sp_mode, "MODE", "chain (LASP), lasp2 (states all-gathered), or the baselines ulysses "
+                                                   "and allgather (CPU)", 0},
         {"--zero", OPT_INT, &a.zero, "N", "0 DDP, 1 sharded optimizer, 2 + sharded gradients, 3 + sharded params", 0},
         {"--seed", OPT_INT, &a.seed, "N", "seed of data, initialisation and everything random", 0},
         {"--val-every", OPT_INT, &a.val_every, "N", "validation (loss, recall accuracy) every N steps", 0},
@@ -292,7 +293,7 @@ int cmd_train(int argc, char **argv) {
             printf("#   %-14s %s (%s): %zu tokens, %zu train / %zu validation\n", "data", a.data,
                    lasp_data_kind_name(di.kind), di.n_tokens, di.n_train, di.n_tokens - di.n_train);
         printf("#   %-14s world %d = dp %d × sp %d (%s), ZeRO-%d\n", "parallelism", W, lay.dp_size, lay.sp_size,
-               mode ? "lasp2" : "chain", o.zero);
+               lasp_sp_mode_name((lasp_sp_mode)mode), o.zero);
         printf("#   %-14s batch %lld × seq %lld = %.0f tokens/step; each rank: %lld × %lld\n", "batch",
                (long long)o.batch, (long long)o.seq_len, tokens_per_step, (long long)Bl, (long long)Tl);
         const lasp_train_memory mem = lasp_trainer_memory(t);

@@ -99,15 +99,17 @@ int opts_parse(const cmd_spec *spec, int argc, char **argv) {
     return 0;
 }
 
-int opts_sp_mode(const char *name, const char *flag, int both_ok) {
-    if (!strcmp(name, "chain")) return 0;
-    if (!strcmp(name, "lasp2")) return 1;
-    if (both_ok && !strcmp(name, "both")) return 2;
+int opts_sp_mode(const char *name, const char *flag, int all_ok) {
+    for (int m = LASP_SP_CHAIN; m <= LASP_SP_ALLGATHER; m++)
+        if (!strcmp(name, lasp_sp_mode_name((lasp_sp_mode)m))) return m;
+    if (all_ok && !strcmp(name, "both")) return OPTS_SP_BOTH;
+    if (all_ok && !strcmp(name, "all")) return OPTS_SP_ALL;
     if (!strcmp(name, "lasp")) {
         fprintf(stderr, "note: %s lasp is now called chain (the LASP chain); running chain\n", flag);
         return 0;
     }
-    fprintf(stderr, "error: %s '%s' is not known (hint: chain or lasp2%s)\n", flag, name, both_ok ? " or both" : "");
+    fprintf(stderr, "error: %s '%s' is not known (hint: chain, lasp2, ulysses or allgather%s)\n", flag, name,
+            all_ok ? "; both = chain and lasp2, all = the four" : "");
     return -1;
 }
 

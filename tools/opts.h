@@ -29,10 +29,13 @@ void opts_help(const cmd_spec *spec);
 
 #define N_OPTS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
-/* An SP mode's name, as every command spells it: "chain" (the LASP chain) or "lasp2"; with both_ok also
- * "both" (returns 2). The chain's former name "lasp" is taken with a note. 0 or 1 is the lasp_sp_mode; −1
- * an unknown name (message printed, naming `flag`). */
-int opts_sp_mode(const char *name, const char *flag, int both_ok);
+/* An SP mode's name, as every command spells it: chain (the LASP chain), lasp2, ulysses or allgather; with
+ * all_ok also "both" (chain and lasp2: OPTS_SP_BOTH) and "all" (the four: OPTS_SP_ALL). The chain's former
+ * name "lasp" is taken with a note. Returns the lasp_sp_mode, or −1 for an unknown name (message printed,
+ * naming `flag`). */
+#define OPTS_SP_BOTH 10
+#define OPTS_SP_ALL 11
+int opts_sp_mode(const char *name, const char *flag, int all_ok);
 /* "cpu" or "cuda" as a lasp_device; −1 for anything else (message printed, naming `flag`). */
 int opts_device(const char *name, const char *flag);
 

@@ -1,5 +1,6 @@
 /* sp.c — LASP over an SP group (docs/MATH.md §3–5): the group itself (made by splitting the world), and
- * its schedule on host communicators: the chain with KV_in cached, and the LASP-2 all-gather.
+ * its schedule on host communicators: the chain with KV_in cached, and the LASP-2 all-gather (the
+ * baselines ulysses and allgather are sp_baselines.c's).
  *
  * Both modes share the local work: lasp_attn_fwd_cpu with no incoming state gives O_intra (with the
  * piece's own block-to-block inter terms) and the piece's state m; lasp_attn_bwd_cpu with the cached
@@ -18,9 +19,17 @@ lasp_sp_params lasp_sp_default_params(void) {
     return p;
 }
 
+const char *lasp_sp_mode_name(lasp_sp_mode m) {
+    static const char *names[] = {"chain", "lasp2", "ulysses", "allgather"};
+    return m >= LASP_SP_CHAIN && m <= LASP_SP_ALLGATHER ? names[m] : "unknown";
+}
+
+static int is_baseline(lasp_sp_mode m) { return m == LASP_SP_ULYSSES || m == LASP_SP_ALLGATHER; }
+
 static lasp_status check_params(const lasp_sp_params *p, int n, lasp_err *err) {
-    if (p->mode != LASP_SP_CHAIN && p->mode != LASP_SP_LASP2)
-        return lasp_fail(err, LASP_ERR_ARG, "unknown SP mode %d (hint: chain or lasp2)", (int)p->mode);
+    if (p->mode < LASP_SP_CHAIN || p->mode > LASP_SP_ALLGATHER)
+        return lasp_fail(err, LASP_ERR_ARG, "unknown SP mode %d (hint: chain, lasp2, ulysses or allgather)",
+                         (int)p->mode);
     if (p->size < 1 || n % p->size)
         return lasp_fail(err, LASP_ERR_ARG,
                          "--sp %d does not divide the %d ranks of the job (world = dp × sp; hint: an sp that divides "
@@ -42,6 +51,9 @@ lasp_status lasp_sp_create(lasp_comm *world, const lasp_sp_params *p, lasp_sp **
     const lasp_sp_params prm = p ? *p : lasp_sp_default_params();
     const int n = lasp_comm_size(world), r = lasp_comm_rank(world);
     LASP_TRY(check_params(&prm, n, err));
+    if (is_baseline(prm.mode) && lasp_comm_backend_of(world) == LASP_COMM_NCCL)
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--sp-mode %s runs on host communicators (MPI) in this version, "
+                         "not yet over NCCL (hint: chain or lasp2 on GPUs)", lasp_sp_mode_name(prm.mode));
     lasp_sp *sp = calloc(1, sizeof *sp);
     if (!sp) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for an SP group");
     sp->world = world, sp->p = prm;
@@ -112,7 +124,12 @@ void lasp_sp_cache_free(lasp_sp_cache *c) {
 #endif
     free(c->kv_in);
     free(c->work);
+    free(c->base);
     free(c);
+}
+
+size_t lasp_sp_cache_bytes(const lasp_sp_cache *c) {
+    return c ? (c->n + c->work_n + c->seg_n + c->base_n) * sizeof(float) : 0;
 }
 
 /* The cache of a forward: made on first use. */
@@ -183,6 +200,7 @@ lasp_status lasp_sp_attn_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a
         return lasp_fail(err, LASP_ERR_ARG, "lasp_sp_attn_fwd: the cache holds GPU buffers of a run on NCCL");
     const float *q = q_, *k = k_, *v = v_;
     float *o = o_;
+    if (is_baseline(sp->p.mode)) return lasp_sp_base_fwd(ctx, sp, a, q, k, v, slopes, kv_in, o, kv_out, cache);
     const size_t ns = state_count(a);
     const int W = sp->sp_size, r = sp->sp_rank;
     LASP_TRY(grow(&cache->kv_in, &cache->n, ns, err, "state cache"));
@@ -237,11 +255,13 @@ lasp_status lasp_sp_attn_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a
     lasp_err *err = &ctx->err;
     const size_t ns = state_count(a);
     const int W = sp->sp_size, r = sp->sp_rank;
+    const int base = is_baseline(sp->p.mode);
     if (!cache || cache->on_device || !cache->kv_in || !lasp_sp_cache_matches(cache, a) ||
-        cache->work_n < work_states(sp) * ns)
+        (base ? !cache->base : cache->work_n < work_states(sp) * ns))
         return lasp_fail(err, LASP_ERR_ARG,
                          "lasp_sp_attn_bwd: the cache does not hold a forward of this shape (hint: run "
                          "lasp_sp_attn_fwd with the same desc and mode first)");
+    if (base) return lasp_sp_base_bwd(ctx, sp, a, q, k, v, slopes, cache, do_, dkv_out, dq, dk, dv, dkv_in);
     float *g = cache->work, *dKV = cache->work + ns;
 
     if (sp->p.mode == LASP_SP_CHAIN) {

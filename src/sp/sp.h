@@ -39,10 +39,24 @@ struct lasp_sp_cache {
     float *seg;       /* GPU: the forward's segment states of the piece, for the backward's dq */
     size_t seg_n;
     void *gpu;        /* GPU: the schedule's CUDA events (sp_cuda.cu) */
+    float *base;      /* the baselines: the head split's q | k | v (ulysses), every piece's k | v and states
+                       * (allgather) */
+    size_t base_n;
 };
 
 /* Whether a backward of shape a may use the cache: its forward had the same shape (the block aside). */
 int lasp_sp_cache_matches(const lasp_sp_cache *c, const lasp_attn_desc *a);
+
+/* The baselines' schedules on host communicators (sp_baselines.c), which lasp_sp_attn_fwd / _bwd hand the
+ * modes ulysses and allgather to after their common checks; check: what these modes ask of a shape
+ * (every rank decides alike, before any communication). */
+lasp_status lasp_sp_base_check(const lasp_sp *sp, const lasp_attn_desc *a, lasp_err *err);
+lasp_status lasp_sp_base_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *q, const float *k,
+                             const float *v, const float *slopes, const float *kv_in, float *o, float *kv_out,
+                             lasp_sp_cache *c);
+lasp_status lasp_sp_base_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *q, const float *k,
+                             const float *v, const float *slopes, const lasp_sp_cache *c, const float *do_,
+                             const float *dkv_out, float *dq, float *dk, float *dv, float *dkv_in);
 
 #ifdef __cplusplus
 }
