@@ -59,6 +59,18 @@ done
 # The README's tour of the CLI, every command as written (mpirun among them: leak checks off, as below).
 run tour env $MPI_ASAN bash "$(dirname "$0")/tour.sh" README.md "$BUILD"
 
+# The Python package (python/), with a python3 that has PyTorch, pytest and numpy (Debian's python3-torch,
+# python3-pytest, python3-numpy); not under SAN (the sanitised library cannot load into an interpreter).
+py=
+for p in python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null && "$p" -c "import torch, pytest, numpy" 2>/dev/null; then py=$p; break; fi
+done
+if [ -n "$py" ] && [ "${SAN:-}" != 1 ] && [ "$BUILD" = build ]; then
+    run "python (pytest)" env OMP_NUM_THREADS=1 "$py" -m pytest -q -p no:cacheprovider "$(dirname "$0")/../python/tests"
+else
+    echo "  skip  python: no python3 with torch, pytest and numpy, or a SAN build (hint: apt-get install python3-torch python3-pytest python3-numpy)"
+fi
+
 # Multi-rank: each suite under mpirun with 1, 2 and 4 ranks.
 if [ "$HAVE_MPI" = 1 ]; then
     for name in $MULTI; do

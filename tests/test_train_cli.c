@@ -644,6 +644,40 @@ static void test_learn(void) {
 
 /* Generation: state pairs, ask a key. From a checkpoint of its own, so that it does not fail with the
  * learning case; what this checks (the recurrent form runs, the prompt comes back) needs no trained model. */
+/* The checkpoint for other tools: lasp export writes safetensors (a header length, a JSON header naming every
+ * weight, the data: 8 + header + 4 · n_params bytes) and config.json; lasp generate --logits-out writes the
+ * prompt's logits as [prompt, vocab] .npy. */
+static void test_export(void) {
+    make_ckpt("exp");
+    int rc = run(QUICK_S, "%s export --ckpt exp --safetensors exp/hf", lasp);
+    CHECK(rc == 0, "export failed (%s):\n%s", ended(rc), out);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/exp/hf/model.safetensors", dir);
+    FILE *f = fopen(path, "rb");
+    uint64_t hl = 0;
+    long size = 0;
+    char head[64] = "";
+    if (f) {
+        CHECK(fread(&hl, 8, 1, f) == 1 && fread(head, 1, 16, f) == 16, "model.safetensors is too short");
+        fseek(f, 0, SEEK_END), size = ftell(f), fclose(f);
+    }
+    CHECK(f && !strncmp(head, "{\"__metadata__\"", 15), "model.safetensors does not start with its JSON header");
+    /* tiny, vocab 256: embedding and head 2·256·32, per block 32 + 4·32² + 4·3·32 + 32 + 32² + 32 + 2·32·64 + 64·32,
+     * the final norm 32 */
+    const long n_params = 2 * 256 * 32 + 2 * (32 + 4 * 32 * 32 + 4 * 96 + 32 + 32 * 32 + 32 + 2 * 32 * 64 + 64 * 32) + 32;
+    CHECK(size == (long)(8 + hl) + 4 * n_params, "model.safetensors is %ld bytes, want 8 + %llu + 4 · %ld", size,
+          (unsigned long long)hl, n_params);
+    const size_t n = slurp("exp/hf/config.json");
+    CHECK(n && strstr(out, "\"d_model\": 32") && strstr(out, "\"conv\": 4"), "config.json:\n%s", out);
+    rc = run(QUICK_S, "%s generate --ckpt exp --prompt-ids 20,130,33 --tokens 1 --temperature 0 --ids --logits-out "
+             "exp/l.npy", lasp);
+    const size_t m = rc == 0 ? slurp("exp/l.npy") : 0;
+    CHECK(rc == 0 && m > 0 && strstr(out + 10, "(3, 256,)"), "--logits-out did not write [3, 256] (%s)", ended(rc));
+    rc = run(QUICK_S, "%s export --ckpt nowhere --safetensors exp/hf2", lasp);
+    CHECK(rc == 1 && strstr(out, "nowhere"), "export of a missing checkpoint: %s\n%s", ended(rc), out);
+    test_case("lasp export --safetensors (header, every weight's bytes, config.json); generate --logits-out");
+}
+
 static void test_generate(void) {
     make_ckpt("gen");
     int rc = run(QUICK_S,
@@ -704,6 +738,7 @@ int main(int argc, char **argv) {
     test_kill9();
     test_diverge();
     test_generate();
+    test_export();
     test_learn();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -8,11 +8,12 @@
 
 #include "commands.h"
 #include "core/rng.h"
+#include "core/npy.h"
 #include "lasp.h"
 #include "opts.h"
 
 int cmd_generate(int argc, char **argv) {
-    const char *ckpt = NULL, *prompt = NULL, *prompt_ids = NULL, *device_name = "cpu";
+    const char *ckpt = NULL, *prompt = NULL, *prompt_ids = NULL, *device_name = "cpu", *logits_out = NULL;
     long long n = 200, top_k = 0, seed = 1337;
     double temp = 1.0;
     int ids = 0;
@@ -26,6 +27,8 @@ int cmd_generate(int argc, char **argv) {
         {"--seed", OPT_INT, &seed, "N", "seed of the sampler", 0},
         {"--ids", OPT_FLAG, &ids, NULL, "print token ids instead of bytes", 0},
         {"--device", OPT_STR, &device_name, "cpu|cuda", "where to decode (f32 on either)", 0},
+        {"--logits-out", OPT_STR, &logits_out, "FILE", "also write the logits after each prompt token, [prompt, vocab] "
+                                                   "f32 .npy", 0},
     };
     const cmd_spec spec = {
         "lasp generate --ckpt DIR [--prompt TEXT | --prompt-ids I,J,..] [--tokens N] [--temperature T] [--top-k K]",
@@ -79,8 +82,14 @@ int cmd_generate(int argc, char **argv) {
     int *order = malloc((size_t)V * sizeof(int));
     const int bytes = !ids && V <= 256;
     const float *logits = NULL;
+    float *all = logits_out ? malloc((size_t)np * (size_t)V * sizeof *all) : NULL;
+    if (logits_out && !all) {
+        fprintf(stderr, "error: no memory for the prompt's logits\n");
+        goto out;
+    }
     for (int i = 0; i < np; i++) {
         if (!(logits = lasp_generator_feed(g, pr[i]))) break;
+        if (all) memcpy(all + (size_t)i * (size_t)V, logits, (size_t)V * sizeof *all);
         if (bytes) putchar(pr[i]);
         else printf("%s%d", i ? "," : "", pr[i]);
     }
@@ -121,9 +130,20 @@ int cmd_generate(int argc, char **argv) {
     printf("\n");
     if (!logits) {
         fprintf(stderr, "error: the decoder failed on the GPU\n");
+        free(all), free(p), free(order);
         goto out;
     }
     free(p), free(order);
+    if (all) {
+        lasp_err e2 = {0};
+        const int64_t shape[2] = {np, V};
+        const lasp_status ws = lasp_npy_write(logits_out, LASP_F32, 2, shape, all, &e2);
+        free(all);
+        if (ws != LASP_OK) {
+            fprintf(stderr, "error: %s\n", e2.msg);
+            goto out;
+        }
+    }
     rc = 0;
 out:
     free(pr);

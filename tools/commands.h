@@ -9,6 +9,7 @@ int cmd_attn(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 /* the benches of `lasp bench`, each in its own file */
 int lasp_bench_sp(int argc, char **argv);     /* cmd_bench_sp.c */

@@ -17,6 +17,7 @@ static const command COMMANDS[] = {
     {"info", cmd_info, "build features, devices, version"},
     {"train", cmd_train, "train the linear-attention LM (dp × sp under mpirun, ZeRO 0–3)"},
     {"generate", cmd_generate, "generate text from a checkpoint (recurrent form)"},
+    {"export", cmd_export, "write a checkpoint's weights as safetensors + config.json"},
 };
 
 static void usage(void) {

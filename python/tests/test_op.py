@@ -1,0 +1,109 @@
+"""lasp.linear_attention against a float64 PyTorch reference of the recurrence (MATH.md §1), on fresh random
+shapes: outputs, final states and every gradient within 1e-5 relative (‖x − ref‖ / ‖ref‖); gradcheck on small
+shapes; errors that name the tensor."""
+import math
+
+import pytest
+import torch
+
+import lasp
+
+
+def reference(q, k, v, slopes, state=None):
+    """o, final state of S_t = λ S_{t−1} + k_tᵀ v_t, o_t = q_t S_t, in float64 (state: decayed to the next
+    position, as the op returns it)."""
+    B, T, H, d = q.shape
+    e = v.shape[3]
+    lam = torch.exp(-slopes.double()).view(1, H, 1, 1)
+    S = torch.zeros(B, H, d, e, dtype=torch.float64) if state is None else state.double() / lam
+    outs = []
+    for t in range(T):
+        S = lam * S + k[:, t].double().unsqueeze(-1) * v[:, t].double().unsqueeze(-2)
+        outs.append(torch.einsum("bhd,bhde->bhe", q[:, t].double(), S))
+    return torch.stack(outs, 1), lam * S
+
+
+def rel(x, ref):
+    return (x.double() - ref.double()).norm().item() / max(ref.double().norm().item(), 1e-300)
+
+
+SHAPES = [(1, 1, 1, 16, 16), (2, 37, 3, 16, 32), (1, 130, 2, 32, 32), (2, 64, 4, 64, 16)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_forward_backward(shape, with_state):
+    B, T, H, d, e = shape
+    g = torch.Generator().manual_seed(hash((shape, with_state)) % 2**31)
+    q = (torch.randn(B, T, H, d, generator=g) / math.sqrt(d)).requires_grad_()
+    k = torch.randn(B, T, H, d, generator=g).requires_grad_()
+    v = torch.randn(B, T, H, e, generator=g).requires_grad_()
+    slopes = torch.tensor([0.0, 0.05, 2.0, 30.0][:H] + [0.1] * max(0, H - 4))  # no decay .. λ^T underflowing
+    s0 = torch.randn(B, H, d, e, generator=g).requires_grad_() if with_state else None
+    o, st = lasp.linear_attention(q, k, v, slopes, s0, output_final_state=True)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    sd = s0.detach().double().requires_grad_() if with_state else None
+    o_ref, st_ref = reference(qd, kd, vd, slopes, sd)
+    assert rel(o, o_ref) < 1e-5 and rel(st, st_ref) < 1e-5
+    do, dst = torch.randn_like(o), torch.randn_like(st)
+    (o * do).sum().add((st * dst).sum()).backward()
+    (o_ref * do.double()).sum().add((st_ref * dst.double()).sum()).backward()
+    for name, a, b in (("dq", q.grad, qd.grad), ("dk", k.grad, kd.grad), ("dv", v.grad, vd.grad)):
+        assert rel(a, b) < 1e-5, name
+    if with_state:
+        assert rel(s0.grad, sd.grad) < 1e-5
+
+
+def test_chained_calls_equal_one():
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 50, 2, 16, generator=g) for _ in range(3))
+    slopes = torch.tensor([0.1, 1.0])
+    o, _ = lasp.linear_attention(q, k, v, slopes, output_final_state=True)
+    o1, s1 = lasp.linear_attention(q[:, :20], k[:, :20], v[:, :20], slopes, output_final_state=True)
+    o2 = lasp.linear_attention(q[:, 20:], k[:, 20:], v[:, 20:], slopes, s1)
+    assert rel(torch.cat([o1, o2], 1), o) < 1e-6
+
+
+def test_gradcheck():
+    g = torch.Generator().manual_seed(3)
+    args = [torch.randn(1, 5, 2, 16, generator=g, dtype=torch.float64).mul(0.5).requires_grad_() for _ in range(3)]
+    s0 = torch.randn(1, 2, 16, 16, generator=g, dtype=torch.float64).mul(0.5).requires_grad_()
+    slopes = torch.tensor([0.2, 1.5], dtype=torch.float64)
+    fn = lambda q, k, v, s: lasp.linear_attention(q, k, v, slopes, s, output_final_state=True)
+    # the op computes in float32: finite differences at its precision
+    assert torch.autograd.gradcheck(fn, (*args, s0), eps=1e-2, atol=1e-3, rtol=1e-2)
+
+
+def test_non_contiguous_inputs():
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(1, 2, 8, 16, generator=g).transpose(1, 2)  # [1, 8, 2, 16], not contiguous
+    k, v = torch.randn(1, 8, 2, 16, generator=g), torch.randn(1, 8, 2, 16, generator=g)
+    slopes = torch.tensor([0.3, 0.7])
+    assert not q.is_contiguous()
+    assert rel(lasp.linear_attention(q, k, v, slopes), reference(q, k, v, slopes)[0]) < 1e-5
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(k=torch.zeros(1, 4, 2, 8)), ["k is", "must match"]),
+    (dict(slopes=torch.tensor([0.1, -1.0])), ["slopes", "≥ 0"]),
+    (dict(slopes=torch.tensor([0.1])), ["slopes is", "one per head"]),
+    (dict(q=torch.zeros(1, 4, 2, 16, dtype=torch.float16)), ["q is", "float32"]),
+    (dict(q=torch.zeros(4, 2, 16)), ["[B, T, H, d]"]),
+    (dict(initial_state=torch.zeros(1, 2, 16, 8)), ["initial_state is"]),
+])
+def test_errors_name_the_tensor(bad, words):
+    a = dict(q=torch.zeros(1, 4, 2, 16), k=torch.zeros(1, 4, 2, 16), v=torch.zeros(1, 4, 2, 16),
+             slopes=torch.tensor([0.1, 0.2]), initial_state=None)
+    a.update(bad)
+    with pytest.raises((ValueError, TypeError)) as info:
+        lasp.linear_attention(a["q"], a["k"], a["v"], a["slopes"], a["initial_state"])
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_library_error_is_an_exception():
+    # a head dim the op does not support passes the Python checks and is refused by the library
+    q = torch.zeros(1, 4, 1, 12)
+    with pytest.raises(lasp.LaspError) as info:
+        lasp.linear_attention(q, q, q, torch.tensor([0.1]))
+    assert "head dim" in str(info.value) or "12" in str(info.value)
