@@ -83,10 +83,11 @@ static void state_slice(float *dst, const float *src, int64_t B, int64_t H, int6
     }
 }
 
-/* Sequence split → head split of up to three tensors packed per destination: send blocks of
- * [x0 | x1 | x2] columns, one all-to-all, then each tensor's whole sequence for the local heads. */
-static lasp_status to_heads(lasp_sp *sp, const lasp_attn_desc *a, const float *const *in, const int64_t *x,
-                            int n, float *const *out, lasp_err *err) {
+/* One all-to-all of up to three tensors packed per destination ([x0 | x1 | x2] columns a block): with to_heads
+ * the sequence split becomes the head split (each tensor's whole sequence for the local heads), else the
+ * head split becomes the sequence split (each tensor's piece for every head). */
+static lasp_status exchange(lasp_sp *sp, const lasp_attn_desc *a, const float *const *in, const int64_t *x, int n,
+                            float *const *out, int to_heads, lasp_err *err) {
     const int W = sp->sp_size;
     const int64_t B = a->B, T = a->T, H = a->H, Hl = H / W;
     int64_t X = 0;
@@ -96,13 +97,14 @@ static lasp_status to_heads(lasp_sp *sp, const lasp_attn_desc *a, const float *c
     float *tmp = malloc((size_t)(B * T * H) * (size_t)X * sizeof *tmp);
     lasp_status s = send && recv && tmp ? LASP_OK : nomem(err, "all-to-all buffers", 2 * all);
     if (s == LASP_OK) {
-        /* per tensor: its blocks by head group, then interleaved per destination: [j][tensor][B, T, Hl, x] */
+        /* per tensor: its W blocks (by head group, or by piece), then interleaved per destination */
         int64_t off = 0;
         for (int i = 0; i < n; i++) {
-            heads_out(tmp, in[i], B, T, H, x[i], W);
+            const size_t part = (size_t)(B * T * Hl * x[i]);
+            if (to_heads) heads_out(tmp, in[i], B, T, H, x[i], W);
+            else seq_out(tmp, in[i], B, T, Hl, x[i], W);
             for (int j = 0; j < W; j++)
-                memcpy(send + (size_t)j * blk + (size_t)(B * T * Hl * off), tmp + (size_t)j * (size_t)(B * T * Hl * x[i]),
-                       (size_t)(B * T * Hl * x[i]) * sizeof *send);
+                memcpy(send + (size_t)j * blk + (size_t)(B * T * Hl * off), tmp + (size_t)j * part, part * sizeof *send);
             off += x[i];
         }
         s = lasp_comm_alltoall(sp->sp, send, recv, blk, LASP_F32, err);
@@ -110,46 +112,11 @@ static lasp_status to_heads(lasp_sp *sp, const lasp_attn_desc *a, const float *c
     if (s == LASP_OK) {
         int64_t off = 0;
         for (int i = 0; i < n; i++) {
-            for (int j = 0; j < W; j++) /* from rank j: piece j's tokens, this tensor */
-                memcpy(tmp + (size_t)j * (size_t)(B * T * Hl * x[i]), recv + (size_t)j * blk + (size_t)(B * T * Hl * off),
-                       (size_t)(B * T * Hl * x[i]) * sizeof *tmp);
-            seq_in(out[i], tmp, B, T, Hl, x[i], W);
-            off += x[i];
-        }
-    }
-    free(send), free(recv), free(tmp);
-    return s;
-}
-
-/* Head split → sequence split, the inverse of to_heads. */
-static lasp_status to_pieces(lasp_sp *sp, const lasp_attn_desc *a, const float *const *in, const int64_t *x,
-                             int n, float *const *out, lasp_err *err) {
-    const int W = sp->sp_size;
-    const int64_t B = a->B, T = a->T, H = a->H, Hl = H / W;
-    int64_t X = 0;
-    for (int i = 0; i < n; i++) X += x[i];
-    const size_t blk = (size_t)(B * T * Hl * X), all = blk * (size_t)W;
-    float *send = malloc(all * sizeof *send), *recv = malloc(all * sizeof *recv);
-    float *tmp = malloc((size_t)(B * T * H) * (size_t)X * sizeof *tmp);
-    lasp_status s = send && recv && tmp ? LASP_OK : nomem(err, "all-to-all buffers", 2 * all);
-    if (s == LASP_OK) {
-        int64_t off = 0;
-        for (int i = 0; i < n; i++) {
-            seq_out(tmp, in[i], B, T, Hl, x[i], W);
-            for (int j = 0; j < W; j++) /* to rank j: piece j's tokens of this tensor */
-                memcpy(send + (size_t)j * blk + (size_t)(B * T * Hl * off), tmp + (size_t)j * (size_t)(B * T * Hl * x[i]),
-                       (size_t)(B * T * Hl * x[i]) * sizeof *send);
-            off += x[i];
-        }
-        s = lasp_comm_alltoall(sp->sp, send, recv, blk, LASP_F32, err);
-    }
-    if (s == LASP_OK) {
-        int64_t off = 0;
-        for (int i = 0; i < n; i++) {
-            for (int j = 0; j < W; j++) /* from rank j: heads group j of this piece */
-                memcpy(tmp + (size_t)j * (size_t)(B * T * Hl * x[i]), recv + (size_t)j * blk + (size_t)(B * T * Hl * off),
-                       (size_t)(B * T * Hl * x[i]) * sizeof *tmp);
-            heads_in(out[i], tmp, B, T, H, x[i], W);
+            const size_t part = (size_t)(B * T * Hl * x[i]);
+            for (int j = 0; j < W; j++) /* from rank j: piece j's tokens (to_heads), or head group j */
+                memcpy(tmp + (size_t)j * part, recv + (size_t)j * blk + (size_t)(B * T * Hl * off), part * sizeof *tmp);
+            if (to_heads) seq_in(out[i], tmp, B, T, Hl, x[i], W);
+            else heads_in(out[i], tmp, B, T, H, x[i], W);
             off += x[i];
         }
     }
@@ -202,7 +169,7 @@ static lasp_status ulysses_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc 
     const float *in[3] = {q, k, v};
     float *hs[3] = {Q, K, V};
     const int64_t x[3] = {a->d, a->d, a->e};
-    LASP_TRY(to_heads(sp, a, in, x, 3, hs, err));
+    LASP_TRY(exchange(sp, a, in, x, 3, hs, 1, err));
     LASP_TRY(state_scatter(sp, a, kv_in, 0, c->kv_in, err));
     lasp_attn_desc hd = *a;
     hd.T = a->T * W, hd.H = Hl;
@@ -213,7 +180,7 @@ static lasp_status ulysses_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc 
         const float *oin[1] = {O};
         float *oout[1] = {o};
         const int64_t xo[1] = {a->e};
-        s = to_pieces(sp, a, oin, xo, 1, oout, err);
+        s = exchange(sp, a, oin, xo, 1, oout, 0, err);
     }
     if (s == LASP_OK) s = state_gather(sp, a, kvo, W - 1, kv_out, err);
     free(O), free(kvo);
@@ -234,7 +201,7 @@ static lasp_status ulysses_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc 
     const float *in[1] = {do_};
     float *hs[1] = {dO};
     const int64_t xo[1] = {a->e};
-    lasp_status s = to_heads(sp, a, in, xo, 1, hs, err);
+    lasp_status s = exchange(sp, a, in, xo, 1, hs, 1, err);
     if (s == LASP_OK) s = state_scatter(sp, a, dkv_out, W - 1, dkvo, err);
     lasp_attn_desc hd = *a;
     hd.T = a->T * W, hd.H = Hl;
@@ -243,7 +210,7 @@ static lasp_status ulysses_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc 
         const float *gin[3] = {dQ, dK, dV};
         float *gout[3] = {dq, dk, dv};
         const int64_t x[3] = {a->d, a->d, a->e};
-        s = to_pieces(sp, a, gin, x, 3, gout, err);
+        s = exchange(sp, a, gin, x, 3, gout, 0, err);
     }
     if (s == LASP_OK) s = state_gather(sp, a, dkvi, 0, dkv_in, err);
     free(buf);
