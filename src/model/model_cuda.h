@@ -1,6 +1,8 @@
 /* model_cuda.h — the model of model.h on one GPU (docs/MODEL.md "On the GPU"): the same parameter layout
  * and order of operations, its layers from layers_cuda.cu, the matrix products on cuBLAS, attention on
- * the project's CUDA op. fp32 throughout for now, so that it can be compared with the CPU.
+ * the project's CUDA op. In f32 every pass is fp32 (no TF32), to be compared with the CPU; in bf16 the
+ * products and the op read bf16 operands (fp32 accumulation, fp32 states), which the layers that make them
+ * write in bf16, and the rest stays fp32: the residual stream, norms, the softmax, weights and gradients.
  *
  * Parameters and gradients live on the device as one flat fp32 buffer each, laid out as lasp_layout says,
  * so they copy to and from the CPU model's (and a checkpoint's) buffers as they are. All work goes on the
