@@ -3,8 +3,10 @@
 # --mode all` (the chain, LASP-2, Ulysses, the all-gather of keys and values) over W ranks for each number
 # of tokens a rank holds in T_LOCALS, then two PNGs in bench/: the bytes one rank sends per layer
 # (forward + backward, counted by the communicator) and the forward + backward time, both against the
-# sequence's length T = W · T_local, a line per mode. Needs MPI and gnuplot (apt-get install gnuplot-nox).
-#   scripts/sp_modes.sh 4 "1024 2048 4096 8192"
+# sequence's length T = W · T_local, a line per mode; then, with MEM_MIB set, the longest sequence each mode
+# fits when a rank may use MEM_MIB of memory (`--longest`, one process per mode: peak memory is a high-water
+# mark). Needs MPI and gnuplot (apt-get install gnuplot-nox).
+#   scripts/sp_modes.sh 4 "1024 2048 4096 8192"          MEM_MIB=768 scripts/sp_modes.sh 4 "1024"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-2}
@@ -39,3 +41,9 @@ plot "bench/sp_modes_bytes_w$W.png" 3 "bytes one rank sends"
 plot "bench/sp_modes_time_w$W.png" 4 "ms"
 rm -f "$data.sorted"
 echo "# wrote bench/sp_modes_bytes_w$W.png and bench/sp_modes_time_w$W.png"
+if [ -n "${MEM_MIB:-}" ]; then
+    for mode in chain lasp2 ulysses allgather; do
+        mpirun --oversubscribe --bind-to none -np "$W" build/lasp bench sp --device "$DEVICE" --longest --mode "$mode" \
+            --mem-mib "$MEM_MIB" --t-local "${TLS%% *}" | grep '^# longest'
+    done
+fi

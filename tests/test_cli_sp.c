@@ -202,6 +202,18 @@ int main(int argc, char **argv) {
     CHECK(rows >= 8 && at2[0] && at2[1] && at2[2] && at2[3], "rows missing (%d rows):\n%s", rows, out);
     test_case("mpirun -np 2 lasp bench sp --mode all --quick: every mode at W = 2, bytes sent = docs/SP.md's formula");
 
+    /* --longest: doubles until the cap, names the longest that fit; one mode a process */
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe --bind-to none -np 2 '%s' bench sp --device cpu --longest --mode "
+             "chain --mem-mib 260 --t-local 1024", lasp);
+    rc = sh(cmd);
+    const char *l = strstr(out, "# longest chain over 2 ranks within 260 MiB a rank: T = ");
+    CHECK(rc == 0 && l && atoll(l + strlen("# longest chain over 2 ranks within 260 MiB a rank: T = ")) >= 2048,
+          "%s\n%s", ended(rc), out);
+    snprintf(cmd, sizeof cmd, "'%s' bench sp --device cpu --longest --mode all", lasp);
+    rc = sh(cmd);
+    CHECK(rc == 2 && strstr(out, "one mode a process"), "--longest --mode all: %s\n%s", ended(rc), out);
+    test_case("lasp bench sp --longest: the longest T under a memory cap; one mode a process");
+
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) printf("# could not remove %s\n", dir);
     return test_exit();

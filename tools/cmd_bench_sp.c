@@ -5,6 +5,7 @@
  * repeats; bytes are what one rank sent (the most over the group), counted by the communicator. */
 #include <math.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -123,7 +124,8 @@ int lasp_bench_sp(int argc, char **argv) {
     bench_cfg c = {.B = 1, .H = 8, .D = 64, .t_local = 2048, .t_total = 8192, .repeat = 5, .threads = 0,
                    .block = LASP_ATTN_DEFAULT_BLOCK};
     const char *device = "cpu", *mode = "both";
-    int quick = 0;
+    int quick = 0, longest = 0;
+    long long mem_mib = 1024;
     const opt opts[] = {
         {"--device", OPT_STR, &device, "cpu|cuda", "where to run (cuda: its own options, see --device cuda --help)", 0},
         {"--mode", OPT_STR, &mode, "MODE", "SP schedules to time: chain, lasp2, ulysses, allgather, both (chain and "
@@ -137,6 +139,9 @@ int lasp_bench_sp(int argc, char **argv) {
         {"--repeat", OPT_INT, &c.repeat, "N", "timed runs per row (the median is reported)", 0},
         {"--threads", OPT_INT, &c.threads, "N", "OpenMP threads per rank (0 = OpenMP's default)", 0},
         {"--quick", OPT_FLAG, &quick, NULL, "tiny shapes, one repeat: a smoke test", 0},
+        {"--longest", OPT_FLAG, &longest, NULL, "instead: double the tokens a rank holds (from --t-local) until a "
+                                                "rank's peak memory passes --mem-mib; one --mode per process", 0},
+        {"--mem-mib", OPT_INT, &mem_mib, "N", "with --longest: the memory a rank may use, MiB", 0},
     };
     const cmd_spec spec = {
         "mpirun -np N lasp bench sp [--device cpu] [--mode chain|lasp2|ulysses|allgather|both|all] [--t-local N] ...",
@@ -159,6 +164,11 @@ int lasp_bench_sp(int argc, char **argv) {
         fprintf(stderr, "error: sizes must be ≥ 1 and --D one of 16, 32, 64, 128, 256\n");
         return 2;
     }
+    if (longest && (which > LASP_SP_ALLGATHER || mem_mib < 1)) {
+        fprintf(stderr, "error: --longest measures one mode a process (a process's peak memory only grows): --mode "
+                "chain, lasp2, ulysses or allgather, and --mem-mib ≥ 1 (got %lld)\n", mem_mib);
+        return 2;
+    }
     lasp_err err = {0};
     lasp_comm *world = NULL;
     const lasp_comm_backend be = lasp_comm_launcher_size() > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
@@ -171,6 +181,40 @@ int lasp_bench_sp(int argc, char **argv) {
     lasp_ctx_params cp = lasp_ctx_default_params();
     cp.n_threads = (int)c.threads;
     if (lasp_ctx_create(&cp, &ctx) != LASP_OK) lasp_comm_abort(world, "bench sp: cannot create a context");
+    if (longest) {
+        /* the peak resident memory of the busiest rank after each size: the high-water mark of the process,
+         * which the larger run sets (sizes only grow) */
+        const lasp_sp_mode m = (lasp_sp_mode)which;
+        c.repeat = 1;
+        long long fit = 0;
+        double fit_peak = 0;
+        if (rank == 0)
+            printf("# --longest %s over %d ranks: T_local doubled until a rank's peak resident memory passes %lld "
+                   "MiB (the process's own, MPI included)\n# %-9s %3s %10s %10s %12s %10s\n", lasp_sp_mode_name(m), n,
+                   mem_mib, "mode", "W", "T_local", "T", "peak MiB", "ms");
+        for (long long tl = c.t_local; tl <= (1LL << 26); tl *= 2) {
+            if (m == LASP_SP_ULYSSES && c.H % n) break;
+            bench_row row;
+            run_one(world, &c, n, tl, m, ctx, &row);
+            struct rusage ru;
+            getrusage(RUSAGE_SELF, &ru);
+            double peak = (double)ru.ru_maxrss / 1024.0, most = 0; /* KiB on Linux */
+            if (lasp_comm_allreduce(world, &peak, &most, 1, LASP_F64, LASP_REDUCE_MAX, &err) != LASP_OK)
+                lasp_comm_abort(world, err.msg);
+            if (rank == 0) {
+                printf("  %-9s %3d %10lld %10lld %12.1f %10.1f\n", lasp_sp_mode_name(m), n, tl, tl * n, most, row.ms);
+                fflush(stdout);
+            }
+            if (most > (double)mem_mib) break;
+            fit = tl * n, fit_peak = most;
+        }
+        if (rank == 0)
+            printf("# longest %s over %d ranks within %lld MiB a rank: T = %lld (peak %.1f MiB)\n",
+                   lasp_sp_mode_name(m), n, mem_mib, fit, fit_peak);
+        lasp_ctx_free(ctx);
+        lasp_comm_free(world);
+        return 0;
+    }
     const char *omp = getenv("OMP_NUM_THREADS");
     if (rank == 0) {
         printf("# lasp bench sp — device cpu, %d ranks, f32, B %lld H %lld D %lld, block %lld, median of %lld, "
