@@ -443,6 +443,10 @@ typedef struct lasp_train_params {
     int zero;         /* 0 DDP; 1 sharded optimizer state; 2 + sharded gradients; 3 + sharded parameters */
     uint64_t seed;    /* data order, initialisation */
     int64_t val_batches; /* batches of the validation split per lasp_trainer_eval */
+    int64_t chunk;       /* tokens of each sequence run through the model at a time (0: the whole piece): the
+                          * attention state and the convolution's halo carried from chunk to chunk, each
+                          * chunk's forward redone in the backward, so that activations are those of one chunk
+                          * whatever the length. CPU, sp = 1 and ZeRO 0–1 for now */
     lasp_device device;  /* where the model trains: the CPU, or CUDA (one GPU; one rank for now) */
     lasp_dtype dtype;    /* GPU: operands of the matrix products and the attention, LASP_BF16 (tensor cores,
                           * fp32 accumulation and master weights) or LASP_F32 (compares with the CPU, which

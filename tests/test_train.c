@@ -45,6 +45,8 @@ typedef struct result {
     double curve[20];
 } result;
 
+static int64_t chunk_tokens; /* o.chunk of the next run() */
+
 static int run(lasp_comm *w, int sp_size, lasp_sp_mode mode, int zero, const lasp_data *d, lasp_ctx *ctx, result *r) {
     lasp_sp *sp = NULL;
     lasp_err err = {0};
@@ -55,6 +57,7 @@ static int run(lasp_comm *w, int sp_size, lasp_sp_mode mode, int zero, const las
         return 1;
     }
     lasp_train_params o = opts(zero);
+    o.chunk = chunk_tokens;
     lasp_trainer t;
     int bad = 0;
     if (lasp_trainer_init(&t, ctx, sp, d, &o) != LASP_OK) {
@@ -108,6 +111,31 @@ int main(int argc, char **argv) {
     lasp_train_params o = opts(0);
     lasp_layout lay;
     lasp_layout_make(&o.model, &lay, &err);
+
+    /* one process, the sequence run in chunks that carry the attention state and the convolution's halo: the
+     * same loss, gradients and curve as the whole sequence at once */
+    if (rank == 0)
+        for (int64_t chunk = 32; chunk >= 4; chunk /= 8) {
+            result r;
+            chunk_tokens = chunk;
+            if (run(self, 1, LASP_SP_CHAIN, 0, d, ctx, &r) == 0) {
+                const double le = fabs(r.loss - ref.loss) / fabs(ref.loss);
+                double num = 0, den = 0, cw = 0;
+                for (size_t i = 0; i < lay.n_params; i++)
+                    num += pow(r.grad[i] - ref.grad[i], 2), den += pow(ref.grad[i], 2);
+                for (int s = 0; s < 20; s++)
+                    if (fabs(r.curve[s] - ref.curve[s]) / fabs(ref.curve[s]) > cw)
+                        cw = fabs(r.curve[s] - ref.curve[s]) / fabs(ref.curve[s]);
+                CHECK(le < 1e-5 && sqrt(num / den) < 1e-5 && cw < 1e-4, "chunks of %lld: loss rel %.2e, gradient rel "
+                      "%.2e, curve rel %.2e", (long long)chunk, le, sqrt(num / den), cw);
+                printf("# chunks of %lld tokens: loss rel %.1e, gradient rel %.1e, curve rel %.1e\n", (long long)chunk,
+                       le, sqrt(num / den), cw);
+                free(r.grad);
+            }
+            test_case("one process, the sequence in chunks of %lld tokens (state and halo carried): loss, gradients "
+                      "and 20-step curve = the whole sequence", (long long)chunk);
+        }
+    chunk_tokens = 0;
 
     for (int sp = 1; sp <= W; sp *= 2) {
         if (W % sp || (W / sp == 4)) continue;  /* the layouts of the issue: dp ≤ 2 */

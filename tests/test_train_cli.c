@@ -678,6 +678,17 @@ static void test_export(void) {
     test_case("lasp export --safetensors (header, every weight's bytes, config.json); generate --logits-out");
 }
 
+/* --chunk: the sequence in chunks with the state carried trains as the whole sequence does (test_train proves
+ * the numbers); the table says so; a chunk that does not divide the sequence is refused, naming it. */
+static void test_chunk(void) {
+    int rc = run(QUICK_S, "%s train --model tiny --seq-len 128 --chunk 32 --steps 3 --out chunk", lasp);
+    CHECK(rc == 0 && strstr(out, "in 4 chunks of 32 (state carried)") && strstr(out, "step 3/3"), "%s:\n%s",
+          ended(rc), out);
+    rc = run(QUICK_S, "%s train --model tiny --seq-len 128 --chunk 48 --steps 3 --out chunk2", lasp);
+    CHECK(rc == 1 && strstr(out, "--chunk 48 must divide"), "--chunk 48: %s\n%s", ended(rc), out);
+    test_case("lasp train --chunk 32: 4 chunks of a 128-token sequence; --chunk 48 refused");
+}
+
 static void test_generate(void) {
     make_ckpt("gen");
     int rc = run(QUICK_S,
@@ -739,6 +750,7 @@ int main(int argc, char **argv) {
     test_diverge();
     test_generate();
     test_export();
+    test_chunk();
     test_learn();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -89,7 +89,7 @@ static lasp_status decide(lasp_comm *w, int save_due, next_step *out, lasp_err *
 typedef struct train_args {
     const char *model, *data, *data_format, *ckpt, *out, *sp_mode, *device, *dtype;
     long long vocab, recall_pairs, batch, seq_len, steps, warmup, sp, zero, seed, val_every, val_batches, ckpt_every;
-    long long threads, stop_after, conv;
+    long long threads, stop_after, conv, chunk;
     double lr, min_lr, wd, clip, val_frac, ckpt_minutes;
     int resume, quiet;
 } train_args;
@@ -154,6 +154,8 @@ int cmd_train(int argc, char **argv) {
         {"--recall-pairs", OPT_INT, &a.recall_pairs, "N", "key-value pairs per sample of the recall task", 0},
         {"--batch", OPT_INT, &a.batch, "N", "sequences per step, over all dp ranks", 0},
         {"--seq-len", OPT_INT, &a.seq_len, "N", "tokens per sequence, over all sp ranks", 0},
+        {"--chunk", OPT_INT, &a.chunk, "N", "run each sequence N tokens at a time, the attention state carried: "
+                                            "activations of N tokens whatever --seq-len (CPU, --sp 1; 0 = off)", 0},
         {"--steps", OPT_INT, &a.steps, "N", "optimizer steps", 0},
         {"--warmup", OPT_INT, &a.warmup, "N", "linear warm-up steps, then cosine decay to --min-lr", 0},
         {"--lr", OPT_DOUBLE, &a.lr, "X", "peak learning rate (AdamW, betas 0.9/0.95)", 0},
@@ -243,7 +245,7 @@ int cmd_train(int argc, char **argv) {
     }
     o.batch = a.batch, o.seq_len = a.seq_len, o.steps = a.steps, o.warmup = a.warmup, o.lr = a.lr;
     o.min_lr = a.min_lr, o.weight_decay = a.wd, o.clip = a.clip, o.zero = (int)a.zero, o.seed = (uint64_t)a.seed;
-    o.val_batches = a.val_batches, o.device = (lasp_device)device;
+    o.val_batches = a.val_batches, o.device = (lasp_device)device, o.chunk = a.chunk;
     /* bf16 by default on a GPU; asked for on the CPU, the library refuses it with a hint */
     o.dtype = !strcmp(a.dtype, "bf16") || (!*a.dtype && device == LASP_DEVICE_CUDA) ? LASP_BF16 : LASP_F32;
     if (lasp_train_params_check(&o, e) != LASP_OK) BAIL("%s\n", e->msg);
@@ -294,8 +296,10 @@ int cmd_train(int argc, char **argv) {
                    lasp_data_kind_name(di.kind), di.n_tokens, di.n_train, di.n_tokens - di.n_train);
         printf("#   %-14s world %d = dp %d × sp %d (%s), ZeRO-%d\n", "parallelism", W, lay.dp_size, lay.sp_size,
                lasp_sp_mode_name((lasp_sp_mode)mode), o.zero);
-        printf("#   %-14s batch %lld × seq %lld = %.0f tokens/step; each rank: %lld × %lld\n", "batch",
+        printf("#   %-14s batch %lld × seq %lld = %.0f tokens/step; each rank: %lld × %lld", "batch",
                (long long)o.batch, (long long)o.seq_len, tokens_per_step, (long long)Bl, (long long)Tl);
+        if (o.chunk) printf(", in %lld chunks of %lld (state carried)", (long long)(Tl / o.chunk), (long long)o.chunk);
+        printf("\n");
         const lasp_train_memory mem = lasp_trainer_memory(t);
         char b1[32], b2[32], b3[32], b4[32];
         printf("#   %-14s %s%s\n", "device", mem.device, device == LASP_DEVICE_CPU ? "" : o.dtype == LASP_BF16

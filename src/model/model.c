@@ -164,6 +164,11 @@ static void acts_free(lasp_model *m) {
     m->B = m->T = 0;
 }
 
+size_t lasp_model_carry_floats(const lasp_model_config *c, int64_t B) {
+    const size_t H = (size_t)c->n_heads, D = (size_t)c->d_model / H, K1 = c->conv ? (size_t)c->conv - 1 : 0;
+    return (size_t)c->n_layers * (size_t)B * (H * D * D + K1 * 3 * (size_t)c->d_model);
+}
+
 double lasp_model_activation_bytes(const lasp_model_config *c, int64_t B, int64_t T) {
     const double N = (double)B * (double)T, C = c->d_model, F = c->ffn_dim, V = c->vocab, K = c->conv;
     const double big = 4 * C > 3 * F ? 4 * C : 3 * F, halo = K ? (double)B * (K - 1) * 3 * C : 0;
@@ -292,55 +297,92 @@ static void mm_bwd(const lasp_model *m, float *din, float *dW, const float *dout
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/* The op, through the SP layer when the sequence is split over ranks. */
-static lasp_status attn_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, lasp_layer_acts *A,
-                            const float *slopes) {
+/* Where a layer's incoming state and the convolution's halo come from: the previous SP rank (sp split), the
+ * previous chunk of the same sequence (m->cin set: lasp_model_carry), or nothing (zeros). */
+static size_t carry_state(const lasp_model *m) {
+    const size_t H = (size_t)m->cfg.n_heads, D = (size_t)m->cfg.d_model / H;
+    return (size_t)m->B * H * D * D;
+}
+
+static size_t carry_halo(const lasp_model *m) {
+    return m->cfg.conv ? (size_t)m->B * (size_t)(m->cfg.conv - 1) * 3 * (size_t)m->cfg.d_model : 0;
+}
+
+/* The op, through the SP layer when the sequence is split over ranks, from the carried state of the
+ * previous chunk when there is one. */
+static lasp_status attn_fwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, lasp_layer_acts *A,
+                            int64_t l) {
+    const float *slopes = m->slopes + l * m->cfg.n_heads;
     if (sp && sp->sp_size > 1)
         return lasp_sp_attn_fwd(ctx, sp, a, A->q, A->k, A->v, slopes, NULL, A->o, NULL, &A->cache);
-    return lasp_attn_fwd(ctx, a, A->q, A->k, A->v, slopes, NULL, A->o, NULL);
+    const size_t ns = carry_state(m);
+    return lasp_attn_fwd(ctx, a, A->q, A->k, A->v, slopes, m->cin ? m->cin->kv + l * ns : NULL, A->o,
+                         m->cout ? m->cout->kv + l * ns : NULL);
 }
 
 static lasp_status attn_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, lasp_model *m,
-                            const lasp_layer_acts *A, const float *slopes) {
+                            const lasp_layer_acts *A, int64_t l) {
+    const float *slopes = m->slopes + l * m->cfg.n_heads;
     if (sp && sp->sp_size > 1)
         return lasp_sp_attn_bwd(ctx, sp, a, A->q, A->k, A->v, slopes, A->cache, m->dob, NULL, m->dq, m->dk, m->dv,
                                 NULL);
-    return lasp_attn_bwd(ctx, a, A->q, A->k, A->v, slopes, NULL, m->dob, NULL, m->dq, m->dk, m->dv, NULL);
+    const size_t ns = carry_state(m);
+    return lasp_attn_bwd(ctx, a, A->q, A->k, A->v, slopes, m->cin ? m->cin->kv + l * ns : NULL, m->dob,
+                         m->dcout ? m->dcout->kv + l * ns : NULL, m->dq, m->dk, m->dv,
+                         m->dcin ? m->dcin->kv + l * ns : NULL);
 }
 
 /* ---- the short convolution ------------------------------------------------------------------- */
 
-/* Fills A->halo with the q | k | v projections of the K−1 tokens before this piece: the previous SP
- * rank's last K−1 (each rank sends its own to the next), zeros on the first piece. (K−1)·B·3C floats
- * per layer against the B·H·D·D of LASP's state message: 3(K−1)/D of it, 28% at D = 32, 7% at 128. */
-static lasp_status conv_halo_fwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, lasp_layer_acts *A) {
-    const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K1 = m->cfg.conv - 1, n = B * K1 * 3 * C;
-    memset(A->halo, 0, (size_t)n * sizeof(float));
-    if (!sp || sp->sp_size == 1) return LASP_OK;
+/* The q | k | v projections of the piece's last K−1 tokens, [B, K−1, 3C], into dst. */
+static void last_rows(const lasp_model *m, const lasp_layer_acts *A, float *dst) {
+    const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K1 = m->cfg.conv - 1;
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < K1; i++)
-            memcpy(m->halo_tx + (b * K1 + i) * 3 * C, A->pre + (b * T + T - K1 + i) * 4 * C,
-                   (size_t)(3 * C) * sizeof(float));
-    return lasp_sp_halo(sp, 0, m->halo_tx, A->halo, (size_t)n, LASP_F32, &ctx->err);
+            memcpy(dst + (b * K1 + i) * 3 * C, A->pre + (b * T + T - K1 + i) * 4 * C, (size_t)(3 * C) * sizeof(float));
+}
+
+/* Fills A->halo with the q | k | v projections of the K−1 tokens before this piece: the previous SP
+ * rank's last K−1 (each rank sends its own to the next), the previous chunk's (m->cin), or zeros at the
+ * start of the sequence. (K−1)·B·3C floats per layer against the B·H·D·D of LASP's state message: 3(K−1)/D
+ * of it, 28% at D = 32, 7% at 128. With m->cout, this chunk's own last K−1 go there for the next. */
+static lasp_status conv_halo_fwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, lasp_layer_acts *A, int64_t l) {
+    const size_t n = carry_halo(m);
+    if (m->cout) last_rows(m, A, m->cout->halo + l * n);
+    if (m->cin) {
+        memcpy(A->halo, m->cin->halo + l * n, n * sizeof(float));
+        return LASP_OK;
+    }
+    memset(A->halo, 0, n * sizeof(float));
+    if (!sp || sp->sp_size == 1) return LASP_OK;
+    last_rows(m, A, m->halo_tx);
+    return lasp_sp_halo(sp, 0, m->halo_tx, A->halo, n, LASP_F32, &ctx->err);
 }
 
 /* Backward of the convolution, given dy = ∂/∂cpre in m->dconv: dwc += Σ dy·x; ∂/∂pre into dpre's q | k | v
- * columns (stride 4C). The gradient of the halo goes back to the rank it came from, which adds it
- * to its last K−1 tokens: sendrecv to r−1, from r+1 (the forward's exchange, reversed). */
+ * columns (stride 4C). The gradient of the halo goes back to where the halo came from, which adds it to its
+ * last K−1 tokens: the previous SP rank (sendrecv to r−1, from r+1: the forward's exchange, reversed), or
+ * the previous chunk (m->dcin), whose own comes from the next chunk (m->dcout). */
 static lasp_status conv_bwd(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const lasp_layer_acts *A, const float *wc,
-                            float *dwc, float *dpre) {
+                            float *dwc, float *dpre, int64_t l) {
     const int64_t B = m->B, T = m->T, C = m->cfg.d_model, K = m->cfg.conv, K1 = K - 1, W3 = 3 * C;
     const int split = sp && sp->sp_size > 1;
-    lasp_conv_bwd_w_cpu(dwc, m->dconv, A->pre, 4 * C, A->halo, B, T, W3, K);
-    lasp_conv_bwd_x_cpu(dpre, 4 * C, split ? m->halo_tx : NULL, m->dconv, wc, B, T, W3, K);
-    if (!split) return LASP_OK;
     const size_t n = (size_t)(B * K1 * W3);
-    LASP_TRY(lasp_sp_halo(sp, 1, m->halo_tx, m->halo_rx, n, LASP_F32, &ctx->err));
-    if (sp->sp_rank < sp->sp_size - 1)
+    lasp_conv_bwd_w_cpu(dwc, m->dconv, A->pre, 4 * C, A->halo, B, T, W3, K);
+    float *dhalo = split ? m->halo_tx : m->dcin ? m->dcin->halo + l * n : NULL;
+    lasp_conv_bwd_x_cpu(dpre, 4 * C, dhalo, m->dconv, wc, B, T, W3, K);
+    const float *from_next = NULL;
+    if (split) {
+        LASP_TRY(lasp_sp_halo(sp, 1, m->halo_tx, m->halo_rx, n, LASP_F32, &ctx->err));
+        if (sp->sp_rank < sp->sp_size - 1) from_next = m->halo_rx;
+    } else if (m->dcout) {
+        from_next = m->dcout->halo + l * n;
+    }
+    if (from_next)
         for (int64_t b = 0; b < B; b++)
             for (int64_t i = 0; i < K1; i++)
                 for (int64_t c = 0; c < W3; c++)
-                    dpre[(b * T + T - K1 + i) * 4 * C + c] += m->halo_rx[(b * K1 + i) * W3 + c];
+                    dpre[(b * T + T - K1 + i) * 4 * C + c] += from_next[(b * K1 + i) * W3 + c];
     return LASP_OK;
 }
 
@@ -362,6 +404,9 @@ lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const 
     lasp_embed_fwd_cpu(m->acts[0].x, w, tokens, N, C);
 
     const int64_t K = m->cfg.conv;
+    if (K && (m->cin || m->cout) && T < K - 1)
+        return lasp_fail(err, LASP_ERR_ARG, "a chunk of %lld tokens is shorter than the %lld the short convolution "
+                         "reaches back (hint: longer chunks)", (long long)T, (long long)K - 1);
     if (K && sp && sp->sp_size > 1 && T < K - 1)
         return lasp_fail(err, LASP_ERR_ARG, "each SP rank holds %lld tokens, fewer than the %lld the short "
                          "convolution reaches back (hint: a longer --seq-len or fewer --sp ranks)", (long long)T,
@@ -378,13 +423,13 @@ lasp_status lasp_model_forward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const 
         const float *qkv = A->pre;
         int64_t sq = 4 * C;
         if (K) {
-            LASP_TRY(conv_halo_fwd(m, ctx, sp, A));
+            LASP_TRY(conv_halo_fwd(m, ctx, sp, A, l));
             lasp_conv_fwd_cpu(A->cpre, A->pre, 4 * C, A->halo, w + bo->conv, B, T, 3 * C, K);
             qkv = A->cpre, sq = 3 * C;
         }
         /* q = SiLU, k = SiLU, v as is — each [N, C] = [B, T, H, D] */
         lasp_qkv_fwd_cpu(A->q, A->k, A->v, qkv, sq, N, C);
-        LASP_TRY(attn_fwd(ctx, sp, &ad, A, m->slopes + l * H));
+        LASP_TRY(attn_fwd(m, ctx, sp, &ad, A, l));
         /* y = RMSNorm(o) ⊙ σ(u): the output norm keeps the un-normalised linear attention in scale */
         lasp_rms_fwd_cpu(A->y, A->rstdo, A->o, w + bo->onorm, N, C);
         lasp_gate_fwd_cpu(A->y, A->pre + 3 * C, 4 * C, N, C);
@@ -475,14 +520,14 @@ lasp_status lasp_model_backward(lasp_model *m, lasp_ctx *ctx, lasp_sp *sp, const
         lasp_gate_bwd_cpu(m->dbuf, dpre + 3 * C, 4 * C, A->o, A->rstdo, go, A->pre + 3 * C, 4 * C, N, C); /* dbuf: ∂/∂ô */
         memset(m->dob, 0, (size_t)(N * C) * sizeof(float));
         lasp_rms_bwd_cpu(m->dob, g + bo->onorm, m->dbuf, A->o, A->rstdo, go, N, C);
-        LASP_TRY(attn_bwd(ctx, sp, &ad, m, A, m->slopes + l * H));
+        LASP_TRY(attn_bwd(ctx, sp, &ad, m, A, l));
         /* through SiLU (q, k) into the projections, or into the convolution's output first (both of
          * stride sq): silu'(x) = σ(x)·(1 + x·(1 − σ(x))) */
         const float *qkv = K ? A->cpre : A->pre;
         float *dqkv = K ? m->dconv : dpre;
         const int64_t sq = K ? 3 * C : 4 * C;
         lasp_qkv_bwd_cpu(dqkv, sq, m->dq, m->dk, m->dv, qkv, N, C);
-        if (K) LASP_TRY(conv_bwd(m, ctx, sp, A, w + bo->conv, g + bo->conv, dpre));
+        if (K) LASP_TRY(conv_bwd(m, ctx, sp, A, w + bo->conv, g + bo->conv, dpre, l));
         mm_bwd(m, m->dbuf, g + bo->wqkvu, dpre, A->xn1, w + bo->wqkvu, N, C, 4 * C);
         lasp_rms_bwd_cpu(m->dres, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C);  /* dres = ∂/∂x */
         LASP_TRY(grad_done(m, 1 + (int)l, err));

@@ -94,6 +94,15 @@ typedef struct lasp_layer_acts {
     lasp_sp_cache *cache; /* what the SP forward keeps for the backward (made by the first forward) */
 } lasp_layer_acts;
 
+/* What crosses from one chunk of a sequence to the next on the same rank, every layer's: the attention state
+ * kv [L, B, H, D, D] (decayed to the chunk's first position, as the op's kv_in) and the convolution's halo
+ * [L, B, K−1, 3C] (the q | k | v projections of the K−1 tokens before the chunk); in the backward, the
+ * gradients of the same. lasp_model_carry_floats gives the size of one. */
+typedef struct lasp_model_carry {
+    float *kv, *halo;
+} lasp_model_carry;
+size_t lasp_model_carry_floats(const lasp_model_config *c, int64_t B);
+
 typedef struct lasp_model {
     lasp_model_config cfg;
     lasp_layout lay;
@@ -111,6 +120,11 @@ typedef struct lasp_model {
     double *row_loss;               /* [N]: each token's cross-entropy */
     int32_t *row_hit;               /* [N]: 1 where the argmax is the target */
     int no_blas;                    /* force the plain loops (to measure what BLAS buys) */
+    /* A sequence run chunk by chunk on one rank (no SP split): the forward starts from cin (NULL: zeros) and
+     * writes cout (NULL: not wanted); the backward reads dcout, the gradient of cout (NULL: zero), and
+     * writes dcin (NULL: not wanted). Set by the caller around each chunk's calls. */
+    const lasp_model_carry *cin, *dcout;
+    lasp_model_carry *cout, *dcin;
 } lasp_model;
 
 lasp_status lasp_model_create(const lasp_model_config *c, lasp_model *m, lasp_err *err);

@@ -50,6 +50,9 @@ lasp_status lasp_train_params_check(const lasp_train_params *o, lasp_err *err) {
         return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--dtype %s: %s", lasp_dtype_name(o->dtype),
                          o->device == LASP_DEVICE_CPU ? "the CPU trains in f32 (hint: --dtype f32, or --device cuda)"
                                                       : "a GPU trains in bf16 or f32");
+    if (o->chunk < 0 || o->chunk > o->seq_len)
+        return lasp_fail(err, LASP_ERR_ARG, "--chunk %lld is outside 0 (off) .. --seq-len %lld", (long long)o->chunk,
+                         (long long)o->seq_len);
     if (o->val_batches < 0 || o->val_batches > (1LL << 30))
         return lasp_fail(err, LASP_ERR_ARG, "--val-batches %lld is outside 0 .. 2^30", (long long)o->val_batches);
     return LASP_OK;
@@ -137,6 +140,7 @@ void lasp_trainer_release(lasp_trainer *t) {
     free(t->chunk), free(t->soff), free(t->params), free(t->grads), free(t->pshard), free(t->gshard);
     free(t->mom), free(t->vel), free(t->decay), free(t->wscratch), free(t->gscratch);
     free(t->tok), free(t->tgt), free(t->mask);
+    free(t->carry), free(t->ctok), free(t->ctgt), free(t->cmask);
     memset(t, 0, sizeof *t);
 }
 
@@ -171,7 +175,10 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
     }
     /* what a rank needs, against what the machine has: refused here rather than failing (or being killed)
      * once the allocations are touched */
-    const double need = lasp_model_activation_bytes(&o->model, t->Bl, t->Tl) + 16.0 * (double)t->m.lay.n_params;
+    const double need = lasp_model_activation_bytes(&o->model, t->Bl, o->chunk ? o->chunk : t->Tl) +
+                        16.0 * (double)t->m.lay.n_params +
+                        (o->chunk ? 4.0 * (double)(t->Tl / o->chunk + 2) * (double)lasp_model_carry_floats(&o->model, t->Bl)
+                                  : 0);
     const double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
     if (have > 0 && need > have) {
         const long long Bl = (long long)t->Bl, Tl = (long long)t->Tl;
@@ -181,7 +188,32 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
                          "ranks: --sp splits each sequence, dp the batch)", need / 1073741824.0, Bl, Tl,
                          have / 1073741824.0);
     }
-    lasp_status s = lasp_model_reserve(&t->m, t->Bl, t->Tl, err);
+    if (o->chunk) {
+        const int64_t K1 = o->model.conv ? o->model.conv - 1 : 0;
+        const char *why = o->device != LASP_DEVICE_CPU ? "runs on the CPU for now"
+                          : sp->sp_size > 1            ? "runs with --sp 1 for now (chunks of every piece would wait on "
+                                                         "each other's ranks)"
+                          : o->zero > 1                ? "needs ZeRO 0 or 1 for now (2 and 3 reduce each unit's "
+                                                         "gradients as its backward ends, once a chunk)"
+                          : t->Tl % o->chunk           ? "must divide the tokens a rank holds"
+                          : o->chunk < K1              ? "is shorter than the short convolution reaches back"
+                                                       : NULL;
+        if (why) {
+            lasp_trainer_release(t);
+            return lasp_fail(err, LASP_ERR_ARG, "--chunk %lld %s (--seq-len %lld, --sp %d, --zero %d, conv %d)",
+                             (long long)o->chunk, why, (long long)o->seq_len, sp->sp_size, o->zero, o->model.conv);
+        }
+        const int64_t nc = t->Tl / o->chunk;
+        const size_t cf = lasp_model_carry_floats(&o->model, t->Bl), N = (size_t)(t->Bl * o->chunk);
+        t->carry = malloc((size_t)(nc + 2) * cf * sizeof(float));
+        t->ctok = malloc(N * sizeof(int32_t)), t->ctgt = malloc(N * sizeof(int32_t)), t->cmask = malloc(N);
+        if (!t->carry || !t->ctok || !t->ctgt || !t->cmask) {
+            lasp_trainer_release(t);
+            return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the chunks' carried states (%lld chunks)",
+                             (long long)nc);
+        }
+    }
+    lasp_status s = lasp_model_reserve(&t->m, t->Bl, o->chunk ? o->chunk : t->Tl, err);
     if (s != LASP_OK) {
         lasp_trainer_release(t);
         return s;
@@ -253,6 +285,58 @@ double lasp_trainer_lr(const lasp_train_params *o, int64_t step) {
     return o->min_lr + 0.5 * (o->lr - o->min_lr) * (1 + cos(M_PI * f));
 }
 
+/* ---- a batch chunk by chunk (o.chunk) ---------------------------------------------------------- */
+
+/* Chunk c of every sequence of the batch in t->tok / tgt / mask into t->ctok / ctgt / cmask. */
+static void take_chunk(lasp_trainer *t, int64_t c) {
+    const int64_t B = t->Bl, T = t->Tl, Tc = t->o.chunk;
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(t->ctok + b * Tc, t->tok + b * T + c * Tc, (size_t)Tc * sizeof(int32_t));
+        memcpy(t->ctgt + b * Tc, t->tgt + b * T + c * Tc, (size_t)Tc * sizeof(int32_t));
+        memcpy(t->cmask + b * Tc, t->mask + b * T + c * Tc, (size_t)Tc);
+    }
+}
+
+static lasp_model_carry carry_at(const lasp_trainer *t, int64_t i) {
+    const lasp_model_config *c = &t->o.model;
+    const size_t cf = lasp_model_carry_floats(c, t->Bl), H = (size_t)c->n_heads, D = (size_t)c->d_model / H;
+    float *p = t->carry + (size_t)i * cf;
+    return (lasp_model_carry){p, p + (size_t)c->n_layers * (size_t)t->Bl * H * D * D};
+}
+
+/* The batch in t->tok chunk by chunk: a forward through every chunk, each starting from the state the one
+ * before left (kept for the backward); then, backward from the last chunk, each chunk's forward again from
+ * its kept state and its backward, the gradient of the carried state handed to the chunk before. Without
+ * grad_scale only the first pass, summing the loss. out: mean loss, hits, count, as one forward's. */
+static lasp_status chunked(lasp_trainer *t, float grad_scale, double out[3]) {
+    lasp_model *m = &t->m;
+    const int64_t nc = t->Tl / t->o.chunk;
+    double loss_sum = 0, l;
+    int64_t hits = 0, count = 0, h, n;
+    lasp_model_carry cin[2], dc[2];
+    lasp_status s = LASP_OK;
+    for (int64_t c = 0; c < nc && s == LASP_OK; c++) {
+        take_chunk(t, c);
+        cin[0] = carry_at(t, c), cin[1] = carry_at(t, c + 1);
+        m->cin = c ? &cin[0] : NULL, m->cout = c + 1 < nc ? &cin[1] : NULL, m->dcin = NULL, m->dcout = NULL;
+        s = lasp_model_forward(m, t->ctx, NULL, t->ctok, t->ctgt, t->cmask, 0, &l, &h, &n);
+        if (s == LASP_OK && !(grad_scale > 0)) loss_sum += l, hits += h, count += n;
+    }
+    for (int64_t c = nc - 1; grad_scale > 0 && c >= 0 && s == LASP_OK; c--) {
+        take_chunk(t, c);
+        cin[0] = carry_at(t, c), dc[c % 2] = carry_at(t, nc + c % 2), dc[(c + 1) % 2] = carry_at(t, nc + (c + 1) % 2);
+        m->cin = c ? &cin[0] : NULL, m->cout = NULL;
+        m->dcout = c + 1 < nc ? &dc[(c + 1) % 2] : NULL, m->dcin = c ? &dc[c % 2] : NULL;
+        /* the loss is the mean over the whole sequence: each chunk's mean weighs 1/nc */
+        s = lasp_model_forward(m, t->ctx, NULL, t->ctok, t->ctgt, t->cmask, grad_scale / (float)nc, &l, &h, &n);
+        if (s == LASP_OK) s = lasp_model_backward(m, t->ctx, NULL, t->ctok);
+        if (s == LASP_OK) loss_sum += l, hits += h, count += n;
+    }
+    m->cin = NULL, m->cout = NULL, m->dcin = NULL, m->dcout = NULL;
+    out[0] = loss_sum / (double)nc, out[1] = (double)hits, out[2] = (double)count;
+    return s;
+}
+
 /* Forward + backward of the training batch at the cursor; gradients reduced over the world. */
 static lasp_status forward_backward(lasp_trainer *t, double out[3]) {
     lasp_err *err = &t->ctx->err;
@@ -262,9 +346,15 @@ static lasp_status forward_backward(lasp_trainer *t, double out[3]) {
     if (t->grads) memset(t->grads, 0, t->P * sizeof(float));
     double loss;
     int64_t correct, count;
-    LASP_TRY(lasp_model_forward(&t->m, t->ctx, t->sp, t->tok, t->tgt, t->mask, 1.0f / (float)t->W, &loss, &correct,
-                                &count));
-    LASP_TRY(lasp_model_backward(&t->m, t->ctx, t->sp, t->tok));
+    if (t->o.chunk) {
+        double r[3];
+        LASP_TRY(chunked(t, 1.0f / (float)t->W, r));
+        loss = r[0], correct = (int64_t)r[1], count = (int64_t)r[2];
+    } else {
+        LASP_TRY(lasp_model_forward(&t->m, t->ctx, t->sp, t->tok, t->tgt, t->mask, 1.0f / (float)t->W, &loss,
+                                    &correct, &count));
+        LASP_TRY(lasp_model_backward(&t->m, t->ctx, t->sp, t->tok));
+    }
     if (t->o.zero <= 1) LASP_TRY(allreduce(t, t->grads, t->P, LASP_F32));
     if (t->o.zero == 1)
         for (int u = 0; u < t->m.lay.n_units; u++) slice_unit(t, u, t->grads, t->gshard);
@@ -334,9 +424,14 @@ lasp_status lasp_trainer_eval(lasp_trainer *t, double *loss, double *acc) {
     for (int64_t k = 0; k < t->o.val_batches; k++) {
         LASP_TRY(lasp_data_batch(t->data, split, (uint64_t)(k * t->o.batch), t->o.batch, t->o.seq_len, sp->dp_rank,
                                  sp->dp_size, sp->sp_rank, sp->sp_size, t->tok, t->tgt, t->mask, err));
-        double l;
+        double l, r[3];
         int64_t c, n;
-        LASP_TRY(lasp_model_forward(&t->m, t->ctx, t->sp, t->tok, t->tgt, t->mask, 0, &l, &c, &n));
+        if (t->o.chunk) {
+            LASP_TRY(chunked(t, 0, r));
+            l = r[0], c = (int64_t)r[1], n = (int64_t)r[2];
+        } else {
+            LASP_TRY(lasp_model_forward(&t->m, t->ctx, t->sp, t->tok, t->tgt, t->mask, 0, &l, &c, &n));
+        }
         red[0] += l, red[1] += (double)c, red[2] += (double)n;
     }
     LASP_TRY(allreduce(t, red, 3, LASP_F64));
@@ -433,7 +528,9 @@ lasp_train_memory lasp_trainer_memory(const lasp_trainer *t) {
     m.params = 4.0 * (double)(z <= 2 ? t->P : 0) + 4.0 * (double)(z >= 1 ? t->S : 0);
     m.grads = 4.0 * (double)(z <= 1 ? t->P : 0) + 4.0 * (double)(z >= 1 ? t->S : 0);
     m.optimizer = 9.0 * (double)(z == 0 ? t->P : t->S);
-    m.activations = lasp_model_activation_bytes(&t->o.model, t->Bl, t->Tl);
+    m.activations = lasp_model_activation_bytes(&t->o.model, t->Bl, t->o.chunk ? t->o.chunk : t->Tl);
+    if (t->o.chunk)  /* the carried states of every chunk */
+        m.activations += 4.0 * (double)(t->Tl / t->o.chunk + 2) * (double)lasp_model_carry_floats(&t->o.model, t->Bl);
     snprintf(m.device, sizeof m.device, "CPU");
     return m;
 }

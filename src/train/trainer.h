@@ -53,6 +53,10 @@ struct lasp_trainer {
     int32_t *tok, *tgt;
     uint8_t *mask;
     double comm_ms;
+    float *carry;         /* o.chunk: [n_chunks + 2][carry floats]: the state entering each chunk (kept by the
+                           * first pass), and two gradients of it that the backward passes from chunk to chunk */
+    int32_t *ctok, *ctgt; /* o.chunk: one chunk of the batch [B, chunk] */
+    uint8_t *cmask;
     struct lasp_trainer_gpu *gpu; /* device CUDA: the model and optimizer on the GPU (trainer_cuda.c); the CPU
                                    * model above then holds only its layout */
 };
