@@ -202,6 +202,13 @@ int main(int argc, char **argv) {
     CHECK(rows >= 8 && at2[0] && at2[1] && at2[2] && at2[3], "rows missing (%d rows):\n%s", rows, out);
     test_case("mpirun -np 2 lasp bench sp --mode all --quick: every mode at W = 2, bytes sent = docs/SP.md's formula");
 
+    /* the training bench over a split sequence in a baseline mode */
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe --bind-to none -np 2 '%s' bench train --device cpu --sp 2 "
+             "--sp-mode ulysses --models tiny --steps 1", lasp);
+    rc = sh(cmd);
+    CHECK(rc == 0 && strstr(out, "sp 2 (ulysses)") && strstr(out, "  tiny "), "%s\n%s", ended(rc), out);
+    test_case("mpirun -np 2 lasp bench train --sp 2 --sp-mode ulysses: the trainer in a baseline mode");
+
     /* --longest: doubles until the cap, names the longest that fit; one mode a process */
     snprintf(cmd, sizeof cmd, "mpirun --oversubscribe --bind-to none -np 2 '%s' bench sp --device cpu --longest --mode "
              "chain --mem-mib 260 --t-local 1024", lasp);

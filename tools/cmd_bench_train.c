@@ -12,7 +12,7 @@
 #include "opts.h"
 
 int lasp_bench_train(int argc, char **argv) {
-    const char *device_name = "cpu", *models = NULL, *dtype = "bf16";
+    const char *device_name = "cpu", *models = NULL, *dtype = "bf16", *sp_mode = "chain";
     long long sp_size = 0, steps = 10, batch = 0, seq = 0, zero = 0, vocab = 0;
     const opt opts[] = {
         {"--device", OPT_STR, &device_name, "cpu|cuda", "where to train: the CPU (ranks of the launch) or one GPU", 0},
@@ -20,6 +20,7 @@ int lasp_bench_train(int argc, char **argv) {
         {"--dtype", OPT_STR, &dtype, "bf16|f32", "GPU: the products' and attention's operands", 0},
         {"--vocab", OPT_INT, &vocab, "N", "vocabulary (default: 256 on the CPU, 64000 on a GPU)", 0},
         {"--sp", OPT_INT, &sp_size, "N", "sequence-parallel ranks (0 = the whole world)", 0},
+        {"--sp-mode", OPT_STR, &sp_mode, "MODE", "chain, lasp2, ulysses or allgather (the last two: CPU)", 0},
         {"--zero", OPT_INT, &zero, "N", "ZeRO stage", 0},
         {"--steps", OPT_INT, &steps, "N", "timed steps (after 2 warm-up steps); the median is reported", 0},
         {"--batch", OPT_INT, &batch, "N", "global batch (default: 8 on the CPU, 1 on a GPU)", 0},
@@ -65,6 +66,12 @@ int lasp_bench_train(int argc, char **argv) {
     lasp_data *data = NULL;
     lasp_sp_params spp = lasp_sp_default_params();
     spp.size = sp_size ? (int)sp_size : W;
+    const int mode = opts_sp_mode(sp_mode, "--sp-mode", 0);
+    if (mode < 0) {
+        lasp_comm_free(world);
+        return 2;
+    }
+    spp.mode = (lasp_sp_mode)mode;
     int rc = 1;
     if (lasp_ctx_create(NULL, &ctx) != LASP_OK || lasp_sp_create(world, &spp, &sp, &err) != LASP_OK ||
         lasp_data_recall(1, 8, &data, &err) != LASP_OK) {
@@ -79,9 +86,10 @@ int lasp_bench_train(int argc, char **argv) {
                    "token against the dense bf16 peak\n", strcmp(dtype, "f32") ? "bf16" : "f32 (TF32 off)", batch, seq,
                    vocab, steps);
         else
-            printf("# lasp bench train — device cpu, world %d = dp %d × sp %d, ZeRO-%lld, batch %lld × seq %lld, "
-                   "recall task, median of %lld steps, matrix products on %s\n", W, lay.dp_size, lay.sp_size, zero,
-                   batch, seq, steps, lasp_get_build_info().has_blas ? "BLAS" : "plain loops");
+            printf("# lasp bench train — device cpu, world %d = dp %d × sp %d (%s), ZeRO-%lld, batch %lld × seq %lld, "
+                   "recall task, median of %lld steps, matrix products on %s\n", W, lay.dp_size, lay.sp_size,
+                   lasp_sp_mode_name(spp.mode), zero, batch, seq, steps,
+                   lasp_get_build_info().has_blas ? "BLAS" : "plain loops");
         if (gpu) printf("# %-6s %9s %10s %12s %7s %10s\n", "model", "params", "step ms", "tokens/s", "MFU %", "GPU GiB");
         else printf("# %-6s %9s %10s %12s %8s\n", "model", "params", "step ms", "tokens/s", "comm %");
     }
