@@ -164,9 +164,22 @@ static void acts_free(lasp_model *m) {
     m->B = m->T = 0;
 }
 
+/* One layer's carried state and halo, in floats (B sequences) */
+static size_t carry_kv_floats(const lasp_model_config *c, int64_t B) {
+    const size_t H = (size_t)c->n_heads, D = (size_t)c->d_model / H;
+    return (size_t)B * H * D * D;
+}
+
+static size_t carry_halo_floats(const lasp_model_config *c, int64_t B) {
+    return c->conv ? (size_t)B * (size_t)(c->conv - 1) * 3 * (size_t)c->d_model : 0;
+}
+
 size_t lasp_model_carry_floats(const lasp_model_config *c, int64_t B) {
-    const size_t H = (size_t)c->n_heads, D = (size_t)c->d_model / H, K1 = c->conv ? (size_t)c->conv - 1 : 0;
-    return (size_t)c->n_layers * (size_t)B * (H * D * D + K1 * 3 * (size_t)c->d_model);
+    return (size_t)c->n_layers * (carry_kv_floats(c, B) + carry_halo_floats(c, B));
+}
+
+lasp_model_carry lasp_model_carry_in(const lasp_model_config *c, int64_t B, float *block) {
+    return (lasp_model_carry){block, block + (size_t)c->n_layers * carry_kv_floats(c, B)};
 }
 
 double lasp_model_activation_bytes(const lasp_model_config *c, int64_t B, int64_t T) {
@@ -299,14 +312,8 @@ static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /* Where a layer's incoming state and the convolution's halo come from: the previous SP rank (sp split), the
  * previous chunk of the same sequence (m->cin set: lasp_model_carry), or nothing (zeros). */
-static size_t carry_state(const lasp_model *m) {
-    const size_t H = (size_t)m->cfg.n_heads, D = (size_t)m->cfg.d_model / H;
-    return (size_t)m->B * H * D * D;
-}
-
-static size_t carry_halo(const lasp_model *m) {
-    return m->cfg.conv ? (size_t)m->B * (size_t)(m->cfg.conv - 1) * 3 * (size_t)m->cfg.d_model : 0;
-}
+static size_t carry_state(const lasp_model *m) { return carry_kv_floats(&m->cfg, m->B); }
+static size_t carry_halo(const lasp_model *m) { return carry_halo_floats(&m->cfg, m->B); }
 
 /* The op, through the SP layer when the sequence is split over ranks, from the carried state of the
  * previous chunk when there is one. */

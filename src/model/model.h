@@ -97,11 +97,13 @@ typedef struct lasp_layer_acts {
 /* What crosses from one chunk of a sequence to the next on the same rank, every layer's: the attention state
  * kv [L, B, H, D, D] (decayed to the chunk's first position, as the op's kv_in) and the convolution's halo
  * [L, B, K−1, 3C] (the q | k | v projections of the K−1 tokens before the chunk); in the backward, the
- * gradients of the same. lasp_model_carry_floats gives the size of one. */
+ * gradients of the same. lasp_model_carry_floats gives the size of one; lasp_model_carry_in lays one out in
+ * `block` (host or device memory: it only computes the two pointers). */
 typedef struct lasp_model_carry {
     float *kv, *halo;
 } lasp_model_carry;
 size_t lasp_model_carry_floats(const lasp_model_config *c, int64_t B);
+lasp_model_carry lasp_model_carry_in(const lasp_model_config *c, int64_t B, float *block);
 
 typedef struct lasp_model {
     lasp_model_config cfg;

@@ -144,6 +144,33 @@ void lasp_trainer_release(lasp_trainer *t) {
     memset(t, 0, sizeof *t);
 }
 
+/* What --chunk asks of a run, named in the error (checked before either device's set-up). */
+static lasp_status chunk_check(const lasp_trainer *t, const lasp_sp *sp, lasp_err *err) {
+    const lasp_train_params *o = &t->o;
+    if (!o->chunk) return LASP_OK;
+    const int64_t K1 = o->model.conv ? o->model.conv - 1 : 0;
+    const char *why = o->device != LASP_DEVICE_CPU ? "runs on the CPU for now"
+                      : sp->sp_size > 1 ? "runs with --sp 1 for now (chunks of every piece would wait on each other's "
+                                          "ranks)"
+                      : o->zero > 1     ? "needs ZeRO 0 or 1 for now (2 and 3 reduce each unit's gradients as its "
+                                          "backward ends, once a chunk)"
+                      : t->Tl % o->chunk ? "must divide the tokens a rank holds"
+                      : o->chunk < K1    ? "is shorter than the short convolution reaches back"
+                                         : NULL;
+    if (!why) return LASP_OK;
+    return lasp_fail(err, LASP_ERR_ARG, "--chunk %lld %s (--seq-len %lld, --sp %d, --zero %d, conv %d)",
+                     (long long)o->chunk, why, (long long)o->seq_len, sp->sp_size, o->zero, o->model.conv);
+}
+
+/* The CPU model's activations for a rank's piece, with the chunks' carried states when the piece runs in chunks:
+ * what lasp_model_reserve and the chunk buffers allocate. */
+static double cpu_activation_bytes(const lasp_trainer *t) {
+    const lasp_train_params *o = &t->o;
+    if (!o->chunk) return lasp_model_activation_bytes(&o->model, t->Bl, t->Tl);
+    return lasp_model_activation_bytes(&o->model, t->Bl, o->chunk) +
+           4.0 * (double)(t->Tl / o->chunk + 2) * (double)lasp_model_carry_floats(&o->model, t->Bl);
+}
+
 lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const lasp_data *data,
                               const lasp_train_params *o) {
     memset(t, 0, sizeof *t);
@@ -165,6 +192,10 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
                          data->max_token, o->model.vocab, data->max_token + 1);
     LASP_TRY(lasp_model_create(&o->model, &t->m, err));
     t->Bl = o->batch / sp->dp_size, t->Tl = o->seq_len / sp->sp_size;
+    if (chunk_check(t, sp, err) != LASP_OK) {
+        lasp_trainer_release(t);
+        return LASP_ERR_ARG;
+    }
     if (o->device == LASP_DEVICE_CUDA) {
         const size_t N = (size_t)(t->Bl * t->Tl);
         lasp_status s = (t->mask = malloc(N)) ? lasp_trainer_gpu_init(t)
@@ -175,10 +206,7 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
     }
     /* what a rank needs, against what the machine has: refused here rather than failing (or being killed)
      * once the allocations are touched */
-    const double need = lasp_model_activation_bytes(&o->model, t->Bl, o->chunk ? o->chunk : t->Tl) +
-                        16.0 * (double)t->m.lay.n_params +
-                        (o->chunk ? 4.0 * (double)(t->Tl / o->chunk + 2) * (double)lasp_model_carry_floats(&o->model, t->Bl)
-                                  : 0);
+    const double need = cpu_activation_bytes(t) + 16.0 * (double)t->m.lay.n_params;
     const double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
     if (have > 0 && need > have) {
         const long long Bl = (long long)t->Bl, Tl = (long long)t->Tl;
@@ -189,20 +217,6 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
                          have / 1073741824.0);
     }
     if (o->chunk) {
-        const int64_t K1 = o->model.conv ? o->model.conv - 1 : 0;
-        const char *why = o->device != LASP_DEVICE_CPU ? "runs on the CPU for now"
-                          : sp->sp_size > 1            ? "runs with --sp 1 for now (chunks of every piece would wait on "
-                                                         "each other's ranks)"
-                          : o->zero > 1                ? "needs ZeRO 0 or 1 for now (2 and 3 reduce each unit's "
-                                                         "gradients as its backward ends, once a chunk)"
-                          : t->Tl % o->chunk           ? "must divide the tokens a rank holds"
-                          : o->chunk < K1              ? "is shorter than the short convolution reaches back"
-                                                       : NULL;
-        if (why) {
-            lasp_trainer_release(t);
-            return lasp_fail(err, LASP_ERR_ARG, "--chunk %lld %s (--seq-len %lld, --sp %d, --zero %d, conv %d)",
-                             (long long)o->chunk, why, (long long)o->seq_len, sp->sp_size, o->zero, o->model.conv);
-        }
         const int64_t nc = t->Tl / o->chunk;
         const size_t cf = lasp_model_carry_floats(&o->model, t->Bl), N = (size_t)(t->Bl * o->chunk);
         t->carry = malloc((size_t)(nc + 2) * cf * sizeof(float));
@@ -298,16 +312,14 @@ static void take_chunk(lasp_trainer *t, int64_t c) {
 }
 
 static lasp_model_carry carry_at(const lasp_trainer *t, int64_t i) {
-    const lasp_model_config *c = &t->o.model;
-    const size_t cf = lasp_model_carry_floats(c, t->Bl), H = (size_t)c->n_heads, D = (size_t)c->d_model / H;
-    float *p = t->carry + (size_t)i * cf;
-    return (lasp_model_carry){p, p + (size_t)c->n_layers * (size_t)t->Bl * H * D * D};
+    return lasp_model_carry_in(&t->o.model, t->Bl, t->carry + (size_t)i * lasp_model_carry_floats(&t->o.model, t->Bl));
 }
 
-/* The batch in t->tok chunk by chunk: a forward through every chunk, each starting from the state the one
+/* The batch in t->tok chunk by chunk: a forward through the chunks, each starting from the state the one
  * before left (kept for the backward); then, backward from the last chunk, each chunk's forward again from
- * its kept state and its backward, the gradient of the carried state handed to the chunk before. Without
- * grad_scale only the first pass, summing the loss. out: mean loss, hits, count, as one forward's. */
+ * its kept state and its backward, the gradient of the carried state handed to the chunk before. Training,
+ * the first pass only carries the state (no loss, and not the last chunk, whose state nothing reads); without
+ * grad_scale it is the only pass and sums the loss. out: mean loss, hits, count, as one forward's. */
 static lasp_status chunked(lasp_trainer *t, float grad_scale, double out[3]) {
     lasp_model *m = &t->m;
     const int64_t nc = t->Tl / t->o.chunk;
@@ -315,14 +327,15 @@ static lasp_status chunked(lasp_trainer *t, float grad_scale, double out[3]) {
     int64_t hits = 0, count = 0, h, n;
     lasp_model_carry cin[2], dc[2];
     lasp_status s = LASP_OK;
-    for (int64_t c = 0; c < nc && s == LASP_OK; c++) {
+    const int train = grad_scale > 0;
+    for (int64_t c = 0; c < nc - train && s == LASP_OK; c++) {
         take_chunk(t, c);
         cin[0] = carry_at(t, c), cin[1] = carry_at(t, c + 1);
         m->cin = c ? &cin[0] : NULL, m->cout = c + 1 < nc ? &cin[1] : NULL, m->dcin = NULL, m->dcout = NULL;
-        s = lasp_model_forward(m, t->ctx, NULL, t->ctok, t->ctgt, t->cmask, 0, &l, &h, &n);
-        if (s == LASP_OK && !(grad_scale > 0)) loss_sum += l, hits += h, count += n;
+        s = lasp_model_forward(m, t->ctx, NULL, t->ctok, train ? NULL : t->ctgt, t->cmask, 0, &l, &h, &n);
+        if (s == LASP_OK && !train) loss_sum += l, hits += h, count += n;
     }
-    for (int64_t c = nc - 1; grad_scale > 0 && c >= 0 && s == LASP_OK; c--) {
+    for (int64_t c = nc - 1; train && c >= 0 && s == LASP_OK; c--) {
         take_chunk(t, c);
         cin[0] = carry_at(t, c), dc[c % 2] = carry_at(t, nc + c % 2), dc[(c + 1) % 2] = carry_at(t, nc + (c + 1) % 2);
         m->cin = c ? &cin[0] : NULL, m->cout = NULL;
@@ -528,9 +541,7 @@ lasp_train_memory lasp_trainer_memory(const lasp_trainer *t) {
     m.params = 4.0 * (double)(z <= 2 ? t->P : 0) + 4.0 * (double)(z >= 1 ? t->S : 0);
     m.grads = 4.0 * (double)(z <= 1 ? t->P : 0) + 4.0 * (double)(z >= 1 ? t->S : 0);
     m.optimizer = 9.0 * (double)(z == 0 ? t->P : t->S);
-    m.activations = lasp_model_activation_bytes(&t->o.model, t->Bl, t->o.chunk ? t->o.chunk : t->Tl);
-    if (t->o.chunk)  /* the carried states of every chunk */
-        m.activations += 4.0 * (double)(t->Tl / t->o.chunk + 2) * (double)lasp_model_carry_floats(&t->o.model, t->Bl);
+    m.activations = cpu_activation_bytes(t);
     snprintf(m.device, sizeof m.device, "CPU");
     return m;
 }
