@@ -168,7 +168,7 @@ static lasp_status check_args(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *
     return lasp_attn_check_slopes(slopes, a->H, err);
 }
 
-static lasp_status grow(float **p, size_t *have, size_t want, lasp_err *err, const char *what) {
+lasp_status lasp_sp_grow(float **p, size_t *have, size_t want, lasp_err *err, const char *what) {
     if (*have >= want) return LASP_OK;
     float *n = realloc(*p, want * sizeof *n);
     if (!n) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the SP %s (%zu floats)", what, want);
@@ -203,8 +203,8 @@ lasp_status lasp_sp_attn_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a
     if (is_baseline(sp->p.mode)) return lasp_sp_base_fwd(ctx, sp, a, q, k, v, slopes, kv_in, o, kv_out, cache);
     const size_t ns = state_count(a);
     const int W = sp->sp_size, r = sp->sp_rank;
-    LASP_TRY(grow(&cache->kv_in, &cache->n, ns, err, "state cache"));
-    LASP_TRY(grow(&cache->work, &cache->work_n, work_states(sp) * ns, err, "state buffers"));
+    LASP_TRY(lasp_sp_grow(&cache->kv_in, &cache->n, ns, err, "state cache"));
+    LASP_TRY(lasp_sp_grow(&cache->work, &cache->work_n, work_states(sp) * ns, err, "state buffers"));
     cache->fwd = *a;
     float *KV = cache->kv_in, *m = cache->work;
 

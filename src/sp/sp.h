@@ -44,6 +44,9 @@ struct lasp_sp_cache {
     size_t base_n;
 };
 
+/* *p grown (realloc'd) to at least `want` floats; an error names `what` (host buffers of the cache). */
+lasp_status lasp_sp_grow(float **p, size_t *have, size_t want, lasp_err *err, const char *what);
+
 /* Whether a backward of shape a may use the cache: its forward had the same shape (the block aside). */
 int lasp_sp_cache_matches(const lasp_sp_cache *c, const lasp_attn_desc *a);
 

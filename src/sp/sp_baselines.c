@@ -23,14 +23,6 @@ static lasp_status nomem(lasp_err *err, const char *what, size_t n) {
     return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the SP %s (%zu floats)", what, n);
 }
 
-static lasp_status grow(float **p, size_t *have, size_t want, lasp_err *err, const char *what) {
-    if (*have >= want) return LASP_OK;
-    float *n = realloc(*p, want * sizeof *n);
-    if (!n) return nomem(err, what, want);
-    *p = n, *have = want;
-    return LASP_OK;
-}
-
 lasp_status lasp_sp_base_check(const lasp_sp *sp, const lasp_attn_desc *a, lasp_err *err) {
     if (sp->p.mode == LASP_SP_ULYSSES && a->H % sp->sp_size)
         return lasp_fail(err, LASP_ERR_ARG, "--sp-mode ulysses splits the %lld heads over the %d ranks of a sequence, "
@@ -163,8 +155,8 @@ static lasp_status ulysses_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc 
     const int64_t Hl = a->H / W, N = a->B * a->T * W * Hl; /* rows of the head split */
     const size_t nq = (size_t)(N * a->d), nv = (size_t)(N * a->e), nsl = (size_t)(a->B * Hl * a->d * a->e);
     /* the cache keeps the head split's q, k, v and the incoming state's slice for the backward */
-    LASP_TRY(grow(&c->base, &c->base_n, 2 * nq + nv, err, "head-split tensors"));
-    LASP_TRY(grow(&c->kv_in, &c->n, nsl, err, "state cache"));
+    LASP_TRY(lasp_sp_grow(&c->base, &c->base_n, 2 * nq + nv, err, "head-split tensors"));
+    LASP_TRY(lasp_sp_grow(&c->kv_in, &c->n, nsl, err, "state cache"));
     float *Q = c->base, *K = Q + nq, *V = K + nq;
     const float *in[3] = {q, k, v};
     float *hs[3] = {Q, K, V};
@@ -257,8 +249,8 @@ static lasp_status allgather_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_des
     const size_t ns = (size_t)(a->B * a->H * a->d * a->e), kv = nk + nv;
     /* the cache keeps what the backward needs: every piece's k | v (the method's memory), the states of the
      * pieces before this one, the incoming state */
-    LASP_TRY(grow(&c->base, &c->base_n, kv * (size_t)W + ns * (size_t)W, err, "gathered keys and values"));
-    LASP_TRY(grow(&c->kv_in, &c->n, ns, err, "state cache"));
+    LASP_TRY(lasp_sp_grow(&c->base, &c->base_n, kv * (size_t)W + ns * (size_t)W, err, "gathered keys and values"));
+    LASP_TRY(lasp_sp_grow(&c->kv_in, &c->n, ns, err, "state cache"));
     float *KV = c->base, *M = KV + kv * (size_t)W, *S = c->kv_in;
     float *mine = malloc(kv * sizeof *mine);
     if (!mine) return nomem(err, "keys and values", kv);
