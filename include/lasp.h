@@ -513,7 +513,8 @@ lasp_status lasp_trainer_resume(lasp_trainer *t, const char *dir);
 
 /* A checkpoint's weights for other tools: OUT/model.safetensors, one fp32 tensor per weight (embed.weight [V, C];
  * blocks.L.{ln1, wqkvu [C, 4C], conv [K, 3C], onorm, wo [C, C], ln2, w12 [C, 2F], w3 [F, C]}; head.norm,
- * head.weight [C, V]; products are y = x · W), and OUT/config.json (the model config and the slopes' rule). */
+ * head.weight [C, V]; products are y = x · W), and OUT/config.json (the model config, the norms' epsilon and every
+ * layer's decay slopes). */
 lasp_status lasp_export_safetensors(const char *ckpt_dir, const char *out_dir, lasp_err *err);
 
 /* Decoding from a checkpoint with the recurrent form (docs/MATH.md §1): one d × d state per layer and

@@ -15,7 +15,8 @@ int cmd_export(int argc, char **argv) {
         "lasp export --ckpt DIR --safetensors OUT",
         "Writes a checkpoint's weights as one fp32 tensor per weight in the safetensors format, named\n"
         "embed.weight, blocks.L.{ln1,wqkvu,conv,onorm,wo,ln2,w12,w3}, head.norm, head.weight, oriented [in, out]\n"
-        "(a product is y = x · W), with config.json giving the model's sizes and the decay slopes' rule.",
+        "(a product is y = x · W), with config.json giving the model's sizes, the norms' epsilon and every\n"
+        "layer's decay slopes.",
         "lasp export --ckpt runs/x --safetensors runs/x/hf", opts, N_OPTS(opts)};
     int r = opts_parse(&spec, argc, argv);
     if (r) return r > 0 ? 0 : 2;

@@ -2,7 +2,6 @@
 attention is lasp.linear_attention and whose logits equal the C model's. The weights come through the
 library's own export (lasp_export_safetensors), so this file never reads lasp's flat layout."""
 import json
-import math
 import os
 import struct
 import tempfile
@@ -12,9 +11,6 @@ import torch.nn.functional as F
 
 from . import _lib
 from .ops import linear_attention
-
-RMS_EPS = 1e-6
-
 
 def read_safetensors(path):
     """{name: float32 tensor} of a safetensors file (the subset lasp writes: F32 tensors)."""
@@ -33,15 +29,8 @@ def read_safetensors(path):
     return out
 
 
-def slopes(layer, n_layers, n_heads):
-    """The decay rates of one layer (docs/MATH.md §1), as the C model makes them."""
-    scale = 1.0 - layer / (n_layers - 1) + 1e-5 if n_layers > 1 else 1.0
-    return torch.tensor([math.pow(2.0, -8.0 * (h + 1) / n_heads) * scale for h in range(n_heads)],
-                        dtype=torch.float32)
-
-
-def _rms(x, g):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + RMS_EPS) * g
+def _rms(x, g, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * g
 
 
 class LaspModel(torch.nn.Module):
@@ -54,8 +43,9 @@ class LaspModel(torch.nn.Module):
         c = self.config
         self.C, self.L, self.H, self.F, self.K = c["d_model"], c["n_layers"], c["n_heads"], c["ffn_dim"], c["conv"]
         self.params = torch.nn.ParameterDict({k.replace(".", "_"): torch.nn.Parameter(v) for k, v in tensors.items()})
-        for layer in range(self.L):
-            self.register_buffer("slopes_%d" % layer, slopes(layer, self.L, self.H))
+        self.eps = c["rms_eps"]
+        for layer in range(self.L):  # the decay rates the C model uses, written by the export
+            self.register_buffer("slopes_%d" % layer, torch.tensor(c["slopes"][layer], dtype=torch.float32))
 
     def w(self, name):
         return self.params[name.replace(".", "_")]
@@ -66,7 +56,7 @@ class LaspModel(torch.nn.Module):
         x = self.w("embed.weight")[tokens]
         for layer in range(self.L):
             p = "blocks.%d." % layer
-            pre = _rms(x, self.w(p + "ln1")) @ self.w(p + "wqkvu")  # [B, T, 4C]: q | k | v | u
+            pre = _rms(x, self.w(p + "ln1"), self.eps) @ self.w(p + "wqkvu")  # [B, T, 4C]: q | k | v | u
             qkv, u = pre[..., :3 * C], pre[..., 3 * C:]
             if K:  # y[t] = Σ_j conv[j] ⊙ qkv[t − j], zeros before the sequence
                 taps = self.w(p + "conv")
@@ -75,11 +65,11 @@ class LaspModel(torch.nn.Module):
             D = C // H
             o = linear_attention(q.reshape(B, T, H, D), k.reshape(B, T, H, D), v.reshape(B, T, H, D),
                                  getattr(self, "slopes_%d" % layer)).reshape(B, T, C)
-            y = _rms(o, self.w(p + "onorm")) * torch.sigmoid(u)
+            y = _rms(o, self.w(p + "onorm"), self.eps) * torch.sigmoid(u)
             x = x + y @ self.w(p + "wo")
-            h = _rms(x, self.w(p + "ln2")) @ self.w(p + "w12")
+            h = _rms(x, self.w(p + "ln2"), self.eps) @ self.w(p + "w12")
             x = x + (h[..., :Fd] * h[..., Fd:]) @ self.w(p + "w3")
-        return _rms(x, self.w("head.norm")) @ self.w("head.weight")
+        return _rms(x, self.w("head.norm"), self.eps) @ self.w("head.weight")
 
 
 def load(ckpt_dir):

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/fs.h"
+#include "model/layers.h"
 #include "train/ckpt.h"
 
 typedef struct tensor {
@@ -104,12 +105,23 @@ lasp_status lasp_export_safetensors(const char *ckpt_dir, const char *out_dir, l
         FILE *f = fopen(path, "w");
         int ok = f && fprintf(f, "{\n  \"model_type\": \"lasp-transnormer\",\n  \"vocab\": %d,\n  \"d_model\": %d,\n"
                               "  \"n_layers\": %d,\n  \"n_heads\": %d,\n  \"ffn_dim\": %d,\n  \"conv\": %d,\n"
-                              "  \"rms_eps\": 1e-06,\n  \"step\": %lld,\n"
+                              "  \"rms_eps\": %.9g,\n  \"step\": %lld,\n"
                               "  \"weights\": \"[in, out]: a product is y = x · W\",\n"
-                              "  \"slopes\": \"layer l, head h: 2^(-8 (h+1) / H) * (1 - l / (L - 1) + 1e-5), "
-                              "L > 1; 2^(-8 (h+1) / H) for L = 1\"\n}\n",
-                              c->vocab, c->d_model, c->n_layers, c->n_heads, c->ffn_dim, c->conv,
+                              "  \"slopes_rule\": \"layer l, head h: 2^(-8 (h+1) / H) * (1 - l / (L - 1) + 1e-5), "
+                              "L > 1; 2^(-8 (h+1) / H) for L = 1\",\n  \"slopes\": [",
+                              c->vocab, c->d_model, c->n_layers, c->n_heads, c->ffn_dim, c->conv, (double)LASP_RMS_EPS,
                               (long long)meta.step) > 0;
+        /* every layer's decay rates as the model makes them (lasp_model_slopes), so readers need not */
+        float *sl = malloc((size_t)c->n_heads * sizeof *sl);
+        ok = ok && sl;
+        for (int l = 0; ok && l < c->n_layers; l++) {
+            lasp_model_slopes(c, l, sl);
+            ok = fprintf(f, "%s[", l ? ", " : "") > 0;
+            for (int h = 0; ok && h < c->n_heads; h++) ok = fprintf(f, "%s%.9g", h ? ", " : "", (double)sl[h]) > 0;
+            ok = ok && fprintf(f, "]") > 0;
+        }
+        ok = ok && fprintf(f, "]\n}\n") > 0;
+        free(sl);
         if (f && fclose(f) != 0) ok = 0;
         if (!ok) s = lasp_fail(err, LASP_ERR_IO, "cannot write %s: %s", path, strerror(errno));
     }
