@@ -25,8 +25,10 @@ def _group_pos(group):
 
 def _peer(group, r):
     """The global rank of rank r of the group (point-to-point calls take global ranks)."""
-    return r if group is None else dist.distributed_c10d.get_global_rank(group, r) if hasattr(
-        dist.distributed_c10d, "get_global_rank") else dist.distributed_c10d._get_global_rank(group, r)
+    if group is None:
+        return r
+    c10d = dist.distributed_c10d  # get_global_rank since PyTorch 2.0, _get_global_rank before
+    return (getattr(c10d, "get_global_rank", None) or c10d._get_global_rank)(group, r)
 
 
 class _SP(torch.autograd.Function):
