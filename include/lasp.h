@@ -446,7 +446,7 @@ typedef struct lasp_train_params {
     int64_t chunk;       /* tokens of each sequence run through the model at a time (0: the whole piece): the
                           * attention state and the convolution's halo carried from chunk to chunk, each
                           * chunk's forward redone in the backward, so that activations are those of one chunk
-                          * whatever the length. CPU, sp = 1 and ZeRO 0–1 for now */
+                          * whatever the length. sp = 1 and ZeRO 0–1 for now */
     lasp_device device;  /* where the model trains: the CPU, or CUDA (one GPU; one rank for now) */
     lasp_dtype dtype;    /* GPU: operands of the matrix products and the attention, LASP_BF16 (tensor cores,
                           * fp32 accumulation and master weights) or LASP_F32 (compares with the CPU, which

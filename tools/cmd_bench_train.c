@@ -13,7 +13,7 @@
 
 int lasp_bench_train(int argc, char **argv) {
     const char *device_name = "cpu", *models = NULL, *dtype = "bf16", *sp_mode = "chain";
-    long long sp_size = 0, steps = 10, batch = 0, seq = 0, zero = 0, vocab = 0;
+    long long sp_size = 0, steps = 10, batch = 0, seq = 0, zero = 0, vocab = 0, chunk = 0;
     const opt opts[] = {
         {"--device", OPT_STR, &device_name, "cpu|cuda", "where to train: the CPU (ranks of the launch) or one GPU", 0},
         {"--models", OPT_STR, &models, "A,B", "presets to time (default: tiny,small on the CPU, 400m,1b on a GPU)", 0},
@@ -25,6 +25,7 @@ int lasp_bench_train(int argc, char **argv) {
         {"--steps", OPT_INT, &steps, "N", "timed steps (after 2 warm-up steps); the median is reported", 0},
         {"--batch", OPT_INT, &batch, "N", "global batch (default: 8 on the CPU, 1 on a GPU)", 0},
         {"--seq-len", OPT_INT, &seq, "N", "tokens per sequence (default: 256 on the CPU, 8192 on a GPU)", 0},
+        {"--chunk", OPT_INT, &chunk, "N", "run each sequence N tokens at a time, the state carried (0 = off)", 0},
     };
     const cmd_spec spec = {"lasp bench train [--device cpu|cuda] [--models A,B] [--seq-len T] [--batch B] [--steps N]",
                            "Times training steps (median ms, tokens/s; on a GPU also MFU and memory) of the given\n"
@@ -105,6 +106,7 @@ int lasp_bench_train(int argc, char **argv) {
         }
         o.batch = batch, o.seq_len = seq, o.zero = (int)zero, o.steps = steps + 2, o.device = (lasp_device)device;
         o.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
+        o.chunk = chunk;
         lasp_trainer *t = NULL;
         if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) {
             if (rank == 0) fprintf(stderr, "error: %s\n", lasp_ctx_error(ctx));

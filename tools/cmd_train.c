@@ -155,7 +155,7 @@ int cmd_train(int argc, char **argv) {
         {"--batch", OPT_INT, &a.batch, "N", "sequences per step, over all dp ranks", 0},
         {"--seq-len", OPT_INT, &a.seq_len, "N", "tokens per sequence, over all sp ranks", 0},
         {"--chunk", OPT_INT, &a.chunk, "N", "run each sequence N tokens at a time, the attention state carried: "
-                                            "activations of N tokens whatever --seq-len (CPU, --sp 1; 0 = off)", 0},
+                                            "activations of N tokens whatever --seq-len (--sp 1; 0 = off)", 0},
         {"--steps", OPT_INT, &a.steps, "N", "optimizer steps", 0},
         {"--warmup", OPT_INT, &a.warmup, "N", "linear warm-up steps, then cosine decay to --min-lr", 0},
         {"--lr", OPT_DOUBLE, &a.lr, "X", "peak learning rate (AdamW, betas 0.9/0.95)", 0},

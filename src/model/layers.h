@@ -72,6 +72,11 @@ struct CUstream_st;
  * columns (C for the norms, K·W for the convolution's taps). */
 int64_t lasp_layers_cuda_work_floats(int64_t N, int64_t width);
 
+/* The gradient a chunk's halo got from the next chunk, added to this chunk's last K1 rows of dx (rows of stride
+ * sdx, W columns): dx[b, T−K1+i] += dh[b, i] (the CPU model does it inline). */
+void lasp_rows_add_cuda(float *dx, int64_t sdx, const float *dh, int64_t B, int64_t T, int64_t K1, int64_t W,
+                        struct CUstream_st *stream);
+
 /* The recurrent form's steps for one token (the decoder; model.c's lasp_decoder_step is their spec).
  * conv_step: cq [W] = Σ_j wc[j] ⊙ (j = 0: p, else win[j − 1]), then the window win [K−1, W] (newest first)
  * moves on by one, p entering it. recur_step: per head h, S_h [D, D] ← λ_h S_h + kᵀv and o = q S_h, with

@@ -268,6 +268,14 @@ __global__ void __launch_bounds__(THREADS) k_xent(const float *z, T *dz, const i
     }
 }
 
+/* dx's last K−1 rows of every sequence (stride sdx, W columns) += dh [B, K−1, W] */
+__global__ void k_rows_add(float *dx, int64_t sdx, const float *dh, int64_t B, int64_t T, int64_t K1, int64_t W) {
+    ROWS(r, B * K1) {
+        const int64_t b = r / K1, i = r % K1;
+        COLS(c, W) dx[(b * T + T - K1 + i) * sdx + c] += dh[r * W + c];
+    }
+}
+
 /* ---- the recurrent form, one token (the decoder) --------------------------------------------------- */
 
 /* cq = the convolution of the token's projections p with the window (newest first), then the window moves
@@ -339,6 +347,11 @@ __global__ void k_embed_bwd(float *dwte, const float *dx, const int32_t *order, 
 extern "C" {
 
 int64_t lasp_layers_cuda_work_floats(int64_t N, int64_t width) { return parts_for(N) * width; }
+
+void lasp_rows_add_cuda(float *dx, int64_t sdx, const float *dh, int64_t B, int64_t T, int64_t K1, int64_t W,
+                        cudaStream_t st) {
+    if (B > 0 && K1 > 0) k_rows_add<<<rows_grid(B * K1), THREADS, 0, st>>>(dx, sdx, dh, B, T, K1, W);
+}
 
 void lasp_conv_step_cuda(float *cq, float *win, const float *p, const float *wc, int64_t W, int64_t K,
                          cudaStream_t st) {

@@ -37,6 +37,8 @@ struct lasp_gmodel {
     float *xL, *rstdf, *logits;         /* [N, C], [N], [chunk, V] */
     void *xf;                           /* [N, C] the final norm's output, in the dtype */
     lasp_gprof *prof;                   /* where the time goes (NULL: not measured) */
+    const lasp_model_carry *cin, *dcout; /* a chunk of a longer sequence: model.h's carry, device memory */
+    lasp_model_carry *cout, *dcin;
     float *dres, *dbuf, *dbig, *dq, *dk, *dv, *dob, *dconv, *work;
     double *loss;                       /* [N] per-row losses */
     int32_t *hit, *tok, *tgt;           /* [N] each */
@@ -328,6 +330,10 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
     CU(cudaMemcpyAsync(m->starts, m->h_starts, (m->n_uniq + 1) * 4, cudaMemcpyHostToDevice, st), "copying the index in");
     CU(cudaMemcpyAsync(m->uniq, m->h_uniq, m->n_uniq * 4, cudaMemcpyHostToDevice, st), "copying the index in");
 
+    if (K && (m->cin || m->cout) && T < K - 1)
+        return lasp_fail(err, LASP_ERR_ARG, "a chunk of %lld tokens is shorter than the %lld the short convolution "
+                         "reaches back (hint: longer chunks)", (long long)T, (long long)K - 1);
+    const size_t ns = (size_t)(B * H * D * D), nh = K ? (size_t)(B * (K - 1) * 3 * C) : 0;
     PART(ELEMWISE);
     lasp_embed_fwd_cuda(m->acts[0].x, m->params, m->tok, N, C, st);
     const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = m->dtype};
@@ -345,15 +351,22 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
         const float *qkv = A->pre;
         int64_t sq = 4 * C;
         if (K) {
-            lasp_conv_fwd_cuda(A->cpre, A->pre, 4 * C, NULL, w + bo->conv, B, T, 3 * C, K, st);
+            if (m->cout) /* this chunk's last K − 1 projections, the next chunk's halo */
+                for (int64_t b = 0; b < B; b++)
+                    CU(cudaMemcpy2DAsync(m->cout->halo + l * nh + b * (K - 1) * 3 * C, 3 * C * 4,
+                                         A->pre + (b * T + T - (K - 1)) * 4 * C, 4 * C * 4, 3 * C * 4, K - 1,
+                                         cudaMemcpyDeviceToDevice, st), "the halo");
+            lasp_conv_fwd_cuda(A->cpre, A->pre, 4 * C, m->cin ? m->cin->halo + l * nh : NULL, w + bo->conv, B, T,
+                               3 * C, K, st);
             qkv = A->cpre, sq = 3 * C;
         }
         if (bf16) lasp_qkv_fwd_bf16_cuda(A->q, A->k, A->v, qkv, sq, N, C, st);
         else lasp_qkv_fwd_cuda(A->q, A->k, A->v, qkv, sq, N, C, st);
         /* the op (bf16: its output rounded, read back into fp32 o), its states in fp32 */
         PART(ATTN);
-        LASP_TRY(lasp_attn_fwd(ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride, NULL,
-                               bf16 ? (void *)m->out16 : (void *)A->o, NULL));
+        LASP_TRY(lasp_attn_fwd(ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride,
+                               m->cin ? m->cin->kv + l * ns : NULL, bf16 ? (void *)m->out16 : (void *)A->o,
+                               m->cout ? m->cout->kv + l * ns : NULL));
         PART(ELEMWISE);
         if (bf16) lasp_from_bf16_cuda(A->o, m->out16, N * C, st);
         /* y = RMSNorm(o) ⊙ σ(u) (bf16: the norm into dbuf, free until the head); xm = x + y · wo (the residual
@@ -432,6 +445,7 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     lasp_rms_bwd_cuda(m->dres, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C, m->work, st);
 
     const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = m->dtype};
+    const size_t ns = (size_t)(B * H * D * D), nh = K ? (size_t)(B * (K - 1) * 3 * C) : 0;
     for (int64_t l = L - 1; l >= 0; l--) {
         const gacts *A = &m->acts[l];
         w = m->params + m->lay.unit_off[1 + l], g = m->grads + m->lay.unit_off[1 + l];
@@ -465,8 +479,10 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         uint16_t *dob16 = m->out16, *dq16 = dob16 + N * C, *dk16 = dq16 + N * C, *dv16 = dk16 + N * C;
         if (bf16) lasp_to_bf16_cuda(dob16, m->dob, N * C, st);
         PART(ATTN);
-        if (bf16) LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, NULL, dob16, NULL, dq16, dk16, dv16, NULL));
-        else LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, NULL, m->dob, NULL, m->dq, m->dk, m->dv, NULL));
+        const float *kvi = m->cin ? m->cin->kv + l * ns : NULL, *dkvo = m->dcout ? m->dcout->kv + l * ns : NULL;
+        float *dkvi = m->dcin ? m->dcin->kv + l * ns : NULL;
+        if (bf16) LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, kvi, dob16, dkvo, dq16, dk16, dv16, dkvi));
+        else LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, kvi, m->dob, dkvo, m->dq, m->dk, m->dv, dkvi));
         /* through SiLU into the convolution's output (or the projections), then the convolution */
         PART(ELEMWISE);
         const float *qkv = K ? A->cpre : A->pre;
@@ -474,9 +490,12 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         const int64_t sq = K ? 3 * C : 4 * C;
         if (bf16) lasp_qkv_bwd_bf16_cuda(dqkv, sq, dq16, dk16, dv16, qkv, N, C, st);
         else lasp_qkv_bwd_cuda(dqkv, sq, m->dq, m->dk, m->dv, qkv, N, C, st);
-        if (K) {
-            lasp_conv_bwd_w_cuda(g + bo->conv, m->dconv, A->pre, 4 * C, NULL, B, T, 3 * C, K, m->work, st);
-            lasp_conv_bwd_x_cuda(dpre, 4 * C, NULL, m->dconv, w + bo->conv, B, T, 3 * C, K, st);
+        if (K) { /* the halo came from the chunk before: its gradient goes back there; the next chunk's comes in */
+            lasp_conv_bwd_w_cuda(g + bo->conv, m->dconv, A->pre, 4 * C, m->cin ? m->cin->halo + l * nh : NULL, B, T,
+                                 3 * C, K, m->work, st);
+            lasp_conv_bwd_x_cuda(dpre, 4 * C, m->dcin ? m->dcin->halo + l * nh : NULL, m->dconv, w + bo->conv, B, T,
+                                 3 * C, K, st);
+            if (m->dcout) lasp_rows_add_cuda(dpre, 4 * C, m->dcout->halo + l * nh, B, T, K - 1, 3 * C, st);
         }
         dout = operand(m, dpre, N * 4 * C);
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wqkvu), N, C, 4 * C));
@@ -491,3 +510,8 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
 }
 
 void lasp_gmodel_set_profile(lasp_gmodel *m, lasp_gprof *prof) { m->prof = prof; }
+
+void lasp_gmodel_set_carry(lasp_gmodel *m, const lasp_model_carry *cin, lasp_model_carry *cout,
+                           const lasp_model_carry *dcout, lasp_model_carry *dcin) {
+    m->cin = cin, m->cout = cout, m->dcout = dcout, m->dcin = dcin;
+}

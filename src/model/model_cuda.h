@@ -53,6 +53,11 @@ lasp_status lasp_gmodel_loss(lasp_gmodel *m, const uint8_t *mask, double *loss_o
                              int64_t *count_out);
 /* The rest of the backward after a forward with grad_scale > 0: accumulates into the gradients. */
 lasp_status lasp_gmodel_backward(lasp_gmodel *m);
+/* A chunk of a longer sequence (model.h's lasp_model_carry, in device memory, the same layout): the forward
+ * starts from cin and writes cout, the backward reads dcout and writes dcin (each NULL: none). Borrowed
+ * until the next call. */
+void lasp_gmodel_set_carry(lasp_gmodel *m, const lasp_model_carry *cin, lasp_model_carry *cout,
+                           const lasp_model_carry *dcout, lasp_model_carry *dcin);
 /* Marks the forward's and backward's work by kind in prof (borrowed; NULL: off). */
 void lasp_gmodel_set_profile(lasp_gmodel *m, lasp_gprof *prof);
 

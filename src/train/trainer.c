@@ -149,11 +149,10 @@ static lasp_status chunk_check(const lasp_trainer *t, const lasp_sp *sp, lasp_er
     const lasp_train_params *o = &t->o;
     if (!o->chunk) return LASP_OK;
     const int64_t K1 = o->model.conv ? o->model.conv - 1 : 0;
-    const char *why = o->device != LASP_DEVICE_CPU ? "runs on the CPU for now"
-                      : sp->sp_size > 1 ? "runs with --sp 1 for now (chunks of every piece would wait on each other's "
-                                          "ranks)"
-                      : o->zero > 1     ? "needs ZeRO 0 or 1 for now (2 and 3 reduce each unit's gradients as its "
-                                          "backward ends, once a chunk)"
+    const char *why = sp->sp_size > 1 ? "runs with --sp 1 for now (chunks of every piece would wait on each other's "
+                                        "ranks)"
+                      : o->zero > 1   ? "needs ZeRO 0 or 1 for now (2 and 3 reduce each unit's gradients as its "
+                                        "backward ends, once a chunk)"
                       : t->Tl % o->chunk ? "must divide the tokens a rank holds"
                       : o->chunk < K1    ? "is shorter than the short convolution reaches back"
                                          : NULL;

@@ -32,6 +32,7 @@ struct lasp_trainer_gpu {
     double flops_per_token;
     lasp_train_memory mem;
     lasp_gprof *prof;          /* where the time goes (NULL: not measured) */
+    float *carry;              /* o.chunk: device [n_chunks + 2][carry floats], as trainer.c's host ones */
 };
 
 static double now_ms(void) {
@@ -67,9 +68,9 @@ void lasp_trainer_gpu_release(lasp_trainer *t) {
     if (G->stream) cudaStreamSynchronize(G->stream);
     lasp_gmodel_free(G->m);
     lasp_gprof_free(G->prof);
-    cudaFree(G->mom), cudaFree(G->vel), cudaFree(G->decay), cudaFree(G->sumsq), cudaFree(G->work);
-    cudaFreeHost(G->h_sumsq), cudaFreeHost(t->tok), cudaFreeHost(t->tgt);
-    t->tok = t->tgt = NULL;
+    cudaFree(G->mom), cudaFree(G->vel), cudaFree(G->decay), cudaFree(G->sumsq), cudaFree(G->work), cudaFree(G->carry);
+    cudaFreeHost(G->h_sumsq), cudaFreeHost(t->tok), cudaFreeHost(t->tgt), cudaFreeHost(t->ctok), cudaFreeHost(t->ctgt);
+    t->tok = t->tgt = t->ctok = t->ctgt = NULL;
     free(G);
     t->gpu = NULL;
 }
@@ -101,7 +102,10 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     lasp_train_memory *mem = &G->mem;
     mem->params = (o->dtype == LASP_BF16 ? 6.0 : 4.0) * (double)P; /* fp32 master weights, and their bf16 copy */
     mem->grads = 4.0 * (double)P, mem->optimizer = 9.0 * (double)P;
-    mem->activations = lasp_gmodel_activation_bytes(&o->model, o->dtype, t->Bl, t->Tl);
+    const int64_t Tc = o->chunk ? o->chunk : t->Tl, nc = t->Tl / Tc;
+    const size_t cf = lasp_model_carry_floats(&o->model, t->Bl);
+    mem->activations = lasp_gmodel_activation_bytes(&o->model, o->dtype, t->Bl, Tc) +
+                       (o->chunk ? 4.0 * (double)(nc + 2) * (double)cf : 0); /* the chunks' carried states */
     mem->device_total = (double)total_b, mem->device_free = (double)free_b;
     snprintf(mem->device, sizeof mem->device, "GPU %d: %s (sm_%d%d, %d SMs, %.0f GiB)", dev, prop.name, prop.major,
              prop.minor, prop.multiProcessorCount, gib((double)total_b));
@@ -114,7 +118,14 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
                          (long long)t->Bl, (long long)t->Tl, gib(mem->activations), gib(HEADROOM_BYTES));
 
     LASP_TRY(lasp_gmodel_create(t->ctx, &o->model, o->dtype, &G->m));
-    LASP_TRY(lasp_gmodel_reserve(G->m, t->Bl, t->Tl));
+    LASP_TRY(lasp_gmodel_reserve(G->m, t->Bl, Tc));
+    if (o->chunk) {
+        const size_t Nc = (size_t)(t->Bl * Tc);
+        CU(cudaMalloc((void **)&G->carry, (size_t)(nc + 2) * cf * sizeof(float)), "the chunks' carried states");
+        CU(cudaMallocHost((void **)&t->ctok, Nc * sizeof(int32_t)), "a chunk's tokens");
+        CU(cudaMallocHost((void **)&t->ctgt, Nc * sizeof(int32_t)), "a chunk's tokens");
+        if (!(t->cmask = malloc(Nc))) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for a chunk's mask");
+    }
     const size_t N = (size_t)(t->Bl * t->Tl);
     CU(cudaMalloc((void **)&G->mom, P * 4), "the AdamW moments");
     CU(cudaMalloc((void **)&G->vel, P * 4), "the AdamW moments");
@@ -155,8 +166,59 @@ lasp_status lasp_trainer_gpu_profile(lasp_trainer *t, int on) {
     return LASP_OK;
 }
 
-/* The batch at the cursor of `split`, its forward (and with grad_scale, its backward) enqueued. */
-static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float grad_scale) {
+/* ---- a batch chunk by chunk (o.chunk): trainer.c's chunked(), on the device ------------------------- */
+
+static void take_chunk(lasp_trainer *t, int64_t c) {
+    const int64_t B = t->Bl, T = t->Tl, Tc = t->o.chunk;
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(t->ctok + b * Tc, t->tok + b * T + c * Tc, (size_t)Tc * sizeof(int32_t));
+        memcpy(t->ctgt + b * Tc, t->tgt + b * T + c * Tc, (size_t)Tc * sizeof(int32_t));
+        memcpy(t->cmask + b * Tc, t->mask + b * T + c * Tc, (size_t)Tc);
+    }
+}
+
+static lasp_model_carry carry_at(const lasp_trainer *t, int64_t i) {
+    return lasp_model_carry_in(&t->o.model, t->Bl,
+                               t->gpu->carry + (size_t)i * lasp_model_carry_floats(&t->o.model, t->Bl));
+}
+
+/* A forward through every chunk from the state the one before left (kept); with grad_scale then, from the last
+ * chunk back, each chunk's forward again and its backward, the carried state's gradient handed back. The
+ * gradients must have been zeroed. out: mean loss, hits, count. */
+static lasp_status chunked(lasp_trainer *t, float grad_scale, double out[3]) {
+    lasp_gmodel *m = t->gpu->m;
+    const int64_t nc = t->Tl / t->o.chunk;
+    double loss_sum = 0, l;
+    int64_t hits = 0, count = 0, h, n;
+    lasp_model_carry cin[2], dc[2];
+    lasp_status s = LASP_OK;
+    const int train = grad_scale > 0; /* then the first pass only carries the state (trainer.c's chunked) */
+    for (int64_t c = 0; c < nc - train && s == LASP_OK; c++) {
+        take_chunk(t, c);
+        cin[0] = carry_at(t, c), cin[1] = carry_at(t, c + 1);
+        lasp_gmodel_set_carry(m, c ? &cin[0] : NULL, c + 1 < nc ? &cin[1] : NULL, NULL, NULL);
+        s = lasp_gmodel_forward(m, t->ctok, t->ctgt, 0);
+        if (s == LASP_OK && !train) s = lasp_gmodel_loss(m, t->cmask, &l, &h, &n);
+        if (s == LASP_OK && !train) loss_sum += l, hits += h, count += n;
+    }
+    for (int64_t c = nc - 1; train && c >= 0 && s == LASP_OK; c--) {
+        take_chunk(t, c);
+        cin[0] = carry_at(t, c), dc[c % 2] = carry_at(t, nc + c % 2), dc[(c + 1) % 2] = carry_at(t, nc + (c + 1) % 2);
+        lasp_gmodel_set_carry(m, c ? &cin[0] : NULL, NULL, c + 1 < nc ? &dc[(c + 1) % 2] : NULL, c ? &dc[c % 2] : NULL);
+        s = lasp_gmodel_forward(m, t->ctok, t->ctgt, grad_scale / (float)nc);
+        if (s == LASP_OK) s = lasp_gmodel_backward(m);
+        if (s == LASP_OK) s = lasp_gmodel_loss(m, t->cmask, &l, &h, &n);
+        if (s == LASP_OK) loss_sum += l, hits += h, count += n;
+    }
+    lasp_gmodel_set_carry(m, NULL, NULL, NULL, NULL);
+    out[0] = loss_sum / (double)nc, out[1] = (double)hits, out[2] = (double)count;
+    return s;
+}
+
+/* The batch at the cursor of `split`, its forward (and with grad_scale, its backward, the gradients zeroed first)
+ * enqueued. In chunks (o.chunk) the loss is read here: r and *have = 1; otherwise the caller reads it with
+ * lasp_gmodel_loss when it is ready to wait. */
+static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float grad_scale, double r[3], int *have) {
     lasp_trainer_gpu *G = t->gpu;
     LASP_TRY(lasp_data_batch(t->data, split, first, t->o.batch, t->o.seq_len, 0, 1, 0, 1, t->tok, t->tgt, t->mask,
                              &t->ctx->err));
@@ -164,6 +226,8 @@ static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float gra
         lasp_gprof_mark(G->prof, LASP_PART_OPTIM); /* zeroing the gradients counts with the update */
         LASP_TRY(lasp_gmodel_zero_grads(G->m));
     }
+    *have = t->o.chunk > 0;
+    if (*have) return chunked(t, grad_scale, r);
     LASP_TRY(lasp_gmodel_forward(G->m, t->tok, t->tgt, grad_scale));
     if (grad_scale > 0) LASP_TRY(lasp_gmodel_backward(G->m));
     return LASP_OK;
@@ -173,22 +237,32 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
     lasp_trainer_gpu *G = t->gpu;
     lasp_err *err = &t->ctx->err;
     const double t0 = now_ms();
-    LASP_TRY(forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f));
+    double r[3] = {NAN, 0, 0};
+    int have = 0;
+    const lasp_status fs = forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f, r, &have);
+    if (fs != LASP_ERR_NONFINITE) LASP_TRY(fs); /* a non-finite chunk's loss: reported below, nothing updated */
     /* the norm and the update on the device: the update reads the norm there, and skips itself when the
      * gradients are not finite, so the parameters stay those of the last good step */
     float *p = lasp_gmodel_params(G->m), *g = lasp_gmodel_grads(G->m);
-    lasp_gprof_mark(G->prof, LASP_PART_OPTIM);
-    lasp_sumsq_cuda(g, t->P, G->sumsq, G->work, G->stream);
     const double lr = lasp_trainer_lr(&t->o, t->step);
-    const lasp_adamw_step h = lasp_adamw_make(&t->o, t->step, lr);
-    lasp_adamw_cuda(p, lasp_gmodel_params16(G->m), g, G->mom, G->vel, G->decay, t->P, &h, G->sumsq, G->stream);
-    CU(cudaGetLastError(), "the optimizer's kernels");
-    CU(cudaMemcpyAsync(G->h_sumsq, G->sumsq, sizeof(double), cudaMemcpyDeviceToHost, G->stream), "the norm");
-    double loss;
-    int64_t correct, count;
-    const lasp_status ls = lasp_gmodel_loss(G->m, t->mask, &loss, &correct, &count); /* the step's one wait */
-    if (ls == LASP_ERR_NONFINITE) loss = NAN;
-    else LASP_TRY(ls);
+    double loss = fs == LASP_OK ? r[0] : NAN;
+    int64_t correct = (int64_t)r[1], count = (int64_t)r[2];
+    *G->h_sumsq = NAN;
+    if (fs == LASP_OK) {
+        lasp_gprof_mark(G->prof, LASP_PART_OPTIM);
+        lasp_sumsq_cuda(g, t->P, G->sumsq, G->work, G->stream);
+        const lasp_adamw_step h = lasp_adamw_make(&t->o, t->step, lr);
+        lasp_adamw_cuda(p, lasp_gmodel_params16(G->m), g, G->mom, G->vel, G->decay, t->P, &h, G->sumsq, G->stream);
+        CU(cudaGetLastError(), "the optimizer's kernels");
+        CU(cudaMemcpyAsync(G->h_sumsq, G->sumsq, sizeof(double), cudaMemcpyDeviceToHost, G->stream), "the norm");
+    }
+    if (have) {
+        CU(cudaStreamSynchronize(G->stream), "the step");
+    } else {
+        const lasp_status ls = lasp_gmodel_loss(G->m, t->mask, &loss, &correct, &count); /* the step's one wait */
+        if (ls == LASP_ERR_NONFINITE) loss = NAN;
+        else LASP_TRY(ls);
+    }
     const double norm = sqrt(*G->h_sumsq);
     if (!isfinite(loss) || !isfinite(norm))
         return lasp_fail(err, LASP_ERR_NONFINITE, "step %lld: the %s is %g; the parameters were left as they were "
@@ -218,10 +292,12 @@ lasp_status lasp_trainer_gpu_eval(lasp_trainer *t, int split, double *loss, doub
     lasp_gmodel_set_profile(t->gpu->m, NULL); /* the profile times training steps only */
     lasp_status s = LASP_OK;
     for (int64_t k = 0; k < t->o.val_batches && s == LASP_OK; k++) {
-        double l;
+        double l, r[3];
         int64_t c, m;
-        s = forward(t, split, (uint64_t)(k * t->o.batch), 0);
-        if (s == LASP_OK) s = lasp_gmodel_loss(t->gpu->m, t->mask, &l, &c, &m);
+        int have = 0;
+        s = forward(t, split, (uint64_t)(k * t->o.batch), 0, r, &have);
+        if (s == LASP_OK && have) l = r[0], c = (int64_t)r[1], m = (int64_t)r[2];
+        else if (s == LASP_OK) s = lasp_gmodel_loss(t->gpu->m, t->mask, &l, &c, &m);
         if (s == LASP_OK) sum += l, hits += c, n += m;
     }
     lasp_gmodel_set_profile(t->gpu->m, t->gpu->prof);
@@ -232,8 +308,11 @@ lasp_status lasp_trainer_gpu_eval(lasp_trainer *t, int split, double *loss, doub
 }
 
 lasp_status lasp_trainer_gpu_grad(lasp_trainer *t, double *loss, float *grad_out) {
-    LASP_TRY(forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f));
-    LASP_TRY(lasp_gmodel_loss(t->gpu->m, t->mask, loss, NULL, NULL));
+    double r[3];
+    int have = 0;
+    LASP_TRY(forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f, r, &have));
+    if (have) *loss = r[0];
+    else LASP_TRY(lasp_gmodel_loss(t->gpu->m, t->mask, loss, NULL, NULL));
     return lasp_gmodel_get_grads(t->gpu->m, grad_out);
 }
 
