@@ -2,11 +2,12 @@
 # scripts/gpu.sh — what the CUDA op needs on a GPU machine, in one call: build (sm_90a), `make test-gpu`,
 # compute-sanitizer memcheck + racecheck on small shapes (both kernel families), the bench; a short summary
 # last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
-#   usage: scripts/gpu.sh [build] [test] [san] [dev] [bench] [bench-sm80] [quickbench] [ncu] [train]
+#   usage: scripts/gpu.sh [build] [test] [san] [dev] [bench] [bench-sm80] [quickbench] [ncu] [train] [longest]
 #          (default: build test san bench-sm80 bench)
 #   bench-sm80: the bench on the portable mma.sync kernels (--kernels sm80), as GPUs before Hopper run them
 #   train:      `lasp bench train --device cuda` on the training table's shapes (TRAIN_ARGS adds options,
 #               e.g. "--dtype f32")
+#   longest:    the longest sequence of the 1B preset that trains at batch 1, in chunks of 16384
 #   ncu:        per-kernel time, bytes and throughputs of one fwd and one fwd+bwd of each of $NCU_SHAPES
 set -u
 steps=${*:-build test san bench-sm80 bench}
@@ -79,6 +80,12 @@ if has train; then
         build/lasp bench train --device cuda --models "$1" --seq-len "$2" --batch "$3" --steps 5 ${TRAIN_ARGS:-} 2>&1
     done | tee "$OUT/bench-train.txt"
     summary+=("bench train      $((SECONDS - t0)) s")
+fi
+if has longest; then
+    t0=$SECONDS
+    build/lasp bench train --device cuda --models 1b --seq-len 262144 --chunk 16384 --longest --max-seq 4194304 \
+        2>&1 | tee "$OUT/longest.txt"
+    summary+=("longest          $(grep '^# longest' "$OUT/longest.txt")  $((SECONDS - t0)) s")
 fi
 echo "# ---- summary ----"
 for s in "${summary[@]}"; do echo "$s"; done

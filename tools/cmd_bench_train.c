@@ -13,7 +13,8 @@
 
 int lasp_bench_train(int argc, char **argv) {
     const char *device_name = "cpu", *models = NULL, *dtype = "bf16", *sp_mode = "chain";
-    long long sp_size = 0, steps = 10, batch = 0, seq = 0, zero = 0, vocab = 0, chunk = 0;
+    long long sp_size = 0, steps = 10, batch = 0, seq = 0, zero = 0, vocab = 0, chunk = 0, max_seq = 1LL << 24;
+    int longest = 0;
     const opt opts[] = {
         {"--device", OPT_STR, &device_name, "cpu|cuda", "where to train: the CPU (ranks of the launch) or one GPU", 0},
         {"--models", OPT_STR, &models, "A,B", "presets to time (default: tiny,small on the CPU, 400m,1b on a GPU)", 0},
@@ -26,6 +27,9 @@ int lasp_bench_train(int argc, char **argv) {
         {"--batch", OPT_INT, &batch, "N", "global batch (default: 8 on the CPU, 1 on a GPU)", 0},
         {"--seq-len", OPT_INT, &seq, "N", "tokens per sequence (default: 256 on the CPU, 8192 on a GPU)", 0},
         {"--chunk", OPT_INT, &chunk, "N", "run each sequence N tokens at a time, the state carried (0 = off)", 0},
+        {"--longest", OPT_FLAG, &longest, NULL, "instead: double --seq-len at batch 1 until a step no longer fits "
+                                                "(or --max-seq), and name the longest that trained", 0},
+        {"--max-seq", OPT_INT, &max_seq, "N", "with --longest: the longest sequence to try", 0},
     };
     const cmd_spec spec = {"lasp bench train [--device cpu|cuda] [--models A,B] [--seq-len T] [--batch B] [--steps N]",
                            "Times training steps (median ms, tokens/s; on a GPU also MFU and memory) of the given\n"
@@ -97,6 +101,45 @@ int lasp_bench_train(int argc, char **argv) {
     char list[256];
     snprintf(list, sizeof list, "%s", models);
     rc = 0;
+    if (longest) {
+        if (W > 1) {
+            if (rank == 0) fprintf(stderr, "error: --longest runs on one process\n");
+            rc = 2;
+            goto done;
+        }
+        for (char *save = NULL, *name = strtok_r(list, ",", &save); name && !rc; name = strtok_r(NULL, ",", &save)) {
+            lasp_train_params o = lasp_train_default_params();
+            if (lasp_model_preset(name, (int32_t)vocab, &o.model, &err) != LASP_OK) {
+                fprintf(stderr, "error: %s\n", err.msg);
+                rc = 2;
+                break;
+            }
+            o.batch = 1, o.steps = 3, o.zero = (int)zero, o.device = (lasp_device)device, o.chunk = chunk;
+            o.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
+            long long fit = 0;
+            printf("# --longest %s, batch 1%s: one warm-up and one timed step at each length\n# %-6s %10s %10s %12s "
+                   "%10s\n", name, chunk ? ", in chunks" : "", "model", "T", "step ms", "tokens/s", "GPU GiB");
+            for (long long T = seq; T <= max_seq; T *= 2) {
+                o.seq_len = T;
+                lasp_trainer *t = NULL;
+                lasp_step_stats st = {0};
+                lasp_status s = lasp_trainer_create(ctx, sp, data, &o, &t);
+                for (int k = 0; k < 2 && s == LASP_OK; k++) s = lasp_trainer_step(t, &st);
+                lasp_trainer_free(t);
+                if (s != LASP_OK) {
+                    printf("  %-6s %10lld does not train: %s\n", name, T, lasp_ctx_error(ctx));
+                    if (s != LASP_ERR_NOMEM) rc = 1;
+                    break;
+                }
+                printf("  %-6s %10lld %10.1f %12.0f %10.1f\n", name, T, st.ms, (double)T / (st.ms / 1e3),
+                       st.mem_bytes / 1073741824.0);
+                fflush(stdout);
+                fit = T;
+            }
+            printf("# longest %s at batch 1%s: %lld tokens\n", name, chunk ? " (chunks)" : "", fit);
+        }
+        goto done;
+    }
     for (char *save = NULL, *name = strtok_r(list, ",", &save); name && !rc; name = strtok_r(NULL, ",", &save)) {
         lasp_train_params o = lasp_train_default_params();
         if (lasp_model_preset(name, (int32_t)vocab, &o.model, &err) != LASP_OK) {
