@@ -498,6 +498,15 @@ lasp_train_memory lasp_trainer_memory(const lasp_trainer *t);
 /* GPU runs: record where each step's time goes (lasp_step_stats.split_ms), at the cost of an event where
  * the kind of work changes. LASP_ERR_UNSUPPORTED on the CPU. */
 lasp_status lasp_trainer_set_profile(lasp_trainer *t, int on);
+/* With the profile on: the GPU time of each place in the library where work of one kind begins, summed over
+ * the steps since it was turned on, the largest first (at most max; returns how many). To find what to
+ * optimise: `where` names the source file and line. */
+typedef struct lasp_profile_site {
+    char where[96];
+    int part;   /* the index into lasp_step_stats.split_ms */
+    double ms;
+} lasp_profile_site;
+int lasp_trainer_profile_sites(const lasp_trainer *t, lasp_profile_site *out, int max);
 
 /* Checkpoints: DIR/model.ckpt, written whole to a temporary name and renamed, so a crash leaves the old
  * checkpoint or the new one. It holds full arrays whatever the layout, so any dp × sp × ZeRO layout can

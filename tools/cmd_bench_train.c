@@ -187,6 +187,13 @@ int lasp_bench_train(int argc, char **argv) {
                 printf("    where a step's GPU time goes (CUDA events, mean; %.1f ms of the %.1f ms step):\n", gpu_ms, med);
                 for (int k = 0; k < 5; k++)
                     printf("      %-24s %8.1f ms %5.1f%%\n", part[k], split[k], gpu_ms > 0 ? 100 * split[k] / gpu_ms : 0);
+                lasp_profile_site site[16];
+                const int ns = lasp_trainer_profile_sites(t, site, 16);
+                if (ns) printf("    the places that take the most of it (mean ms a step; the products as one kind):\n");
+                for (int k = 0; k < ns; k++)
+                    if (site[k].part != 0)
+                        printf("      %-28s %-22s %8.2f ms\n", site[k].where, part[site[k].part],
+                               site[k].ms / (double)(steps + 2));
             }
             else
                 printf("  %-6s %8.2fM %10.1f %12.0f %8.1f\n", name, lasp_trainer_n_params(t) / 1e6, med,

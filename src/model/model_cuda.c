@@ -66,7 +66,7 @@ static lasp_status cuda_fail(lasp_gmodel *m, cudaError_t e, const char *what) {
     } while (0)
 
 /* The work enqueued from here on is of this kind (prof_cuda.h) */
-#define PART(kind) lasp_gprof_mark(m->prof, LASP_PART_##kind)
+#define PART(kind) lasp_gprof_mark_at(m->prof, LASP_PART_##kind, __FILE__, __LINE__)
 
 /* ---- matrix products, row-major as the CPU's (cuBLAS is column-major: each is the transposed product) -- */
 
@@ -76,7 +76,7 @@ static const float ONE = 1.0f, ZERO = 0.0f;
 static cublasStatus_t gemm(const lasp_gmodel *m, cublasOperation_t ta, cublasOperation_t tb, int64_t M, int64_t N,
                            int64_t K, const void *A, int64_t lda, const void *B, int64_t ldb, const float *beta,
                            float *C, int64_t ldc) {
-    lasp_gprof_mark(m->prof, LASP_PART_MATMUL);
+    lasp_gprof_mark(m->prof, LASP_PART_MATMUL); /* the products' time is theirs as a kind, not a place's */
     if (m->dtype == LASP_F32)
         return cublasSgemm(m->blas, ta, tb, (int)M, (int)N, (int)K, &ONE, (const float *)A, (int)lda,
                            (const float *)B, (int)ldb, beta, C, (int)ldc);
@@ -105,7 +105,7 @@ static cublasStatus_t mm_bwd_w(const lasp_gmodel *m, float *dW, const void *in, 
 /* A gradient as the products take it: x itself in f32; in bf16, x rounded into out16. */
 static const void *operand(const lasp_gmodel *m, const float *x, int64_t n) {
     if (m->dtype == LASP_F32) return x;
-    lasp_gprof_mark(m->prof, LASP_PART_ELEMWISE);
+    lasp_gprof_mark_at(m->prof, LASP_PART_ELEMWISE, __FILE__, __LINE__);
     lasp_to_bf16_cuda(m->out16, x, n, m->stream);
     return m->out16;
 }
@@ -356,10 +356,12 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
                     CU(cudaMemcpy2DAsync(m->cout->halo + l * nh + b * (K - 1) * 3 * C, 3 * C * 4,
                                          A->pre + (b * T + T - (K - 1)) * 4 * C, 4 * C * 4, 3 * C * 4, K - 1,
                                          cudaMemcpyDeviceToDevice, st), "the halo");
+            PART(ELEMWISE);
             lasp_conv_fwd_cuda(A->cpre, A->pre, 4 * C, m->cin ? m->cin->halo + l * nh : NULL, w + bo->conv, B, T,
                                3 * C, K, st);
             qkv = A->cpre, sq = 3 * C;
         }
+        PART(ELEMWISE);
         if (bf16) lasp_qkv_fwd_bf16_cuda(A->q, A->k, A->v, qkv, sq, N, C, st);
         else lasp_qkv_fwd_cuda(A->q, A->k, A->v, qkv, sq, N, C, st);
         /* the op (bf16: its output rounded, read back into fp32 o), its states in fp32 */
@@ -372,12 +374,17 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
         /* y = RMSNorm(o) ⊙ σ(u) (bf16: the norm into dbuf, free until the head); xm = x + y · wo (the residual
          * added by the product: beta = 1) */
         if (bf16) {
+            PART(ELEMWISE);
             lasp_rms_fwd_cuda(m->dbuf, A->rstdo, A->o, w + bo->onorm, N, C, st);
+            PART(ELEMWISE);
             lasp_gate_fwd_bf16_cuda(A->y, m->dbuf, A->pre + 3 * C, 4 * C, N, C, st);
         } else {
+            PART(ELEMWISE);
             lasp_rms_fwd_cuda(A->y, A->rstdo, A->o, w + bo->onorm, N, C, st);
+            PART(ELEMWISE);
             lasp_gate_fwd_cuda(A->y, A->pre + 3 * C, 4 * C, N, C, st);
         }
+        PART(ELEMWISE);
         CU(cudaMemcpyAsync(A->xm, A->x, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
         BLAS(mm_fwd(m, A->xm, A->y, weight(m, w + bo->wo), N, C, C, &ONE));
         /* GLU FFN: h = RMSNorm(xm) · w12; a = h1 ⊙ h2; xout = xm + a · w3 */
@@ -442,6 +449,7 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     const int bf16 = m->dtype == LASP_BF16;
     PART(ELEMWISE);
     CU(cudaMemsetAsync(m->dres, 0, N * C * 4, st), "zeroing");
+    PART(ELEMWISE);
     lasp_rms_bwd_cuda(m->dres, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C, m->work, st);
 
     const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = m->dtype};
@@ -472,11 +480,14 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         PART(ELEMWISE);
         lasp_gate_bwd_cuda(m->dbuf, dpre + 3 * C, 4 * C, A->o, A->rstdo, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C,
                            st);
+        PART(ELEMWISE);
         CU(cudaMemsetAsync(m->dob, 0, N * C * 4, st), "zeroing");
+        PART(ELEMWISE);
         lasp_rms_bwd_cuda(m->dob, g + bo->onorm, m->dbuf, A->o, A->rstdo, w + bo->onorm, N, C, m->work, st);
         /* the op: bf16 reads dO rounded and writes dq, dk, dv rounded, all in out16 */
         const float *slopes = m->slopes + l * m->slope_stride;
         uint16_t *dob16 = m->out16, *dq16 = dob16 + N * C, *dk16 = dq16 + N * C, *dv16 = dk16 + N * C;
+        PART(ELEMWISE);
         if (bf16) lasp_to_bf16_cuda(dob16, m->dob, N * C, st);
         PART(ATTN);
         const float *kvi = m->cin ? m->cin->kv + l * ns : NULL, *dkvo = m->dcout ? m->dcout->kv + l * ns : NULL;
@@ -491,10 +502,13 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         if (bf16) lasp_qkv_bwd_bf16_cuda(dqkv, sq, dq16, dk16, dv16, qkv, N, C, st);
         else lasp_qkv_bwd_cuda(dqkv, sq, m->dq, m->dk, m->dv, qkv, N, C, st);
         if (K) { /* the halo came from the chunk before: its gradient goes back there; the next chunk's comes in */
+            PART(ELEMWISE);
             lasp_conv_bwd_w_cuda(g + bo->conv, m->dconv, A->pre, 4 * C, m->cin ? m->cin->halo + l * nh : NULL, B, T,
                                  3 * C, K, m->work, st);
+            PART(ELEMWISE);
             lasp_conv_bwd_x_cuda(dpre, 4 * C, m->dcin ? m->dcin->halo + l * nh : NULL, m->dconv, w + bo->conv, B, T,
                                  3 * C, K, st);
+            PART(ELEMWISE);
             if (m->dcout) lasp_rows_add_cuda(dpre, 4 * C, m->dcout->halo + l * nh, B, T, K - 1, 3 * C, st);
         }
         dout = operand(m, dpre, N * 4 * C);
@@ -504,6 +518,7 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         lasp_rms_bwd_cuda(m->dres, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C, m->work, st);
     }
     /* embedding: dwte[token] += dres, each token's positions in order */
+    PART(ELEMWISE);
     lasp_embed_bwd_cuda(m->grads, m->dres, m->order, m->starts, m->uniq, m->n_uniq, C, st);
     CU(cudaGetLastError(), "the backward's kernels");
     return LASP_OK;

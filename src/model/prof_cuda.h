@@ -28,6 +28,16 @@ lasp_status lasp_gprof_create(void *stream, lasp_gprof **out, lasp_err *err);
 void lasp_gprof_free(lasp_gprof *p);
 /* The work enqueued from here on is of kind `part` (nothing when p is NULL or the kind is the current). */
 void lasp_gprof_mark(lasp_gprof *p, lasp_part part);
+/* The same, begun at a place in the code (file, line: a string literal's pointer is kept): a new region
+ * wherever the place changes, so that the time of each place adds up apart (lasp_gprof_sites). */
+void lasp_gprof_mark_at(lasp_gprof *p, lasp_part part, const char *file, int line);
+/* The places' time summed over every read so far, the largest first: at most max of them. */
+typedef struct lasp_gprof_site {
+    const char *file;
+    int line, part;
+    double ms;
+} lasp_gprof_site;
+int lasp_gprof_sites(const lasp_gprof *p, lasp_gprof_site *out, int max);
 /* Closes the last region, waits for it, adds each region's ms to ms[its kind] and starts over. */
 lasp_status lasp_gprof_read(lasp_gprof *p, double ms[LASP_PART_COUNT], lasp_err *err);
 

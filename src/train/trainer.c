@@ -551,6 +551,10 @@ lasp_status lasp_trainer_set_profile(lasp_trainer *t, int on) {
     return lasp_fail(&t->ctx->err, LASP_ERR_UNSUPPORTED, "the time split is measured on a GPU only");
 }
 
+int lasp_trainer_profile_sites(const lasp_trainer *t, lasp_profile_site *out, int max) {
+    return t && t->gpu && out && max > 0 ? lasp_trainer_gpu_sites(t, out, max) : 0;
+}
+
 void lasp_trainer_local_shape(const lasp_trainer *t, int64_t *batch, int64_t *tokens) {
     if (batch) *batch = t ? t->Bl : 0;
     if (tokens) *tokens = t ? t->Tl : 0;

@@ -92,6 +92,7 @@ lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params, float *mom, 
 lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const float *mom, const float *vel);
 lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t);
 lasp_status lasp_trainer_gpu_profile(lasp_trainer *t, int on);
+int lasp_trainer_gpu_sites(const lasp_trainer *t, lasp_profile_site *out, int max);
 #else
 static inline lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     return lasp_fail(&t->ctx->err, LASP_ERR_UNSUPPORTED, "this lasp was built without CUDA, so it cannot train on a "
@@ -123,6 +124,10 @@ static inline lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float 
 static inline lasp_status lasp_trainer_gpu_profile(lasp_trainer *t, int on) {
     (void)t, (void)on;
     return LASP_ERR_UNSUPPORTED;
+}
+static inline int lasp_trainer_gpu_sites(const lasp_trainer *t, lasp_profile_site *out, int max) {
+    (void)t, (void)out, (void)max;
+    return 0;
 }
 static inline lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t) {
     (void)t;

@@ -158,6 +158,17 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
 
 lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t) { return t->gpu->mem; }
 
+int lasp_trainer_gpu_sites(const lasp_trainer *t, lasp_profile_site *out, int max) {
+    lasp_gprof_site s[64];
+    const int n = lasp_gprof_sites(t->gpu->prof, s, max < 64 ? max : 64);
+    for (int i = 0; i < n; i++) {
+        const char *f = strrchr(s[i].file, '/');
+        snprintf(out[i].where, sizeof out[i].where, "%s:%d", f ? f + 1 : s[i].file, s[i].line);
+        out[i].part = s[i].part, out[i].ms = s[i].ms;
+    }
+    return n;
+}
+
 lasp_status lasp_trainer_gpu_profile(lasp_trainer *t, int on) {
     lasp_trainer_gpu *G = t->gpu;
     if (on && !G->prof) LASP_TRY(lasp_gprof_create(G->stream, &G->prof, &t->ctx->err));
@@ -223,7 +234,7 @@ static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float gra
     LASP_TRY(lasp_data_batch(t->data, split, first, t->o.batch, t->o.seq_len, 0, 1, 0, 1, t->tok, t->tgt, t->mask,
                              &t->ctx->err));
     if (grad_scale > 0) {
-        lasp_gprof_mark(G->prof, LASP_PART_OPTIM); /* zeroing the gradients counts with the update */
+        lasp_gprof_mark_at(G->prof, LASP_PART_OPTIM, __FILE__, __LINE__); /* zeroing counts with the update */
         LASP_TRY(lasp_gmodel_zero_grads(G->m));
     }
     *have = t->o.chunk > 0;
@@ -249,7 +260,7 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
     int64_t correct = (int64_t)r[1], count = (int64_t)r[2];
     *G->h_sumsq = NAN;
     if (fs == LASP_OK) {
-        lasp_gprof_mark(G->prof, LASP_PART_OPTIM);
+        lasp_gprof_mark_at(G->prof, LASP_PART_OPTIM, __FILE__, __LINE__);
         lasp_sumsq_cuda(g, t->P, G->sumsq, G->work, G->stream);
         const lasp_adamw_step h = lasp_adamw_make(&t->o, t->step, lr);
         lasp_adamw_cuda(p, lasp_gmodel_params16(G->m), g, G->mom, G->vel, G->decay, t->P, &h, G->sumsq, G->stream);
