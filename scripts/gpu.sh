@@ -5,6 +5,7 @@
 #   usage: scripts/gpu.sh [build] [test] [san] [dev] [bench] [bench-sm80] [quickbench] [ncu] [train] [longest]
 #          (default: build test san bench-sm80 bench)
 #   bench-sm80: the bench on the portable mma.sync kernels (--kernels sm80), as GPUs before Hopper run them
+#   longest:    the 1B preset in chunks of 16384, doubling from 262144 tokens up to $LONGEST_MAX (4194304)
 #   train:      `lasp bench train --device cuda` on the training table's shapes (TRAIN_ARGS adds options,
 #               e.g. "--dtype f32")
 #   longest:    the longest sequence of the 1B preset that trains at batch 1, in chunks of 16384
@@ -83,7 +84,7 @@ if has train; then
 fi
 if has longest; then
     t0=$SECONDS
-    build/lasp bench train --device cuda --models 1b --seq-len 262144 --chunk 16384 --longest --max-seq 4194304 \
+    build/lasp bench train --device cuda --models 1b --seq-len 262144 --chunk 16384 --longest --max-seq ${LONGEST_MAX:-4194304} \
         2>&1 | tee "$OUT/longest.txt"
     summary+=("longest          $(grep '^# longest' "$OUT/longest.txt")  $((SECONDS - t0)) s")
 fi
