@@ -8,7 +8,6 @@
 #   longest:    the 1B preset in chunks of 16384, doubling from 262144 tokens up to $LONGEST_MAX (4194304)
 #   train:      `lasp bench train --device cuda` on the training table's shapes (TRAIN_ARGS adds options,
 #               e.g. "--dtype f32")
-#   longest:    the longest sequence of the 1B preset that trains at batch 1, in chunks of 16384
 #   ncu:        per-kernel time, bytes and throughputs of one fwd and one fwd+bwd of each of $NCU_SHAPES
 set -u
 steps=${*:-build test san bench-sm80 bench}
