@@ -69,37 +69,26 @@ static void case_rms(int64_t N, int64_t C) {
     cudaFree(d_dg2), cudaFree(work);
 }
 
-/* q | k | v features and the output gate, from one [N, 4C] projection as the model lays it out */
-static void case_qkv_gate(int64_t N, int64_t C) {
+/* the output gate, its u read from (and du written into) the last C columns of [N, 4C] rows, as the model lays
+ * them out */
+static void case_gate(int64_t N, int64_t C) {
     const int64_t S = 4 * C;
-    float *p = test_randn(&rng, N * S, 2), *dq = test_randn(&rng, N * C, 1), *dk = test_randn(&rng, N * C, 1);
-    float *dv = test_randn(&rng, N * C, 1), *o = test_randn(&rng, N * C, 1), *y0 = test_randn(&rng, N * C, 1);
+    float *p = test_randn(&rng, N * S, 2), *o = test_randn(&rng, N * C, 1), *y0 = test_randn(&rng, N * C, 1);
     float *g = test_randn(&rng, C, 1), *rstd = test_randn(&rng, N, 0.5), *dy0 = test_randn(&rng, N * C, 1);
-    float *q = (float *)malloc(N * C * 4), *k = (float *)malloc(N * C * 4), *v = (float *)malloc(N * C * 4);
-    float *dp = test_randn(&rng, N * S, 1), *y = copy(y0, N * C), *dy = copy(dy0, N * C);
-    lasp_qkv_fwd_cpu(q, k, v, p, S, N, C);
-    lasp_qkv_bwd_cpu(dp, S, dq, dk, dv, p, N, C);
+    float *dp = test_randn(&rng, N * S, 1), *dp0 = copy(dp, N * S), *y = copy(y0, N * C), *dy = copy(dy0, N * C);
     lasp_gate_fwd_cpu(y, p + 3 * C, S, N, C);
     lasp_gate_bwd_cpu(dy, dp + 3 * C, S, o, rstd, g, p + 3 * C, S, N, C);
 
-    float *d_p = up(p, N * S), *d_q = up(NULL, N * C), *d_k = up(NULL, N * C), *d_v = up(NULL, N * C);
-    float *d_dq = up(dq, N * C), *d_dk = up(dk, N * C), *d_dv = up(dv, N * C), *d_dp = up(NULL, N * S);
+    float *d_p = up(p, N * S), *d_dp = up(dp0, N * S);
     float *d_y = up(y0, N * C), *d_dy = up(dy0, N * C), *d_o = up(o, N * C), *d_g = up(g, C), *d_rstd = up(rstd, N);
-    lasp_qkv_fwd_cuda(d_q, d_k, d_v, d_p, S, N, C, 0);
-    lasp_qkv_bwd_cuda(d_dp, S, d_dq, d_dk, d_dv, d_p, N, C, 0);
     lasp_gate_fwd_cuda(d_y, d_p + 3 * C, S, N, C, 0);
     lasp_gate_bwd_cuda(d_dy, d_dp + 3 * C, S, d_o, d_rstd, d_g, d_p + 3 * C, S, N, C, 0);
-    expect_close("q", d_q, q, N * C);
-    expect_close("k", d_k, k, N * C);
-    expect_close("v", d_v, v, N * C);
-    expect_close("dp (q | k | v | u)", d_dp, dp, N * S);
+    expect_close("du (u columns written, q | k | v's kept)", d_dp, dp, N * S);
     expect_close("gated y", d_y, y, N * C);
     expect_close("dy → dô", d_dy, dy, N * C);
-    test_case("SiLU features and the output gate, forward and backward, N %lld C %lld", (long long)N, (long long)C);
-    free(p), free(dq), free(dk), free(dv), free(o), free(y0), free(g), free(rstd), free(dy0), free(q), free(k);
-    free(v), free(dp), free(y), free(dy);
-    cudaFree(d_p), cudaFree(d_q), cudaFree(d_k), cudaFree(d_v), cudaFree(d_dq), cudaFree(d_dk), cudaFree(d_dv);
-    cudaFree(d_dp), cudaFree(d_y), cudaFree(d_dy), cudaFree(d_o), cudaFree(d_g), cudaFree(d_rstd);
+    test_case("output gate, forward and backward, N %lld C %lld", (long long)N, (long long)C);
+    free(p), free(o), free(y0), free(g), free(rstd), free(dy0), free(dp), free(dp0), free(y), free(dy);
+    cudaFree(d_p), cudaFree(d_dp), cudaFree(d_y), cudaFree(d_dy), cudaFree(d_o), cudaFree(d_g), cudaFree(d_rstd);
 }
 
 static void case_glu(int64_t N, int64_t F) {
@@ -117,35 +106,76 @@ static void case_glu(int64_t N, int64_t F) {
     cudaFree(d_h), cudaFree(d_da), cudaFree(d_a), cudaFree(d_dh);
 }
 
-/* the convolution reads rows of stride 4C (the projections) and, with a halo, the rows before the piece */
-static void case_conv(int64_t B, int64_t T, int64_t C, int64_t K, int with_halo) {
-    const int64_t W = 3 * C, S = 4 * C, N = B * T, K1 = K - 1;
-    float *x = test_randn(&rng, N * S, 1), *wc = test_randn(&rng, K * W, 0.5), *dy = test_randn(&rng, N * W, 1);
-    float *halo = with_halo ? test_randn(&rng, B * K1 * W, 1) : NULL, *dw0 = test_randn(&rng, K * W, 1);
-    float *y = (float *)malloc(N * W * 4), *dw = copy(dw0, K * W), *dx = test_randn(&rng, N * S, 1);
-    float *dhalo = with_halo ? (float *)malloc(B * K1 * W * 4) : NULL, *dx0 = copy(dx, N * S);
-    lasp_conv_fwd_cpu(y, x, S, halo, wc, B, T, W, K);
-    lasp_conv_bwd_w_cpu(dw, dy, x, S, halo, B, T, W, K);
-    lasp_conv_bwd_x_cpu(dx, S, dhalo, dy, wc, B, T, W, K);
+/* The features as the CPU model makes them (the spec of the fused GPU pass): the convolution of the
+ * projections p (rows of stride S; K = 0: none), then SiLU; and their backward, with the next chunk's halo
+ * gradient dnext added to the last K − 1 rows as the CPU model does it inline */
+static void feat_fwd_cpu(float *q, float *k, float *v, const float *p, int64_t S, const float *halo, const float *wc,
+                         int64_t B, int64_t T, int64_t C, int64_t K) {
+    const int64_t N = B * T, W = 3 * C;
+    if (!K) return lasp_qkv_fwd_cpu(q, k, v, p, S, N, C);
+    float *cp = (float *)malloc(N * W * 4);
+    lasp_conv_fwd_cpu(cp, p, S, halo, wc, B, T, W, K);
+    lasp_qkv_fwd_cpu(q, k, v, cp, W, N, C);
+    free(cp);
+}
 
-    float *d_x = up(x, N * S), *d_wc = up(wc, K * W), *d_dy = up(dy, N * W), *d_y = up(NULL, N * W);
+static void feat_bwd_cpu(float *dp, float *dwc, float *dhalo, const float *dnext, const float *dq, const float *dk,
+                         const float *dv, const float *p, int64_t S, const float *halo, const float *wc, int64_t B,
+                         int64_t T, int64_t C, int64_t K) {
+    const int64_t N = B * T, W = 3 * C, K1 = K - 1;
+    if (!K) return lasp_qkv_bwd_cpu(dp, S, dq, dk, dv, p, N, C);
+    float *cp = (float *)malloc(N * W * 4), *dcp = (float *)malloc(N * W * 4);
+    lasp_conv_fwd_cpu(cp, p, S, halo, wc, B, T, W, K);
+    lasp_qkv_bwd_cpu(dcp, W, dq, dk, dv, cp, N, C);
+    lasp_conv_bwd_w_cpu(dwc, dcp, p, S, halo, B, T, W, K);
+    lasp_conv_bwd_x_cpu(dp, S, dhalo, dcp, wc, B, T, W, K);
+    for (int64_t b = 0; dnext && b < B; b++)
+        for (int64_t i = 0; i < K1; i++)
+            for (int64_t c = 0; c < W; c++) dp[(b * T + T - K1 + i) * S + c] += dnext[(b * K1 + i) * W + c];
+    free(cp), free(dcp);
+}
+
+/* The features read rows of stride 4C (the projections) and, with a halo, the rows before the piece; with
+ * `next`, the gradient of the next chunk's halo comes in */
+static void case_feat(int64_t B, int64_t T, int64_t C, int64_t K, int with_halo, int next) {
+    const int64_t W = 3 * C, S = 4 * C, N = B * T, K1 = K ? K - 1 : 0;
+    with_halo = with_halo && K, next = next && K && T >= K1; /* the model refuses shorter chunks */
+    float *p = test_randn(&rng, N * S, 1), *wc = K ? test_randn(&rng, K * W, 0.5) : NULL;
+    float *dq = test_randn(&rng, N * C, 1), *dk = test_randn(&rng, N * C, 1), *dv = test_randn(&rng, N * C, 1);
+    float *halo = with_halo ? test_randn(&rng, B * K1 * W, 1) : NULL, *dnext = next ? test_randn(&rng, B * K1 * W, 1) : NULL;
+    float *dw0 = K ? test_randn(&rng, K * W, 1) : NULL, *dw = K ? copy(dw0, K * W) : NULL;
+    float *q = (float *)malloc(N * C * 4), *k = (float *)malloc(N * C * 4), *v = (float *)malloc(N * C * 4);
+    float *dp = test_randn(&rng, N * S, 1), *dp0 = copy(dp, N * S);
+    float *dhalo = with_halo ? (float *)malloc(B * K1 * W * 4) : NULL;
+    feat_fwd_cpu(q, k, v, p, S, halo, wc, B, T, C, K);
+    feat_bwd_cpu(dp, dw, dhalo, dnext, dq, dk, dv, p, S, halo, wc, B, T, C, K);
+
+    float *d_p = up(p, N * S), *d_wc = K ? up(wc, K * W) : NULL, *d_q = up(NULL, N * C), *d_k = up(NULL, N * C);
+    float *d_v = up(NULL, N * C), *d_dq = up(dq, N * C), *d_dk = up(dk, N * C), *d_dv = up(dv, N * C);
     float *d_halo = with_halo ? up(halo, B * K1 * W) : NULL, *d_dhalo = with_halo ? up(NULL, B * K1 * W) : NULL;
-    float *d_dw = up(dw0, K * W), *d_dw2 = up(dw0, K * W), *d_dx = up(dx0, N * S);
-    float *work = up(NULL, lasp_layers_cuda_work_floats(N, K * W));
-    lasp_conv_fwd_cuda(d_y, d_x, S, d_halo, d_wc, B, T, W, K, 0);
-    lasp_conv_bwd_w_cuda(d_dw, d_dy, d_x, S, d_halo, B, T, W, K, work, 0);
-    lasp_conv_bwd_x_cuda(d_dx, S, d_dhalo, d_dy, d_wc, B, T, W, K, 0);
-    expect_close("y", d_y, y, N * W);
-    expect_close("dwc (accumulated)", d_dw, dw, K * W);
-    expect_close("dx (q | k | v columns written, u's kept)", d_dx, dx, N * S);
+    float *d_dnext = next ? up(dnext, B * K1 * W) : NULL, *d_dp = up(dp0, N * S);
+    float *d_dw = K ? up(dw0, K * W) : NULL, *d_dw2 = K ? up(dw0, K * W) : NULL;
+    float *work = up(NULL, lasp_feat_cuda_work_floats(B, C, K) + 1);
+    lasp_feat_fwd_cuda(d_q, d_k, d_v, d_p, S, d_halo, d_wc, B, T, C, K, 0);
+    lasp_feat_bwd_cuda(d_dp, S, d_dw, d_dhalo, d_dnext, d_dq, d_dk, d_dv, d_p, S, d_halo, d_wc, B, T, C, K, work, 0);
+    expect_close("q", d_q, q, N * C);
+    expect_close("k", d_k, k, N * C);
+    expect_close("v", d_v, v, N * C);
+    expect_close("dp (q | k | v columns written, u's kept)", d_dp, dp, N * S);
+    if (K) expect_close("dwc (accumulated)", d_dw, dw, K * W);
     if (with_halo) expect_close("dhalo", d_dhalo, dhalo, B * K1 * W);
-    lasp_conv_bwd_w_cuda(d_dw2, d_dy, d_x, S, d_halo, B, T, W, K, work, 0);
-    expect_same_bits("dwc", d_dw, d_dw2, K * W);
-    test_case("short convolution, forward and backward, B %lld T %lld C %lld K %lld, %s", (long long)B, (long long)T,
-              (long long)C, (long long)K, with_halo ? "with a halo" : "zeros before the piece");
-    free(x), free(wc), free(dy), free(halo), free(dw0), free(y), free(dw), free(dx), free(dhalo), free(dx0);
-    cudaFree(d_x), cudaFree(d_wc), cudaFree(d_dy), cudaFree(d_y), cudaFree(d_halo), cudaFree(d_dhalo);
-    cudaFree(d_dw), cudaFree(d_dw2), cudaFree(d_dx), cudaFree(work);
+    if (K) {
+        lasp_feat_bwd_cuda(d_dp, S, d_dw2, d_dhalo, d_dnext, d_dq, d_dk, d_dv, d_p, S, d_halo, d_wc, B, T, C, K, work, 0);
+        expect_same_bits("dwc", d_dw, d_dw2, K * W);
+    }
+    test_case("SiLU features through the short convolution, forward and backward, B %lld T %lld C %lld K %lld, %s%s",
+              (long long)B, (long long)T, (long long)C, (long long)K,
+              with_halo ? "with a halo" : "zeros before the piece", next ? ", the next chunk's halo gradient in" : "");
+    free(p), free(wc), free(dq), free(dk), free(dv), free(halo), free(dnext), free(dw0), free(dw), free(q), free(k);
+    free(v), free(dp), free(dp0), free(dhalo);
+    cudaFree(d_p), cudaFree(d_wc), cudaFree(d_q), cudaFree(d_k), cudaFree(d_v), cudaFree(d_dq), cudaFree(d_dk);
+    cudaFree(d_dv), cudaFree(d_halo), cudaFree(d_dhalo), cudaFree(d_dnext), cudaFree(d_dp), cudaFree(d_dw);
+    cudaFree(d_dw2), cudaFree(work);
 }
 
 static void case_xent(int64_t N, int64_t V, float logit_scale) {
@@ -229,15 +259,23 @@ static void case_bf16(int64_t N, int64_t C, int64_t F, int64_t V) {
     float *dp = test_randn(&rng, N * S, 1), *dp0 = copy(dp, N * S), *a = (float *)malloc(N * F * 4);
     float *dh = (float *)malloc(N * 2 * F * 4), *dz = copy(z, N * V);
     double *loss = (double *)malloc(N * 8), *loss_g = (double *)malloc(N * 8);
+    const int64_t K = 4, W = 3 * C;
+    float *wc = test_randn(&rng, K * W, 0.5), *halo = test_randn(&rng, (K - 1) * W, 1), *dw = test_randn(&rng, K * W, 1);
+    float *dw0 = copy(dw, K * W), *o = test_randn(&rng, N * C, 1), *gr = test_randn(&rng, N, 0.5);
+    float *dy = test_randn(&rng, N * C, 1), *dy0 = copy(dy, N * C);
     lasp_rms_fwd_cpu(xn, rstd, x, g, N, C);
-    lasp_qkv_fwd_cpu(q, k, v, p, S, N, C);
-    lasp_qkv_bwd_cpu(dp, S, dq, dk, dv, p, N, C);
+    feat_fwd_cpu(q, k, v, p, S, halo, wc, 1, N, C, K);
+    feat_bwd_cpu(dp, dw, NULL, NULL, dq, dk, dv, p, S, halo, wc, 1, N, C, K);
+    lasp_gate_bwd_cpu(dy, dp + 3 * C, S, o, gr, g, p + 3 * C, S, N, C);
     lasp_gate_fwd_cpu(y, p + 3 * C, S, N, C);
     lasp_glu_fwd_cpu(a, h, N, F);
     lasp_glu_bwd_cpu(dh, da, h, N, F);
     lasp_xent_cpu(dz, t, N, V, 0.37f, loss, hit);
     /* the GPU's */
-    float *d_x = up(x, N * C), *d_g = up(g, C), *d_p = up(p, N * S), *d_rstd = up(NULL, N), *d_dp = up(dp0, N * S);
+    float *d_x = up(x, N * C), *d_g = up(g, C), *d_p = up(p, N * S), *d_rstd = up(NULL, N);
+    void *d_dp = test_to_dev(dp0, N * S, LASP_BF16);
+    float *d_wc = up(wc, K * W), *d_halo = up(halo, (K - 1) * W), *d_dw = up(dw0, K * W), *d_o = up(o, N * C);
+    float *d_gr = up(gr, N), *d_dy = up(dy0, N * C), *work = up(NULL, lasp_feat_cuda_work_floats(1, C, K));
     float *d_h = up(h, N * 2 * F), *d_da = up(da, N * F), *d_z = up(z, N * V);
     void *d_xn = test_to_dev(NULL, N * C, LASP_BF16), *d_q = test_to_dev(NULL, N * C, LASP_BF16);
     void *d_k = test_to_dev(NULL, N * C, LASP_BF16), *d_v = test_to_dev(NULL, N * C, LASP_BF16);
@@ -249,8 +287,9 @@ static void case_bf16(int64_t N, int64_t C, int64_t F, int64_t V) {
     double *d_loss = NULL;
     cudaMalloc(&d_hit, N * 4), cudaMalloc(&d_loss, N * 8);
     lasp_rms_fwd_bf16_cuda(d_xn, d_rstd, d_x, d_g, N, C, 0);
-    lasp_qkv_fwd_bf16_cuda(d_q, d_k, d_v, d_p, S, N, C, 0);
-    lasp_qkv_bwd_bf16_cuda(d_dp, S, d_dq, d_dk, d_dv, d_p, N, C, 0);
+    lasp_feat_fwd_bf16_cuda(d_q, d_k, d_v, d_p, S, d_halo, d_wc, 1, N, C, K, 0);
+    lasp_feat_bwd_bf16_cuda(d_dp, S, d_dw, NULL, NULL, d_dq, d_dk, d_dv, d_p, S, d_halo, d_wc, 1, N, C, K, work, 0);
+    lasp_gate_bwd_bf16_cuda(d_dy, (uint16_t *)d_dp + 3 * C, S, d_o, d_gr, d_g, d_p + 3 * C, S, N, C, 0);
     lasp_gate_fwd_bf16_cuda(d_y, d_x, d_p + 3 * C, S, N, C, 0);
     lasp_glu_fwd_bf16_cuda(d_a, d_h, N, F, 0);
     lasp_glu_bwd_bf16_cuda(d_dh, d_da, d_h, N, F, 0);
@@ -258,9 +297,11 @@ static void case_bf16(int64_t N, int64_t C, int64_t F, int64_t V) {
     expect_bf16("rms out", d_xn, xn, N * C);
     expect_close("rms rstd", d_rstd, rstd, N);
     expect_bf16("q", d_q, q, N * C), expect_bf16("k", d_k, k, N * C), expect_bf16("v", d_v, v, N * C);
-    /* dp from bf16 dq, dk, dv: fp32 out, the inputs' rounding in it */
-    float *hdp = down(d_dp, N * S);
-    CHECK(test_rel(hdp, dp, N * S) <= 2e-2, "dp from bf16 gradients: relative %.3g", test_rel(hdp, dp, N * S));
+    expect_bf16("dp (q | k | v from the features, u from the gate)", d_dp, dp, N * S);
+    /* the taps' gradient and dô stay fp32, with the bf16 inputs' rounding in them */
+    float *hdw = down(d_dw, K * W), *hdy = down(d_dy, N * C);
+    CHECK(test_rel(hdw, dw, K * W) <= 2e-2, "dwc from bf16 gradients: relative %.3g", test_rel(hdw, dw, K * W));
+    CHECK(test_rel(hdy, dy, N * C) <= TOL, "dô: relative %.3g", test_rel(hdy, dy, N * C));
     expect_bf16("gated y", d_y, y, N * C);
     expect_bf16("glu a", d_a, a, N * F);
     expect_bf16("glu dh", d_dh, dh, N * 2 * F);
@@ -270,11 +311,14 @@ static void case_bf16(int64_t N, int64_t C, int64_t F, int64_t V) {
     double num = 0, den = 0;
     for (int64_t n = 0; n < N; n++) num += (loss_g[n] - loss[n]) * (loss_g[n] - loss[n]), den += loss[n] * loss[n];
     CHECK(sqrt(num / den) <= TOL, "cross-entropy loss: relative %.3g", sqrt(num / den));
-    test_case("bf16 variants within 2e-2 (norm, q k v, their gradients, gate, GLU, dlogits), N %lld C %lld F %lld "
+    test_case("bf16 variants within 2e-2 (norm, features through the convolution and their gradients, gate, GLU, "
+              "dlogits), N %lld C %lld F %lld "
               "V %lld", (long long)N, (long long)C, (long long)F, (long long)V);
     free(x), free(g), free(p), free(dq), free(dk), free(dv), free(h), free(da), free(z), free(t), free(hit);
     free(xn), free(rstd), free(q), free(k), free(v), free(y), free(dp), free(dp0), free(a), free(dh), free(dz);
-    free(loss), free(loss_g), free(hdp);
+    free(loss), free(loss_g), free(hdw), free(hdy), free(wc), free(halo), free(dw), free(dw0), free(o), free(gr);
+    free(dy), free(dy0);
+    cudaFree(d_wc), cudaFree(d_halo), cudaFree(d_dw), cudaFree(d_o), cudaFree(d_gr), cudaFree(d_dy), cudaFree(work);
     cudaFree(d_x), cudaFree(d_g), cudaFree(d_p), cudaFree(d_rstd), cudaFree(d_dp), cudaFree(d_h), cudaFree(d_da);
     cudaFree(d_z), cudaFree(d_xn), cudaFree(d_q), cudaFree(d_k), cudaFree(d_v), cudaFree(d_dq), cudaFree(d_dk);
     cudaFree(d_dv), cudaFree(d_y), cudaFree(d_a), cudaFree(d_dh), cudaFree(d_dz), cudaFree(d_t), cudaFree(d_hit);
@@ -287,15 +331,20 @@ int main(void) {
     const int64_t rc[][2] = {{1, 16}, {37, 32}, {300, 96}, {1000, 1024}, {257, 2048}};
     for (size_t i = 0; i < sizeof rc / sizeof rc[0]; i++) {
         case_rms(rc[i][0], rc[i][1]);
-        case_qkv_gate(rc[i][0], rc[i][1]);
+        case_gate(rc[i][0], rc[i][1]);
+        case_feat(1, rc[i][0], rc[i][1], 4, 1, 1);
         case_glu(rc[i][0], 2 * rc[i][1] + 3);
     }
-    case_conv(1, 1, 16, 4, 0);
-    case_conv(2, 1, 16, 4, 1);   /* a piece shorter than the taps: every row reaches into the halo */
-    case_conv(3, 37, 32, 4, 0);
-    case_conv(3, 37, 32, 4, 1);
-    case_conv(2, 300, 64, 2, 1);
-    case_conv(1, 2000, 128, 4, 0);
+    case_feat(1, 1, 16, 4, 0, 0);
+    case_feat(2, 1, 16, 4, 1, 0);   /* a piece shorter than the taps: every row reaches into the halo */
+    case_feat(3, 37, 32, 4, 0, 0);
+    case_feat(3, 37, 32, 4, 1, 1);
+    case_feat(2, 300, 64, 2, 1, 1);
+    case_feat(1, 2000, 128, 4, 0, 0);
+    case_feat(3, 37, 32, 0, 0, 0);  /* no convolution */
+    case_feat(2, 100, 32, 5, 1, 1); /* taps kept 8 at a time, the last 3 zero */
+    case_feat(2, 90, 16, 16, 1, 1);
+    case_feat(2, 20000, 16, 4, 1, 1); /* tiles longer than the shortest, so that the partial sums stay few */
     case_xent(1, 256, 1);
     case_xent(33, 256, 3);
     case_xent(40, 64000, 2);

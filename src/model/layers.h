@@ -72,11 +72,6 @@ struct CUstream_st;
  * columns (C for the norms, K·W for the convolution's taps). */
 int64_t lasp_layers_cuda_work_floats(int64_t N, int64_t width);
 
-/* The gradient a chunk's halo got from the next chunk, added to this chunk's last K1 rows of dx (rows of stride
- * sdx, W columns): dx[b, T−K1+i] += dh[b, i] (the CPU model does it inline). */
-void lasp_rows_add_cuda(float *dx, int64_t sdx, const float *dh, int64_t B, int64_t T, int64_t K1, int64_t W,
-                        struct CUstream_st *stream);
-
 /* The recurrent form's steps for one token (the decoder; model.c's lasp_decoder_step is their spec).
  * conv_step: cq [W] = Σ_j wc[j] ⊙ (j = 0: p, else win[j − 1]), then the window win [K−1, W] (newest first)
  * moves on by one, p entering it. recur_step: per head h, S_h [D, D] ← λ_h S_h + kᵀv and o = q S_h, with
@@ -94,35 +89,43 @@ void lasp_rms_fwd_cuda(float *out, float *rstd, const float *x, const float *g, 
                        struct CUstream_st *stream);
 void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,
                        int64_t N, int64_t C, float *work, struct CUstream_st *stream);
-void lasp_qkv_fwd_cuda(float *q, float *k, float *v, const float *p, int64_t sp, int64_t N, int64_t C,
-                       struct CUstream_st *stream);
-void lasp_qkv_bwd_cuda(float *dp, int64_t sp, const float *dq, const float *dk, const float *dv, const float *p,
-                       int64_t N, int64_t C, struct CUstream_st *stream);
 void lasp_gate_fwd_cuda(float *y, const float *u, int64_t su, int64_t N, int64_t C, struct CUstream_st *stream);
 void lasp_gate_bwd_cuda(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
                         const float *u, int64_t su, int64_t N, int64_t C, struct CUstream_st *stream);
 void lasp_glu_fwd_cuda(float *a, const float *h, int64_t N, int64_t F, struct CUstream_st *stream);
 void lasp_glu_bwd_cuda(float *dh, const float *da, const float *h, int64_t N, int64_t F, struct CUstream_st *stream);
-void lasp_conv_fwd_cuda(float *y, const float *x, int64_t sx, const float *halo, const float *wc, int64_t B,
-                        int64_t T, int64_t W, int64_t K, struct CUstream_st *stream);
-void lasp_conv_bwd_w_cuda(float *dwc, const float *dy, const float *x, int64_t sx, const float *halo, int64_t B,
-                          int64_t T, int64_t W, int64_t K, float *work, struct CUstream_st *stream);
-void lasp_conv_bwd_x_cuda(float *dx, int64_t sdx, float *dhalo, const float *dy, const float *wc, int64_t B,
-                          int64_t T, int64_t W, int64_t K, struct CUstream_st *stream);
+/* The attention's features straight from the projections: the short convolution and SiLU in one pass, so
+ * that the convolved projections cp are never stored (the backward recomputes them): q = SiLU(cp[0, C)),
+ * k = SiLU(cp[C, 2C)), v = cp[2C, 3C), cp = lasp_conv_fwd_cpu of p (rows of stride sp, halo and taps wc as
+ * there; K = 0: no convolution, cp = p). q, k, v [B·T, C]. The CPU model runs it as conv then qkv. */
+void lasp_feat_fwd_cuda(float *q, float *k, float *v, const float *p, int64_t sp, const float *halo, const float *wc,
+                        int64_t B, int64_t T, int64_t C, int64_t K, struct CUstream_st *stream);
+/* Its backward from dq, dk, dv: dp[0, 3C) of each row (stride sdp) = ∂/∂p, with dnext [B, K−1, 3C] (the
+ * gradient the next chunk's halo got; NULL: none) added to each sequence's last K−1 rows; dwc [K, 3C] += ∂/∂wc;
+ * dhalo [B, K−1, 3C] = ∂/∂halo (NULL: not wanted). work: lasp_feat_cuda_work_floats(B, C, K) floats. */
+void lasp_feat_bwd_cuda(float *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, const float *dq,
+                        const float *dk, const float *dv, const float *p, int64_t sp, const float *halo,
+                        const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work,
+                        struct CUstream_st *stream);
+int64_t lasp_feat_cuda_work_floats(int64_t B, int64_t C, int64_t K);
 void lasp_xent_cuda(float *z, const int32_t *targets, int64_t N, int64_t V, float scale, double *loss, int32_t *hit,
                     struct CUstream_st *stream);
 void lasp_embed_fwd_cuda(float *x, const float *wte, const int32_t *tokens, int64_t N, int64_t C,
                          struct CUstream_st *stream);
 /* The same passes with their bf16 side (void *: __nv_bfloat16, rounded to nearest even) for the bf16 model,
- * where they feed the matrix products and the attention op: the outputs of rms_fwd, qkv_fwd, gate_fwd (out
- * of place: y = yin ⊙ σ(u)), glu_fwd and glu_bwd (dh), the gradients qkv_bwd reads, and the gradient xent
- * writes to dz instead of in place. Everything else stays fp32. */
+ * where they feed the matrix products and the attention op: the outputs of rms_fwd, feat_fwd, gate_fwd (out
+ * of place: y = yin ⊙ σ(u)), glu_fwd and glu_bwd (dh), the gradients feat_bwd reads and writes (dp), gate_bwd's
+ * du, and the gradient xent writes to dz instead of in place. Everything else stays fp32. */
 void lasp_rms_fwd_bf16_cuda(void *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
                             struct CUstream_st *stream);
-void lasp_qkv_fwd_bf16_cuda(void *q, void *k, void *v, const float *p, int64_t sp, int64_t N, int64_t C,
-                            struct CUstream_st *stream);
-void lasp_qkv_bwd_bf16_cuda(float *dp, int64_t sp, const void *dq, const void *dk, const void *dv, const float *p,
-                            int64_t N, int64_t C, struct CUstream_st *stream);
+void lasp_feat_fwd_bf16_cuda(void *q, void *k, void *v, const float *p, int64_t sp, const float *halo,
+                             const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, struct CUstream_st *stream);
+void lasp_feat_bwd_bf16_cuda(void *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, const void *dq,
+                             const void *dk, const void *dv, const float *p, int64_t sp, const float *halo,
+                             const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work,
+                             struct CUstream_st *stream);
+void lasp_gate_bwd_bf16_cuda(float *dy, void *du, int64_t sdu, const float *o, const float *rstd, const float *g,
+                             const float *u, int64_t su, int64_t N, int64_t C, struct CUstream_st *stream);
 void lasp_gate_fwd_bf16_cuda(void *y, const float *yin, const float *u, int64_t su, int64_t N, int64_t C,
                              struct CUstream_st *stream);
 void lasp_glu_fwd_bf16_cuda(void *a, const float *h, int64_t N, int64_t F, struct CUstream_st *stream);

@@ -98,45 +98,19 @@ __global__ void k_rms_bwd_g(float *work, const float *dy, const float *x, const 
 
 /* ---- element-wise -------------------------------------------------------------------------------- */
 
-template <typename T>
-__global__ void k_qkv_fwd(T *q, T *k, T *v, const float *p, int64_t sp, int64_t N, int64_t C) {
-    ROWS(n, N) {
-        const float *r = p + n * sp;
-        COLS(c, C) {
-            const int64_t i = n * C + c;
-            const float a = r[c], b = r[C + c];
-            put(q + i, a * sigmoid(a)), put(k + i, b * sigmoid(b)), put(v + i, r[2 * C + c]);
-        }
-    }
-}
-
-template <typename T>
-__global__ void k_qkv_bwd(float *dp, int64_t sp, const T *dq, const T *dk, const T *dv, const float *p,
-                          int64_t N, int64_t C) {
-    ROWS(n, N) {
-        const float *r = p + n * sp;
-        COLS(c, C) {
-            const int64_t i = n * C + c;
-            const float a = r[c], b = r[C + c], sa = sigmoid(a), sb = sigmoid(b);
-            dp[n * sp + c] = get(dq + i) * sa * (1 + a * (1 - sa));
-            dp[n * sp + C + c] = get(dk + i) * sb * (1 + b * (1 - sb));
-            dp[n * sp + 2 * C + c] = get(dv + i);
-        }
-    }
-}
-
 /* y = yin ⊙ σ(u) (y may be yin) */
 template <typename T>
 __global__ void k_gate_fwd(T *y, const float *yin, const float *u, int64_t su, int64_t N, int64_t C) {
     ROWS(n, N) COLS(c, C) put(y + n * C + c, yin[n * C + c] * sigmoid(u[n * su + c]));
 }
 
-__global__ void k_gate_bwd(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
+template <typename TU>
+__global__ void k_gate_bwd(float *dy, TU *du, int64_t sdu, const float *o, const float *rstd, const float *g,
                            const float *u, int64_t su, int64_t N, int64_t C) {
     ROWS(n, N) COLS(c, C) {
         const int64_t i = n * C + c;
         const float s = sigmoid(u[n * su + c]), oh = o[i] * rstd[n] * g[c], d = dy[i];
-        du[n * sdu + c] = d * oh * s * (1 - s);
+        put(du + n * sdu + c, d * oh * s * (1 - s));
         dy[i] = d * s;
     }
 }
@@ -155,59 +129,170 @@ __global__ void k_glu_bwd(T *dh, const float *da, const float *h, int64_t N, int
     }
 }
 
-/* ---- the short convolution ----------------------------------------------------------------------- */
+/* ---- the short convolution and the SiLU features in one pass -------------------------------------- */
 
-/* row t of sequence b before the convolution; t < 0 reaches into the halo (NULL: zeros) */
-__device__ __forceinline__ const float *conv_row(const float *x, int64_t sx, const float *halo, int64_t b,
-                                                 int64_t t, int64_t T, int64_t K1, int64_t W) {
-    return t >= 0 ? x + (b * T + t) * sx : halo ? halo + (b * K1 + K1 + t) * W : nullptr;
+/* A thread walks one column down a tile of rows, the last KM inputs in registers (KM ≥ K taps, the taps
+ * beyond K zero), so each input is read once; the convolved projections are never stored. */
+constexpr int FEAT_ROWS = 32;    /* rows a tile has at least */
+constexpr int FEAT_PARTS = 1024; /* tiles, and so partial sums of the taps' gradient, about this many at most */
+
+/* projection row t of sequence b, column c; t < 0 reads the halo (the K1 rows before the piece); before the
+ * halo, or without one, zeros */
+__device__ __forceinline__ float proj(const float *p, int64_t sp, const float *halo, int64_t b, int64_t t,
+                                      int64_t T, int K1, int W, int c) {
+    if (t >= 0) return p[(b * T + t) * sp + c];
+    return halo && t >= -K1 ? halo[(b * K1 + K1 + t) * W + c] : 0.0f;
 }
 
-__global__ void k_conv_fwd(float *y, const float *x, int64_t sx, const float *halo, const float *wc, int64_t B,
-                           int64_t T, int64_t W, int64_t K) {
-    ROWS(n, B * T) {
-        const int64_t b = n / T, t = n % T;
-        COLS(c, W) {
+template <int KM>
+__device__ __forceinline__ void load_taps(float (&w)[KM], const float *wc, int K, int W, int c) {
+#pragma unroll
+    for (int j = 0; j < KM; j++) w[j] = !wc ? (j == 0 ? 1.0f : 0.0f) : j < K ? wc[j * W + c] : 0.0f;
+}
+
+template <int KM>
+__device__ __forceinline__ void shift_in(float (&x)[KM], float v) {
+#pragma unroll
+    for (int j = KM - 1; j > 0; j--) x[j] = x[j - 1];
+    x[0] = v;
+}
+
+/* grid: x = B · tiles (tile i of sequence b covers rows s0 + i·rows ..), y = the 3C columns in blocks */
+template <int KM, typename T>
+__global__ void __launch_bounds__(THREADS) k_feat_fwd(T *q, T *k, T *v, const float *p, int64_t sp,
+                                                      const float *halo, const float *wc, int64_t T_, int C, int K,
+                                                      int64_t rows, int64_t tiles) {
+    const int W = 3 * C, c = blockIdx.y * THREADS + threadIdx.x;
+    if (c >= W) return;
+    const int64_t b = blockIdx.x / tiles, t0 = blockIdx.x % tiles * rows, t1 = t0 + rows < T_ ? t0 + rows : T_;
+    const int part = c / C, K1 = K ? K - 1 : 0;
+    T *dst = (part == 0 ? q : part == 1 ? k : v) + (c - part * C);
+    float w[KM], x[KM];
+    load_taps(w, wc, K, W, c);
+#pragma unroll
+    for (int j = 0; j + 1 < KM; j++) x[j] = proj(p, sp, halo, b, t0 - 1 - j, T_, K1, W, c);
+    for (int64_t t = t0; t < t1; t++) {
+        shift_in(x, p[(b * T_ + t) * sp + c]);
+        float s = 0;
+#pragma unroll
+        for (int j = 0; j < KM; j++) s += w[j] * x[j];
+        put(dst + (b * T_ + t) * C, part < 2 ? s * sigmoid(s) : s);
+    }
+}
+
+/* The gradient of row t of the convolved projections, dc[t], from the features' (t inside the piece, and
+ * < the tile's end + K1); ∂/∂p[s] = Σ_j w[j]·dc[s + j] is complete KM − 1 rows later, s < 0 going to the
+ * halo's gradient; the taps' gradient Σ_t dc[t]·p[t − j] is summed over the tile's own rows into work. */
+template <int KM, typename T>
+__global__ void __launch_bounds__(THREADS) k_feat_bwd(T *dp, int64_t sdp, float *work, float *dhalo,
+                                                      const float *dnext, const T *dq, const T *dk, const T *dv,
+                                                      const float *p, int64_t sp, const float *halo,
+                                                      const float *wc, int64_t T_, int C, int K, int64_t s0,
+                                                      int64_t rows, int64_t tiles) {
+    const int W = 3 * C, c = blockIdx.y * THREADS + threadIdx.x;
+    if (c >= W) return;
+    const int64_t b = blockIdx.x / tiles, sa = s0 + blockIdx.x % tiles * rows;
+    const int64_t sb = sa + rows < T_ ? sa + rows : T_;
+    const int part = c / C, K1 = K ? K - 1 : 0;
+    const int64_t tend = sb + K1 < T_ ? sb + K1 : T_;
+    const T *g = (part == 0 ? dq : part == 1 ? dk : dv) + (c - part * C);
+    float w[KM], x[KM], d[KM], acc[KM];
+    load_taps(w, wc, K, W, c);
+#pragma unroll
+    for (int j = 0; j < KM; j++) d[j] = 0, acc[j] = 0;
+#pragma unroll
+    for (int j = 0; j + 1 < KM; j++) x[j] = proj(p, sp, halo, b, sa - 1 - j, T_, K1, W, c);
+    for (int64_t t = sa; t < sb + KM - 1; t++) {
+        shift_in(x, t < tend ? proj(p, sp, halo, b, t, T_, K1, W, c) : 0.0f);
+        float dc = 0;
+        if (t >= 0 && t < tend) {
             float s = 0;
-            for (int64_t j = 0; j < K; j++) {
-                const float *xr = conv_row(x, sx, halo, b, t - j, T, K - 1, W);
-                if (xr) s += wc[j * W + c] * xr[c];
+#pragma unroll
+            for (int j = 0; j < KM; j++) s += w[j] * x[j];
+            const float gt = get(g + (b * T_ + t) * C);
+            if (part < 2) {
+                const float sg = sigmoid(s);
+                dc = gt * sg * (1 + s * (1 - sg));
+            } else {
+                dc = gt;
             }
-            y[n * W + c] = s;
+            if (t < sb) {
+#pragma unroll
+                for (int j = 0; j < KM; j++) acc[j] += dc * x[j];
+            }
+        }
+        shift_in(d, dc);
+        const int64_t s = t - (KM - 1);
+        if (s < sa) continue;
+        float a = 0;
+#pragma unroll
+        for (int j = 0; j < KM; j++) a += w[j] * d[KM - 1 - j];
+        if (s >= 0) {
+            if (dnext && s >= T_ - K1) a += dnext[(b * K1 + s - (T_ - K1)) * W + c];
+            put(dp + (b * T_ + s) * sdp + c, a);
+        } else {
+            dhalo[(b * K1 + K1 + s) * W + c] = a;
         }
     }
+    if (work)
+#pragma unroll
+        for (int j = 0; j < KM; j++)
+            if (j < K) work[(int64_t)blockIdx.x * K * W + j * W + c] = acc[j];
 }
 
-/* work[p, j·W + c] = Σ over part p's rows (b, t) of dy[b,t,c]·x[b,t−j,c] */
-__global__ void k_conv_bwd_w(float *work, const float *dy, const float *x, int64_t sx, const float *halo, int64_t B,
-                             int64_t T, int64_t W, int64_t K, int64_t rows) {
-    const int64_t col = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, p = blockIdx.y, N = B * T;
-    if (col >= K * W) return;
-    const int64_t j = col / W, c = col % W;
-    const int64_t n1 = (p + 1) * rows < N ? (p + 1) * rows : N;
-    float s = 0;
-    int64_t b = p * rows / T, t = p * rows % T; /* row n's sequence and position, moved along with n */
-    for (int64_t n = p * rows; n < n1; n++) {
-        const float *xr = conv_row(x, sx, halo, b, t - j, T, K - 1, W);
-        if (xr) s += dy[n * W + c] * xr[c];
-        if (++t == T) t = 0, b++;
-    }
-    work[p * K * W + col] = s;
+struct feat_tiling {
+    int64_t s0, rows, tiles;
+};
+
+/* tiles of the rows s0 .. T − 1 of each of B sequences: at least FEAT_ROWS rows each, about FEAT_PARTS in
+ * all at most (B · tiles ≤ FEAT_PARTS + B: lasp_feat_cuda_work_floats) */
+feat_tiling feat_tiles(int64_t B, int64_t T, int64_t s0) {
+    const int64_t S = T - s0, want = (B * S + FEAT_PARTS - 1) / FEAT_PARTS;
+    const int64_t rows = want > FEAT_ROWS ? want : FEAT_ROWS;
+    return {s0, rows, (S + rows - 1) / rows};
 }
 
-/* ∂/∂x[b,s] = Σ_j wc[j] · dy[b,s+j]; s from −(K−1) when the halo's gradient is wanted */
-__global__ void k_conv_bwd_x(float *dx, int64_t sdx, float *dhalo, const float *dy, const float *wc, int64_t B,
-                             int64_t T, int64_t W, int64_t K) {
-    const int64_t K1 = K - 1, s0 = dhalo ? -K1 : 0, S = T - s0;
-    ROWS(r, B * S) {
-        const int64_t s = r % S + s0, b = r / S;
-        COLS(c, W) {
-            float acc = 0;
-            for (int64_t j = s < 0 ? -s : 0; j < K && s + j < T; j++) acc += wc[j * W + c] * dy[(b * T + s + j) * W + c];
-            if (s >= 0) dx[(b * T + s) * sdx + c] = acc;
-            else dhalo[(b * K1 + K1 + s) * W + c] = acc;
-        }
+/* the taps a thread keeps: K = 0 (no convolution) is one tap of 1 */
+int feat_km(int64_t K) { return K == 0 ? 1 : K <= 4 ? 4 : K <= 8 ? 8 : 16; }
+
+template <typename T>
+void feat_fwd(T *q, T *k, T *v, const float *p, int64_t sp, const float *halo, const float *wc, int64_t B, int64_t T_,
+              int64_t C, int64_t K, cudaStream_t st) {
+    if (B * T_ == 0) return;
+    const feat_tiling f = feat_tiles(B, T_, 0);
+    const dim3 grid((unsigned)(B * f.tiles), (unsigned)((3 * C + THREADS - 1) / THREADS));
+    const float *w = K ? wc : nullptr;
+#define FEAT_FWD(KM) \
+    k_feat_fwd<KM, T><<<grid, THREADS, 0, st>>>(q, k, v, p, sp, K ? halo : nullptr, w, T_, (int)C, (int)K, f.rows, f.tiles)
+    switch (feat_km(K)) {
+    case 1: FEAT_FWD(1); break;
+    case 4: FEAT_FWD(4); break;
+    case 8: FEAT_FWD(8); break;
+    default: FEAT_FWD(16); break;
     }
+#undef FEAT_FWD
+}
+
+template <typename T>
+void feat_bwd(T *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, const T *dq, const T *dk, const T *dv,
+              const float *p, int64_t sp, const float *halo, const float *wc, int64_t B, int64_t T_, int64_t C,
+              int64_t K, float *work, cudaStream_t st) {
+    if (B * T_ == 0) return;
+    if (!K) dwc = dhalo = nullptr, dnext = halo = wc = nullptr;
+    const feat_tiling f = feat_tiles(B, T_, dhalo ? -(K - 1) : 0);
+    const dim3 grid((unsigned)(B * f.tiles), (unsigned)((3 * C + THREADS - 1) / THREADS));
+    float *wk = dwc ? work : nullptr;
+#define FEAT_BWD(KM)                                                                                            \
+    k_feat_bwd<KM, T><<<grid, THREADS, 0, st>>>(dp, sdp, wk, dhalo, dnext, dq, dk, dv, p, sp, halo, wc, T_, (int)C, \
+                                                (int)K, f.s0, f.rows, f.tiles)
+    switch (feat_km(K)) {
+    case 1: FEAT_BWD(1); break;
+    case 4: FEAT_BWD(4); break;
+    case 8: FEAT_BWD(8); break;
+    default: FEAT_BWD(16); break;
+    }
+#undef FEAT_BWD
+    if (dwc) k_sum_parts<<<grid_for(K * 3 * C), THREADS, 0, st>>>(dwc, work, B * f.tiles, K * 3 * C);
 }
 
 /* ---- cross-entropy: a block per row ------------------------------------------------------------- */
@@ -265,14 +350,6 @@ __global__ void __launch_bounds__(THREADS) k_xent(const float *z, T *dz, const i
         __syncthreads();  /* zr[t] read above before it is overwritten */
         const float inv = 1.0f / sum;
         for (int64_t v = threadIdx.x; v < V; v += THREADS) put(dr + v, expf(zr[v] - mx) * inv * scale - (v == t ? scale : 0));
-    }
-}
-
-/* dx's last K−1 rows of every sequence (stride sdx, W columns) += dh [B, K−1, W] */
-__global__ void k_rows_add(float *dx, int64_t sdx, const float *dh, int64_t B, int64_t T, int64_t K1, int64_t W) {
-    ROWS(r, B * K1) {
-        const int64_t b = r / K1, i = r % K1;
-        COLS(c, W) dx[(b * T + T - K1 + i) * sdx + c] += dh[r * W + c];
     }
 }
 
@@ -348,11 +425,6 @@ extern "C" {
 
 int64_t lasp_layers_cuda_work_floats(int64_t N, int64_t width) { return parts_for(N) * width; }
 
-void lasp_rows_add_cuda(float *dx, int64_t sdx, const float *dh, int64_t B, int64_t T, int64_t K1, int64_t W,
-                        cudaStream_t st) {
-    if (B > 0 && K1 > 0) k_rows_add<<<rows_grid(B * K1), THREADS, 0, st>>>(dx, sdx, dh, B, T, K1, W);
-}
-
 void lasp_conv_step_cuda(float *cq, float *win, const float *p, const float *wc, int64_t W, int64_t K,
                          cudaStream_t st) {
     k_conv_step<<<grid_for(W), THREADS, 0, st>>>(cq, win, p, wc, W, K);
@@ -394,28 +466,6 @@ void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, co
     k_sum_parts<<<grid_for(C), THREADS, 0, st>>>(dg, work, parts, C);
 }
 
-void lasp_qkv_fwd_cuda(float *q, float *k, float *v, const float *p, int64_t sp, int64_t N, int64_t C,
-                       cudaStream_t st) {
-    k_qkv_fwd<<<rows_grid(N), THREADS, 0, st>>>(q, k, v, p, sp, N, C);
-}
-
-void lasp_qkv_fwd_bf16_cuda(void *q, void *k, void *v, const float *p, int64_t sp, int64_t N, int64_t C,
-                            cudaStream_t st) {
-    k_qkv_fwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)q, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v, p,
-                                                   sp, N, C);
-}
-
-void lasp_qkv_bwd_cuda(float *dp, int64_t sp, const float *dq, const float *dk, const float *dv, const float *p,
-                       int64_t N, int64_t C, cudaStream_t st) {
-    k_qkv_bwd<<<rows_grid(N), THREADS, 0, st>>>(dp, sp, dq, dk, dv, p, N, C);
-}
-
-void lasp_qkv_bwd_bf16_cuda(float *dp, int64_t sp, const void *dq, const void *dk, const void *dv, const float *p,
-                            int64_t N, int64_t C, cudaStream_t st) {
-    k_qkv_bwd<<<rows_grid(N), THREADS, 0, st>>>(dp, sp, (const __nv_bfloat16 *)dq, (const __nv_bfloat16 *)dk,
-                                                   (const __nv_bfloat16 *)dv, p, N, C);
-}
-
 void lasp_gate_fwd_cuda(float *y, const float *u, int64_t su, int64_t N, int64_t C, cudaStream_t st) {
     k_gate_fwd<<<rows_grid(N), THREADS, 0, st>>>(y, y, u, su, N, C);
 }
@@ -428,6 +478,37 @@ void lasp_gate_fwd_bf16_cuda(void *y, const float *yin, const float *u, int64_t 
 void lasp_gate_bwd_cuda(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
                         const float *u, int64_t su, int64_t N, int64_t C, cudaStream_t st) {
     k_gate_bwd<<<rows_grid(N), THREADS, 0, st>>>(dy, du, sdu, o, rstd, g, u, su, N, C);
+}
+
+void lasp_gate_bwd_bf16_cuda(float *dy, void *du, int64_t sdu, const float *o, const float *rstd, const float *g,
+                             const float *u, int64_t su, int64_t N, int64_t C, cudaStream_t st) {
+    k_gate_bwd<<<rows_grid(N), THREADS, 0, st>>>(dy, (__nv_bfloat16 *)du, sdu, o, rstd, g, u, su, N, C);
+}
+
+int64_t lasp_feat_cuda_work_floats(int64_t B, int64_t C, int64_t K) { return (FEAT_PARTS + B) * K * 3 * C; }
+
+void lasp_feat_fwd_cuda(float *q, float *k, float *v, const float *p, int64_t sp, const float *halo, const float *wc,
+                        int64_t B, int64_t T, int64_t C, int64_t K, cudaStream_t st) {
+    feat_fwd(q, k, v, p, sp, halo, wc, B, T, C, K, st);
+}
+
+void lasp_feat_fwd_bf16_cuda(void *q, void *k, void *v, const float *p, int64_t sp, const float *halo,
+                             const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, cudaStream_t st) {
+    feat_fwd((__nv_bfloat16 *)q, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v, p, sp, halo, wc, B, T, C, K, st);
+}
+
+void lasp_feat_bwd_cuda(float *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, const float *dq,
+                        const float *dk, const float *dv, const float *p, int64_t sp, const float *halo,
+                        const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work, cudaStream_t st) {
+    feat_bwd(dp, sdp, dwc, dhalo, dnext, dq, dk, dv, p, sp, halo, wc, B, T, C, K, work, st);
+}
+
+void lasp_feat_bwd_bf16_cuda(void *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, const void *dq,
+                             const void *dk, const void *dv, const float *p, int64_t sp, const float *halo,
+                             const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work,
+                             cudaStream_t st) {
+    feat_bwd((__nv_bfloat16 *)dp, sdp, dwc, dhalo, dnext, (const __nv_bfloat16 *)dq, (const __nv_bfloat16 *)dk,
+             (const __nv_bfloat16 *)dv, p, sp, halo, wc, B, T, C, K, work, st);
 }
 
 void lasp_glu_fwd_cuda(float *a, const float *h, int64_t N, int64_t F, cudaStream_t st) {
@@ -444,27 +525,6 @@ void lasp_glu_bwd_cuda(float *dh, const float *da, const float *h, int64_t N, in
 
 void lasp_glu_bwd_bf16_cuda(void *dh, const float *da, const float *h, int64_t N, int64_t F, cudaStream_t st) {
     k_glu_bwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)dh, da, h, N, F);
-}
-
-void lasp_conv_fwd_cuda(float *y, const float *x, int64_t sx, const float *halo, const float *wc, int64_t B,
-                        int64_t T, int64_t W, int64_t K, cudaStream_t st) {
-    k_conv_fwd<<<rows_grid(B * T), THREADS, 0, st>>>(y, x, sx, halo, wc, B, T, W, K);
-}
-
-void lasp_conv_bwd_w_cuda(float *dwc, const float *dy, const float *x, int64_t sx, const float *halo, int64_t B,
-                          int64_t T, int64_t W, int64_t K, float *work, cudaStream_t st) {
-    const int64_t N = B * T;
-    if (!N) return;
-    const int64_t parts = parts_for(N), per = (N + parts - 1) / parts;
-    const dim3 grid((unsigned)((K * W + THREADS - 1) / THREADS), (unsigned)parts);
-    k_conv_bwd_w<<<grid, THREADS, 0, st>>>(work, dy, x, sx, halo, B, T, W, K, per);
-    k_sum_parts<<<grid_for(K * W), THREADS, 0, st>>>(dwc, work, parts, K * W);
-}
-
-void lasp_conv_bwd_x_cuda(float *dx, int64_t sdx, float *dhalo, const float *dy, const float *wc, int64_t B,
-                          int64_t T, int64_t W, int64_t K, cudaStream_t st) {
-    const int64_t S = T + (dhalo ? K - 1 : 0);
-    k_conv_bwd_x<<<rows_grid(B * S), THREADS, 0, st>>>(dx, sdx, dhalo, dy, wc, B, T, W, K);
 }
 
 void lasp_xent_cuda(float *z, const int32_t *targets, int64_t N, int64_t V, float scale, double *loss, int32_t *hit,

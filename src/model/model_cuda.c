@@ -17,7 +17,7 @@
 /* A layer's saved activations. xn1, y, xn2, a (the products' inputs) and q, k, v (the op's) are only ever
  * operands, so they are kept in the model's dtype (f32 or bf16); the rest is fp32. */
 typedef struct gacts {
-    float *x, *rstd1, *pre, *cpre, *o, *rstdo, *xm, *rstd2, *h;
+    float *x, *rstd1, *pre, *o, *rstdo, *xm, *rstd2, *h;
     void *xn1, *q, *k, *v, *y, *xn2, *a;
 } gacts;
 
@@ -39,7 +39,7 @@ struct lasp_gmodel {
     lasp_gprof *prof;                   /* where the time goes (NULL: not measured) */
     const lasp_model_carry *cin, *dcout; /* a chunk of a longer sequence: model.h's carry, device memory */
     lasp_model_carry *cout, *dcin;
-    float *dres, *dbuf, *dbig, *dq, *dk, *dv, *dob, *dconv, *work;
+    float *dres, *dbuf, *dbig, *dq, *dk, *dv, *dob, *work;
     double *loss;                       /* [N] per-row losses */
     int32_t *hit, *tok, *tgt;           /* [N] each */
     int32_t *order, *starts, *uniq;     /* device copies of the embedding's index */
@@ -122,26 +122,27 @@ static int64_t logit_rows(const lasp_model_config *c, int64_t N) {
     return r < 1 ? 1 : r > N ? N : r;
 }
 
-static int64_t work_floats(const lasp_model_config *c, int64_t N) {
-    const int64_t C = c->d_model, kw = (int64_t)c->conv * 3 * C;
-    return lasp_layers_cuda_work_floats(N, kw > C ? kw : C);
+static int64_t work_floats(const lasp_model_config *c, int64_t B, int64_t T) {
+    const int64_t norms = lasp_layers_cuda_work_floats(B * T, c->d_model);
+    const int64_t taps = lasp_feat_cuda_work_floats(B, c->d_model, c->conv);
+    return norms > taps ? norms : taps;
 }
 
 static void acts_free(lasp_gmodel *m) {
     for (int l = 0; m->acts && l < m->cfg.n_layers; l++) {
         gacts *a = &m->acts[l];
-        void *all[] = {a->x, a->rstd1, a->xn1, a->pre, a->cpre, a->q, a->k, a->v, a->o, a->rstdo, a->y, a->xm,
+        void *all[] = {a->x, a->rstd1, a->xn1, a->pre, a->q, a->k, a->v, a->o, a->rstdo, a->y, a->xm,
                        a->rstd2, a->xn2, a->h, a->a};
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) cudaFree(all[i]);
         memset(a, 0, sizeof *a);
     }
     void *dev[] = {m->xL, m->rstdf, m->xf, m->logits, m->dres, m->dbuf, m->dbig, m->dq, m->dk, m->dv, m->dob,
-                   m->dconv, m->work, m->loss, m->hit, m->tok, m->tgt, m->order, m->starts, m->uniq, m->out16};
+                   m->work, m->loss, m->hit, m->tok, m->tgt, m->order, m->starts, m->uniq, m->out16};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
     cudaFreeHost(m->h_hit), cudaFreeHost(m->h_order), cudaFreeHost(m->h_starts), cudaFreeHost(m->h_uniq);
     cudaFreeHost(m->h_loss), free(m->h_count);
     m->xL = m->rstdf = m->logits = m->dres = m->dbuf = m->dbig = m->dq = m->dk = m->dv = m->dob = NULL;
-    m->xf = NULL, m->dconv = m->work = NULL, m->loss = NULL, m->out16 = NULL;
+    m->xf = NULL, m->work = NULL, m->loss = NULL, m->out16 = NULL;
     m->hit = m->tok = m->tgt = m->order = m->starts = m->uniq = NULL;
     m->h_hit = m->h_order = m->h_starts = m->h_uniq = m->h_count = NULL, m->h_loss = NULL;
     m->B = m->T = 0;
@@ -210,7 +211,7 @@ lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_d
 static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t *e) {
     const lasp_model_config *c = &m->cfg;
     const size_t N = (size_t)(B * T), C = (size_t)c->d_model, F = (size_t)c->ffn_dim, V = (size_t)c->vocab;
-    const size_t big = 4 * C > 3 * F ? 4 * C : 3 * F, K = (size_t)c->conv, es = m->dtype == LASP_BF16 ? 2 : 4;
+    const size_t big = 4 * C > 3 * F ? 4 * C : 3 * F, es = m->dtype == LASP_BF16 ? 2 : 4;
     const int64_t chunk = logit_rows(c, (int64_t)N);
     double bytes = 0;
     gacts scratch;
@@ -227,13 +228,12 @@ static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t 
         OPD(a->q, N * C); OPD(a->k, N * C); OPD(a->v, N * C); DEV(a->o, N * C); DEV(a->rstdo, N);
         OPD(a->y, N * C); DEV(a->xm, N * C); DEV(a->rstd2, N); OPD(a->xn2, N * C);
         DEV(a->h, N * 2 * F); OPD(a->a, N * F);
-        if (K) DEV(a->cpre, N * 3 * C);
     }
-    if (K) DEV(m->dconv, N * 3 * C);
     DEV(m->xL, N * C); DEV(m->rstdf, N); OPD(m->xf, N * C); DEV(m->logits, (size_t)chunk * V);
     DEV(m->dres, N * C); DEV(m->dbuf, N * C); DEV(m->dbig, N * big);
-    DEV(m->dq, N * C); DEV(m->dk, N * C); DEV(m->dv, N * C); DEV(m->dob, N * C);
-    DEV(m->work, (size_t)work_floats(c, (int64_t)N));
+    if (m->dtype == LASP_F32) { DEV(m->dq, N * C); DEV(m->dk, N * C); DEV(m->dv, N * C); } /* bf16: in out16 */
+    DEV(m->dob, N * C);
+    DEV(m->work, (size_t)work_floats(c, B, T));
     DEV(m->loss, N); DEV(m->hit, N); DEV(m->tok, N); DEV(m->tgt, N);
     DEV(m->order, N); DEV(m->starts, N + 1); DEV(m->uniq, N);
     if (m->dtype == LASP_BF16) { /* a gradient rounded for the products or the op: see the backward */
@@ -347,23 +347,17 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
         if (bf16) lasp_rms_fwd_bf16_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
         else lasp_rms_fwd_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
         BLAS(mm_fwd(m, A->pre, A->xn1, weight(m, w + bo->wqkvu), N, C, 4 * C, &ZERO));
+        /* this chunk's last K − 1 projections: the next chunk's halo */
         PART(ELEMWISE);
-        const float *qkv = A->pre;
-        int64_t sq = 4 * C;
-        if (K) {
-            if (m->cout) /* this chunk's last K − 1 projections, the next chunk's halo */
-                for (int64_t b = 0; b < B; b++)
-                    CU(cudaMemcpy2DAsync(m->cout->halo + l * nh + b * (K - 1) * 3 * C, 3 * C * 4,
-                                         A->pre + (b * T + T - (K - 1)) * 4 * C, 4 * C * 4, 3 * C * 4, K - 1,
-                                         cudaMemcpyDeviceToDevice, st), "the halo");
-            PART(ELEMWISE);
-            lasp_conv_fwd_cuda(A->cpre, A->pre, 4 * C, m->cin ? m->cin->halo + l * nh : NULL, w + bo->conv, B, T,
-                               3 * C, K, st);
-            qkv = A->cpre, sq = 3 * C;
-        }
+        if (K && m->cout)
+            for (int64_t b = 0; b < B; b++)
+                CU(cudaMemcpy2DAsync(m->cout->halo + l * nh + b * (K - 1) * 3 * C, 3 * C * 4,
+                                     A->pre + (b * T + T - (K - 1)) * 4 * C, 4 * C * 4, 3 * C * 4, K - 1,
+                                     cudaMemcpyDeviceToDevice, st), "the halo");
         PART(ELEMWISE);
-        if (bf16) lasp_qkv_fwd_bf16_cuda(A->q, A->k, A->v, qkv, sq, N, C, st);
-        else lasp_qkv_fwd_cuda(A->q, A->k, A->v, qkv, sq, N, C, st);
+        const float *halo = K && m->cin ? m->cin->halo + l * nh : NULL, *wc = K ? w + bo->conv : NULL;
+        if (bf16) lasp_feat_fwd_bf16_cuda(A->q, A->k, A->v, A->pre, 4 * C, halo, wc, B, T, C, K, st);
+        else lasp_feat_fwd_cuda(A->q, A->k, A->v, A->pre, 4 * C, halo, wc, B, T, C, K, st);
         /* the op (bf16: its output rounded, read back into fp32 o), its states in fp32 */
         PART(ATTN);
         LASP_TRY(lasp_attn_fwd(ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride,
@@ -473,13 +467,18 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         lasp_rms_bwd_cuda(m->dres, g + bo->ln2, m->dbuf, A->xm, A->rstd2, w + bo->ln2, N, C, m->work, st);
 
         /* attention: dy = dres · woᵀ; through the gate (du into dpre's u columns) and the output norm */
-        float *dpre = m->dbig; /* [N, 4C] */
+        float *dpre = m->dbig; /* [N, 4C]; bf16: dpre16, the products' operand, in the same memory */
+        uint16_t *dpre16 = (uint16_t *)m->dbig;
         dout = operand(m, m->dres, N * C);
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wo), N, C, C));
         BLAS(mm_bwd_w(m, g + bo->wo, A->y, dout, N, C, C));
         PART(ELEMWISE);
-        lasp_gate_bwd_cuda(m->dbuf, dpre + 3 * C, 4 * C, A->o, A->rstdo, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C,
-                           st);
+        if (bf16)
+            lasp_gate_bwd_bf16_cuda(m->dbuf, dpre16 + 3 * C, 4 * C, A->o, A->rstdo, w + bo->onorm, A->pre + 3 * C,
+                                    4 * C, N, C, st);
+        else
+            lasp_gate_bwd_cuda(m->dbuf, dpre + 3 * C, 4 * C, A->o, A->rstdo, w + bo->onorm, A->pre + 3 * C, 4 * C, N,
+                               C, st);
         PART(ELEMWISE);
         CU(cudaMemsetAsync(m->dob, 0, N * C * 4, st), "zeroing");
         PART(ELEMWISE);
@@ -494,24 +493,19 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         float *dkvi = m->dcin ? m->dcin->kv + l * ns : NULL;
         if (bf16) LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, kvi, dob16, dkvo, dq16, dk16, dv16, dkvi));
         else LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, kvi, m->dob, dkvo, m->dq, m->dk, m->dv, dkvi));
-        /* through SiLU into the convolution's output (or the projections), then the convolution */
+        /* back through SiLU and the convolution into the projections' q | k | v columns; the halo came from the
+         * chunk before (its gradient goes back there), and the next chunk's halo gradient comes in */
         PART(ELEMWISE);
-        const float *qkv = K ? A->cpre : A->pre;
-        float *dqkv = K ? m->dconv : dpre;
-        const int64_t sq = K ? 3 * C : 4 * C;
-        if (bf16) lasp_qkv_bwd_bf16_cuda(dqkv, sq, dq16, dk16, dv16, qkv, N, C, st);
-        else lasp_qkv_bwd_cuda(dqkv, sq, m->dq, m->dk, m->dv, qkv, N, C, st);
-        if (K) { /* the halo came from the chunk before: its gradient goes back there; the next chunk's comes in */
-            PART(ELEMWISE);
-            lasp_conv_bwd_w_cuda(g + bo->conv, m->dconv, A->pre, 4 * C, m->cin ? m->cin->halo + l * nh : NULL, B, T,
-                                 3 * C, K, m->work, st);
-            PART(ELEMWISE);
-            lasp_conv_bwd_x_cuda(dpre, 4 * C, m->dcin ? m->dcin->halo + l * nh : NULL, m->dconv, w + bo->conv, B, T,
-                                 3 * C, K, st);
-            PART(ELEMWISE);
-            if (m->dcout) lasp_rows_add_cuda(dpre, 4 * C, m->dcout->halo + l * nh, B, T, K - 1, 3 * C, st);
-        }
-        dout = operand(m, dpre, N * 4 * C);
+        const float *halo = K && m->cin ? m->cin->halo + l * nh : NULL, *wc = K ? w + bo->conv : NULL;
+        float *dhalo = K && m->dcin ? m->dcin->halo + l * nh : NULL, *dwc = K ? g + bo->conv : NULL;
+        const float *dnext = K && m->dcout ? m->dcout->halo + l * nh : NULL;
+        if (bf16)
+            lasp_feat_bwd_bf16_cuda(dpre16, 4 * C, dwc, dhalo, dnext, dq16, dk16, dv16, A->pre, 4 * C, halo, wc, B, T,
+                                    C, K, m->work, st);
+        else
+            lasp_feat_bwd_cuda(dpre, 4 * C, dwc, dhalo, dnext, m->dq, m->dk, m->dv, A->pre, 4 * C, halo, wc, B, T, C,
+                               K, m->work, st);
+        dout = bf16 ? (const void *)dpre16 : (const void *)dpre;
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wqkvu), N, C, 4 * C));
         BLAS(mm_bwd_w(m, g + bo->wqkvu, A->xn1, dout, N, C, 4 * C));
         PART(ELEMWISE);
