@@ -92,6 +92,14 @@ void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, co
 void lasp_gate_fwd_cuda(float *y, const float *u, int64_t su, int64_t N, int64_t C, struct CUstream_st *stream);
 void lasp_gate_bwd_cuda(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
                         const float *u, int64_t su, int64_t N, int64_t C, struct CUstream_st *stream);
+/* The attention output's RMSNorm (gain g, rstd kept) and gate in one pass: y = RMSNorm(o) ⊙ σ(u), u rows of
+ * stride su (the CPU model runs it as rms_fwd then gate_fwd). Its backward from dy, which becomes ∂/∂ô as in
+ * gate_bwd: du (stride sdu) = ∂/∂u, dox = ∂/∂o (written, not accumulated), dg += ∂/∂g. */
+void lasp_onorm_gate_fwd_cuda(float *y, float *rstd, const float *o, const float *g, const float *u, int64_t su,
+                              int64_t N, int64_t C, struct CUstream_st *stream);
+void lasp_onorm_gate_bwd_cuda(float *dox, float *du, int64_t sdu, float *dg, float *dy, const float *o,
+                              const float *rstd, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
+                              float *work, struct CUstream_st *stream);
 void lasp_glu_fwd_cuda(float *a, const float *h, int64_t N, int64_t F, struct CUstream_st *stream);
 void lasp_glu_bwd_cuda(float *dh, const float *da, const float *h, int64_t N, int64_t F, struct CUstream_st *stream);
 /* The attention's features straight from the projections: the short convolution and SiLU in one pass, so
@@ -113,9 +121,11 @@ void lasp_xent_cuda(float *z, const int32_t *targets, int64_t N, int64_t V, floa
 void lasp_embed_fwd_cuda(float *x, const float *wte, const int32_t *tokens, int64_t N, int64_t C,
                          struct CUstream_st *stream);
 /* The same passes with their bf16 side (void *: __nv_bfloat16, rounded to nearest even) for the bf16 model,
- * where they feed the matrix products and the attention op: the outputs of rms_fwd, feat_fwd, gate_fwd (out
- * of place: y = yin ⊙ σ(u)), glu_fwd and glu_bwd (dh), the gradients feat_bwd reads and writes (dp), gate_bwd's
- * du, and the gradient xent writes to dz instead of in place. Everything else stays fp32. */
+ * where they feed or come out of the matrix products and the attention op: the outputs of rms_fwd, feat_fwd and
+ * onorm_gate_fwd, the op's output o that onorm_gate reads, the GLU's h and da (products' outputs) and its a and
+ * dh, the gradients feat_bwd reads and writes (dp), onorm_gate_bwd's du and dox, and the gradient xent writes to
+ * dz instead of in place. Everything else (the residual stream, the norms' rstd, the gains' and taps' gradients,
+ * the projections p) stays fp32. */
 void lasp_rms_fwd_bf16_cuda(void *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
                             struct CUstream_st *stream);
 void lasp_feat_fwd_bf16_cuda(void *q, void *k, void *v, const float *p, int64_t sp, const float *halo,
@@ -124,13 +134,13 @@ void lasp_feat_bwd_bf16_cuda(void *dp, int64_t sdp, float *dwc, float *dhalo, co
                              const void *dk, const void *dv, const float *p, int64_t sp, const float *halo,
                              const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work,
                              struct CUstream_st *stream);
-void lasp_gate_bwd_bf16_cuda(float *dy, void *du, int64_t sdu, const float *o, const float *rstd, const float *g,
-                             const float *u, int64_t su, int64_t N, int64_t C, struct CUstream_st *stream);
-void lasp_gate_fwd_bf16_cuda(void *y, const float *yin, const float *u, int64_t su, int64_t N, int64_t C,
-                             struct CUstream_st *stream);
-void lasp_glu_fwd_bf16_cuda(void *a, const float *h, int64_t N, int64_t F, struct CUstream_st *stream);
-void lasp_glu_bwd_bf16_cuda(void *dh, const float *da, const float *h, int64_t N, int64_t F,
-                            struct CUstream_st *stream);
+void lasp_onorm_gate_fwd_bf16_cuda(void *y, float *rstd, const void *o, const float *g, const float *u, int64_t su,
+                                   int64_t N, int64_t C, struct CUstream_st *stream);
+void lasp_onorm_gate_bwd_bf16_cuda(void *dox, void *du, int64_t sdu, float *dg, float *dy, const void *o,
+                                   const float *rstd, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
+                                   float *work, struct CUstream_st *stream);
+void lasp_glu_fwd_bf16_cuda(void *a, const void *h, int64_t N, int64_t F, struct CUstream_st *stream);
+void lasp_glu_bwd_bf16_cuda(void *dh, const void *da, const void *h, int64_t N, int64_t F, struct CUstream_st *stream);
 void lasp_xent_bf16_cuda(const float *z, void *dz, const int32_t *targets, int64_t N, int64_t V, float scale,
                          double *loss, int32_t *hit, struct CUstream_st *stream);
 

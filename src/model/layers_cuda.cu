@@ -86,13 +86,14 @@ __global__ void k_rms_bwd_x(float *dx, const float *dy, const float *x, const fl
 }
 
 /* work[p, c] = Σ over part p's rows of dy·x·rstd */
-__global__ void k_rms_bwd_g(float *work, const float *dy, const float *x, const float *rstd, int64_t N, int64_t C,
+template <typename TX>
+__global__ void k_rms_bwd_g(float *work, const float *dy, const TX *x, const float *rstd, int64_t N, int64_t C,
                             int64_t rows) {
     const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, p = blockIdx.y;
     if (c >= C) return;
     const int64_t n1 = (p + 1) * rows < N ? (p + 1) * rows : N;
     float s = 0;
-    for (int64_t n = p * rows; n < n1; n++) s += dy[n * C + c] * x[n * C + c] * rstd[n];
+    for (int64_t n = p * rows; n < n1; n++) s += dy[n * C + c] * get(x + n * C + c) * rstd[n];
     work[p * C + c] = s;
 }
 
@@ -104,28 +105,66 @@ __global__ void k_gate_fwd(T *y, const float *yin, const float *u, int64_t su, i
     ROWS(n, N) COLS(c, C) put(y + n * C + c, yin[n * C + c] * sigmoid(u[n * su + c]));
 }
 
-template <typename TU>
-__global__ void k_gate_bwd(float *dy, TU *du, int64_t sdu, const float *o, const float *rstd, const float *g,
+__global__ void k_gate_bwd(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
                            const float *u, int64_t su, int64_t N, int64_t C) {
     ROWS(n, N) COLS(c, C) {
         const int64_t i = n * C + c;
         const float s = sigmoid(u[n * su + c]), oh = o[i] * rstd[n] * g[c], d = dy[i];
-        put(du + n * sdu + c, d * oh * s * (1 - s));
+        du[n * sdu + c] = d * oh * s * (1 - s);
         dy[i] = d * s;
     }
 }
 
-template <typename T>
-__global__ void k_glu_fwd(T *a, const float *h, int64_t N, int64_t F) {
-    ROWS(n, N) COLS(f, F) put(a + n * F + f, h[n * 2 * F + f] * h[n * 2 * F + F + f]);
+/* The attention output's norm and gate in one pass, a warp per row: y = RMSNorm(o) ⊙ σ(u) */
+template <typename TO, typename TY>
+__global__ void k_onorm_gate_fwd(TY *y, float *rstd, const TO *o, const float *g, const float *u, int64_t su,
+                                 int64_t N, int64_t C) {
+    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const TO *orow = o + n * C;
+    float ss = 0;
+    for (int64_t c = lane; c < C; c += 32) ss += get(orow + c) * get(orow + c);
+    const float r = rsqrtf(warp_sum(ss) / (float)C + LASP_RMS_EPS);
+    if (lane == 0) rstd[n] = r;
+    for (int64_t c = lane; c < C; c += 32) put(y + n * C + c, get(orow + c) * r * g[c] * sigmoid(u[n * su + c]));
+}
+
+/* Its backward, a warp per row: du, dy ← ∂/∂ô = dy ⊙ σ(u) (kept for the gain's sums), and do through the norm
+ * (written; each lane reads back only the dy it wrote) */
+template <typename TO, typename TD>
+__global__ void k_onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dy, const TO *o, const float *rstd,
+                                 const float *g, const float *u, int64_t su, int64_t N, int64_t C) {
+    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const float r = rstd[n];
+    float dot = 0;
+    for (int64_t c = lane; c < C; c += 32) {
+        const int64_t i = n * C + c;
+        const float s = sigmoid(u[n * su + c]), x = get(o + i), d = dy[i], dh = d * s;
+        put(du + n * sdu + c, d * (x * r * g[c]) * s * (1 - s));
+        dy[i] = dh;
+        dot += dh * g[c] * x * r;
+    }
+    const float mean = warp_sum(dot) / (float)C;
+    for (int64_t c = lane; c < C; c += 32) {
+        const int64_t i = n * C + c;
+        put(dox + i, r * (dy[i] * g[c] - get(o + i) * r * mean));
+    }
 }
 
 template <typename T>
-__global__ void k_glu_bwd(T *dh, const float *da, const float *h, int64_t N, int64_t F) {
+__global__ void k_glu_fwd(T *a, const T *h, int64_t N, int64_t F) {
+    ROWS(n, N) COLS(f, F) put(a + n * F + f, get(h + n * 2 * F + f) * get(h + n * 2 * F + F + f));
+}
+
+template <typename T>
+__global__ void k_glu_bwd(T *dh, const T *da, const T *h, int64_t N, int64_t F) {
     ROWS(n, N) COLS(f, F) {
-        const float d = da[n * F + f];
-        put(dh + n * 2 * F + f, d * h[n * 2 * F + F + f]);
-        put(dh + n * 2 * F + F + f, d * h[n * 2 * F + f]);
+        const float d = get(da + n * F + f);
+        put(dh + n * 2 * F + f, d * get(h + n * 2 * F + F + f));
+        put(dh + n * 2 * F + F + f, d * get(h + n * 2 * F + f));
     }
 }
 
@@ -417,6 +456,25 @@ __global__ void k_embed_bwd(float *dwte, const float *dx, const int32_t *order, 
     }
 }
 
+template <typename TO, typename TY>
+void onorm_gate_fwd(TY *y, float *rstd, const TO *o, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
+                    cudaStream_t st) {
+    const int rows = THREADS / 32;
+    if (N) k_onorm_gate_fwd<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>(y, rstd, o, g, u, su, N, C);
+}
+
+template <typename TO, typename TD>
+void onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dg, float *dy, const TO *o, const float *rstd, const float *g,
+                    const float *u, int64_t su, int64_t N, int64_t C, float *work, cudaStream_t st) {
+    if (!N) return;
+    const int rows = THREADS / 32;
+    k_onorm_gate_bwd<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
+    const int64_t parts = parts_for(N), per = (N + parts - 1) / parts;
+    const dim3 grid((unsigned)((C + THREADS - 1) / THREADS), (unsigned)parts);
+    k_rms_bwd_g<<<grid, THREADS, 0, st>>>(work, dy, o, rstd, N, C, per);
+    k_sum_parts<<<grid_for(C), THREADS, 0, st>>>(dg, work, parts, C);
+}
+
 }  // namespace
 
 /* ---- the C interface ------------------------------------------------------------------------------ */
@@ -470,19 +528,32 @@ void lasp_gate_fwd_cuda(float *y, const float *u, int64_t su, int64_t N, int64_t
     k_gate_fwd<<<rows_grid(N), THREADS, 0, st>>>(y, y, u, su, N, C);
 }
 
-void lasp_gate_fwd_bf16_cuda(void *y, const float *yin, const float *u, int64_t su, int64_t N, int64_t C,
-                             cudaStream_t st) {
-    k_gate_fwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)y, yin, u, su, N, C);
-}
-
 void lasp_gate_bwd_cuda(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
                         const float *u, int64_t su, int64_t N, int64_t C, cudaStream_t st) {
     k_gate_bwd<<<rows_grid(N), THREADS, 0, st>>>(dy, du, sdu, o, rstd, g, u, su, N, C);
 }
 
-void lasp_gate_bwd_bf16_cuda(float *dy, void *du, int64_t sdu, const float *o, const float *rstd, const float *g,
-                             const float *u, int64_t su, int64_t N, int64_t C, cudaStream_t st) {
-    k_gate_bwd<<<rows_grid(N), THREADS, 0, st>>>(dy, (__nv_bfloat16 *)du, sdu, o, rstd, g, u, su, N, C);
+void lasp_onorm_gate_fwd_cuda(float *y, float *rstd, const float *o, const float *g, const float *u, int64_t su,
+                              int64_t N, int64_t C, cudaStream_t st) {
+    onorm_gate_fwd(y, rstd, o, g, u, su, N, C, st);
+}
+
+void lasp_onorm_gate_fwd_bf16_cuda(void *y, float *rstd, const void *o, const float *g, const float *u, int64_t su,
+                                   int64_t N, int64_t C, cudaStream_t st) {
+    onorm_gate_fwd((__nv_bfloat16 *)y, rstd, (const __nv_bfloat16 *)o, g, u, su, N, C, st);
+}
+
+void lasp_onorm_gate_bwd_cuda(float *dox, float *du, int64_t sdu, float *dg, float *dy, const float *o,
+                              const float *rstd, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
+                              float *work, cudaStream_t st) {
+    onorm_gate_bwd(dox, du, sdu, dg, dy, o, rstd, g, u, su, N, C, work, st);
+}
+
+void lasp_onorm_gate_bwd_bf16_cuda(void *dox, void *du, int64_t sdu, float *dg, float *dy, const void *o,
+                                   const float *rstd, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
+                                   float *work, cudaStream_t st) {
+    onorm_gate_bwd((__nv_bfloat16 *)dox, (__nv_bfloat16 *)du, sdu, dg, dy, (const __nv_bfloat16 *)o, rstd, g, u, su, N,
+                   C, work, st);
 }
 
 int64_t lasp_feat_cuda_work_floats(int64_t B, int64_t C, int64_t K) { return (FEAT_PARTS + B) * K * 3 * C; }
@@ -515,16 +586,17 @@ void lasp_glu_fwd_cuda(float *a, const float *h, int64_t N, int64_t F, cudaStrea
     k_glu_fwd<<<rows_grid(N), THREADS, 0, st>>>(a, h, N, F);
 }
 
-void lasp_glu_fwd_bf16_cuda(void *a, const float *h, int64_t N, int64_t F, cudaStream_t st) {
-    k_glu_fwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)a, h, N, F);
+void lasp_glu_fwd_bf16_cuda(void *a, const void *h, int64_t N, int64_t F, cudaStream_t st) {
+    k_glu_fwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)a, (const __nv_bfloat16 *)h, N, F);
 }
 
 void lasp_glu_bwd_cuda(float *dh, const float *da, const float *h, int64_t N, int64_t F, cudaStream_t st) {
     k_glu_bwd<<<rows_grid(N), THREADS, 0, st>>>(dh, da, h, N, F);
 }
 
-void lasp_glu_bwd_bf16_cuda(void *dh, const float *da, const float *h, int64_t N, int64_t F, cudaStream_t st) {
-    k_glu_bwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)dh, da, h, N, F);
+void lasp_glu_bwd_bf16_cuda(void *dh, const void *da, const void *h, int64_t N, int64_t F, cudaStream_t st) {
+    k_glu_bwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)dh, (const __nv_bfloat16 *)da,
+                                                   (const __nv_bfloat16 *)h, N, F);
 }
 
 void lasp_xent_cuda(float *z, const int32_t *targets, int64_t N, int64_t V, float scale, double *loss, int32_t *hit,

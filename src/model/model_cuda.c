@@ -14,11 +14,12 @@
 /* The head's logits are made this many bytes of rows at a time (docs/MODEL.md: never [N × V] whole). */
 #define LOGIT_CHUNK_BYTES (256 << 20)
 
-/* A layer's saved activations. xn1, y, xn2, a (the products' inputs) and q, k, v (the op's) are only ever
- * operands, so they are kept in the model's dtype (f32 or bf16); the rest is fp32. */
+/* A layer's saved activations. xn1, y, xn2, a (the products' inputs), q, k, v (the op's), o (the op's output)
+ * and h (a product's output, the GLU's input) are kept in the model's dtype (f32 or bf16); the residual stream,
+ * the projections and the norms' rstd are fp32. */
 typedef struct gacts {
-    float *x, *rstd1, *pre, *o, *rstdo, *xm, *rstd2, *h;
-    void *xn1, *q, *k, *v, *y, *xn2, *a;
+    float *x, *rstd1, *pre, *rstdo, *xm, *rstd2;
+    void *xn1, *q, *k, *v, *o, *y, *xn2, *h, *a;
 } gacts;
 
 struct lasp_gmodel {
@@ -72,34 +73,46 @@ static lasp_status cuda_fail(lasp_gmodel *m, cudaError_t e, const char *what) {
 
 static const float ONE = 1.0f, ZERO = 0.0f;
 
-/* C[M,N] (column-major) = op(A) · op(B) + beta·C, fp32 C; A and B fp32, or bf16 (fp32 accumulation) */
+/* C[M,N] (column-major) = op(A) · op(B) + beta·C; A and B fp32, or bf16 (fp32 accumulation); C fp32, or with
+ * c16 in the bf16 model bf16 (a product whose output only ever feeds bf16 work) */
 static cublasStatus_t gemm(const lasp_gmodel *m, cublasOperation_t ta, cublasOperation_t tb, int64_t M, int64_t N,
                            int64_t K, const void *A, int64_t lda, const void *B, int64_t ldb, const float *beta,
-                           float *C, int64_t ldc) {
+                           void *C, int64_t ldc, int c16) {
     lasp_gprof_mark(m->prof, LASP_PART_MATMUL); /* the products' time is theirs as a kind, not a place's */
     if (m->dtype == LASP_F32)
         return cublasSgemm(m->blas, ta, tb, (int)M, (int)N, (int)K, &ONE, (const float *)A, (int)lda,
-                           (const float *)B, (int)ldb, beta, C, (int)ldc);
+                           (const float *)B, (int)ldb, beta, (float *)C, (int)ldc);
     return cublasGemmEx(m->blas, ta, tb, (int)M, (int)N, (int)K, &ONE, A, CUDA_R_16BF, (int)lda, B, CUDA_R_16BF,
-                        (int)ldb, beta, C, CUDA_R_32F, (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                        (int)ldb, beta, C, c16 ? CUDA_R_16BF : CUDA_R_32F, (int)ldc, CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT);
 }
 
-/* out[N,O] = in[N,K] · W[K,O] + beta · out */
+/* out[N,O] = in[N,K] · W[K,O] + beta · out; fp32 out, or (mm_fwd_op) out in the model's dtype */
 static cublasStatus_t mm_fwd(const lasp_gmodel *m, float *out, const void *in, const void *W, int64_t N, int64_t K,
                              int64_t O, const float *beta) {
-    return gemm(m, CUBLAS_OP_N, CUBLAS_OP_N, O, N, K, W, O, in, K, beta, out, O);
+    return gemm(m, CUBLAS_OP_N, CUBLAS_OP_N, O, N, K, W, O, in, K, beta, out, O, 0);
 }
 
-/* din[N,K] = dout[N,O] · Wᵀ */
+static cublasStatus_t mm_fwd_op(const lasp_gmodel *m, void *out, const void *in, const void *W, int64_t N, int64_t K,
+                                int64_t O) {
+    return gemm(m, CUBLAS_OP_N, CUBLAS_OP_N, O, N, K, W, O, in, K, &ZERO, out, O, 1);
+}
+
+/* din[N,K] = dout[N,O] · Wᵀ; fp32 din, or (mm_bwd_in_op) din in the model's dtype */
 static cublasStatus_t mm_bwd_in(const lasp_gmodel *m, float *din, const void *dout, const void *W, int64_t N,
                                 int64_t K, int64_t O) {
-    return gemm(m, CUBLAS_OP_T, CUBLAS_OP_N, K, N, O, W, O, dout, O, &ZERO, din, K);
+    return gemm(m, CUBLAS_OP_T, CUBLAS_OP_N, K, N, O, W, O, dout, O, &ZERO, din, K, 0);
+}
+
+static cublasStatus_t mm_bwd_in_op(const lasp_gmodel *m, void *din, const void *dout, const void *W, int64_t N,
+                                   int64_t K, int64_t O) {
+    return gemm(m, CUBLAS_OP_T, CUBLAS_OP_N, K, N, O, W, O, dout, O, &ZERO, din, K, 1);
 }
 
 /* dW[K,O] += in[N,K]ᵀ · dout[N,O] */
 static cublasStatus_t mm_bwd_w(const lasp_gmodel *m, float *dW, const void *in, const void *dout, int64_t N,
                                int64_t K, int64_t O) {
-    return gemm(m, CUBLAS_OP_N, CUBLAS_OP_T, O, K, N, dout, O, in, K, &ONE, dW, O);
+    return gemm(m, CUBLAS_OP_N, CUBLAS_OP_T, O, K, N, dout, O, in, K, &ONE, dW, O, 0);
 }
 
 /* A gradient as the products take it: x itself in f32; in bf16, x rounded into out16. */
@@ -225,14 +238,15 @@ static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t 
     for (int l = 0; l < c->n_layers; l++) {
         gacts *a = alloc ? &m->acts[l] : &scratch;
         DEV(a->x, N * C); DEV(a->rstd1, N); OPD(a->xn1, N * C); DEV(a->pre, N * 4 * C);
-        OPD(a->q, N * C); OPD(a->k, N * C); OPD(a->v, N * C); DEV(a->o, N * C); DEV(a->rstdo, N);
+        OPD(a->q, N * C); OPD(a->k, N * C); OPD(a->v, N * C); OPD(a->o, N * C); DEV(a->rstdo, N);
         OPD(a->y, N * C); DEV(a->xm, N * C); DEV(a->rstd2, N); OPD(a->xn2, N * C);
-        DEV(a->h, N * 2 * F); OPD(a->a, N * F);
+        OPD(a->h, N * 2 * F); OPD(a->a, N * F);
     }
     DEV(m->xL, N * C); DEV(m->rstdf, N); OPD(m->xf, N * C); DEV(m->logits, (size_t)chunk * V);
     DEV(m->dres, N * C); DEV(m->dbuf, N * C); DEV(m->dbig, N * big);
-    if (m->dtype == LASP_F32) { DEV(m->dq, N * C); DEV(m->dk, N * C); DEV(m->dv, N * C); } /* bf16: in out16 */
-    DEV(m->dob, N * C);
+    if (m->dtype == LASP_F32) { /* bf16: in out16 */
+        DEV(m->dq, N * C); DEV(m->dk, N * C); DEV(m->dv, N * C); DEV(m->dob, N * C);
+    }
     DEV(m->work, (size_t)work_floats(c, B, T));
     DEV(m->loss, N); DEV(m->hit, N); DEV(m->tok, N); DEV(m->tgt, N);
     DEV(m->order, N); DEV(m->starts, N + 1); DEV(m->uniq, N);
@@ -358,26 +372,14 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
         const float *halo = K && m->cin ? m->cin->halo + l * nh : NULL, *wc = K ? w + bo->conv : NULL;
         if (bf16) lasp_feat_fwd_bf16_cuda(A->q, A->k, A->v, A->pre, 4 * C, halo, wc, B, T, C, K, st);
         else lasp_feat_fwd_cuda(A->q, A->k, A->v, A->pre, 4 * C, halo, wc, B, T, C, K, st);
-        /* the op (bf16: its output rounded, read back into fp32 o), its states in fp32 */
+        /* the op (its output in the dtype), its states in fp32 */
         PART(ATTN);
         LASP_TRY(lasp_attn_fwd(ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride,
-                               m->cin ? m->cin->kv + l * ns : NULL, bf16 ? (void *)m->out16 : (void *)A->o,
-                               m->cout ? m->cout->kv + l * ns : NULL));
+                               m->cin ? m->cin->kv + l * ns : NULL, A->o, m->cout ? m->cout->kv + l * ns : NULL));
+        /* y = RMSNorm(o) ⊙ σ(u); xm = x + y · wo (the residual added by the product: beta = 1) */
         PART(ELEMWISE);
-        if (bf16) lasp_from_bf16_cuda(A->o, m->out16, N * C, st);
-        /* y = RMSNorm(o) ⊙ σ(u) (bf16: the norm into dbuf, free until the head); xm = x + y · wo (the residual
-         * added by the product: beta = 1) */
-        if (bf16) {
-            PART(ELEMWISE);
-            lasp_rms_fwd_cuda(m->dbuf, A->rstdo, A->o, w + bo->onorm, N, C, st);
-            PART(ELEMWISE);
-            lasp_gate_fwd_bf16_cuda(A->y, m->dbuf, A->pre + 3 * C, 4 * C, N, C, st);
-        } else {
-            PART(ELEMWISE);
-            lasp_rms_fwd_cuda(A->y, A->rstdo, A->o, w + bo->onorm, N, C, st);
-            PART(ELEMWISE);
-            lasp_gate_fwd_cuda(A->y, A->pre + 3 * C, 4 * C, N, C, st);
-        }
+        if (bf16) lasp_onorm_gate_fwd_bf16_cuda(A->y, A->rstdo, A->o, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, st);
+        else lasp_onorm_gate_fwd_cuda(A->y, A->rstdo, A->o, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, st);
         PART(ELEMWISE);
         CU(cudaMemcpyAsync(A->xm, A->x, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
         BLAS(mm_fwd(m, A->xm, A->y, weight(m, w + bo->wo), N, C, C, &ONE));
@@ -385,7 +387,7 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
         PART(ELEMWISE);
         if (bf16) lasp_rms_fwd_bf16_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
         else lasp_rms_fwd_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
-        BLAS(mm_fwd(m, A->h, A->xn2, weight(m, w + bo->w12), N, C, 2 * F, &ZERO));
+        BLAS(mm_fwd_op(m, A->h, A->xn2, weight(m, w + bo->w12), N, C, 2 * F));
         PART(ELEMWISE);
         if (bf16) lasp_glu_fwd_bf16_cuda(A->a, A->h, N, F, st);
         else lasp_glu_fwd_cuda(A->a, A->h, N, F, st);
@@ -451,11 +453,11 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     for (int64_t l = L - 1; l >= 0; l--) {
         const gacts *A = &m->acts[l];
         w = m->params + m->lay.unit_off[1 + l], g = m->grads + m->lay.unit_off[1 + l];
-        /* FFN: da = dres · w3ᵀ; dh from the GLU (bf16: rounded into out16); dbuf = dh · w12ᵀ; dres += through
-         * the norm → ∂/∂xm */
+        /* FFN: da = dres · w3ᵀ (in the dtype); dh from the GLU (bf16: into out16); dbuf = dh · w12ᵀ; dres +=
+         * through the norm → ∂/∂xm */
         float *da = m->dbig + N * 2 * F;
         const void *dout = operand(m, m->dres, N * C);
-        BLAS(mm_bwd_in(m, da, dout, weight(m, w + bo->w3), N, F, C));
+        BLAS(mm_bwd_in_op(m, da, dout, weight(m, w + bo->w3), N, F, C));
         BLAS(mm_bwd_w(m, g + bo->w3, A->a, dout, N, F, C));
         PART(ELEMWISE);
         if (bf16) lasp_glu_bwd_bf16_cuda(m->out16, da, A->h, N, F, st);
@@ -472,22 +474,16 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         dout = operand(m, m->dres, N * C);
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wo), N, C, C));
         BLAS(mm_bwd_w(m, g + bo->wo, A->y, dout, N, C, C));
-        PART(ELEMWISE);
-        if (bf16)
-            lasp_gate_bwd_bf16_cuda(m->dbuf, dpre16 + 3 * C, 4 * C, A->o, A->rstdo, w + bo->onorm, A->pre + 3 * C,
-                                    4 * C, N, C, st);
-        else
-            lasp_gate_bwd_cuda(m->dbuf, dpre + 3 * C, 4 * C, A->o, A->rstdo, w + bo->onorm, A->pre + 3 * C, 4 * C, N,
-                               C, st);
-        PART(ELEMWISE);
-        CU(cudaMemsetAsync(m->dob, 0, N * C * 4, st), "zeroing");
-        PART(ELEMWISE);
-        lasp_rms_bwd_cuda(m->dob, g + bo->onorm, m->dbuf, A->o, A->rstdo, w + bo->onorm, N, C, m->work, st);
-        /* the op: bf16 reads dO rounded and writes dq, dk, dv rounded, all in out16 */
+        /* through the gate and the output norm: du into dpre's u columns, dO for the op (bf16: into out16) */
         const float *slopes = m->slopes + l * m->slope_stride;
         uint16_t *dob16 = m->out16, *dq16 = dob16 + N * C, *dk16 = dq16 + N * C, *dv16 = dk16 + N * C;
         PART(ELEMWISE);
-        if (bf16) lasp_to_bf16_cuda(dob16, m->dob, N * C, st);
+        if (bf16)
+            lasp_onorm_gate_bwd_bf16_cuda(dob16, dpre16 + 3 * C, 4 * C, g + bo->onorm, m->dbuf, A->o, A->rstdo,
+                                          w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, m->work, st);
+        else
+            lasp_onorm_gate_bwd_cuda(m->dob, dpre + 3 * C, 4 * C, g + bo->onorm, m->dbuf, A->o, A->rstdo,
+                                     w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, m->work, st);
         PART(ATTN);
         const float *kvi = m->cin ? m->cin->kv + l * ns : NULL, *dkvo = m->dcout ? m->dcout->kv + l * ns : NULL;
         float *dkvi = m->dcin ? m->dcin->kv + l * ns : NULL;
