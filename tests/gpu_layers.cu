@@ -63,6 +63,16 @@ static void case_rms(int64_t N, int64_t C) {
     expect_close("dg (accumulated)", d_dg, dg, C);
     lasp_rms_bwd_cuda(d_dx, d_dg2, d_dy, d_x, d_rstd, d_g, N, C, work, 0);
     expect_same_bits("dg", d_dg, d_dg2, C);
+    /* the variant that also rounds the accumulated dx for the products: the same fp32 dx, and its bf16 copy */
+    void *d_dx16 = test_to_dev(NULL, N * C, LASP_BF16);
+    cudaMemcpy(d_dx, dx0, N * C * 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_dg2, dg0, C * 4, cudaMemcpyHostToDevice);
+    lasp_rms_bwd_bf16_cuda(d_dx, d_dx16, d_dg2, d_dy, d_x, d_rstd, d_g, N, C, work, 0);
+    expect_close("dx (accumulated, with its bf16 copy)", d_dx, dx, N * C);
+    expect_same_bits("dg (with dx's bf16 copy)", d_dg, d_dg2, C);
+    float *h16 = test_from_dev(d_dx16, N * C, LASP_BF16);
+    CHECK(test_rel(h16, dx, N * C) <= 2e-2, "dx's bf16 copy: relative %.3g", test_rel(h16, dx, N * C));
+    free(h16), cudaFree(d_dx16);
     test_case("RMSNorm forward and backward, N %lld C %lld", (long long)N, (long long)C);
     free(x), free(g), free(dy), free(dx0), free(dg0), free(out), free(rstd), free(dx), free(dg);
     cudaFree(d_x), cudaFree(d_g), cudaFree(d_dy), cudaFree(d_out), cudaFree(d_rstd), cudaFree(d_dx), cudaFree(d_dg);

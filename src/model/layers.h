@@ -128,6 +128,9 @@ void lasp_embed_fwd_cuda(float *x, const float *wte, const int32_t *tokens, int6
  * the projections p) stays fp32. */
 void lasp_rms_fwd_bf16_cuda(void *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
                             struct CUstream_st *stream);
+/* rms_bwd, and the accumulated dx rounded into dx16 (NULL: not), the operand of the products that read it next */
+void lasp_rms_bwd_bf16_cuda(float *dx, void *dx16, float *dg, const float *dy, const float *x, const float *rstd,
+                            const float *g, int64_t N, int64_t C, float *work, struct CUstream_st *stream);
 void lasp_feat_fwd_bf16_cuda(void *q, void *k, void *v, const float *p, int64_t sp, const float *halo,
                              const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, struct CUstream_st *stream);
 void lasp_feat_bwd_bf16_cuda(void *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, const void *dq,

@@ -73,8 +73,9 @@ __global__ void k_rms_fwd(T *out, float *rstd, const float *x, const float *g, i
     for (int64_t c = lane; c < C; c += 32) put(out + n * C + c, xr[c] * r * g[c]);
 }
 
-__global__ void k_rms_bwd_x(float *dx, const float *dy, const float *x, const float *rstd, const float *g, int64_t N,
-                            int64_t C) {
+/* dx16 (may be NULL): the accumulated dx rounded, as the next products read it */
+__global__ void k_rms_bwd_x(float *dx, __nv_bfloat16 *dx16, const float *dy, const float *x, const float *rstd,
+                            const float *g, int64_t N, int64_t C) {
     const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x & 31;
     if (n >= N) return;
@@ -82,7 +83,11 @@ __global__ void k_rms_bwd_x(float *dx, const float *dy, const float *x, const fl
     float dot = 0;
     for (int64_t c = lane; c < C; c += 32) dot += dr[c] * g[c] * xr[c] * r;
     const float mean = warp_sum(dot) / (float)C;
-    for (int64_t c = lane; c < C; c += 32) dx[n * C + c] += r * (dr[c] * g[c] - xr[c] * r * mean);
+    for (int64_t c = lane; c < C; c += 32) {
+        const float d = dx[n * C + c] + r * (dr[c] * g[c] - xr[c] * r * mean);
+        dx[n * C + c] = d;
+        if (dx16) dx16[n * C + c] = __float2bfloat16_rn(d);
+    }
 }
 
 /* work[p, c] = Σ over part p's rows of dy·x·rstd */
@@ -515,9 +520,15 @@ void lasp_rms_fwd_bf16_cuda(void *out, float *rstd, const float *x, const float 
 
 void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,
                        int64_t N, int64_t C, float *work, cudaStream_t st) {
+    lasp_rms_bwd_bf16_cuda(dx, NULL, dg, dy, x, rstd, g, N, C, work, st);
+}
+
+void lasp_rms_bwd_bf16_cuda(float *dx, void *dx16, float *dg, const float *dy, const float *x, const float *rstd,
+                            const float *g, int64_t N, int64_t C, float *work, cudaStream_t st) {
     if (!N) return;
     const int rows = THREADS / 32;
-    k_rms_bwd_x<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>(dx, dy, x, rstd, g, N, C);
+    k_rms_bwd_x<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>(dx, (__nv_bfloat16 *)dx16, dy, x, rstd, g, N,
+                                                                         C);
     const int64_t parts = parts_for(N), per = (N + parts - 1) / parts;
     const dim3 grid((unsigned)((C + THREADS - 1) / THREADS), (unsigned)parts);
     k_rms_bwd_g<<<grid, THREADS, 0, st>>>(work, dy, x, rstd, N, C, per);

@@ -115,14 +115,6 @@ static cublasStatus_t mm_bwd_w(const lasp_gmodel *m, float *dW, const void *in, 
     return gemm(m, CUBLAS_OP_N, CUBLAS_OP_T, O, K, N, dout, O, in, K, &ONE, dW, O, 0);
 }
 
-/* A gradient as the products take it: x itself in f32; in bf16, x rounded into out16. */
-static const void *operand(const lasp_gmodel *m, const float *x, int64_t n) {
-    if (m->dtype == LASP_F32) return x;
-    lasp_gprof_mark_at(m->prof, LASP_PART_ELEMWISE, __FILE__, __LINE__);
-    lasp_to_bf16_cuda(m->out16, x, n, m->stream);
-    return m->out16;
-}
-
 /* A weight as the products take it: the fp32 parameter, or its bf16 copy at the same offset. */
 static const void *weight(const lasp_gmodel *m, const float *w) {
     return m->dtype == LASP_F32 ? (const void *)w : (const void *)(m->params16 + (w - m->params));
@@ -446,7 +438,10 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     PART(ELEMWISE);
     CU(cudaMemsetAsync(m->dres, 0, N * C * 4, st), "zeroing");
     PART(ELEMWISE);
-    lasp_rms_bwd_cuda(m->dres, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C, m->work, st);
+    /* dres rounded into out16 too (bf16), where the next products read it: here and after each block's norms */
+    void *dres16 = bf16 ? (void *)m->out16 : NULL;
+    lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C,
+                           m->work, st);
 
     const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = m->dtype};
     const size_t ns = (size_t)(B * H * D * D), nh = K ? (size_t)(B * (K - 1) * 3 * C) : 0;
@@ -456,7 +451,7 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         /* FFN: da = dres · w3ᵀ (in the dtype); dh from the GLU (bf16: into out16); dbuf = dh · w12ᵀ; dres +=
          * through the norm → ∂/∂xm */
         float *da = m->dbig + N * 2 * F;
-        const void *dout = operand(m, m->dres, N * C);
+        const void *dout = bf16 ? dres16 : (const void *)m->dres;
         BLAS(mm_bwd_in_op(m, da, dout, weight(m, w + bo->w3), N, F, C));
         BLAS(mm_bwd_w(m, g + bo->w3, A->a, dout, N, F, C));
         PART(ELEMWISE);
@@ -466,12 +461,12 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->w12), N, C, 2 * F));
         BLAS(mm_bwd_w(m, g + bo->w12, A->xn2, dout, N, C, 2 * F));
         PART(ELEMWISE);
-        lasp_rms_bwd_cuda(m->dres, g + bo->ln2, m->dbuf, A->xm, A->rstd2, w + bo->ln2, N, C, m->work, st);
+        lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + bo->ln2, m->dbuf, A->xm, A->rstd2, w + bo->ln2, N, C, m->work, st);
 
         /* attention: dy = dres · woᵀ; through the gate (du into dpre's u columns) and the output norm */
         float *dpre = m->dbig; /* [N, 4C]; bf16: dpre16, the products' operand, in the same memory */
         uint16_t *dpre16 = (uint16_t *)m->dbig;
-        dout = operand(m, m->dres, N * C);
+        dout = bf16 ? dres16 : (const void *)m->dres;
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wo), N, C, C));
         BLAS(mm_bwd_w(m, g + bo->wo, A->y, dout, N, C, C));
         /* through the gate and the output norm: du into dpre's u columns, dO for the op (bf16: into out16) */
@@ -505,7 +500,7 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wqkvu), N, C, 4 * C));
         BLAS(mm_bwd_w(m, g + bo->wqkvu, A->xn1, dout, N, C, 4 * C));
         PART(ELEMWISE);
-        lasp_rms_bwd_cuda(m->dres, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C, m->work, st);
+        lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C, m->work, st);
     }
     /* embedding: dwte[token] += dres, each token's positions in order */
     PART(ELEMWISE);
