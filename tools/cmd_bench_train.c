@@ -84,7 +84,7 @@ int lasp_bench_train(int argc, char **argv) {
         goto done;
     }
     const lasp_sp_layout lay = lasp_sp_get_layout(sp);
-    if (rank == 0) {
+    if (rank == 0 && !longest) { /* --longest prints its own header */
         if (gpu)
             printf("# lasp bench train — one GPU, %s, batch %lld × seq %lld, vocab %lld, recall task's "
                    "tokens, median of %lld steps after 2\n# MFU: (6 × matrix parameters + 14·L·H·D·(D+64)) FLOPs per "
@@ -117,8 +117,10 @@ int lasp_bench_train(int argc, char **argv) {
             o.batch = 1, o.steps = 3, o.zero = (int)zero, o.device = (lasp_device)device, o.chunk = chunk;
             o.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
             long long fit = 0;
-            printf("# --longest %s, batch 1%s: one warm-up and one timed step at each length\n# %-6s %10s %10s %12s "
-                   "%10s\n", name, chunk ? ", in chunks" : "", "model", "T", "step ms", "tokens/s", "GPU GiB");
+            printf("# lasp bench train --longest %s on %s, batch 1%s, %s: one warm-up and one timed step at each length, "
+                   "doubling from %lld\n# %-6s %10s %10s %12s %10s\n", name, gpu ? "one GPU" : "the CPU",
+                   chunk ? ", in chunks" : "", gpu && strcmp(dtype, "f32") ? "bf16" : "f32", seq, "model", "T",
+                   "step ms", "tokens/s", "GPU GiB");
             for (long long T = seq; T <= max_seq; T *= 2) {
                 o.seq_len = T;
                 lasp_trainer *t = NULL;
