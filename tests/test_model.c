@@ -1,11 +1,16 @@
 /* test_model.c — the model's hand-written backward against central finite differences (tiny preset),
- * the recurrent decoder against the chunked forward, and the BLAS products against the plain loops. */
+ * the recurrent decoder against the chunked forward, the BLAS products against the plain loops, and the
+ * initial parameters (their spread per tensor, the same bytes on any number of threads). */
 #include <math.h>
 #include <string.h>
 
 #include "core/rng.h"
 #include "model/model.h"
 #include "test.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static lasp_rng rng;
 static lasp_ctx *ctx;
@@ -152,6 +157,83 @@ static void test_decoder(int conv) {
               conv ? "the convolution's window rolls" : "no convolution");
 }
 
+/* The init draws blocks of parameters in parallel: 1 and 3 threads must give the same bytes. Per tensor, the
+ * gains are exactly 1 and the rest have mean 0 and the sd of docs/MODEL.md, within 6 standard errors of a
+ * sample of n (sd: 1/√(2n) relative). The vocab is large enough for several blocks whose tensors straddle. */
+static void test_init(int conv) {
+    lasp_model_config c;
+    lasp_err err = {0};
+    CHECK(lasp_model_preset("tiny", 4096, &c, &err) == LASP_OK, "%s", err.msg);
+    c.conv = conv;
+    lasp_layout l;
+    CHECK(lasp_layout_make(&c, &l, &err) == LASP_OK, "%s", err.msg);
+    const size_t P = l.n_params, C = (size_t)c.d_model, F = (size_t)c.ffn_dim, V = (size_t)c.vocab;
+    float *a = malloc(P * sizeof(float)), *b = malloc(P * sizeof(float));
+    const uint64_t seed = lasp_rng_u64(&rng);
+#ifdef _OPENMP
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+    lasp_model_init_params(&c, &l, seed, a);
+#ifdef _OPENMP
+    omp_set_num_threads(3);
+#endif
+    lasp_model_init_params(&c, &l, seed, b);
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
+    CHECK(!memcmp(a, b, P * sizeof(float)), "1 and 3 threads give different initial parameters");
+    lasp_model_init_params(&c, &l, seed + 1, b);
+    CHECK(memcmp(a, b, P * sizeof(float)), "seeds %llu and %llu give the same initial parameters",
+          (unsigned long long)seed, (unsigned long long)seed + 1);
+
+    struct {
+        const char *name;
+        size_t at, n;
+        double sd;  /* 0: a gain, all ones */
+    } t[64];
+    int nt = 0;
+    const double sd_out = 0.02 / sqrt(2.0 * c.n_layers), sd_conv = conv ? 1.0 / sqrt(conv) : 0;
+    t[nt].name = "embedding", t[nt].at = 0, t[nt].n = V * C, t[nt++].sd = 0.02;
+    for (int k = 0; k < c.n_layers; k++) {
+        const size_t o = l.unit_off[1 + k];
+        const lasp_block_off *bo = &l.blk;
+        t[nt].name = "ln1", t[nt].at = o + bo->ln1, t[nt].n = C, t[nt++].sd = 0;
+        t[nt].name = "wqkvu", t[nt].at = o + bo->wqkvu, t[nt].n = 4 * C * C, t[nt++].sd = 0.02;
+        if (conv) t[nt].name = "conv", t[nt].at = o + bo->conv, t[nt].n = (size_t)conv * 3 * C, t[nt++].sd = sd_conv;
+        t[nt].name = "onorm", t[nt].at = o + bo->onorm, t[nt].n = C, t[nt++].sd = 0;
+        t[nt].name = "wo", t[nt].at = o + bo->wo, t[nt].n = C * C, t[nt++].sd = sd_out;
+        t[nt].name = "ln2", t[nt].at = o + bo->ln2, t[nt].n = C, t[nt++].sd = 0;
+        t[nt].name = "w12", t[nt].at = o + bo->w12, t[nt].n = 2 * F * C, t[nt++].sd = 0.02;
+        t[nt].name = "w3", t[nt].at = o + bo->w3, t[nt].n = F * C, t[nt++].sd = sd_out;
+    }
+    const size_t h = l.unit_off[c.n_layers + 1];
+    t[nt].name = "final gain", t[nt].at = h + l.head_lnf, t[nt].n = C, t[nt++].sd = 0;
+    t[nt].name = "head", t[nt].at = h + l.head_w, t[nt].n = C * V, t[nt++].sd = 0.02;
+    size_t covered = 0;
+    for (int i = 0; i < nt; i++) {
+        const float *x = a + t[i].at;
+        covered += t[i].n;
+        if (t[i].sd == 0) {
+            size_t ones = 0;
+            for (size_t j = 0; j < t[i].n; j++) ones += x[j] == 1.0f;
+            CHECK(ones == t[i].n, "%s: %zu of %zu are not 1", t[i].name, t[i].n - ones, t[i].n);
+            continue;
+        }
+        double s1 = 0, s2 = 0;
+        for (size_t j = 0; j < t[i].n; j++) s1 += x[j], s2 += (double)x[j] * x[j];
+        const double n = (double)t[i].n, mean = s1 / n, sd = sqrt(s2 / n - mean * mean);
+        CHECK(fabs(mean) < 6 * t[i].sd / sqrt(n), "%s (at %zu): mean %.3g, sd %.3g", t[i].name, t[i].at, mean, t[i].sd);
+        CHECK(fabs(sd / t[i].sd - 1) < 6 / sqrt(2 * n), "%s (at %zu): sd %.4g, want %.4g", t[i].name, t[i].at, sd,
+              t[i].sd);
+    }
+    CHECK(covered == P, "the tensors cover %zu of %zu parameters", covered, P);
+    free(a), free(b);
+    lasp_layout_free(&l);
+    test_case("initial parameters: the sd of each tensor, gains 1, the same on 1 and 3 threads (%s)",
+              conv ? "convolution" : "no convolution");
+}
+
 static void test_bad(void) {
     lasp_model_config c;
     lasp_err err = {0};
@@ -175,6 +257,8 @@ int main(void) {
 #endif
     test_decoder(4);
     test_decoder(0);
+    test_init(4);
+    test_init(0);
     test_bad();
     lasp_ctx_free(ctx);
     return test_exit();

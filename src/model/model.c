@@ -102,26 +102,54 @@ int lasp_layout_decays(const lasp_layout *l, size_t i) {
     return !((r >= b->ln1 && r < b->wqkvu) || (r >= b->conv && r < b->wo) || (r >= b->ln2 && r < b->w12));
 }
 
-void lasp_model_init_params(const lasp_model_config *c, const lasp_layout *l, uint64_t seed, float *p) {
-    const size_t C = (size_t)c->d_model, F = (size_t)c->ffn_dim;
-    lasp_rng r;
-    lasp_rng_seed(&r, seed ^ 0x5eed1a5bULL);
-    const double sd = 0.02, sd_out = 0.02 / sqrt(2.0 * c->n_layers);  /* residual branches add up over depth */
-    for (size_t i = 0; i < l->n_params; i++) p[i] = (float)(sd * lasp_rng_normal(&r));
-    const lasp_block_off *b = &l->blk;
-    for (int k = 0; k < c->n_layers; k++) {
-        float *w = p + l->unit_off[1 + k];
-        for (size_t i = 0; i < C; i++) w[b->ln1 + i] = w[b->onorm + i] = w[b->ln2 + i] = 1.0f;
-        for (size_t i = 0; i < C * C; i++) w[b->wo + i] = (float)(sd_out * lasp_rng_normal(&r));
-        for (size_t i = 0; i < F * C; i++) w[b->w3 + i] = (float)(sd_out * lasp_rng_normal(&r));
-        /* convolution taps N(0, 1/K): the sum of K taps keeps q, k, v at the scale of the projections.
-         * Starting from the identity (tap 0 = 1, the rest ~0) was tried: its loss curves were chaotic
-         * (20-step curves of 1 and 2 ranks drifted 1e-3 apart from 1e-10 at step 1) and learnt slower */
-        const double sd_conv = 1.0 / sqrt((double)(c->conv ? c->conv : 1));
-        for (size_t i = 0; i < (size_t)c->conv * 3 * C; i++) w[b->conv + i] = (float)(sd_conv * lasp_rng_normal(&r));
+/* The standard deviation of the parameters from flat index i to *end (one tensor, or the part of one that is
+ * left); 0 for the gains, which start at 1. */
+static double init_sd(const lasp_model_config *c, const lasp_layout *l, size_t i, size_t *end) {
+    const int L = c->n_layers;
+    const double sd = 0.02, sd_out = 0.02 / sqrt(2.0 * L);  /* residual branches add up over depth */
+    /* convolution taps N(0, 1/K): the sum of K taps keeps q, k, v at the scale of the projections.
+     * Starting from the identity (tap 0 = 1, the rest ~0) was tried: its loss curves were chaotic
+     * (20-step curves of 1 and 2 ranks drifted 1e-3 apart from 1e-10 at step 1) and learnt slower */
+    const double sd_conv = 1.0 / sqrt((double)(c->conv ? c->conv : 1));
+    const size_t head = l->unit_off[L + 1];
+    if (i < l->unit_off[1] || i >= head + l->head_w) {  /* embedding, output head */
+        *end = i < l->unit_off[1] ? l->unit_off[1] : l->n_params;
+        return sd;
     }
-    float *h = p + l->unit_off[c->n_layers + 1];
-    for (size_t i = 0; i < C; i++) h[l->head_lnf + i] = 1.0f;
+    if (i >= head) {  /* final gain */
+        *end = head + l->head_w;
+        return 0;
+    }
+    const lasp_block_off *b = &l->blk;
+    const size_t at = l->unit_off[1] + (i - l->unit_off[1]) / b->size * b->size, r = i - at;
+    /* the tensors of a block in layout order (without a convolution, conv ends where wqkvu does: skipped) */
+    const size_t stop[] = {b->wqkvu, b->conv, b->onorm, b->wo, b->ln2, b->w12, b->w3, b->size};
+    const double sds[] = {0, sd, sd_conv, 0, sd_out, 0, sd, sd_out};  /* ln1 wqkvu conv onorm wo ln2 w12 w3 */
+    int k = 0;
+    while (r >= stop[k]) k++;
+    *end = at + stop[k];
+    return sds[k];
+}
+
+/* Blocks of this many parameters each draw from a stream of their own, in parallel: the same values
+ * whatever the number of threads. */
+#define INIT_BLOCK 65536
+
+void lasp_model_init_params(const lasp_model_config *c, const lasp_layout *l, uint64_t seed, float *p) {
+    const size_t nb = (l->n_params + INIT_BLOCK - 1) / INIT_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (size_t blk = 0; blk < nb; blk++) {
+        lasp_rng r;
+        lasp_rng_seed_stream(&r, seed ^ 0x5eed1a5bULL, blk);
+        const size_t first = blk * INIT_BLOCK, last = first + INIT_BLOCK < l->n_params ? first + INIT_BLOCK : l->n_params;
+        for (size_t i = first, end; i < last; i = end) {
+            const double sd = init_sd(c, l, i, &end);
+            if (end > last) end = last;
+            if (sd > 0) lasp_rng_fill_normal(&r, p + i, end - i, sd);
+            else
+                for (size_t j = i; j < end; j++) p[j] = 1.0f;
+        }
+    }
 }
 
 void lasp_model_slopes(const lasp_model_config *c, int layer, float *s) {

@@ -54,8 +54,8 @@ void lasp_layout_free(lasp_layout *l);
 int lasp_layout_decays(const lasp_layout *l, size_t i);
 
 /* Initial values: N(0, 0.02) matrices, output projections scaled by 1/√(2L), gains 1, convolution
- * taps as in docs/MODEL.md. Depends only
- * on the seed and the config, so every rank (and every dp × sp layout) starts from the same model. */
+ * taps as in docs/MODEL.md. Depends only on the seed and the config (not on the number of threads that
+ * draw it), so every rank (and every dp × sp layout) starts from the same model. */
 void lasp_model_init_params(const lasp_model_config *c, const lasp_layout *l, uint64_t seed, float *params);
 
 /* Per-layer decay slopes of docs/MATH.md §1: s_h = 2^(−8(h+1)/H) · (1 − l/(L−1) + 1e−5). */
