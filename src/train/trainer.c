@@ -300,8 +300,7 @@ double lasp_trainer_lr(const lasp_train_params *o, int64_t step) {
 
 /* ---- a batch chunk by chunk (o.chunk) ---------------------------------------------------------- */
 
-/* Chunk c of every sequence of the batch in t->tok / tgt / mask into t->ctok / ctgt / cmask. */
-static void take_chunk(lasp_trainer *t, int64_t c) {
+void lasp_trainer_take_chunk(lasp_trainer *t, int64_t c) {
     const int64_t B = t->Bl, T = t->Tl, Tc = t->o.chunk;
     for (int64_t b = 0; b < B; b++) {
         memcpy(t->ctok + b * Tc, t->tok + b * T + c * Tc, (size_t)Tc * sizeof(int32_t));
@@ -328,14 +327,14 @@ static lasp_status chunked(lasp_trainer *t, float grad_scale, double out[3]) {
     lasp_status s = LASP_OK;
     const int train = grad_scale > 0;
     for (int64_t c = 0; c < nc - train && s == LASP_OK; c++) {
-        take_chunk(t, c);
+        lasp_trainer_take_chunk(t, c);
         cin[0] = carry_at(t, c), cin[1] = carry_at(t, c + 1);
         m->cin = c ? &cin[0] : NULL, m->cout = c + 1 < nc ? &cin[1] : NULL, m->dcin = NULL, m->dcout = NULL;
         s = lasp_model_forward(m, t->ctx, NULL, t->ctok, train ? NULL : t->ctgt, t->cmask, 0, &l, &h, &n);
         if (s == LASP_OK && !train) loss_sum += l, hits += h, count += n;
     }
     for (int64_t c = nc - 1; train && c >= 0 && s == LASP_OK; c--) {
-        take_chunk(t, c);
+        lasp_trainer_take_chunk(t, c);
         cin[0] = carry_at(t, c), dc[c % 2] = carry_at(t, nc + c % 2), dc[(c + 1) % 2] = carry_at(t, nc + (c + 1) % 2);
         m->cin = c ? &cin[0] : NULL, m->cout = NULL;
         m->dcout = c + 1 < nc ? &dc[(c + 1) % 2] : NULL, m->dcin = c ? &dc[c % 2] : NULL;

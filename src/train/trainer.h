@@ -70,6 +70,10 @@ void lasp_trainer_release(lasp_trainer *t);
 
 double lasp_trainer_lr(const lasp_train_params *o, int64_t step);
 
+/* --chunk: chunk c of every sequence of the batch in t->tok / tgt / mask into t->ctok / ctgt / cmask (both
+ * devices' chunk loops) */
+void lasp_trainer_take_chunk(lasp_trainer *t, int64_t c);
+
 /* Loss and every gradient of one batch, without an update (tests): the full gradient lands in
  * grad_out[P] on every rank. */
 lasp_status lasp_trainer_grad(lasp_trainer *t, double *loss, float *grad_out);

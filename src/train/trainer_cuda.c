@@ -179,15 +179,6 @@ lasp_status lasp_trainer_gpu_profile(lasp_trainer *t, int on) {
 
 /* ---- a batch chunk by chunk (o.chunk): trainer.c's chunked(), on the device ------------------------- */
 
-static void take_chunk(lasp_trainer *t, int64_t c) {
-    const int64_t B = t->Bl, T = t->Tl, Tc = t->o.chunk;
-    for (int64_t b = 0; b < B; b++) {
-        memcpy(t->ctok + b * Tc, t->tok + b * T + c * Tc, (size_t)Tc * sizeof(int32_t));
-        memcpy(t->ctgt + b * Tc, t->tgt + b * T + c * Tc, (size_t)Tc * sizeof(int32_t));
-        memcpy(t->cmask + b * Tc, t->mask + b * T + c * Tc, (size_t)Tc);
-    }
-}
-
 static lasp_model_carry carry_at(const lasp_trainer *t, int64_t i) {
     return lasp_model_carry_in(&t->o.model, t->Bl,
                                t->gpu->carry + (size_t)i * lasp_model_carry_floats(&t->o.model, t->Bl));
@@ -205,7 +196,7 @@ static lasp_status chunked(lasp_trainer *t, float grad_scale, double out[3]) {
     lasp_status s = LASP_OK;
     const int train = grad_scale > 0; /* then the first pass only carries the state (trainer.c's chunked) */
     for (int64_t c = 0; c < nc - train && s == LASP_OK; c++) {
-        take_chunk(t, c);
+        lasp_trainer_take_chunk(t, c);
         cin[0] = carry_at(t, c), cin[1] = carry_at(t, c + 1);
         lasp_gmodel_set_carry(m, c ? &cin[0] : NULL, c + 1 < nc ? &cin[1] : NULL, NULL, NULL);
         s = lasp_gmodel_forward(m, t->ctok, t->ctgt, 0);
@@ -213,7 +204,7 @@ static lasp_status chunked(lasp_trainer *t, float grad_scale, double out[3]) {
         if (s == LASP_OK && !train) loss_sum += l, hits += h, count += n;
     }
     for (int64_t c = nc - 1; train && c >= 0 && s == LASP_OK; c--) {
-        take_chunk(t, c);
+        lasp_trainer_take_chunk(t, c);
         cin[0] = carry_at(t, c), dc[c % 2] = carry_at(t, nc + c % 2), dc[(c + 1) % 2] = carry_at(t, nc + (c + 1) % 2);
         lasp_gmodel_set_carry(m, c ? &cin[0] : NULL, NULL, c + 1 < nc ? &dc[(c + 1) % 2] : NULL, c ? &dc[c % 2] : NULL);
         s = lasp_gmodel_forward(m, t->ctok, t->ctgt, grad_scale / (float)nc);
