@@ -114,6 +114,11 @@ const char *lasp_ctx_error(const lasp_ctx *ctx);
 /* The CUDA stream (a cudaStream_t) the context's GPU work runs on, on the current device (made on first
  * use): synchronise it, or order other work after it with an event. LASP_ERR_UNSUPPORTED without CUDA. */
 lasp_status lasp_ctx_cuda_stream(lasp_ctx *ctx, void **stream);
+/* Run the context's GPU work on the current device on `stream` from now on (a cudaStream_t the caller made and
+ * keeps alive while the context uses it), so that it is ordered with the caller's work on that stream without
+ * a wait; NULL: back to the context's own stream. The legacy default stream is cudaStreamLegacy ((void *)1),
+ * since NULL means the context's own. Work already enqueued on the previous stream is waited for first. */
+lasp_status lasp_ctx_set_cuda_stream(lasp_ctx *ctx, void *stream);
 
 /* Build features, for `lasp info` and for programs that adapt to what is there. */
 typedef struct lasp_build_info {

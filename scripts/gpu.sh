@@ -2,12 +2,13 @@
 # scripts/gpu.sh — what the CUDA op needs on a GPU machine, in one call: build (sm_90a), `make test-gpu`,
 # compute-sanitizer memcheck + racecheck on small shapes (both kernel families), the bench; a short summary
 # last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
-#   usage: scripts/gpu.sh [build] [test] [san] [dev] [bench] [bench-sm80] [quickbench] [ncu] [train] [longest]
+#   usage: scripts/gpu.sh [build] [test] [san] [dev] [bench] [bench-sm80] [quickbench] [ncu] [train] [longest] [py]
 #          (default: build test san bench-sm80 bench)
 #   bench-sm80: the bench on the portable mma.sync kernels (--kernels sm80), as GPUs before Hopper run them
 #   longest:    the 1B preset in chunks of 16384, doubling from 262144 tokens up to $LONGEST_MAX (4194304)
 #   train:      `lasp bench train --device cuda` on the training table's shapes (TRAIN_ARGS adds options,
 #               e.g. "--dtype f32")
+#   py:         lasp.linear_attention from PyTorch against the C bench (scripts/py_bench.py), when python3 has torch
 #   ncu:        per-kernel time, bytes and throughputs of one fwd and one fwd+bwd of each of $NCU_SHAPES
 set -u
 steps=${*:-build test san bench-sm80 bench}
@@ -86,6 +87,10 @@ if has longest; then
     build/lasp bench train --device cuda --models 1b --seq-len 262144 --chunk 16384 --longest --max-seq ${LONGEST_MAX:-4194304} \
         2>&1 | tee "$OUT/longest.txt"
     summary+=("longest          $(grep '^# longest' "$OUT/longest.txt")  $((SECONDS - t0)) s")
+fi
+if has py; then
+    python3 scripts/py_bench.py 2>&1 | tee "$OUT/py-bench.txt"
+    summary+=("$(cat "$OUT/py-bench.txt")")
 fi
 echo "# ---- summary ----"
 for s in "${summary[@]}"; do echo "$s"; done

@@ -23,6 +23,17 @@ counted "gpu_layers" "$TIMEOUT" "$BUILD/tests/gpu_layers"
 counted "gpu_model" "$TIMEOUT" "$BUILD/tests/gpu_model"
 counted "gpu_train" "$TIMEOUT" "$BUILD/tests/gpu_train"
 counted "gpu_cli" "$TIMEOUT" bash "$(dirname "$0")/gpu_cli.sh" "$BUILD"
+# the Python package's tests, CUDA tensors included, with a python3 that has PyTorch and pytest
+py=
+for p in python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null && "$p" -c "import torch, pytest, numpy" 2>/dev/null; then py=$p; break; fi
+done
+if [ -n "$py" ]; then
+    counted "python (pytest)" "$TIMEOUT" env OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 "$py" -m pytest -q -p no:cacheprovider \
+        "$(dirname "$0")/../python/tests"
+else
+    echo "  skip  python: no python3 with torch, pytest and numpy"
+fi
 nps=$((ngpu > 0 ? ngpu : 1))
 [ "$nps" -gt 1 ] && nps="1 $nps"
 for np in $nps; do

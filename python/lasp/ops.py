@@ -2,10 +2,18 @@
 
 Layouts (the op's): q, k [B, T, H, d], v [B, T, H, e], slopes [H] (decay rates ≥ 0: λ_h = exp(−slopes[h])),
 states [B, H, d, e]. CPU tensors run the library's CPU op in f32 (float64 inputs are computed in f32 and
-returned as float64, so that torch.autograd.gradcheck can drive it); CUDA tensors are not served yet."""
+returned as float64, so that torch.autograd.gradcheck can drive it). CUDA tensors run the library's CUDA op
+in their dtype (bfloat16, float16 or float32; states always float32) on PyTorch's current stream, with the
+thread's library context reused across calls. Where the installed PyTorch has torch.library.custom_op (2.4
+on), the op is registered as lasp::linear_attention with its shapes and its backward, so that
+torch.compile keeps it in one graph."""
+import ctypes
+
 import torch
 
 from . import _lib
+
+_CUDA_DTYPES = {torch.float32: _lib.F32, torch.bfloat16: _lib.BF16, torch.float16: _lib.F16}
 
 
 def _check(q, k, v, slopes, state):
@@ -31,70 +39,163 @@ def _check(q, k, v, slopes, state):
         if t is not None and t.device != q.device:
             raise ValueError("lasp.linear_attention: %s is on %s, q on %s: every tensor on one device"
                              % (name, t.device, q.device))
-    if q.device.type != "cpu":
-        raise NotImplementedError("lasp.linear_attention: tensors on %s are not served by this version of the "
-                                  "Python package yet (hint: .cpu(), or the lasp CLI on GPUs)" % q.device)
-    for name, t in (("q", q), ("k", k), ("v", v), ("slopes", slopes), ("initial_state", state)):
-        if t is not None and t.dtype not in (torch.float32, torch.float64):
-            raise TypeError("lasp.linear_attention: %s is %s; on the CPU the op computes in float32 (hint: "
-                            ".float())" % (name, t.dtype))
+    if q.device.type not in ("cpu", "cuda"):
+        raise NotImplementedError("lasp.linear_attention: tensors on %s are not served (hint: CPU or CUDA tensors)"
+                                  % q.device)
+    if q.device.type == "cuda":
+        if q.dtype not in _CUDA_DTYPES:
+            raise TypeError("lasp.linear_attention: q is %s; on a GPU the op takes bfloat16, float16 or float32"
+                            % q.dtype)
+        for name, t in (("k", k), ("v", v)):
+            if t.dtype != q.dtype:
+                raise TypeError("lasp.linear_attention: %s is %s, q %s: q, k, v in one dtype" % (name, t.dtype, q.dtype))
+        for name, t in (("slopes", slopes), ("initial_state", state)):
+            if t is not None and not t.dtype.is_floating_point:
+                raise TypeError("lasp.linear_attention: %s is %s; it must be floating point" % (name, t.dtype))
+    else:
+        for name, t in (("q", q), ("k", k), ("v", v), ("slopes", slopes), ("initial_state", state)):
+            if t is not None and t.dtype not in (torch.float32, torch.float64):
+                raise TypeError("lasp.linear_attention: %s is %s; on the CPU the op computes in float32 (hint: "
+                                ".float())" % (name, t.dtype))
     if bool((slopes < 0).any()) or not bool(torch.isfinite(slopes).all()):
         raise ValueError("lasp.linear_attention: slopes must be finite and ≥ 0 (decay rates), got %s"
                          % slopes.tolist())
 
 
+def _as(t, dtype):
+    """t as the op reads it: dtype, contiguous, and 16-byte aligned (the GPU kernels' vector loads; a view into
+    a larger tensor may start anywhere)."""
+    if t is None:
+        return None
+    t = t.detach().to(dtype).contiguous()
+    return t.clone() if t.data_ptr() % 16 else t
+
+
 def _f32(t):
-    return None if t is None else t.detach().to(torch.float32).contiguous()
+    return _as(t, torch.float32)
+
+
+def _io_dtype(q):
+    """The op's I/O dtype: f32 on the CPU; on a GPU q's"""
+    return q.dtype if q.is_cuda else torch.float32
+
+
+def _call(name, q, *args):
+    """The library call `name` on q's device; a GPU call goes on PyTorch's current stream there (the legacy
+    default stream, handle 0, passed as cudaStreamLegacy: the library's NULL means its own stream)."""
+    fn = getattr(_lib.lib, name)
+    if not q.is_cuda:
+        return _lib.check(fn(_lib.ctx(), *args), "lasp.linear_attention " + name[10:])
+    with torch.cuda.device(q.device):
+        stream = torch.cuda.current_stream(q.device).cuda_stream or 1
+        _lib.check(_lib.lib.lasp_ctx_set_cuda_stream(_lib.ctx(), ctypes.c_void_p(stream)), "lasp.linear_attention")
+        _lib.check(fn(_lib.ctx(), *args), "lasp.linear_attention " + name[10:])
 
 
 def _desc(q, v):
     B, T, H, d = q.shape
-    return _lib.AttnDesc(B, T, H, d, v.shape[3], 0, _lib.F32)
+    return _lib.AttnDesc(B, T, H, d, v.shape[3], 0, _CUDA_DTYPES[_io_dtype(q)])
 
 
 def attn_fwd(q, k, v, slopes, state):
-    """o, kv_out of the op (f32 CPU tensors, contiguous)."""
+    """o, kv_out of the op (q, k, v in the I/O dtype, slopes and state f32, all contiguous on one device)."""
     B, T, H, d = q.shape
     e = v.shape[3]
-    o = torch.empty((B, T, H, e), dtype=torch.float32)
-    kv_out = torch.empty((B, H, d, e), dtype=torch.float32)
-    a = _desc(q, v)
-    _lib.check(_lib.lib.lasp_attn_fwd(_lib.ctx(), a, _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(slopes),
-                                      _lib.ptr(state), _lib.ptr(o), _lib.ptr(kv_out)), "lasp.linear_attention forward")
+    o = torch.empty((B, T, H, e), dtype=q.dtype, device=q.device)
+    kv_out = torch.empty((B, H, d, e), dtype=torch.float32, device=q.device)
+    _call("lasp_attn_fwd", q, _desc(q, v), _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(slopes), _lib.ptr(state),
+          _lib.ptr(o), _lib.ptr(kv_out))
     return o, kv_out
 
 
 def attn_bwd(q, k, v, slopes, state, do, dkv_out):
-    """dq, dk, dv, dkv_in of the op."""
+    """dq, dk, dv (the I/O dtype), dkv_in (f32) of the op."""
     B, T, H, d = q.shape
     e = v.shape[3]
-    dq, dk = torch.empty_like(q), torch.empty_like(k)
-    dv = torch.empty_like(v)
-    dkv_in = torch.empty((B, H, d, e), dtype=torch.float32)
-    a = _desc(q, v)
-    _lib.check(_lib.lib.lasp_attn_bwd(_lib.ctx(), a, _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(slopes),
-                                      _lib.ptr(state), _lib.ptr(do), _lib.ptr(dkv_out), _lib.ptr(dq), _lib.ptr(dk),
-                                      _lib.ptr(dv), _lib.ptr(dkv_in)), "lasp.linear_attention backward")
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dkv_in = torch.empty((B, H, d, e), dtype=torch.float32, device=q.device)
+    _call("lasp_attn_bwd", q, _desc(q, v), _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(slopes), _lib.ptr(state),
+          _lib.ptr(do), _lib.ptr(dkv_out), _lib.ptr(dq), _lib.ptr(dk), _lib.ptr(dv), _lib.ptr(dkv_in))
     return dq, dk, dv, dkv_in
+
+
+def _state_dtype(q):
+    """The final state's dtype: q's on the CPU (float64 for gradcheck), float32 on a GPU (the op's states)"""
+    return torch.float32 if q.is_cuda else q.dtype
 
 
 class LinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, state):
-        qf, kf, vf, sf, st = _f32(q), _f32(k), _f32(v), _f32(slopes), _f32(state)
+        t = _io_dtype(q)
+        qf, kf, vf, sf, st = _as(q, t), _as(k, t), _as(v, t), _f32(slopes), _f32(state)
         o, kv_out = attn_fwd(qf, kf, vf, sf, st)
         ctx.save_for_backward(qf, kf, vf, sf, st if st is not None else torch.empty(0))
         ctx.has_state, ctx.dtype = state is not None, q.dtype
-        return o.to(q.dtype), kv_out.to(q.dtype)
+        ctx.state_dtype = state.dtype if state is not None else None
+        return o.to(q.dtype), kv_out.to(_state_dtype(q))
 
     @staticmethod
     def backward(ctx, do, dkv_out):
         qf, kf, vf, sf, st = ctx.saved_tensors
         st = st if ctx.has_state else None
-        do = torch.zeros_like(vf) if do is None else _f32(do)
+        do = torch.zeros_like(vf) if do is None else _as(do, vf.dtype)
         dq, dk, dv, dkv_in = attn_bwd(qf, kf, vf, sf, st, do, _f32(dkv_out))
         t = ctx.dtype
-        return dq.to(t), dk.to(t), dv.to(t), None, dkv_in.to(t) if ctx.has_state else None
+        return dq.to(t), dk.to(t), dv.to(t), None, dkv_in.to(ctx.state_dtype) if ctx.has_state else None
+
+
+def _custom_op():
+    """lasp::linear_attention as a torch.library custom op (PyTorch ≥ 2.4), its fake (shapes only) and its
+    autograd registered, so that torch.compile traces through it; None where PyTorch has no custom_op."""
+    lib = getattr(torch, "library", None)
+    if lib is None or not hasattr(lib, "custom_op") or not hasattr(lib, "register_fake"):
+        return None
+
+    @lib.custom_op("lasp::linear_attention", mutates_args=())
+    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
+           state: torch.Tensor, has_state: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        t = _io_dtype(q)
+        o, kv = attn_fwd(_as(q, t), _as(k, t), _as(v, t), _f32(slopes), _f32(state) if has_state else None)
+        return o.to(q.dtype), kv.to(_state_dtype(q))
+
+    @op.register_fake
+    def _(q, k, v, slopes, state, has_state):
+        B, T, H, d = q.shape
+        e = v.shape[3]
+        return q.new_empty((B, T, H, e)), q.new_empty((B, H, d, e), dtype=_state_dtype(q))
+
+    @lib.custom_op("lasp::linear_attention_bwd", mutates_args=())
+    def op_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, state: torch.Tensor,
+               has_state: bool, do: torch.Tensor, dkv_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor, torch.Tensor]:
+        t = _io_dtype(q)
+        qf, kf, vf = _as(q, t), _as(k, t), _as(v, t)
+        dq, dk, dv, dkv = attn_bwd(qf, kf, vf, _f32(slopes), _f32(state) if has_state else None, _as(do, t),
+                                   _f32(dkv_out))
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dkv.to(state.dtype)
+
+    @op_bwd.register_fake
+    def _(q, k, v, slopes, state, has_state, do, dkv_out):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(state)
+
+    def setup(ctx, inputs, output):
+        q, k, v, slopes, state, has_state = inputs
+        ctx.save_for_backward(q, k, v, slopes, state)
+        ctx.has_state = has_state
+
+    def backward(ctx, do, dkv_out):
+        q, k, v, slopes, state = ctx.saved_tensors
+        do = v.new_zeros(q.shape[:3] + (v.shape[3],)) if do is None else do
+        dkv_out = state.new_zeros(state.shape) if dkv_out is None else dkv_out
+        dq, dk, dv, dkv = op_bwd(q, k, v, slopes, state, ctx.has_state, do, dkv_out)
+        return dq, dk, dv, None, dkv if ctx.has_state else None, None
+
+    op.register_autograd(backward, setup_context=setup)
+    return op
+
+
+_OP = _custom_op()
 
 
 def linear_attention(q, k, v, slopes, initial_state=None, output_final_state=False):
@@ -102,8 +203,14 @@ def linear_attention(q, k, v, slopes, initial_state=None, output_final_state=Fal
 
     q, k [B, T, H, d]; v [B, T, H, e]; slopes [H] ≥ 0; initial_state [B, H, d, e] or None (zero). Returns o
     [B, T, H, e], or (o, final_state) with output_final_state: the state after the last token, decayed to the
-    next position, so that two calls chained through initial_state equal one call. Differentiable in q, k, v
-    and initial_state. Non-contiguous inputs are made contiguous."""
+    next position, so that two calls chained through initial_state equal one call; float32 on a GPU. Differentiable
+    in q, k, v and initial_state. Non-contiguous inputs are made contiguous."""
     _check(q, k, v, slopes, initial_state)
-    o, kv_out = LinearAttention.apply(q, k, v, slopes, initial_state)
+    if _OP is not None:
+        B, T, H, d = q.shape
+        has = initial_state is not None
+        state = initial_state if has else q.new_empty((B, H, d, v.shape[3]), dtype=_state_dtype(q))  # unread
+        o, kv_out = _OP(q, k, v, slopes, state, has)
+    else:
+        o, kv_out = LinearAttention.apply(q, k, v, slopes, initial_state)
     return (o, kv_out) if output_final_state else o

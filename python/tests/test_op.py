@@ -107,3 +107,87 @@ def test_library_error_is_an_exception():
     with pytest.raises(lasp.LaspError) as info:
         lasp.linear_attention(q, q, q, torch.tensor([0.1]))
     assert "head dim" in str(info.value) or "12" in str(info.value)
+
+
+# ---- CUDA tensors (run where PyTorch sees a GPU: `make test-gpu`) ---------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+TOL_CUDA = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}  # the CUDA op's tests' bounds
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 64, 64), (2, 300, 3, 64, 64), (1, 1000, 2, 128, 128), (2, 77, 2, 32, 16)])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_cuda_forward_backward(dtype, shape, with_state):
+    B, T, H, d, e = shape
+    g = torch.Generator().manual_seed(hash((shape, with_state, str(dtype))) % 2**31)
+    host = [torch.randn(B, T, H, d, generator=g) / math.sqrt(d), torch.randn(B, T, H, d, generator=g),
+            torch.randn(B, T, H, e, generator=g)]
+    q, k, v = (x.to(dtype).cuda().requires_grad_() for x in host)
+    slopes = torch.tensor([0.0, 0.05, 2.0][:H] + [0.1] * max(0, H - 3))
+    s0 = torch.randn(B, H, d, e, generator=g).cuda().requires_grad_() if with_state else None
+    o, st = lasp.linear_attention(q, k, v, slopes.cuda(), s0, output_final_state=True)
+    assert o.dtype == dtype and o.is_cuda and st.dtype == torch.float32
+    # the reference from the same (rounded) inputs, in float64 on the CPU
+    qd, kd, vd = (x.detach().cpu().double().requires_grad_() for x in (q, k, v))
+    sd = s0.detach().cpu().double().requires_grad_() if with_state else None
+    o_ref, st_ref = reference(qd, kd, vd, slopes, sd)
+    tol = TOL_CUDA[dtype]
+    assert rel(o.cpu(), o_ref) < tol and rel(st.cpu(), st_ref) < tol
+    do, dst = torch.randn(o.shape, generator=g), torch.randn(st.shape, generator=g)
+    (o.float() * do.cuda()).sum().add((st * dst.cuda()).sum()).backward()
+    (o_ref * do.double()).sum().add((st_ref * dst.double()).sum()).backward()
+    for name, a, b in (("dq", q.grad, qd.grad), ("dk", k.grad, kd.grad), ("dv", v.grad, vd.grad)):
+        assert a.dtype == dtype and rel(a.cpu(), b) < tol, name
+    if with_state:
+        assert rel(s0.grad.cpu(), sd.grad) < tol
+
+
+@cuda
+def test_cuda_runs_on_the_current_stream():
+    """Work queued on a side stream before and after the call is ordered with it, without a synchronisation."""
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 4096, 4, 64, generator=g).cuda() for _ in range(3))
+    slopes = torch.tensor([0.01, 0.1, 0.5, 1.0]).cuda()
+    want = lasp.linear_attention(q, k, v, slopes)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        q2 = q * 2  # made on the side stream just before the call
+        o = lasp.linear_attention(q2, k, v, slopes) * 0.5
+    torch.cuda.current_stream().wait_stream(side)
+    assert rel(o, want) < 1e-5
+
+
+@cuda
+def test_cuda_errors():
+    q = torch.zeros(1, 4, 2, 64, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(TypeError) as info:
+        lasp.linear_attention(q, q.float(), q, torch.tensor([0.1, 0.2], device="cuda"))
+    assert "k is" in str(info.value)
+    with pytest.raises(ValueError) as info:
+        lasp.linear_attention(q, q, q, torch.tensor([0.1, 0.2]))
+    assert "slopes is on cpu" in str(info.value)
+
+
+@pytest.mark.skipif(not hasattr(getattr(torch, "library", None), "custom_op"), reason="PyTorch < 2.4: no custom_op")
+def test_compiles_as_one_graph():
+    """torch.compile(fullgraph=True) fails on a graph break: the registered op keeps the graph whole, forward and
+    backward (aot_eager: the traced graph run as is, no code generation needed)."""
+    g = torch.Generator().manual_seed(13)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v = (torch.randn(1, 64, 2, 32, generator=g).to(dev).requires_grad_() for _ in range(3))
+    slopes = torch.tensor([0.1, 0.5]).to(dev)
+
+    def f(q, k, v):
+        return (lasp.linear_attention(q * 1.5, k, v, slopes) ** 2).sum()
+
+    loss = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v)
+    loss.backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    f(q, k, v).backward()
+    for a, t in zip(grads, (q, k, v)):
+        assert rel(a, t.grad) < 1e-6

@@ -15,6 +15,11 @@ lasp_status lasp_ctx_cuda_stream(lasp_ctx *ctx, void **stream) {
     return lasp_fail(&ctx->err, LASP_ERR_UNSUPPORTED, "this lasp was built without CUDA (hint: `lasp info` lists "
                      "the build features)");
 }
+
+lasp_status lasp_ctx_set_cuda_stream(lasp_ctx *ctx, void *stream) {
+    void *unused;
+    return stream ? lasp_ctx_cuda_stream(ctx, &unused) : LASP_OK; /* NULL: the context's own, which it has */
+}
 #endif
 
 int lasp_head_dim_supported(int64_t dim) {

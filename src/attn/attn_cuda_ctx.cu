@@ -40,7 +40,7 @@ static void state_free(void *p) {
     cudaGetDevice(&cur);
     cudaSetDevice(cs->device);
     if (cs->ws) cudaFree(cs->ws);
-    if (cs->stream) cudaStreamDestroy(cs->stream);
+    if (cs->own) cudaStreamDestroy(cs->own);
     if (cur >= 0) cudaSetDevice(cur);
     free(cs);
 }
@@ -66,10 +66,11 @@ lasp_status cuda_state(lasp_ctx *ctx, CudaState **out) {
         int has_wgmma = 0;
         e = cudaDeviceGetAttribute(&cs->n_sm, cudaDevAttrMultiProcessorCount, dev);
         if (e == cudaSuccess) e = cudaDeviceGetAttribute(&cs->max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-        if (e == cudaSuccess) e = cudaStreamCreate(&cs->stream);
+        if (e == cudaSuccess) e = cudaStreamCreate(&cs->own);
+        cs->stream = cs->own;
         if (e == cudaSuccess) e = probe_wgmma(cs->stream, &has_wgmma);
         if (e != cudaSuccess) {
-            if (cs->stream) cudaStreamDestroy(cs->stream);
+            if (cs->own) cudaStreamDestroy(cs->own);
             free(cs);
             return cuda_fail(ctx, e, "setting up the CUDA context state");
         }
@@ -114,6 +115,18 @@ extern "C" lasp_status lasp_ctx_cuda_stream(lasp_ctx *ctx, void **stream) {
     CudaState *cs = NULL;
     LASP_TRY(cuda_state(ctx, &cs));
     *stream = cs->stream;
+    return LASP_OK;
+}
+
+extern "C" lasp_status lasp_ctx_set_cuda_stream(lasp_ctx *ctx, void *stream) {
+    if (!ctx) return LASP_ERR_ARG;
+    CudaState *cs = NULL;
+    LASP_TRY(cuda_state(ctx, &cs));
+    const cudaStream_t to = stream ? (cudaStream_t)stream : cs->own;
+    if (to == cs->stream) return LASP_OK;
+    /* the workspace may still be in use by the work enqueued on the stream left */
+    CU_TRY(ctx, cudaStreamSynchronize(cs->stream), "waiting for the context's stream before changing it");
+    cs->stream = to;
     return LASP_OK;
 }
 

@@ -16,7 +16,8 @@ struct CudaState {
     int device, n_sm, max_smem;
     int wgmma;    /* the device runs the sm_90a kernels and the context allows them */
     int sp_leave; /* SMs the SP halves' persistent kernels leave to the communicator (lasp_attn_cuda_sp_leave_sms) */
-    cudaStream_t stream;
+    cudaStream_t stream; /* where the work goes: own, or the caller's (lasp_ctx_set_cuda_stream) */
+    cudaStream_t own;
     float *ws; /* the segment states of every op but those given a buffer (the forward's saved states) */
     size_t ws_bytes;
     Ran ran; /* the kernels of the last launch */

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""scripts/py_bench.py — lasp.linear_attention called from PyTorch on CUDA tensors against the C bench
+(`lasp bench attn --device cuda`) on the same shape and dtype: forward and forward+backward times (CUDA
+events, median) and what the call from PyTorch adds (autograd, allocations, ctypes). Needs a GPU and a build.
+    usage: python3 scripts/py_bench.py [B,H,T,D] [repeat]        (default 1,16,32768,128 and 20; bf16)"""
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+import lasp  # noqa: E402
+
+shape = sys.argv[1] if len(sys.argv) > 1 else "1,16,32768,128"
+repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+B, H, T, D = (int(x) for x in shape.split(","))
+dt = torch.bfloat16
+
+g = torch.Generator(device="cuda").manual_seed(1)
+q, k, v = (torch.randn(B, T, H, D, device="cuda", generator=g).div(math.sqrt(D)).to(dt).requires_grad_()
+           for _ in range(3))
+slopes = torch.tensor([2 ** (-8 * (h + 1) / H) for h in range(H)], device="cuda")
+do = torch.randn(B, T, H, D, device="cuda", generator=g).to(dt)
+
+
+def timed(fn):
+    for _ in range(3):
+        fn()
+    ms = []
+    for _ in range(repeat):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ms.append(a.elapsed_time(b))
+    return statistics.median(ms)
+
+
+def fwd():
+    with torch.no_grad():
+        lasp.linear_attention(q, k, v, slopes)
+
+
+def fwd_bwd():
+    q.grad = k.grad = v.grad = None
+    lasp.linear_attention(q, k, v, slopes).backward(do)
+
+
+py_f, py_fb = timed(fwd), timed(fwd_bwd)
+lasp_bin = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "lasp")
+out = subprocess.run([lasp_bin, "bench", "attn", "--device", "cuda", "--dtype", "bf16", "--shape", shape,
+                      "--repeat", str(repeat)], capture_output=True, text=True).stdout
+row = [ln.split() for ln in out.splitlines() if ln.strip() and not ln.startswith("#") and ln.split()[0].isdigit()]
+c_f, c_fb = (float(row[0][5]), float(row[0][9])) if row else (float("nan"), float("nan"))
+print("# lasp.linear_attention from PyTorch %s (CUDA events, median of %d) against `lasp bench attn` (C)" %
+      (torch.__version__, repeat))
+print("# B,H,T,D = %s, bf16, %s" % (shape, torch.cuda.get_device_name()))
+print("# %-14s %10s %10s %10s" % ("", "PyTorch ms", "C ms", "overhead"))
+print("  %-14s %10.3f %10.3f %9.1f%%" % ("forward", py_f, c_f, 100 * (py_f / c_f - 1)))
+print("  %-14s %10.3f %10.3f %9.1f%%" % ("fwd+bwd", py_fb, c_fb, 100 * (py_fb / c_fb - 1)))
