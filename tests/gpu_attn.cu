@@ -210,6 +210,38 @@ static void case_null_outputs(lasp_dtype t) {
     test_case("%s kv_out and dkv_in NULL", lasp_dtype_name(t));
 }
 
+/* The op on a caller's stream (lasp_ctx_set_cuda_stream): the same bits as on the context's own, ordered after
+ * the caller's work on that stream without a wait (its inputs are copied there just before), and NULL gives
+ * the context its own stream back. */
+static void case_caller_stream(lasp_dtype t) {
+    const int64_t B = 1, T = 300, H = 2, d = 64, e = 64;
+    lasp_attn_desc a = {B, T, H, d, e, 0, t};
+    float sl[2] = {0.05f, 0.5f};
+    inputs in = inputs_make(t, B, T, H, d, e, sl);
+    const size_t es = lasp_dtype_size(t);
+    void *own_stream = NULL, *cur = NULL;
+    CHECK(lasp_ctx_cuda_stream(ctx, &own_stream) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    void *o1 = poisoned(in.nv, t), *o2 = poisoned(in.nv, t), *q2 = poisoned(in.nq, t);
+    CHECK(lasp_attn_fwd(ctx, &a, in.gq, in.gk, in.gv, in.gsl, NULL, o1, NULL) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CUDA_OK(cudaDeviceSynchronize());
+    cudaStream_t s;
+    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CHECK(lasp_ctx_set_cuda_stream(ctx, s) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_ctx_cuda_stream(ctx, &cur) == LASP_OK && cur == (void *)s, "the context's stream is not the caller's");
+    CUDA_OK(cudaMemcpyAsync(q2, in.gq, in.nq * es, cudaMemcpyDeviceToDevice, s));
+    CHECK(lasp_attn_fwd(ctx, &a, q2, in.gk, in.gv, in.gsl, NULL, o2, NULL) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CUDA_OK(cudaStreamSynchronize(s));
+    float *h1 = test_from_dev(o1, in.nv, t), *h2 = test_from_dev(o2, in.nv, t);
+    CHECK(!memcmp(h1, h2, in.nv * sizeof *h1), "the op on the caller's stream differs from the op on the context's");
+    CHECK(lasp_ctx_set_cuda_stream(ctx, NULL) == LASP_OK, "%s", lasp_ctx_error(ctx));
+    CHECK(lasp_ctx_cuda_stream(ctx, &cur) == LASP_OK && cur == own_stream, "NULL did not give the own stream back");
+    CUDA_OK(cudaStreamDestroy(s));
+    free(h1), free(h2), cudaFree(o1), cudaFree(o2), cudaFree(q2);
+    inputs_free(&in);
+    test_case("%s on a caller's stream: the same bits, ordered after the caller's copy; NULL: the own stream back",
+              lasp_dtype_name(t));
+}
+
 /* Running [0, T) at once equals [0, t) then [t, T) with the states handed over, both directions. */
 static void case_handover(lasp_dtype t, int64_t T, int64_t t1, int64_t D) {
     const int64_t H = 3;
@@ -452,8 +484,11 @@ int main(int argc, char **argv) {
         case_handover(LASP_BF16, 200, 71, 32);
         case_halves(LASP_BF16, 300, 128, 128);
         case_kernel_choice(&p);
+        case_caller_stream(LASP_BF16);
         return test_exit();
     }
+    case_caller_stream(LASP_BF16);
+    case_caller_stream(LASP_F32);
     for (size_t ti = 0; ti < 3; ti++)
         for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
             for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
