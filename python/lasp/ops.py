@@ -8,6 +8,7 @@ thread's library context reused across calls. Where the installed PyTorch has to
 on), the op is registered as lasp::linear_attention with its shapes and its backward, so that
 torch.compile keeps it in one graph."""
 import ctypes
+import warnings
 
 import torch
 
@@ -195,7 +196,12 @@ def _custom_op():
     return op
 
 
-_OP = _custom_op()
+try:
+    _OP = _custom_op()
+except Exception as exc:  # a PyTorch whose custom-op API differs: the autograd.Function still serves every call
+    warnings.warn("lasp: lasp::linear_attention could not be registered as a custom op (%s); torch.compile will "
+                  "see an autograd.Function instead" % exc)
+    _OP = None
 
 
 def linear_attention(q, k, v, slopes, initial_state=None, output_final_state=False):

@@ -175,6 +175,7 @@ def test_cuda_errors():
 def test_compiles_as_one_graph():
     """torch.compile(fullgraph=True) fails on a graph break: the registered op keeps the graph whole, forward and
     backward (aot_eager: the traced graph run as is, no code generation needed)."""
+    assert lasp.ops._OP is not None, "lasp::linear_attention was not registered"
     g = torch.Generator().manual_seed(13)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     q, k, v = (torch.randn(1, 64, 2, 32, generator=g).to(dev).requires_grad_() for _ in range(3))
