@@ -439,6 +439,17 @@ lasp_data_info lasp_data_get_info(const lasp_data *d);
 const char *lasp_data_kind_name(lasp_data_kind k);
 void lasp_data_free(lasp_data *d);
 
+/* What the GPU model keeps of a layer for its backward, and what it computes again there instead. */
+typedef enum lasp_recompute {
+    LASP_RECOMPUTE_NONE = 0,  /* everything kept */
+    LASP_RECOMPUTE_ATTN = 1,  /* q, k, v and the op's output are not kept: the features and the op's forward
+                               * run again in the backward (2 × 4·T·C elements a layer saved) */
+    LASP_RECOMPUTE_BLOCK = 2, /* only each layer's input is kept: the layer's forward runs again in the
+                               * backward, into one layer's buffers shared by all */
+} lasp_recompute;
+
+const char *lasp_recompute_name(lasp_recompute r);
+
 typedef struct lasp_train_params {
     lasp_model_config model;
     int64_t batch;    /* sequences per step, over all dp ranks (a multiple of dp) */
@@ -456,6 +467,8 @@ typedef struct lasp_train_params {
     lasp_dtype dtype;    /* GPU: operands of the matrix products and the attention, LASP_BF16 (tensor cores,
                           * fp32 accumulation and master weights) or LASP_F32 (compares with the CPU, which
                           * computes in f32 only) */
+    lasp_recompute recompute; /* GPU: what a layer keeps for its backward (the CPU keeps everything; its
+                               * activations are bounded by chunk) */
 } lasp_train_params;
 
 lasp_train_params lasp_train_default_params(void);

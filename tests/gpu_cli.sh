@@ -55,11 +55,13 @@ result $ok "a run that cannot fit is refused before the first step and writes no
 sed -n 's/^error: /# /p' big.log
 
 # a long sequence in chunks that carry the state: activations of one chunk
-"$lasp" train --device cuda --model small --seq-len 65536 --batch 1 --chunk 8192 --steps 2 --val-batches 0 \
+"$lasp" train --device cuda --model small --seq-len 65536 --batch 1 --chunk 8192 --recompute block --steps 2 \
+    --val-batches 0 \
     --out long >long.log 2>&1
 rc=$?
-ok=1; [ $rc -eq 0 ] && grep -q 'in 8 chunks of 8192 (state carried)' long.log && grep -q '^step 2/2' long.log && ok=0
-result $ok "lasp train --device cuda --seq-len 65536 --chunk 8192: the sequence in 8 chunks" long.log
+ok=1; [ $rc -eq 0 ] && grep -q 'in 8 chunks of 8192 (state carried)' long.log && grep -q -- '--recompute block' long.log &&
+    grep -q '^step 2/2' long.log && ok=0
+result $ok "lasp train --device cuda --seq-len 65536 --chunk 8192 --recompute block: the sequence in 8 chunks" long.log
 grep -E 'memory/rank|^step 2' long.log | sed 's/^/# /'
 
 # divergence: stops naming the step; the last checkpoint (every step) still loads

@@ -43,10 +43,12 @@ static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t 
           lasp_ctx_error(ctx));
     CHECK(lasp_model_backward(&cm, ctx, NULL, tok) == LASP_OK, "CPU: %s", lasp_ctx_error(ctx));
 
-    /* the GPU model, twice over the same step */
+    /* the GPU model, twice over the same step; then with --recompute attn and block, which must give the same
+     * bits (the same passes on the same inputs, only run again) */
     lasp_gmodel *gm = NULL;
-    float *g1 = (float *)malloc(P * 4), *g2 = (float *)malloc(P * 4);
+    float *g1 = (float *)malloc(P * 4), *g2 = (float *)malloc(P * 4), *gr = (float *)malloc(P * 4);
     for (size_t i = 0; i < P; i++) g1[i] = g2[i] = NAN;
+    int recompute_same = 1;
     CHECK(lasp_gmodel_create(ctx, &c, dt, &gm) == LASP_OK, "%s", lasp_ctx_error(ctx));
     if (gm) {
         CHECK(lasp_gmodel_reserve(gm, B, T) == LASP_OK, "%s", lasp_ctx_error(ctx));
@@ -58,6 +60,31 @@ static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t 
             CHECK(lasp_gmodel_loss(gm, NULL, &loss_g, &hit_g, &cnt_g) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
             CHECK(lasp_gmodel_get_grads(gm, run ? g2 : g1) == LASP_OK, "%s", lasp_ctx_error(ctx));
         }
+        const double mem_none = lasp_gmodel_activation_bytes(&c, dt, LASP_RECOMPUTE_NONE, B, T);
+        double mem_prev = mem_none;
+        for (int r = LASP_RECOMPUTE_ATTN; r <= LASP_RECOMPUTE_BLOCK; r++) {
+            double loss_r = NAN;
+            int64_t h_r = 0, c_r = 0;
+            for (size_t i = 0; i < P; i++) gr[i] = NAN;
+            lasp_gmodel_set_recompute(gm, (lasp_recompute)r);
+            CHECK(lasp_gmodel_reserve(gm, B, T) == LASP_OK, "%s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_zero_grads(gm) == LASP_OK, "%s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_forward(gm, tok, tgt, 1.0f) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_backward(gm) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_loss(gm, NULL, &loss_r, &h_r, &c_r) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_get_grads(gm, gr) == LASP_OK, "%s", lasp_ctx_error(ctx));
+            const double mem = lasp_gmodel_activation_bytes(&c, dt, (lasp_recompute)r, B, T);
+            CHECK(mem < mem_prev, "--recompute %s: %.0f activation bytes, not fewer than %.0f",
+                  lasp_recompute_name((lasp_recompute)r), mem, mem_prev);
+            mem_prev = mem;
+            if (loss_r != loss_g || h_r != hit_g || memcmp(gr, g1, P * 4)) recompute_same = 0;
+            CHECK(loss_r == loss_g && !memcmp(gr, g1, P * 4), "--recompute %s: loss %.9g (kept: %.9g) or gradients "
+                  "differ", lasp_recompute_name((lasp_recompute)r), loss_r, loss_g);
+        }
+        lasp_gmodel_set_recompute(gm, LASP_RECOMPUTE_NONE);
+        CHECK(lasp_gmodel_reserve(gm, B, T) == LASP_OK, "%s", lasp_ctx_error(ctx));
+        printf("# %s %s: activations %.0f bytes kept, %.0f with --recompute block; attn and block the same bits: %s\n",
+               lasp_dtype_name(dt), preset, mem_none, mem_prev, recompute_same ? "yes" : "no");
         /* a token outside the vocab: refused, naming it, before anything runs */
         tok[N / 2] = vocab;
         const lasp_status s = lasp_gmodel_forward(gm, tok, tgt, 1.0f);
@@ -82,11 +109,12 @@ static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t 
     CHECK(!memcmp(g1, g2, P * 4), "the same step twice gave different gradients");
     printf("# %s %s conv %d B %lld T %lld: loss rel %.2g, worst unit gradient rel %.2g (unit %d)\n",
            lasp_dtype_name(dt), preset, conv, (long long)B, (long long)T, lrel, worst, worst_u);
-    test_case("the GPU model (%s) equals the CPU's within %.0e: %s, vocab %d, conv %d, B %lld × T %lld",
-              lasp_dtype_name(dt), tol, preset, vocab, conv, (long long)B, (long long)T);
+    test_case("the GPU model (%s) equals the CPU's within %.0e, and with --recompute attn and block the same bits: "
+              "%s, vocab %d, conv %d, B %lld × T %lld", lasp_dtype_name(dt), tol, preset, vocab, conv, (long long)B,
+              (long long)T);
     lasp_gmodel_free(gm);
     free(cm.params), free(cm.grads), lasp_model_free(&cm);
-    free(tok), free(tgt), free(g1), free(g2);
+    free(tok), free(tgt), free(g1), free(g2), free(gr);
 }
 
 /* The recurrent form on the GPU against the CPU's decoder: the same tokens give the same logits (f32, within

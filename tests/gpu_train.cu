@@ -182,9 +182,9 @@ static void case_resume(lasp_dtype dt) {
 /* The sequence in chunks that carry the attention state and the convolution's halo (o.chunk) against the whole
  * sequence at once, both on the GPU: loss and gradients of a batch, and a 20-step curve (f32 1e-5 / 1e-4;
  * bf16 2e-2, its roundings fall differently in chunks). */
-static void case_chunks(lasp_dtype dt, int64_t chunk) {
+static void case_chunks(lasp_dtype dt, int64_t chunk, lasp_recompute rc = LASP_RECOMPUTE_NONE) {
     lasp_train_params o = params("tiny", LASP_DEVICE_CUDA, dt), oc = o;
-    oc.chunk = chunk;
+    oc.chunk = chunk, oc.recompute = rc;
     const double tol = dt == LASP_F32 ? 1e-5 : 2e-2, ctol = dt == LASP_F32 ? 1e-4 : 2e-2;
     lasp_trainer *a = make(&o), *b = make(&oc);
     if (a && b) {
@@ -203,13 +203,13 @@ static void case_chunks(lasp_dtype dt, int64_t chunk) {
         steps(a, 20, ca), steps(b, 20, cb);
         int at;
         const double w = worst_rel(cb, ca, 20, &at);
-        printf("# chunks of %lld (%s): loss rel %.2e, gradients rel %.2e, 20 steps rel %.2e\n", (long long)chunk,
-               lasp_dtype_name(dt), fabs(lb - la) / la, gr, w);
+        printf("# chunks of %lld (%s, --recompute %s): loss rel %.2e, gradients rel %.2e, 20 steps rel %.2e\n",
+               (long long)chunk, lasp_dtype_name(dt), lasp_recompute_name(rc), fabs(lb - la) / la, gr, w);
         CHECK(w <= ctol, "chunks of %lld: step %d's loss %.9g vs %.9g", (long long)chunk, at + 1, cb[at], ca[at]);
     }
     lasp_trainer_free(a), lasp_trainer_free(b);
-    test_case("the sequence in chunks of %lld on the GPU (%s): loss, gradients and 20 steps = the whole sequence's",
-              (long long)chunk, lasp_dtype_name(dt));
+    test_case("the sequence in chunks of %lld on the GPU (%s, --recompute %s): loss, gradients and 20 steps = the "
+              "whole sequence's", (long long)chunk, lasp_dtype_name(dt), lasp_recompute_name(rc));
 }
 
 /* A NaN parameter: the step fails naming it, and parameters and moments are what they were. */
@@ -283,6 +283,8 @@ int main(int argc, char **argv) {
     case_chunks(LASP_F32, 16);
     case_chunks(LASP_F32, 4);
     case_chunks(LASP_BF16, 16);
+    case_chunks(LASP_F32, 16, LASP_RECOMPUTE_BLOCK);
+    case_chunks(LASP_BF16, 16, LASP_RECOMPUTE_ATTN);
     case_nan();
     case_too_big();
     char cmd[300];

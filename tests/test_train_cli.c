@@ -240,6 +240,9 @@ static void test_bounds(void) {
         {"--sp 0", "--sp 0", NULL},
         {"--seed -1", "--seed -1", NULL},
         {"--data-format bytes", "--data-format 'bytes'", NULL},
+        {"--recompute most", "--recompute 'most'", "none, attn or block"},
+        /* the CPU keeps every activation: --recompute is for the GPU, --chunk the CPU's way */
+        {"--recompute block", "--recompute block", "--chunk"},
         /* 10^12 tokens a step: refused with what it needs, before any allocation is touched */
         {"--batch 100000 --seq-len 10000000", "needs", "GiB"},
     };

@@ -87,7 +87,7 @@ static lasp_status decide(lasp_comm *w, int save_due, next_step *out, lasp_err *
 }
 
 typedef struct train_args {
-    const char *model, *data, *data_format, *ckpt, *out, *sp_mode, *device, *dtype;
+    const char *model, *data, *data_format, *ckpt, *out, *sp_mode, *device, *dtype, *recompute;
     long long vocab, recall_pairs, batch, seq_len, steps, warmup, sp, zero, seed, val_every, val_batches, ckpt_every;
     long long threads, stop_after, conv, chunk;
     double lr, min_lr, wd, clip, val_frac, ckpt_minutes;
@@ -126,6 +126,8 @@ static int check_args(const train_args *a, int W) {
                                          a->ckpt_minutes);
     else if (a->resume && !a->ckpt)
         bad = "--resume", snprintf(why, sizeof why, "needs --ckpt DIR (the directory of the checkpoint to continue)");
+    else if (strcmp(a->recompute, "none") && strcmp(a->recompute, "attn") && strcmp(a->recompute, "block"))
+        bad = "--recompute", snprintf(why, sizeof why, "'%s' (hint: none, attn or block)", a->recompute);
     else if (*a->dtype && strcmp(a->dtype, "f32") && strcmp(a->dtype, "bf16"))
         bad = "--dtype", snprintf(why, sizeof why, "'%s' (hint: bf16 or f32)", a->dtype);
     else if (strcmp(a->data_format, "auto") && strcmp(a->data_format, "text") && strcmp(a->data_format, "shard"))
@@ -139,12 +141,16 @@ int cmd_train(int argc, char **argv) {
     train_args a = {.model = "small", .sp_mode = "chain", .out = "runs/train", .recall_pairs = 8, .batch = 8, .conv = -1,
                     .seq_len = 256, .steps = 200, .warmup = 20, .sp = 1, .seed = 1337, .val_every = 50,
                     .val_batches = 4, .lr = 3e-3, .min_lr = 3e-4, .wd = 0.1, .clip = 1.0, .val_frac = 0.1,
-                    .ckpt_minutes = 10, .data_format = "auto", .device = "cpu", .dtype = ""};
+                    .ckpt_minutes = 10, .data_format = "auto", .device = "cpu", .dtype = "", .recompute = "none"};
     const opt opts[] = {
         {"--model", OPT_STR, &a.model, "NAME", "preset: tiny, small, 400m, 1b", 0},
         {"--device", OPT_STR, &a.device, "cpu|cuda", "where to train: the CPU, or one GPU", 0},
         {"--dtype", OPT_STR, &a.dtype, "bf16|f32", "GPU: the matrix products' and attention's operands (default bf16; "
                                                    "f32 compares with the CPU)", 0},
+        {"--recompute", OPT_STR, &a.recompute, "none|attn|block", "GPU: what a layer keeps for its backward: "
+                                                                   "everything, all but q, k, v and the attention's "
+                                                                   "output, or only its input (the rest made again "
+                                                                   "in the backward)", 0},
         {"--data", OPT_STR, &a.data, "FILE", "text file (bytes) or llm.c token shard; default: the built-in recall task", 0},
         {"--data-format", OPT_STR, &a.data_format, "auto|text|shard", "how to read --data (auto: a shard's header "
                                                                        "tells it from text)", 0},
@@ -248,6 +254,8 @@ int cmd_train(int argc, char **argv) {
     o.val_batches = a.val_batches, o.device = (lasp_device)device, o.chunk = a.chunk;
     /* bf16 by default on a GPU; asked for on the CPU, the library refuses it with a hint */
     o.dtype = !strcmp(a.dtype, "bf16") || (!*a.dtype && device == LASP_DEVICE_CUDA) ? LASP_BF16 : LASP_F32;
+    o.recompute = !strcmp(a.recompute, "block") ? LASP_RECOMPUTE_BLOCK
+                  : !strcmp(a.recompute, "attn") ? LASP_RECOMPUTE_ATTN : LASP_RECOMPUTE_NONE;
     if (lasp_train_params_check(&o, e) != LASP_OK) BAIL("%s\n", e->msg);
 
     if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) BAIL("%s\n", lasp_ctx_error(ctx));
@@ -302,8 +310,10 @@ int cmd_train(int argc, char **argv) {
         printf("\n");
         const lasp_train_memory mem = lasp_trainer_memory(t);
         char b1[32], b2[32], b3[32], b4[32];
-        printf("#   %-14s %s%s\n", "device", mem.device, device == LASP_DEVICE_CPU ? "" : o.dtype == LASP_BF16
+        printf("#   %-14s %s%s", "device", mem.device, device == LASP_DEVICE_CPU ? "" : o.dtype == LASP_BF16
                    ? ", bf16 products and attention (fp32 accumulation, master weights and states)" : ", f32 (TF32 off)");
+        if (o.recompute) printf("; --recompute %s", lasp_recompute_name(o.recompute));
+        printf("\n");
         printf("#   %-14s parameters %s, gradients %s, optimizer %s, activations %s", "memory/rank",
                fmt_bytes(b1, 32, mem.params), fmt_bytes(b2, 32, mem.grads), fmt_bytes(b3, 32, mem.optimizer),
                fmt_bytes(b4, 32, mem.activations));

@@ -34,7 +34,9 @@ struct lasp_gmodel {
     uint16_t *out16;                    /* bf16: a gradient rounded for the products or the op that read it */
     int64_t slope_stride;               /* H rounded up to 4: each layer's slopes 16-byte aligned, as the op loads them */
     int64_t B, T, chunk;                /* activations sized for B × T; rows of logits a chunk */
-    gacts *acts;                        /* [L] */
+    gacts *acts;                        /* [L]; what a layer does not keep (recompute) points into shared */
+    gacts shared;                       /* the buffers every layer shares, made again in the backward */
+    lasp_recompute recompute;
     float *xL, *rstdf, *logits;         /* [N, C], [N], [chunk, V] */
     void *xf;                           /* [N, C] the final norm's output, in the dtype */
     lasp_gprof *prof;                   /* where the time goes (NULL: not measured) */
@@ -133,14 +135,28 @@ static int64_t work_floats(const lasp_model_config *c, int64_t B, int64_t T) {
     return norms > taps ? norms : taps;
 }
 
+/* The buffers of a layer's activations, in one list: those a gacts points to */
+#define GACTS_PTRS(g) {(g)->x, (g)->rstd1, (g)->xn1, (g)->pre, (g)->q, (g)->k, (g)->v, (g)->o, (g)->rstdo, (g)->y, \
+                       (g)->xm, (g)->rstd2, (g)->xn2, (g)->h, (g)->a}
+
+static int is_shared(const lasp_gmodel *m, const void *p) {
+    const void *s[] = GACTS_PTRS(&m->shared);
+    for (size_t i = 0; p && i < sizeof s / sizeof s[0]; i++)
+        if (s[i] == p) return 1;
+    return 0;
+}
+
 static void acts_free(lasp_gmodel *m) {
     for (int l = 0; m->acts && l < m->cfg.n_layers; l++) {
         gacts *a = &m->acts[l];
-        void *all[] = {a->x, a->rstd1, a->xn1, a->pre, a->q, a->k, a->v, a->o, a->rstdo, a->y, a->xm,
-                       a->rstd2, a->xn2, a->h, a->a};
-        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) cudaFree(all[i]);
+        void *all[] = GACTS_PTRS(a);
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+            if (!is_shared(m, all[i])) cudaFree(all[i]);
         memset(a, 0, sizeof *a);
     }
+    void *sh[] = GACTS_PTRS(&m->shared);
+    for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) cudaFree(sh[i]);
+    memset(&m->shared, 0, sizeof m->shared);
     void *dev[] = {m->xL, m->rstdf, m->xf, m->logits, m->dres, m->dbuf, m->dbig, m->dq, m->dk, m->dv, m->dob,
                    m->work, m->loss, m->hit, m->tok, m->tgt, m->order, m->starts, m->uniq, m->out16};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
@@ -227,13 +243,35 @@ static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t 
     } while (0)
 #define DEV(p, n) BYTES(p, (n) * sizeof *(p))   /* n elements of p's type */
 #define OPD(p, n) BYTES(p, (n) * es)            /* n elements of the dtype */
+    /* a layer's input, always kept; the rest of a block's activations; the attention's q, k, v and o */
+#define BLOCK_ACTS(g)                                                                                          \
+    do {                                                                                                       \
+        DEV((g)->rstd1, N); OPD((g)->xn1, N * C); DEV((g)->pre, N * 4 * C); DEV((g)->rstdo, N);                \
+        OPD((g)->y, N * C); DEV((g)->xm, N * C); DEV((g)->rstd2, N); OPD((g)->xn2, N * C);                     \
+        OPD((g)->h, N * 2 * F); OPD((g)->a, N * F);                                                            \
+    } while (0)
+#define ATTN_ACTS(g) do { OPD((g)->q, N * C); OPD((g)->k, N * C); OPD((g)->v, N * C); OPD((g)->o, N * C); } while (0)
+    const int keep_block = m->recompute != LASP_RECOMPUTE_BLOCK, keep_attn = m->recompute == LASP_RECOMPUTE_NONE;
     for (int l = 0; l < c->n_layers; l++) {
         gacts *a = alloc ? &m->acts[l] : &scratch;
-        DEV(a->x, N * C); DEV(a->rstd1, N); OPD(a->xn1, N * C); DEV(a->pre, N * 4 * C);
-        OPD(a->q, N * C); OPD(a->k, N * C); OPD(a->v, N * C); OPD(a->o, N * C); DEV(a->rstdo, N);
-        OPD(a->y, N * C); DEV(a->xm, N * C); DEV(a->rstd2, N); OPD(a->xn2, N * C);
-        OPD(a->h, N * 2 * F); OPD(a->a, N * F);
+        DEV(a->x, N * C);
+        if (keep_block) BLOCK_ACTS(a);
+        if (keep_attn) ATTN_ACTS(a);
     }
+    gacts *sh = alloc ? &m->shared : &scratch;
+    if (!keep_block) BLOCK_ACTS(sh);
+    if (!keep_attn) ATTN_ACTS(sh);
+    for (int l = 0; alloc && l < c->n_layers; l++) { /* what a layer does not keep, it finds in the shared set */
+        gacts *a = &m->acts[l];
+        if (!keep_block) {
+            float *x = a->x;
+            *a = m->shared, a->x = x;
+        } else if (!keep_attn) {
+            a->q = sh->q, a->k = sh->k, a->v = sh->v, a->o = sh->o;
+        }
+    }
+#undef BLOCK_ACTS
+#undef ATTN_ACTS
     DEV(m->xL, N * C); DEV(m->rstdf, N); OPD(m->xf, N * C); DEV(m->logits, (size_t)chunk * V);
     DEV(m->dres, N * C); DEV(m->dbuf, N * C); DEV(m->dbig, N * big);
     if (m->dtype == LASP_F32) { /* bf16: in out16 */
@@ -252,12 +290,19 @@ static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t 
     return bytes;
 }
 
-double lasp_gmodel_activation_bytes(const lasp_model_config *c, lasp_dtype dtype, int64_t B, int64_t T) {
+double lasp_gmodel_activation_bytes(const lasp_model_config *c, lasp_dtype dtype, lasp_recompute r, int64_t B,
+                                    int64_t T) {
     lasp_gmodel m;
     memset(&m, 0, sizeof m);
-    m.cfg = *c, m.dtype = dtype;
+    m.cfg = *c, m.dtype = dtype, m.recompute = r;
     cudaError_t e = cudaSuccess;
     return plan(&m, B, T, 0, &e);
+}
+
+void lasp_gmodel_set_recompute(lasp_gmodel *m, lasp_recompute r) {
+    if (r == m->recompute) return;
+    acts_free(m); /* the next reserve lays the buffers out anew */
+    m->recompute = r;
 }
 
 lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T) {
@@ -318,12 +363,88 @@ lasp_status lasp_gmodel_zero_grads(lasp_gmodel *m) {
 
 /* ---- forward -------------------------------------------------------------------------------------- */
 
+/* The sizes a layer's passes take */
+typedef struct dims {
+    int64_t B, T, N, C, H, D, F, L, K;
+    size_t ns, nh; /* floats of a layer's carried state and halo */
+} dims;
+
+static dims dims_of(const lasp_gmodel *m) {
+    dims d = {.B = m->B, .T = m->T, .C = m->cfg.d_model, .H = m->cfg.n_heads, .F = m->cfg.ffn_dim,
+              .L = m->cfg.n_layers, .K = m->cfg.conv};
+    d.N = d.B * d.T, d.D = d.C / d.H;
+    d.ns = (size_t)(d.B * d.H * d.D * d.D), d.nh = d.K ? (size_t)(d.B * (d.K - 1) * 3 * d.C) : 0;
+    return d;
+}
+
+/* Layer l's q, k, v (the convolution and SiLU) and the op's output o, from its projections; with `out` the
+ * state handed to the next chunk too (a recompute in the backward leaves it) */
+static lasp_status layer_attn(lasp_gmodel *m, int64_t l, int out) {
+    const dims d = dims_of(m);
+    const gacts *A = &m->acts[l];
+    const float *w = m->params + m->lay.unit_off[1 + l];
+    const float *halo = d.K && m->cin ? m->cin->halo + l * d.nh : NULL, *wc = d.K ? w + m->lay.blk.conv : NULL;
+    PART(ELEMWISE);
+    if (m->dtype == LASP_BF16) lasp_feat_fwd_bf16_cuda(A->q, A->k, A->v, A->pre, 4 * d.C, halo, wc, d.B, d.T, d.C, d.K, m->stream);
+    else lasp_feat_fwd_cuda(A->q, A->k, A->v, A->pre, 4 * d.C, halo, wc, d.B, d.T, d.C, d.K, m->stream);
+    /* the op (its output in the dtype), its states in fp32 */
+    PART(ATTN);
+    const lasp_attn_desc ad = {.B = d.B, .T = d.T, .H = d.H, .d = d.D, .e = d.D, .dtype = m->dtype};
+    return lasp_attn_fwd(m->ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride,
+                         m->cin ? m->cin->kv + l * d.ns : NULL, A->o, out && m->cout ? m->cout->kv + l * d.ns : NULL);
+}
+
+/* Layer l's forward from its input acts[l].x: every activation its backward reads and, with `out`, its output
+ * (the next layer's input, or xL) and what the next chunk takes (the halo and the state). Without `out` it is
+ * the backward's recompute (--recompute block): the activations alone. */
+static lasp_status layer_fwd(lasp_gmodel *m, int64_t l, int out) {
+    const dims d = dims_of(m);
+    const int64_t B = d.B, T = d.T, N = d.N, C = d.C, F = d.F, K = d.K;
+    const lasp_block_off *bo = &m->lay.blk;
+    cudaStream_t st = m->stream;
+    const int bf16 = m->dtype == LASP_BF16;
+    gacts *A = &m->acts[l];
+    const float *w = m->params + m->lay.unit_off[1 + l];
+    /* attention branch: xn1 = RMSNorm(x); pre = xn1 · wqkvu; the convolution; SiLU features; the op */
+    PART(ELEMWISE);
+    if (bf16) lasp_rms_fwd_bf16_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
+    else lasp_rms_fwd_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
+    BLAS(mm_fwd(m, A->pre, A->xn1, weight(m, w + bo->wqkvu), N, C, 4 * C, &ZERO));
+    /* this chunk's last K − 1 projections: the next chunk's halo */
+    PART(ELEMWISE);
+    if (out && K && m->cout)
+        for (int64_t b = 0; b < B; b++)
+            CU(cudaMemcpy2DAsync(m->cout->halo + l * d.nh + b * (K - 1) * 3 * C, 3 * C * 4,
+                                 A->pre + (b * T + T - (K - 1)) * 4 * C, 4 * C * 4, 3 * C * 4, K - 1,
+                                 cudaMemcpyDeviceToDevice, st), "the halo");
+    LASP_TRY(layer_attn(m, l, out));
+    /* y = RMSNorm(o) ⊙ σ(u); xm = x + y · wo (the residual added by the product: beta = 1) */
+    PART(ELEMWISE);
+    if (bf16) lasp_onorm_gate_fwd_bf16_cuda(A->y, A->rstdo, A->o, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, st);
+    else lasp_onorm_gate_fwd_cuda(A->y, A->rstdo, A->o, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, st);
+    PART(ELEMWISE);
+    CU(cudaMemcpyAsync(A->xm, A->x, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
+    BLAS(mm_fwd(m, A->xm, A->y, weight(m, w + bo->wo), N, C, C, &ONE));
+    /* GLU FFN: h = RMSNorm(xm) · w12; a = h1 ⊙ h2; xout = xm + a · w3 */
+    PART(ELEMWISE);
+    if (bf16) lasp_rms_fwd_bf16_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
+    else lasp_rms_fwd_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
+    BLAS(mm_fwd_op(m, A->h, A->xn2, weight(m, w + bo->w12), N, C, 2 * F));
+    PART(ELEMWISE);
+    if (bf16) lasp_glu_fwd_bf16_cuda(A->a, A->h, N, F, st);
+    else lasp_glu_fwd_cuda(A->a, A->h, N, F, st);
+    if (!out) return LASP_OK;
+    float *xout = l + 1 < d.L ? m->acts[l + 1].x : m->xL;
+    CU(cudaMemcpyAsync(xout, A->xm, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
+    BLAS(mm_fwd(m, xout, A->a, weight(m, w + bo->w3), N, F, C, &ONE));
+    return LASP_OK;
+}
+
 lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int32_t *targets, float grad_scale) {
     lasp_ctx *ctx = m->ctx;
     lasp_err *err = &ctx->err;
-    const int64_t B = m->B, T = m->T, N = B * T, C = m->cfg.d_model, H = m->cfg.n_heads, D = C / H;
-    const int64_t F = m->cfg.ffn_dim, V = m->cfg.vocab, L = m->cfg.n_layers, K = m->cfg.conv;
-    const lasp_block_off *bo = &m->lay.blk;
+    const int64_t B = m->B, T = m->T, N = B * T, C = m->cfg.d_model;
+    const int64_t V = m->cfg.vocab, L = m->cfg.n_layers, K = m->cfg.conv;
     cudaStream_t st = m->stream;
     if (N == 0) return lasp_fail(err, LASP_ERR_ARG, "the GPU model has no activations (hint: lasp_gmodel_reserve)");
     if (!targets) return lasp_fail(err, LASP_ERR_ARG, "the GPU model's forward needs targets");
@@ -339,53 +460,10 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
     if (K && (m->cin || m->cout) && T < K - 1)
         return lasp_fail(err, LASP_ERR_ARG, "a chunk of %lld tokens is shorter than the %lld the short convolution "
                          "reaches back (hint: longer chunks)", (long long)T, (long long)K - 1);
-    const size_t ns = (size_t)(B * H * D * D), nh = K ? (size_t)(B * (K - 1) * 3 * C) : 0;
     PART(ELEMWISE);
     lasp_embed_fwd_cuda(m->acts[0].x, m->params, m->tok, N, C, st);
-    const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = m->dtype};
+    for (int64_t l = 0; l < L; l++) LASP_TRY(layer_fwd(m, l, 1));
     const int bf16 = m->dtype == LASP_BF16;
-    for (int64_t l = 0; l < L; l++) {
-        gacts *A = &m->acts[l];
-        const float *w = m->params + m->lay.unit_off[1 + l];
-        float *xout = l + 1 < L ? m->acts[l + 1].x : m->xL;
-        /* attention branch: xn1 = RMSNorm(x); pre = xn1 · wqkvu; the convolution; SiLU features */
-        PART(ELEMWISE);
-        if (bf16) lasp_rms_fwd_bf16_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
-        else lasp_rms_fwd_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
-        BLAS(mm_fwd(m, A->pre, A->xn1, weight(m, w + bo->wqkvu), N, C, 4 * C, &ZERO));
-        /* this chunk's last K − 1 projections: the next chunk's halo */
-        PART(ELEMWISE);
-        if (K && m->cout)
-            for (int64_t b = 0; b < B; b++)
-                CU(cudaMemcpy2DAsync(m->cout->halo + l * nh + b * (K - 1) * 3 * C, 3 * C * 4,
-                                     A->pre + (b * T + T - (K - 1)) * 4 * C, 4 * C * 4, 3 * C * 4, K - 1,
-                                     cudaMemcpyDeviceToDevice, st), "the halo");
-        PART(ELEMWISE);
-        const float *halo = K && m->cin ? m->cin->halo + l * nh : NULL, *wc = K ? w + bo->conv : NULL;
-        if (bf16) lasp_feat_fwd_bf16_cuda(A->q, A->k, A->v, A->pre, 4 * C, halo, wc, B, T, C, K, st);
-        else lasp_feat_fwd_cuda(A->q, A->k, A->v, A->pre, 4 * C, halo, wc, B, T, C, K, st);
-        /* the op (its output in the dtype), its states in fp32 */
-        PART(ATTN);
-        LASP_TRY(lasp_attn_fwd(ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride,
-                               m->cin ? m->cin->kv + l * ns : NULL, A->o, m->cout ? m->cout->kv + l * ns : NULL));
-        /* y = RMSNorm(o) ⊙ σ(u); xm = x + y · wo (the residual added by the product: beta = 1) */
-        PART(ELEMWISE);
-        if (bf16) lasp_onorm_gate_fwd_bf16_cuda(A->y, A->rstdo, A->o, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, st);
-        else lasp_onorm_gate_fwd_cuda(A->y, A->rstdo, A->o, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, st);
-        PART(ELEMWISE);
-        CU(cudaMemcpyAsync(A->xm, A->x, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
-        BLAS(mm_fwd(m, A->xm, A->y, weight(m, w + bo->wo), N, C, C, &ONE));
-        /* GLU FFN: h = RMSNorm(xm) · w12; a = h1 ⊙ h2; xout = xm + a · w3 */
-        PART(ELEMWISE);
-        if (bf16) lasp_rms_fwd_bf16_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
-        else lasp_rms_fwd_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
-        BLAS(mm_fwd_op(m, A->h, A->xn2, weight(m, w + bo->w12), N, C, 2 * F));
-        PART(ELEMWISE);
-        if (bf16) lasp_glu_fwd_bf16_cuda(A->a, A->h, N, F, st);
-        else lasp_glu_fwd_cuda(A->a, A->h, N, F, st);
-        CU(cudaMemcpyAsync(xout, A->xm, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
-        BLAS(mm_fwd(m, xout, A->a, weight(m, w + bo->w3), N, F, C, &ONE));
-    }
 
     /* head, a chunk of rows at a time: logits = xf · wh; their loss; with grad_scale their gradient (in place,
      * or rounded into out16), then ∂xf (into dbuf) and ∂wh at once */
@@ -446,6 +524,9 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = m->dtype};
     const size_t ns = (size_t)(B * H * D * D), nh = K ? (size_t)(B * (K - 1) * 3 * C) : 0;
     for (int64_t l = L - 1; l >= 0; l--) {
+        /* what the layer did not keep, made again (into the buffers the layers share) */
+        if (m->recompute == LASP_RECOMPUTE_BLOCK) LASP_TRY(layer_fwd(m, l, 0));
+        if (m->recompute == LASP_RECOMPUTE_ATTN) LASP_TRY(layer_attn(m, l, 0));
         const gacts *A = &m->acts[l];
         w = m->params + m->lay.unit_off[1 + l], g = m->grads + m->lay.unit_off[1 + l];
         /* FFN: da = dres · w3ᵀ (in the dtype); dh from the GLU (bf16: into out16); dbuf = dh · w12ᵀ; dres +=

@@ -50,6 +50,12 @@ lasp_status lasp_train_params_check(const lasp_train_params *o, lasp_err *err) {
         return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--dtype %s: %s", lasp_dtype_name(o->dtype),
                          o->device == LASP_DEVICE_CPU ? "the CPU trains in f32 (hint: --dtype f32, or --device cuda)"
                                                       : "a GPU trains in bf16 or f32");
+    if (o->recompute != LASP_RECOMPUTE_NONE && o->recompute != LASP_RECOMPUTE_ATTN &&
+        o->recompute != LASP_RECOMPUTE_BLOCK)
+        return lasp_fail(err, LASP_ERR_ARG, "recompute %d: none (0), attn (1) or block (2)", (int)o->recompute);
+    if (o->recompute != LASP_RECOMPUTE_NONE && o->device == LASP_DEVICE_CPU)
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--recompute %s: the CPU model keeps every activation (hint: "
+                         "--chunk N bounds them on the CPU, or --device cuda)", lasp_recompute_name(o->recompute));
     if (o->chunk < 0 || o->chunk > o->seq_len)
         return lasp_fail(err, LASP_ERR_ARG, "--chunk %lld is outside 0 (off) .. --seq-len %lld", (long long)o->chunk,
                          (long long)o->seq_len);
@@ -168,6 +174,11 @@ static double cpu_activation_bytes(const lasp_trainer *t) {
     if (!o->chunk) return lasp_model_activation_bytes(&o->model, t->Bl, t->Tl);
     return lasp_model_activation_bytes(&o->model, t->Bl, o->chunk) +
            4.0 * (double)(t->Tl / o->chunk + 2) * (double)lasp_model_carry_floats(&o->model, t->Bl);
+}
+
+const char *lasp_recompute_name(lasp_recompute r) {
+    return r == LASP_RECOMPUTE_NONE ? "none" : r == LASP_RECOMPUTE_ATTN ? "attn" : r == LASP_RECOMPUTE_BLOCK ? "block"
+                                                                                                              : "?";
 }
 
 lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const lasp_data *data,

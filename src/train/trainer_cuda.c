@@ -104,7 +104,7 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     mem->grads = 4.0 * (double)P, mem->optimizer = 9.0 * (double)P;
     const int64_t Tc = o->chunk ? o->chunk : t->Tl, nc = t->Tl / Tc;
     const size_t cf = lasp_model_carry_floats(&o->model, t->Bl);
-    mem->activations = lasp_gmodel_activation_bytes(&o->model, o->dtype, t->Bl, Tc) +
+    mem->activations = lasp_gmodel_activation_bytes(&o->model, o->dtype, o->recompute, t->Bl, Tc) +
                        (o->chunk ? 4.0 * (double)(nc + 2) * (double)cf : 0); /* the chunks' carried states */
     mem->device_total = (double)total_b, mem->device_free = (double)free_b;
     snprintf(mem->device, sizeof mem->device, "GPU %d: %s (sm_%d%d, %d SMs, %.0f GiB)", dev, prop.name, prop.major,
@@ -113,11 +113,13 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     if (need > (double)free_b)
         return lasp_fail(err, LASP_ERR_NOMEM, "the run needs %.2f GiB of GPU memory but %s has %.2f GiB free: "
                          "parameters and gradients %.2f, optimizer state %.2f, activations of %lld × %lld tokens %.2f, "
-                         "workspace %.2f (hint: a smaller --batch or --seq-len)", gib(need), prop.name,
+                         "workspace %.2f (hint: %sa smaller --batch or --seq-len, or --chunk N)", gib(need), prop.name,
                          gib((double)free_b), gib(mem->params + mem->grads), gib(mem->optimizer),
-                         (long long)t->Bl, (long long)t->Tl, gib(mem->activations), gib(HEADROOM_BYTES));
+                         (long long)t->Bl, (long long)t->Tl, gib(mem->activations), gib(HEADROOM_BYTES),
+                         o->recompute == LASP_RECOMPUTE_BLOCK ? "" : "--recompute block, ");
 
     LASP_TRY(lasp_gmodel_create(t->ctx, &o->model, o->dtype, &G->m));
+    lasp_gmodel_set_recompute(G->m, o->recompute);
     LASP_TRY(lasp_gmodel_reserve(G->m, t->Bl, Tc));
     if (o->chunk) {
         const size_t Nc = (size_t)(t->Bl * Tc);
