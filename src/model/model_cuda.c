@@ -524,9 +524,10 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = m->dtype};
     const size_t ns = (size_t)(B * H * D * D), nh = K ? (size_t)(B * (K - 1) * 3 * C) : 0;
     for (int64_t l = L - 1; l >= 0; l--) {
-        /* what the layer did not keep, made again (into the buffers the layers share) */
-        if (m->recompute == LASP_RECOMPUTE_BLOCK) LASP_TRY(layer_fwd(m, l, 0));
-        if (m->recompute == LASP_RECOMPUTE_ATTN) LASP_TRY(layer_attn(m, l, 0));
+        /* what the layer did not keep, made again into the buffers the layers share (the last layer's are still
+         * there from the forward: the head touches none of them) */
+        if (l < L - 1 && m->recompute == LASP_RECOMPUTE_BLOCK) LASP_TRY(layer_fwd(m, l, 0));
+        if (l < L - 1 && m->recompute == LASP_RECOMPUTE_ATTN) LASP_TRY(layer_attn(m, l, 0));
         const gacts *A = &m->acts[l];
         w = m->params + m->lay.unit_off[1 + l], g = m->grads + m->lay.unit_off[1 + l];
         /* FFN: da = dres · w3ᵀ (in the dtype); dh from the GLU (bf16: into out16); dbuf = dh · w12ᵀ; dres +=
