@@ -269,6 +269,7 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
 
     /* the weight-decay mask over the optimizer's domain */
     if (o->zero == 0) {
+#pragma omp parallel for schedule(static)
         for (size_t i = 0; i < t->P; i++) t->decay[i] = (uint8_t)lasp_layout_decays(lay, i);
     } else {
         for (int u = 0; u < U; u++) {

@@ -149,6 +149,7 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     lasp_status s = decay && init ? LASP_OK : lasp_fail(err, LASP_ERR_NOMEM, "no host memory to initialise %zu "
                                                         "parameters", P);
     if (s == LASP_OK) {
+#pragma omp parallel for schedule(static)
         for (size_t i = 0; i < P; i++) decay[i] = (uint8_t)lasp_layout_decays(&t->m.lay, i);
         lasp_model_init_params(&o->model, &t->m.lay, o->seed, init);
         const cudaError_t e = cudaMemcpy(G->decay, decay, P, cudaMemcpyHostToDevice);
