@@ -385,8 +385,10 @@ static lasp_status layer_attn(lasp_gmodel *m, int64_t l, int out) {
     const float *w = m->params + m->lay.unit_off[1 + l];
     const float *halo = d.K && m->cin ? m->cin->halo + l * d.nh : NULL, *wc = d.K ? w + m->lay.blk.conv : NULL;
     PART(ELEMWISE);
-    if (m->dtype == LASP_BF16) lasp_feat_fwd_bf16_cuda(A->q, A->k, A->v, A->pre, 4 * d.C, halo, wc, d.B, d.T, d.C, d.K, m->stream);
-    else lasp_feat_fwd_cuda(A->q, A->k, A->v, A->pre, 4 * d.C, halo, wc, d.B, d.T, d.C, d.K, m->stream);
+    if (m->dtype == LASP_BF16)
+        lasp_feat_fwd_bf16_cuda(A->q, A->k, A->v, A->pre, 4 * d.C, halo, wc, d.B, d.T, d.C, d.K, m->stream);
+    else
+        lasp_feat_fwd_cuda(A->q, A->k, A->v, A->pre, 4 * d.C, halo, wc, d.B, d.T, d.C, d.K, m->stream);
     /* the op (its output in the dtype), its states in fp32 */
     PART(ATTN);
     const lasp_attn_desc ad = {.B = d.B, .T = d.T, .H = d.H, .d = d.D, .e = d.D, .dtype = m->dtype};
