@@ -306,8 +306,9 @@ void feat_fwd(T *q, T *k, T *v, const float *p, int64_t sp, const float *halo, c
     const feat_tiling f = feat_tiles(B, T_, 0);
     const dim3 grid((unsigned)(B * f.tiles), (unsigned)((3 * C + THREADS - 1) / THREADS));
     const float *w = K ? wc : nullptr;
-#define FEAT_FWD(KM) \
-    k_feat_fwd<KM, T><<<grid, THREADS, 0, st>>>(q, k, v, p, sp, K ? halo : nullptr, w, T_, (int)C, (int)K, f.rows, f.tiles)
+#define FEAT_FWD(KM)                                                                                       \
+    k_feat_fwd<KM, T><<<grid, THREADS, 0, st>>>(q, k, v, p, sp, K ? halo : nullptr, w, T_, (int)C, (int)K, f.rows, \
+                                                f.tiles)
     switch (feat_km(K)) {
     case 1: FEAT_FWD(1); break;
     case 4: FEAT_FWD(4); break;
