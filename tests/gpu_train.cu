@@ -57,17 +57,23 @@ static double worst_rel(const double *a, const double *b, int n, int *at) {
 
 /* ---- the update ------------------------------------------------------------------------------------ */
 
-static void case_adamw(size_t n, double clip) {
+/* off: the arrays start that many elements into their allocations (1: not aligned for the 16-byte loads, so the
+ * one-at-a-time path runs) */
+static void case_adamw(size_t n, double clip, size_t off = 0) {
     float *p = test_randn(&rng, n, 1), *g = test_randn(&rng, n, 0.1), *m = test_randn(&rng, n, 0.01);
     float *v = test_randn(&rng, n, 0.01);
     uint8_t *decay = (uint8_t *)malloc(n);
     for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i], decay[i] = (uint8_t)(lasp_rng_u64(&rng) & 1);
-    float *dp = (float *)test_to_dev(p, n, LASP_F32), *dg = (float *)test_to_dev(g, n, LASP_F32);
-    float *dm = (float *)test_to_dev(m, n, LASP_F32), *dv = (float *)test_to_dev(v, n, LASP_F32);
-    uint8_t *ddecay = NULL;
-    void *dp16 = test_to_dev(NULL, n, LASP_BF16);
+    float *bp = (float *)test_to_dev(NULL, n + off, LASP_F32), *bg = (float *)test_to_dev(NULL, n + off, LASP_F32);
+    float *bm = (float *)test_to_dev(NULL, n + off, LASP_F32), *bv = (float *)test_to_dev(NULL, n + off, LASP_F32);
+    float *dp = bp + off, *dg = bg + off, *dm = bm + off, *dv = bv + off;
+    cudaMemcpy(dp, p, n * 4, cudaMemcpyHostToDevice), cudaMemcpy(dg, g, n * 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(dm, m, n * 4, cudaMemcpyHostToDevice), cudaMemcpy(dv, v, n * 4, cudaMemcpyHostToDevice);
+    uint8_t *bdecay = NULL;
+    void *bp16 = test_to_dev(NULL, n + off, LASP_BF16), *dp16 = (uint16_t *)bp16 + off;
     double *sumsq = NULL, *work = NULL, ss = 0, ss_ref = 0;
-    cudaMalloc((void **)&ddecay, n), cudaMalloc((void **)&sumsq, 8), cudaMalloc((void **)&work, LASP_SUMSQ_PARTS * 8);
+    cudaMalloc((void **)&bdecay, n + off), cudaMalloc((void **)&sumsq, 8), cudaMalloc((void **)&work, LASP_SUMSQ_PARTS * 8);
+    uint8_t *ddecay = bdecay + off;
     cudaMemcpy(ddecay, decay, n, cudaMemcpyHostToDevice);
     lasp_train_params o = lasp_train_default_params();
     o.clip = clip;
@@ -95,9 +101,9 @@ static void case_adamw(size_t n, double clip) {
     float *hp = test_from_dev(dp, n, LASP_F32), *hm = test_from_dev(dm, n, LASP_F32);
     CHECK(!memcmp(hp, gp, n * 4) && !memcmp(hm, gm, n * 4), "a NaN gradient changed the parameters or moments");
     free(p), free(g), free(m), free(v), free(decay), free(gp), free(gm), free(gv), free(hp), free(hm), free(g16);
-    cudaFree(dp16), cudaFree(dp), cudaFree(dg), cudaFree(dm), cudaFree(dv), cudaFree(ddecay), cudaFree(sumsq), cudaFree(work);
-    test_case("AdamW on the GPU: the CPU's bits and their bf16 copy (%zu elements, clip %g); a NaN gradient updates "
-              "nothing", n, clip);
+    cudaFree(bp16), cudaFree(bp), cudaFree(bg), cudaFree(bm), cudaFree(bv), cudaFree(bdecay), cudaFree(sumsq), cudaFree(work);
+    test_case("AdamW on the GPU: the CPU's bits and their bf16 copy (%zu elements, clip %g%s); a NaN gradient "
+              "updates nothing", n, clip, off ? ", not aligned for 16-byte loads" : "");
 }
 
 /* ---- training ------------------------------------------------------------------------------------ */
@@ -272,6 +278,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     case_adamw(1000, 0);
+    case_adamw(1003, 0);    /* four at a time, and a tail of three */
+    case_adamw(1003, 0, 1); /* one at a time */
     case_adamw(3 << 20, 0);
     case_adamw(3 << 20, 1e-3);
     case_curve("tiny", LASP_F32);
