@@ -60,7 +60,7 @@ HAVE_CUDA := $(shell $(PROBE) && printf '#include <cuda_runtime.h>\n__global__ v
 endif
 ifeq ($(HAVE_CUDA),1)
   CFLAGS  += -DLASP_HAVE_CUDA -I$(CUDA_HOME)/include
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
   NVFLAGS := -std=c++17 -O3 -lineinfo $(CUDA_ARCH) -Iinclude -Isrc -Xcompiler -fPIC,-Wall,-Wextra \
              -Werror all-warnings -DLASP_HAVE_CUDA
   ifeq ($(HAVE_MPI),1)
@@ -152,13 +152,13 @@ $(BUILD)/tests/test_%: tests/test_%.cu $(wildcard tests/*.h src/*/*.h)
 
 $(BUILD)/tests/gpu_%: tests/gpu_%.cu $(wildcard tests/*.h) $(BUILD)/liblasp.a
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) $< $(BUILD)/liblasp.a -o $@ -lcublas $(if $(HAVE_NCCL),-lnccl) $(if $(HAVE_OPENMP),-Xcompiler -fopenmp) \
+	$(NVCC) $(NVFLAGS) $< $(BUILD)/liblasp.a -o $@ -lcublasLt -lcublas $(if $(HAVE_NCCL),-lnccl) $(if $(HAVE_OPENMP),-Xcompiler -fopenmp) \
 	    $(if $(HAVE_MPI),$(shell mpicc --showme:link 2>/dev/null | sed 's/-Wl,/-Xlinker /g; s/-pthread/-Xcompiler -pthread/g')) \
 	    $(if $(HAVE_BLAS),-lopenblas)
 
 $(BUILD)/dev/%: dev/cuda/%.cu $(BUILD)/liblasp.a
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) $< $(BUILD)/liblasp.a -o $@ -lcublas $(if $(HAVE_NCCL),-lnccl) $(if $(HAVE_OPENMP),-Xcompiler -fopenmp) \
+	$(NVCC) $(NVFLAGS) $< $(BUILD)/liblasp.a -o $@ -lcublasLt -lcublas $(if $(HAVE_NCCL),-lnccl) $(if $(HAVE_OPENMP),-Xcompiler -fopenmp) \
 	    $(if $(HAVE_MPI),$(shell mpicc --showme:link 2>/dev/null | sed 's/-Wl,/-Xlinker /g; s/-pthread/-Xcompiler -pthread/g')) \
 	    $(if $(HAVE_BLAS),-lopenblas)
 

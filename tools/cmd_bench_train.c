@@ -13,6 +13,7 @@
 
 int lasp_bench_train(int argc, char **argv) {
     const char *device_name = "cpu", *models = NULL, *dtype = "bf16", *sp_mode = "chain", *recompute = "none";
+    const char *gemm = "ex";
     long long sp_size = 0, steps = 10, batch = 0, seq = 0, zero = 0, vocab = 0, chunk = 0, max_seq = 1LL << 24;
     int longest = 0;
     const opt opts[] = {
@@ -21,6 +22,7 @@ int lasp_bench_train(int argc, char **argv) {
         {"--dtype", OPT_STR, &dtype, "bf16|f32", "GPU: the products' and attention's operands", 0},
         {"--recompute", OPT_STR, &recompute, "none|attn|block", "GPU: what a layer keeps for its backward (lasp train "
                                                                  "--help)", 0},
+        {"--gemm", OPT_STR, &gemm, "ex|lt", "GPU bf16: the products on cublasGemmEx or cuBLASLt (an A/B)", 0},
         {"--vocab", OPT_INT, &vocab, "N", "vocabulary (default: 256 on the CPU, 64000 on a GPU)", 0},
         {"--sp", OPT_INT, &sp_size, "N", "sequence-parallel ranks (0 = the whole world)", 0},
         {"--sp-mode", OPT_STR, &sp_mode, "MODE", "chain, lasp2, ulysses or allgather (the last two: CPU)", 0},
@@ -57,6 +59,10 @@ int lasp_bench_train(int argc, char **argv) {
     }
     const lasp_recompute rc_mode = !strcmp(recompute, "block") ? LASP_RECOMPUTE_BLOCK
                                    : !strcmp(recompute, "attn") ? LASP_RECOMPUTE_ATTN : LASP_RECOMPUTE_NONE;
+    if (strcmp(gemm, "ex") && strcmp(gemm, "lt")) {
+        fprintf(stderr, "error: --gemm '%s' is not known (hint: ex or lt)\n", gemm);
+        return 2;
+    }
     if (strcmp(dtype, "bf16") && strcmp(dtype, "f32")) {
         fprintf(stderr, "error: --dtype '%s' is not known (hint: bf16 or f32)\n", dtype);
         return 2;
@@ -103,6 +109,7 @@ int lasp_bench_train(int argc, char **argv) {
                    "recall task, median of %lld steps, matrix products on %s\n", W, lay.dp_size, lay.sp_size,
                    lasp_sp_mode_name(spp.mode), zero, batch, seq, steps,
                    lasp_get_build_info().has_blas ? "BLAS" : "plain loops");
+        if (!strcmp(gemm, "lt")) printf("# --gemm lt: the bf16 products on cuBLASLt\n");
         if (rc_mode) printf("# --recompute %s: %s\n", recompute, rc_mode == LASP_RECOMPUTE_BLOCK ? "each layer's "
                             "input kept, its forward run again in the backward" : "q, k, v and the attention's "
                             "output made again in the backward");
@@ -127,7 +134,7 @@ int lasp_bench_train(int argc, char **argv) {
             }
             o.batch = 1, o.steps = 3, o.zero = (int)zero, o.device = (lasp_device)device, o.chunk = chunk;
             o.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
-            o.recompute = rc_mode;
+            o.recompute = rc_mode, o.gemm = strcmp(gemm, "lt") ? LASP_GEMM_EX : LASP_GEMM_LT;
             long long fit = 0;
             printf("# lasp bench train --longest %s on %s, batch 1%s, %s: one warm-up and one timed step at each length, "
                    "doubling from %lld\n# %-6s %10s %10s %12s %10s\n", name, gpu ? "one GPU" : "the CPU",
@@ -163,7 +170,7 @@ int lasp_bench_train(int argc, char **argv) {
         }
         o.batch = batch, o.seq_len = seq, o.zero = (int)zero, o.steps = steps + 2, o.device = (lasp_device)device;
         o.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
-        o.recompute = rc_mode;
+        o.recompute = rc_mode, o.gemm = strcmp(gemm, "lt") ? LASP_GEMM_EX : LASP_GEMM_LT;
         o.chunk = chunk;
         lasp_trainer *t = NULL;
         if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) {

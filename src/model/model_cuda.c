@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/gemm_lt_cuda.h"
 #include "model/layers.h"
 #include "model/prof_cuda.h"
 
@@ -28,6 +29,7 @@ struct lasp_gmodel {
     lasp_layout lay;
     cudaStream_t stream;
     cublasHandle_t blas;
+    lasp_lt *lt;                        /* bf16 with LASP_GEMM_LT: the products on cuBLASLt (else NULL) */
     lasp_dtype dtype;                   /* of the matrix products' operands and the attention: f32 or bf16 */
     float *params, *grads, *slopes;     /* device: [n_params], [n_params], [L, slope_stride] */
     uint16_t *params16;                 /* bf16: the parameters rounded to bf16 [n_params] (else NULL) */
@@ -81,6 +83,7 @@ static cublasStatus_t gemm(const lasp_gmodel *m, cublasOperation_t ta, cublasOpe
                            int64_t K, const void *A, int64_t lda, const void *B, int64_t ldb, const float *beta,
                            void *C, int64_t ldc, int c16) {
     lasp_gprof_mark(m->prof, LASP_PART_MATMUL); /* the products' time is theirs as a kind, not a place's */
+    if (m->lt) return lasp_lt_gemm(m->lt, ta, tb, M, N, K, A, lda, B, ldb, *beta, C, C, ldc, c16);
     if (m->dtype == LASP_F32)
         return cublasSgemm(m->blas, ta, tb, (int)M, (int)N, (int)K, &ONE, (const float *)A, (int)lda,
                            (const float *)B, (int)ldb, beta, (float *)C, (int)ldc);
@@ -98,6 +101,21 @@ static cublasStatus_t mm_fwd(const lasp_gmodel *m, float *out, const void *in, c
 static cublasStatus_t mm_fwd_op(const lasp_gmodel *m, void *out, const void *in, const void *W, int64_t N, int64_t K,
                                 int64_t O) {
     return gemm(m, CUBLAS_OP_N, CUBLAS_OP_N, O, N, K, W, O, in, K, &ZERO, out, O, 1);
+}
+
+/* out[N,O] = resid[N,O] + in[N,K] · W[K,O] (out not resid): on cuBLASLt in one product, else a copy and a
+ * product that adds */
+static lasp_status mm_fwd_res(lasp_gmodel *m, float *out, const float *resid, const void *in, const void *W,
+                              int64_t N, int64_t K, int64_t O) {
+    if (m->lt) {
+        lasp_gprof_mark(m->prof, LASP_PART_MATMUL);
+        BLAS(lasp_lt_gemm(m->lt, CUBLAS_OP_N, CUBLAS_OP_N, O, N, K, W, O, in, K, 1.0f, resid, out, O, 0));
+        return LASP_OK;
+    }
+    lasp_gprof_mark_at(m->prof, LASP_PART_ELEMWISE, __FILE__, __LINE__);
+    CU(cudaMemcpyAsync(out, resid, (size_t)(N * O) * 4, cudaMemcpyDeviceToDevice, m->stream), "the residual");
+    BLAS(mm_fwd(m, out, in, W, N, K, O, &ONE));
+    return LASP_OK;
 }
 
 /* din[N,K] = dout[N,O] · Wᵀ; fp32 din, or (mm_bwd_in_op) din in the model's dtype */
@@ -175,6 +193,7 @@ void lasp_gmodel_free(lasp_gmodel *m) {
     free(m->acts);
     cudaFree(m->params), cudaFree(m->grads), cudaFree(m->slopes), cudaFree(m->params16);
     if (m->blas) cublasDestroy(m->blas);
+    lasp_lt_free(m->lt);
     lasp_layout_free(&m->lay);
     free(m);
 }
@@ -297,6 +316,13 @@ double lasp_gmodel_activation_bytes(const lasp_model_config *c, lasp_dtype dtype
     m.cfg = *c, m.dtype = dtype, m.recompute = r;
     cudaError_t e = cudaSuccess;
     return plan(&m, B, T, 0, &e);
+}
+
+lasp_status lasp_gmodel_set_gemm(lasp_gmodel *m, lasp_gemm g) {
+    if (g == LASP_GEMM_LT && m->dtype == LASP_BF16 && !m->lt)
+        return lasp_lt_create(m->stream, &m->lt, &m->ctx->err);
+    if (g != LASP_GEMM_LT) lasp_lt_free(m->lt), m->lt = NULL;
+    return LASP_OK;
 }
 
 void lasp_gmodel_set_recompute(lasp_gmodel *m, lasp_recompute r) {
@@ -424,9 +450,7 @@ static lasp_status layer_fwd(lasp_gmodel *m, int64_t l, int out) {
     PART(ELEMWISE);
     if (bf16) lasp_onorm_gate_fwd_bf16_cuda(A->y, A->rstdo, A->o, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, st);
     else lasp_onorm_gate_fwd_cuda(A->y, A->rstdo, A->o, w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, st);
-    PART(ELEMWISE);
-    CU(cudaMemcpyAsync(A->xm, A->x, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
-    BLAS(mm_fwd(m, A->xm, A->y, weight(m, w + bo->wo), N, C, C, &ONE));
+    LASP_TRY(mm_fwd_res(m, A->xm, A->x, A->y, weight(m, w + bo->wo), N, C, C));
     /* GLU FFN: h = RMSNorm(xm) · w12; a = h1 ⊙ h2; xout = xm + a · w3 */
     PART(ELEMWISE);
     if (bf16) lasp_rms_fwd_bf16_cuda(A->xn2, A->rstd2, A->xm, w + bo->ln2, N, C, st);
@@ -437,9 +461,7 @@ static lasp_status layer_fwd(lasp_gmodel *m, int64_t l, int out) {
     else lasp_glu_fwd_cuda(A->a, A->h, N, F, st);
     if (!out) return LASP_OK;
     float *xout = l + 1 < d.L ? m->acts[l + 1].x : m->xL;
-    CU(cudaMemcpyAsync(xout, A->xm, N * C * 4, cudaMemcpyDeviceToDevice, st), "the residual");
-    BLAS(mm_fwd(m, xout, A->a, weight(m, w + bo->w3), N, F, C, &ONE));
-    return LASP_OK;
+    return mm_fwd_res(m, xout, A->xm, A->a, weight(m, w + bo->w3), N, F, C);
 }
 
 lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int32_t *targets, float grad_scale) {
