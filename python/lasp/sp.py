@@ -7,7 +7,9 @@ incoming state and returns the outgoing one:
            backward: receive dKV_out from r+1, run the piece's backward, send dKV_in to r−1.
     lasp2  every rank's own state (its piece from a zero state) all-gathered, KV_in(r) = Σ_{s<r} γ^{r−1−s} m_s
            with γ = λ^{T_piece}; the backward the same with the pieces' dKV_in summed from the end.
-CUDA tensors are not served by this version of the package yet."""
+CUDA tensors (an NCCL group): the same schedule, the op on the GPU in the tensors' dtype (states fp32) and the
+states through torch.distributed's NCCL. (The library's own NCCL communicator, with its one-sided state
+transfers, is not used from Python yet.)"""
 import torch
 import torch.distributed as dist
 
@@ -35,11 +37,12 @@ class _SP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, group, mode):
         r, W = _group_pos(group)
-        qf, kf, vf, sf = ops._f32(q), ops._f32(k), ops._f32(v), ops._f32(slopes)
+        t = ops._io_dtype(q)
+        qf, kf, vf, sf = ops._as(q, t), ops._as(k, t), ops._as(v, t), ops._f32(slopes)
         B, T, H, d = qf.shape
         e = vf.shape[3]
         if mode == "lasp":
-            kv_in = torch.zeros((B, H, d, e))
+            kv_in = torch.zeros((B, H, d, e), device=q.device)
             if r > 0:
                 dist.recv(kv_in, _peer(group, r - 1), group=group)
             o, kv_out = ops.attn_fwd(qf, kf, vf, sf, kv_in)
@@ -63,7 +66,7 @@ class _SP(torch.autograd.Function):
         qf, kf, vf, sf, kv_in = ctx.saved_tensors
         group, mode = ctx.group, ctx.mode
         r, W = _group_pos(group)
-        do = ops._f32(do)
+        do = ops._as(do, qf.dtype)
         T = qf.shape[1]
         if mode == "lasp":
             dkv_out = None
@@ -90,7 +93,7 @@ def sp_linear_attention(q, k, v, slopes, group=None, mode="lasp"):
     """This rank's piece of lasp.linear_attention over a sequence cut across the ranks of `group` (None: the
     default group), in rank order: q, k [B, T_piece, H, d], v [B, T_piece, H, e], slopes [H]. mode "lasp"
     (the chain) or "lasp2" (states all-gathered). Forward and backward equal the single-process op on the
-    whole sequence."""
+    whole sequence. CPU tensors with a gloo group, CUDA tensors (this rank's GPU) with an NCCL group."""
     if mode not in ("lasp", "lasp2"):
         raise ValueError("lasp.sp_linear_attention: mode %r (hint: \"lasp\" or \"lasp2\")" % (mode,))
     if not dist.is_available() or not dist.is_initialized():
