@@ -17,6 +17,11 @@ from . import _lib
 _CUDA_DTYPES = {torch.float32: _lib.F32, torch.bfloat16: _lib.BF16, torch.float16: _lib.F16}
 
 
+def _compiling():
+    c = getattr(torch, "compiler", None)
+    return bool(c is not None and hasattr(c, "is_compiling") and c.is_compiling())
+
+
 def _check(q, k, v, slopes, state):
     """Shapes, dtypes and devices, with the tensor named in the error."""
     for name, t in (("q", q), ("k", k), ("v", v), ("slopes", slopes)):
@@ -58,7 +63,8 @@ def _check(q, k, v, slopes, state):
             if t is not None and t.dtype not in (torch.float32, torch.float64):
                 raise TypeError("lasp.linear_attention: %s is %s; on the CPU the op computes in float32 (hint: "
                                 ".float())" % (name, t.dtype))
-    if not bool((torch.isfinite(slopes) & (slopes >= 0)).all()):  # one read back, on a GPU one wait
+    # one read back (on a GPU one wait); not while torch.compile traces, where values are not known
+    if not _compiling() and not bool((torch.isfinite(slopes) & (slopes >= 0)).all()):
         raise ValueError("lasp.linear_attention: slopes must be finite and ≥ 0 (decay rates), got %s"
                          % slopes.tolist())
 
