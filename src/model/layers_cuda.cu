@@ -234,6 +234,7 @@ __global__ void __launch_bounds__(THREADS) k_feat_fwd(T *q, T *k, T *v, const fl
     load_taps(w, wc, K, W, c);
 #pragma unroll
     for (int j = 0; j + 1 < KM; j++) x[j] = proj(p, sp, halo, b, t0 - 1 - j, T_, K1, W, c);
+#pragma unroll 4 /* loads of several rows in flight at once: a thread's rows are otherwise one load at a time */
     for (int64_t t = t0; t < t1; t++) {
         shift_in(x, p[(b * T_ + t) * sp + c]);
         float s = 0;
@@ -265,6 +266,7 @@ __global__ void __launch_bounds__(THREADS) k_feat_bwd(T *dp, int64_t sdp, float 
     for (int j = 0; j < KM; j++) d[j] = 0, acc[j] = 0;
 #pragma unroll
     for (int j = 0; j + 1 < KM; j++) x[j] = proj(p, sp, halo, b, sa - 1 - j, T_, K1, W, c);
+#pragma unroll 4
     for (int64_t t = sa; t < sb + KM - 1; t++) {
         shift_in(x, t < tend ? proj(p, sp, halo, b, t, T_, K1, W, c) : 0.0f);
         float dc = 0;
