@@ -223,6 +223,68 @@ __global__ void k_onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dy, const 
     }
 }
 
+/* The same four columns a lane (C a multiple of 128, everything aligned for it): 16-byte loads of the fp32 rows,
+ * 8-byte of the bf16 ones */
+__device__ __forceinline__ float4 load4(const float *p) { return *(const float4 *)p; }
+__device__ __forceinline__ float4 load4(const __nv_bfloat16 *p) {
+    const __nv_bfloat162 *q = (const __nv_bfloat162 *)p;
+    const float2 a = __bfloat1622float2(q[0]), b = __bfloat1622float2(q[1]);
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+
+template <typename TO, typename TY>
+__global__ void k_onorm_gate_fwd4(TY *y, float *rstd, const TO *o, const float *g, const float *u, int64_t su,
+                                  int64_t N, int64_t C) {
+    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const TO *orow = o + n * C;
+    const float *urow = u + n * su;
+    float ss = 0;
+#pragma unroll 4
+    for (int64_t c = 4 * lane; c < C; c += 128) {
+        const float4 a = load4(orow + c);
+        ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    }
+    const float r = rsqrtf(warp_sum(ss) / (float)C + LASP_RMS_EPS);
+    if (lane == 0) rstd[n] = r;
+#pragma unroll 4
+    for (int64_t c = 4 * lane; c < C; c += 128) {
+        const float4 a = load4(orow + c), w = load4(g + c), uu = load4(urow + c);
+        put4(y + n * C + c, a.x * r * w.x * sigmoid(uu.x), a.y * r * w.y * sigmoid(uu.y), a.z * r * w.z * sigmoid(uu.z),
+             a.w * r * w.w * sigmoid(uu.w));
+    }
+}
+
+template <typename TO, typename TD>
+__global__ void k_onorm_gate_bwd4(TD *dox, TD *du, int64_t sdu, float *dy, const TO *o, const float *rstd,
+                                  const float *g, const float *u, int64_t su, int64_t N, int64_t C) {
+    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const float r = rstd[n];
+    float dot = 0;
+#pragma unroll 4
+    for (int64_t c = 4 * lane; c < C; c += 128) {
+        const int64_t i = n * C + c;
+        const float4 x = load4(o + i), d = load4(dy + i), w = load4(g + c), uu = load4(u + n * su + c);
+        const float s0 = sigmoid(uu.x), s1 = sigmoid(uu.y), s2 = sigmoid(uu.z), s3 = sigmoid(uu.w);
+        const float h0 = d.x * s0, h1 = d.y * s1, h2 = d.z * s2, h3 = d.w * s3;
+        put4(du + n * sdu + c, d.x * (x.x * r * w.x) * s0 * (1 - s0), d.y * (x.y * r * w.y) * s1 * (1 - s1),
+             d.z * (x.z * r * w.z) * s2 * (1 - s2), d.w * (x.w * r * w.w) * s3 * (1 - s3));
+        put4(dy + i, h0, h1, h2, h3);
+        dot += h0 * w.x * x.x * r + h1 * w.y * x.y * r + h2 * w.z * x.z * r + h3 * w.w * x.w * r;
+    }
+    const float mean = warp_sum(dot) / (float)C;
+#pragma unroll 4
+    for (int64_t c = 4 * lane; c < C; c += 128) {
+        const int64_t i = n * C + c;
+        const float4 x = load4(o + i), h = load4(dy + i), w = load4(g + c);
+        put4(dox + i, r * (h.x * w.x - x.x * r * mean), r * (h.y * w.y - x.y * r * mean),
+             r * (h.z * w.z - x.z * r * mean), r * (h.w * w.w - x.w * r * mean));
+    }
+}
+
 template <typename T>
 __global__ void k_glu_fwd(T *a, const T *h, int64_t N, int64_t F) {
     ROWS(n, N) COLS(f, F) put(a + n * F + f, get(h + n * 2 * F + f) * get(h + n * 2 * F + F + f));
@@ -547,11 +609,23 @@ __global__ void k_embed_bwd(float *dwte, const float *dx, const int32_t *order, 
     }
 }
 
+/* 1 if rows of C elements (the strided ones of stride su) at a, b and c take four-element loads: C a multiple of
+ * 128, su of 4, each pointer aligned for 4 of its elements */
+template <typename TA, typename TB, typename TC>
+int aligned4(int64_t C, int64_t su, const TA *a, const TB *b, const TC *c) {
+    return C % 128 == 0 && su % 4 == 0 && (uintptr_t)a % (4 * sizeof *a) == 0 && (uintptr_t)b % (4 * sizeof *b) == 0 &&
+           (uintptr_t)c % (4 * sizeof *c) == 0;
+}
+
 template <typename TO, typename TY>
 void onorm_gate_fwd(TY *y, float *rstd, const TO *o, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
                     cudaStream_t st) {
     const int rows = THREADS / 32;
-    if (N) k_onorm_gate_fwd<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>(y, rstd, o, g, u, su, N, C);
+    const unsigned blocks = (unsigned)((N + rows - 1) / rows);
+    if (N && aligned4(C, su, y, o, u) && (uintptr_t)g % 16 == 0)
+        k_onorm_gate_fwd4<<<blocks, THREADS, 0, st>>>(y, rstd, o, g, u, su, N, C);
+    else if (N)
+        k_onorm_gate_fwd<<<blocks, THREADS, 0, st>>>(y, rstd, o, g, u, su, N, C);
 }
 
 template <typename TO, typename TD>
@@ -559,7 +633,11 @@ void onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dg, float *dy, const TO
                     const float *u, int64_t su, int64_t N, int64_t C, float *work, cudaStream_t st) {
     if (!N) return;
     const int rows = THREADS / 32;
-    k_onorm_gate_bwd<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
+    const unsigned blocks = (unsigned)((N + rows - 1) / rows);
+    if (aligned4(C, su, dox, o, u) && aligned4(C, sdu, du, dy, g))
+        k_onorm_gate_bwd4<<<blocks, THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
+    else
+        k_onorm_gate_bwd<<<blocks, THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
     const int64_t parts = parts_for(N), per = (N + parts - 1) / parts;
     const dim3 grid((unsigned)((C + THREADS - 1) / THREADS), (unsigned)parts);
     k_rms_bwd_g<<<grid, THREADS, 0, st>>>(work, dy, o, rstd, N, C, per);
