@@ -5,6 +5,10 @@
  * the partial sums in order, so that a step's gradients are the same bits on every run. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <stdint.h>
+
+#include <initializer_list>
+#include <utility>
 
 #include "model/layers.h"
 
@@ -58,100 +62,171 @@ __global__ void k_sum_parts(float *out, const float *work, int64_t parts, int64_
     }
 }
 
-/* ---- RMSNorm: a warp per row --------------------------------------------------------------------- */
+/* ---- V consecutive elements as floats ------------------------------------------------------------ */
 
-template <typename T>
-__global__ void k_rms_fwd(T *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C) {
-    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x & 31;
-    if (n >= N) return;
-    const float *xr = x + n * C;
-    float ss = 0;
-    for (int64_t c = lane; c < C; c += 32) ss += xr[c] * xr[c];
-    const float r = rsqrtf(warp_sum(ss) / (float)C + LASP_RMS_EPS);
-    if (rstd && lane == 0) rstd[n] = r;
-    for (int64_t c = lane; c < C; c += 32) put(out + n * C + c, xr[c] * r * g[c]);
+/* Read from and written to fp32 or bf16 rows in one access for V = 2 or 4 (the pointer aligned for V of its
+ * elements), so that a lane moves 8 or 16 bytes at once; the arithmetic stays per element, the same for any V. */
+template <int V>
+struct vf {
+    float v[V];
+};
+
+template <int V>
+__device__ __forceinline__ vf<V> ld(const float *p) {
+    vf<V> r;
+    if constexpr (V == 4) {
+        const float4 a = *(const float4 *)p;
+        r.v[0] = a.x, r.v[1] = a.y, r.v[2] = a.z, r.v[3] = a.w;
+    } else if constexpr (V == 2) {
+        const float2 a = *(const float2 *)p;
+        r.v[0] = a.x, r.v[1] = a.y;
+    } else {
+        r.v[0] = *p;
+    }
+    return r;
 }
 
-/* dx16 (may be NULL): the accumulated dx rounded, as the next products read it */
+template <int V>
+__device__ __forceinline__ vf<V> ld(const __nv_bfloat16 *p) {
+    vf<V> r;
+    if constexpr (V == 1) {
+        r.v[0] = __bfloat162float(*p);
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j += 2) {
+            const float2 a = __bfloat1622float2(((const __nv_bfloat162 *)p)[j / 2]);
+            r.v[j] = a.x, r.v[j + 1] = a.y;
+        }
+    }
+    return r;
+}
+
+template <int V>
+__device__ __forceinline__ void st(float *p, const vf<V> &x) {
+    if constexpr (V == 4) *(float4 *)p = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
+    else if constexpr (V == 2) *(float2 *)p = make_float2(x.v[0], x.v[1]);
+    else *p = x.v[0];
+}
+
+template <int V>
+__device__ __forceinline__ void st(__nv_bfloat16 *p, const vf<V> &x) {
+    if constexpr (V == 1) {
+        *p = __float2bfloat16_rn(x.v[0]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j += 2) ((__nv_bfloat162 *)p)[j / 2] = __floats2bfloat162_rn(x.v[j], x.v[j + 1]);
+    }
+}
+
+/* 1 if each pointer is aligned for V of its elements (NULL is) */
+template <int V>
+bool aligned_for(std::initializer_list<std::pair<const void *, size_t>> ps) {
+    for (const auto &p : ps)
+        if ((uintptr_t)p.first % (V * p.second)) return false;
+    return true;
+}
+#define AL(p) std::pair<const void *, size_t>((p), sizeof *(p))
+
+/* ---- row passes: a warp per row, V columns a lane (4 where C is a multiple of 128 and the rows are aligned
+ * for it, else 1) ---------------------------------------------------------------------------------- */
+
+#define ROW_OF_WARP(n, N)                                                    \
+    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32; \
+    const int lane = threadIdx.x & 31;                                       \
+    if (n >= N) return
+#define LANE_COLS(c, C, V) for (int64_t c = (V) * lane; c < (C); c += 32 * (V))
+
+unsigned row_blocks(int64_t N) { return (unsigned)((N + THREADS / 32 - 1) / (THREADS / 32)); }
+
+/* y = RMSNorm(x) · g, and with u (rows of stride su) ⊙ σ(u): the output gate in the same pass (rstd may be
+ * NULL) */
+template <int V, typename TX, typename TY>
+__global__ void k_norm_fwd(TY *y, float *rstd, const TX *x, const float *g, const float *u, int64_t su, int64_t N,
+                           int64_t C) {
+    ROW_OF_WARP(n, N);
+    const TX *xr = x + n * C;
+    float ss = 0;
+#pragma unroll 4
+    LANE_COLS(c, C, V) {
+        const vf<V> a = ld<V>(xr + c);
+#pragma unroll
+        for (int j = 0; j < V; j++) ss += a.v[j] * a.v[j];
+    }
+    const float r = rsqrtf(warp_sum(ss) / (float)C + LASP_RMS_EPS);
+    if (rstd && lane == 0) rstd[n] = r;
+#pragma unroll 4
+    LANE_COLS(c, C, V) {
+        const vf<V> a = ld<V>(xr + c), w = ld<V>(g + c);
+        vf<V> o;
+#pragma unroll
+        for (int j = 0; j < V; j++) o.v[j] = a.v[j] * r * w.v[j];
+        if (u) {
+            const vf<V> uu = ld<V>(u + n * su + c);
+#pragma unroll
+            for (int j = 0; j < V; j++) o.v[j] *= sigmoid(uu.v[j]);
+        }
+        st<V>(y + n * C + c, o);
+    }
+}
+
+/* dx += ∂/∂x of RMSNorm given dy; dx16 (may be NULL): the accumulated dx rounded, as the next products read it */
+template <int V>
 __global__ void k_rms_bwd_x(float *dx, __nv_bfloat16 *dx16, const float *dy, const float *x, const float *rstd,
                             const float *g, int64_t N, int64_t C) {
-    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x & 31;
-    if (n >= N) return;
+    ROW_OF_WARP(n, N);
     const float *xr = x + n * C, *dr = dy + n * C, r = rstd[n];
     float dot = 0;
-    for (int64_t c = lane; c < C; c += 32) dot += dr[c] * g[c] * xr[c] * r;
+#pragma unroll 4
+    LANE_COLS(c, C, V) {
+        const vf<V> a = ld<V>(xr + c), d = ld<V>(dr + c), w = ld<V>(g + c);
+#pragma unroll
+        for (int j = 0; j < V; j++) dot += d.v[j] * w.v[j] * a.v[j] * r;
+    }
     const float mean = warp_sum(dot) / (float)C;
-    for (int64_t c = lane; c < C; c += 32) {
-        const float d = dx[n * C + c] + r * (dr[c] * g[c] - xr[c] * r * mean);
-        dx[n * C + c] = d;
-        if (dx16) dx16[n * C + c] = __float2bfloat16_rn(d);
-    }
-}
-
-/* The same two passes four columns a lane (C a multiple of 128, rows 16-byte aligned): 16-byte loads, a quarter
- * of the instructions. The sums run in another order than the scalar kernels' (within rounding of them). */
-__device__ __forceinline__ void put4(float *p, float a, float b, float c, float d) {
-    *(float4 *)p = make_float4(a, b, c, d);
-}
-__device__ __forceinline__ void put4(__nv_bfloat16 *p, float a, float b, float c, float d) {
-    __nv_bfloat162 *q = (__nv_bfloat162 *)p;
-    q[0] = __floats2bfloat162_rn(a, b), q[1] = __floats2bfloat162_rn(c, d);
-}
-
-template <typename T>
-__global__ void k_rms_fwd4(T *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C) {
-    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x & 31;
-    if (n >= N) return;
-    const float4 *xr = (const float4 *)(x + n * C), *g4 = (const float4 *)g;
-    const int64_t C4 = C / 4;
-    float ss = 0;
 #pragma unroll 4
-    for (int64_t i = lane; i < C4; i += 32) {
-        const float4 a = xr[i];
-        ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
-    }
-    const float r = rsqrtf(warp_sum(ss) / (float)C + LASP_RMS_EPS);
-    if (rstd && lane == 0) rstd[n] = r;
-#pragma unroll 4
-    for (int64_t i = lane; i < C4; i += 32) {
-        const float4 a = xr[i], w = g4[i];
-        put4(out + n * C + 4 * i, a.x * r * w.x, a.y * r * w.y, a.z * r * w.z, a.w * r * w.w);
+    LANE_COLS(c, C, V) {
+        const vf<V> a = ld<V>(xr + c), d = ld<V>(dr + c), w = ld<V>(g + c);
+        vf<V> o = ld<V>(dx + n * C + c);
+#pragma unroll
+        for (int j = 0; j < V; j++) o.v[j] = o.v[j] + r * (d.v[j] * w.v[j] - a.v[j] * r * mean);
+        st<V>(dx + n * C + c, o);
+        if (dx16) st<V>(dx16 + n * C + c, o);
     }
 }
 
-__global__ void k_rms_bwd_x4(float *dx, __nv_bfloat16 *dx16, const float *dy, const float *x, const float *rstd,
-                             const float *g, int64_t N, int64_t C) {
-    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x & 31;
-    if (n >= N) return;
-    const float4 *xr = (const float4 *)(x + n * C), *dr = (const float4 *)(dy + n * C), *g4 = (const float4 *)g;
-    float4 *d4 = (float4 *)(dx + n * C);
-    const int64_t C4 = C / 4;
+/* The output norm and gate's backward: du, dy ← ∂/∂ô = dy ⊙ σ(u) (kept for the gain's sums), and do through the
+ * norm (written; each lane reads back only the dy it wrote) */
+template <int V, typename TO, typename TD>
+__global__ void k_onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dy, const TO *o, const float *rstd,
+                                 const float *g, const float *u, int64_t su, int64_t N, int64_t C) {
+    ROW_OF_WARP(n, N);
     const float r = rstd[n];
     float dot = 0;
 #pragma unroll 4
-    for (int64_t i = lane; i < C4; i += 32) {
-        const float4 a = xr[i], d = dr[i], w = g4[i];
-        dot += d.x * w.x * a.x * r + d.y * w.y * a.y * r + d.z * w.z * a.z * r + d.w * w.w * a.w * r;
+    LANE_COLS(c, C, V) {
+        const int64_t i = n * C + c;
+        const vf<V> x = ld<V>(o + i), d = ld<V>(dy + i), w = ld<V>(g + c), uu = ld<V>(u + n * su + c);
+        vf<V> dun, dh;
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            const float sg = sigmoid(uu.v[j]);
+            dh.v[j] = d.v[j] * sg;
+            dun.v[j] = d.v[j] * (x.v[j] * r * w.v[j]) * sg * (1 - sg);
+            dot += dh.v[j] * w.v[j] * x.v[j] * r;
+        }
+        st<V>(du + n * sdu + c, dun);
+        st<V>(dy + i, dh);
     }
     const float mean = warp_sum(dot) / (float)C;
 #pragma unroll 4
-    for (int64_t i = lane; i < C4; i += 32) {
-        const float4 a = xr[i], d = dr[i], w = g4[i];
-        float4 o = d4[i];
-        o.x += r * (d.x * w.x - a.x * r * mean), o.y += r * (d.y * w.y - a.y * r * mean);
-        o.z += r * (d.z * w.z - a.z * r * mean), o.w += r * (d.w * w.w - a.w * r * mean);
-        d4[i] = o;
-        if (dx16) put4(dx16 + n * C + 4 * i, o.x, o.y, o.z, o.w);
+    LANE_COLS(c, C, V) {
+        const int64_t i = n * C + c;
+        const vf<V> x = ld<V>(o + i), h = ld<V>(dy + i), w = ld<V>(g + c);
+        vf<V> out;
+#pragma unroll
+        for (int j = 0; j < V; j++) out.v[j] = r * (h.v[j] * w.v[j] - x.v[j] * r * mean);
+        st<V>(dox + i, out);
     }
-}
-
-/* 1 if the rows of these buffers (C floats each) suit the four-column kernels */
-__host__ int rows4(int64_t C, const void *a, const void *b, const void *c, const void *d) {
-    return C % 128 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) % 16 == 0;
 }
 
 /* work[p, c] = Σ over part p's rows of dy·x·rstd */
@@ -166,12 +241,42 @@ __global__ void k_rms_bwd_g(float *work, const float *dy, const TX *x, const flo
     work[p * C + c] = s;
 }
 
+/* dg += Σ_n dy·x·rstd over every row, in two passes of fixed shape */
+template <typename TX>
+void rms_dg(float *dg, const float *dy, const TX *x, const float *rstd, int64_t N, int64_t C, float *work,
+            cudaStream_t st) {
+    const int64_t parts = parts_for(N), per = (N + parts - 1) / parts;
+    const dim3 grid((unsigned)((C + THREADS - 1) / THREADS), (unsigned)parts);
+    k_rms_bwd_g<<<grid, THREADS, 0, st>>>(work, dy, x, rstd, N, C, per);
+    k_sum_parts<<<grid_for(C), THREADS, 0, st>>>(dg, work, parts, C);
+}
+
+template <typename TX, typename TY>
+void norm_fwd(TY *y, float *rstd, const TX *x, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
+              cudaStream_t st) {
+    if (!N) return;
+    if (C % 128 == 0 && su % 4 == 0 && aligned_for<4>({AL(y), AL(x), AL(g), AL(u)}))
+        k_norm_fwd<4><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
+    else
+        k_norm_fwd<1><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
+}
+
+template <typename TO, typename TD>
+void onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dg, float *dy, const TO *o, const float *rstd, const float *g,
+                    const float *u, int64_t su, int64_t N, int64_t C, float *work, cudaStream_t st) {
+    if (!N) return;
+    if (C % 128 == 0 && su % 4 == 0 && sdu % 4 == 0 && aligned_for<4>({AL(dox), AL(du), AL(dy), AL(o), AL(g), AL(u)}))
+        k_onorm_gate_bwd<4><<<row_blocks(N), THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
+    else
+        k_onorm_gate_bwd<1><<<row_blocks(N), THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
+    rms_dg(dg, dy, o, rstd, N, C, work, st);
+}
+
 /* ---- element-wise -------------------------------------------------------------------------------- */
 
-/* y = yin ⊙ σ(u) (y may be yin) */
-template <typename T>
-__global__ void k_gate_fwd(T *y, const float *yin, const float *u, int64_t su, int64_t N, int64_t C) {
-    ROWS(n, N) COLS(c, C) put(y + n * C + c, yin[n * C + c] * sigmoid(u[n * su + c]));
+/* y ← y ⊙ σ(u) */
+__global__ void k_gate_fwd(float *y, const float *u, int64_t su, int64_t N, int64_t C) {
+    ROWS(n, N) COLS(c, C) y[n * C + c] *= sigmoid(u[n * su + c]);
 }
 
 __global__ void k_gate_bwd(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
@@ -184,138 +289,44 @@ __global__ void k_gate_bwd(float *dy, float *du, int64_t sdu, const float *o, co
     }
 }
 
-/* The attention output's norm and gate in one pass, a warp per row: y = RMSNorm(o) ⊙ σ(u) */
-template <typename TO, typename TY>
-__global__ void k_onorm_gate_fwd(TY *y, float *rstd, const TO *o, const float *g, const float *u, int64_t su,
-                                 int64_t N, int64_t C) {
-    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x & 31;
-    if (n >= N) return;
-    const TO *orow = o + n * C;
-    float ss = 0;
-    for (int64_t c = lane; c < C; c += 32) ss += get(orow + c) * get(orow + c);
-    const float r = rsqrtf(warp_sum(ss) / (float)C + LASP_RMS_EPS);
-    if (lane == 0) rstd[n] = r;
-    for (int64_t c = lane; c < C; c += 32) put(y + n * C + c, get(orow + c) * r * g[c] * sigmoid(u[n * su + c]));
-}
+/* The GLU, V columns a thread (2 where F is even and the rows aligned for it) */
+#define THREAD_COLS(f, F, V) for (int64_t f = (V) * (int64_t)threadIdx.x; f < (F); f += (V) * (int64_t)blockDim.x)
 
-/* Its backward, a warp per row: du, dy ← ∂/∂ô = dy ⊙ σ(u) (kept for the gain's sums), and do through the norm
- * (written; each lane reads back only the dy it wrote) */
-template <typename TO, typename TD>
-__global__ void k_onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dy, const TO *o, const float *rstd,
-                                 const float *g, const float *u, int64_t su, int64_t N, int64_t C) {
-    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x & 31;
-    if (n >= N) return;
-    const float r = rstd[n];
-    float dot = 0;
-    for (int64_t c = lane; c < C; c += 32) {
-        const int64_t i = n * C + c;
-        const float s = sigmoid(u[n * su + c]), x = get(o + i), d = dy[i], dh = d * s;
-        put(du + n * sdu + c, d * (x * r * g[c]) * s * (1 - s));
-        dy[i] = dh;
-        dot += dh * g[c] * x * r;
-    }
-    const float mean = warp_sum(dot) / (float)C;
-    for (int64_t c = lane; c < C; c += 32) {
-        const int64_t i = n * C + c;
-        put(dox + i, r * (dy[i] * g[c] - get(o + i) * r * mean));
-    }
-}
-
-/* The same four columns a lane (C a multiple of 128, everything aligned for it): 16-byte loads of the fp32 rows,
- * 8-byte of the bf16 ones */
-__device__ __forceinline__ float4 load4(const float *p) { return *(const float4 *)p; }
-__device__ __forceinline__ float4 load4(const __nv_bfloat16 *p) {
-    const __nv_bfloat162 *q = (const __nv_bfloat162 *)p;
-    const float2 a = __bfloat1622float2(q[0]), b = __bfloat1622float2(q[1]);
-    return make_float4(a.x, a.y, b.x, b.y);
-}
-
-template <typename TO, typename TY>
-__global__ void k_onorm_gate_fwd4(TY *y, float *rstd, const TO *o, const float *g, const float *u, int64_t su,
-                                  int64_t N, int64_t C) {
-    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x & 31;
-    if (n >= N) return;
-    const TO *orow = o + n * C;
-    const float *urow = u + n * su;
-    float ss = 0;
-#pragma unroll 4
-    for (int64_t c = 4 * lane; c < C; c += 128) {
-        const float4 a = load4(orow + c);
-        ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
-    }
-    const float r = rsqrtf(warp_sum(ss) / (float)C + LASP_RMS_EPS);
-    if (lane == 0) rstd[n] = r;
-#pragma unroll 4
-    for (int64_t c = 4 * lane; c < C; c += 128) {
-        const float4 a = load4(orow + c), w = load4(g + c), uu = load4(urow + c);
-        put4(y + n * C + c, a.x * r * w.x * sigmoid(uu.x), a.y * r * w.y * sigmoid(uu.y), a.z * r * w.z * sigmoid(uu.z),
-             a.w * r * w.w * sigmoid(uu.w));
-    }
-}
-
-template <typename TO, typename TD>
-__global__ void k_onorm_gate_bwd4(TD *dox, TD *du, int64_t sdu, float *dy, const TO *o, const float *rstd,
-                                  const float *g, const float *u, int64_t su, int64_t N, int64_t C) {
-    const int64_t n = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x & 31;
-    if (n >= N) return;
-    const float r = rstd[n];
-    float dot = 0;
-#pragma unroll 4
-    for (int64_t c = 4 * lane; c < C; c += 128) {
-        const int64_t i = n * C + c;
-        const float4 x = load4(o + i), d = load4(dy + i), w = load4(g + c), uu = load4(u + n * su + c);
-        const float s0 = sigmoid(uu.x), s1 = sigmoid(uu.y), s2 = sigmoid(uu.z), s3 = sigmoid(uu.w);
-        const float h0 = d.x * s0, h1 = d.y * s1, h2 = d.z * s2, h3 = d.w * s3;
-        put4(du + n * sdu + c, d.x * (x.x * r * w.x) * s0 * (1 - s0), d.y * (x.y * r * w.y) * s1 * (1 - s1),
-             d.z * (x.z * r * w.z) * s2 * (1 - s2), d.w * (x.w * r * w.w) * s3 * (1 - s3));
-        put4(dy + i, h0, h1, h2, h3);
-        dot += h0 * w.x * x.x * r + h1 * w.y * x.y * r + h2 * w.z * x.z * r + h3 * w.w * x.w * r;
-    }
-    const float mean = warp_sum(dot) / (float)C;
-#pragma unroll 4
-    for (int64_t c = 4 * lane; c < C; c += 128) {
-        const int64_t i = n * C + c;
-        const float4 x = load4(o + i), h = load4(dy + i), w = load4(g + c);
-        put4(dox + i, r * (h.x * w.x - x.x * r * mean), r * (h.y * w.y - x.y * r * mean),
-             r * (h.z * w.z - x.z * r * mean), r * (h.w * w.w - x.w * r * mean));
-    }
-}
-
-template <typename T>
+template <int V, typename T>
 __global__ void k_glu_fwd(T *a, const T *h, int64_t N, int64_t F) {
-    ROWS(n, N) COLS(f, F) put(a + n * F + f, get(h + n * 2 * F + f) * get(h + n * 2 * F + F + f));
+    ROWS(n, N) THREAD_COLS(f, F, V) {
+        const vf<V> x = ld<V>(h + n * 2 * F + f), y = ld<V>(h + n * 2 * F + F + f);
+        vf<V> o;
+#pragma unroll
+        for (int j = 0; j < V; j++) o.v[j] = x.v[j] * y.v[j];
+        st<V>(a + n * F + f, o);
+    }
+}
+
+template <int V, typename T>
+__global__ void k_glu_bwd(T *dh, const T *da, const T *h, int64_t N, int64_t F) {
+    ROWS(n, N) THREAD_COLS(f, F, V) {
+        const vf<V> d = ld<V>(da + n * F + f), x = ld<V>(h + n * 2 * F + f), y = ld<V>(h + n * 2 * F + F + f);
+        vf<V> d1, d2;
+#pragma unroll
+        for (int j = 0; j < V; j++) d1.v[j] = d.v[j] * y.v[j], d2.v[j] = d.v[j] * x.v[j];
+        st<V>(dh + n * 2 * F + f, d1);
+        st<V>(dh + n * 2 * F + F + f, d2);
+    }
 }
 
 template <typename T>
-__global__ void k_glu_bwd(T *dh, const T *da, const T *h, int64_t N, int64_t F) {
-    ROWS(n, N) COLS(f, F) {
-        const float d = get(da + n * F + f);
-        put(dh + n * 2 * F + f, d * get(h + n * 2 * F + F + f));
-        put(dh + n * 2 * F + F + f, d * get(h + n * 2 * F + f));
-    }
+void glu_fwd(T *a, const T *h, int64_t N, int64_t F, cudaStream_t st) {
+    if (F % 2 == 0 && aligned_for<2>({AL(a), AL(h)})) k_glu_fwd<2><<<rows_grid(N), THREADS, 0, st>>>(a, h, N, F);
+    else k_glu_fwd<1><<<rows_grid(N), THREADS, 0, st>>>(a, h, N, F);
 }
 
-/* The GLU in bf16 two columns a thread (F even: 4-byte loads, whole 128-byte lines a warp), the same arithmetic
- * as k_glu_fwd / k_glu_bwd element for element */
-__global__ void k_glu_fwd_pairs(__nv_bfloat162 *a, const __nv_bfloat162 *h, int64_t N, int64_t F2) {
-    ROWS(n, N) COLS(f, F2) {
-        const float2 x = __bfloat1622float2(h[n * 2 * F2 + f]), y = __bfloat1622float2(h[n * 2 * F2 + F2 + f]);
-        a[n * F2 + f] = __floats2bfloat162_rn(x.x * y.x, x.y * y.y);
-    }
-}
-
-__global__ void k_glu_bwd_pairs(__nv_bfloat162 *dh, const __nv_bfloat162 *da, const __nv_bfloat162 *h, int64_t N,
-                                int64_t F2) {
-    ROWS(n, N) COLS(f, F2) {
-        const float2 d = __bfloat1622float2(da[n * F2 + f]);
-        const float2 x = __bfloat1622float2(h[n * 2 * F2 + f]), y = __bfloat1622float2(h[n * 2 * F2 + F2 + f]);
-        dh[n * 2 * F2 + f] = __floats2bfloat162_rn(d.x * y.x, d.y * y.y);
-        dh[n * 2 * F2 + F2 + f] = __floats2bfloat162_rn(d.x * x.x, d.y * x.y);
-    }
+template <typename T>
+void glu_bwd(T *dh, const T *da, const T *h, int64_t N, int64_t F, cudaStream_t st) {
+    if (F % 2 == 0 && aligned_for<2>({AL(dh), AL(da), AL(h)}))
+        k_glu_bwd<2><<<rows_grid(N), THREADS, 0, st>>>(dh, da, h, N, F);
+    else
+        k_glu_bwd<1><<<rows_grid(N), THREADS, 0, st>>>(dh, da, h, N, F);
 }
 
 /* ---- the short convolution and the SiLU features in one pass -------------------------------------- */
@@ -609,41 +620,6 @@ __global__ void k_embed_bwd(float *dwte, const float *dx, const int32_t *order, 
     }
 }
 
-/* 1 if rows of C elements (the strided ones of stride su) at a, b and c take four-element loads: C a multiple of
- * 128, su of 4, each pointer aligned for 4 of its elements */
-template <typename TA, typename TB, typename TC>
-int aligned4(int64_t C, int64_t su, const TA *a, const TB *b, const TC *c) {
-    return C % 128 == 0 && su % 4 == 0 && (uintptr_t)a % (4 * sizeof *a) == 0 && (uintptr_t)b % (4 * sizeof *b) == 0 &&
-           (uintptr_t)c % (4 * sizeof *c) == 0;
-}
-
-template <typename TO, typename TY>
-void onorm_gate_fwd(TY *y, float *rstd, const TO *o, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
-                    cudaStream_t st) {
-    const int rows = THREADS / 32;
-    const unsigned blocks = (unsigned)((N + rows - 1) / rows);
-    if (N && aligned4(C, su, y, o, u) && (uintptr_t)g % 16 == 0)
-        k_onorm_gate_fwd4<<<blocks, THREADS, 0, st>>>(y, rstd, o, g, u, su, N, C);
-    else if (N)
-        k_onorm_gate_fwd<<<blocks, THREADS, 0, st>>>(y, rstd, o, g, u, su, N, C);
-}
-
-template <typename TO, typename TD>
-void onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dg, float *dy, const TO *o, const float *rstd, const float *g,
-                    const float *u, int64_t su, int64_t N, int64_t C, float *work, cudaStream_t st) {
-    if (!N) return;
-    const int rows = THREADS / 32;
-    const unsigned blocks = (unsigned)((N + rows - 1) / rows);
-    if (aligned4(C, su, dox, o, u) && aligned4(C, sdu, du, dy, g))
-        k_onorm_gate_bwd4<<<blocks, THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
-    else
-        k_onorm_gate_bwd<<<blocks, THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
-    const int64_t parts = parts_for(N), per = (N + parts - 1) / parts;
-    const dim3 grid((unsigned)((C + THREADS - 1) / THREADS), (unsigned)parts);
-    k_rms_bwd_g<<<grid, THREADS, 0, st>>>(work, dy, o, rstd, N, C, per);
-    k_sum_parts<<<grid_for(C), THREADS, 0, st>>>(dg, work, parts, C);
-}
-
 }  // namespace
 
 /* ---- the C interface ------------------------------------------------------------------------------ */
@@ -672,20 +648,12 @@ void lasp_from_bf16_cuda(float *y, const void *x, int64_t n, cudaStream_t st) {
 
 void lasp_rms_fwd_cuda(float *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
                        cudaStream_t st) {
-    const int rows = THREADS / 32;
-    if (N && rows4(C, out, x, g, x))
-        k_rms_fwd4<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>(out, rstd, x, g, N, C);
-    else if (N)
-        k_rms_fwd<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>(out, rstd, x, g, N, C);
+    norm_fwd(out, rstd, x, g, (const float *)NULL, 0, N, C, st);
 }
 
 void lasp_rms_fwd_bf16_cuda(void *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
                             cudaStream_t st) {
-    const int rows = THREADS / 32;
-    if (N && rows4(C, x, g, x, x) && (uintptr_t)out % 8 == 0)
-        k_rms_fwd4<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>((__nv_bfloat16 *)out, rstd, x, g, N, C);
-    else if (N)
-        k_rms_fwd<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>((__nv_bfloat16 *)out, rstd, x, g, N, C);
+    norm_fwd((__nv_bfloat16 *)out, rstd, x, g, (const float *)NULL, 0, N, C, st);
 }
 
 void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,
@@ -696,21 +664,16 @@ void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, co
 void lasp_rms_bwd_bf16_cuda(float *dx, void *dx16, float *dg, const float *dy, const float *x, const float *rstd,
                             const float *g, int64_t N, int64_t C, float *work, cudaStream_t st) {
     if (!N) return;
-    const int rows = THREADS / 32;
-    if (rows4(C, dx, dy, x, g) && (uintptr_t)dx16 % 8 == 0)
-        k_rms_bwd_x4<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>(dx, (__nv_bfloat16 *)dx16, dy, x, rstd, g,
-                                                                              N, C);
+    __nv_bfloat16 *d16 = (__nv_bfloat16 *)dx16;
+    if (C % 128 == 0 && aligned_for<4>({AL(dx), AL(d16), AL(dy), AL(x), AL(g)}))
+        k_rms_bwd_x<4><<<row_blocks(N), THREADS, 0, st>>>(dx, d16, dy, x, rstd, g, N, C);
     else
-        k_rms_bwd_x<<<(unsigned)((N + rows - 1) / rows), THREADS, 0, st>>>(dx, (__nv_bfloat16 *)dx16, dy, x, rstd, g,
-                                                                             N, C);
-    const int64_t parts = parts_for(N), per = (N + parts - 1) / parts;
-    const dim3 grid((unsigned)((C + THREADS - 1) / THREADS), (unsigned)parts);
-    k_rms_bwd_g<<<grid, THREADS, 0, st>>>(work, dy, x, rstd, N, C, per);
-    k_sum_parts<<<grid_for(C), THREADS, 0, st>>>(dg, work, parts, C);
+        k_rms_bwd_x<1><<<row_blocks(N), THREADS, 0, st>>>(dx, d16, dy, x, rstd, g, N, C);
+    rms_dg(dg, dy, x, rstd, N, C, work, st);
 }
 
 void lasp_gate_fwd_cuda(float *y, const float *u, int64_t su, int64_t N, int64_t C, cudaStream_t st) {
-    k_gate_fwd<<<rows_grid(N), THREADS, 0, st>>>(y, y, u, su, N, C);
+    k_gate_fwd<<<rows_grid(N), THREADS, 0, st>>>(y, u, su, N, C);
 }
 
 void lasp_gate_bwd_cuda(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
@@ -720,12 +683,12 @@ void lasp_gate_bwd_cuda(float *dy, float *du, int64_t sdu, const float *o, const
 
 void lasp_onorm_gate_fwd_cuda(float *y, float *rstd, const float *o, const float *g, const float *u, int64_t su,
                               int64_t N, int64_t C, cudaStream_t st) {
-    onorm_gate_fwd(y, rstd, o, g, u, su, N, C, st);
+    norm_fwd(y, rstd, o, g, u, su, N, C, st);
 }
 
 void lasp_onorm_gate_fwd_bf16_cuda(void *y, float *rstd, const void *o, const float *g, const float *u, int64_t su,
                                    int64_t N, int64_t C, cudaStream_t st) {
-    onorm_gate_fwd((__nv_bfloat16 *)y, rstd, (const __nv_bfloat16 *)o, g, u, su, N, C, st);
+    norm_fwd((__nv_bfloat16 *)y, rstd, (const __nv_bfloat16 *)o, g, u, su, N, C, st);
 }
 
 void lasp_onorm_gate_bwd_cuda(float *dox, float *du, int64_t sdu, float *dg, float *dy, const float *o,
@@ -767,33 +730,18 @@ void lasp_feat_bwd_bf16_cuda(void *dp, int64_t sdp, float *dwc, float *dhalo, co
              (const __nv_bfloat16 *)dv, p, sp, halo, wc, B, T, C, K, work, st);
 }
 
-void lasp_glu_fwd_cuda(float *a, const float *h, int64_t N, int64_t F, cudaStream_t st) {
-    k_glu_fwd<<<rows_grid(N), THREADS, 0, st>>>(a, h, N, F);
-}
-
-/* 1 if every pointer is 4-byte aligned and F even: the pairs' kernels apply */
-static int pairs(int64_t F, const void *x, const void *y, const void *z) {
-    return F % 2 == 0 && ((uintptr_t)x | (uintptr_t)y | (uintptr_t)z) % 4 == 0;
-}
+void lasp_glu_fwd_cuda(float *a, const float *h, int64_t N, int64_t F, cudaStream_t st) { glu_fwd(a, h, N, F, st); }
 
 void lasp_glu_fwd_bf16_cuda(void *a, const void *h, int64_t N, int64_t F, cudaStream_t st) {
-    if (pairs(F, a, h, h))
-        k_glu_fwd_pairs<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat162 *)a, (const __nv_bfloat162 *)h, N, F / 2);
-    else
-        k_glu_fwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)a, (const __nv_bfloat16 *)h, N, F);
+    glu_fwd((__nv_bfloat16 *)a, (const __nv_bfloat16 *)h, N, F, st);
 }
 
 void lasp_glu_bwd_cuda(float *dh, const float *da, const float *h, int64_t N, int64_t F, cudaStream_t st) {
-    k_glu_bwd<<<rows_grid(N), THREADS, 0, st>>>(dh, da, h, N, F);
+    glu_bwd(dh, da, h, N, F, st);
 }
 
 void lasp_glu_bwd_bf16_cuda(void *dh, const void *da, const void *h, int64_t N, int64_t F, cudaStream_t st) {
-    if (pairs(F, dh, da, h))
-        k_glu_bwd_pairs<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat162 *)dh, (const __nv_bfloat162 *)da,
-                                                           (const __nv_bfloat162 *)h, N, F / 2);
-    else
-        k_glu_bwd<<<rows_grid(N), THREADS, 0, st>>>((__nv_bfloat16 *)dh, (const __nv_bfloat16 *)da,
-                                                       (const __nv_bfloat16 *)h, N, F);
+    glu_bwd((__nv_bfloat16 *)dh, (const __nv_bfloat16 *)da, (const __nv_bfloat16 *)h, N, F, st);
 }
 
 void lasp_xent_cuda(float *z, const int32_t *targets, int64_t N, int64_t V, float scale, double *loss, int32_t *hit,
