@@ -314,7 +314,8 @@ double lasp_trainer_lr(const lasp_train_params *o, int64_t step) {
 
 /* ---- a batch chunk by chunk (o.chunk) ---------------------------------------------------------- */
 
-void lasp_trainer_take_chunk(lasp_trainer *t, int64_t c) {
+/* Chunk c of every sequence of the batch in t->tok / tgt / mask into t->ctok / ctgt / cmask. */
+static void take_chunk(lasp_trainer *t, int64_t c) {
     const int64_t B = t->Bl, T = t->Tl, Tc = t->o.chunk;
     for (int64_t b = 0; b < B; b++) {
         memcpy(t->ctok + b * Tc, t->tok + b * T + c * Tc, (size_t)Tc * sizeof(int32_t));
@@ -323,42 +324,54 @@ void lasp_trainer_take_chunk(lasp_trainer *t, int64_t c) {
     }
 }
 
-static lasp_model_carry carry_at(const lasp_trainer *t, int64_t i) {
-    return lasp_model_carry_in(&t->o.model, t->Bl, t->carry + (size_t)i * lasp_model_carry_floats(&t->o.model, t->Bl));
-}
-
-/* The batch in t->tok chunk by chunk: a forward through the chunks, each starting from the state the one
- * before left (kept for the backward); then, backward from the last chunk, each chunk's forward again from
- * its kept state and its backward, the gradient of the carried state handed to the chunk before. Training,
- * the first pass only carries the state (no loss, and not the last chunk, whose state nothing reads); without
- * grad_scale it is the only pass and sums the loss. out: mean loss, hits, count, as one forward's. */
-static lasp_status chunked(lasp_trainer *t, float grad_scale, double out[3]) {
-    lasp_model *m = &t->m;
+/* The batch in t->tok chunk by chunk, on either device (`run` takes one chunk through its model): a forward
+ * through the chunks, each starting from the state the one before left (kept in carry for the backward); then,
+ * backward from the last chunk, each chunk's forward again from its kept state and its backward, the gradient
+ * of the carried state handed to the chunk before. Training, the first pass only carries the state (no loss,
+ * and not the last chunk, whose state nothing reads); without grad_scale it is the only pass and sums the
+ * loss. carry: nc + 2 carries (lasp_model_carry_floats each) in the device's memory. out: mean loss, hits,
+ * count, as one forward's. */
+lasp_status lasp_trainer_chunks(lasp_trainer *t, float *carry, lasp_chunk_fn run, float grad_scale, double out[3]) {
     const int64_t nc = t->Tl / t->o.chunk;
+    const size_t cf = lasp_model_carry_floats(&t->o.model, t->Bl);
+#define CARRY(i) lasp_model_carry_in(&t->o.model, t->Bl, carry + (size_t)(i) * cf)
     double loss_sum = 0, l;
     int64_t hits = 0, count = 0, h, n;
     lasp_model_carry cin[2], dc[2];
     lasp_status s = LASP_OK;
     const int train = grad_scale > 0;
     for (int64_t c = 0; c < nc - train && s == LASP_OK; c++) {
-        lasp_trainer_take_chunk(t, c);
-        cin[0] = carry_at(t, c), cin[1] = carry_at(t, c + 1);
-        m->cin = c ? &cin[0] : NULL, m->cout = c + 1 < nc ? &cin[1] : NULL, m->dcin = NULL, m->dcout = NULL;
-        s = lasp_model_forward(m, t->ctx, NULL, t->ctok, train ? NULL : t->ctgt, t->cmask, 0, &l, &h, &n);
+        take_chunk(t, c);
+        cin[0] = CARRY(c), cin[1] = CARRY(c + 1);
+        s = run(t, c ? &cin[0] : NULL, c + 1 < nc ? &cin[1] : NULL, NULL, NULL, 0, train ? NULL : &l, &h, &n);
         if (s == LASP_OK && !train) loss_sum += l, hits += h, count += n;
     }
     for (int64_t c = nc - 1; train && c >= 0 && s == LASP_OK; c--) {
-        lasp_trainer_take_chunk(t, c);
-        cin[0] = carry_at(t, c), dc[c % 2] = carry_at(t, nc + c % 2), dc[(c + 1) % 2] = carry_at(t, nc + (c + 1) % 2);
-        m->cin = c ? &cin[0] : NULL, m->cout = NULL;
-        m->dcout = c + 1 < nc ? &dc[(c + 1) % 2] : NULL, m->dcin = c ? &dc[c % 2] : NULL;
+        take_chunk(t, c);
+        cin[0] = CARRY(c), dc[c % 2] = CARRY(nc + c % 2), dc[(c + 1) % 2] = CARRY(nc + (c + 1) % 2);
         /* the loss is the mean over the whole sequence: each chunk's mean weighs 1/nc */
-        s = lasp_model_forward(m, t->ctx, NULL, t->ctok, t->ctgt, t->cmask, grad_scale / (float)nc, &l, &h, &n);
-        if (s == LASP_OK) s = lasp_model_backward(m, t->ctx, NULL, t->ctok);
+        s = run(t, c ? &cin[0] : NULL, NULL, c + 1 < nc ? &dc[(c + 1) % 2] : NULL, c ? &dc[c % 2] : NULL,
+                grad_scale / (float)nc, &l, &h, &n);
         if (s == LASP_OK) loss_sum += l, hits += h, count += n;
     }
-    m->cin = NULL, m->cout = NULL, m->dcin = NULL, m->dcout = NULL;
+#undef CARRY
     out[0] = loss_sum / (double)nc, out[1] = (double)hits, out[2] = (double)count;
+    return s;
+}
+
+/* One chunk through the CPU model (lasp_chunk_fn) */
+static lasp_status cpu_chunk(lasp_trainer *t, const lasp_model_carry *cin, lasp_model_carry *cout,
+                             const lasp_model_carry *dcout, lasp_model_carry *dcin, float scale, double *loss,
+                             int64_t *hits, int64_t *count) {
+    lasp_model *m = &t->m;
+    m->cin = cin, m->cout = cout, m->dcout = dcout, m->dcin = dcin;
+    double l;
+    int64_t h, n;
+    /* without targets the forward stops before the head: a pass that only carries the state */
+    lasp_status s = lasp_model_forward(m, t->ctx, NULL, t->ctok, loss ? t->ctgt : NULL, t->cmask, scale, &l, &h, &n);
+    if (s == LASP_OK && scale > 0) s = lasp_model_backward(m, t->ctx, NULL, t->ctok);
+    m->cin = NULL, m->cout = NULL, m->dcout = NULL, m->dcin = NULL;
+    if (s == LASP_OK && loss) *loss = l, *hits = h, *count = n;
     return s;
 }
 
@@ -373,7 +386,7 @@ static lasp_status forward_backward(lasp_trainer *t, double out[3]) {
     int64_t correct, count;
     if (t->o.chunk) {
         double r[3];
-        LASP_TRY(chunked(t, 1.0f / (float)t->W, r));
+        LASP_TRY(lasp_trainer_chunks(t, t->carry, cpu_chunk, 1.0f / (float)t->W, r));
         loss = r[0], correct = (int64_t)r[1], count = (int64_t)r[2];
     } else {
         LASP_TRY(lasp_model_forward(&t->m, t->ctx, t->sp, t->tok, t->tgt, t->mask, 1.0f / (float)t->W, &loss,
@@ -452,7 +465,7 @@ lasp_status lasp_trainer_eval(lasp_trainer *t, double *loss, double *acc) {
         double l, r[3];
         int64_t c, n;
         if (t->o.chunk) {
-            LASP_TRY(chunked(t, 0, r));
+            LASP_TRY(lasp_trainer_chunks(t, t->carry, cpu_chunk, 0, r));
             l = r[0], c = (int64_t)r[1], n = (int64_t)r[2];
         } else {
             LASP_TRY(lasp_model_forward(&t->m, t->ctx, t->sp, t->tok, t->tgt, t->mask, 0, &l, &c, &n));

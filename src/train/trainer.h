@@ -70,9 +70,13 @@ void lasp_trainer_release(lasp_trainer *t);
 
 double lasp_trainer_lr(const lasp_train_params *o, int64_t step);
 
-/* --chunk: chunk c of every sequence of the batch in t->tok / tgt / mask into t->ctok / ctgt / cmask (both
- * devices' chunk loops) */
-void lasp_trainer_take_chunk(lasp_trainer *t, int64_t c);
+/* --chunk: one chunk (t->ctok, ctgt, cmask) through a device's model with the carries given (NULL: none), its
+ * backward too with scale > 0, and its loss read when loss is not NULL (mean, hits, count) */
+typedef lasp_status (*lasp_chunk_fn)(lasp_trainer *t, const lasp_model_carry *cin, lasp_model_carry *cout,
+                                     const lasp_model_carry *dcout, lasp_model_carry *dcin, float scale, double *loss,
+                                     int64_t *hits, int64_t *count);
+/* The chunk schedule both devices run, with their carries in `carry` (trainer.c) */
+lasp_status lasp_trainer_chunks(lasp_trainer *t, float *carry, lasp_chunk_fn run, float grad_scale, double out[3]);
 
 /* Loss and every gradient of one batch, without an update (tests): the full gradient lands in
  * grad_out[P] on every rank. */

@@ -181,43 +181,18 @@ lasp_status lasp_trainer_gpu_profile(lasp_trainer *t, int on) {
     return LASP_OK;
 }
 
-/* ---- a batch chunk by chunk (o.chunk): trainer.c's chunked(), on the device ------------------------- */
+/* ---- a batch chunk by chunk (o.chunk): trainer.c's lasp_trainer_chunks, on the device ---------------- */
 
-static lasp_model_carry carry_at(const lasp_trainer *t, int64_t i) {
-    return lasp_model_carry_in(&t->o.model, t->Bl,
-                               t->gpu->carry + (size_t)i * lasp_model_carry_floats(&t->o.model, t->Bl));
-}
-
-/* A forward through every chunk from the state the one before left (kept); with grad_scale then, from the last
- * chunk back, each chunk's forward again and its backward, the carried state's gradient handed back. The
- * gradients must have been zeroed. out: mean loss, hits, count. */
-static lasp_status chunked(lasp_trainer *t, float grad_scale, double out[3]) {
+/* One chunk through the GPU model (lasp_chunk_fn); reading its loss waits for the GPU */
+static lasp_status gpu_chunk(lasp_trainer *t, const lasp_model_carry *cin, lasp_model_carry *cout,
+                             const lasp_model_carry *dcout, lasp_model_carry *dcin, float scale, double *loss,
+                             int64_t *hits, int64_t *count) {
     lasp_gmodel *m = t->gpu->m;
-    const int64_t nc = t->Tl / t->o.chunk;
-    double loss_sum = 0, l;
-    int64_t hits = 0, count = 0, h, n;
-    lasp_model_carry cin[2], dc[2];
-    lasp_status s = LASP_OK;
-    const int train = grad_scale > 0; /* then the first pass only carries the state (trainer.c's chunked) */
-    for (int64_t c = 0; c < nc - train && s == LASP_OK; c++) {
-        lasp_trainer_take_chunk(t, c);
-        cin[0] = carry_at(t, c), cin[1] = carry_at(t, c + 1);
-        lasp_gmodel_set_carry(m, c ? &cin[0] : NULL, c + 1 < nc ? &cin[1] : NULL, NULL, NULL);
-        s = lasp_gmodel_forward(m, t->ctok, t->ctgt, 0);
-        if (s == LASP_OK && !train) s = lasp_gmodel_loss(m, t->cmask, &l, &h, &n);
-        if (s == LASP_OK && !train) loss_sum += l, hits += h, count += n;
-    }
-    for (int64_t c = nc - 1; train && c >= 0 && s == LASP_OK; c--) {
-        lasp_trainer_take_chunk(t, c);
-        cin[0] = carry_at(t, c), dc[c % 2] = carry_at(t, nc + c % 2), dc[(c + 1) % 2] = carry_at(t, nc + (c + 1) % 2);
-        lasp_gmodel_set_carry(m, c ? &cin[0] : NULL, NULL, c + 1 < nc ? &dc[(c + 1) % 2] : NULL, c ? &dc[c % 2] : NULL);
-        s = lasp_gmodel_forward(m, t->ctok, t->ctgt, grad_scale / (float)nc);
-        if (s == LASP_OK) s = lasp_gmodel_backward(m);
-        if (s == LASP_OK) s = lasp_gmodel_loss(m, t->cmask, &l, &h, &n);
-        if (s == LASP_OK) loss_sum += l, hits += h, count += n;
-    }
+    lasp_gmodel_set_carry(m, cin, cout, dcout, dcin);
+    lasp_status s = lasp_gmodel_forward(m, t->ctok, t->ctgt, scale);
+    if (s == LASP_OK && scale > 0) s = lasp_gmodel_backward(m);
+    if (s == LASP_OK && loss) s = lasp_gmodel_loss(m, t->cmask, loss, hits, count);
     lasp_gmodel_set_carry(m, NULL, NULL, NULL, NULL);
-    out[0] = loss_sum / (double)nc, out[1] = (double)hits, out[2] = (double)count;
     return s;
 }
 
@@ -233,7 +208,7 @@ static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float gra
         LASP_TRY(lasp_gmodel_zero_grads(G->m));
     }
     *have = t->o.chunk > 0;
-    if (*have) return chunked(t, grad_scale, r);
+    if (*have) return lasp_trainer_chunks(t, G->carry, gpu_chunk, grad_scale, r);
     LASP_TRY(lasp_gmodel_forward(G->m, t->tok, t->tgt, grad_scale));
     if (grad_scale > 0) LASP_TRY(lasp_gmodel_backward(G->m));
     return LASP_OK;
