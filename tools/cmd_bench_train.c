@@ -53,12 +53,8 @@ int lasp_bench_train(int argc, char **argv) {
         fprintf(stderr, "error: --steps %lld out of range 1..1000, or --sp %lld below 0\n", steps, sp_size);
         return 2;
     }
-    if (strcmp(recompute, "none") && strcmp(recompute, "attn") && strcmp(recompute, "block")) {
-        fprintf(stderr, "error: --recompute '%s' is not known (hint: none, attn or block)\n", recompute);
-        return 2;
-    }
-    const lasp_recompute rc_mode = !strcmp(recompute, "block") ? LASP_RECOMPUTE_BLOCK
-                                   : !strcmp(recompute, "attn") ? LASP_RECOMPUTE_ATTN : LASP_RECOMPUTE_NONE;
+    const int rc_mode = opts_recompute(recompute, "--recompute");
+    if (rc_mode < 0) return 2;
     if (strcmp(gemm, "ex") && strcmp(gemm, "lt")) {
         fprintf(stderr, "error: --gemm '%s' is not known (hint: ex or lt)\n", gemm);
         return 2;
@@ -134,7 +130,7 @@ int lasp_bench_train(int argc, char **argv) {
             }
             o.batch = 1, o.steps = 3, o.zero = (int)zero, o.device = (lasp_device)device, o.chunk = chunk;
             o.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
-            o.recompute = rc_mode, o.gemm = strcmp(gemm, "lt") ? LASP_GEMM_EX : LASP_GEMM_LT;
+            o.recompute = (lasp_recompute)rc_mode, o.gemm = strcmp(gemm, "lt") ? LASP_GEMM_EX : LASP_GEMM_LT;
             long long fit = 0;
             printf("# lasp bench train --longest %s on %s, batch 1%s, %s: one warm-up and one timed step at each length, "
                    "doubling from %lld\n# %-6s %10s %10s %12s %10s\n", name, gpu ? "one GPU" : "the CPU",
@@ -170,7 +166,7 @@ int lasp_bench_train(int argc, char **argv) {
         }
         o.batch = batch, o.seq_len = seq, o.zero = (int)zero, o.steps = steps + 2, o.device = (lasp_device)device;
         o.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
-        o.recompute = rc_mode, o.gemm = strcmp(gemm, "lt") ? LASP_GEMM_EX : LASP_GEMM_LT;
+        o.recompute = (lasp_recompute)rc_mode, o.gemm = strcmp(gemm, "lt") ? LASP_GEMM_EX : LASP_GEMM_LT;
         o.chunk = chunk;
         lasp_trainer *t = NULL;
         if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) {

@@ -126,8 +126,6 @@ static int check_args(const train_args *a, int W) {
                                          a->ckpt_minutes);
     else if (a->resume && !a->ckpt)
         bad = "--resume", snprintf(why, sizeof why, "needs --ckpt DIR (the directory of the checkpoint to continue)");
-    else if (strcmp(a->recompute, "none") && strcmp(a->recompute, "attn") && strcmp(a->recompute, "block"))
-        bad = "--recompute", snprintf(why, sizeof why, "'%s' (hint: none, attn or block)", a->recompute);
     else if (*a->dtype && strcmp(a->dtype, "f32") && strcmp(a->dtype, "bf16"))
         bad = "--dtype", snprintf(why, sizeof why, "'%s' (hint: bf16 or f32)", a->dtype);
     else if (strcmp(a->data_format, "auto") && strcmp(a->data_format, "text") && strcmp(a->data_format, "shard"))
@@ -227,8 +225,8 @@ int cmd_train(int argc, char **argv) {
     } while (0)
 
     const int mode = opts_sp_mode(a.sp_mode, "--sp-mode", 0);
-    const int device = opts_device(a.device, "--device");
-    if (mode < 0 || device < 0) goto done;
+    const int device = opts_device(a.device, "--device"), recompute = opts_recompute(a.recompute, "--recompute");
+    if (mode < 0 || device < 0 || recompute < 0) goto done;
     lasp_sp_params spp = lasp_sp_default_params();
     spp.size = (int)a.sp, spp.mode = (lasp_sp_mode)mode;
     if (lasp_sp_create(world, &spp, &sp, e) != LASP_OK) BAIL("%s\n", e->msg);
@@ -254,8 +252,7 @@ int cmd_train(int argc, char **argv) {
     o.val_batches = a.val_batches, o.device = (lasp_device)device, o.chunk = a.chunk;
     /* bf16 by default on a GPU; asked for on the CPU, the library refuses it with a hint */
     o.dtype = !strcmp(a.dtype, "bf16") || (!*a.dtype && device == LASP_DEVICE_CUDA) ? LASP_BF16 : LASP_F32;
-    o.recompute = !strcmp(a.recompute, "block") ? LASP_RECOMPUTE_BLOCK
-                  : !strcmp(a.recompute, "attn") ? LASP_RECOMPUTE_ATTN : LASP_RECOMPUTE_NONE;
+    o.recompute = (lasp_recompute)recompute;
     if (lasp_train_params_check(&o, e) != LASP_OK) BAIL("%s\n", e->msg);
 
     if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) BAIL("%s\n", lasp_ctx_error(ctx));

@@ -113,6 +113,13 @@ int opts_sp_mode(const char *name, const char *flag, int all_ok) {
     return -1;
 }
 
+int opts_recompute(const char *name, const char *flag) {
+    for (int r = LASP_RECOMPUTE_NONE; r <= LASP_RECOMPUTE_BLOCK; r++)
+        if (!strcmp(name, lasp_recompute_name((lasp_recompute)r))) return r;
+    fprintf(stderr, "error: %s '%s' is not known (hint: none, attn or block)\n", flag, name);
+    return -1;
+}
+
 int opts_device(const char *name, const char *flag) {
     if (!strcmp(name, "cpu")) return LASP_DEVICE_CPU;
     if (!strcmp(name, "cuda")) return LASP_DEVICE_CUDA;

@@ -38,5 +38,7 @@ void opts_help(const cmd_spec *spec);
 int opts_sp_mode(const char *name, const char *flag, int all_ok);
 /* "cpu" or "cuda" as a lasp_device; −1 for anything else (message printed, naming `flag`). */
 int opts_device(const char *name, const char *flag);
+/* "none", "attn" or "block" as a lasp_recompute; −1 for anything else (message printed, naming `flag`). */
+int opts_recompute(const char *name, const char *flag);
 
 #endif
