@@ -115,6 +115,11 @@ int lasp_bench_train(int argc, char **argv) {
     char list[256];
     snprintf(list, sizeof list, "%s", models);
     rc = 0;
+    /* what every timed run shares; each model's preset and shape go on top */
+    lasp_train_params base = lasp_train_default_params();
+    base.zero = (int)zero, base.device = (lasp_device)device, base.chunk = chunk;
+    base.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
+    base.recompute = (lasp_recompute)rc_mode, base.gemm = strcmp(gemm, "lt") ? LASP_GEMM_EX : LASP_GEMM_LT;
     if (longest) {
         if (W > 1) {
             if (rank == 0) fprintf(stderr, "error: --longest runs on one process\n");
@@ -122,15 +127,13 @@ int lasp_bench_train(int argc, char **argv) {
             goto done;
         }
         for (char *save = NULL, *name = strtok_r(list, ",", &save); name && !rc; name = strtok_r(NULL, ",", &save)) {
-            lasp_train_params o = lasp_train_default_params();
+            lasp_train_params o = base;
             if (lasp_model_preset(name, (int32_t)vocab, &o.model, &err) != LASP_OK) {
                 fprintf(stderr, "error: %s\n", err.msg);
                 rc = 2;
                 break;
             }
-            o.batch = 1, o.steps = 3, o.zero = (int)zero, o.device = (lasp_device)device, o.chunk = chunk;
-            o.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
-            o.recompute = (lasp_recompute)rc_mode, o.gemm = strcmp(gemm, "lt") ? LASP_GEMM_EX : LASP_GEMM_LT;
+            o.batch = 1, o.steps = 3;
             long long fit = 0;
             printf("# lasp bench train --longest %s on %s, batch 1%s, %s: one warm-up and one timed step at each length, "
                    "doubling from %lld\n# %-6s %10s %10s %12s %10s\n", name, gpu ? "one GPU" : "the CPU",
@@ -158,16 +161,13 @@ int lasp_bench_train(int argc, char **argv) {
         goto done;
     }
     for (char *save = NULL, *name = strtok_r(list, ",", &save); name && !rc; name = strtok_r(NULL, ",", &save)) {
-        lasp_train_params o = lasp_train_default_params();
+        lasp_train_params o = base;
         if (lasp_model_preset(name, (int32_t)vocab, &o.model, &err) != LASP_OK) {
             if (rank == 0) fprintf(stderr, "error: %s\n", err.msg);
             rc = 2;
             break;
         }
-        o.batch = batch, o.seq_len = seq, o.zero = (int)zero, o.steps = steps + 2, o.device = (lasp_device)device;
-        o.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
-        o.recompute = (lasp_recompute)rc_mode, o.gemm = strcmp(gemm, "lt") ? LASP_GEMM_EX : LASP_GEMM_LT;
-        o.chunk = chunk;
+        o.batch = batch, o.seq_len = seq, o.steps = steps + 2;
         lasp_trainer *t = NULL;
         if (lasp_trainer_create(ctx, sp, data, &o, &t) != LASP_OK) {
             if (rank == 0) fprintf(stderr, "error: %s\n", lasp_ctx_error(ctx));
