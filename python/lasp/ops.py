@@ -131,25 +131,34 @@ def _state_dtype(q):
     return torch.float32 if q.is_cuda else q.dtype
 
 
+def _forward(q, k, v, slopes, state):
+    """o in q's dtype and the final state (_state_dtype), from inputs of any float dtype (state None: zero)"""
+    t = _io_dtype(q)
+    o, kv_out = attn_fwd(_as(q, t), _as(k, t), _as(v, t), _f32(slopes), _f32(state))
+    return o.to(q.dtype), kv_out.to(_state_dtype(q))
+
+
+def _backward(q, k, v, slopes, state, do, dkv_out):
+    """dq, dk, dv in q's, k's and v's dtypes and dkv_in (float32); do or dkv_out None: zero"""
+    t = _io_dtype(q)
+    qf, kf, vf = _as(q, t), _as(k, t), _as(v, t)
+    do = torch.zeros_like(vf) if do is None else _as(do, t)
+    dq, dk, dv, dkv_in = attn_bwd(qf, kf, vf, _f32(slopes), _f32(state), do, _f32(dkv_out))
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dkv_in
+
+
 class LinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, state):
-        t = _io_dtype(q)
-        qf, kf, vf, sf, st = _as(q, t), _as(k, t), _as(v, t), _f32(slopes), _f32(state)
-        o, kv_out = attn_fwd(qf, kf, vf, sf, st)
-        ctx.save_for_backward(qf, kf, vf, sf, st if st is not None else torch.empty(0))
-        ctx.has_state, ctx.dtype = state is not None, q.dtype
-        ctx.state_dtype = state.dtype if state is not None else None
-        return o.to(q.dtype), kv_out.to(_state_dtype(q))
+        ctx.save_for_backward(q, k, v, slopes, state if state is not None else torch.empty(0))
+        ctx.has_state = state is not None
+        return _forward(q, k, v, slopes, state)
 
     @staticmethod
     def backward(ctx, do, dkv_out):
-        qf, kf, vf, sf, st = ctx.saved_tensors
-        st = st if ctx.has_state else None
-        do = torch.zeros_like(vf) if do is None else _as(do, vf.dtype)
-        dq, dk, dv, dkv_in = attn_bwd(qf, kf, vf, sf, st, do, _f32(dkv_out))
-        t = ctx.dtype
-        return dq.to(t), dk.to(t), dv.to(t), None, dkv_in.to(ctx.state_dtype) if ctx.has_state else None
+        q, k, v, slopes, state = ctx.saved_tensors
+        dq, dk, dv, dkv_in = _backward(q, k, v, slopes, state if ctx.has_state else None, do, dkv_out)
+        return dq, dk, dv, None, dkv_in.to(state.dtype) if ctx.has_state else None
 
 
 def _custom_op():
@@ -162,9 +171,7 @@ def _custom_op():
     @lib.custom_op("lasp::linear_attention", mutates_args=())
     def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
            state: torch.Tensor, has_state: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        t = _io_dtype(q)
-        o, kv = attn_fwd(_as(q, t), _as(k, t), _as(v, t), _f32(slopes), _f32(state) if has_state else None)
-        return o.to(q.dtype), kv.to(_state_dtype(q))
+        return _forward(q, k, v, slopes, state if has_state else None)
 
     @op.register_fake
     def _(q, k, v, slopes, state, has_state):
@@ -176,11 +183,8 @@ def _custom_op():
     def op_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, state: torch.Tensor,
                has_state: bool, do: torch.Tensor, dkv_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                                                    torch.Tensor, torch.Tensor]:
-        t = _io_dtype(q)
-        qf, kf, vf = _as(q, t), _as(k, t), _as(v, t)
-        dq, dk, dv, dkv = attn_bwd(qf, kf, vf, _f32(slopes), _f32(state) if has_state else None, _as(do, t),
-                                   _f32(dkv_out))
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dkv.to(state.dtype)
+        dq, dk, dv, dkv = _backward(q, k, v, slopes, state if has_state else None, do, dkv_out)
+        return dq, dk, dv, dkv.to(state.dtype)
 
     @op_bwd.register_fake
     def _(q, k, v, slopes, state, has_state, do, dkv_out):
