@@ -528,8 +528,9 @@ lasp_status lasp_gmodel_loss(lasp_gmodel *m, const uint8_t *mask, double *loss_o
 
 lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     lasp_ctx *ctx = m->ctx;
-    const int64_t B = m->B, T = m->T, N = B * T, C = m->cfg.d_model, H = m->cfg.n_heads, D = C / H;
-    const int64_t F = m->cfg.ffn_dim, L = m->cfg.n_layers, K = m->cfg.conv;
+    const dims d = dims_of(m);
+    const int64_t B = d.B, T = d.T, N = d.N, C = d.C, F = d.F, L = d.L, K = d.K;
+    const size_t ns = d.ns, nh = d.nh;
     const lasp_block_off *bo = &m->lay.blk;
     cudaStream_t st = m->stream;
 
@@ -545,8 +546,7 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C,
                            m->work, st);
 
-    const lasp_attn_desc ad = {.B = B, .T = T, .H = H, .d = D, .e = D, .dtype = m->dtype};
-    const size_t ns = (size_t)(B * H * D * D), nh = K ? (size_t)(B * (K - 1) * 3 * C) : 0;
+    const lasp_attn_desc ad = {.B = B, .T = T, .H = d.H, .d = d.D, .e = d.D, .dtype = m->dtype};
     for (int64_t l = L - 1; l >= 0; l--) {
         /* what the layer did not keep, made again into the buffers the layers share (the last layer's are still
          * there from the forward: the head touches none of them) */
