@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cuda_check.h"
 #include "model/gemm_lt_cuda.h"
 #include "model/layers.h"
 #include "model/prof_cuda.h"
@@ -53,16 +54,7 @@ struct lasp_gmodel {
     int64_t n_uniq;
 };
 
-static lasp_status cuda_fail(lasp_gmodel *m, cudaError_t e, const char *what) {
-    return lasp_fail(&m->ctx->err, e == cudaErrorMemoryAllocation ? LASP_ERR_NOMEM : LASP_ERR_CUDA, "%s: %s", what,
-                     cudaGetErrorString(e));
-}
-
-#define CU(call, what)                                   \
-    do {                                                 \
-        const cudaError_t e_ = (call);                   \
-        if (e_ != cudaSuccess) return cuda_fail(m, e_, what); \
-    } while (0)
+#define CU(call, what) LASP_CU(&m->ctx->err, call, what)
 #define BLAS(call)                                                                                    \
     do {                                                                                              \
         const cublasStatus_t s_ = (call);                                                             \

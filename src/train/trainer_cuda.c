@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/cuda_check.h"
 #include "model/model_cuda.h"
 #include "train/adamw.h"
 #include "train/trainer.h"
@@ -41,16 +42,7 @@ static double now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
-static lasp_status cuda_fail(lasp_trainer *t, cudaError_t e, const char *what) {
-    return lasp_fail(&t->ctx->err, e == cudaErrorMemoryAllocation ? LASP_ERR_NOMEM : LASP_ERR_CUDA, "%s: %s", what,
-                     cudaGetErrorString(e));
-}
-
-#define CU(call, what)                                        \
-    do {                                                      \
-        const cudaError_t e_ = (call);                        \
-        if (e_ != cudaSuccess) return cuda_fail(t, e_, what); \
-    } while (0)
+#define CU(call, what) LASP_CU(&t->ctx->err, call, what)
 
 /* The dense bf16 tensor-core peak MFU is quoted against: the datasheet figure of the SXM parts (H100 and
  * H200 989.4 TFLOP/s, A100 312); 0 for a GPU not listed, whose MFU is then not reported. */
@@ -154,7 +146,7 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
         for (size_t i = 0; i < P; i++) decay[i] = (uint8_t)lasp_layout_decays(&t->m.lay, i);
         lasp_model_init_params(&o->model, &t->m.lay, o->seed, init);
         const cudaError_t e = cudaMemcpy(G->decay, decay, P, cudaMemcpyHostToDevice);
-        s = e == cudaSuccess ? lasp_gmodel_set_params(G->m, init) : cuda_fail(t, e, "copying the mask in");
+        s = e == cudaSuccess ? lasp_gmodel_set_params(G->m, init) : lasp_cuda_fail(&t->ctx->err, e, "copying the mask in");
     }
     free(decay), free(init);
     return s;
