@@ -79,28 +79,6 @@ static void case_rms(int64_t N, int64_t C) {
     cudaFree(d_dg2), cudaFree(work);
 }
 
-/* the output gate, its u read from (and du written into) the last C columns of [N, 4C] rows, as the model lays
- * them out */
-static void case_gate(int64_t N, int64_t C) {
-    const int64_t S = 4 * C;
-    float *p = test_randn(&rng, N * S, 2), *o = test_randn(&rng, N * C, 1), *y0 = test_randn(&rng, N * C, 1);
-    float *g = test_randn(&rng, C, 1), *rstd = test_randn(&rng, N, 0.5), *dy0 = test_randn(&rng, N * C, 1);
-    float *dp = test_randn(&rng, N * S, 1), *dp0 = copy(dp, N * S), *y = copy(y0, N * C), *dy = copy(dy0, N * C);
-    lasp_gate_fwd_cpu(y, p + 3 * C, S, N, C);
-    lasp_gate_bwd_cpu(dy, dp + 3 * C, S, o, rstd, g, p + 3 * C, S, N, C);
-
-    float *d_p = up(p, N * S), *d_dp = up(dp0, N * S);
-    float *d_y = up(y0, N * C), *d_dy = up(dy0, N * C), *d_o = up(o, N * C), *d_g = up(g, C), *d_rstd = up(rstd, N);
-    lasp_gate_fwd_cuda(d_y, d_p + 3 * C, S, N, C, 0);
-    lasp_gate_bwd_cuda(d_dy, d_dp + 3 * C, S, d_o, d_rstd, d_g, d_p + 3 * C, S, N, C, 0);
-    expect_close("du (u columns written, q | k | v's kept)", d_dp, dp, N * S);
-    expect_close("gated y", d_y, y, N * C);
-    expect_close("dy → dô", d_dy, dy, N * C);
-    test_case("output gate, forward and backward, N %lld C %lld", (long long)N, (long long)C);
-    free(p), free(o), free(y0), free(g), free(rstd), free(dy0), free(dp), free(dp0), free(y), free(dy);
-    cudaFree(d_p), cudaFree(d_dp), cudaFree(d_y), cudaFree(d_dy), cudaFree(d_o), cudaFree(d_g), cudaFree(d_rstd);
-}
-
 /* the output norm and gate in one pass, against the CPU model's rms_fwd then gate_fwd (and back) */
 static void case_onorm_gate(int64_t N, int64_t C) {
     const int64_t S = 4 * C;
@@ -384,7 +362,6 @@ int main(void) {
     const int64_t rc[][2] = {{1, 16}, {37, 32}, {300, 96}, {1000, 1024}, {257, 2048}};
     for (size_t i = 0; i < sizeof rc / sizeof rc[0]; i++) {
         case_rms(rc[i][0], rc[i][1]);
-        case_gate(rc[i][0], rc[i][1]);
         case_onorm_gate(rc[i][0], rc[i][1]);
         case_feat(1, rc[i][0], rc[i][1], 4, 1, 1);
         case_glu(rc[i][0], 2 * rc[i][1] + 3);

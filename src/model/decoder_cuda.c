@@ -101,8 +101,7 @@ lasp_status lasp_gdecoder_step(lasp_gdecoder *d, int32_t token, const float **lo
             qkv = d->cq;
         }
         lasp_recur_step_cuda(d->state + (int64_t)l * H * D * D, d->o, qkv, d->slopes + (int64_t)l * H, H, D, st);
-        lasp_rms_fwd_cuda(d->y, NULL, d->o, w + bo->onorm, 1, C, st);
-        lasp_gate_fwd_cuda(d->y, d->pre + 3 * C, 4 * C, 1, C, st);
+        lasp_onorm_gate_fwd_cuda(d->y, NULL, d->o, w + bo->onorm, d->pre + 3 * C, 4 * C, 1, C, st);
         if (b == CUBLAS_STATUS_SUCCESS) b = vm(d, d->x, d->y, w + bo->wo, C, C, 1);
         lasp_rms_fwd_cuda(d->xn, NULL, d->x, w + bo->ln2, 1, C, st);
         if (b == CUBLAS_STATUS_SUCCESS) b = vm(d, d->h, d->xn, w + bo->w12, C, 2 * F, 0);

@@ -89,12 +89,9 @@ void lasp_rms_fwd_cuda(float *out, float *rstd, const float *x, const float *g, 
                        struct CUstream_st *stream);
 void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,
                        int64_t N, int64_t C, float *work, struct CUstream_st *stream);
-void lasp_gate_fwd_cuda(float *y, const float *u, int64_t su, int64_t N, int64_t C, struct CUstream_st *stream);
-void lasp_gate_bwd_cuda(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
-                        const float *u, int64_t su, int64_t N, int64_t C, struct CUstream_st *stream);
-/* The attention output's RMSNorm (gain g, rstd kept) and gate in one pass: y = RMSNorm(o) ⊙ σ(u), u rows of
- * stride su (the CPU model runs it as rms_fwd then gate_fwd). Its backward from dy, which becomes ∂/∂ô as in
- * gate_bwd: du (stride sdu) = ∂/∂u, dox = ∂/∂o (written, not accumulated), dg += ∂/∂g. */
+/* The attention output's RMSNorm (gain g, rstd kept unless NULL) and gate in one pass: y = RMSNorm(o) ⊙ σ(u),
+ * u rows of stride su (the CPU model runs it as rms_fwd then gate_fwd). Its backward from dy, which becomes
+ * ∂/∂ô as in gate_bwd: du (stride sdu) = ∂/∂u, dox = ∂/∂o (written, not accumulated), dg += ∂/∂g. */
 void lasp_onorm_gate_fwd_cuda(float *y, float *rstd, const float *o, const float *g, const float *u, int64_t su,
                               int64_t N, int64_t C, struct CUstream_st *stream);
 void lasp_onorm_gate_bwd_cuda(float *dox, float *du, int64_t sdu, float *dg, float *dy, const float *o,

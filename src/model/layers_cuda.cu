@@ -274,21 +274,6 @@ void onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dg, float *dy, const TO
 
 /* ---- element-wise -------------------------------------------------------------------------------- */
 
-/* y ← y ⊙ σ(u) */
-__global__ void k_gate_fwd(float *y, const float *u, int64_t su, int64_t N, int64_t C) {
-    ROWS(n, N) COLS(c, C) y[n * C + c] *= sigmoid(u[n * su + c]);
-}
-
-__global__ void k_gate_bwd(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
-                           const float *u, int64_t su, int64_t N, int64_t C) {
-    ROWS(n, N) COLS(c, C) {
-        const int64_t i = n * C + c;
-        const float s = sigmoid(u[n * su + c]), oh = o[i] * rstd[n] * g[c], d = dy[i];
-        du[n * sdu + c] = d * oh * s * (1 - s);
-        dy[i] = d * s;
-    }
-}
-
 /* The GLU, V columns a thread (2 where F is even and the rows aligned for it) */
 #define THREAD_COLS(f, F, V) for (int64_t f = (V) * (int64_t)threadIdx.x; f < (F); f += (V) * (int64_t)blockDim.x)
 
@@ -670,15 +655,6 @@ void lasp_rms_bwd_bf16_cuda(float *dx, void *dx16, float *dg, const float *dy, c
     else
         k_rms_bwd_x<1><<<row_blocks(N), THREADS, 0, st>>>(dx, d16, dy, x, rstd, g, N, C);
     rms_dg(dg, dy, x, rstd, N, C, work, st);
-}
-
-void lasp_gate_fwd_cuda(float *y, const float *u, int64_t su, int64_t N, int64_t C, cudaStream_t st) {
-    k_gate_fwd<<<rows_grid(N), THREADS, 0, st>>>(y, u, su, N, C);
-}
-
-void lasp_gate_bwd_cuda(float *dy, float *du, int64_t sdu, const float *o, const float *rstd, const float *g,
-                        const float *u, int64_t su, int64_t N, int64_t C, cudaStream_t st) {
-    k_gate_bwd<<<rows_grid(N), THREADS, 0, st>>>(dy, du, sdu, o, rstd, g, u, su, N, C);
 }
 
 void lasp_onorm_gate_fwd_cuda(float *y, float *rstd, const float *o, const float *g, const float *u, int64_t su,
