@@ -81,9 +81,8 @@ void lasp_conv_step_cuda(float *cq, float *win, const float *p, const float *wc,
 void lasp_recur_step_cuda(float *state, float *o, const float *p, const float *slopes, int64_t H, int64_t D,
                           struct CUstream_st *stream);
 
-/* bf16 copies (round to nearest even) and back, for the operands of the bf16 matrix products and op */
+/* A bf16 copy (round to nearest even), of the weights the bf16 products read */
 void lasp_to_bf16_cuda(void *y, const float *x, int64_t n, struct CUstream_st *stream);
-void lasp_from_bf16_cuda(float *y, const void *x, int64_t n, struct CUstream_st *stream);
 
 void lasp_rms_fwd_cuda(float *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
                        struct CUstream_st *stream);

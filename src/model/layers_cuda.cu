@@ -583,10 +583,6 @@ __global__ void k_to_bf16(__nv_bfloat16 *y, const float *x, int64_t n) {
     GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]);
 }
 
-__global__ void k_from_bf16(float *y, const __nv_bfloat16 *x, int64_t n) {
-    GRID_STRIDE(i, n) y[i] = __bfloat162float(x[i]);
-}
-
 /* ---- embedding ----------------------------------------------------------------------------------- */
 
 __global__ void k_embed_fwd(float *x, const float *wte, const int32_t *tokens, int64_t N, int64_t C) {
@@ -625,10 +621,6 @@ void lasp_recur_step_cuda(float *state, float *o, const float *p, const float *s
 
 void lasp_to_bf16_cuda(void *y, const float *x, int64_t n, cudaStream_t st) {
     k_to_bf16<<<grid_for(n), THREADS, 0, st>>>((__nv_bfloat16 *)y, x, n);
-}
-
-void lasp_from_bf16_cuda(float *y, const void *x, int64_t n, cudaStream_t st) {
-    k_from_bf16<<<grid_for(n), THREADS, 0, st>>>(y, (const __nv_bfloat16 *)x, n);
 }
 
 void lasp_rms_fwd_cuda(float *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
