@@ -50,6 +50,12 @@ lib.lasp_attn_fwd.argtypes = [_p, ctypes.POINTER(AttnDesc), _p, _p, _p, _p, _p, 
 lib.lasp_attn_fwd.restype = ctypes.c_int
 lib.lasp_attn_bwd.argtypes = [_p, ctypes.POINTER(AttnDesc), _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p]
 lib.lasp_attn_bwd.restype = ctypes.c_int
+lib.lasp_attn_saved_bytes.argtypes = [_p, ctypes.POINTER(AttnDesc), ctypes.POINTER(ctypes.c_size_t)]
+lib.lasp_attn_saved_bytes.restype = ctypes.c_int
+lib.lasp_attn_fwd_saving.argtypes = [_p, ctypes.POINTER(AttnDesc), _p, _p, _p, _p, _p, _p, _p, _p]
+lib.lasp_attn_fwd_saving.restype = ctypes.c_int
+lib.lasp_attn_bwd_saved.argtypes = [_p, ctypes.POINTER(AttnDesc), _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p]
+lib.lasp_attn_bwd_saved.restype = ctypes.c_int
 lib.lasp_export_safetensors.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(Err)]
 lib.lasp_export_safetensors.restype = ctypes.c_int
 

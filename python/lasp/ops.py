@@ -9,6 +9,7 @@ on), the op is registered as lasp::linear_attention with its shapes and its back
 torch.compile keeps it in one graph."""
 import ctypes
 import warnings
+import weakref
 
 import torch
 
@@ -63,10 +64,25 @@ def _check(q, k, v, slopes, state):
             if t is not None and t.dtype not in (torch.float32, torch.float64):
                 raise TypeError("lasp.linear_attention: %s is %s; on the CPU the op computes in float32 (hint: "
                                 ".float())" % (name, t.dtype))
-    # one read back (on a GPU one wait); not while torch.compile traces, where values are not known
-    if not _compiling() and not bool((torch.isfinite(slopes) & (slopes >= 0)).all()):
+    _check_slopes(slopes)
+
+
+_checked = [None, -1]  # the slopes tensor last found valid (a weak reference) and its version then
+
+
+def _check_slopes(slopes):
+    """slopes finite and ≥ 0. The check reads the values back (on a GPU, a wait for the stream), so the tensor
+    last found valid is not read again until it changes: slopes are a model's fixed buffer, and a wait in every
+    call would leave the GPU idle while Python prepares the next one. Not while torch.compile traces."""
+    if _compiling():
+        return
+    ref, version = _checked
+    if ref is not None and ref() is slopes and version == slopes._version:
+        return
+    if not bool((torch.isfinite(slopes) & (slopes >= 0)).all()):
         raise ValueError("lasp.linear_attention: slopes must be finite and ≥ 0 (decay rates), got %s"
                          % slopes.tolist())
+    _checked[:] = [weakref.ref(slopes), slopes._version]
 
 
 def _as(t, dtype):
@@ -104,25 +120,45 @@ def _desc(q, v):
     return _lib.AttnDesc(B, T, H, d, v.shape[3], 0, _CUDA_DTYPES[_io_dtype(q)])
 
 
-def attn_fwd(q, k, v, slopes, state):
-    """o, kv_out of the op (q, k, v in the I/O dtype, slopes and state f32, all contiguous on one device)."""
+def _saved_numel(q, v):
+    """float32 elements of the buffer in which the GPU forward keeps its states for the backward (0 on the CPU)"""
+    if not q.is_cuda:
+        return 0
+    n = ctypes.c_size_t()
+    with torch.cuda.device(q.device):
+        _lib.check(_lib.lib.lasp_attn_saved_bytes(_lib.ctx(), _desc(q, v), ctypes.byref(n)), "lasp.linear_attention")
+    return n.value // 4
+
+
+def attn_fwd(q, k, v, slopes, state, save=False):
+    """o, kv_out of the op (q, k, v in the I/O dtype, slopes and state f32, all contiguous on one device), and
+    the states the backward reads (save, on a GPU; else an empty tensor): without them it computes them again."""
     B, T, H, d = q.shape
     e = v.shape[3]
     o = torch.empty((B, T, H, e), dtype=q.dtype, device=q.device)
     kv_out = torch.empty((B, H, d, e), dtype=torch.float32, device=q.device)
-    _call("lasp_attn_fwd", q, _desc(q, v), _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(slopes), _lib.ptr(state),
-          _lib.ptr(o), _lib.ptr(kv_out))
-    return o, kv_out
+    saved = torch.empty(_saved_numel(q, v) if save else 0, dtype=torch.float32, device=q.device)
+    args = (_desc(q, v), _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(slopes), _lib.ptr(state), _lib.ptr(o),
+            _lib.ptr(kv_out))
+    if saved.numel():
+        _call("lasp_attn_fwd_saving", q, *args, _lib.ptr(saved))
+    else:
+        _call("lasp_attn_fwd", q, *args)
+    return o, kv_out, saved
 
 
-def attn_bwd(q, k, v, slopes, state, do, dkv_out):
-    """dq, dk, dv (the I/O dtype), dkv_in (f32) of the op."""
+def attn_bwd(q, k, v, slopes, state, do, dkv_out, saved=None):
+    """dq, dk, dv (the I/O dtype), dkv_in (f32) of the op; saved: attn_fwd's, from the same inputs, or None."""
     B, T, H, d = q.shape
     e = v.shape[3]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dkv_in = torch.empty((B, H, d, e), dtype=torch.float32, device=q.device)
-    _call("lasp_attn_bwd", q, _desc(q, v), _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(slopes), _lib.ptr(state),
-          _lib.ptr(do), _lib.ptr(dkv_out), _lib.ptr(dq), _lib.ptr(dk), _lib.ptr(dv), _lib.ptr(dkv_in))
+    args = (_desc(q, v), _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(slopes), _lib.ptr(state), _lib.ptr(do),
+            _lib.ptr(dkv_out), _lib.ptr(dq), _lib.ptr(dk), _lib.ptr(dv), _lib.ptr(dkv_in))
+    if saved is not None and saved.numel():
+        _call("lasp_attn_bwd_saved", q, *args, _lib.ptr(saved))
+    else:
+        _call("lasp_attn_bwd", q, *args)
     return dq, dk, dv, dkv_in
 
 
@@ -131,33 +167,39 @@ def _state_dtype(q):
     return torch.float32 if q.is_cuda else q.dtype
 
 
-def _forward(q, k, v, slopes, state):
-    """o in q's dtype and the final state (_state_dtype), from inputs of any float dtype (state None: zero)"""
+def _forward(q, k, v, slopes, state, save=False):
+    """o in q's dtype, the final state (_state_dtype) and the states kept for the backward (save: on a GPU), from
+    inputs of any float dtype (state None: zero)"""
     t = _io_dtype(q)
-    o, kv_out = attn_fwd(_as(q, t), _as(k, t), _as(v, t), _f32(slopes), _f32(state))
-    return o.to(q.dtype), kv_out.to(_state_dtype(q))
+    o, kv_out, saved = attn_fwd(_as(q, t), _as(k, t), _as(v, t), _f32(slopes), _f32(state), save)
+    return o.to(q.dtype), kv_out.to(_state_dtype(q)), saved
 
 
-def _backward(q, k, v, slopes, state, do, dkv_out):
+def _backward(q, k, v, slopes, state, do, dkv_out, saved=None):
     """dq, dk, dv in q's, k's and v's dtypes and dkv_in (float32); do or dkv_out None: zero"""
     t = _io_dtype(q)
     qf, kf, vf = _as(q, t), _as(k, t), _as(v, t)
     do = torch.zeros_like(vf) if do is None else _as(do, t)
-    dq, dk, dv, dkv_in = attn_bwd(qf, kf, vf, _f32(slopes), _f32(state), do, _f32(dkv_out))
+    dq, dk, dv, dkv_in = attn_bwd(qf, kf, vf, _f32(slopes), _f32(state), do, _f32(dkv_out), saved)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dkv_in
+
+
+def _wants_grad(*ts):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
 class LinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, state):
-        ctx.save_for_backward(q, k, v, slopes, state if state is not None else torch.empty(0))
+        o, kv_out, saved = _forward(q, k, v, slopes, state, q.is_cuda and any(ctx.needs_input_grad))
+        ctx.save_for_backward(q, k, v, slopes, state if state is not None else torch.empty(0), saved)
         ctx.has_state = state is not None
-        return _forward(q, k, v, slopes, state)
+        return o, kv_out
 
     @staticmethod
     def backward(ctx, do, dkv_out):
-        q, k, v, slopes, state = ctx.saved_tensors
-        dq, dk, dv, dkv_in = _backward(q, k, v, slopes, state if ctx.has_state else None, do, dkv_out)
+        q, k, v, slopes, state, saved = ctx.saved_tensors
+        dq, dk, dv, dkv_in = _backward(q, k, v, slopes, state if ctx.has_state else None, do, dkv_out, saved)
         return dq, dk, dv, None, dkv_in.to(state.dtype) if ctx.has_state else None
 
 
@@ -169,38 +211,39 @@ def _custom_op():
         return None
 
     @lib.custom_op("lasp::linear_attention", mutates_args=())
-    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
-           state: torch.Tensor, has_state: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return _forward(q, k, v, slopes, state if has_state else None)
+    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, state: torch.Tensor,
+           has_state: bool, save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _forward(q, k, v, slopes, state if has_state else None, save)
 
     @op.register_fake
-    def _(q, k, v, slopes, state, has_state):
+    def _(q, k, v, slopes, state, has_state, save):
         B, T, H, d = q.shape
         e = v.shape[3]
-        return q.new_empty((B, T, H, e)), q.new_empty((B, H, d, e), dtype=_state_dtype(q))
+        return (q.new_empty((B, T, H, e)), q.new_empty((B, H, d, e), dtype=_state_dtype(q)),
+                q.new_empty(_saved_numel(q, v) if save else 0, dtype=torch.float32))
 
     @lib.custom_op("lasp::linear_attention_bwd", mutates_args=())
     def op_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, state: torch.Tensor,
-               has_state: bool, do: torch.Tensor, dkv_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                   torch.Tensor, torch.Tensor]:
-        dq, dk, dv, dkv = _backward(q, k, v, slopes, state if has_state else None, do, dkv_out)
+               has_state: bool, do: torch.Tensor, dkv_out: torch.Tensor,
+               saved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        dq, dk, dv, dkv = _backward(q, k, v, slopes, state if has_state else None, do, dkv_out, saved)
         return dq, dk, dv, dkv.to(state.dtype)
 
     @op_bwd.register_fake
-    def _(q, k, v, slopes, state, has_state, do, dkv_out):
+    def _(q, k, v, slopes, state, has_state, do, dkv_out, saved):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(state)
 
     def setup(ctx, inputs, output):
-        q, k, v, slopes, state, has_state = inputs
-        ctx.save_for_backward(q, k, v, slopes, state)
+        q, k, v, slopes, state, has_state, save = inputs
+        ctx.save_for_backward(q, k, v, slopes, state, output[2])
         ctx.has_state = has_state
 
-    def backward(ctx, do, dkv_out):
-        q, k, v, slopes, state = ctx.saved_tensors
+    def backward(ctx, do, dkv_out, dsaved):
+        q, k, v, slopes, state, saved = ctx.saved_tensors
         do = v.new_zeros(q.shape[:3] + (v.shape[3],)) if do is None else do
         dkv_out = state.new_zeros(state.shape) if dkv_out is None else dkv_out
-        dq, dk, dv, dkv = op_bwd(q, k, v, slopes, state, ctx.has_state, do, dkv_out)
-        return dq, dk, dv, None, dkv if ctx.has_state else None, None
+        dq, dk, dv, dkv = op_bwd(q, k, v, slopes, state, ctx.has_state, do, dkv_out, saved)
+        return dq, dk, dv, None, dkv if ctx.has_state else None, None, None
 
     op.register_autograd(backward, setup_context=setup)
     return op
@@ -226,7 +269,7 @@ def linear_attention(q, k, v, slopes, initial_state=None, output_final_state=Fal
         B, T, H, d = q.shape
         has = initial_state is not None
         state = initial_state if has else q.new_empty((B, H, d, v.shape[3]), dtype=_state_dtype(q))  # unread
-        o, kv_out = _OP(q, k, v, slopes, state, has)
+        o, kv_out, _ = _OP(q, k, v, slopes, state, has, q.is_cuda and _wants_grad(q, k, v, initial_state))
     else:
         o, kv_out = LinearAttention.apply(q, k, v, slopes, initial_state)
     return (o, kv_out) if output_final_state else o

@@ -45,18 +45,18 @@ class _SP(torch.autograd.Function):
             kv_in = torch.zeros((B, H, d, e), device=q.device)
             if r > 0:
                 dist.recv(kv_in, _peer(group, r - 1), group=group)
-            o, kv_out = ops.attn_fwd(qf, kf, vf, sf, kv_in)
+            o, kv_out, _ = ops.attn_fwd(qf, kf, vf, sf, kv_in)
             if r < W - 1:
                 dist.send(kv_out, _peer(group, r + 1), group=group)
         else:
-            _, m = ops.attn_fwd(qf, kf, vf, sf, None)
+            _, m, _ = ops.attn_fwd(qf, kf, vf, sf, None)
             ms = [torch.empty_like(m) for _ in range(W)]
             dist.all_gather(ms, m, group=group)
             g = _decay(sf, T)
             kv_in = torch.zeros_like(m)
             for s in range(r):
                 kv_in = g * kv_in + ms[s]
-            o, _ = ops.attn_fwd(qf, kf, vf, sf, kv_in)
+            o, _, _ = ops.attn_fwd(qf, kf, vf, sf, kv_in)
         ctx.save_for_backward(qf, kf, vf, sf, kv_in)
         ctx.group, ctx.mode, ctx.dtype = group, mode, q.dtype
         return o.to(q.dtype)

@@ -21,7 +21,10 @@ def test_pip_install_offline(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     code = ("import lasp, torch; q = torch.randn(1, 8, 2, 16); o = lasp.linear_attention(q, q, q, "
             "torch.tensor([0.1, 0.2])); print(lasp.LIB_PATH); print(tuple(o.shape))")
-    r = subprocess.run([py, "-c", code], capture_output=True, text=True, cwd=str(tmp_path))
+    # PyTorch from where this interpreter finds it (a virtual environment's packages are not the system's)
+    import torch
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(torch.__file__)))
+    r = subprocess.run([py, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
     assert r.returncode == 0, r.stderr
     lib, shape = r.stdout.split("\n")[:2]
     assert lib.startswith(str(venv)) and lib.endswith("lasp/liblasp.so"), lib

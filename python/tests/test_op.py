@@ -101,6 +101,19 @@ def test_errors_name_the_tensor(bad, words):
         assert w in str(info.value)
 
 
+def test_slopes_checked_again_when_changed():
+    # the slopes last found valid are not read back again, until they change in place or another tensor comes
+    q = torch.zeros(1, 4, 2, 16)
+    slopes = torch.tensor([0.1, 0.2])
+    lasp.linear_attention(q, q, q, slopes)
+    lasp.linear_attention(q, q, q, slopes)
+    slopes[1] = -1.0
+    with pytest.raises(ValueError, match="≥ 0"):
+        lasp.linear_attention(q, q, q, slopes)
+    with pytest.raises(ValueError, match="≥ 0"):
+        lasp.linear_attention(q, q, q, torch.tensor([0.1, float("nan")]))
+
+
 def test_library_error_is_an_exception():
     # a head dim the op does not support passes the Python checks and is refused by the library
     q = torch.zeros(1, 4, 1, 12)

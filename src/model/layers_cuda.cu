@@ -53,13 +53,31 @@ int rows_grid(int64_t N) { return (int)(N < 1 ? 1 : N < (1 << 20) ? N : (1 << 20
 
 /* ---- column sums in two passes: partials over row ranges, then the partials in order -------------- */
 
-/* out[col] += Σ_p work[p, col] */
-__global__ void k_sum_parts(float *out, const float *work, int64_t parts, int64_t width) {
-    GRID_STRIDE(c, width) {
-        float s = 0;
-        for (int64_t p = 0; p < parts; p++) s += work[p * width + c];
-        out[c] += s;
+/* out[col] += Σ_p work[p, col]. A block takes 32 columns and its warps every SUM_WARPS-th partial, so that
+ * many loads are in flight (one thread walking every partial waits on each in turn); warp 0 then adds the
+ * warps' sums in order: the same bits on every run. */
+constexpr int SUM_WARPS = 8;
+__global__ void __launch_bounds__(32 * SUM_WARPS) k_sum_parts(float *out, const float *work, int64_t parts,
+                                                              int64_t width) {
+    __shared__ float part[SUM_WARPS][32];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int64_t c = blockIdx.x * 32ll + lane;
+    float s = 0;
+    if (c < width)
+#pragma unroll 4
+        for (int64_t p = w; p < parts; p += SUM_WARPS) s += work[p * width + c];
+    part[w][lane] = s;
+    __syncthreads();
+    if (w == 0 && c < width) {
+        float t = 0;
+#pragma unroll
+        for (int j = 0; j < SUM_WARPS; j++) t += part[j][lane];
+        out[c] += t;
     }
+}
+
+void sum_parts(float *out, const float *work, int64_t parts, int64_t width, cudaStream_t st) {
+    k_sum_parts<<<(unsigned)((width + 31) / 32), 32 * SUM_WARPS, 0, st>>>(out, work, parts, width);
 }
 
 /* ---- V consecutive elements as floats ------------------------------------------------------------ */
@@ -248,7 +266,7 @@ void rms_dg(float *dg, const float *dy, const TX *x, const float *rstd, int64_t 
     const int64_t parts = parts_for(N), per = (N + parts - 1) / parts;
     const dim3 grid((unsigned)((C + THREADS - 1) / THREADS), (unsigned)parts);
     k_rms_bwd_g<<<grid, THREADS, 0, st>>>(work, dy, x, rstd, N, C, per);
-    k_sum_parts<<<grid_for(C), THREADS, 0, st>>>(dg, work, parts, C);
+    sum_parts(dg, work, parts, C, st);
 }
 
 template <typename TX, typename TY>
@@ -320,6 +338,9 @@ void glu_bwd(T *dh, const T *da, const T *h, int64_t N, int64_t F, cudaStream_t 
  * beyond K zero), so each input is read once; the convolved projections are never stored. */
 constexpr int FEAT_ROWS = 32;    /* rows a tile has at least */
 constexpr int FEAT_PARTS = 1024; /* tiles, and so partial sums of the taps' gradient, about this many at most */
+/* rows whose loads a thread issues together before it computes and stores them: its stores could alias the
+ * next rows' inputs as far as the compiler knows, so without the batch each row's load would wait for the last */
+constexpr int FEAT_BATCH = 8;
 
 /* projection row t of sequence b, column c; t < 0 reads the halo (the K1 rows before the piece); before the
  * halo, or without one, zeros */
@@ -356,13 +377,20 @@ __global__ void __launch_bounds__(THREADS) k_feat_fwd(T *q, T *k, T *v, const fl
     load_taps(w, wc, K, W, c);
 #pragma unroll
     for (int j = 0; j + 1 < KM; j++) x[j] = proj(p, sp, halo, b, t0 - 1 - j, T_, K1, W, c);
-#pragma unroll 4 /* loads of several rows in flight at once: a thread's rows are otherwise one load at a time */
-    for (int64_t t = t0; t < t1; t++) {
-        shift_in(x, p[(b * T_ + t) * sp + c]);
-        float s = 0;
+    for (int64_t tb = t0; tb < t1; tb += FEAT_BATCH) {
+        float pv[FEAT_BATCH];
 #pragma unroll
-        for (int j = 0; j < KM; j++) s += w[j] * x[j];
-        put(dst + (b * T_ + t) * C, part < 2 ? s * sigmoid(s) : s);
+        for (int u = 0; u < FEAT_BATCH; u++) pv[u] = tb + u < t1 ? p[(b * T_ + tb + u) * sp + c] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < FEAT_BATCH; u++) {
+            const int64_t t = tb + u;
+            if (t >= t1) break;
+            shift_in(x, pv[u]);
+            float s = 0;
+#pragma unroll
+            for (int j = 0; j < KM; j++) s += w[j] * x[j];
+            put(dst + (b * T_ + t) * C, part < 2 ? s * sigmoid(s) : s);
+        }
     }
 }
 
@@ -388,37 +416,48 @@ __global__ void __launch_bounds__(THREADS) k_feat_bwd(T *dp, int64_t sdp, float 
     for (int j = 0; j < KM; j++) d[j] = 0, acc[j] = 0;
 #pragma unroll
     for (int j = 0; j + 1 < KM; j++) x[j] = proj(p, sp, halo, b, sa - 1 - j, T_, K1, W, c);
-#pragma unroll 4
-    for (int64_t t = sa; t < sb + KM - 1; t++) {
-        shift_in(x, t < tend ? proj(p, sp, halo, b, t, T_, K1, W, c) : 0.0f);
-        float dc = 0;
-        if (t >= 0 && t < tend) {
-            float s = 0;
+    const int64_t tlast = sb + KM - 1;
+    for (int64_t tb = sa; tb < tlast; tb += FEAT_BATCH) {
+        float pv[FEAT_BATCH], gv[FEAT_BATCH];
 #pragma unroll
-            for (int j = 0; j < KM; j++) s += w[j] * x[j];
-            const float gt = get(g + (b * T_ + t) * C);
-            if (part < 2) {
-                const float sg = sigmoid(s);
-                dc = gt * sg * (1 + s * (1 - sg));
-            } else {
-                dc = gt;
-            }
-            if (t < sb) {
-#pragma unroll
-                for (int j = 0; j < KM; j++) acc[j] += dc * x[j];
-            }
+        for (int u = 0; u < FEAT_BATCH; u++) {
+            const int64_t t = tb + u;
+            pv[u] = t < tend ? proj(p, sp, halo, b, t, T_, K1, W, c) : 0.0f;
+            gv[u] = t >= 0 && t < tend ? get(g + (b * T_ + t) * C) : 0.0f;
         }
-        shift_in(d, dc);
-        const int64_t s = t - (KM - 1);
-        if (s < sa) continue;
-        float a = 0;
 #pragma unroll
-        for (int j = 0; j < KM; j++) a += w[j] * d[KM - 1 - j];
-        if (s >= 0) {
-            if (dnext && s >= T_ - K1) a += dnext[(b * K1 + s - (T_ - K1)) * W + c];
-            put(dp + (b * T_ + s) * sdp + c, a);
-        } else {
-            dhalo[(b * K1 + K1 + s) * W + c] = a;
+        for (int u = 0; u < FEAT_BATCH; u++) {
+            const int64_t t = tb + u;
+            if (t >= tlast) break;
+            shift_in(x, pv[u]);
+            float dc = 0;
+            if (t >= 0 && t < tend) {
+                float s = 0;
+#pragma unroll
+                for (int j = 0; j < KM; j++) s += w[j] * x[j];
+                if (part < 2) {
+                    const float sg = sigmoid(s);
+                    dc = gv[u] * sg * (1 + s * (1 - sg));
+                } else {
+                    dc = gv[u];
+                }
+                if (t < sb) {
+#pragma unroll
+                    for (int j = 0; j < KM; j++) acc[j] += dc * x[j];
+                }
+            }
+            shift_in(d, dc);
+            const int64_t s = t - (KM - 1);
+            if (s < sa) continue;
+            float a = 0;
+#pragma unroll
+            for (int j = 0; j < KM; j++) a += w[j] * d[KM - 1 - j];
+            if (s >= 0) {
+                if (dnext && s >= T_ - K1) a += dnext[(b * K1 + s - (T_ - K1)) * W + c];
+                put(dp + (b * T_ + s) * sdp + c, a);
+            } else {
+                dhalo[(b * K1 + K1 + s) * W + c] = a;
+            }
         }
     }
     if (work)
@@ -480,7 +519,7 @@ void feat_bwd(T *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, 
     default: FEAT_BWD(16); break;
     }
 #undef FEAT_BWD
-    if (dwc) k_sum_parts<<<grid_for(K * 3 * C), THREADS, 0, st>>>(dwc, work, B * f.tiles, K * 3 * C);
+    if (dwc) sum_parts(dwc, work, B * f.tiles, K * 3 * C, st);
 }
 
 /* ---- cross-entropy: a block per row ------------------------------------------------------------- */
