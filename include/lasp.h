@@ -450,14 +450,6 @@ typedef enum lasp_recompute {
 
 const char *lasp_recompute_name(lasp_recompute r);
 
-/* Which library runs the GPU model's bf16 matrix products: cublasGemmEx, or cuBLASLt (each shape's algorithm
- * chosen once; a residual add in the product, with no copy first). A benchmark A/B (`lasp bench train --gemm`):
- * the one that loses goes. */
-typedef enum lasp_gemm {
-    LASP_GEMM_EX = 0,
-    LASP_GEMM_LT = 1,
-} lasp_gemm;
-
 typedef struct lasp_train_params {
     lasp_model_config model;
     int64_t batch;    /* sequences per step, over all dp ranks (a multiple of dp) */
@@ -477,7 +469,6 @@ typedef struct lasp_train_params {
                           * computes in f32 only) */
     lasp_recompute recompute; /* GPU: what a layer keeps for its backward (the CPU keeps everything; its
                                * activations are bounded by chunk) */
-    lasp_gemm gemm;           /* GPU bf16: the products' library */
 } lasp_train_params;
 
 lasp_train_params lasp_train_default_params(void);

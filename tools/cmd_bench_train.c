@@ -13,7 +13,6 @@
 
 int lasp_bench_train(int argc, char **argv) {
     const char *device_name = "cpu", *models = NULL, *dtype = "bf16", *sp_mode = "chain", *recompute = "none";
-    const char *gemm = "ex";
     long long sp_size = 0, steps = 10, batch = 0, seq = 0, zero = 0, vocab = 0, chunk = 0, max_seq = 1LL << 24;
     int longest = 0;
     const opt opts[] = {
@@ -22,7 +21,6 @@ int lasp_bench_train(int argc, char **argv) {
         {"--dtype", OPT_STR, &dtype, "bf16|f32", "GPU: the products' and attention's operands", 0},
         {"--recompute", OPT_STR, &recompute, "none|attn|block", "GPU: what a layer keeps for its backward (lasp train "
                                                                  "--help)", 0},
-        {"--gemm", OPT_STR, &gemm, "ex|lt", "GPU bf16: the products on cublasGemmEx or cuBLASLt (an A/B)", 0},
         {"--vocab", OPT_INT, &vocab, "N", "vocabulary (default: 256 on the CPU, 64000 on a GPU)", 0},
         {"--sp", OPT_INT, &sp_size, "N", "sequence-parallel ranks (0 = the whole world)", 0},
         {"--sp-mode", OPT_STR, &sp_mode, "MODE", "chain, lasp2, ulysses or allgather (the last two: CPU)", 0},
@@ -55,10 +53,6 @@ int lasp_bench_train(int argc, char **argv) {
     }
     const int rc_mode = opts_recompute(recompute, "--recompute");
     if (rc_mode < 0) return 2;
-    if (strcmp(gemm, "ex") && strcmp(gemm, "lt")) {
-        fprintf(stderr, "error: --gemm '%s' is not known (hint: ex or lt)\n", gemm);
-        return 2;
-    }
     if (strcmp(dtype, "bf16") && strcmp(dtype, "f32")) {
         fprintf(stderr, "error: --dtype '%s' is not known (hint: bf16 or f32)\n", dtype);
         return 2;
@@ -105,7 +99,6 @@ int lasp_bench_train(int argc, char **argv) {
                    "recall task, median of %lld steps, matrix products on %s\n", W, lay.dp_size, lay.sp_size,
                    lasp_sp_mode_name(spp.mode), zero, batch, seq, steps,
                    lasp_get_build_info().has_blas ? "BLAS" : "plain loops");
-        if (!strcmp(gemm, "lt")) printf("# --gemm lt: the bf16 products on cuBLASLt\n");
         if (rc_mode) printf("# --recompute %s: %s\n", recompute, rc_mode == LASP_RECOMPUTE_BLOCK ? "each layer's "
                             "input kept, its forward run again in the backward" : "q, k, v and the attention's "
                             "output made again in the backward");
@@ -119,7 +112,7 @@ int lasp_bench_train(int argc, char **argv) {
     lasp_train_params base = lasp_train_default_params();
     base.zero = (int)zero, base.device = (lasp_device)device, base.chunk = chunk;
     base.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
-    base.recompute = (lasp_recompute)rc_mode, base.gemm = strcmp(gemm, "lt") ? LASP_GEMM_EX : LASP_GEMM_LT;
+    base.recompute = (lasp_recompute)rc_mode;
     if (longest) {
         if (W > 1) {
             if (rank == 0) fprintf(stderr, "error: --longest runs on one process\n");

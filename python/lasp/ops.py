@@ -147,14 +147,15 @@ def attn_fwd(q, k, v, slopes, state, save=False):
     return o, kv_out, saved
 
 
-def attn_bwd(q, k, v, slopes, state, do, dkv_out, saved=None):
-    """dq, dk, dv (the I/O dtype), dkv_in (f32) of the op; saved: attn_fwd's, from the same inputs, or None."""
+def attn_bwd(q, k, v, slopes, state, do, dkv_out, saved=None, want_dkv_in=True):
+    """dq, dk, dv (the I/O dtype), dkv_in (f32; without want_dkv_in not computed, an empty tensor) of the op;
+    saved: attn_fwd's, from the same inputs, or None."""
     B, T, H, d = q.shape
     e = v.shape[3]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dkv_in = torch.empty((B, H, d, e), dtype=torch.float32, device=q.device)
+    dkv_in = torch.empty((B, H, d, e) if want_dkv_in else 0, dtype=torch.float32, device=q.device)
     args = (_desc(q, v), _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(slopes), _lib.ptr(state), _lib.ptr(do),
-            _lib.ptr(dkv_out), _lib.ptr(dq), _lib.ptr(dk), _lib.ptr(dv), _lib.ptr(dkv_in))
+            _lib.ptr(dkv_out), _lib.ptr(dq), _lib.ptr(dk), _lib.ptr(dv), _lib.ptr(dkv_in if want_dkv_in else None))
     if saved is not None and saved.numel():
         _call("lasp_attn_bwd_saved", q, *args, _lib.ptr(saved))
     else:
@@ -175,12 +176,14 @@ def _forward(q, k, v, slopes, state, save=False):
     return o.to(q.dtype), kv_out.to(_state_dtype(q)), saved
 
 
-def _backward(q, k, v, slopes, state, do, dkv_out, saved=None):
-    """dq, dk, dv in q's, k's and v's dtypes and dkv_in (float32); do or dkv_out None: zero"""
+def _backward(q, k, v, slopes, state, do, dkv_out, saved=None, want_dkv_in=True):
+    """dq, dk, dv in q's, k's and v's dtypes and dkv_in (float32; an empty tensor without want_dkv_in); do None
+    or dkv_out None or empty: zero"""
     t = _io_dtype(q)
     qf, kf, vf = _as(q, t), _as(k, t), _as(v, t)
     do = torch.zeros_like(vf) if do is None else _as(do, t)
-    dq, dk, dv, dkv_in = attn_bwd(qf, kf, vf, _f32(slopes), _f32(state), do, _f32(dkv_out), saved)
+    dkv_out = None if dkv_out is None or not dkv_out.numel() else _f32(dkv_out)
+    dq, dk, dv, dkv_in = attn_bwd(qf, kf, vf, _f32(slopes), _f32(state), do, dkv_out, saved, want_dkv_in)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dkv_in
 
 
@@ -199,7 +202,8 @@ class LinearAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dkv_out):
         q, k, v, slopes, state, saved = ctx.saved_tensors
-        dq, dk, dv, dkv_in = _backward(q, k, v, slopes, state if ctx.has_state else None, do, dkv_out, saved)
+        dq, dk, dv, dkv_in = _backward(q, k, v, slopes, state if ctx.has_state else None, do, dkv_out, saved,
+                                       ctx.has_state)
         return dq, dk, dv, None, dkv_in.to(state.dtype) if ctx.has_state else None
 
 
@@ -226,12 +230,13 @@ def _custom_op():
     def op_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, state: torch.Tensor,
                has_state: bool, do: torch.Tensor, dkv_out: torch.Tensor,
                saved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        dq, dk, dv, dkv = _backward(q, k, v, slopes, state if has_state else None, do, dkv_out, saved)
+        dq, dk, dv, dkv = _backward(q, k, v, slopes, state if has_state else None, do, dkv_out, saved, has_state)
         return dq, dk, dv, dkv.to(state.dtype)
 
     @op_bwd.register_fake
     def _(q, k, v, slopes, state, has_state, do, dkv_out, saved):
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(state)
+        dkv = torch.empty_like(state) if has_state else state.new_empty(0)
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dkv
 
     def setup(ctx, inputs, output):
         q, k, v, slopes, state, has_state, save = inputs
@@ -241,7 +246,7 @@ def _custom_op():
     def backward(ctx, do, dkv_out, dsaved):
         q, k, v, slopes, state, saved = ctx.saved_tensors
         do = v.new_zeros(q.shape[:3] + (v.shape[3],)) if do is None else do
-        dkv_out = state.new_zeros(state.shape) if dkv_out is None else dkv_out
+        dkv_out = state.new_empty(0) if dkv_out is None else dkv_out  # empty: zero, not read
         dq, dk, dv, dkv = op_bwd(q, k, v, slopes, state, ctx.has_state, do, dkv_out, saved)
         return dq, dk, dv, None, dkv if ctx.has_state else None, None, None
 

@@ -1,8 +1,7 @@
 /* gemm_lt_cuda.h — the GPU model's matrix products on cuBLASLt (bf16 operands, fp32 accumulation), each shape's
  * algorithm chosen once by the library's heuristic and kept, so that a step's products are the same
  * algorithms, and so the same bits, every time. Unlike cublasGemmEx, the output D may be another buffer than
- * the added C: a residual add needs no copy first. Behind lasp_train_params.gemm, to be set against
- * cublasGemmEx by `lasp bench train --gemm`. */
+ * the added C: a residual add needs no copy first. The bf16 model's products all run here (f32: cublasSgemm). */
 #ifndef LASP_MODEL_GEMM_LT_CUDA_H
 #define LASP_MODEL_GEMM_LT_CUDA_H
 

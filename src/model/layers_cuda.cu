@@ -397,8 +397,8 @@ __global__ void __launch_bounds__(THREADS) k_feat_fwd(T *q, T *k, T *v, const fl
 /* The gradient of row t of the convolved projections, dc[t], from the features' (t inside the piece, and
  * < the tile's end + K1); ∂/∂p[s] = Σ_j w[j]·dc[s + j] is complete KM − 1 rows later, s < 0 going to the
  * halo's gradient; the taps' gradient Σ_t dc[t]·p[t − j] is summed over the tile's own rows into work. */
-template <int KM, typename T>
-__global__ void __launch_bounds__(THREADS) k_feat_bwd(T *dp, int64_t sdp, float *work, float *dhalo,
+template <int KM, typename T, int BATCH = FEAT_BATCH, int MINB = 1>
+__global__ void __launch_bounds__(THREADS, MINB) k_feat_bwd(T *dp, int64_t sdp, float *work, float *dhalo,
                                                       const float *dnext, const T *dq, const T *dk, const T *dv,
                                                       const float *p, int64_t sp, const float *halo,
                                                       const float *wc, int64_t T_, int C, int K, int64_t s0,
@@ -417,16 +417,16 @@ __global__ void __launch_bounds__(THREADS) k_feat_bwd(T *dp, int64_t sdp, float 
 #pragma unroll
     for (int j = 0; j + 1 < KM; j++) x[j] = proj(p, sp, halo, b, sa - 1 - j, T_, K1, W, c);
     const int64_t tlast = sb + KM - 1;
-    for (int64_t tb = sa; tb < tlast; tb += FEAT_BATCH) {
-        float pv[FEAT_BATCH], gv[FEAT_BATCH];
+    for (int64_t tb = sa; tb < tlast; tb += BATCH) {
+        float pv[BATCH], gv[BATCH];
 #pragma unroll
-        for (int u = 0; u < FEAT_BATCH; u++) {
+        for (int u = 0; u < BATCH; u++) {
             const int64_t t = tb + u;
             pv[u] = t < tend ? proj(p, sp, halo, b, t, T_, K1, W, c) : 0.0f;
             gv[u] = t >= 0 && t < tend ? get(g + (b * T_ + t) * C) : 0.0f;
         }
 #pragma unroll
-        for (int u = 0; u < FEAT_BATCH; u++) {
+        for (int u = 0; u < BATCH; u++) {
             const int64_t t = tb + u;
             if (t >= tlast) break;
             shift_in(x, pv[u]);

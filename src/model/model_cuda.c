@@ -30,7 +30,7 @@ struct lasp_gmodel {
     lasp_layout lay;
     cudaStream_t stream;
     cublasHandle_t blas;
-    lasp_lt *lt;                        /* bf16 with LASP_GEMM_LT: the products on cuBLASLt (else NULL) */
+    lasp_lt *lt;                        /* bf16: the products on cuBLASLt (f32: NULL, cublasSgemm) */
     lasp_dtype dtype;                   /* of the matrix products' operands and the attention: f32 or bf16 */
     float *params, *grads, *slopes;     /* device: [n_params], [n_params], [L, slope_stride] */
     uint16_t *params16;                 /* bf16: the parameters rounded to bf16 [n_params] (else NULL) */
@@ -76,12 +76,8 @@ static cublasStatus_t gemm(const lasp_gmodel *m, cublasOperation_t ta, cublasOpe
                            void *C, int64_t ldc, int c16) {
     lasp_gprof_mark(m->prof, LASP_PART_MATMUL); /* the products' time is theirs as a kind, not a place's */
     if (m->lt) return lasp_lt_gemm(m->lt, ta, tb, M, N, K, A, lda, B, ldb, *beta, C, C, ldc, c16);
-    if (m->dtype == LASP_F32)
-        return cublasSgemm(m->blas, ta, tb, (int)M, (int)N, (int)K, &ONE, (const float *)A, (int)lda,
-                           (const float *)B, (int)ldb, beta, (float *)C, (int)ldc);
-    return cublasGemmEx(m->blas, ta, tb, (int)M, (int)N, (int)K, &ONE, A, CUDA_R_16BF, (int)lda, B, CUDA_R_16BF,
-                        (int)ldb, beta, C, c16 ? CUDA_R_16BF : CUDA_R_32F, (int)ldc, CUBLAS_COMPUTE_32F,
-                        CUBLAS_GEMM_DEFAULT);
+    return cublasSgemm(m->blas, ta, tb, (int)M, (int)N, (int)K, &ONE, (const float *)A, (int)lda, (const float *)B,
+                       (int)ldb, beta, (float *)C, (int)ldc);
 }
 
 /* out[N,O] = in[N,K] · W[K,O] + beta · out; fp32 out, or (mm_fwd_op) out in the model's dtype */
@@ -211,6 +207,7 @@ lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_d
     if (s == LASP_OK && (cublasSetStream(m->blas, m->stream) != CUBLAS_STATUS_SUCCESS ||
                          cublasSetMathMode(m->blas, math) != CUBLAS_STATUS_SUCCESS))
         s = lasp_fail(&ctx->err, LASP_ERR_CUDA, "cuBLAS refused its stream or math mode");
+    if (s == LASP_OK && dtype == LASP_BF16) s = lasp_lt_create(m->stream, &m->lt, &ctx->err);
     m->slope_stride = (c->n_heads + 3) / 4 * 4;
     const size_t P = m->lay.n_params, LH = (size_t)c->n_layers * m->slope_stride;
     float *slopes = s == LASP_OK ? calloc(LH, sizeof *slopes) : NULL;
@@ -308,13 +305,6 @@ double lasp_gmodel_activation_bytes(const lasp_model_config *c, lasp_dtype dtype
     m.cfg = *c, m.dtype = dtype, m.recompute = r;
     cudaError_t e = cudaSuccess;
     return plan(&m, B, T, 0, &e);
-}
-
-lasp_status lasp_gmodel_set_gemm(lasp_gmodel *m, lasp_gemm g) {
-    if (g == LASP_GEMM_LT && m->dtype == LASP_BF16 && !m->lt)
-        return lasp_lt_create(m->stream, &m->lt, &m->ctx->err);
-    if (g != LASP_GEMM_LT) lasp_lt_free(m->lt), m->lt = NULL;
-    return LASP_OK;
 }
 
 void lasp_gmodel_set_recompute(lasp_gmodel *m, lasp_recompute r) {

@@ -56,8 +56,6 @@ lasp_status lasp_train_params_check(const lasp_train_params *o, lasp_err *err) {
     if (o->recompute != LASP_RECOMPUTE_NONE && o->device == LASP_DEVICE_CPU)
         return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--recompute %s: the CPU model keeps every activation (hint: "
                          "--chunk N bounds them on the CPU, or --device cuda)", lasp_recompute_name(o->recompute));
-    if (o->gemm != LASP_GEMM_EX && o->gemm != LASP_GEMM_LT)
-        return lasp_fail(err, LASP_ERR_ARG, "gemm %d: LASP_GEMM_EX (0) or LASP_GEMM_LT (1)", (int)o->gemm);
     if (o->chunk < 0 || o->chunk > o->seq_len)
         return lasp_fail(err, LASP_ERR_ARG, "--chunk %lld is outside 0 (off) .. --seq-len %lld", (long long)o->chunk,
                          (long long)o->seq_len);

@@ -112,7 +112,6 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
 
     LASP_TRY(lasp_gmodel_create(t->ctx, &o->model, o->dtype, &G->m));
     lasp_gmodel_set_recompute(G->m, o->recompute);
-    LASP_TRY(lasp_gmodel_set_gemm(G->m, o->gemm));
     LASP_TRY(lasp_gmodel_reserve(G->m, t->Bl, Tc));
     if (o->chunk) {
         const size_t Nc = (size_t)(t->Bl * Tc);
