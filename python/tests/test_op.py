@@ -2,11 +2,18 @@
 shapes: outputs, final states and every gradient within 1e-5 relative (‖x − ref‖ / ‖ref‖); gradcheck on small
 shapes; errors that name the tensor."""
 import math
+import os
+import random
+import zlib
 
 import pytest
 import torch
 
 import lasp
+
+# fresh inputs on every run, each case's seed in its failure message (LASP_TEST_SEED=N repeats a run: a case's
+# seed is N + a hash of its parameters)
+SEED = int(os.environ.get("LASP_TEST_SEED", random.randrange(2**31)))
 
 
 def reference(q, k, v, slopes, state=None):
@@ -34,7 +41,8 @@ SHAPES = [(1, 1, 1, 16, 16), (2, 37, 3, 16, 32), (1, 130, 2, 32, 32), (2, 64, 4,
 @pytest.mark.parametrize("with_state", [False, True])
 def test_forward_backward(shape, with_state):
     B, T, H, d, e = shape
-    g = torch.Generator().manual_seed(hash((shape, with_state)) % 2**31)
+    seed = (SEED + zlib.crc32(repr((shape, with_state)).encode())) % 2**31
+    g = torch.Generator().manual_seed(seed)
     q = (torch.randn(B, T, H, d, generator=g) / math.sqrt(d)).requires_grad_()
     k = torch.randn(B, T, H, d, generator=g).requires_grad_()
     v = torch.randn(B, T, H, e, generator=g).requires_grad_()
@@ -44,14 +52,14 @@ def test_forward_backward(shape, with_state):
     qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
     sd = s0.detach().double().requires_grad_() if with_state else None
     o_ref, st_ref = reference(qd, kd, vd, slopes, sd)
-    assert rel(o, o_ref) < 1e-5 and rel(st, st_ref) < 1e-5
+    assert rel(o, o_ref) < 1e-5 and rel(st, st_ref) < 1e-5, "seed %d" % seed
     do, dst = torch.randn_like(o), torch.randn_like(st)
     (o * do).sum().add((st * dst).sum()).backward()
     (o_ref * do.double()).sum().add((st_ref * dst.double()).sum()).backward()
     for name, a, b in (("dq", q.grad, qd.grad), ("dk", k.grad, kd.grad), ("dv", v.grad, vd.grad)):
-        assert rel(a, b) < 1e-5, name
+        assert rel(a, b) < 1e-5, "%s, seed %d" % (name, seed)
     if with_state:
-        assert rel(s0.grad, sd.grad) < 1e-5
+        assert rel(s0.grad, sd.grad) < 1e-5, "seed %d" % seed
 
 
 def test_chained_calls_equal_one():
@@ -130,11 +138,14 @@ TOL_CUDA = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}  # t
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("shape", [(1, 1, 1, 64, 64), (2, 300, 3, 64, 64), (1, 1000, 2, 128, 128), (2, 77, 2, 32, 16)])
+# one token: four heads, since one head's output is a single dot product q·k, whose relative error the f32
+# kernels' bf16 hi + lo split cannot bound where the products nearly cancel
+@pytest.mark.parametrize("shape", [(1, 1, 4, 64, 64), (2, 300, 3, 64, 64), (1, 1000, 2, 128, 128), (2, 77, 2, 32, 16)])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_cuda_forward_backward(dtype, shape, with_state):
     B, T, H, d, e = shape
-    g = torch.Generator().manual_seed(hash((shape, with_state, str(dtype))) % 2**31)
+    seed = (SEED + zlib.crc32(repr((shape, with_state, dtype)).encode())) % 2**31
+    g = torch.Generator().manual_seed(seed)
     host = [torch.randn(B, T, H, d, generator=g) / math.sqrt(d), torch.randn(B, T, H, d, generator=g),
             torch.randn(B, T, H, e, generator=g)]
     q, k, v = (x.to(dtype).cuda().requires_grad_() for x in host)
@@ -147,14 +158,14 @@ def test_cuda_forward_backward(dtype, shape, with_state):
     sd = s0.detach().cpu().double().requires_grad_() if with_state else None
     o_ref, st_ref = reference(qd, kd, vd, slopes, sd)
     tol = TOL_CUDA[dtype]
-    assert rel(o.cpu(), o_ref) < tol and rel(st.cpu(), st_ref) < tol
+    assert rel(o.cpu(), o_ref) < tol and rel(st.cpu(), st_ref) < tol, "seed %d" % seed
     do, dst = torch.randn(o.shape, generator=g), torch.randn(st.shape, generator=g)
     (o.float() * do.cuda()).sum().add((st * dst.cuda()).sum()).backward()
     (o_ref * do.double()).sum().add((st_ref * dst.double()).sum()).backward()
     for name, a, b in (("dq", q.grad, qd.grad), ("dk", k.grad, kd.grad), ("dv", v.grad, vd.grad)):
-        assert a.dtype == dtype and rel(a.cpu(), b) < tol, name
+        assert a.dtype == dtype and rel(a.cpu(), b) < tol, "%s, seed %d" % (name, seed)
     if with_state:
-        assert rel(s0.grad.cpu(), sd.grad) < tol
+        assert rel(s0.grad.cpu(), sd.grad) < tol, "seed %d" % seed
 
 
 @cuda

@@ -336,11 +336,13 @@ void glu_bwd(T *dh, const T *da, const T *h, int64_t N, int64_t F, cudaStream_t 
 
 /* A thread walks one column down a tile of rows, the last KM inputs in registers (KM ≥ K taps, the taps
  * beyond K zero), so each input is read once; the convolved projections are never stored. */
-constexpr int FEAT_ROWS = 32;    /* rows a tile has at least */
+constexpr int FEAT_ROWS = 64;    /* rows a tile has at least */
 constexpr int FEAT_PARTS = 1024; /* tiles, and so partial sums of the taps' gradient, about this many at most */
-/* rows whose loads a thread issues together before it computes and stores them: its stores could alias the
- * next rows' inputs as far as the compiler knows, so without the batch each row's load would wait for the last */
-constexpr int FEAT_BATCH = 8;
+/* Rows whose loads a thread issues together before it computes and stores them: its stores could alias the
+ * next rows' inputs as far as the compiler knows, so without the batch each row's load would wait for the
+ * last. The backward holds more per row, and is capped at the registers that let FEAT_BWD_BLOCKS blocks share
+ * an SM (taps up to 4): more warps in flight pay more than a longer batch (bench/RESULTS.md). */
+constexpr int FEAT_FWD_BATCH = 8, FEAT_BWD_BATCH = 4, FEAT_BWD_BLOCKS = 4;
 
 /* projection row t of sequence b, column c; t < 0 reads the halo (the K1 rows before the piece); before the
  * halo, or without one, zeros */
@@ -377,12 +379,12 @@ __global__ void __launch_bounds__(THREADS) k_feat_fwd(T *q, T *k, T *v, const fl
     load_taps(w, wc, K, W, c);
 #pragma unroll
     for (int j = 0; j + 1 < KM; j++) x[j] = proj(p, sp, halo, b, t0 - 1 - j, T_, K1, W, c);
-    for (int64_t tb = t0; tb < t1; tb += FEAT_BATCH) {
-        float pv[FEAT_BATCH];
+    for (int64_t tb = t0; tb < t1; tb += FEAT_FWD_BATCH) {
+        float pv[FEAT_FWD_BATCH];
 #pragma unroll
-        for (int u = 0; u < FEAT_BATCH; u++) pv[u] = tb + u < t1 ? p[(b * T_ + tb + u) * sp + c] : 0.0f;
+        for (int u = 0; u < FEAT_FWD_BATCH; u++) pv[u] = tb + u < t1 ? p[(b * T_ + tb + u) * sp + c] : 0.0f;
 #pragma unroll
-        for (int u = 0; u < FEAT_BATCH; u++) {
+        for (int u = 0; u < FEAT_FWD_BATCH; u++) {
             const int64_t t = tb + u;
             if (t >= t1) break;
             shift_in(x, pv[u]);
@@ -397,8 +399,8 @@ __global__ void __launch_bounds__(THREADS) k_feat_fwd(T *q, T *k, T *v, const fl
 /* The gradient of row t of the convolved projections, dc[t], from the features' (t inside the piece, and
  * < the tile's end + K1); ∂/∂p[s] = Σ_j w[j]·dc[s + j] is complete KM − 1 rows later, s < 0 going to the
  * halo's gradient; the taps' gradient Σ_t dc[t]·p[t − j] is summed over the tile's own rows into work. */
-template <int KM, typename T, int BATCH = FEAT_BATCH, int MINB = 1>
-__global__ void __launch_bounds__(THREADS, MINB) k_feat_bwd(T *dp, int64_t sdp, float *work, float *dhalo,
+template <int KM, typename T>
+__global__ void __launch_bounds__(THREADS, KM <= 4 ? FEAT_BWD_BLOCKS : 1) k_feat_bwd(T *dp, int64_t sdp, float *work, float *dhalo,
                                                       const float *dnext, const T *dq, const T *dk, const T *dv,
                                                       const float *p, int64_t sp, const float *halo,
                                                       const float *wc, int64_t T_, int C, int K, int64_t s0,
@@ -417,16 +419,16 @@ __global__ void __launch_bounds__(THREADS, MINB) k_feat_bwd(T *dp, int64_t sdp, 
 #pragma unroll
     for (int j = 0; j + 1 < KM; j++) x[j] = proj(p, sp, halo, b, sa - 1 - j, T_, K1, W, c);
     const int64_t tlast = sb + KM - 1;
-    for (int64_t tb = sa; tb < tlast; tb += BATCH) {
-        float pv[BATCH], gv[BATCH];
+    for (int64_t tb = sa; tb < tlast; tb += FEAT_BWD_BATCH) {
+        float pv[FEAT_BWD_BATCH], gv[FEAT_BWD_BATCH];
 #pragma unroll
-        for (int u = 0; u < BATCH; u++) {
+        for (int u = 0; u < FEAT_BWD_BATCH; u++) {
             const int64_t t = tb + u;
             pv[u] = t < tend ? proj(p, sp, halo, b, t, T_, K1, W, c) : 0.0f;
             gv[u] = t >= 0 && t < tend ? get(g + (b * T_ + t) * C) : 0.0f;
         }
 #pragma unroll
-        for (int u = 0; u < BATCH; u++) {
+        for (int u = 0; u < FEAT_BWD_BATCH; u++) {
             const int64_t t = tb + u;
             if (t >= tlast) break;
             shift_in(x, pv[u]);
