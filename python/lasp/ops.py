@@ -120,14 +120,26 @@ def _desc(q, v):
     return _lib.AttnDesc(B, T, H, d, v.shape[3], 0, _CUDA_DTYPES[_io_dtype(q)])
 
 
+_saved_sizes = {}  # (device, q's shape, e, dtype) → the size below: a call into the library per shape, not per call
+
+
 def _saved_numel(q, v):
     """float32 elements of the buffer in which the GPU forward keeps its states for the backward (0 on the CPU)"""
     if not q.is_cuda:
         return 0
-    n = ctypes.c_size_t()
-    with torch.cuda.device(q.device):
-        _lib.check(_lib.lib.lasp_attn_saved_bytes(_lib.ctx(), _desc(q, v), ctypes.byref(n)), "lasp.linear_attention")
-    return n.value // 4
+    key = (q.device, tuple(q.shape), v.shape[3], q.dtype)
+    if not all(type(x) is int for x in key[1] + (key[2],)):  # symbolic sizes (torch.compile): not a dict key
+        key = None
+    n = _saved_sizes.get(key) if key else None
+    if n is None:
+        size = ctypes.c_size_t()
+        with torch.cuda.device(q.device):
+            _lib.check(_lib.lib.lasp_attn_saved_bytes(_lib.ctx(), _desc(q, v), ctypes.byref(size)),
+                       "lasp.linear_attention")
+        n = size.value // 4
+        if key:
+            _saved_sizes[key] = n
+    return n
 
 
 def attn_fwd(q, k, v, slopes, state, save=False):
