@@ -271,8 +271,8 @@ lasp_status lasp_comm_allgather(lasp_comm *c, const void *sendbuf, void *recvbuf
                                 lasp_err *err);
 lasp_status lasp_comm_bcast(lasp_comm *c, void *buf, size_t count, lasp_dtype dtype, int root, lasp_err *err);
 lasp_status lasp_comm_barrier(lasp_comm *c, lasp_err *err);
-/* The worst of every rank's status s (host communicators), so that all stop together when one fails: s
- * itself where it is a failure, else that of another rank ("another rank failed"). */
+/* The worst of every rank's status s, so that all stop together when one fails: s itself where it is a failure,
+ * else that of another rank ("another rank failed"). A host value on every backend (NCCL's agree over MPI). */
 lasp_status lasp_comm_agree(lasp_comm *c, lasp_status s, lasp_err *err);
 /* Device backends enqueue on a CUDA stream and return at once; this waits until everything enqueued has
  * finished and turns an asynchronous failure into a status. A no-op on host backends. */

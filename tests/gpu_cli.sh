@@ -74,4 +74,26 @@ ok=1
 [ $rc -eq 1 ] && grep -qE '^error: step [0-9]+: ' dv.log && grep -q 'hint: a lower --lr' dv.log && [ $rg -eq 0 ] && ok=0
 result $ok "a diverging run on the GPU stops naming the step; the last checkpoint still loads" dv.log
 grep '^error' dv.log | sed 's/^error: /# /'
+
+# data parallel over two GPUs: each rank half of the batch, the gradients summed over NCCL; in f32 the losses
+# are one GPU's with the whole batch (the sums in another order: 1e-4)
+if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
+    args="--device cuda --dtype f32 --model tiny --batch 4 --steps 10 --val-every 5 --val-batches 2 --quiet"
+    "$lasp" train $args --out dp1 >dp1.log 2>&1
+    r1=$?
+    timeout 300 mpirun --bind-to none -np 2 "$lasp" train $args --out dp2 --ckpt dp2/ck >dp2.log 2>&1
+    r2=$?
+    "$lasp" generate --ckpt dp2/ck --prompt-ids 20,130 --tokens 1 --temperature 0 --ids >dpg.log 2>&1
+    rg=$?
+    loss() { sed -n 's/.*"step":\([0-9]*\),"loss":\([0-9.eE+-]*\).*/\1 \2/p' "$1/train.jsonl"; }
+    worst=$(paste <(loss dp1) <(loss dp2) | awk '{d = $2 - $4; d = d < 0 ? -d : d; r = d / $2; if (r > w) w = r; n++}
+        END {if (n != 10) print "none"; else printf "%.2e", w}')
+    echo "# dp 2 against one GPU (f32, tiny, batch 4): largest relative difference of the 10 losses $worst"
+    ok=1
+    [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ $rg -eq 0 ] && [ "$worst" != none ] && awk "BEGIN{exit !($worst <= 1e-4)}" &&
+        ok=0
+    result $ok "mpirun -np 2 lasp train --device cuda: data parallel, the losses of one GPU, a checkpoint that loads" dp2.log
+else
+    echo "  skip  data parallel over GPUs: one GPU here (mpirun -np 2 lasp train --device cuda needs two)"
+fi
 exit 0

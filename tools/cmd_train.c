@@ -142,7 +142,8 @@ int cmd_train(int argc, char **argv) {
                     .ckpt_minutes = 10, .data_format = "auto", .device = "cpu", .dtype = "", .recompute = "none"};
     const opt opts[] = {
         {"--model", OPT_STR, &a.model, "NAME", "preset: tiny, small, 400m, 1b", 0},
-        {"--device", OPT_STR, &a.device, "cpu|cuda", "where to train: the CPU, or one GPU", 0},
+        {"--device", OPT_STR, &a.device, "cpu|cuda", "where to train: the CPU, or GPUs (one a rank; over several, data "
+                                                     "parallel)", 0},
         {"--dtype", OPT_STR, &a.dtype, "bf16|f32", "GPU: the matrix products' and attention's operands (default bf16; "
                                                    "f32 compares with the CPU)", 0},
         {"--recompute", OPT_STR, &a.recompute, "none|attn|block", "GPU: what a layer keeps for its backward: "
@@ -188,7 +189,8 @@ int cmd_train(int argc, char **argv) {
         "Trains the TransNormerLLM-style linear-attention model (docs/MODEL.md). Without --data it learns the\n"
         "built-in multi-query associative recall task, generated from --seed: no download needed. Under\n"
         "`mpirun -np W` the world is dp × sp ranks (dp = W / --sp); each sp group splits every sequence\n"
-        "into pieces (LASP), and gradients are reduced over the whole world.",
+        "into pieces (LASP), and gradients are reduced over the whole world. With --device cuda each rank\n"
+        "takes one GPU and the ranks train data parallel over NCCL (--sp 1 and --zero 0 for now).",
         "mpirun -np 2 lasp train --model small --sp 2 --steps 300 --ckpt runs/demo/ckpt", opts, N_OPTS(opts)};
     int r = opts_parse(&spec, argc, argv);
     if (r) return r > 0 ? 0 : 2;
@@ -202,6 +204,14 @@ int cmd_train(int argc, char **argv) {
     const lasp_comm_backend be = launched > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
     if (lasp_comm_world(be, &argc, &argv, &world, &err) != LASP_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
+        return 1;
+    }
+    /* several ranks on GPUs: the model's traffic (gradients, states) over NCCL, one GPU a rank; the host world
+     * still decides each step's stop and checkpoint, and aborts */
+    lasp_comm *gworld = NULL;
+    if (launched > 1 && !strcmp(a.device, "cuda") && lasp_comm_world(LASP_COMM_NCCL, NULL, NULL, &gworld, &err) != LASP_OK) {
+        if (lasp_comm_rank(world) == 0) fprintf(stderr, "error: %s\n", err.msg);
+        lasp_comm_free(world);
         return 1;
     }
     const int rank = lasp_comm_rank(world), W = lasp_comm_size(world);
@@ -229,7 +239,7 @@ int cmd_train(int argc, char **argv) {
     if (mode < 0 || device < 0 || recompute < 0) goto done;
     lasp_sp_params spp = lasp_sp_default_params();
     spp.size = (int)a.sp, spp.mode = (lasp_sp_mode)mode;
-    if (lasp_sp_create(world, &spp, &sp, e) != LASP_OK) BAIL("%s\n", e->msg);
+    if (lasp_sp_create(gworld ? gworld : world, &spp, &sp, e) != LASP_OK) BAIL("%s\n", e->msg);
     const lasp_sp_layout lay = lasp_sp_get_layout(sp);
 
     /* data and model */
@@ -429,6 +439,7 @@ done:
     lasp_data_free(data);
     lasp_sp_free(sp);
     lasp_ctx_free(ctx);
+    lasp_comm_free(gworld);
     lasp_comm_free(world);
     return rc;
 }

@@ -443,10 +443,11 @@ lasp_status lasp_comm_barrier(lasp_comm *c, lasp_err *err) {
 lasp_status lasp_comm_agree(lasp_comm *c, lasp_status s, lasp_err *err) {
     LASP_TRY(check_comm(c, "lasp_comm_agree", err));
     if (c->size == 1) return s;
-    double x = s, y = 0;
+    double x = s, y = s;
     lasp_err e2 = {0};
-    if (lasp_comm_allreduce(c, &x, &y, 1, LASP_F64, LASP_REDUCE_MAX, &e2) != LASP_OK)
-        return lasp_fail(err, LASP_ERR_COMM, "agreeing on how every rank fared: %s", e2.msg);
+    const lasp_status r = c->ops->host_max ? c->ops->host_max(c, &y, &e2)
+                                           : lasp_comm_allreduce(c, &x, &y, 1, LASP_F64, LASP_REDUCE_MAX, &e2);
+    if (r != LASP_OK) return lasp_fail(err, LASP_ERR_COMM, "agreeing on how every rank fared: %s", e2.msg);
     if (s == LASP_OK && y != 0) return lasp_fail(err, (lasp_status)y, "another rank failed (see its message)");
     return s;
 }

@@ -35,6 +35,9 @@ typedef struct lasp_comm_ops {
     lasp_status (*set_stream)(lasp_comm *c, void *stream, lasp_err *err);
     void *(*stream)(const lasp_comm *c);
     lasp_status (*sync)(lasp_comm *c, lasp_err *err);
+    /* the largest of a host value over the ranks, for lasp_comm_agree: device backends, whose collectives take
+     * device memory, through their host-side twin (NULL: allreduce takes host memory) */
+    lasp_status (*host_max)(lasp_comm *c, double *x, lasp_err *err);
     /* one-sided transfers (NULL where the backend has none): comm.c has checked the arguments */
     lasp_status (*window_make)(lasp_comm *c, lasp_comm_window *w, lasp_err *err);
     void (*window_free)(lasp_comm_window *w);

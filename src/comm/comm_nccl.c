@@ -265,6 +265,14 @@ static int all_agree(lasp_comm *c, int ok) {
     return MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, ST(c)->mpi) == MPI_SUCCESS && all;
 }
 
+static lasp_status nccl_host_max(lasp_comm *c, double *x, lasp_err *err) {
+    double y = 0;
+    if (MPI_Allreduce(x, &y, 1, MPI_DOUBLE, MPI_MAX, ST(c)->mpi) != MPI_SUCCESS)
+        return lasp_fail(err, LASP_ERR_COMM, "rank %d: the ranks' host-side agreement failed", c->world_rank);
+    *x = y;
+    return LASP_OK;
+}
+
 static void window_release(lasp_comm_window *w, int registered) {
     nccl_window *n = WIN(w);
     if (!n) return;
@@ -370,6 +378,7 @@ static const lasp_comm_ops NCCL_OPS = {
     .set_stream = nccl_set_stream,
     .stream = nccl_stream,
     .sync = nccl_sync,
+    .host_max = nccl_host_max,
     .window_make = nccl_window_make,
     .window_free = nccl_window_free,
     .put_signal = nccl_put_signal,

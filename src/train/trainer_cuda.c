@@ -1,6 +1,10 @@
-/* trainer_cuda.c — the trainer on one GPU (trainer.h's lasp_trainer_gpu_*): the model of model_cuda.h, the
+/* trainer_cuda.c — the trainer on GPUs (trainer.h's lasp_trainer_gpu_*): the model of model_cuda.h, the
  * optimizer state on the device beside it, and a step that goes from the batch's tokens to the updated
  * parameters without waiting for the GPU until the loss and the gradient norm are read at its end.
+ *
+ * Over several GPUs (a job of W ranks on an NCCL world, one GPU each): data parallel, each rank a slice of
+ * the batch, its loss scaled by 1/W, the gradients summed over the world on the model's stream before the
+ * update, and the loss, hits and count summed too, so that every rank takes the same step (ZeRO 0; --sp 1).
  *
  * Memory is checked before anything is allocated: parameters, gradients, the two AdamW moments and the
  * activations (lasp_gmodel_activation_bytes, the same list the model allocates) against what the GPU has
@@ -13,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "comm/comm.h"
 #include "core/cuda_check.h"
 #include "model/model_cuda.h"
 #include "train/adamw.h"
@@ -29,6 +34,7 @@ struct lasp_trainer_gpu {
     uint8_t *decay;            /* device [P]: 1 where weight decay applies */
     double *sumsq, *work;      /* device: the gradient's Σ g², and its scratch */
     double *h_sumsq;           /* pinned host copy of *sumsq */
+    double *red, *h_red;       /* W > 1: device and pinned host [4], sums over the ranks of host values */
     double peak_flops;         /* dense bf16 peak of this GPU (0: not known) */
     double flops_per_token;
     lasp_train_memory mem;
@@ -58,9 +64,14 @@ void lasp_trainer_gpu_release(lasp_trainer *t) {
     lasp_trainer_gpu *G = t->gpu;
     if (!G) return;
     if (G->stream) cudaStreamSynchronize(G->stream);
+    if (G->red) { /* the world outlives this stream: back to its own */
+        lasp_err e = {0};
+        lasp_comm_set_stream(t->world, NULL, &e);
+    }
     lasp_gmodel_free(G->m);
     lasp_gprof_free(G->prof);
     cudaFree(G->mom), cudaFree(G->vel), cudaFree(G->decay), cudaFree(G->sumsq), cudaFree(G->work), cudaFree(G->carry);
+    cudaFree(G->red), cudaFreeHost(G->h_red);
     cudaFreeHost(G->h_sumsq), cudaFreeHost(t->tok), cudaFreeHost(t->tgt), cudaFreeHost(t->ctok), cudaFreeHost(t->ctgt);
     t->tok = t->tgt = t->ctok = t->ctgt = NULL;
     free(G);
@@ -70,9 +81,17 @@ void lasp_trainer_gpu_release(lasp_trainer *t) {
 lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     lasp_err *err = &t->ctx->err;
     const lasp_train_params *o = &t->o;
-    if (t->W > 1)
-        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda trains on one GPU in this version, and this job "
-                         "has %d ranks (hint: run it without mpirun, or --device cpu for dp × sp over ranks)", t->W);
+    if (t->W > 1) { /* data parallel over an NCCL world; the rest of dp × sp on GPUs is still to come */
+        const char *why = t->sp->sp_size > 1 ? "--sp above 1 (a sequence split over GPUs) is not built yet"
+                          : o->zero          ? "--zero above 0 (sharded optimizer state) is not built yet"
+                          : o->chunk         ? "--chunk is not built yet"
+                          : lasp_comm_backend_of(t->world) != LASP_COMM_NCCL ? "the ranks do not share an NCCL world"
+                                                                             : NULL;
+        if (why)
+            return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks trains data parallel (--sp 1, "
+                             "--zero 0) in this version: %s (hint: --sp 1 --zero 0 with a batch divisible by %d, or "
+                             "--device cpu for dp × sp with ZeRO over ranks)", t->W, why, t->W);
+    }
     void *stream = NULL;
     LASP_TRY(lasp_ctx_cuda_stream(t->ctx, &stream)); /* "no usable GPU" when there is none */
     lasp_trainer_gpu *G = calloc(1, sizeof *G);
@@ -127,6 +146,12 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     CU(cudaMalloc((void **)&G->sumsq, sizeof(double)), "the gradient norm");
     CU(cudaMalloc((void **)&G->work, LASP_SUMSQ_PARTS * sizeof(double)), "the gradient norm");
     CU(cudaMallocHost((void **)&G->h_sumsq, sizeof(double)), "the gradient norm");
+    if (t->W > 1) {
+        CU(cudaMalloc((void **)&G->red, 4 * sizeof(double)), "the sums over ranks");
+        CU(cudaMallocHost((void **)&G->h_red, 4 * sizeof(double)), "the sums over ranks");
+        /* the world's collectives on the model's stream: after the backward, before the update */
+        LASP_TRY(lasp_comm_set_stream(t->world, G->stream, err));
+    }
     /* the batch in pinned memory, so that its copy to the GPU does not wait */
     free(t->tok), free(t->tgt);
     t->tok = t->tgt = NULL;
@@ -187,13 +212,13 @@ static lasp_status gpu_chunk(lasp_trainer *t, const lasp_model_carry *cin, lasp_
     return s;
 }
 
-/* The batch at the cursor of `split`, its forward (and with grad_scale, its backward, the gradients zeroed first)
- * enqueued. In chunks (o.chunk) the loss is read here: r and *have = 1; otherwise the caller reads it with
- * lasp_gmodel_loss when it is ready to wait. */
+/* This rank's slice of the batch at the cursor of `split`, its forward (and with grad_scale, its backward, the
+ * gradients zeroed first) enqueued. In chunks (o.chunk) the loss is read here: r and *have = 1; otherwise the
+ * caller reads it with lasp_gmodel_loss when it is ready to wait. */
 static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float grad_scale, double r[3], int *have) {
     lasp_trainer_gpu *G = t->gpu;
-    LASP_TRY(lasp_data_batch(t->data, split, first, t->o.batch, t->o.seq_len, 0, 1, 0, 1, t->tok, t->tgt, t->mask,
-                             &t->ctx->err));
+    LASP_TRY(lasp_data_batch(t->data, split, first, t->o.batch, t->o.seq_len, t->sp->dp_rank, t->sp->dp_size, 0, 1,
+                             t->tok, t->tgt, t->mask, &t->ctx->err));
     if (grad_scale > 0) {
         lasp_gprof_mark_at(G->prof, LASP_PART_OPTIM, __FILE__, __LINE__); /* zeroing counts with the update */
         LASP_TRY(lasp_gmodel_zero_grads(G->m));
@@ -205,14 +230,51 @@ static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float gra
     return LASP_OK;
 }
 
+/* W > 1: x[0 .. n) summed over the ranks, through device memory (the NCCL world moves device buffers); waits */
+static lasp_status sum_over_ranks(lasp_trainer *t, double *x, int n) {
+    lasp_trainer_gpu *G = t->gpu;
+    memcpy(G->h_red, x, (size_t)n * sizeof *x);
+    CU(cudaMemcpyAsync(G->red, G->h_red, (size_t)n * sizeof *x, cudaMemcpyHostToDevice, G->stream), "the sums");
+    LASP_TRY(lasp_comm_allreduce(t->world, G->red, G->red, (size_t)n, LASP_F64, LASP_REDUCE_SUM, &t->ctx->err));
+    CU(cudaMemcpyAsync(G->h_red, G->red, (size_t)n * sizeof *x, cudaMemcpyDeviceToHost, G->stream), "the sums");
+    CU(cudaStreamSynchronize(G->stream), "the sums over ranks");
+    memcpy(x, G->h_red, (size_t)n * sizeof *x);
+    return LASP_OK;
+}
+
+/* W > 1, after the backward: every rank's gradients summed (each rank's loss was scaled by 1/W, so the sum is
+ * the batch's mean) on the model's stream, and the loss, hits and count of r (this rank's, or read here when
+ * *have is 0) summed, the loss over the ranks' means: r then holds the batch's, and *have = 1 */
+static lasp_status reduce_step(lasp_trainer *t, int grads, double r[3], int *have) {
+    lasp_trainer_gpu *G = t->gpu;
+    if (grads)
+        LASP_TRY(lasp_comm_allreduce(t->world, lasp_gmodel_grads(G->m), lasp_gmodel_grads(G->m), t->P, LASP_F32,
+                                     LASP_REDUCE_SUM, &t->ctx->err));
+    if (!*have) {
+        int64_t c = 0, n = 0;
+        const lasp_status ls = lasp_gmodel_loss(G->m, t->mask, &r[0], &c, &n);
+        if (ls == LASP_ERR_NONFINITE) r[0] = NAN; /* summed, it stops every rank alike */
+        else LASP_TRY(ls);
+        r[1] = (double)c, r[2] = (double)n;
+    }
+    LASP_TRY(sum_over_ranks(t, r, 3));
+    r[0] /= t->W;
+    *have = 1;
+    return LASP_OK;
+}
+
 lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
     lasp_trainer_gpu *G = t->gpu;
     lasp_err *err = &t->ctx->err;
     const double t0 = now_ms();
     double r[3] = {NAN, 0, 0};
     int have = 0;
-    const lasp_status fs = forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f, r, &have);
+    lasp_status fs = forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f / (float)t->W, r, &have);
     if (fs != LASP_ERR_NONFINITE) LASP_TRY(fs); /* a non-finite chunk's loss: reported below, nothing updated */
+    if (t->W > 1) { /* the same gradients and loss on every rank before the update, which they all then skip or take */
+        LASP_TRY(reduce_step(t, 1, r, &have));
+        if (!isfinite(r[0])) fs = LASP_ERR_NONFINITE;
+    }
     /* the norm and the update on the device: the update reads the norm there, and skips itself when the
      * gradients are not finite, so the parameters stay those of the last good step */
     float *p = lasp_gmodel_params(G->m), *g = lasp_gmodel_grads(G->m);
@@ -250,7 +312,7 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
         st->loss = loss, st->acc = count > 0 ? (double)correct / (double)count : 0;
         st->grad_norm = norm, st->lr = lr;
         st->ms = now_ms() - t0;
-        const double tokens = (double)t->o.batch * (double)t->o.seq_len;
+        const double tokens = (double)t->Bl * (double)t->Tl; /* this GPU's: MFU is per GPU */
         st->mfu = G->peak_flops > 0 ? G->flops_per_token * tokens / (st->ms / 1e3) / G->peak_flops : 0;
         size_t fr = 0, tot = 0;
         if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) st->mem_bytes = (double)(tot - fr);
@@ -268,6 +330,7 @@ lasp_status lasp_trainer_gpu_eval(lasp_trainer *t, int split, double *loss, doub
         int64_t c, m;
         int have = 0;
         s = forward(t, split, (uint64_t)(k * t->o.batch), 0, r, &have);
+        if (s == LASP_OK && t->W > 1) s = reduce_step(t, 0, r, &have);
         if (s == LASP_OK && have) l = r[0], c = (int64_t)r[1], m = (int64_t)r[2];
         else if (s == LASP_OK) s = lasp_gmodel_loss(t->gpu->m, t->mask, &l, &c, &m);
         if (s == LASP_OK) sum += l, hits += c, n += m;
@@ -282,7 +345,8 @@ lasp_status lasp_trainer_gpu_eval(lasp_trainer *t, int split, double *loss, doub
 lasp_status lasp_trainer_gpu_grad(lasp_trainer *t, double *loss, float *grad_out) {
     double r[3];
     int have = 0;
-    LASP_TRY(forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f, r, &have));
+    LASP_TRY(forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f / (float)t->W, r, &have));
+    if (t->W > 1) LASP_TRY(reduce_step(t, 1, r, &have));
     if (have) *loss = r[0];
     else LASP_TRY(lasp_gmodel_loss(t->gpu->m, t->mask, loss, NULL, NULL));
     return lasp_gmodel_get_grads(t->gpu->m, grad_out);
