@@ -27,15 +27,7 @@
 #include "core/dtype.h"
 #include "core/rng.h"
 #include "lasp.h"
-
-#define CU(call)                                                                             \
-    do {                                                                                     \
-        cudaError_t e_ = (call);                                                             \
-        if (e_ != cudaSuccess) {                                                             \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                         \
-        }                                                                                    \
-    } while (0)
+#include "dev_check.h"
 
 /* version 1: q, k, v, o [B,T,H,D] bf16; one thread per (b, h, column c) */
 template <int D>

@@ -15,18 +15,11 @@
  * one pass needs (x, dy, dx read; dx, dx16 written) at that time. */
 #include "model/layers_cuda.cu"
 
+#include "dev_check.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));  \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 constexpr int RB = 64; /* rows a block of version 2 takes */
 
@@ -112,22 +105,22 @@ static void v2(const bufs &b) {
 /* time `run` (dx and dg reset first, outside the timing), and leave its dx, dx16, dg on the host */
 static float timed(const bufs &b, void (*run)(const bufs &), uint16_t *h16, float *hdx, float *hdg) {
     cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
     float t[20];
     for (int it = -3; it < 20; it++) {
-        CK(cudaMemcpy(b.dx, b.dx0, b.N * b.C * 4, cudaMemcpyDeviceToDevice));
-        CK(cudaMemset(b.dg, 0, b.C * 4));
-        CK(cudaEventRecord(e0, 0));
+        CU(cudaMemcpy(b.dx, b.dx0, b.N * b.C * 4, cudaMemcpyDeviceToDevice));
+        CU(cudaMemset(b.dg, 0, b.C * 4));
+        CU(cudaEventRecord(e0, 0));
         run(b);
-        CK(cudaEventRecord(e1, 0));
-        CK(cudaEventSynchronize(e1));
-        if (it >= 0) CK(cudaEventElapsedTime(&t[it], e0, e1));
+        CU(cudaEventRecord(e1, 0));
+        CU(cudaEventSynchronize(e1));
+        if (it >= 0) CU(cudaEventElapsedTime(&t[it], e0, e1));
     }
-    CK(cudaGetLastError());
-    CK(cudaMemcpy(h16, b.dx16, b.N * b.C * 2, cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(hdx, b.dx, b.N * b.C * 4, cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(hdg, b.dg, b.C * 4, cudaMemcpyDeviceToHost));
+    CU(cudaGetLastError());
+    CU(cudaMemcpy(h16, b.dx16, b.N * b.C * 2, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hdx, b.dx, b.N * b.C * 4, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hdg, b.dg, b.C * 4, cudaMemcpyDeviceToHost));
     return median(t, 20);
 }
 
@@ -135,21 +128,21 @@ static void shape(int64_t N, int64_t C) {
     bufs b;
     b.N = N, b.C = C;
     const int64_t n = N * C, parts = (N + RB - 1) / RB > parts_for(N) ? (N + RB - 1) / RB : parts_for(N);
-    CK(cudaMalloc(&b.dx, n * 4));
-    CK(cudaMalloc(&b.dx0, n * 4));
-    CK(cudaMalloc(&b.dy, n * 4));
-    CK(cudaMalloc(&b.x, n * 4));
-    CK(cudaMalloc(&b.rstd, N * 4));
-    CK(cudaMalloc(&b.g, C * 4));
-    CK(cudaMalloc(&b.dg, C * 4));
-    CK(cudaMalloc(&b.work, parts * C * 4));
-    CK(cudaMalloc(&b.dx16, n * 2));
+    CU(cudaMalloc(&b.dx, n * 4));
+    CU(cudaMalloc(&b.dx0, n * 4));
+    CU(cudaMalloc(&b.dy, n * 4));
+    CU(cudaMalloc(&b.x, n * 4));
+    CU(cudaMalloc(&b.rstd, N * 4));
+    CU(cudaMalloc(&b.g, C * 4));
+    CU(cudaMalloc(&b.dg, C * 4));
+    CU(cudaMalloc(&b.work, parts * C * 4));
+    CU(cudaMalloc(&b.dx16, n * 2));
     k_fill<<<1024, THREADS>>>(b.dx0, n, 1, -1, 1);
     k_fill<<<1024, THREADS>>>(b.dy, n, 2, -1, 1);
     k_fill<<<1024, THREADS>>>(b.x, n, 3, -2, 2);
     k_fill<<<1024, THREADS>>>(b.rstd, N, 4, 0.5f, 2);
     k_fill<<<1024, THREADS>>>(b.g, C, 5, 0.5f, 1.5f);
-    CK(cudaFuncSetAttribute(k_rms_bwd_fused<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    CU(cudaFuncSetAttribute(k_rms_bwd_fused<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                             (int)((THREADS / 32) * C * sizeof(float))));
     uint16_t *a16 = (uint16_t *)malloc(n * 2), *b16 = (uint16_t *)malloc(n * 2);
     float *adx = (float *)malloc(n * 4), *bdx = (float *)malloc(n * 4), *adg = (float *)malloc(C * 4),
@@ -169,7 +162,7 @@ static void shape(int64_t N, int64_t C) {
 
 int main(int argc, char **argv) {
     cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
+    CU(cudaGetDeviceProperties(&prop, 0));
     printf("# RMSNorm backward, f32 in, dx and its bf16 copy out, %s; median of 20\n", prop.name);
     printf("  %6s %5s\n", "N", "C");
     if (argc > 2) {
