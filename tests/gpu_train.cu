@@ -109,8 +109,8 @@ static void case_adamw(size_t n, double clip, size_t off = 0) {
 /* ---- training ------------------------------------------------------------------------------------ */
 
 /* f32: 1e-5 at the first step; over 20 steps the two devices' different summation orders drift apart as training
- * amplifies them (seen up to 3.6e-3 on the small preset, depending on the seed), so 1e-2; bf16: 2% at every step
- * (its operands' rounding) */
+ * amplifies them (by a few 1e-3 on the small preset, depending on the seed: bench/RESULTS.md), so 1e-2; bf16: 2%
+ * at every step (its operands' rounding) */
 static void case_curve(const char *preset, lasp_dtype dt) {
     lasp_train_params oc = params(preset, LASP_DEVICE_CPU, LASP_F32), og = oc;
     og.device = LASP_DEVICE_CUDA, og.dtype = dt;

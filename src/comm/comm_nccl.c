@@ -259,18 +259,20 @@ typedef struct nccl_window {
 
 #define WIN(w) ((nccl_window *)(w)->impl)
 
-/* Whether every rank says ok (MPI over the communicator's twin); a failed agreement counts as no. */
-static int all_agree(lasp_comm *c, int ok) {
-    int all = 0;
-    return MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, ST(c)->mpi) == MPI_SUCCESS && all;
-}
-
+/* The largest of a host value over the ranks, through the communicator's MPI twin (lasp_comm_agree's) */
 static lasp_status nccl_host_max(lasp_comm *c, double *x, lasp_err *err) {
     double y = 0;
     if (MPI_Allreduce(x, &y, 1, MPI_DOUBLE, MPI_MAX, ST(c)->mpi) != MPI_SUCCESS)
         return lasp_fail(err, LASP_ERR_COMM, "rank %d: the ranks' host-side agreement failed", c->world_rank);
     *x = y;
     return LASP_OK;
+}
+
+/* Whether every rank says ok; a failed agreement counts as no. */
+static int all_agree(lasp_comm *c, int ok) {
+    double not_ok = !ok;
+    lasp_err e = {0};
+    return nccl_host_max(c, &not_ok, &e) == LASP_OK && not_ok == 0;
 }
 
 static void window_release(lasp_comm_window *w, int registered) {

@@ -400,11 +400,10 @@ __global__ void __launch_bounds__(THREADS) k_feat_fwd(T *q, T *k, T *v, const fl
  * < the tile's end + K1); ∂/∂p[s] = Σ_j w[j]·dc[s + j] is complete KM − 1 rows later, s < 0 going to the
  * halo's gradient; the taps' gradient Σ_t dc[t]·p[t − j] is summed over the tile's own rows into work. */
 template <int KM, typename T>
-__global__ void __launch_bounds__(THREADS, KM <= 4 ? FEAT_BWD_BLOCKS : 1) k_feat_bwd(T *dp, int64_t sdp, float *work, float *dhalo,
-                                                      const float *dnext, const T *dq, const T *dk, const T *dv,
-                                                      const float *p, int64_t sp, const float *halo,
-                                                      const float *wc, int64_t T_, int C, int K, int64_t s0,
-                                                      int64_t rows, int64_t tiles) {
+__global__ void __launch_bounds__(THREADS, KM <= 4 ? FEAT_BWD_BLOCKS : 1)
+    k_feat_bwd(T *dp, int64_t sdp, float *work, float *dhalo, const float *dnext, const T *dq, const T *dk, const T *dv,
+               const float *p, int64_t sp, const float *halo, const float *wc, int64_t T_, int C, int K, int64_t s0,
+               int64_t rows, int64_t tiles) {
     const int W = 3 * C, c = blockIdx.y * THREADS + threadIdx.x;
     if (c >= W) return;
     const int64_t b = blockIdx.x / tiles, sa = s0 + blockIdx.x % tiles * rows;
