@@ -1,8 +1,9 @@
 /* gpu_layers.cu — every layer of the model on the GPU (src/model/layers_cuda.cu) against its CPU version
  * (layers_cpu.c, the spec), forward and backward, on fresh random inputs: relative error (MATH.md §6)
  * ≤ 1e-5 in f32, and ≤ 2e-2 for the bf16 variants (their bf16 side rounded, the rest fp32). Outputs start poisoned with NaN, so an element the GPU forgets fails; accumulated gradients start
- * from the same random values on both sides. The passes that sum over rows run twice and must give the
- * same bits (no atomics). Needs a GPU. */
+ * from the same random values on both sides, and the sums over rows are also written (dg_add, dwc_add 0) over
+ * NaN against the CPU's added to zeros. The passes that sum over rows run twice and must give the same bits (no
+ * atomics). Needs a GPU. */
 #include <string.h>
 
 #include "model/layers.h"
@@ -58,16 +59,22 @@ static void case_rms(int64_t N, int64_t C) {
     lasp_rms_fwd_cuda(d_out, d_rstd, d_x, d_g, N, C, 0);
     expect_close("out", d_out, out, N * C);
     expect_close("rstd", d_rstd, rstd, N);
-    lasp_rms_bwd_cuda(d_dx, d_dg, d_dy, d_x, d_rstd, d_g, N, C, work, 0);
+    lasp_rms_bwd_cuda(d_dx, d_dg, 1, d_dy, d_x, d_rstd, d_g, N, C, work, 0);
     expect_close("dx (accumulated)", d_dx, dx, N * C);
     expect_close("dg (accumulated)", d_dg, dg, C);
-    lasp_rms_bwd_cuda(d_dx, d_dg2, d_dy, d_x, d_rstd, d_g, N, C, work, 0);
+    lasp_rms_bwd_cuda(d_dx, d_dg2, 1, d_dy, d_x, d_rstd, d_g, N, C, work, 0);
     expect_same_bits("dg", d_dg, d_dg2, C);
+    /* dg written over NaN (a step's first backward): the CPU's added to zeros */
+    float *dgw = (float *)calloc(C, 4), *dxw = copy(dx0, N * C), *d_dgw = up(NULL, C);
+    lasp_rms_bwd_cpu(dxw, dgw, dy, x, rstd, g, N, C);
+    lasp_rms_bwd_cuda(d_dx, d_dgw, 0, d_dy, d_x, d_rstd, d_g, N, C, work, 0);
+    expect_close("dg (written)", d_dgw, dgw, C);
+    free(dgw), free(dxw), cudaFree(d_dgw);
     /* the variant that also rounds the accumulated dx for the products: the same fp32 dx, and its bf16 copy */
     void *d_dx16 = test_to_dev(NULL, N * C, LASP_BF16);
     cudaMemcpy(d_dx, dx0, N * C * 4, cudaMemcpyHostToDevice);
     cudaMemcpy(d_dg2, dg0, C * 4, cudaMemcpyHostToDevice);
-    lasp_rms_bwd_bf16_cuda(d_dx, d_dx16, d_dg2, d_dy, d_x, d_rstd, d_g, N, C, work, 0);
+    lasp_rms_bwd_bf16_cuda(d_dx, d_dx16, d_dg2, 1, d_dy, d_x, d_rstd, d_g, N, C, work, 0);
     expect_close("dx (accumulated, with its bf16 copy)", d_dx, dx, N * C);
     expect_same_bits("dg (with dx's bf16 copy)", d_dg, d_dg2, C);
     float *h16 = test_from_dev(d_dx16, N * C, LASP_BF16);
@@ -95,7 +102,7 @@ static void case_onorm_gate(int64_t N, int64_t C) {
     float *d_dg2 = up(dg0, C), *d_dp = up(dp0, N * S), *d_y = up(NULL, N * C), *d_rstd = up(NULL, N);
     float *d_dox = up(NULL, N * C), *work = up(NULL, lasp_layers_cuda_work_floats(N, C));
     lasp_onorm_gate_fwd_cuda(d_y, d_rstd, d_o, d_g, d_p + 3 * C, S, N, C, 0);
-    lasp_onorm_gate_bwd_cuda(d_dox, d_dp + 3 * C, S, d_dg, d_dy, d_o, d_rstd, d_g, d_p + 3 * C, S, N, C, work, 0);
+    lasp_onorm_gate_bwd_cuda(d_dox, d_dp + 3 * C, S, d_dg, 1, d_dy, d_o, d_rstd, d_g, d_p + 3 * C, S, N, C, work, 0);
     expect_close("y", d_y, y, N * C);
     expect_close("rstd", d_rstd, rstd, N);
     expect_close("dô (in dy)", d_dy, dy, N * C);
@@ -103,8 +110,17 @@ static void case_onorm_gate(int64_t N, int64_t C) {
     expect_close("do (written)", d_dox, dox, N * C);
     expect_close("dg (accumulated)", d_dg, dg, C);
     cudaMemcpy(d_dy, dy0, N * C * 4, cudaMemcpyHostToDevice);
-    lasp_onorm_gate_bwd_cuda(d_dox, d_dp + 3 * C, S, d_dg2, d_dy, d_o, d_rstd, d_g, d_p + 3 * C, S, N, C, work, 0);
+    lasp_onorm_gate_bwd_cuda(d_dox, d_dp + 3 * C, S, d_dg2, 1, d_dy, d_o, d_rstd, d_g, d_p + 3 * C, S, N, C, work, 0);
     expect_same_bits("dg", d_dg, d_dg2, C);
+    /* dg written over NaN: the CPU's added to zeros */
+    float *dyw = copy(dy0, N * C), *dpw = copy(dp0, N * S), *doxw = (float *)calloc(N * C, 4);
+    float *dgw = (float *)calloc(C, 4), *d_dgw = up(NULL, C);
+    lasp_gate_bwd_cpu(dyw, dpw + 3 * C, S, o, rstd, g, p + 3 * C, S, N, C);
+    lasp_rms_bwd_cpu(doxw, dgw, dyw, o, rstd, g, N, C);
+    cudaMemcpy(d_dy, dy0, N * C * 4, cudaMemcpyHostToDevice);
+    lasp_onorm_gate_bwd_cuda(d_dox, d_dp + 3 * C, S, d_dgw, 0, d_dy, d_o, d_rstd, d_g, d_p + 3 * C, S, N, C, work, 0);
+    expect_close("dg (written)", d_dgw, dgw, C);
+    free(dyw), free(dpw), free(doxw), free(dgw), cudaFree(d_dgw);
     test_case("output norm and gate in one pass, forward and backward, N %lld C %lld", (long long)N, (long long)C);
     free(o), free(g), free(p), free(dy), free(dy0), free(dg), free(dg0), free(dp), free(dp0), free(y), free(rstd);
     free(dox);
@@ -178,7 +194,7 @@ static void case_feat(int64_t B, int64_t T, int64_t C, int64_t K, int with_halo,
     float *d_dw = K ? up(dw0, K * W) : NULL, *d_dw2 = K ? up(dw0, K * W) : NULL;
     float *work = up(NULL, lasp_feat_cuda_work_floats(B, C, K) + 1);
     lasp_feat_fwd_cuda(d_q, d_k, d_v, d_p, S, d_halo, d_wc, B, T, C, K, 0);
-    lasp_feat_bwd_cuda(d_dp, S, d_dw, d_dhalo, d_dnext, d_dq, d_dk, d_dv, d_p, S, d_halo, d_wc, B, T, C, K, work, 0);
+    lasp_feat_bwd_cuda(d_dp, S, d_dw, 1, d_dhalo, d_dnext, d_dq, d_dk, d_dv, d_p, S, d_halo, d_wc, B, T, C, K, work, 0);
     expect_close("q", d_q, q, N * C);
     expect_close("k", d_k, k, N * C);
     expect_close("v", d_v, v, N * C);
@@ -186,8 +202,16 @@ static void case_feat(int64_t B, int64_t T, int64_t C, int64_t K, int with_halo,
     if (K) expect_close("dwc (accumulated)", d_dw, dw, K * W);
     if (with_halo) expect_close("dhalo", d_dhalo, dhalo, B * K1 * W);
     if (K) {
-        lasp_feat_bwd_cuda(d_dp, S, d_dw2, d_dhalo, d_dnext, d_dq, d_dk, d_dv, d_p, S, d_halo, d_wc, B, T, C, K, work, 0);
+        lasp_feat_bwd_cuda(d_dp, S, d_dw2, 1, d_dhalo, d_dnext, d_dq, d_dk, d_dv, d_p, S, d_halo, d_wc, B, T, C, K,
+                           work, 0);
         expect_same_bits("dwc", d_dw, d_dw2, K * W);
+        /* dwc written over NaN: the CPU's added to zeros */
+        float *dww = (float *)calloc(K * W, 4), *dpw = copy(dp0, N * S), *d_dww = up(NULL, K * W);
+        feat_bwd_cpu(dpw, dww, NULL, dnext, dq, dk, dv, p, S, halo, wc, B, T, C, K);
+        lasp_feat_bwd_cuda(d_dp, S, d_dww, 0, d_dhalo, d_dnext, d_dq, d_dk, d_dv, d_p, S, d_halo, d_wc, B, T, C, K,
+                           work, 0);
+        expect_close("dwc (written)", d_dww, dww, K * W);
+        free(dww), free(dpw), cudaFree(d_dww);
     }
     test_case("SiLU features through the short convolution, forward and backward, B %lld T %lld C %lld K %lld, %s%s",
               (long long)B, (long long)T, (long long)C, (long long)K,
@@ -315,10 +339,10 @@ static void case_bf16(int64_t N, int64_t C, int64_t F, int64_t V) {
     cudaMalloc(&d_hit, N * 4), cudaMalloc(&d_loss, N * 8);
     lasp_rms_fwd_bf16_cuda(d_xn, d_rstd, d_x, d_g, N, C, 0);
     lasp_feat_fwd_bf16_cuda(d_q, d_k, d_v, d_p, S, d_halo, d_wc, 1, N, C, K, 0);
-    lasp_feat_bwd_bf16_cuda(d_dp, S, d_dw, NULL, NULL, d_dq, d_dk, d_dv, d_p, S, d_halo, d_wc, 1, N, C, K, work, 0);
+    lasp_feat_bwd_bf16_cuda(d_dp, S, d_dw, 1, NULL, NULL, d_dq, d_dk, d_dv, d_p, S, d_halo, d_wc, 1, N, C, K, work, 0);
     lasp_onorm_gate_fwd_bf16_cuda(d_y, d_rstdo, d_o16, d_g, d_p + 3 * C, S, N, C, 0);
-    lasp_onorm_gate_bwd_bf16_cuda(d_dox, (uint16_t *)d_dp + 3 * C, S, d_dgo, d_dy, d_o16, d_rstdo, d_g, d_p + 3 * C, S,
-                                  N, C, work, 0);
+    lasp_onorm_gate_bwd_bf16_cuda(d_dox, (uint16_t *)d_dp + 3 * C, S, d_dgo, 1, d_dy, d_o16, d_rstdo, d_g, d_p + 3 * C,
+                                  S, N, C, work, 0);
     lasp_glu_fwd_bf16_cuda(d_a, d_h, N, F, 0);
     lasp_glu_bwd_bf16_cuda(d_dh, d_da, d_h, N, F, 0);
     lasp_xent_bf16_cuda(d_z, d_dz, d_t, N, V, 0.37f, d_loss, d_hit, 0);

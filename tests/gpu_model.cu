@@ -2,7 +2,8 @@
  * the same parameters and tokens give the loss within 1e-5 and every unit's gradient (embedding, each
  * block, head) within 1e-4 relative (MATH.md §6; 1e-3 for a batch of one token), with and without the short convolution, several
  * shapes and a head cut into several chunks of logits; in bf16 (the products' and the op's operands
- * rounded) the loss within 2e-2 and every unit's gradient within 5e-2; the same step twice gives the same bits; bad
+ * rounded) the loss within 2e-2 and every unit's gradient within 5e-2; the same step twice gives the same bits; the
+ * gradients written (lasp_gmodel_set_accumulate 0) over NaN as close to the CPU's as those added to zeros; bad
  * tokens are refused. Needs a GPU. */
 #include <string.h>
 
@@ -47,8 +48,9 @@ static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t 
      * bits (the same passes on the same inputs, only run again) */
     lasp_gmodel *gm = NULL;
     float *g1 = (float *)malloc(P * 4), *g2 = (float *)malloc(P * 4), *gr = (float *)malloc(P * 4);
-    for (size_t i = 0; i < P; i++) g1[i] = g2[i] = NAN;
-    int recompute_same = 1;
+    float *gw = (float *)malloc(P * 4);
+    for (size_t i = 0; i < P; i++) g1[i] = g2[i] = gw[i] = NAN;
+    int recompute_same = 1, written_same = 0;
     CHECK(lasp_gmodel_create(ctx, &c, dt, &gm) == LASP_OK, "%s", lasp_ctx_error(ctx));
     if (gm) {
         CHECK(lasp_gmodel_reserve(gm, B, T) == LASP_OK, "%s", lasp_ctx_error(ctx));
@@ -60,6 +62,14 @@ static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t 
             CHECK(lasp_gmodel_loss(gm, NULL, &loss_g, &hit_g, &cnt_g) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
             CHECK(lasp_gmodel_get_grads(gm, run ? g2 : g1) == LASP_OK, "%s", lasp_ctx_error(ctx));
         }
+        /* written instead of added: every element, over gradients of NaN (all bits set), so one left out shows */
+        CHECK(cudaMemset(lasp_gmodel_grads(gm), 0xff, P * 4) == cudaSuccess, "poisoning the gradients");
+        lasp_gmodel_set_accumulate(gm, 0);
+        CHECK(lasp_gmodel_forward(gm, tok, tgt, 1.0f) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
+        CHECK(lasp_gmodel_backward(gm) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
+        CHECK(lasp_gmodel_get_grads(gm, gw) == LASP_OK, "%s", lasp_ctx_error(ctx));
+        lasp_gmodel_set_accumulate(gm, 1);
+        written_same = !memcmp(gw, g1, P * 4);
         const double mem_none = lasp_gmodel_activation_bytes(&c, dt, LASP_RECOMPUTE_NONE, B, T);
         double mem_prev = mem_none;
         for (int r = LASP_RECOMPUTE_ATTN; r <= LASP_RECOMPUTE_BLOCK; r++) {
@@ -97,24 +107,28 @@ static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t 
     const int64_t hit_slack = dt == LASP_F32 ? 0 : cnt_c / 50;
     CHECK(llabs(hit_g - hit_c) <= hit_slack && cnt_g == cnt_c, "argmax hits %lld / %lld on the GPU, %lld / %lld on the CPU",
           (long long)hit_g, (long long)cnt_g, (long long)hit_c, (long long)cnt_c);
-    double worst = 0;
-    int worst_u = -1;
+    double worst = 0, worst_w = 0;
+    int worst_u = -1, worst_wu = -1;
     for (int u = 0; u < cm.lay.n_units; u++) {
         const size_t o = cm.lay.unit_off[u], n = cm.lay.unit_off[u + 1] - o;
-        const double r = test_rel(g1 + o, cm.grads + o, n);
+        const double r = test_rel(g1 + o, cm.grads + o, n), rw = test_rel(gw + o, cm.grads + o, n);
         if (!(r <= worst)) worst = r, worst_u = u;
+        if (!(rw <= worst_w)) worst_w = rw, worst_wu = u;
     }
     CHECK(worst <= tol, "gradient of unit %d (0 embedding, 1..%d blocks, %d head): relative %.3g > %.0e", worst_u,
           c.n_layers, c.n_layers + 1, worst, tol);
+    CHECK(worst_w <= tol, "written gradient of unit %d (0 embedding, 1..%d blocks, %d head): relative %.3g > %.0e",
+          worst_wu, c.n_layers, c.n_layers + 1, worst_w, tol);
     CHECK(!memcmp(g1, g2, P * 4), "the same step twice gave different gradients");
-    printf("# %s %s conv %d B %lld T %lld: loss rel %.2g, worst unit gradient rel %.2g (unit %d)\n",
-           lasp_dtype_name(dt), preset, conv, (long long)B, (long long)T, lrel, worst, worst_u);
+    printf("# %s %s conv %d B %lld T %lld: loss rel %.2g, worst unit gradient rel %.2g (unit %d); written over NaN "
+           "the same bits as added to zeros: %s\n", lasp_dtype_name(dt), preset, conv, (long long)B, (long long)T, lrel,
+           worst, worst_u, written_same ? "yes" : "no");
     test_case("the GPU model (%s) equals the CPU's within %.0e, and with --recompute attn and block the same bits: "
               "%s, vocab %d, conv %d, B %lld × T %lld", lasp_dtype_name(dt), tol, preset, vocab, conv, (long long)B,
               (long long)T);
     lasp_gmodel_free(gm);
     free(cm.params), free(cm.grads), lasp_model_free(&cm);
-    free(tok), free(tgt), free(g1), free(g2), free(gr);
+    free(tok), free(tgt), free(g1), free(g2), free(gr), free(gw);
 }
 
 /* The recurrent form on the GPU against the CPU's decoder: the same tokens give the same logits (f32, within

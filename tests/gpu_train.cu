@@ -188,12 +188,13 @@ static void case_resume(lasp_dtype dt) {
 }
 
 /* The sequence in chunks that carry the attention state and the convolution's halo (o.chunk) against the whole
- * sequence at once, both on the GPU: loss and gradients of a batch, and a 20-step curve (f32 1e-5 / 1e-4;
- * bf16 2e-2, its roundings fall differently in chunks). */
+ * sequence at once, both on the GPU: loss and gradients of a batch, and a 20-step curve (f32 3e-5 / 1e-3: the
+ * gradients summed chunk by chunk round differently, and training amplifies it, bench/RESULTS.md; bf16 2e-2,
+ * its roundings fall differently in chunks). */
 static void case_chunks(lasp_dtype dt, int64_t chunk, lasp_recompute rc = LASP_RECOMPUTE_NONE) {
     lasp_train_params o = params("tiny", LASP_DEVICE_CUDA, dt), oc = o;
     oc.chunk = chunk, oc.recompute = rc;
-    const double tol = dt == LASP_F32 ? 1e-5 : 2e-2, ctol = dt == LASP_F32 ? 1e-4 : 2e-2;
+    const double tol = dt == LASP_F32 ? 3e-5 : 2e-2, ctol = dt == LASP_F32 ? 1e-3 : 2e-2;
     lasp_trainer *a = make(&o), *b = make(&oc);
     if (a && b) {
         const size_t P = lasp_trainer_n_params(a);

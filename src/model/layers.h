@@ -2,7 +2,8 @@
  * on plain row-major fp32 arrays (docs/MODEL.md). The CPU versions (layers_cpu.c) are the spec; the CUDA
  * versions (layers_cuda.cu) take the same arguments as device pointers, plus the stream they are
  * enqueued on and, where a sum over rows is needed, a scratch buffer (lasp_layers_cuda_work_floats),
- * so that every gradient is summed in a fixed order: the same inputs give the same bits.
+ * so that every gradient is summed in a fixed order (the same inputs give the same bits), and a flag that
+ * says whether the sum is added to the gradient or written.
  *
  * Letters as in model.h: N rows (tokens), C channels, F feed-forward width, V vocabulary; B sequences of
  * T tokens, K convolution taps, W the convolved channels (3C). Strides are in elements. "+=" marks a
@@ -69,7 +70,9 @@ void lasp_embed_bwd_cpu(float *dwte, const float *dx, const int32_t *tokens, int
 struct CUstream_st;
 
 /* Floats of scratch the _cuda functions that sum over rows want (`work`): enough for N rows of `width`
- * columns (C for the norms, K·W for the convolution's taps). */
+ * columns (C for the norms, K·W for the convolution's taps). Those sums (dg, dwc) take a flag, dg_add or
+ * dwc_add: 1 adds to the gradient (+=, as the CPU's), 0 writes it (=), so that a step's first backward needs no
+ * zeroed gradients before it. */
 int64_t lasp_layers_cuda_work_floats(int64_t N, int64_t width);
 
 /* The recurrent form's steps for one token (the decoder; model.c's lasp_decoder_step is their spec).
@@ -86,14 +89,14 @@ void lasp_to_bf16_cuda(void *y, const float *x, int64_t n, struct CUstream_st *s
 
 void lasp_rms_fwd_cuda(float *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
                        struct CUstream_st *stream);
-void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,
-                       int64_t N, int64_t C, float *work, struct CUstream_st *stream);
+void lasp_rms_bwd_cuda(float *dx, float *dg, int dg_add, const float *dy, const float *x, const float *rstd,
+                       const float *g, int64_t N, int64_t C, float *work, struct CUstream_st *stream);
 /* The attention output's RMSNorm (gain g, rstd kept unless NULL) and gate in one pass: y = RMSNorm(o) ⊙ σ(u),
  * u rows of stride su (the CPU model runs it as rms_fwd then gate_fwd). Its backward from dy, which becomes
- * ∂/∂ô as in gate_bwd: du (stride sdu) = ∂/∂u, dox = ∂/∂o (written, not accumulated), dg += ∂/∂g. */
+ * ∂/∂ô as in gate_bwd: du (stride sdu) = ∂/∂u, dox = ∂/∂o (written, not accumulated), dg += ∂/∂g (dg_add). */
 void lasp_onorm_gate_fwd_cuda(float *y, float *rstd, const float *o, const float *g, const float *u, int64_t su,
                               int64_t N, int64_t C, struct CUstream_st *stream);
-void lasp_onorm_gate_bwd_cuda(float *dox, float *du, int64_t sdu, float *dg, float *dy, const float *o,
+void lasp_onorm_gate_bwd_cuda(float *dox, float *du, int64_t sdu, float *dg, int dg_add, float *dy, const float *o,
                               const float *rstd, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
                               float *work, struct CUstream_st *stream);
 void lasp_glu_fwd_cuda(float *a, const float *h, int64_t N, int64_t F, struct CUstream_st *stream);
@@ -105,11 +108,11 @@ void lasp_glu_bwd_cuda(float *dh, const float *da, const float *h, int64_t N, in
 void lasp_feat_fwd_cuda(float *q, float *k, float *v, const float *p, int64_t sp, const float *halo, const float *wc,
                         int64_t B, int64_t T, int64_t C, int64_t K, struct CUstream_st *stream);
 /* Its backward from dq, dk, dv: dp[0, 3C) of each row (stride sdp) = ∂/∂p, with dnext [B, K−1, 3C] (the
- * gradient the next chunk's halo got; NULL: none) added to each sequence's last K−1 rows; dwc [K, 3C] += ∂/∂wc;
- * dhalo [B, K−1, 3C] = ∂/∂halo (NULL: not wanted). work: lasp_feat_cuda_work_floats(B, C, K) floats. */
-void lasp_feat_bwd_cuda(float *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, const float *dq,
-                        const float *dk, const float *dv, const float *p, int64_t sp, const float *halo,
-                        const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work,
+ * gradient the next chunk's halo got; NULL: none) added to each sequence's last K−1 rows; dwc [K, 3C] += ∂/∂wc
+ * (dwc_add); dhalo [B, K−1, 3C] = ∂/∂halo (NULL: not wanted). work: lasp_feat_cuda_work_floats(B, C, K) floats. */
+void lasp_feat_bwd_cuda(float *dp, int64_t sdp, float *dwc, int dwc_add, float *dhalo, const float *dnext,
+                        const float *dq, const float *dk, const float *dv, const float *p, int64_t sp,
+                        const float *halo, const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work,
                         struct CUstream_st *stream);
 int64_t lasp_feat_cuda_work_floats(int64_t B, int64_t C, int64_t K);
 void lasp_xent_cuda(float *z, const int32_t *targets, int64_t N, int64_t V, float scale, double *loss, int32_t *hit,
@@ -125,17 +128,18 @@ void lasp_embed_fwd_cuda(float *x, const float *wte, const int32_t *tokens, int6
 void lasp_rms_fwd_bf16_cuda(void *out, float *rstd, const float *x, const float *g, int64_t N, int64_t C,
                             struct CUstream_st *stream);
 /* rms_bwd, and the accumulated dx rounded into dx16 (NULL: not), the operand of the products that read it next */
-void lasp_rms_bwd_bf16_cuda(float *dx, void *dx16, float *dg, const float *dy, const float *x, const float *rstd,
-                            const float *g, int64_t N, int64_t C, float *work, struct CUstream_st *stream);
+void lasp_rms_bwd_bf16_cuda(float *dx, void *dx16, float *dg, int dg_add, const float *dy, const float *x,
+                            const float *rstd, const float *g, int64_t N, int64_t C, float *work,
+                            struct CUstream_st *stream);
 void lasp_feat_fwd_bf16_cuda(void *q, void *k, void *v, const float *p, int64_t sp, const float *halo,
                              const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, struct CUstream_st *stream);
-void lasp_feat_bwd_bf16_cuda(void *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, const void *dq,
-                             const void *dk, const void *dv, const float *p, int64_t sp, const float *halo,
-                             const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work,
-                             struct CUstream_st *stream);
+void lasp_feat_bwd_bf16_cuda(void *dp, int64_t sdp, float *dwc, int dwc_add, float *dhalo, const float *dnext,
+                             const void *dq, const void *dk, const void *dv, const float *p, int64_t sp,
+                             const float *halo, const float *wc, int64_t B, int64_t T, int64_t C, int64_t K,
+                             float *work, struct CUstream_st *stream);
 void lasp_onorm_gate_fwd_bf16_cuda(void *y, float *rstd, const void *o, const float *g, const float *u, int64_t su,
                                    int64_t N, int64_t C, struct CUstream_st *stream);
-void lasp_onorm_gate_bwd_bf16_cuda(void *dox, void *du, int64_t sdu, float *dg, float *dy, const void *o,
+void lasp_onorm_gate_bwd_bf16_cuda(void *dox, void *du, int64_t sdu, float *dg, int dg_add, float *dy, const void *o,
                                    const float *rstd, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
                                    float *work, struct CUstream_st *stream);
 void lasp_glu_fwd_bf16_cuda(void *a, const void *h, int64_t N, int64_t F, struct CUstream_st *stream);

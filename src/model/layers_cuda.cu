@@ -53,12 +53,13 @@ int rows_grid(int64_t N) { return (int)(N < 1 ? 1 : N < (1 << 20) ? N : (1 << 20
 
 /* ---- column sums in two passes: partials over row ranges, then the partials in order -------------- */
 
-/* out[col] += Σ_p work[p, col]. A block takes 32 columns and its warps every SUM_WARPS-th partial, so that
+/* out[col] += Σ_p work[p, col], or with add 0 out[col] = the sum (a step's first backward writes its gradients
+ * rather than adding to zeros). A block takes 32 columns and its warps every SUM_WARPS-th partial, so that
  * many loads are in flight (one thread walking every partial waits on each in turn); warp 0 then adds the
  * warps' sums in order: the same bits on every run. */
 constexpr int SUM_WARPS = 8;
 __global__ void __launch_bounds__(32 * SUM_WARPS) k_sum_parts(float *out, const float *work, int64_t parts,
-                                                              int64_t width) {
+                                                              int64_t width, int add) {
     __shared__ float part[SUM_WARPS][32];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int64_t c = blockIdx.x * 32ll + lane;
@@ -72,12 +73,12 @@ __global__ void __launch_bounds__(32 * SUM_WARPS) k_sum_parts(float *out, const 
         float t = 0;
 #pragma unroll
         for (int j = 0; j < SUM_WARPS; j++) t += part[j][lane];
-        out[c] += t;
+        out[c] = add ? out[c] + t : t;
     }
 }
 
-void sum_parts(float *out, const float *work, int64_t parts, int64_t width, cudaStream_t st) {
-    k_sum_parts<<<(unsigned)((width + 31) / 32), 32 * SUM_WARPS, 0, st>>>(out, work, parts, width);
+void sum_parts(float *out, const float *work, int64_t parts, int64_t width, int add, cudaStream_t st) {
+    k_sum_parts<<<(unsigned)((width + 31) / 32), 32 * SUM_WARPS, 0, st>>>(out, work, parts, width, add);
 }
 
 /* ---- V consecutive elements as floats ------------------------------------------------------------ */
@@ -259,14 +260,14 @@ __global__ void k_rms_bwd_g(float *work, const float *dy, const TX *x, const flo
     work[p * C + c] = s;
 }
 
-/* dg += Σ_n dy·x·rstd over every row, in two passes of fixed shape */
+/* dg += Σ_n dy·x·rstd over every row (dg = with add 0), in two passes of fixed shape */
 template <typename TX>
-void rms_dg(float *dg, const float *dy, const TX *x, const float *rstd, int64_t N, int64_t C, float *work,
+void rms_dg(float *dg, int add, const float *dy, const TX *x, const float *rstd, int64_t N, int64_t C, float *work,
             cudaStream_t st) {
     const int64_t parts = parts_for(N), per = (N + parts - 1) / parts;
     const dim3 grid((unsigned)((C + THREADS - 1) / THREADS), (unsigned)parts);
     k_rms_bwd_g<<<grid, THREADS, 0, st>>>(work, dy, x, rstd, N, C, per);
-    sum_parts(dg, work, parts, C, st);
+    sum_parts(dg, work, parts, C, add, st);
 }
 
 template <typename TX, typename TY>
@@ -280,14 +281,14 @@ void norm_fwd(TY *y, float *rstd, const TX *x, const float *g, const float *u, i
 }
 
 template <typename TO, typename TD>
-void onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dg, float *dy, const TO *o, const float *rstd, const float *g,
-                    const float *u, int64_t su, int64_t N, int64_t C, float *work, cudaStream_t st) {
+void onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dg, int dg_add, float *dy, const TO *o, const float *rstd,
+                    const float *g, const float *u, int64_t su, int64_t N, int64_t C, float *work, cudaStream_t st) {
     if (!N) return;
     if (C % 128 == 0 && su % 4 == 0 && sdu % 4 == 0 && aligned_for<4>({AL(dox), AL(du), AL(dy), AL(o), AL(g), AL(u)}))
         k_onorm_gate_bwd<4><<<row_blocks(N), THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
     else
         k_onorm_gate_bwd<1><<<row_blocks(N), THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
-    rms_dg(dg, dy, o, rstd, N, C, work, st);
+    rms_dg(dg, dg_add, dy, o, rstd, N, C, work, st);
 }
 
 /* ---- element-wise -------------------------------------------------------------------------------- */
@@ -502,9 +503,9 @@ void feat_fwd(T *q, T *k, T *v, const float *p, int64_t sp, const float *halo, c
 }
 
 template <typename T>
-void feat_bwd(T *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, const T *dq, const T *dk, const T *dv,
-              const float *p, int64_t sp, const float *halo, const float *wc, int64_t B, int64_t T_, int64_t C,
-              int64_t K, float *work, cudaStream_t st) {
+void feat_bwd(T *dp, int64_t sdp, float *dwc, int dwc_add, float *dhalo, const float *dnext, const T *dq, const T *dk,
+              const T *dv, const float *p, int64_t sp, const float *halo, const float *wc, int64_t B, int64_t T_,
+              int64_t C, int64_t K, float *work, cudaStream_t st) {
     if (B * T_ == 0) return;
     if (!K) dwc = dhalo = nullptr, dnext = halo = wc = nullptr;
     const feat_tiling f = feat_tiles(B, T_, dhalo ? -(K - 1) : 0);
@@ -520,7 +521,7 @@ void feat_bwd(T *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, 
     default: FEAT_BWD(16); break;
     }
 #undef FEAT_BWD
-    if (dwc) sum_parts(dwc, work, B * f.tiles, K * 3 * C, st);
+    if (dwc) sum_parts(dwc, work, B * f.tiles, K * 3 * C, dwc_add, st);
 }
 
 /* ---- cross-entropy: a block per row ------------------------------------------------------------- */
@@ -673,20 +674,20 @@ void lasp_rms_fwd_bf16_cuda(void *out, float *rstd, const float *x, const float 
     norm_fwd((__nv_bfloat16 *)out, rstd, x, g, (const float *)NULL, 0, N, C, st);
 }
 
-void lasp_rms_bwd_cuda(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,
-                       int64_t N, int64_t C, float *work, cudaStream_t st) {
-    lasp_rms_bwd_bf16_cuda(dx, NULL, dg, dy, x, rstd, g, N, C, work, st);
+void lasp_rms_bwd_cuda(float *dx, float *dg, int dg_add, const float *dy, const float *x, const float *rstd,
+                       const float *g, int64_t N, int64_t C, float *work, cudaStream_t st) {
+    lasp_rms_bwd_bf16_cuda(dx, NULL, dg, dg_add, dy, x, rstd, g, N, C, work, st);
 }
 
-void lasp_rms_bwd_bf16_cuda(float *dx, void *dx16, float *dg, const float *dy, const float *x, const float *rstd,
-                            const float *g, int64_t N, int64_t C, float *work, cudaStream_t st) {
+void lasp_rms_bwd_bf16_cuda(float *dx, void *dx16, float *dg, int dg_add, const float *dy, const float *x,
+                            const float *rstd, const float *g, int64_t N, int64_t C, float *work, cudaStream_t st) {
     if (!N) return;
     __nv_bfloat16 *d16 = (__nv_bfloat16 *)dx16;
     if (C % 128 == 0 && aligned_for<4>({AL(dx), AL(d16), AL(dy), AL(x), AL(g)}))
         k_rms_bwd_x<4><<<row_blocks(N), THREADS, 0, st>>>(dx, d16, dy, x, rstd, g, N, C);
     else
         k_rms_bwd_x<1><<<row_blocks(N), THREADS, 0, st>>>(dx, d16, dy, x, rstd, g, N, C);
-    rms_dg(dg, dy, x, rstd, N, C, work, st);
+    rms_dg(dg, dg_add, dy, x, rstd, N, C, work, st);
 }
 
 void lasp_onorm_gate_fwd_cuda(float *y, float *rstd, const float *o, const float *g, const float *u, int64_t su,
@@ -699,17 +700,17 @@ void lasp_onorm_gate_fwd_bf16_cuda(void *y, float *rstd, const void *o, const fl
     norm_fwd((__nv_bfloat16 *)y, rstd, (const __nv_bfloat16 *)o, g, u, su, N, C, st);
 }
 
-void lasp_onorm_gate_bwd_cuda(float *dox, float *du, int64_t sdu, float *dg, float *dy, const float *o,
+void lasp_onorm_gate_bwd_cuda(float *dox, float *du, int64_t sdu, float *dg, int dg_add, float *dy, const float *o,
                               const float *rstd, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
                               float *work, cudaStream_t st) {
-    onorm_gate_bwd(dox, du, sdu, dg, dy, o, rstd, g, u, su, N, C, work, st);
+    onorm_gate_bwd(dox, du, sdu, dg, dg_add, dy, o, rstd, g, u, su, N, C, work, st);
 }
 
-void lasp_onorm_gate_bwd_bf16_cuda(void *dox, void *du, int64_t sdu, float *dg, float *dy, const void *o,
+void lasp_onorm_gate_bwd_bf16_cuda(void *dox, void *du, int64_t sdu, float *dg, int dg_add, float *dy, const void *o,
                                    const float *rstd, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
                                    float *work, cudaStream_t st) {
-    onorm_gate_bwd((__nv_bfloat16 *)dox, (__nv_bfloat16 *)du, sdu, dg, dy, (const __nv_bfloat16 *)o, rstd, g, u, su, N,
-                   C, work, st);
+    onorm_gate_bwd((__nv_bfloat16 *)dox, (__nv_bfloat16 *)du, sdu, dg, dg_add, dy, (const __nv_bfloat16 *)o, rstd, g, u,
+                   su, N, C, work, st);
 }
 
 int64_t lasp_feat_cuda_work_floats(int64_t B, int64_t C, int64_t K) { return (FEAT_PARTS + B) * K * 3 * C; }
@@ -724,18 +725,19 @@ void lasp_feat_fwd_bf16_cuda(void *q, void *k, void *v, const float *p, int64_t 
     feat_fwd((__nv_bfloat16 *)q, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v, p, sp, halo, wc, B, T, C, K, st);
 }
 
-void lasp_feat_bwd_cuda(float *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, const float *dq,
-                        const float *dk, const float *dv, const float *p, int64_t sp, const float *halo,
-                        const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work, cudaStream_t st) {
-    feat_bwd(dp, sdp, dwc, dhalo, dnext, dq, dk, dv, p, sp, halo, wc, B, T, C, K, work, st);
+void lasp_feat_bwd_cuda(float *dp, int64_t sdp, float *dwc, int dwc_add, float *dhalo, const float *dnext,
+                        const float *dq, const float *dk, const float *dv, const float *p, int64_t sp,
+                        const float *halo, const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work,
+                        cudaStream_t st) {
+    feat_bwd(dp, sdp, dwc, dwc_add, dhalo, dnext, dq, dk, dv, p, sp, halo, wc, B, T, C, K, work, st);
 }
 
-void lasp_feat_bwd_bf16_cuda(void *dp, int64_t sdp, float *dwc, float *dhalo, const float *dnext, const void *dq,
-                             const void *dk, const void *dv, const float *p, int64_t sp, const float *halo,
-                             const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work,
-                             cudaStream_t st) {
-    feat_bwd((__nv_bfloat16 *)dp, sdp, dwc, dhalo, dnext, (const __nv_bfloat16 *)dq, (const __nv_bfloat16 *)dk,
-             (const __nv_bfloat16 *)dv, p, sp, halo, wc, B, T, C, K, work, st);
+void lasp_feat_bwd_bf16_cuda(void *dp, int64_t sdp, float *dwc, int dwc_add, float *dhalo, const float *dnext,
+                             const void *dq, const void *dk, const void *dv, const float *p, int64_t sp,
+                             const float *halo, const float *wc, int64_t B, int64_t T, int64_t C, int64_t K,
+                             float *work, cudaStream_t st) {
+    feat_bwd((__nv_bfloat16 *)dp, sdp, dwc, dwc_add, dhalo, dnext, (const __nv_bfloat16 *)dq,
+             (const __nv_bfloat16 *)dk, (const __nv_bfloat16 *)dv, p, sp, halo, wc, B, T, C, K, work, st);
 }
 
 void lasp_glu_fwd_cuda(float *a, const float *h, int64_t N, int64_t F, cudaStream_t st) { glu_fwd(a, h, N, F, st); }

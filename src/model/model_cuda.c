@@ -36,6 +36,7 @@ struct lasp_gmodel {
     uint16_t *params16;                 /* bf16: the parameters rounded to bf16 [n_params] (else NULL) */
     uint16_t *out16;                    /* bf16: a gradient rounded for the products or the op that read it */
     int64_t slope_stride;               /* H rounded up to 4: each layer's slopes 16-byte aligned, as the op loads them */
+    int accumulate;                     /* 1: the gradients' passes add to them; 0: they write them (set_accumulate) */
     int64_t B, T, chunk;                /* activations sized for B × T; rows of logits a chunk */
     gacts *acts;                        /* [L]; what a layer does not keep (recompute) points into shared */
     gacts shared;                       /* the buffers every layer shares, made again in the backward */
@@ -117,11 +118,14 @@ static cublasStatus_t mm_bwd_in_op(const lasp_gmodel *m, void *din, const void *
     return gemm(m, CUBLAS_OP_T, CUBLAS_OP_N, K, N, O, W, O, dout, O, &ZERO, din, K, 1);
 }
 
-/* dW[K,O] += in[N,K]ᵀ · dout[N,O] */
+/* dW[K,O] += in[N,K]ᵀ · dout[N,O], or with beta 0 dW = the product */
 static cublasStatus_t mm_bwd_w(const lasp_gmodel *m, float *dW, const void *in, const void *dout, int64_t N,
-                               int64_t K, int64_t O) {
-    return gemm(m, CUBLAS_OP_N, CUBLAS_OP_T, O, K, N, dout, O, in, K, &ONE, dW, O, 0);
+                               int64_t K, int64_t O, const float *beta) {
+    return gemm(m, CUBLAS_OP_N, CUBLAS_OP_T, O, K, N, dout, O, in, K, beta, dW, O, 0);
 }
+
+/* The beta of a gradient's product: 1 adds to the gradients (lasp_gmodel_set_accumulate), 0 writes them */
+static const float *grad_beta(const lasp_gmodel *m) { return m->accumulate ? &ONE : &ZERO; }
 
 /* A weight as the products take it: the fp32 parameter, or its bf16 copy at the same offset. */
 static const void *weight(const lasp_gmodel *m, const float *w) {
@@ -196,7 +200,7 @@ lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_d
     LASP_TRY(lasp_ctx_cuda_stream(ctx, &stream));
     lasp_gmodel *m = calloc(1, sizeof *m);
     if (!m) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no memory for the GPU model");
-    m->ctx = ctx, m->cfg = *c, m->stream = (cudaStream_t)stream, m->dtype = dtype;
+    m->ctx = ctx, m->cfg = *c, m->stream = (cudaStream_t)stream, m->dtype = dtype, m->accumulate = 1;
     lasp_status s = lasp_layout_make(c, &m->lay, &ctx->err);
     if (s == LASP_OK && !(m->acts = calloc((size_t)c->n_layers, sizeof *m->acts)))
         s = lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no memory for the GPU model");
@@ -369,6 +373,8 @@ lasp_status lasp_gmodel_zero_grads(lasp_gmodel *m) {
     return LASP_OK;
 }
 
+void lasp_gmodel_set_accumulate(lasp_gmodel *m, int accumulate) { m->accumulate = accumulate != 0; }
+
 /* ---- forward -------------------------------------------------------------------------------------- */
 
 /* The sizes a layer's passes take */
@@ -472,7 +478,8 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
     const int bf16 = m->dtype == LASP_BF16;
 
     /* head, a chunk of rows at a time: logits = xf · wh; their loss; with grad_scale their gradient (in place,
-     * or rounded into out16), then ∂xf (into dbuf) and ∂wh at once */
+     * or rounded into out16), then ∂xf (into dbuf) and ∂wh at once: the first chunk's ∂wh written or added as the
+     * gradients' passes are (set_accumulate), the later chunks' added to it */
     const float *w = m->params + m->lay.unit_off[L + 1];
     float *gh = m->grads + m->lay.unit_off[L + 1] + m->lay.head_w;
     PART(ELEMWISE);
@@ -490,7 +497,7 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
         if (scale > 0) {
             const void *dz = bf16 ? (const void *)m->out16 : (const void *)m->logits;
             BLAS(mm_bwd_in(m, m->dbuf + r0 * C, dz, weight(m, w + m->lay.head_w), rows, C, V));
-            BLAS(mm_bwd_w(m, gh, xf, dz, rows, C, V));
+            BLAS(mm_bwd_w(m, gh, xf, dz, rows, C, V, r0 ? &ONE : grad_beta(m)));
         }
     }
     PART(ELEMWISE);
@@ -525,8 +532,11 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     PART(ELEMWISE);
     /* dres rounded into out16 too (bf16), where the next products read it: here and after each block's norms */
     void *dres16 = bf16 ? (void *)m->out16 : NULL;
-    lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + m->lay.head_lnf, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf, N, C,
-                           m->work, st);
+    /* every gradient's pass adds to the gradients or writes them (set_accumulate): each element once */
+    const int add = m->accumulate;
+    const float *beta = grad_beta(m);
+    lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + m->lay.head_lnf, add, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf,
+                           N, C, m->work, st);
 
     const lasp_attn_desc ad = {.B = B, .T = T, .H = d.H, .d = d.D, .e = d.D, .dtype = m->dtype};
     for (int64_t l = L - 1; l >= 0; l--) {
@@ -541,31 +551,32 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         float *da = m->dbig + N * 2 * F;
         const void *dout = bf16 ? dres16 : (const void *)m->dres;
         BLAS(mm_bwd_in_op(m, da, dout, weight(m, w + bo->w3), N, F, C));
-        BLAS(mm_bwd_w(m, g + bo->w3, A->a, dout, N, F, C));
+        BLAS(mm_bwd_w(m, g + bo->w3, A->a, dout, N, F, C, beta));
         PART(ELEMWISE);
         if (bf16) lasp_glu_bwd_bf16_cuda(m->out16, da, A->h, N, F, st);
         else lasp_glu_bwd_cuda(m->dbig, da, A->h, N, F, st);
         dout = bf16 ? (const void *)m->out16 : (const void *)m->dbig;
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->w12), N, C, 2 * F));
-        BLAS(mm_bwd_w(m, g + bo->w12, A->xn2, dout, N, C, 2 * F));
+        BLAS(mm_bwd_w(m, g + bo->w12, A->xn2, dout, N, C, 2 * F, beta));
         PART(ELEMWISE);
-        lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + bo->ln2, m->dbuf, A->xm, A->rstd2, w + bo->ln2, N, C, m->work, st);
+        lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + bo->ln2, add, m->dbuf, A->xm, A->rstd2, w + bo->ln2, N, C, m->work,
+                               st);
 
         /* attention: dy = dres · woᵀ; through the gate (du into dpre's u columns) and the output norm */
         float *dpre = m->dbig; /* [N, 4C]; bf16: dpre16, the products' operand, in the same memory */
         uint16_t *dpre16 = (uint16_t *)m->dbig;
         dout = bf16 ? dres16 : (const void *)m->dres;
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wo), N, C, C));
-        BLAS(mm_bwd_w(m, g + bo->wo, A->y, dout, N, C, C));
+        BLAS(mm_bwd_w(m, g + bo->wo, A->y, dout, N, C, C, beta));
         /* through the gate and the output norm: du into dpre's u columns, dO for the op (bf16: into out16) */
         const float *slopes = m->slopes + l * m->slope_stride;
         uint16_t *dob16 = m->out16, *dq16 = dob16 + N * C, *dk16 = dq16 + N * C, *dv16 = dk16 + N * C;
         PART(ELEMWISE);
         if (bf16)
-            lasp_onorm_gate_bwd_bf16_cuda(dob16, dpre16 + 3 * C, 4 * C, g + bo->onorm, m->dbuf, A->o, A->rstdo,
+            lasp_onorm_gate_bwd_bf16_cuda(dob16, dpre16 + 3 * C, 4 * C, g + bo->onorm, add, m->dbuf, A->o, A->rstdo,
                                           w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, m->work, st);
         else
-            lasp_onorm_gate_bwd_cuda(m->dob, dpre + 3 * C, 4 * C, g + bo->onorm, m->dbuf, A->o, A->rstdo,
+            lasp_onorm_gate_bwd_cuda(m->dob, dpre + 3 * C, 4 * C, g + bo->onorm, add, m->dbuf, A->o, A->rstdo,
                                      w + bo->onorm, A->pre + 3 * C, 4 * C, N, C, m->work, st);
         PART(ATTN);
         const float *kvi = m->cin ? m->cin->kv + l * ns : NULL, *dkvo = m->dcout ? m->dcout->kv + l * ns : NULL;
@@ -579,19 +590,22 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         float *dhalo = K && m->dcin ? m->dcin->halo + l * nh : NULL, *dwc = K ? g + bo->conv : NULL;
         const float *dnext = K && m->dcout ? m->dcout->halo + l * nh : NULL;
         if (bf16)
-            lasp_feat_bwd_bf16_cuda(dpre16, 4 * C, dwc, dhalo, dnext, dq16, dk16, dv16, A->pre, 4 * C, halo, wc, B, T,
-                                    C, K, m->work, st);
+            lasp_feat_bwd_bf16_cuda(dpre16, 4 * C, dwc, add, dhalo, dnext, dq16, dk16, dv16, A->pre, 4 * C, halo, wc,
+                                    B, T, C, K, m->work, st);
         else
-            lasp_feat_bwd_cuda(dpre, 4 * C, dwc, dhalo, dnext, m->dq, m->dk, m->dv, A->pre, 4 * C, halo, wc, B, T, C,
-                               K, m->work, st);
+            lasp_feat_bwd_cuda(dpre, 4 * C, dwc, add, dhalo, dnext, m->dq, m->dk, m->dv, A->pre, 4 * C, halo, wc, B,
+                               T, C, K, m->work, st);
         dout = bf16 ? (const void *)dpre16 : (const void *)dpre;
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wqkvu), N, C, 4 * C));
-        BLAS(mm_bwd_w(m, g + bo->wqkvu, A->xn1, dout, N, C, 4 * C));
+        BLAS(mm_bwd_w(m, g + bo->wqkvu, A->xn1, dout, N, C, 4 * C, beta));
         PART(ELEMWISE);
-        lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + bo->ln1, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C, m->work, st);
+        lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + bo->ln1, add, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C, m->work,
+                               st);
     }
-    /* embedding: dwte[token] += dres, each token's positions in order */
+    /* embedding: dwte[token] += dres, each token's positions in order. The one gradient a backward does not write
+     * whole (absent tokens' rows): zeroed first where the gradients are written */
     PART(ELEMWISE);
+    if (!add) CU(cudaMemsetAsync(m->grads, 0, m->lay.unit_off[1] * 4, st), "zeroing the embedding's gradient");
     lasp_embed_bwd_cuda(m->grads, m->dres, m->order, m->starts, m->uniq, m->n_uniq, C, st);
     CU(cudaGetLastError(), "the backward's kernels");
     return LASP_OK;

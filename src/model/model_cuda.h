@@ -39,6 +39,11 @@ lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host);
 lasp_status lasp_gmodel_get_params(lasp_gmodel *m, float *host);
 lasp_status lasp_gmodel_get_grads(lasp_gmodel *m, float *host);
 lasp_status lasp_gmodel_zero_grads(lasp_gmodel *m);
+/* Whether the next forwards (with grad_scale > 0) and backwards add their gradients to the gradients (1, the
+ * default: zero them first for one pass's) or write them (0): every element, the embedding's zeroed where no
+ * token of the batch reaches it, so nothing needs zeroing before. A step's first backward writes and the later
+ * ones of the same step (chunks of a longer sequence) add. */
+void lasp_gmodel_set_accumulate(lasp_gmodel *m, int accumulate);
 /* The device buffers themselves [n_params], for the optimizer; params16 is the bf16 copy the products read
  * (NULL in f32), which whoever changes params must refresh (lasp_gmodel_set_params does). */
 float *lasp_gmodel_params(lasp_gmodel *m);
@@ -48,14 +53,15 @@ lasp_dtype lasp_gmodel_dtype(const lasp_gmodel *m);
 
 /* Forward over host tokens and targets [B, T] (read before it returns), enqueued. With grad_scale > 0 the
  * head's backward is done in the same pass, a chunk of rows at a time (the logits never exist whole): its
- * weight gradient is added to the gradients, which must have been zeroed before, and lasp_gmodel_backward
+ * weight gradient is added to the gradients or written (lasp_gmodel_set_accumulate), and lasp_gmodel_backward
  * goes on from it. */
 lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int32_t *targets, float grad_scale);
 /* Waits for the GPU, then the forward's loss_out = mean cross-entropy; correct_out and count_out as
  * lasp_model_forward's (mask NULL = every position). */
 lasp_status lasp_gmodel_loss(lasp_gmodel *m, const uint8_t *mask, double *loss_out, int64_t *correct_out,
                              int64_t *count_out);
-/* The rest of the backward after a forward with grad_scale > 0: accumulates into the gradients. */
+/* The rest of the backward after a forward with grad_scale > 0: adds to the gradients or writes them, as the
+ * forward did (lasp_gmodel_set_accumulate). */
 lasp_status lasp_gmodel_backward(lasp_gmodel *m);
 /* A chunk of a longer sequence (model.h's lasp_model_carry, in device memory, the same layout): the forward
  * starts from cin and writes cout, the backward reads dcout and writes dcin (each NULL: none). Borrowed

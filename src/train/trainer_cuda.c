@@ -40,6 +40,7 @@ struct lasp_trainer_gpu {
     lasp_train_memory mem;
     lasp_gprof *prof;          /* where the time goes (NULL: not measured) */
     float *carry;              /* o.chunk: device [n_chunks + 2][carry floats], as trainer.c's host ones */
+    int written;               /* this step's gradients hold a backward's (the next one of the step adds to them) */
 };
 
 static double now_ms(void) {
@@ -199,32 +200,36 @@ lasp_status lasp_trainer_gpu_profile(lasp_trainer *t, int on) {
 
 /* ---- a batch chunk by chunk (o.chunk): trainer.c's lasp_trainer_chunks, on the device ---------------- */
 
-/* One chunk through the GPU model (lasp_chunk_fn); reading its loss waits for the GPU */
+/* One chunk through the GPU model (lasp_chunk_fn); reading its loss waits for the GPU. The step's first chunk with
+ * a backward writes the gradients, the later ones add theirs. */
 static lasp_status gpu_chunk(lasp_trainer *t, const lasp_model_carry *cin, lasp_model_carry *cout,
                              const lasp_model_carry *dcout, lasp_model_carry *dcin, float scale, double *loss,
                              int64_t *hits, int64_t *count) {
-    lasp_gmodel *m = t->gpu->m;
+    lasp_trainer_gpu *G = t->gpu;
+    lasp_gmodel *m = G->m;
     lasp_gmodel_set_carry(m, cin, cout, dcout, dcin);
+    if (scale > 0) lasp_gmodel_set_accumulate(m, G->written);
     lasp_status s = lasp_gmodel_forward(m, t->ctok, t->ctgt, scale);
-    if (s == LASP_OK && scale > 0) s = lasp_gmodel_backward(m);
+    if (s == LASP_OK && scale > 0) {
+        s = lasp_gmodel_backward(m);
+        G->written = 1;
+    }
     if (s == LASP_OK && loss) s = lasp_gmodel_loss(m, t->cmask, loss, hits, count);
     lasp_gmodel_set_carry(m, NULL, NULL, NULL, NULL);
     return s;
 }
 
-/* This rank's slice of the batch at the cursor of `split`, its forward (and with grad_scale, its backward, the
- * gradients zeroed first) enqueued. In chunks (o.chunk) the loss is read here: r and *have = 1; otherwise the
- * caller reads it with lasp_gmodel_loss when it is ready to wait. */
+/* This rank's slice of the batch at the cursor of `split`, its forward (and with grad_scale, its backward, which
+ * writes the gradients: nothing zeroes them first) enqueued. In chunks (o.chunk) the loss is read here: r and
+ * *have = 1; otherwise the caller reads it with lasp_gmodel_loss when it is ready to wait. */
 static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float grad_scale, double r[3], int *have) {
     lasp_trainer_gpu *G = t->gpu;
     LASP_TRY(lasp_data_batch(t->data, split, first, t->o.batch, t->o.seq_len, t->sp->dp_rank, t->sp->dp_size, 0, 1,
                              t->tok, t->tgt, t->mask, &t->ctx->err));
-    if (grad_scale > 0) {
-        lasp_gprof_mark_at(G->prof, LASP_PART_OPTIM, __FILE__, __LINE__); /* zeroing counts with the update */
-        LASP_TRY(lasp_gmodel_zero_grads(G->m));
-    }
+    G->written = 0;
     *have = t->o.chunk > 0;
     if (*have) return lasp_trainer_chunks(t, G->carry, gpu_chunk, grad_scale, r);
+    if (grad_scale > 0) lasp_gmodel_set_accumulate(G->m, 0);
     LASP_TRY(lasp_gmodel_forward(G->m, t->tok, t->tgt, grad_scale));
     if (grad_scale > 0) LASP_TRY(lasp_gmodel_backward(G->m));
     return LASP_OK;
