@@ -213,7 +213,8 @@ double lasp_rel_error_f32(const float *x, const double *ref, size_t n);
 
 /* The ranks of a job. Three backends behind one interface: self (one process, no MPI needed), mpi
  * (host memory, under mpirun or srun) and nccl (device memory, one GPU per process, bootstrapped over
- * MPI). Counts are elements of a dtype, never bytes. A failure names the rank it happened on. */
+ * MPI, or joined from an id that another launcher passes around). Counts are elements of a dtype, never
+ * bytes. A failure names the rank it happened on. */
 typedef struct lasp_comm lasp_comm;
 
 typedef enum lasp_comm_backend {
@@ -244,6 +245,15 @@ lasp_status lasp_comm_world(lasp_comm_backend backend, int *argc, char ***argv, 
 /* Ranks a process launcher (mpirun, srun) says this job has, from its environment; 0 if none started
  * this process: a tool asks for the mpi backend only then, so that one process needs no MPI. */
 int lasp_comm_launcher_size(void);
+/* An NCCL world without MPI, for processes another launcher started that can pass bytes among themselves
+ * (torchrun and torch.distributed, a scheduler's key-value store): one process makes the id, every process
+ * gets it by the launcher's means and joins with its rank, the world's size and its GPU (a CUDA device
+ * index). Joining is collective: it returns once all size ranks have joined. The world's host-side
+ * agreement then goes through NCCL, and lasp_comm_abort ends this process (its launcher ends the rest). */
+#define LASP_NCCL_ID_BYTES 128
+lasp_status lasp_comm_nccl_id(unsigned char id[LASP_NCCL_ID_BYTES], lasp_err *err);
+lasp_status lasp_comm_nccl_join(const unsigned char id[LASP_NCCL_ID_BYTES], int rank, int size, int device,
+                                lasp_comm **out, lasp_err *err);
 /* Ranks of c with equal color (≥ 0) form a new communicator, ordered by key (collective over c). */
 lasp_status lasp_comm_split(lasp_comm *c, int color, int key, lasp_comm **out, lasp_err *err);
 void lasp_comm_free(lasp_comm *c); /* the world last; it finalises MPI if it initialised it */

@@ -585,6 +585,51 @@ static void test_splits(lasp_comm *world, lasp_comm_backend b) {
     }
 }
 
+#if TEST_NCCL
+/* A world joined from an id (lasp_comm_nccl_join), as processes that torchrun started make one: no MPI in
+ * its bootstrap (the id travels over the host test world here, as torch.distributed would pass it) nor in
+ * its agreement, barrier, splits and windows. The same operations' cases run on it. */
+static void test_joined(lasp_comm *world) {
+    const int r = lasp_comm_rank(world), n = lasp_comm_size(world);
+    lasp_err err = {0};
+    unsigned char id[LASP_NCCL_ID_BYTES] __attribute__((aligned(4))) = {0};
+    lasp_status s = r == 0 ? lasp_comm_nccl_id(id, &err) : LASP_OK;
+    CHECK(s == LASP_OK, "lasp_comm_nccl_id: %s", err.msg);
+    s = lasp_comm_bcast(mpi_test_world_, id, LASP_NCCL_ID_BYTES / 4, LASP_F32, 0, &err);
+    CHECK(s == LASP_OK, "passing the id: %s", err.msg);
+    int dev = 0;
+    cudaGetDevice(&dev);
+    lasp_comm *j = NULL, *bad = (lasp_comm *)&err;
+    s = lasp_comm_nccl_join(id, r, n, dev, &j, &err);
+    CHECK(s == LASP_OK && j && lasp_comm_rank(j) == r && lasp_comm_size(j) == n &&
+              lasp_comm_backend_of(j) == LASP_COMM_NCCL && lasp_comm_stream(j) != NULL,
+          "joining rank %d of %d on GPU %d: status %d, '%s'", r, n, dev, (int)s, err.msg);
+    /* refused before NCCL sees anything (a bad rank would leave the others waiting in ncclCommInitRank) */
+    s = lasp_comm_nccl_join(id, n, n, dev, &bad, &err);
+    CHECK(s == LASP_ERR_ARG && !bad && strstr(err.msg, "rank") && strstr(err.msg, "hint"),
+          "joining as rank %d of %d: status %d, '%s'", n, n, (int)s, err.msg);
+    s = lasp_comm_nccl_join(NULL, r, n, dev, &bad, &err);
+    CHECK(s == LASP_ERR_ARG && strstr(err.msg, "id"), "joining without an id: status %d, '%s'", (int)s, err.msg);
+    if (!mpi_case("nccl joined world: made from an id passed by the caller, no MPI; bad rank or id refused") || !j) {
+        lasp_comm_free(j);
+        return;
+    }
+    test_ops(j, "nccl joined world");
+    test_windows(j, "nccl joined world");
+    /* a split with no MPI twin: NCCL says where each rank landed */
+    lasp_comm *h = NULL;
+    s = lasp_comm_split(j, r % 2, n - r, &h, &err);
+    /* keys reversed: within a parity the higher world ranks come first */
+    CHECK(s == LASP_OK && h && lasp_comm_size(h) == (n - r % 2 + 1) / 2 && lasp_comm_rank(h) == (n - 1 - r) / 2,
+          "joined world split by parity: rank %d, size %d ('%s')", lasp_comm_rank(h), lasp_comm_size(h), err.msg);
+    if (h) CHECK(lasp_comm_barrier(h, &err) == LASP_OK, "barrier of a joined world's split: %s", err.msg);
+    lasp_comm_free(h);
+    CHECK(lasp_comm_barrier(j, &err) == LASP_OK, "barrier of a joined world: %s", err.msg);
+    mpi_case("nccl joined world: split by parity, barriers through NCCL");
+    lasp_comm_free(j);
+}
+#endif
+
 /* ---- what only the self backend does, and what this build says of the others ------------------------ */
 
 static void test_self(lasp_comm *c) {
@@ -673,6 +718,9 @@ int main(int argc, char **argv) {
     test_windows(world, cn);
     test_splits(world, b);
     if (b == LASP_COMM_SELF) test_self(world);
+#if TEST_NCCL
+    if (on_dev) test_joined(world);
+#endif
     const int rc = mpi_test_exit();
     if (world != mpi_test_world_) lasp_comm_free(world);
     lasp_comm_free(mpi_test_world_);

@@ -56,6 +56,30 @@ lib.lasp_attn_fwd_saving.argtypes = [_p, ctypes.POINTER(AttnDesc), _p, _p, _p, _
 lib.lasp_attn_fwd_saving.restype = ctypes.c_int
 lib.lasp_attn_bwd_saved.argtypes = [_p, ctypes.POINTER(AttnDesc), _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p]
 lib.lasp_attn_bwd_saved.restype = ctypes.c_int
+NCCL_ID_BYTES = 128  # LASP_NCCL_ID_BYTES
+
+
+class SpParams(ctypes.Structure):
+    """lasp_sp_params: size, mode, transfer, comm_sms, timeout_s, trace."""
+    _fields_ = [("size", ctypes.c_int), ("mode", ctypes.c_int), ("transfer", ctypes.c_int), ("comm_sms", ctypes.c_int),
+                ("timeout_s", ctypes.c_double), ("trace", ctypes.c_int)]
+
+
+lib.lasp_comm_nccl_id.argtypes = [ctypes.c_char_p, ctypes.POINTER(Err)]
+lib.lasp_comm_nccl_id.restype = ctypes.c_int
+lib.lasp_comm_nccl_join.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(_p),
+                                    ctypes.POINTER(Err)]
+lib.lasp_comm_nccl_join.restype = ctypes.c_int
+lib.lasp_sp_default_params.argtypes = []
+lib.lasp_sp_default_params.restype = SpParams
+lib.lasp_sp_create.argtypes = [_p, ctypes.POINTER(SpParams), ctypes.POINTER(_p), ctypes.POINTER(Err)]
+lib.lasp_sp_create.restype = ctypes.c_int
+lib.lasp_sp_attn_fwd.argtypes = [_p, _p, ctypes.POINTER(AttnDesc), _p, _p, _p, _p, _p, _p, _p, ctypes.POINTER(_p)]
+lib.lasp_sp_attn_fwd.restype = ctypes.c_int
+lib.lasp_sp_attn_bwd.argtypes = [_p, _p, ctypes.POINTER(AttnDesc), _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p]
+lib.lasp_sp_attn_bwd.restype = ctypes.c_int
+lib.lasp_sp_cache_free.argtypes = [_p]
+lib.lasp_sp_cache_free.restype = None
 lib.lasp_export_safetensors.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(Err)]
 lib.lasp_export_safetensors.restype = ctypes.c_int
 
@@ -83,6 +107,13 @@ def check(status, what):
 def ptr(t):
     """The data pointer of a tensor (None for None)."""
     return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def call_err(fn, what, *args):
+    """fn(*args, &err) for calls that take no context: LaspError with err's message on failure"""
+    err = Err()
+    if fn(*args, ctypes.byref(err)) != 0:
+        raise LaspError("%s: %s" % (what, err.msg.decode("utf-8", "replace")))
 
 
 def export_safetensors(ckpt_dir, out_dir):

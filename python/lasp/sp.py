@@ -7,13 +7,17 @@ incoming state and returns the outgoing one:
            backward: receive dKV_out from r+1, run the piece's backward, send dKV_in to r−1.
     lasp2  every rank's own state (its piece from a zero state) all-gathered, KV_in(r) = Σ_{s<r} γ^{r−1−s} m_s
            with γ = λ^{T_piece}; the backward the same with the pieces' dKV_in summed from the end.
-CUDA tensors (an NCCL group): the same schedule, the op on the GPU in the tensors' dtype (states fp32) and the
-states through torch.distributed's NCCL. (The library's own NCCL communicator, with its one-sided state
-transfers, is not used from Python yet.)"""
+CUDA tensors: the library's own GPU schedule over its own NCCL communicator (one per group and GPU, made on
+the first call: rank 0 of the group makes an NCCL id, the group broadcasts it, every rank joins), the op in
+the tensors' dtype with fp32 states, the states passed by one-sided puts where the GPUs reach each other by
+NVLink, else by NCCL send/receive; everything on PyTorch's current stream, no wait on the host. The
+communicator lives as long as the process."""
+import ctypes
+
 import torch
 import torch.distributed as dist
 
-from . import ops
+from . import _lib, ops
 
 
 def _decay(slopes, n):
@@ -89,15 +93,116 @@ class _SP(torch.autograd.Function):
         return dq.to(t), dk.to(t), dv.to(t), None, None, None
 
 
+_MODES = {"lasp": 0, "lasp2": 1}  # lasp_sp_mode: LASP_SP_CHAIN, LASP_SP_LASP2
+
+
+class _LibGroup:
+    """The library's NCCL world over a torch.distributed group's ranks on this process's GPU, and its SP layout
+    (lasp_sp, one per mode) with the forward caches it hands out: a cache is made by a forward, kept until its
+    backward has been enqueued, then reused by later forwards (stream order on PyTorch's stream makes that
+    safe; a free would wait for the GPU)."""
+    _all = {}
+
+    def __init__(self, group, device):
+        r, W = _group_pos(group)
+        ident = (ctypes.c_char * _lib.NCCL_ID_BYTES)()
+        if r == 0:
+            _lib.call_err(_lib.lib.lasp_comm_nccl_id, "lasp.sp_linear_attention: making the NCCL id", ident)
+        on = device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+        t = torch.tensor(list(bytes(ident)), dtype=torch.uint8, device=on)
+        dist.broadcast(t, _peer(group, 0), group=group)
+        ident = bytes(t.cpu().tolist())
+        self.comm = ctypes.c_void_p()
+        with torch.cuda.device(device):
+            _lib.call_err(_lib.lib.lasp_comm_nccl_join, "lasp.sp_linear_attention: joining the NCCL world (rank %d of "
+                          "%d)" % (r, W), ident, r, W, device.index, ctypes.byref(self.comm))
+        self.device, self.size, self.sp, self.pool = device, W, {}, []
+
+    @classmethod
+    def of(cls, group, device):
+        ranks = tuple(_peer(group, i) for i in range(dist.get_world_size(group)))
+        key = (ranks, device.index)
+        g = cls._all.get(key)
+        if g is None:
+            g = cls._all[key] = cls(group, device)
+        return g
+
+    def layout(self, mode):
+        sp = self.sp.get(mode)
+        if sp is None:
+            p = _lib.lib.lasp_sp_default_params()
+            p.size, p.mode = self.size, _MODES[mode]
+            sp = ctypes.c_void_p()
+            with torch.cuda.device(self.device):
+                _lib.call_err(_lib.lib.lasp_sp_create, "lasp.sp_linear_attention: the SP layout", self.comm,
+                              ctypes.byref(p), ctypes.byref(sp))
+            self.sp[mode] = sp
+        return sp
+
+
+class _Cache:
+    """One forward's cache, back to its group's pool once the backward is enqueued (or the graph is dropped)"""
+
+    def __init__(self, grp):
+        self.grp, self.ptr = grp, ctypes.c_void_p(grp.pool.pop() if grp.pool else None)
+
+    def release(self):
+        if self.ptr is not None and self.ptr.value:
+            self.grp.pool.append(self.ptr.value)
+        self.ptr = None
+
+    def __del__(self):
+        self.release()
+
+
+def _dev_call(name, q, *args):
+    """A GPU SP call of the library on PyTorch's current stream of q's device"""
+    with torch.cuda.device(q.device):
+        stream = torch.cuda.current_stream(q.device).cuda_stream or 1
+        _lib.check(_lib.lib.lasp_ctx_set_cuda_stream(_lib.ctx(), ctypes.c_void_p(stream)), "lasp.sp_linear_attention")
+        _lib.check(getattr(_lib.lib, name)(_lib.ctx(), *args), "lasp.sp_linear_attention")
+
+
+class _SPDevice(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, slopes, group, mode):
+        grp = _LibGroup.of(group, q.device)
+        sp = grp.layout(mode)
+        t = q.dtype
+        qf, kf, vf, sf = ops._as(q, t), ops._as(k, t), ops._as(v, t), ops._f32(slopes)
+        B, T, H, d = qf.shape
+        o = torch.empty((B, T, H, vf.shape[3]), dtype=t, device=q.device)
+        cache = _Cache(grp)
+        _dev_call("lasp_sp_attn_fwd", q, sp, ops._desc(qf, vf), _lib.ptr(qf), _lib.ptr(kf), _lib.ptr(vf), _lib.ptr(sf),
+                  None, _lib.ptr(o), None, ctypes.byref(cache.ptr))
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(qf, kf, vf, sf)
+            ctx.grp, ctx.sp, ctx.cache = grp, sp, cache
+        else:
+            cache.release()
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        qf, kf, vf, sf = ctx.saved_tensors
+        do = ops._as(do, qf.dtype)
+        dq, dk, dv = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
+        _dev_call("lasp_sp_attn_bwd", qf, ctx.sp, ops._desc(qf, vf), _lib.ptr(qf), _lib.ptr(kf), _lib.ptr(vf),
+                  _lib.ptr(sf), ctx.cache.ptr, _lib.ptr(do), None, _lib.ptr(dq), _lib.ptr(dk), _lib.ptr(dv), None)
+        ctx.cache.release()
+        return dq, dk, dv, None, None, None
+
+
 def sp_linear_attention(q, k, v, slopes, group=None, mode="lasp"):
     """This rank's piece of lasp.linear_attention over a sequence cut across the ranks of `group` (None: the
     default group), in rank order: q, k [B, T_piece, H, d], v [B, T_piece, H, e], slopes [H]. mode "lasp"
     (the chain) or "lasp2" (states all-gathered). Forward and backward equal the single-process op on the
-    whole sequence. CPU tensors with a gloo group, CUDA tensors (this rank's GPU) with an NCCL group."""
+    whole sequence. CPU tensors with a gloo group (f32); CUDA tensors (this rank's GPU; bf16, f16 or f32) with
+    any group, which then only passes the library's NCCL id once (an NCCL group, as under torchrun, or gloo)."""
     if mode not in ("lasp", "lasp2"):
         raise ValueError("lasp.sp_linear_attention: mode %r (hint: \"lasp\" or \"lasp2\")" % (mode,))
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("lasp.sp_linear_attention needs torch.distributed initialised (hint: "
                            "torch.distributed.init_process_group(\"gloo\") under torchrun)")
     ops._check(q, k, v, slopes, None)
-    return _SP.apply(q, k, v, slopes, group, mode)
+    return (_SPDevice if q.is_cuda else _SP).apply(q, k, v, slopes, group, mode)

@@ -1,5 +1,5 @@
 """lasp.sp_linear_attention over 2 and 4 gloo processes on the loopback, and over an NCCL group of the GPUs
-there are (up to 2), both modes: every rank's output and gradients equal the single-process op on the whole
+there are (up to 2: the library's own NCCL world, joined through the group), both modes: every rank's output and gradients equal the single-process op on the whole
 sequence (1e-5 relative on the CPU, 1e-4 on GPUs in f32)."""
 import os
 import socket
@@ -28,8 +28,14 @@ def _worker(rank, world, port, mode, q, k, v, slopes, do, out, backend):
         T = q.shape[1] // world
         sl = slice(rank * T, (rank + 1) * T)
         qp, kp, vp = (t[:, sl].to(dev).requires_grad_() for t in (q, k, v))
-        o = lasp.sp_linear_attention(qp, kp, vp, slopes.to(dev), mode=mode)
-        (o * do[:, sl].to(dev)).sum().backward()
+        # three times: a forward alone, then two forward-backward passes, the second on the first's communicator
+        # and caches (the library's, on GPUs)
+        with torch.no_grad():
+            lasp.sp_linear_attention(qp, kp, vp, slopes.to(dev), mode=mode)
+        for _ in range(2):
+            qp.grad = kp.grad = vp.grad = None
+            o = lasp.sp_linear_attention(qp, kp, vp, slopes.to(dev), mode=mode)
+            (o * do[:, sl].to(dev)).sum().backward()
         out[rank] = tuple(t.detach().cpu() for t in (o, qp.grad, kp.grad, vp.grad))
     finally:
         dist.destroy_process_group()

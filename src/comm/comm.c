@@ -217,6 +217,43 @@ lasp_status lasp_comm_world(lasp_comm_backend backend, int *argc, char ***argv, 
     return LASP_OK;
 }
 
+lasp_status lasp_comm_nccl_id(unsigned char id[LASP_NCCL_ID_BYTES], lasp_err *err) {
+    if (!id) return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_nccl_id: id is NULL");
+#if defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
+    return lasp_comm_nccl_make_id(id, err);
+#else
+    return lasp_fail(err, LASP_ERR_UNSUPPORTED, "this lasp was built without NCCL (hint: install CUDA, NCCL and "
+                     "OpenMPI and rebuild; `lasp info` shows the build features)");
+#endif
+}
+
+lasp_status lasp_comm_nccl_join(const unsigned char id[LASP_NCCL_ID_BYTES], int rank, int size, int device,
+                                lasp_comm **out, lasp_err *err) {
+    if (!out) return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_nccl_join: out is NULL");
+    *out = NULL;
+    if (!id) return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_nccl_join: id is NULL (hint: rank 0's lasp_comm_nccl_id)");
+    if (size < 1 || rank < 0 || rank >= size)
+        return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_nccl_join: rank %d of %d ranks (hint: 0 ≤ rank < size)", rank,
+                         size);
+    if (device < 0) return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_nccl_join: GPU %d (hint: a CUDA device index)", device);
+#if defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
+    lasp_comm *c = calloc(1, sizeof *c);
+    if (!c) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the world communicator");
+    c->is_world = 1;
+    const lasp_status s = lasp_comm_nccl_join_world(id, rank, size, device, c, err);
+    if (s != LASP_OK) {
+        free(c);
+        return s;
+    }
+    c->timeout_s = LASP_COMM_TIMEOUT_S;
+    *out = c;
+    return LASP_OK;
+#else
+    return lasp_fail(err, LASP_ERR_UNSUPPORTED, "this lasp was built without NCCL (hint: install CUDA, NCCL and "
+                     "OpenMPI and rebuild; `lasp info` shows the build features)");
+#endif
+}
+
 lasp_status lasp_comm_split(lasp_comm *c, int color, int key, lasp_comm **out, lasp_err *err) {
     return lasp_comm_split_lean(c, color, key, 0, out, err);
 }

@@ -87,6 +87,10 @@ lasp_status lasp_comm_mpi_world(int *argc, char ***argv, lasp_comm *out, lasp_er
 #if defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
 /* comm_nccl.c */
 lasp_status lasp_comm_nccl_world(int *argc, char ***argv, lasp_comm *out, lasp_err *err);
+/* lasp_comm_nccl_id and lasp_comm_nccl_join (lasp.h), their arguments checked */
+lasp_status lasp_comm_nccl_make_id(unsigned char *id, lasp_err *err);
+lasp_status lasp_comm_nccl_join_world(const unsigned char *id, int rank, int size, int device, lasp_comm *out,
+                                      lasp_err *err);
 /* comm_nccl_window.cu: the device side of the nccl backend's windows (CUDA and NCCL types as void *) */
 int lasp_nccl_lsa_size(void *nccl_comm);  /* ranks of the communicator's load/store team */
 int lasp_nccl_peer_bases(void *nccl_window, int n, void **bases);  /* each rank's window base, as this GPU

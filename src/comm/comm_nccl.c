@@ -1,9 +1,12 @@
-/* comm_nccl.c — the NCCL backend: device memory, one process per GPU, bootstrapped over MPI.
+/* comm_nccl.c — the NCCL backend: device memory, one process per GPU, bootstrapped over MPI or joined
+ * from an id.
  *
  * World: MPI is initialised (through the mpi backend's world), the node-local rank picks the GPU
  * (cudaSetDevice before any NCCL call), rank 0's ncclUniqueId is broadcast over MPI, and every rank
  * joins with ncclCommInitRank. Sub-communicators come from ncclCommSplit, each with an MPI twin for
- * host-side agreement (barrier, the bootstrap of nothing else).
+ * host-side agreement (barrier, the bootstrap of nothing else). A world joined from an id
+ * (lasp_comm_nccl_join: processes another launcher started, torchrun) has no MPI twin: its host-side
+ * agreement is a reduction of one value through NCCL itself, waited for.
  *
  * Every operation is enqueued on the communicator's stream (a dedicated non-blocking stream unless
  * the caller sets one) and returns at once: no host synchronisation on the critical path. Ordering
@@ -27,6 +30,7 @@ typedef struct nccl_state {
     MPI_Comm mpi;          /* same ranks, for host-side agreement */
     cudaStream_t stream;   /* where operations are enqueued */
     cudaStream_t own;      /* the communicator's own stream */
+    double *scratch;       /* without an MPI twin: device memory for a host value's reduction */
     int device;
 } nccl_state;
 
@@ -96,6 +100,7 @@ static void nccl_free(lasp_comm *c) {
         ncclCommDestroy(s->nccl);
     }
     if (s->own) cudaStreamDestroy(s->own);
+    if (s->scratch) cudaFree(s->scratch);
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized && s->mpi != MPI_COMM_NULL) MPI_Comm_free(&s->mpi);
@@ -107,18 +112,24 @@ static void nccl_free(lasp_comm *c) {
 static lasp_status nccl_split(lasp_comm *c, int color, int key, lasp_comm *out, lasp_err *err) {
     LASP_TRY(make_state(out, ST(c)->device, err));
     nccl_state *n = ST(out);
-    if (MPI_Comm_split(ST(c)->mpi, color, key, &n->mpi) != MPI_SUCCESS) {
-        nccl_free(out);
-        return lasp_fail(err, LASP_ERR_COMM, "rank %d: MPI_Comm_split failed", c->world_rank);
+    if (ST(c)->mpi != MPI_COMM_NULL) {
+        if (MPI_Comm_split(ST(c)->mpi, color, key, &n->mpi) != MPI_SUCCESS) {
+            nccl_free(out);
+            return lasp_fail(err, LASP_ERR_COMM, "rank %d: MPI_Comm_split failed", c->world_rank);
+        }
+        MPI_Comm_set_errhandler(n->mpi, MPI_ERRORS_RETURN);
+        MPI_Comm_rank(n->mpi, &out->rank);
+        MPI_Comm_size(n->mpi, &out->size);
     }
-    MPI_Comm_set_errhandler(n->mpi, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(n->mpi, &out->rank);
-    MPI_Comm_size(n->mpi, &out->size);
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     /* and no thread-block clusters: on Hopper NCCL launches some kernels (the collectives) in clusters of
      * CTAs that must share a GPC, which the few SMs left free, scattered over the GPCs, may never offer */
     if (out->max_ctas > 0) cfg.minCTAs = 1, cfg.maxCTAs = out->max_ctas, cfg.cgaClusterSize = 1;
     ncclResult_t r = ncclCommSplit(ST(c)->nccl, color, key, &n->nccl, out->max_ctas > 0 ? &cfg : NULL);
+    if (r == ncclSuccess && n->mpi == MPI_COMM_NULL) { /* no twin to say where this rank landed: NCCL says */
+        r = ncclCommUserRank(n->nccl, &out->rank);
+        if (r == ncclSuccess) r = ncclCommCount(n->nccl, &out->size);
+    }
     if (r != ncclSuccess) {
         lasp_status s = nccl_fail(c, r, "ncclCommSplit", err);
         nccl_free(out);
@@ -224,16 +235,27 @@ static lasp_status nccl_sync(lasp_comm *c, lasp_err *err) {
     }
 }
 
+static lasp_status nccl_host_max(lasp_comm *c, double *x, lasp_err *err);
+
 static lasp_status nccl_barrier(lasp_comm *c, lasp_err *err) {
     LASP_TRY(nccl_sync(c, err));
+    if (ST(c)->mpi == MPI_COMM_NULL) { /* a reduction every rank must enter */
+        double x = 0;
+        return nccl_host_max(c, &x, err);
+    }
     if (MPI_Barrier(ST(c)->mpi) != MPI_SUCCESS)
         return lasp_fail(err, LASP_ERR_COMM, "rank %d: MPI_Barrier failed", c->world_rank);
     return LASP_OK;
 }
 
+/* Without MPI (a joined world) the process's exit, which lasp_comm_abort makes next, is what its launcher
+ * sees and ends the others for */
 static void nccl_abort(lasp_comm *c, int code) {
     if (c->impl && ST(c)->nccl) ncclCommAbort(ST(c)->nccl);
-    MPI_Abort(MPI_COMM_WORLD, code);
+    int mpi_up = 0, mpi_down = 0;
+    MPI_Initialized(&mpi_up);
+    MPI_Finalized(&mpi_down);
+    if (mpi_up && !mpi_down) MPI_Abort(MPI_COMM_WORLD, code);
 }
 
 static lasp_status nccl_set_stream(lasp_comm *c, void *stream, lasp_err *err) {
@@ -259,8 +281,23 @@ typedef struct nccl_window {
 
 #define WIN(w) ((nccl_window *)(w)->impl)
 
-/* The largest of a host value over the ranks, through the communicator's MPI twin (lasp_comm_agree's) */
+/* The largest of a host value over the ranks (lasp_comm_agree's): through the communicator's MPI twin, or
+ * without one through NCCL, waited for within the communicator's timeout */
 static lasp_status nccl_host_max(lasp_comm *c, double *x, lasp_err *err) {
+    nccl_state *s = ST(c);
+    if (s->mpi == MPI_COMM_NULL) {
+        if (!s->scratch && cudaMalloc((void **)&s->scratch, sizeof(double)) != cudaSuccess) {
+            s->scratch = NULL;
+            return lasp_fail(err, LASP_ERR_NOMEM, "rank %d: no device memory for the ranks' agreement", c->world_rank);
+        }
+        cudaError_t e = cudaMemcpyAsync(s->scratch, x, sizeof(double), cudaMemcpyHostToDevice, s->stream);
+        if (e != cudaSuccess) return cuda_fail(c, e, "copying a value to agree on", err);
+        NCCL_TRY(c, ncclAllReduce(s->scratch, s->scratch, 1, ncclFloat64, ncclMax, s->nccl, s->stream),
+                 "ncclAllReduce (the ranks' agreement)");
+        e = cudaMemcpyAsync(x, s->scratch, sizeof(double), cudaMemcpyDeviceToHost, s->stream);
+        if (e != cudaSuccess) return cuda_fail(c, e, "copying the agreed value back", err);
+        return nccl_sync(c, err);
+    }
     double y = 0;
     if (MPI_Allreduce(x, &y, 1, MPI_DOUBLE, MPI_MAX, ST(c)->mpi) != MPI_SUCCESS)
         return lasp_fail(err, LASP_ERR_COMM, "rank %d: the ranks' host-side agreement failed", c->world_rank);
@@ -341,7 +378,8 @@ static void nccl_window_free(lasp_comm_window *w) {
     lasp_comm *c = w->comm;
     /* nothing of ours in flight, and no peer still writing into this window */
     cudaStreamSynchronize(ST(c)->stream);
-    MPI_Barrier(ST(c)->mpi);
+    lasp_err e = {0};
+    if (c->size > 1) nccl_barrier(c, &e);
     window_release(w, WIN(w)->win != NULL);
 }
 
@@ -452,6 +490,38 @@ lasp_status lasp_comm_nccl_world(int *argc, char ***argv, lasp_comm *out, lasp_e
         }
     }
     return s;
+}
+
+/* ---- a world joined from an id: no MPI ------------------------------------------------------------ */
+
+_Static_assert(sizeof(ncclUniqueId) == LASP_NCCL_ID_BYTES, "lasp.h's id size is NCCL's");
+
+lasp_status lasp_comm_nccl_make_id(unsigned char *id, lasp_err *err) {
+    ncclUniqueId u;
+    const ncclResult_t r = ncclGetUniqueId(&u);
+    if (r != ncclSuccess) return lasp_fail(err, LASP_ERR_COMM, "ncclGetUniqueId failed: %s", ncclGetErrorString(r));
+    memcpy(id, &u, sizeof u);
+    return LASP_OK;
+}
+
+lasp_status lasp_comm_nccl_join_world(const unsigned char *id, int rank, int size, int device, lasp_comm *out,
+                                      lasp_err *err) {
+    out->ops = &NCCL_OPS, out->backend = LASP_COMM_NCCL;
+    out->rank = rank, out->size = size, out->world_rank = rank;
+    cudaError_t e = cudaSetDevice(device);
+    if (e != cudaSuccess)
+        return lasp_fail(err, LASP_ERR_CUDA, "rank %d: GPU %d: %s (hint: one GPU per process, a device this process "
+                         "sees)", rank, device, cudaGetErrorString(e));
+    LASP_TRY(make_state(out, device, err));
+    ncclUniqueId u;
+    memcpy(&u, id, sizeof u);
+    const ncclResult_t r = ncclCommInitRank(&ST(out)->nccl, size, u, rank);
+    if (r != ncclSuccess) {
+        const lasp_status s = nccl_fail(out, r, "ncclCommInitRank", err);
+        nccl_free(out);
+        return s;
+    }
+    return LASP_OK;
 }
 
 #endif /* LASP_HAVE_MPI */
