@@ -6,7 +6,7 @@ returned as float64, so that torch.autograd.gradcheck can drive it). CUDA tensor
 in their dtype (bfloat16, float16 or float32; states always float32) on PyTorch's current stream, with the
 thread's library context reused across calls. Where the installed PyTorch has torch.library.custom_op (2.4
 on), the op is registered as lasp::linear_attention with its shapes and its backward, so that
-torch.compile keeps it in one graph."""
+torch.compile keeps it in one graph; eager calls go through the autograd.Function."""
 import ctypes
 import warnings
 import weakref
@@ -286,7 +286,8 @@ def linear_attention(q, k, v, slopes, initial_state=None, output_final_state=Fal
     next position, so that two calls chained through initial_state equal one call; float32 on a GPU. Differentiable
     in q, k, v and initial_state. Non-contiguous inputs are made contiguous."""
     _check(q, k, v, slopes, initial_state)
-    if _OP is not None:
+    # the custom op where torch.compile traces; eagerly the autograd.Function, whose call costs the host less
+    if _OP is not None and _compiling():
         B, T, H, d = q.shape
         has = initial_state is not None
         state = initial_state if has else q.new_empty((B, H, d, v.shape[3]), dtype=_state_dtype(q))  # unread

@@ -34,7 +34,9 @@ def rel(x, ref):
     return (x.double() - ref.double()).norm().item() / max(ref.double().norm().item(), 1e-300)
 
 
-SHAPES = [(1, 1, 1, 16, 16), (2, 37, 3, 16, 32), (1, 130, 2, 32, 32), (2, 64, 4, 64, 16)]
+# one token over four heads, not one: a single token's output is (q·k)·v, one dot product whose cancellation
+# f32 cannot bound relative to it (a few runs in a hundred would fail), while four heads' norms dilute it
+SHAPES = [(1, 1, 4, 16, 16), (2, 37, 3, 16, 32), (1, 130, 2, 32, 32), (2, 64, 4, 64, 16)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
