@@ -93,7 +93,20 @@ if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
     [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ $rg -eq 0 ] && [ "$worst" != none ] && awk "BEGIN{exit !($worst <= 1e-4)}" &&
         ok=0
     result $ok "mpirun -np 2 lasp train --device cuda: data parallel, the losses of one GPU, a checkpoint that loads" dp2.log
+    # the sequence split over the two GPUs (--sp 2, both schedules): each rank half of every sequence, the states
+    # and the convolution's halo between them; in f32 the losses are one GPU's with the whole sequence
+    for mode in chain lasp2; do
+        timeout 300 mpirun --bind-to none -np 2 "$lasp" train $args --sp 2 --sp-mode $mode --out sp2$mode \
+            >sp2$mode.log 2>&1
+        r2=$?
+        worst=$(paste <(loss dp1) <(loss sp2$mode) | awk '{d = $2 - $4; d = d < 0 ? -d : d; r = d / $2; if (r > w) w = r; n++}
+            END {if (n != 10) print "none"; else printf "%.2e", w}')
+        echo "# sp 2 ($mode) against one GPU (f32, tiny, batch 4): largest relative difference of the 10 losses $worst"
+        ok=1
+        [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ "$worst" != none ] && awk "BEGIN{exit !($worst <= 1e-4)}" && ok=0
+        result $ok "mpirun -np 2 lasp train --device cuda --sp 2 --sp-mode $mode: the losses of one GPU" sp2$mode.log
+    done
 else
-    echo "  skip  data parallel over GPUs: one GPU here (mpirun -np 2 lasp train --device cuda needs two)"
+    echo "  skip  data parallel and --sp 2 over GPUs: one GPU here (mpirun -np 2 lasp train --device cuda needs two)"
 fi
 exit 0

@@ -380,6 +380,36 @@ static void case_bf16(int64_t N, int64_t C, int64_t F, int64_t V) {
     cudaFree(d_loss);
 }
 
+/* A piece's last K1 rows += the next SP rank's halo gradient (lasp_add_last_rows_cuda): in f32 exactly the CPU's
+ * sums and every other element untouched; in bf16 the rounded rows plus it, rounded */
+static void case_last_rows(int64_t B, int64_t T, int64_t K1, int64_t W, int64_t sdp) {
+    const size_t n = (size_t)(B * T * sdp), ns = (size_t)(B * K1 * W);
+    float *dp = test_randn(&rng, n, 1), *src = test_randn(&rng, ns, 1), *ref = copy(dp, n);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t r = 0; r < K1; r++)
+            for (int64_t c = 0; c < W; c++) ref[(b * T + T - K1 + r) * sdp + c] += src[(b * K1 + r) * W + c];
+    float *d_dp = up(dp, n), *d_src = up(src, ns);
+    lasp_add_last_rows_cuda(d_dp, sdp, d_src, B, T, K1, W, 0);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "the kernel");
+    float *h = down(d_dp, n);
+    CHECK(!memcmp(h, ref, n * sizeof *h), "f32: not the CPU's sums bit for bit (or another element changed)");
+    free(h);
+    void *d16 = test_to_dev(dp, n, LASP_BF16);
+    float *r16 = test_from_dev(d16, n, LASP_BF16); /* dp as bf16 holds it */
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t r = 0; r < K1; r++)
+            for (int64_t c = 0; c < W; c++) r16[(b * T + T - K1 + r) * sdp + c] += src[(b * K1 + r) * W + c];
+    lasp_add_last_rows_bf16_cuda(d16, sdp, d_src, B, T, K1, W, 0);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "the kernel");
+    float *h16 = test_from_dev(d16, n, LASP_BF16);
+    const double r = test_rel(h16, r16, n);
+    CHECK(r <= 1e-2, "bf16: relative error %.3g", r);
+    free(h16), free(r16), free(dp), free(src), free(ref);
+    cudaFree(d_dp), cudaFree(d_src), cudaFree(d16);
+    test_case("a piece's last %lld rows plus the next rank's halo gradient, B %lld T %lld W %lld (rows of %lld), f32 "
+              "and bf16", (long long)K1, (long long)B, (long long)T, (long long)W, (long long)sdp);
+}
+
 int main(void) {
     lasp_rng_seed(&rng, test_seed());
     if (!test_have_gpu()) return 1;
@@ -409,5 +439,7 @@ int main(void) {
     case_embed(3000, 64000, 128);
     case_bf16(37, 64, 96, 300);
     case_bf16(1000, 128, 256, 50304);
+    case_last_rows(2, 37, 3, 96, 128);
+    case_last_rows(1, 3, 3, 48, 64); /* a piece no longer than the halo: every row */
     return test_exit();
 }

@@ -142,8 +142,8 @@ int cmd_train(int argc, char **argv) {
                     .ckpt_minutes = 10, .data_format = "auto", .device = "cpu", .dtype = "", .recompute = "none"};
     const opt opts[] = {
         {"--model", OPT_STR, &a.model, "NAME", "preset: tiny, small, 400m, 1b", 0},
-        {"--device", OPT_STR, &a.device, "cpu|cuda", "where to train: the CPU, or GPUs (one a rank; over several, data "
-                                                     "parallel)", 0},
+        {"--device", OPT_STR, &a.device, "cpu|cuda", "where to train: the CPU, or GPUs (one a rank; over several, "
+                                                     "dp × sp)", 0},
         {"--dtype", OPT_STR, &a.dtype, "bf16|f32", "GPU: the matrix products' and attention's operands (default bf16; "
                                                    "f32 compares with the CPU)", 0},
         {"--recompute", OPT_STR, &a.recompute, "none|attn|block", "GPU: what a layer keeps for its backward: "
@@ -190,7 +190,8 @@ int cmd_train(int argc, char **argv) {
         "built-in multi-query associative recall task, generated from --seed: no download needed. Under\n"
         "`mpirun -np W` the world is dp × sp ranks (dp = W / --sp); each sp group splits every sequence\n"
         "into pieces (LASP), and gradients are reduced over the whole world. With --device cuda each rank\n"
-        "takes one GPU and the ranks train data parallel over NCCL (--sp 1 and --zero 0 for now).",
+        "takes one GPU and the ranks train dp × sp over NCCL (--zero 0, no --chunk, and --recompute none\n"
+        "with --sp > 1, for now).",
         "mpirun -np 2 lasp train --model small --sp 2 --steps 300 --ckpt runs/demo/ckpt", opts, N_OPTS(opts)};
     int r = opts_parse(&spec, argc, argv);
     if (r) return r > 0 ? 0 : 2;

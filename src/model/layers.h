@@ -115,6 +115,10 @@ void lasp_feat_bwd_cuda(float *dp, int64_t sdp, float *dwc, int dwc_add, float *
                         const float *halo, const float *wc, int64_t B, int64_t T, int64_t C, int64_t K, float *work,
                         struct CUstream_st *stream);
 int64_t lasp_feat_cuda_work_floats(int64_t B, int64_t C, int64_t K);
+/* dp's last K1 rows of each of B sequences of T (columns [0, W), stride sdp) += src [B, K1, W]: the gradient
+ * the next SP rank's halo sends back, added after the features' backward (the chunks' dnext, arriving later) */
+void lasp_add_last_rows_cuda(float *dp, int64_t sdp, const float *src, int64_t B, int64_t T, int64_t K1, int64_t W,
+                             struct CUstream_st *stream);
 void lasp_xent_cuda(float *z, const int32_t *targets, int64_t N, int64_t V, float scale, double *loss, int32_t *hit,
                     struct CUstream_st *stream);
 void lasp_embed_fwd_cuda(float *x, const float *wte, const int32_t *tokens, int64_t N, int64_t C,
@@ -137,6 +141,8 @@ void lasp_feat_bwd_bf16_cuda(void *dp, int64_t sdp, float *dwc, int dwc_add, flo
                              const void *dq, const void *dk, const void *dv, const float *p, int64_t sp,
                              const float *halo, const float *wc, int64_t B, int64_t T, int64_t C, int64_t K,
                              float *work, struct CUstream_st *stream);
+void lasp_add_last_rows_bf16_cuda(void *dp, int64_t sdp, const float *src, int64_t B, int64_t T, int64_t K1,
+                                  int64_t W, struct CUstream_st *stream);
 void lasp_onorm_gate_fwd_bf16_cuda(void *y, float *rstd, const void *o, const float *g, const float *u, int64_t su,
                                    int64_t N, int64_t C, struct CUstream_st *stream);
 void lasp_onorm_gate_bwd_bf16_cuda(void *dox, void *du, int64_t sdu, float *dg, int dg_add, float *dy, const void *o,

@@ -618,6 +618,19 @@ __global__ void k_recur_step(float *state, float *o, const float *p, const float
     o[h * D + j] = acc;
 }
 
+/* ---- a piece's last rows, from the next piece's halo gradient ------------------------------------ */
+
+/* dp[b, T − K1 + r, c] += src[b, r, c] for c < W (rows of stride sdp): in f32 the sum the features' backward
+ * makes with dnext, in bf16 that sum of its rounded value */
+template <typename T>
+__global__ void k_add_last_rows(T *dp, int64_t sdp, const float *src, int64_t B, int64_t T_, int K1, int W) {
+    GRID_STRIDE(i, B * K1 * W) {
+        const int64_t c = i % W, r = i / W % K1, b = i / W / K1;
+        T *p = dp + (b * T_ + T_ - K1 + r) * sdp + c;
+        put(p, get(p) + src[i]);
+    }
+}
+
 /* ---- bf16 copies ---------------------------------------------------------------------------------- */
 
 __global__ void k_to_bf16(__nv_bfloat16 *y, const float *x, int64_t n) {
@@ -658,6 +671,18 @@ void lasp_conv_step_cuda(float *cq, float *win, const float *p, const float *wc,
 void lasp_recur_step_cuda(float *state, float *o, const float *p, const float *slopes, int64_t H, int64_t D,
                           cudaStream_t st) {
     k_recur_step<<<(unsigned)H, (unsigned)D, 2 * D * sizeof(float), st>>>(state, o, p, slopes, H * D, D);
+}
+
+void lasp_add_last_rows_cuda(float *dp, int64_t sdp, const float *src, int64_t B, int64_t T, int64_t K1, int64_t W,
+                             cudaStream_t st) {
+    if (B * K1 * W > 0) k_add_last_rows<<<grid_for(B * K1 * W), THREADS, 0, st>>>(dp, sdp, src, B, T, (int)K1, (int)W);
+}
+
+void lasp_add_last_rows_bf16_cuda(void *dp, int64_t sdp, const float *src, int64_t B, int64_t T, int64_t K1,
+                                  int64_t W, cudaStream_t st) {
+    if (B * K1 * W > 0)
+        k_add_last_rows<<<grid_for(B * K1 * W), THREADS, 0, st>>>((__nv_bfloat16 *)dp, sdp, src, B, T, (int)K1,
+                                                                  (int)W);
 }
 
 void lasp_to_bf16_cuda(void *y, const float *x, int64_t n, cudaStream_t st) {

@@ -12,6 +12,8 @@
 #include "model/gemm_lt_cuda.h"
 #include "model/layers.h"
 #include "model/prof_cuda.h"
+#include "comm/comm.h"
+#include "sp/sp.h"
 
 /* The head's logits are made this many bytes of rows at a time (docs/MODEL.md: never [N × V] whole). */
 #define LOGIT_CHUNK_BYTES (256 << 20)
@@ -53,7 +55,18 @@ struct lasp_gmodel {
     int32_t *h_hit, *h_order, *h_starts, *h_uniq, *h_count; /* host */
     double *h_loss;
     int64_t n_uniq;
+    /* a sequence split over GPUs (lasp_gmodel_set_sp): each layer's attention through the SP layer, which
+     * keeps its forward for the backward in spc[l]; the convolution's halo from the previous rank */
+    lasp_sp *sp;
+    lasp_sp_cache **spc;                /* [L] */
+    float *sp_halo, *halo_tx, *halo_rx; /* [L, nh] the halos received; [nh] this rank's last rows, or its halo's
+                                         * gradient; [nh] the next rank's halo gradient */
+    cudaEvent_t sp_ev;                  /* orders the halo's exchange between the model's and the group's stream */
 };
+
+/* The sequence is split over SP ranks (more than one) */
+static int split(const lasp_gmodel *m) { return m->sp && m->sp->sp_size > 1; }
+static lasp_status sp_alloc(lasp_gmodel *m);
 
 #define CU(call, what) LASP_CU(&m->ctx->err, call, what)
 #define BLAS(call)                                                                                    \
@@ -179,8 +192,19 @@ static void acts_free(lasp_gmodel *m) {
     m->B = m->T = 0;
 }
 
+/* the SP caches and halo buffers (m->sp stays) */
+static void sp_free(lasp_gmodel *m) {
+    for (int l = 0; m->spc && l < m->cfg.n_layers; l++) lasp_sp_cache_free(m->spc[l]);
+    free(m->spc);
+    cudaFree(m->sp_halo), cudaFree(m->halo_tx), cudaFree(m->halo_rx);
+    if (m->sp_ev) cudaEventDestroy(m->sp_ev);
+    m->spc = NULL, m->sp_halo = m->halo_tx = m->halo_rx = NULL, m->sp_ev = NULL;
+}
+
 void lasp_gmodel_free(lasp_gmodel *m) {
     if (!m) return;
+    if (m->stream) cudaStreamSynchronize(m->stream);
+    sp_free(m);
     acts_free(m);
     free(m->acts);
     cudaFree(m->params), cudaFree(m->grads), cudaFree(m->slopes), cudaFree(m->params16);
@@ -340,7 +364,7 @@ lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T) {
                          bytes / 1073741824.0);
     }
     m->B = B, m->T = T, m->chunk = logit_rows(&m->cfg, (int64_t)N);
-    return LASP_OK;
+    return m->sp ? sp_alloc(m) : LASP_OK; /* the halos are sized by the batch */
 }
 
 lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host) {
@@ -375,6 +399,63 @@ lasp_status lasp_gmodel_zero_grads(lasp_gmodel *m) {
 
 void lasp_gmodel_set_accumulate(lasp_gmodel *m, int accumulate) { m->accumulate = accumulate != 0; }
 
+/* The SP caches and the halos for batches of m->B */
+static lasp_status sp_alloc(lasp_gmodel *m) {
+    lasp_err *err = &m->ctx->err;
+    sp_free(m);
+    const int64_t L = m->cfg.n_layers, K = m->cfg.conv;
+    const size_t nh = K ? (size_t)(m->B * (K - 1) * 3 * m->cfg.d_model) : 0;
+    if (!(m->spc = calloc((size_t)L, sizeof *m->spc))) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for SP caches");
+    if (cudaEventCreateWithFlags(&m->sp_ev, cudaEventDisableTiming) != cudaSuccess) {
+        m->sp_ev = NULL;
+        sp_free(m);
+        return lasp_fail(err, LASP_ERR_CUDA, "no CUDA event for the sequence split");
+    }
+    if (nh) {
+        /* zeroed: the first rank receives no halo, and reads these zeros as the start of the sequence */
+        cudaError_t e = cudaMalloc((void **)&m->sp_halo, (size_t)L * nh * 4);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&m->halo_tx, nh * 4);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&m->halo_rx, nh * 4);
+        if (e == cudaSuccess) e = cudaMemsetAsync(m->sp_halo, 0, (size_t)L * nh * 4, m->stream);
+        if (e != cudaSuccess) {
+            sp_free(m);
+            cudaGetLastError();
+            return lasp_fail(err, LASP_ERR_NOMEM, "no GPU memory for the sequence split's halos (%zu bytes)",
+                             (size_t)(L + 2) * nh * 4);
+        }
+    }
+    return LASP_OK;
+}
+
+lasp_status lasp_gmodel_set_sp(lasp_gmodel *m, lasp_sp *sp) {
+    lasp_err *err = &m->ctx->err;
+    sp_free(m);
+    m->sp = NULL;
+    if (!sp || sp->sp_size == 1) return LASP_OK;
+    if (lasp_comm_backend_of(sp->sp) != LASP_COMM_NCCL)
+        return lasp_fail(err, LASP_ERR_ARG, "the GPU model's sequence split needs NCCL communicators (hint: the "
+                         "nccl backend, one GPU a rank)");
+    if (m->recompute != LASP_RECOMPUTE_NONE)
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--recompute %s with the sequence split over GPUs is not built "
+                         "yet (hint: --recompute none)", lasp_recompute_name(m->recompute));
+    m->sp = sp;
+    return m->B ? sp_alloc(m) : LASP_OK;
+}
+
+/* The halo's exchange with the neighbouring SP ranks (lasp_sp_halo) on the group's stream, where the SP
+ * layer's own NCCL transfers go too (one stream keeps a communicator's operations in the order every rank
+ * issues them): after the model's stream has made what it sends, and before it uses what arrives. */
+static lasp_status halo_exchange(lasp_gmodel *m, int backward, const float *send, float *recv, size_t n) {
+    lasp_err *err = &m->ctx->err;
+    cudaStream_t c = (cudaStream_t)lasp_comm_stream(m->sp->sp);
+    CU(cudaEventRecord(m->sp_ev, m->stream), "ordering the halo");
+    CU(cudaStreamWaitEvent(c, m->sp_ev, 0), "ordering the halo");
+    LASP_TRY(lasp_sp_halo(m->sp, backward, send, recv, n, LASP_F32, err));
+    CU(cudaEventRecord(m->sp_ev, c), "ordering the halo");
+    CU(cudaStreamWaitEvent(m->stream, m->sp_ev, 0), "ordering the halo");
+    return LASP_OK;
+}
+
 /* ---- forward -------------------------------------------------------------------------------------- */
 
 /* The sizes a layer's passes take */
@@ -397,7 +478,8 @@ static lasp_status layer_attn(lasp_gmodel *m, int64_t l, int out) {
     const dims d = dims_of(m);
     const gacts *A = &m->acts[l];
     const float *w = m->params + m->lay.unit_off[1 + l];
-    const float *halo = d.K && m->cin ? m->cin->halo + l * d.nh : NULL, *wc = d.K ? w + m->lay.blk.conv : NULL;
+    const float *halo = !d.K ? NULL : m->cin ? m->cin->halo + l * d.nh : split(m) ? m->sp_halo + l * d.nh : NULL;
+    const float *wc = d.K ? w + m->lay.blk.conv : NULL;
     PART(ELEMWISE);
     if (m->dtype == LASP_BF16)
         lasp_feat_fwd_bf16_cuda(A->q, A->k, A->v, A->pre, 4 * d.C, halo, wc, d.B, d.T, d.C, d.K, m->stream);
@@ -406,6 +488,9 @@ static lasp_status layer_attn(lasp_gmodel *m, int64_t l, int out) {
     /* the op (its output in the dtype), its states in fp32 */
     PART(ATTN);
     const lasp_attn_desc ad = {.B = d.B, .T = d.T, .H = d.H, .d = d.D, .e = d.D, .dtype = m->dtype};
+    if (split(m))
+        return lasp_sp_attn_fwd(m->ctx, m->sp, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride, NULL, A->o,
+                                NULL, &m->spc[l]);
     return lasp_attn_fwd(m->ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride,
                          m->cin ? m->cin->kv + l * d.ns : NULL, A->o, out && m->cout ? m->cout->kv + l * d.ns : NULL);
 }
@@ -428,11 +513,13 @@ static lasp_status layer_fwd(lasp_gmodel *m, int64_t l, int out) {
     BLAS(mm_fwd(m, A->pre, A->xn1, weight(m, w + bo->wqkvu), N, C, 4 * C, &ZERO));
     /* this chunk's last K − 1 projections: the next chunk's halo */
     PART(ELEMWISE);
-    if (out && K && m->cout)
+    float *last = !out || !K ? NULL : m->cout ? m->cout->halo + l * d.nh : split(m) ? m->halo_tx : NULL;
+    if (last)
         for (int64_t b = 0; b < B; b++)
-            CU(cudaMemcpy2DAsync(m->cout->halo + l * d.nh + b * (K - 1) * 3 * C, 3 * C * 4,
-                                 A->pre + (b * T + T - (K - 1)) * 4 * C, 4 * C * 4, 3 * C * 4, K - 1,
-                                 cudaMemcpyDeviceToDevice, st), "the halo");
+            CU(cudaMemcpy2DAsync(last + b * (K - 1) * 3 * C, 3 * C * 4, A->pre + (b * T + T - (K - 1)) * 4 * C,
+                                 4 * C * 4, 3 * C * 4, K - 1, cudaMemcpyDeviceToDevice, st), "the halo");
+    /* split over ranks: this piece's last K − 1 projections to the next rank, the previous rank's into sp_halo */
+    if (last && !m->cout) LASP_TRY(halo_exchange(m, 0, m->halo_tx, m->sp_halo + l * d.nh, d.nh));
     LASP_TRY(layer_attn(m, l, out));
     /* y = RMSNorm(o) ⊙ σ(u); xm = x + y · wo (the residual added by the product: beta = 1) */
     PART(ELEMWISE);
@@ -472,6 +559,13 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
     if (K && (m->cin || m->cout) && T < K - 1)
         return lasp_fail(err, LASP_ERR_ARG, "a chunk of %lld tokens is shorter than the %lld the short convolution "
                          "reaches back (hint: longer chunks)", (long long)T, (long long)K - 1);
+    if (K && split(m) && T < K - 1)
+        return lasp_fail(err, LASP_ERR_ARG, "each SP rank holds %lld tokens, fewer than the %lld the short "
+                         "convolution reaches back (hint: a longer --seq-len or fewer --sp ranks)", (long long)T,
+                         (long long)K - 1);
+    if (split(m) && (m->cin || m->cout))
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "chunks (--chunk) of a sequence split over GPUs are not built "
+                         "yet (hint: no --chunk, or --sp 1)");
     PART(ELEMWISE);
     lasp_embed_fwd_cuda(m->acts[0].x, m->params, m->tok, N, C, st);
     for (int64_t l = 0; l < L; l++) LASP_TRY(layer_fwd(m, l, 1));
@@ -581,20 +675,38 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         PART(ATTN);
         const float *kvi = m->cin ? m->cin->kv + l * ns : NULL, *dkvo = m->dcout ? m->dcout->kv + l * ns : NULL;
         float *dkvi = m->dcin ? m->dcin->kv + l * ns : NULL;
-        if (bf16) LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, kvi, dob16, dkvo, dq16, dk16, dv16, dkvi));
-        else LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, kvi, m->dob, dkvo, m->dq, m->dk, m->dv, dkvi));
+        if (split(m) && bf16)
+            LASP_TRY(lasp_sp_attn_bwd(ctx, m->sp, &ad, A->q, A->k, A->v, slopes, m->spc[l], dob16, NULL, dq16, dk16,
+                                      dv16, NULL));
+        else if (split(m))
+            LASP_TRY(lasp_sp_attn_bwd(ctx, m->sp, &ad, A->q, A->k, A->v, slopes, m->spc[l], m->dob, NULL, m->dq, m->dk,
+                                      m->dv, NULL));
+        else if (bf16)
+            LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, kvi, dob16, dkvo, dq16, dk16, dv16, dkvi));
+        else
+            LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, kvi, m->dob, dkvo, m->dq, m->dk, m->dv, dkvi));
         /* back through SiLU and the convolution into the projections' q | k | v columns; the halo came from the
-         * chunk before (its gradient goes back there), and the next chunk's halo gradient comes in */
+         * chunk or the SP rank before (its gradient goes back there), and the next one's halo gradient comes in */
         PART(ELEMWISE);
-        const float *halo = K && m->cin ? m->cin->halo + l * nh : NULL, *wc = K ? w + bo->conv : NULL;
-        float *dhalo = K && m->dcin ? m->dcin->halo + l * nh : NULL, *dwc = K ? g + bo->conv : NULL;
-        const float *dnext = K && m->dcout ? m->dcout->halo + l * nh : NULL;
+        const float *halo = !K ? NULL : m->cin ? m->cin->halo + l * nh : split(m) ? m->sp_halo + l * nh : NULL;
+        float *dhalo = !K ? NULL : m->dcin ? m->dcin->halo + l * nh : split(m) ? m->halo_tx : NULL;
+        const float *wc = K ? w + bo->conv : NULL, *dnext = K && m->dcout ? m->dcout->halo + l * nh : NULL;
+        float *dwc = K ? g + bo->conv : NULL;
         if (bf16)
             lasp_feat_bwd_bf16_cuda(dpre16, 4 * C, dwc, add, dhalo, dnext, dq16, dk16, dv16, A->pre, 4 * C, halo, wc,
                                     B, T, C, K, m->work, st);
         else
             lasp_feat_bwd_cuda(dpre, 4 * C, dwc, add, dhalo, dnext, m->dq, m->dk, m->dv, A->pre, 4 * C, halo, wc, B,
                                T, C, K, m->work, st);
+        if (K && split(m)) {
+            /* the halo's gradient to the previous rank, and the next rank's into this piece's last rows: added
+             * after the pass, so that no rank waits for the next one's features before its own */
+            LASP_TRY(halo_exchange(m, 1, m->halo_tx, m->halo_rx, nh));
+            if (m->sp->sp_rank < m->sp->sp_size - 1) {
+                if (bf16) lasp_add_last_rows_bf16_cuda(dpre16, 4 * C, m->halo_rx, B, T, K - 1, 3 * C, st);
+                else lasp_add_last_rows_cuda(dpre, 4 * C, m->halo_rx, B, T, K - 1, 3 * C, st);
+            }
+        }
         dout = bf16 ? (const void *)dpre16 : (const void *)dpre;
         BLAS(mm_bwd_in(m, m->dbuf, dout, weight(m, w + bo->wqkvu), N, C, 4 * C));
         BLAS(mm_bwd_w(m, g + bo->wqkvu, A->xn1, dout, N, C, 4 * C, beta));

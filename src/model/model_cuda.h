@@ -68,6 +68,11 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m);
  * until the next call. */
 void lasp_gmodel_set_carry(lasp_gmodel *m, const lasp_model_carry *cin, lasp_model_carry *cout,
                            const lasp_model_carry *dcout, lasp_model_carry *dcin);
+/* The sequence split over the GPUs of sp's SP group (NCCL communicators; borrowed, NULL or one rank: not
+ * split): this rank holds piece sp_rank of each sequence, each layer's attention goes through the SP layer
+ * (lasp_sp_attn_fwd and _bwd, the forward kept for the backward) and the short convolution's halo comes from
+ * the previous rank (lasp_sp_halo, its gradient going back). Not with --recompute or chunks yet (refused). */
+lasp_status lasp_gmodel_set_sp(lasp_gmodel *m, lasp_sp *sp);
 /* Marks the forward's and backward's work by kind in prof (borrowed; NULL: off). */
 void lasp_gmodel_set_profile(lasp_gmodel *m, lasp_gprof *prof);
 

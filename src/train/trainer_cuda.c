@@ -2,9 +2,10 @@
  * optimizer state on the device beside it, and a step that goes from the batch's tokens to the updated
  * parameters without waiting for the GPU until the loss and the gradient norm are read at its end.
  *
- * Over several GPUs (a job of W ranks on an NCCL world, one GPU each): data parallel, each rank a slice of
- * the batch, its loss scaled by 1/W, the gradients summed over the world on the model's stream before the
- * update, and the loss, hits and count summed too, so that every rank takes the same step (ZeRO 0; --sp 1).
+ * Over several GPUs (a job of W = dp × sp ranks on an NCCL world, one GPU each): each rank a slice of the
+ * batch and a piece of its sequences (the model's attention and halo through the SP group: lasp_gmodel_set_sp),
+ * its loss scaled by 1/W, the gradients summed over the world on the model's stream before the update, and
+ * the loss, hits and count summed too, so that every rank takes the same step (ZeRO 0).
  *
  * Memory is checked before anything is allocated: parameters, gradients, the two AdamW moments and the
  * activations (lasp_gmodel_activation_bytes, the same list the model allocates) against what the GPU has
@@ -82,16 +83,17 @@ void lasp_trainer_gpu_release(lasp_trainer *t) {
 lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     lasp_err *err = &t->ctx->err;
     const lasp_train_params *o = &t->o;
-    if (t->W > 1) { /* data parallel over an NCCL world; the rest of dp × sp on GPUs is still to come */
-        const char *why = t->sp->sp_size > 1 ? "--sp above 1 (a sequence split over GPUs) is not built yet"
-                          : o->zero          ? "--zero above 0 (sharded optimizer state) is not built yet"
-                          : o->chunk         ? "--chunk is not built yet"
+    if (t->W > 1) { /* dp × sp over an NCCL world; sharding and the rest are still to come */
+        const int sp = t->sp->sp_size > 1;
+        const char *why = o->zero ? "--zero above 0 (sharded optimizer state) is not built yet"
+                          : o->chunk ? "--chunk is not built yet"
+                          : sp && o->recompute != LASP_RECOMPUTE_NONE ? "--recompute with --sp above 1 is not built yet"
                           : lasp_comm_backend_of(t->world) != LASP_COMM_NCCL ? "the ranks do not share an NCCL world"
                                                                              : NULL;
         if (why)
-            return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks trains data parallel (--sp 1, "
-                             "--zero 0) in this version: %s (hint: --sp 1 --zero 0 with a batch divisible by %d, or "
-                             "--device cpu for dp × sp with ZeRO over ranks)", t->W, why, t->W);
+            return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks trains dp × sp with --zero 0, "
+                             "no --chunk, and --recompute none where --sp > 1, in this version: %s (hint: those "
+                             "options, or --device cpu for ZeRO over ranks)", t->W, why);
     }
     void *stream = NULL;
     LASP_TRY(lasp_ctx_cuda_stream(t->ctx, &stream)); /* "no usable GPU" when there is none */
@@ -133,6 +135,7 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     LASP_TRY(lasp_gmodel_create(t->ctx, &o->model, o->dtype, &G->m));
     lasp_gmodel_set_recompute(G->m, o->recompute);
     LASP_TRY(lasp_gmodel_reserve(G->m, t->Bl, Tc));
+    LASP_TRY(lasp_gmodel_set_sp(G->m, t->sp));
     if (o->chunk) {
         const size_t Nc = (size_t)(t->Bl * Tc);
         CU(cudaMalloc((void **)&G->carry, (size_t)(nc + 2) * cf * sizeof(float)), "the chunks' carried states");
@@ -224,8 +227,8 @@ static lasp_status gpu_chunk(lasp_trainer *t, const lasp_model_carry *cin, lasp_
  * *have = 1; otherwise the caller reads it with lasp_gmodel_loss when it is ready to wait. */
 static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float grad_scale, double r[3], int *have) {
     lasp_trainer_gpu *G = t->gpu;
-    LASP_TRY(lasp_data_batch(t->data, split, first, t->o.batch, t->o.seq_len, t->sp->dp_rank, t->sp->dp_size, 0, 1,
-                             t->tok, t->tgt, t->mask, &t->ctx->err));
+    LASP_TRY(lasp_data_batch(t->data, split, first, t->o.batch, t->o.seq_len, t->sp->dp_rank, t->sp->dp_size,
+                             t->sp->sp_rank, t->sp->sp_size, t->tok, t->tgt, t->mask, &t->ctx->err));
     G->written = 0;
     *have = t->o.chunk > 0;
     if (*have) return lasp_trainer_chunks(t, G->carry, gpu_chunk, grad_scale, r);
