@@ -248,6 +248,56 @@ __global__ void k_onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dy, const 
     }
 }
 
+/* k_rms_bwd_x and the gain's partial sums in one pass, for rows short enough (FUSED_RMS_MAX_C) that a block's
+ * warps each keep a row of sums in shared memory: a block takes `rows` consecutive rows, a warp one at a time,
+ * each warp adding its rows' dy·x·rstd into its own row (no two warps touch one word: no atomics, the same bits
+ * every run), and the block adds its warps' rows in order into work[block]. dy and x are read from memory
+ * once, not again for the sums; longer rows would leave too little shared memory for blocks to overlap. */
+constexpr int FUSED_RMS_MAX_C = 1024, FUSED_RMS_ROWS = 64;
+template <int V>
+__global__ void __launch_bounds__(THREADS) k_rms_bwd_fused(float *dx, __nv_bfloat16 *dx16, float *work,
+                                                           const float *dy, const float *x, const float *rstd,
+                                                           const float *g, int64_t N, int64_t C, int64_t rows) {
+    extern __shared__ float acc[]; /* [THREADS / 32][C] */
+    const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
+    float *mine = acc + (int64_t)w * C;
+    LANE_COLS(c, C, V) {
+#pragma unroll
+        for (int j = 0; j < V; j++) mine[c + j] = 0;
+    }
+    const int64_t n0 = blockIdx.x * rows, n1 = n0 + rows < N ? n0 + rows : N;
+    for (int64_t n = n0 + w; n < n1; n += THREADS / 32) {
+        const float *xr = x + n * C, *dr = dy + n * C, r = rstd[n];
+        float dot = 0;
+#pragma unroll 4
+        LANE_COLS(c, C, V) {
+            const vf<V> a = ld<V>(xr + c), d = ld<V>(dr + c), gg = ld<V>(g + c);
+#pragma unroll
+            for (int j = 0; j < V; j++) dot += d.v[j] * gg.v[j] * a.v[j] * r;
+        }
+        const float mean = warp_sum(dot) / (float)C;
+#pragma unroll 4
+        LANE_COLS(c, C, V) {
+            const vf<V> a = ld<V>(xr + c), d = ld<V>(dr + c), gg = ld<V>(g + c);
+            vf<V> o = ld<V>(dx + n * C + c);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                o.v[j] = o.v[j] + r * (d.v[j] * gg.v[j] - a.v[j] * r * mean);
+                mine[c + j] += d.v[j] * a.v[j] * r;
+            }
+            st<V>(dx + n * C + c, o);
+            if (dx16) st<V>(dx16 + n * C + c, o);
+        }
+    }
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < C; c += THREADS) {
+        float s = 0;
+#pragma unroll
+        for (int k = 0; k < THREADS / 32; k++) s += acc[(int64_t)k * C + c];
+        work[blockIdx.x * C + c] = s;
+    }
+}
+
 /* work[p, c] = Σ over part p's rows of dy·x·rstd */
 template <typename TX>
 __global__ void k_rms_bwd_g(float *work, const float *dy, const TX *x, const float *rstd, int64_t N, int64_t C,
@@ -708,7 +758,17 @@ void lasp_rms_bwd_bf16_cuda(float *dx, void *dx16, float *dg, int dg_add, const 
                             const float *rstd, const float *g, int64_t N, int64_t C, float *work, cudaStream_t st) {
     if (!N) return;
     __nv_bfloat16 *d16 = (__nv_bfloat16 *)dx16;
-    if (C % 128 == 0 && aligned_for<4>({AL(dx), AL(d16), AL(dy), AL(x), AL(g)}))
+    const bool vec = C % 128 == 0 && aligned_for<4>({AL(dx), AL(d16), AL(dy), AL(x), AL(g)});
+    if (vec && C <= FUSED_RMS_MAX_C) {
+        /* at least FUSED_RMS_ROWS rows a block, and no more blocks than work has partials for */
+        const int64_t want = (N + MAX_PARTS - 1) / MAX_PARTS, rows = want > FUSED_RMS_ROWS ? want : FUSED_RMS_ROWS;
+        const int64_t blocks = (N + rows - 1) / rows;
+        const size_t smem = (size_t)(THREADS / 32) * (size_t)C * sizeof(float);
+        k_rms_bwd_fused<4><<<(unsigned)blocks, THREADS, smem, st>>>(dx, d16, work, dy, x, rstd, g, N, C, rows);
+        sum_parts(dg, work, blocks, C, dg_add, st);
+        return;
+    }
+    if (vec)
         k_rms_bwd_x<4><<<row_blocks(N), THREADS, 0, st>>>(dx, d16, dy, x, rstd, g, N, C);
     else
         k_rms_bwd_x<1><<<row_blocks(N), THREADS, 0, st>>>(dx, d16, dy, x, rstd, g, N, C);
