@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/scaling.sh — the multi-GPU scaling runs (4 and 8 GPUs; proven on 2) in one call: every dp × sp
 # layout checked against one GPU on every rank, weak scaling at T_local 32768 and 65536 for the chain and
-# LASP-2 with the time split, and the longest sequence one layer fwd+bwd fits. A short table last.
+# LASP-2 with the time split, the longest sequence one layer fwd+bwd fits, and the trainer's weak scaling:
+# the 1B preset at T_local 32768 (batch 1, --sp W) on 1, 2, 4, … GPUs. A short table last.
 #   usage: scripts/scaling.sh            (one process per GPU of this machine)
 set -u
 OUT=${OUT:-build/gpu-logs}
@@ -26,5 +27,13 @@ for ((w = 2; w <= ngpu; w *= 2)); do
 done
 timeout 600 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 --longest \
     >"$OUT/longest.txt" 2>&1
+# the trainer: the 1B preset, each GPU a piece of 32768 tokens of one sequence (bf16, vocab 64000)
+: >"$OUT/train.txt"
+for ((w = 1; w <= ngpu; w *= 2)); do
+    timeout 300 mpirun --bind-to none -np "$w" build/lasp bench train --device cuda --models 1b --batch 1 \
+        --seq-len $((32768 * w)) --sp "$w" --steps 5 >"$OUT/t.txt" 2>&1
+    [ -s "$OUT/train.txt" ] || grep '^# model' "$OUT/t.txt" | sed 's/^# model/# GPUs  model/' >>"$OUT/train.txt"
+    grep -E '^  1b |error' "$OUT/t.txt" | sed "s/^/  $w   /" >>"$OUT/train.txt"
+done
 echo "# ---- summary ($ngpu GPUs) ----"
-cat "$OUT/summary.txt" "$OUT/weak.txt" "$OUT/longest.txt"
+cat "$OUT/summary.txt" "$OUT/weak.txt" "$OUT/longest.txt" "$OUT/train.txt"

@@ -1,7 +1,7 @@
 /* cmd_bench_train.c — `lasp bench train`: tokens per second of full training steps (forward, backward,
  * gradient reduction, AdamW) of the given presets on the recall task's tokens. On the CPU at the --sp of
- * the launch (run it once plainly and once under `mpirun -np 2 … --sp 2`); on one GPU with MFU and the
- * GPU memory in use. */
+ * the launch (run it once plainly and once under `mpirun -np 2 … --sp 2`); on GPUs with MFU and the GPU
+ * memory in use, one GPU a rank under mpirun (dp × sp over NCCL, as lasp train), tokens/s per GPU too. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +16,7 @@ int lasp_bench_train(int argc, char **argv) {
     long long sp_size = 0, steps = 10, batch = 0, seq = 0, zero = 0, vocab = 0, chunk = 0, max_seq = 1LL << 24;
     int longest = 0;
     const opt opts[] = {
-        {"--device", OPT_STR, &device_name, "cpu|cuda", "where to train: the CPU (ranks of the launch) or one GPU", 0},
+        {"--device", OPT_STR, &device_name, "cpu|cuda", "where to train: the CPU or GPUs (one a rank of the launch)", 0},
         {"--models", OPT_STR, &models, "A,B", "presets to time (default: tiny,small on the CPU, 400m,1b on a GPU)", 0},
         {"--dtype", OPT_STR, &dtype, "bf16|f32", "GPU: the products' and attention's operands", 0},
         {"--recompute", OPT_STR, &recompute, "none|attn|block", "GPU: what a layer keeps for its backward (lasp train "
@@ -70,6 +70,13 @@ int lasp_bench_train(int argc, char **argv) {
         return 1;
     }
     const int W = lasp_comm_size(world), rank = lasp_comm_rank(world);
+    /* several ranks on GPUs: the model's traffic over an NCCL world beside the host one, as lasp train */
+    lasp_comm *gworld = NULL;
+    if (gpu && W > 1 && lasp_comm_world(LASP_COMM_NCCL, NULL, NULL, &gworld, &err) != LASP_OK) {
+        if (rank == 0) fprintf(stderr, "error: %s\n", err.msg);
+        lasp_comm_free(world);
+        return 1;
+    }
     lasp_ctx *ctx = NULL;
     lasp_sp *sp = NULL;
     lasp_data *data = NULL;
@@ -77,19 +84,26 @@ int lasp_bench_train(int argc, char **argv) {
     spp.size = sp_size ? (int)sp_size : W;
     const int mode = opts_sp_mode(sp_mode, "--sp-mode", 0);
     if (mode < 0) {
+        lasp_comm_free(gworld);
         lasp_comm_free(world);
         return 2;
     }
     spp.mode = (lasp_sp_mode)mode;
     int rc = 1;
-    if (lasp_ctx_create(NULL, &ctx) != LASP_OK || lasp_sp_create(world, &spp, &sp, &err) != LASP_OK ||
+    if (lasp_ctx_create(NULL, &ctx) != LASP_OK || lasp_sp_create(gworld ? gworld : world, &spp, &sp, &err) != LASP_OK ||
         lasp_data_recall(1, 8, &data, &err) != LASP_OK) {
         if (rank == 0) fprintf(stderr, "error: %s\n", err.msg[0] ? err.msg : "cannot create a lasp context");
         goto done;
     }
     const lasp_sp_layout lay = lasp_sp_get_layout(sp);
     if (rank == 0 && !longest) { /* --longest prints its own header */
-        if (gpu)
+        if (gpu && W > 1)
+            printf("# lasp bench train — %d GPUs = dp %d × sp %d (%s), %s, batch %lld × seq %lld, vocab %lld, recall "
+                   "task's tokens, median of %lld steps after 2\n# MFU: (6 × matrix parameters + 14·L·H·D·(D+64)) "
+                   "FLOPs per token against the dense bf16 peak, per GPU\n", W, lay.dp_size, lay.sp_size,
+                   lasp_sp_mode_name(spp.mode), strcmp(dtype, "f32") ? "bf16" : "f32 (TF32 off)", batch, seq, vocab,
+                   steps);
+        else if (gpu)
             printf("# lasp bench train — one GPU, %s, batch %lld × seq %lld, vocab %lld, recall task's "
                    "tokens, median of %lld steps after 2\n# MFU: (6 × matrix parameters + 14·L·H·D·(D+64)) FLOPs per "
                    "token against the dense bf16 peak\n", strcmp(dtype, "f32") ? "bf16" : "f32 (TF32 off)", batch, seq,
@@ -102,7 +116,8 @@ int lasp_bench_train(int argc, char **argv) {
         if (rc_mode) printf("# --recompute %s: %s\n", recompute, rc_mode == LASP_RECOMPUTE_BLOCK ? "each layer's "
                             "input kept, its forward run again in the backward" : "q, k, v and the attention's "
                             "output made again in the backward");
-        if (gpu) printf("# %-6s %9s %10s %12s %7s %10s\n", "model", "params", "step ms", "tokens/s", "MFU %", "GPU GiB");
+        if (gpu) printf("# %-6s %9s %10s %12s %7s %10s %12s\n", "model", "params", "step ms", "tokens/s", "MFU %",
+                        "GPU GiB", "tok/s a GPU");
         else printf("# %-6s %9s %10s %12s %8s\n", "model", "params", "step ms", "tokens/s", "comm %");
     }
     char list[256];
@@ -189,8 +204,9 @@ int lasp_bench_train(int argc, char **argv) {
         if (!rc && rank == 0) {
             const double med = tool_median(ms, (int)steps);
             if (gpu) {
-                printf("  %-6s %8.2fM %10.1f %12.0f %7.1f %10.1f\n", name, lasp_trainer_n_params(t) / 1e6, med,
-                       (double)batch * (double)seq / (med / 1e3), 100 * mfu_ms / med, mem / 1073741824.0);
+                const double tps = (double)batch * (double)seq / (med / 1e3);
+                printf("  %-6s %8.2fM %10.1f %12.0f %7.1f %10.1f %12.0f\n", name, lasp_trainer_n_params(t) / 1e6, med,
+                       tps, 100 * mfu_ms / med, mem / 1073741824.0, tps / W);
                 static const char *part[5] = {"matrix products", "attention", "norms and element-wise",
                                               "cross-entropy", "optimizer"};
                 double gpu_ms = 0;
@@ -220,6 +236,7 @@ done:
     lasp_data_free(data);
     lasp_sp_free(sp);
     lasp_ctx_free(ctx);
+    lasp_comm_free(gworld);
     lasp_comm_free(world);
     return rc;
 }
