@@ -245,7 +245,9 @@ static lasp_status sum_over_ranks(lasp_trainer *t, double *x, int n) {
     CU(cudaMemcpyAsync(G->red, G->h_red, (size_t)n * sizeof *x, cudaMemcpyHostToDevice, G->stream), "the sums");
     LASP_TRY(lasp_comm_allreduce(t->world, G->red, G->red, (size_t)n, LASP_F64, LASP_REDUCE_SUM, &t->ctx->err));
     CU(cudaMemcpyAsync(G->h_red, G->red, (size_t)n * sizeof *x, cudaMemcpyDeviceToHost, G->stream), "the sums");
-    CU(cudaStreamSynchronize(G->stream), "the sums over ranks");
+    /* the world's wait (its stream is the model's): bounded by its timeout, and a peer's failure a status, so that
+     * a rank that stalls or dies ends the job rather than leaving this one waiting */
+    LASP_TRY(lasp_comm_sync(t->world, &t->ctx->err));
     memcpy(x, G->h_red, (size_t)n * sizeof *x);
     return LASP_OK;
 }
