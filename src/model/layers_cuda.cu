@@ -188,11 +188,12 @@ __global__ void k_norm_fwd(TY *y, float *rstd, const TX *x, const float *g, cons
     }
 }
 
-/* dx += ∂/∂x of RMSNorm given dy; dx16 (may be NULL): the accumulated dx rounded, as the next products read it */
+/* Row n of the RMSNorm backward by one warp: dx += ∂/∂x given dy; dx16 (may be NULL) the accumulated dx rounded,
+ * as the next products read it; with sums, the row's dy·x·rstd added into sums[0, C) (the gain's gradient) */
 template <int V>
-__global__ void k_rms_bwd_x(float *dx, __nv_bfloat16 *dx16, const float *dy, const float *x, const float *rstd,
-                            const float *g, int64_t N, int64_t C) {
-    ROW_OF_WARP(n, N);
+__device__ __forceinline__ void rms_bwd_row(float *dx, __nv_bfloat16 *dx16, float *sums, const float *dy,
+                                            const float *x, const float *rstd, const float *g, int64_t n, int64_t C,
+                                            int lane) {
     const float *xr = x + n * C, *dr = dy + n * C, r = rstd[n];
     float dot = 0;
 #pragma unroll 4
@@ -207,10 +208,20 @@ __global__ void k_rms_bwd_x(float *dx, __nv_bfloat16 *dx16, const float *dy, con
         const vf<V> a = ld<V>(xr + c), d = ld<V>(dr + c), w = ld<V>(g + c);
         vf<V> o = ld<V>(dx + n * C + c);
 #pragma unroll
-        for (int j = 0; j < V; j++) o.v[j] = o.v[j] + r * (d.v[j] * w.v[j] - a.v[j] * r * mean);
+        for (int j = 0; j < V; j++) {
+            o.v[j] = o.v[j] + r * (d.v[j] * w.v[j] - a.v[j] * r * mean);
+            if (sums) sums[c + j] += d.v[j] * a.v[j] * r;
+        }
         st<V>(dx + n * C + c, o);
         if (dx16) st<V>(dx16 + n * C + c, o);
     }
+}
+
+template <int V>
+__global__ void k_rms_bwd_x(float *dx, __nv_bfloat16 *dx16, const float *dy, const float *x, const float *rstd,
+                            const float *g, int64_t N, int64_t C) {
+    ROW_OF_WARP(n, N);
+    rms_bwd_row<V>(dx, dx16, nullptr, dy, x, rstd, g, n, C, lane);
 }
 
 /* The output norm and gate's backward: du, dy ← ∂/∂ô = dy ⊙ σ(u) (kept for the gain's sums), and do through the
@@ -266,29 +277,7 @@ __global__ void __launch_bounds__(THREADS) k_rms_bwd_fused(float *dx, __nv_bfloa
         for (int j = 0; j < V; j++) mine[c + j] = 0;
     }
     const int64_t n0 = blockIdx.x * rows, n1 = n0 + rows < N ? n0 + rows : N;
-    for (int64_t n = n0 + w; n < n1; n += THREADS / 32) {
-        const float *xr = x + n * C, *dr = dy + n * C, r = rstd[n];
-        float dot = 0;
-#pragma unroll 4
-        LANE_COLS(c, C, V) {
-            const vf<V> a = ld<V>(xr + c), d = ld<V>(dr + c), gg = ld<V>(g + c);
-#pragma unroll
-            for (int j = 0; j < V; j++) dot += d.v[j] * gg.v[j] * a.v[j] * r;
-        }
-        const float mean = warp_sum(dot) / (float)C;
-#pragma unroll 4
-        LANE_COLS(c, C, V) {
-            const vf<V> a = ld<V>(xr + c), d = ld<V>(dr + c), gg = ld<V>(g + c);
-            vf<V> o = ld<V>(dx + n * C + c);
-#pragma unroll
-            for (int j = 0; j < V; j++) {
-                o.v[j] = o.v[j] + r * (d.v[j] * gg.v[j] - a.v[j] * r * mean);
-                mine[c + j] += d.v[j] * a.v[j] * r;
-            }
-            st<V>(dx + n * C + c, o);
-            if (dx16) st<V>(dx16 + n * C + c, o);
-        }
-    }
+    for (int64_t n = n0 + w; n < n1; n += THREADS / 32) rms_bwd_row<V>(dx, dx16, mine, dy, x, rstd, g, n, C, lane);
     __syncthreads();
     for (int64_t c = threadIdx.x; c < C; c += THREADS) {
         float s = 0;
