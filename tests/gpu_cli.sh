@@ -106,7 +106,24 @@ if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
         [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ "$worst" != none ] && awk "BEGIN{exit !($worst <= 1e-4)}" && ok=0
         result $ok "mpirun -np 2 lasp train --device cuda --sp 2 --sp-mode $mode: the losses of one GPU" sp2$mode.log
     done
+    # ZeRO 1 and 2 (the optimizer, and at 2 the gradients, sharded over the two ranks): the losses of one GPU, and
+    # the checkpoint the two ranks wrote (gathered from their shards) resumed on one GPU to step 12
+    for z in 1 2; do
+        timeout 300 mpirun --bind-to none -np 2 "$lasp" train $args --zero $z --out z$z --ckpt z$z/ck >z$z.log 2>&1
+        r2=$?
+        rargs=${args/--steps 10/--steps 12}
+        "$lasp" train ${rargs/ --quiet/} --ckpt z$z/ck --resume --out z${z}r >z${z}r.log 2>&1
+        rr=$?
+        worst=$(paste <(loss dp1) <(loss z$z) | awk '{d = $2 - $4; d = d < 0 ? -d : d; r = d / $2; if (r > w) w = r; n++}
+            END {if (n != 10) print "none"; else printf "%.2e", w}')
+        echo "# zero $z over 2 GPUs against one GPU (f32, tiny, batch 4): largest relative difference of the 10 losses $worst"
+        ok=1
+        [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ $rr -eq 0 ] && [ "$worst" != none ] && awk "BEGIN{exit !($worst <= 1e-4)}" &&
+            grep -q 'resumed from z'$z'/ck at step 10' z${z}r.log && ok=0
+        result $ok "mpirun -np 2 lasp train --device cuda --zero $z: the losses of one GPU; its checkpoint resumes on one" \
+            z$z.log
+    done
 else
-    echo "  skip  data parallel and --sp 2 over GPUs: one GPU here (mpirun -np 2 lasp train --device cuda needs two)"
+    echo "  skip  data parallel, --sp 2 and --zero 1|2 over GPUs: one GPU here (mpirun -np 2 lasp train --device cuda needs two)"
 fi
 exit 0

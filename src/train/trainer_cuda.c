@@ -5,7 +5,10 @@
  * Over several GPUs (a job of W = dp × sp ranks on an NCCL world, one GPU each): each rank a slice of the
  * batch and a piece of its sequences (the model's attention and halo through the SP group: lasp_gmodel_set_sp),
  * its loss scaled by 1/W, the gradients summed over the world on the model's stream before the update, and
- * the loss, hits and count summed too, so that every rank takes the same step (ZeRO 0).
+ * the loss, hits and count summed too, so that every rank takes the same step. ZeRO 1 and 2 shard the
+ * optimizer over the world as the CPU trainer does (each unit cut in W chunks, this rank's chunk of every unit
+ * in its shard): stage 1 sums the gradients whole and keeps its chunks, stage 2 reduce-scatters them unit by
+ * unit; AdamW updates the shard and the parameters are all-gathered unit by unit after it.
  *
  * Memory is checked before anything is allocated: parameters, gradients, the two AdamW moments and the
  * activations (lasp_gmodel_activation_bytes, the same list the model allocates) against what the GPU has
@@ -20,6 +23,7 @@
 
 #include "comm/comm.h"
 #include "core/cuda_check.h"
+#include "model/layers.h"
 #include "model/model_cuda.h"
 #include "train/adamw.h"
 #include "train/trainer.h"
@@ -41,6 +45,8 @@ struct lasp_trainer_gpu {
     lasp_train_memory mem;
     lasp_gprof *prof;          /* where the time goes (NULL: not measured) */
     float *carry;              /* o.chunk: device [n_chunks + 2][carry floats], as trainer.c's host ones */
+    float *pshard, *gshard;    /* ZeRO ≥ 1: device [S], this rank's chunks of the parameters and gradients */
+    float *scratch;            /* ZeRO ≥ 1: device [W × max chunk], a unit padded to W whole chunks */
     int written;               /* this step's gradients hold a backward's (the next one of the step adds to them) */
 };
 
@@ -62,6 +68,51 @@ static double peak_bf16_flops(const struct cudaDeviceProp *p) {
 
 static double gib(double b) { return b / 1073741824.0; }
 
+/* ---- ZeRO 1 and 2: this rank's chunks of full device arrays, and full arrays from every rank's ---------- */
+
+/* dst's chunks [S] = this rank's chunk of every unit of full [P] (zero past a unit's end), on the model's stream */
+static lasp_status slice_all(lasp_trainer *t, const float *full, float *dst) {
+    const lasp_layout *lay = &t->m.lay;
+    for (int u = 0; u < lay->n_units; u++) {
+        const size_t lo = lay->unit_off[u], hi = lay->unit_off[u + 1], c = t->chunk[u];
+        const size_t a = lo + (size_t)t->rank * c, b = a + c < hi ? a + c : hi;
+        CU(cudaMemsetAsync(dst + t->soff[u], 0, c * 4, t->gpu->stream), "a shard");
+        if (a < b) CU(cudaMemcpyAsync(dst + t->soff[u], full + a, (b - a) * 4, cudaMemcpyDeviceToDevice, t->gpu->stream),
+                      "a shard");
+    }
+    return LASP_OK;
+}
+
+/* full [P] (device, or with host a host array, every rank's) = every rank's chunks of every unit, all-gathered
+ * unit by unit through the scratch (collective over the world) */
+static lasp_status gather_all(lasp_trainer *t, const float *shard, float *full, int host) {
+    lasp_trainer_gpu *G = t->gpu;
+    const lasp_layout *lay = &t->m.lay;
+    for (int u = 0; u < lay->n_units; u++) {
+        const size_t n = lay->unit_off[u + 1] - lay->unit_off[u];
+        LASP_TRY(lasp_comm_allgather(t->world, shard + t->soff[u], G->scratch, t->chunk[u], LASP_F32, &t->ctx->err));
+        CU(cudaMemcpyAsync(full + lay->unit_off[u], G->scratch, n * 4,
+                           host ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice, G->stream), "gathering a unit");
+    }
+    return LASP_OK;
+}
+
+/* ZeRO 2: the gradients' chunks summed over the world into gshard, unit by unit: each unit padded to W whole
+ * chunks in the scratch, then reduce-scattered (collective over the world) */
+static lasp_status reduce_scatter_all(lasp_trainer *t, const float *grads) {
+    lasp_trainer_gpu *G = t->gpu;
+    const lasp_layout *lay = &t->m.lay;
+    for (int u = 0; u < lay->n_units; u++) {
+        const size_t n = lay->unit_off[u + 1] - lay->unit_off[u], c = t->chunk[u];
+        CU(cudaMemcpyAsync(G->scratch, grads + lay->unit_off[u], n * 4, cudaMemcpyDeviceToDevice, G->stream),
+           "a unit's gradients");
+        if ((size_t)t->W * c > n) CU(cudaMemsetAsync(G->scratch + n, 0, ((size_t)t->W * c - n) * 4, G->stream), "padding");
+        LASP_TRY(lasp_comm_reduce_scatter(t->world, G->scratch, G->gshard + t->soff[u], c, LASP_F32, LASP_REDUCE_SUM,
+                                          &t->ctx->err));
+    }
+    return LASP_OK;
+}
+
 void lasp_trainer_gpu_release(lasp_trainer *t) {
     lasp_trainer_gpu *G = t->gpu;
     if (!G) return;
@@ -74,6 +125,7 @@ void lasp_trainer_gpu_release(lasp_trainer *t) {
     lasp_gprof_free(G->prof);
     cudaFree(G->mom), cudaFree(G->vel), cudaFree(G->decay), cudaFree(G->sumsq), cudaFree(G->work), cudaFree(G->carry);
     cudaFree(G->red), cudaFreeHost(G->h_red);
+    cudaFree(G->pshard), cudaFree(G->gshard), cudaFree(G->scratch);
     cudaFreeHost(G->h_sumsq), cudaFreeHost(t->tok), cudaFreeHost(t->tgt), cudaFreeHost(t->ctok), cudaFreeHost(t->ctgt);
     t->tok = t->tgt = t->ctok = t->ctgt = NULL;
     free(G);
@@ -85,15 +137,15 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     const lasp_train_params *o = &t->o;
     if (t->W > 1) { /* dp × sp over an NCCL world; sharding and the rest are still to come */
         const int sp = t->sp->sp_size > 1;
-        const char *why = o->zero ? "--zero above 0 (sharded optimizer state) is not built yet"
+        const char *why = o->zero > 2 ? "--zero 3 (sharded parameters) is not built yet"
                           : o->chunk ? "--chunk is not built yet"
                           : sp && o->recompute != LASP_RECOMPUTE_NONE ? "--recompute with --sp above 1 is not built yet"
                           : lasp_comm_backend_of(t->world) != LASP_COMM_NCCL ? "the ranks do not share an NCCL world"
                                                                              : NULL;
         if (why)
-            return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks trains dp × sp with --zero 0, "
+            return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks trains dp × sp with --zero 0 to 2, "
                              "no --chunk, and --recompute none where --sp > 1, in this version: %s (hint: those "
-                             "options, or --device cpu for ZeRO over ranks)", t->W, why);
+                             "options, or --device cpu for ZeRO 3 over ranks)", t->W, why);
     }
     void *stream = NULL;
     LASP_TRY(lasp_ctx_cuda_stream(t->ctx, &stream)); /* "no usable GPU" when there is none */
@@ -103,6 +155,21 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     G->stream = (cudaStream_t)stream;
     const size_t P = t->P = t->m.lay.n_params;
     t->S = P;
+    const int shard = t->W > 1 && o->zero >= 1;
+    if (shard) { /* trainer.c's chunks: unit u's chunk r is this rank's, at soff[u] in the shard */
+        const lasp_layout *lay = &t->m.lay;
+        const int U = lay->n_units;
+        t->chunk = malloc((size_t)U * sizeof(size_t)), t->soff = malloc((size_t)U * sizeof(size_t));
+        if (!t->chunk || !t->soff) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the shards' layout");
+        t->S = 0;
+        for (int u = 0; u < U; u++) {
+            t->chunk[u] = (lay->unit_off[u + 1] - lay->unit_off[u] + (size_t)t->W - 1) / (size_t)t->W;
+            t->soff[u] = t->S;
+            t->S += t->chunk[u];
+            if (t->chunk[u] > t->max_chunk) t->max_chunk = t->chunk[u];
+        }
+    }
+    const size_t S = t->S; /* the optimizer's domain: every parameter, or this rank's shard */
 
     /* what the run needs, against what the GPU has */
     int dev = 0;
@@ -115,7 +182,8 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     G->flops_per_token = lasp_model_flops_per_token(&o->model);
     lasp_train_memory *mem = &G->mem;
     mem->params = (o->dtype == LASP_BF16 ? 6.0 : 4.0) * (double)P; /* fp32 master weights, and their bf16 copy */
-    mem->grads = 4.0 * (double)P, mem->optimizer = 9.0 * (double)P;
+    mem->grads = 4.0 * (double)P, mem->optimizer = 9.0 * (double)S;
+    if (shard) mem->params += 4.0 * (double)S + 4.0 * (double)(t->W * t->max_chunk), mem->grads += 4.0 * (double)S;
     const int64_t Tc = o->chunk ? o->chunk : t->Tl, nc = t->Tl / Tc;
     const size_t cf = lasp_model_carry_floats(&o->model, t->Bl);
     mem->activations = lasp_gmodel_activation_bytes(&o->model, o->dtype, o->recompute, t->Bl, Tc) +
@@ -144,9 +212,14 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
         if (!(t->cmask = malloc(Nc))) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for a chunk's mask");
     }
     const size_t N = (size_t)(t->Bl * t->Tl);
-    CU(cudaMalloc((void **)&G->mom, P * 4), "the AdamW moments");
-    CU(cudaMalloc((void **)&G->vel, P * 4), "the AdamW moments");
-    CU(cudaMalloc((void **)&G->decay, P), "the weight-decay mask");
+    CU(cudaMalloc((void **)&G->mom, S * 4), "the AdamW moments");
+    CU(cudaMalloc((void **)&G->vel, S * 4), "the AdamW moments");
+    CU(cudaMalloc((void **)&G->decay, S), "the weight-decay mask");
+    if (shard) {
+        CU(cudaMalloc((void **)&G->pshard, S * 4), "the parameters' shard");
+        CU(cudaMalloc((void **)&G->gshard, S * 4), "the gradients' shard");
+        CU(cudaMalloc((void **)&G->scratch, (size_t)t->W * t->max_chunk * 4), "the shards' scratch");
+    }
     CU(cudaMalloc((void **)&G->sumsq, sizeof(double)), "the gradient norm");
     CU(cudaMalloc((void **)&G->work, LASP_SUMSQ_PARTS * sizeof(double)), "the gradient norm");
     CU(cudaMallocHost((void **)&G->h_sumsq, sizeof(double)), "the gradient norm");
@@ -161,21 +234,31 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     t->tok = t->tgt = NULL;
     CU(cudaMallocHost((void **)&t->tok, N * sizeof(int32_t)), "the batch's tokens");
     CU(cudaMallocHost((void **)&t->tgt, N * sizeof(int32_t)), "the batch's tokens");
-    CU(cudaMemsetAsync(G->mom, 0, P * 4, G->stream), "zeroing the moments");
-    CU(cudaMemsetAsync(G->vel, 0, P * 4, G->stream), "zeroing the moments");
+    CU(cudaMemsetAsync(G->mom, 0, S * 4, G->stream), "zeroing the moments");
+    CU(cudaMemsetAsync(G->vel, 0, S * 4, G->stream), "zeroing the moments");
 
     /* the weight-decay mask and the initial parameters, made on the host as the CPU trainer makes them */
-    uint8_t *decay = malloc(P);
+    uint8_t *decay = malloc(S);
     float *init = malloc(P * 4);
     lasp_status s = decay && init ? LASP_OK : lasp_fail(err, LASP_ERR_NOMEM, "no host memory to initialise %zu "
                                                         "parameters", P);
     if (s == LASP_OK) {
+        /* the mask of the optimizer's domain: of every parameter, or of this rank's chunks (padding: none) */
+        if (!shard) {
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < P; i++) decay[i] = (uint8_t)lasp_layout_decays(&t->m.lay, i);
+            for (size_t i = 0; i < P; i++) decay[i] = (uint8_t)lasp_layout_decays(&t->m.lay, i);
+        } else {
+            for (int u = 0; u < t->m.lay.n_units; u++)
+                for (size_t j = 0; j < t->chunk[u]; j++) {
+                    const size_t i = t->m.lay.unit_off[u] + (size_t)t->rank * t->chunk[u] + j;
+                    decay[t->soff[u] + j] = i < t->m.lay.unit_off[u + 1] && lasp_layout_decays(&t->m.lay, i);
+                }
+        }
         lasp_model_init_params(&o->model, &t->m.lay, o->seed, init);
-        const cudaError_t e = cudaMemcpy(G->decay, decay, P, cudaMemcpyHostToDevice);
+        const cudaError_t e = cudaMemcpy(G->decay, decay, S, cudaMemcpyHostToDevice);
         s = e == cudaSuccess ? lasp_gmodel_set_params(G->m, init) : lasp_cuda_fail(&t->ctx->err, e, "copying the mask in");
     }
+    if (s == LASP_OK && shard) s = slice_all(t, lasp_gmodel_params(G->m), G->pshard);
     free(decay), free(init);
     return s;
 }
@@ -257,9 +340,13 @@ static lasp_status sum_over_ranks(lasp_trainer *t, double *x, int n) {
  * *have is 0) summed, the loss over the ranks' means: r then holds the batch's, and *have = 1 */
 static lasp_status reduce_step(lasp_trainer *t, int grads, double r[3], int *have) {
     lasp_trainer_gpu *G = t->gpu;
-    if (grads)
-        LASP_TRY(lasp_comm_allreduce(t->world, lasp_gmodel_grads(G->m), lasp_gmodel_grads(G->m), t->P, LASP_F32,
-                                     LASP_REDUCE_SUM, &t->ctx->err));
+    float *g = lasp_gmodel_grads(G->m);
+    if (grads && t->o.zero >= 2) {
+        LASP_TRY(reduce_scatter_all(t, g));
+    } else if (grads) {
+        LASP_TRY(lasp_comm_allreduce(t->world, g, g, t->P, LASP_F32, LASP_REDUCE_SUM, &t->ctx->err));
+        if (t->o.zero == 1) LASP_TRY(slice_all(t, g, G->gshard));
+    }
     if (!*have) {
         int64_t c = 0, n = 0;
         const lasp_status ls = lasp_gmodel_loss(G->m, t->mask, &r[0], &c, &n);
@@ -292,7 +379,19 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
     double loss = fs == LASP_OK ? r[0] : NAN;
     int64_t correct = (int64_t)r[1], count = (int64_t)r[2];
     *G->h_sumsq = NAN;
-    if (fs == LASP_OK) {
+    if (fs == LASP_OK && G->pshard) {
+        /* ZeRO 1 and 2: the norm from the shards' sums of squares (padding adds nothing), the update of this
+         * rank's chunks, then every rank's chunks gathered into the parameters and their bf16 copy */
+        lasp_gprof_mark_at(G->prof, LASP_PART_OPTIM, __FILE__, __LINE__);
+        lasp_sumsq_cuda(G->gshard, t->S, G->sumsq, G->work, G->stream);
+        LASP_TRY(lasp_comm_allreduce(t->world, G->sumsq, G->sumsq, 1, LASP_F64, LASP_REDUCE_SUM, err));
+        const lasp_adamw_step h = lasp_adamw_make(&t->o, t->step, lr);
+        lasp_adamw_cuda(G->pshard, NULL, G->gshard, G->mom, G->vel, G->decay, t->S, &h, G->sumsq, G->stream);
+        CU(cudaGetLastError(), "the optimizer's kernels");
+        LASP_TRY(gather_all(t, G->pshard, p, 0));
+        if (lasp_gmodel_params16(G->m)) lasp_to_bf16_cuda(lasp_gmodel_params16(G->m), p, (int64_t)t->P, G->stream);
+        CU(cudaMemcpyAsync(G->h_sumsq, G->sumsq, sizeof(double), cudaMemcpyDeviceToHost, G->stream), "the norm");
+    } else if (fs == LASP_OK) {
         lasp_gprof_mark_at(G->prof, LASP_PART_OPTIM, __FILE__, __LINE__);
         lasp_sumsq_cuda(g, t->P, G->sumsq, G->work, G->stream);
         const lasp_adamw_step h = lasp_adamw_make(&t->o, t->step, lr);
@@ -359,13 +458,24 @@ lasp_status lasp_trainer_gpu_grad(lasp_trainer *t, double *loss, float *grad_out
     if (t->W > 1) LASP_TRY(reduce_step(t, 1, r, &have));
     if (have) *loss = r[0];
     else LASP_TRY(lasp_gmodel_loss(t->gpu->m, t->mask, loss, NULL, NULL));
+    if (t->gpu->pshard && t->o.zero >= 2) { /* the summed gradients live in the ranks' chunks */
+        LASP_TRY(gather_all(t, t->gpu->gshard, grad_out, 1));
+        return lasp_comm_sync(t->world, &t->ctx->err);
+    }
     return lasp_gmodel_get_grads(t->gpu->m, grad_out);
 }
 
+/* Sharded (ZeRO ≥ 1), the moments come from every rank's chunks: collective over the world then. */
 lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params, float *mom, float *vel) {
     lasp_trainer_gpu *G = t->gpu;
     if (params) LASP_TRY(lasp_gmodel_get_params(G->m, params));
     CU(cudaStreamSynchronize(G->stream), "the GPU's work");
+    if (G->pshard) {
+        if (mom) LASP_TRY(gather_all(t, G->mom, mom, 1));
+        if (vel) LASP_TRY(gather_all(t, G->vel, vel, 1));
+        LASP_TRY(lasp_comm_sync(t->world, &t->ctx->err));
+        return LASP_OK;
+    }
     if (mom) CU(cudaMemcpy(mom, G->mom, t->P * 4, cudaMemcpyDeviceToHost), "copying the moments out");
     if (vel) CU(cudaMemcpy(vel, G->vel, t->P * 4, cudaMemcpyDeviceToHost), "copying the moments out");
     return LASP_OK;
@@ -374,11 +484,27 @@ lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params, float *mom, 
 lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const float *mom, const float *vel) {
     lasp_trainer_gpu *G = t->gpu;
     LASP_TRY(lasp_gmodel_set_params(G->m, params));
+    if (G->pshard) LASP_TRY(slice_all(t, lasp_gmodel_params(G->m), G->pshard));
     float *dst[2] = {G->mom, G->vel};
     const float *src[2] = {mom, vel};
+    const lasp_layout *lay = &t->m.lay;
     for (int k = 0; k < 2; k++) {
-        if (src[k]) CU(cudaMemcpy(dst[k], src[k], t->P * 4, cudaMemcpyHostToDevice), "copying the moments in");
-        else CU(cudaMemset(dst[k], 0, t->P * 4), "zeroing the moments");
+        /* all on the model's stream, in order: the zeroing before the copies that land on it */
+        if (!src[k]) {
+            CU(cudaMemsetAsync(dst[k], 0, t->S * 4, G->stream), "zeroing the moments");
+        } else if (!G->pshard) {
+            CU(cudaMemcpyAsync(dst[k], src[k], t->P * 4, cudaMemcpyHostToDevice, G->stream), "copying the moments in");
+        } else { /* this rank's chunk of each unit (zero past its end) */
+            CU(cudaMemsetAsync(dst[k], 0, t->S * 4, G->stream), "zeroing the moments");
+            for (int u = 0; u < lay->n_units; u++) {
+                const size_t lo = lay->unit_off[u], hi = lay->unit_off[u + 1], c = t->chunk[u];
+                const size_t a = lo + (size_t)t->rank * c, b = a + c < hi ? a + c : hi;
+                if (a < b)
+                    CU(cudaMemcpyAsync(dst[k] + t->soff[u], src[k] + a, (b - a) * 4, cudaMemcpyHostToDevice, G->stream),
+                       "copying the moments in");
+            }
+        }
     }
+    CU(cudaStreamSynchronize(G->stream), "the shards");
     return LASP_OK;
 }
