@@ -31,6 +31,7 @@
 using namespace lasp_sp_cu;
 
 extern "C" void lasp_sp_cache_free_cuda(lasp_sp_cache *c) {
+    if (c->base) cudaFree(c->base);
     if (c->kv_in) cudaFree(c->kv_in);
     if (c->work) cudaFree(c->work);
     if (c->seg) cudaFree(c->seg);
@@ -59,6 +60,10 @@ static lasp_status grow(lasp_ctx *ctx, float **p, size_t *have, size_t want) {
     /* zeroed once: a state buffer never holds garbage that a decay could turn into NaN */
     CU_TRY(ctx, cudaMemset(*p, 0, want * sizeof(float)), "zeroing the state buffers");
     return LASP_OK;
+}
+
+extern "C" lasp_status lasp_sp_grow_device(lasp_ctx *ctx, float **p, size_t *have, size_t want) {
+    return grow(ctx, p, have, want);
 }
 
 static lasp_status make_events(lasp_ctx *ctx, const lasp_sp *sp, lasp_sp_cache *cache) {
@@ -191,6 +196,8 @@ static lasp_status trace_done(lasp_ctx *ctx, lasp_sp *sp, const Sched *s) {
 extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q,
                                              const void *k, const void *v, const float *slopes, const float *kv_in,
                                              void *o, float *kv_out, lasp_sp_cache *cache) {
+    if (sp->p.mode == LASP_SP_ULYSSES)
+        return lasp_sp_ulysses_fwd_cuda(ctx, sp, a, q, k, v, slopes, kv_in, o, kv_out, cache);
     Sched s;
     LASP_TRY(prepare(ctx, sp, a, cache, FWD, &s));
     trace(&s, 0, s.S);
@@ -252,6 +259,8 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
                                              const void *k, const void *v, const float *slopes,
                                              const lasp_sp_cache *cache, const void *do_, const float *dkv_out,
                                              void *dq, void *dk, void *dv, float *dkv_in) {
+    if (sp->p.mode == LASP_SP_ULYSSES)
+        return lasp_sp_ulysses_bwd_cuda(ctx, sp, a, slopes, cache, do_, dkv_out, dq, dk, dv, dkv_in);
     Sched s;
     LASP_TRY(prepare(ctx, sp, a, (lasp_sp_cache *)cache, BWD, &s));
     trace(&s, 4, s.S);
