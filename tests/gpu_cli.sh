@@ -2,8 +2,9 @@
 # tests/gpu_cli.sh BUILD — `lasp train --device cuda` as a user runs it, on a machine with a GPU: the small
 # model learns the recall task as on the CPU (the threshold of test_train_cli.c), a stopped run resumes
 # and its checkpoint decodes on the CPU, a run that cannot fit is refused before anything is written,
-# and a diverging run stops naming the step with the last checkpoint still loadable. One PASS or FAIL
-# line each (counted by tests/run_gpu.sh).
+# and a diverging run stops naming the step with the last checkpoint still loadable; where there are two
+# GPUs, dp 2, sp 2, ZeRO 1 and 2 against one GPU, and a killed rank ending the job. One PASS or FAIL line
+# each (counted by tests/run_gpu.sh).
 set -u
 lasp=$(realpath "$1/lasp")
 scratch=$(mktemp -d)
@@ -123,7 +124,19 @@ if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
         result $ok "mpirun -np 2 lasp train --device cuda --zero $z: the losses of one GPU; its checkpoint resumes on one" \
             z$z.log
     done
+    # a rank killed mid-run (SIGKILL, in the middle of its steps) ends the whole job within seconds, never a hang
+    timeout 300 mpirun --bind-to none -np 2 bash -c 'echo $$ >pid.$OMPI_COMM_WORLD_RANK; exec "$0" "$@"' "$lasp" \
+        train --device cuda --model small --sp 2 --steps 100000 --out kill >kill.log 2>&1 &
+    job=$!
+    for _ in $(seq 120); do grep -q '^step ' kill.log 2>/dev/null && break; sleep 1; done
+    t0=$SECONDS
+    kill -9 "$(cat pid.1 2>/dev/null)" 2>/dev/null
+    wait $job
+    rk=$? took=$((SECONDS - t0))
+    echo "# a rank killed at step $(grep -c '^step ' kill.log): the job ended in $took s (exit $rk)"
+    ok=1; [ $rk -ne 0 ] && [ $rk -ne 124 ] && [ $took -le 30 ] && ok=0
+    result $ok "mpirun -np 2 lasp train --device cuda --sp 2: a rank killed mid-run ends the job within 30 s" kill.log
 else
-    echo "  skip  data parallel, --sp 2 and --zero 1|2 over GPUs: one GPU here (mpirun -np 2 lasp train --device cuda needs two)"
+    echo "  skip  data parallel, --sp 2, --zero 1|2 and a killed rank over GPUs: one GPU here (mpirun -np 2 lasp train --device cuda needs two)"
 fi
 exit 0
