@@ -494,7 +494,8 @@ typedef struct lasp_step_stats {
     double loss;        /* mean over every token of the global batch */
     double grad_norm;   /* before clipping */
     double lr;
-    double ms, comm_ms; /* wall time of the step, and of it in communication */
+    double ms, comm_ms; /* wall time of the step, and of it in communication (GPUs over ranks: the gradients'
+                         * reduction left exposed after the backward, from CUDA events) */
     double acc;         /* recall accuracy on the batch (the answer positions) */
     double mfu;         /* GPU: model FLOPs (lasp_model_flops_per_token) per second over the GPU's dense bf16
                          * peak; 0 on the CPU or a GPU whose peak is not known */

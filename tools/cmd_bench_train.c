@@ -116,8 +116,8 @@ int lasp_bench_train(int argc, char **argv) {
         if (rc_mode) printf("# --recompute %s: %s\n", recompute, rc_mode == LASP_RECOMPUTE_BLOCK ? "each layer's "
                             "input kept, its forward run again in the backward" : "q, k, v and the attention's "
                             "output made again in the backward");
-        if (gpu) printf("# %-6s %9s %10s %12s %7s %10s %12s\n", "model", "params", "step ms", "tokens/s", "MFU %",
-                        "GPU GiB", "tok/s a GPU");
+        if (gpu) printf("# %-6s %9s %10s %12s %7s %10s %12s %8s\n", "model", "params", "step ms", "tokens/s", "MFU %",
+                        "GPU GiB", "tok/s a GPU", "comm %");
         else printf("# %-6s %9s %10s %12s %8s\n", "model", "params", "step ms", "tokens/s", "comm %");
     }
     char list[256];
@@ -205,8 +205,8 @@ int lasp_bench_train(int argc, char **argv) {
             const double med = tool_median(ms, (int)steps);
             if (gpu) {
                 const double tps = (double)batch * (double)seq / (med / 1e3);
-                printf("  %-6s %8.2fM %10.1f %12.0f %7.1f %10.1f %12.0f\n", name, lasp_trainer_n_params(t) / 1e6, med,
-                       tps, 100 * mfu_ms / med, mem / 1073741824.0, tps / W);
+                printf("  %-6s %8.2fM %10.1f %12.0f %7.1f %10.1f %12.0f %8.1f\n", name, lasp_trainer_n_params(t) / 1e6,
+                       med, tps, 100 * mfu_ms / med, mem / 1073741824.0, tps / W, 100 * comm / total);
                 static const char *part[5] = {"matrix products", "attention", "norms and element-wise",
                                               "cross-entropy", "optimizer"};
                 double gpu_ms = 0;

@@ -368,6 +368,7 @@ int cmd_train(int argc, char **argv) {
                        (long long)o.steps, st.loss, st.lr, st.grad_norm, st.ms, rate);
                 if (device == LASP_DEVICE_CUDA) {
                     if (st.mfu > 0) printf(" | MFU %.1f%%", 100 * st.mfu);
+                    if (W > 1) printf(" | comm %.0f%%", 100.0 * st.comm_ms / st.ms);
                     printf(" | GPU mem %.1f GiB\n", st.mem_bytes / 1073741824.0);
                 } else {
                     printf(" | comm %.0f%%\n", 100.0 * st.comm_ms / st.ms);

@@ -62,6 +62,8 @@ struct lasp_gmodel {
     float *sp_halo, *halo_tx, *halo_rx; /* [L, nh] the halos received; [nh] this rank's last rows, or its halo's
                                          * gradient; [nh] the next rank's halo gradient */
     cudaEvent_t sp_ev;                  /* orders the halo's exchange between the model's and the group's stream */
+    lasp_gmodel_unit_fn unit_done;      /* told as each unit's gradients are enqueued whole (set_unit_done) */
+    void *unit_user;
 };
 
 /* The sequence is split over SP ranks (more than one) */
@@ -399,6 +401,15 @@ lasp_status lasp_gmodel_zero_grads(lasp_gmodel *m) {
 
 void lasp_gmodel_set_accumulate(lasp_gmodel *m, int accumulate) { m->accumulate = accumulate != 0; }
 
+void lasp_gmodel_set_unit_done(lasp_gmodel *m, lasp_gmodel_unit_fn fn, void *user) {
+    m->unit_done = fn, m->unit_user = user;
+}
+
+#define UNIT_DONE(u)                                                            \
+    do {                                                                        \
+        if (m->unit_done) LASP_TRY(m->unit_done(m->unit_user, (int)(u)));       \
+    } while (0)
+
 /* The SP caches and the halos for batches of m->B */
 static lasp_status sp_alloc(lasp_gmodel *m) {
     lasp_err *err = &m->ctx->err;
@@ -631,6 +642,7 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     const float *beta = grad_beta(m);
     lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + m->lay.head_lnf, add, m->dbuf, m->xL, m->rstdf, w + m->lay.head_lnf,
                            N, C, m->work, st);
+    UNIT_DONE(L + 1); /* the head: its weight's gradient came with the forward, its norm's just now */
 
     const lasp_attn_desc ad = {.B = B, .T = T, .H = d.H, .d = d.D, .e = d.D, .dtype = m->dtype};
     for (int64_t l = L - 1; l >= 0; l--) {
@@ -713,12 +725,14 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         PART(ELEMWISE);
         lasp_rms_bwd_bf16_cuda(m->dres, dres16, g + bo->ln1, add, m->dbuf, A->x, A->rstd1, w + bo->ln1, N, C, m->work,
                                st);
+        UNIT_DONE(1 + l);
     }
     /* embedding: dwte[token] += dres, each token's positions in order. The one gradient a backward does not write
      * whole (absent tokens' rows): zeroed first where the gradients are written */
     PART(ELEMWISE);
     if (!add) CU(cudaMemsetAsync(m->grads, 0, m->lay.unit_off[1] * 4, st), "zeroing the embedding's gradient");
     lasp_embed_bwd_cuda(m->grads, m->dres, m->order, m->starts, m->uniq, m->n_uniq, C, st);
+    UNIT_DONE(0);
     CU(cudaGetLastError(), "the backward's kernels");
     return LASP_OK;
 }

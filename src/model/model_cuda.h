@@ -73,6 +73,12 @@ void lasp_gmodel_set_carry(lasp_gmodel *m, const lasp_model_carry *cin, lasp_mod
  * (lasp_sp_attn_fwd and _bwd, the forward kept for the backward) and the short convolution's halo comes from
  * the previous rank (lasp_sp_halo, its gradient going back). Not with --recompute or chunks yet (refused). */
 lasp_status lasp_gmodel_set_sp(lasp_gmodel *m, lasp_sp *sp);
+/* fn(user, u) is called on the host as the backward finishes enqueueing unit u's gradients (the units of
+ * lasp_layout: the head L + 1 first, then the blocks L … 1, the embedding 0 last): once the model's stream
+ * gets there they are whole, so their reduction over ranks may start on another stream while the rest of
+ * the backward runs. A failing fn fails the backward. NULL: none. */
+typedef lasp_status (*lasp_gmodel_unit_fn)(void *user, int unit);
+void lasp_gmodel_set_unit_done(lasp_gmodel *m, lasp_gmodel_unit_fn fn, void *user);
 /* Marks the forward's and backward's work by kind in prof (borrowed; NULL: off). */
 void lasp_gmodel_set_profile(lasp_gmodel *m, lasp_gprof *prof);
 

@@ -4,11 +4,12 @@
  *
  * Over several GPUs (a job of W = dp × sp ranks on an NCCL world, one GPU each): each rank a slice of the
  * batch and a piece of its sequences (the model's attention and halo through the SP group: lasp_gmodel_set_sp),
- * its loss scaled by 1/W, the gradients summed over the world on the model's stream before the update, and
- * the loss, hits and count summed too, so that every rank takes the same step. ZeRO 1 and 2 shard the
- * optimizer over the world as the CPU trainer does (each unit cut in W chunks, this rank's chunk of every unit
- * in its shard): stage 1 sums the gradients whole and keeps its chunks, stage 2 reduce-scatters them unit by
- * unit; AdamW updates the shard and the parameters are all-gathered unit by unit after it.
+ * its loss scaled by 1/W, the gradients summed over the world unit by unit as the backward completes them, on
+ * a stream of their own beside the rest of the backward (unit_done), and the loss, hits and count summed too,
+ * so that every rank takes the same step; what of the reductions outlasts the backward is the step's comm
+ * time. ZeRO 1 and 2 shard the optimizer over the world as the CPU trainer does (each unit cut in W chunks,
+ * this rank's chunk of every unit in its shard): stage 1 sums each unit whole and keeps its chunk, stage 2
+ * reduce-scatters it; AdamW updates the shard and the parameters are all-gathered unit by unit after it.
  *
  * Memory is checked before anything is allocated: parameters, gradients, the two AdamW moments and the
  * activations (lasp_gmodel_activation_bytes, the same list the model allocates) against what the GPU has
@@ -46,6 +47,9 @@ struct lasp_trainer_gpu {
     lasp_gprof *prof;          /* where the time goes (NULL: not measured) */
     float *carry;              /* o.chunk: device [n_chunks + 2][carry floats], as trainer.c's host ones */
     float *pshard, *gshard;    /* ZeRO ≥ 1: device [S], this rank's chunks of the parameters and gradients */
+    cudaStream_t cstream;      /* W > 1: where the gradients' reductions run beside the backward */
+    cudaEvent_t ev_unit, ev_bwd, ev_red; /* a unit's gradients made; the backward's end; the reductions' end */
+    int reducing;              /* this backward's units are reduced as they complete (unit_done) */
     float *scratch;            /* ZeRO ≥ 1: device [W × max chunk], a unit padded to W whole chunks */
     int written;               /* this step's gradients hold a backward's (the next one of the step adds to them) */
 };
@@ -70,16 +74,19 @@ static double gib(double b) { return b / 1073741824.0; }
 
 /* ---- ZeRO 1 and 2: this rank's chunks of full device arrays, and full arrays from every rank's ---------- */
 
-/* dst's chunks [S] = this rank's chunk of every unit of full [P] (zero past a unit's end), on the model's stream */
-static lasp_status slice_all(lasp_trainer *t, const float *full, float *dst) {
+/* dst's chunk of unit u = this rank's chunk of it in full [P] (zero past the unit's end), on stream st */
+static lasp_status slice_unit(lasp_trainer *t, int u, const float *full, float *dst, cudaStream_t st) {
     const lasp_layout *lay = &t->m.lay;
-    for (int u = 0; u < lay->n_units; u++) {
-        const size_t lo = lay->unit_off[u], hi = lay->unit_off[u + 1], c = t->chunk[u];
-        const size_t a = lo + (size_t)t->rank * c, b = a + c < hi ? a + c : hi;
-        CU(cudaMemsetAsync(dst + t->soff[u], 0, c * 4, t->gpu->stream), "a shard");
-        if (a < b) CU(cudaMemcpyAsync(dst + t->soff[u], full + a, (b - a) * 4, cudaMemcpyDeviceToDevice, t->gpu->stream),
-                      "a shard");
-    }
+    const size_t lo = lay->unit_off[u], hi = lay->unit_off[u + 1], c = t->chunk[u];
+    const size_t a = lo + (size_t)t->rank * c, b = a + c < hi ? a + c : hi;
+    CU(cudaMemsetAsync(dst + t->soff[u], 0, c * 4, st), "a shard");
+    if (a < b) CU(cudaMemcpyAsync(dst + t->soff[u], full + a, (b - a) * 4, cudaMemcpyDeviceToDevice, st), "a shard");
+    return LASP_OK;
+}
+
+/* dst's chunks [S] = this rank's chunk of every unit of full [P], on the model's stream */
+static lasp_status slice_all(lasp_trainer *t, const float *full, float *dst) {
+    for (int u = 0; u < t->m.lay.n_units; u++) LASP_TRY(slice_unit(t, u, full, dst, t->gpu->stream));
     return LASP_OK;
 }
 
@@ -97,20 +104,37 @@ static lasp_status gather_all(lasp_trainer *t, const float *shard, float *full, 
     return LASP_OK;
 }
 
-/* ZeRO 2: the gradients' chunks summed over the world into gshard, unit by unit: each unit padded to W whole
- * chunks in the scratch, then reduce-scattered (collective over the world) */
-static lasp_status reduce_scatter_all(lasp_trainer *t, const float *grads) {
+/* ---- the gradients' reduction over the world, unit by unit as the backward completes them ------------- */
+
+/* lasp_gmodel_unit_fn: unit u's gradients are enqueued whole on the model's stream. Its reduction goes on the
+ * communication stream once the model's stream gets there, while the rest of the backward runs: ZeRO 0 an
+ * all-reduce in place; 1 the same, then this rank's chunk kept; 2 the unit padded to W whole chunks in the
+ * scratch and reduce-scattered into the shard (the scratch's reuse ordered by the one stream). Every rank's
+ * backward calls this for the same units in the same order, so the collectives match. */
+static lasp_status unit_done(void *user, int u) {
+    lasp_trainer *t = (lasp_trainer *)user;
     lasp_trainer_gpu *G = t->gpu;
+    if (!G->reducing) return LASP_OK;
+    lasp_err *err = &t->ctx->err;
     const lasp_layout *lay = &t->m.lay;
-    for (int u = 0; u < lay->n_units; u++) {
-        const size_t n = lay->unit_off[u + 1] - lay->unit_off[u], c = t->chunk[u];
-        CU(cudaMemcpyAsync(G->scratch, grads + lay->unit_off[u], n * 4, cudaMemcpyDeviceToDevice, G->stream),
-           "a unit's gradients");
-        if ((size_t)t->W * c > n) CU(cudaMemsetAsync(G->scratch + n, 0, ((size_t)t->W * c - n) * 4, G->stream), "padding");
-        LASP_TRY(lasp_comm_reduce_scatter(t->world, G->scratch, G->gshard + t->soff[u], c, LASP_F32, LASP_REDUCE_SUM,
-                                          &t->ctx->err));
+    float *g = lasp_gmodel_grads(G->m) + lay->unit_off[u];
+    const size_t n = lay->unit_off[u + 1] - lay->unit_off[u];
+    CU(cudaEventRecord(G->ev_unit, G->stream), "ordering a unit's reduction");
+    CU(cudaStreamWaitEvent(G->cstream, G->ev_unit, 0), "ordering a unit's reduction");
+    LASP_TRY(lasp_comm_set_stream(t->world, G->cstream, err));
+    lasp_status s;
+    if (t->o.zero >= 2) {
+        const size_t c = t->chunk[u];
+        CU(cudaMemcpyAsync(G->scratch, g, n * 4, cudaMemcpyDeviceToDevice, G->cstream), "a unit's gradients");
+        if ((size_t)t->W * c > n) CU(cudaMemsetAsync(G->scratch + n, 0, ((size_t)t->W * c - n) * 4, G->cstream), "padding");
+        s = lasp_comm_reduce_scatter(t->world, G->scratch, G->gshard + t->soff[u], c, LASP_F32, LASP_REDUCE_SUM, err);
+    } else {
+        s = lasp_comm_allreduce(t->world, g, g, n, LASP_F32, LASP_REDUCE_SUM, err);
+        if (s == LASP_OK && t->o.zero == 1) s = slice_unit(t, u, lasp_gmodel_grads(G->m), G->gshard, G->cstream);
     }
-    return LASP_OK;
+    lasp_err e2 = {0};
+    lasp_comm_set_stream(t->world, G->stream, &e2); /* the world's other collectives stay on the model's stream */
+    return s;
 }
 
 void lasp_trainer_gpu_release(lasp_trainer *t) {
@@ -126,6 +150,10 @@ void lasp_trainer_gpu_release(lasp_trainer *t) {
     cudaFree(G->mom), cudaFree(G->vel), cudaFree(G->decay), cudaFree(G->sumsq), cudaFree(G->work), cudaFree(G->carry);
     cudaFree(G->red), cudaFreeHost(G->h_red);
     cudaFree(G->pshard), cudaFree(G->gshard), cudaFree(G->scratch);
+    if (G->ev_unit) cudaEventDestroy(G->ev_unit);
+    if (G->ev_bwd) cudaEventDestroy(G->ev_bwd);
+    if (G->ev_red) cudaEventDestroy(G->ev_red);
+    if (G->cstream) cudaStreamDestroy(G->cstream);
     cudaFreeHost(G->h_sumsq), cudaFreeHost(t->tok), cudaFreeHost(t->tgt), cudaFreeHost(t->ctok), cudaFreeHost(t->ctgt);
     t->tok = t->tgt = t->ctok = t->ctgt = NULL;
     free(G);
@@ -226,8 +254,14 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     if (t->W > 1) {
         CU(cudaMalloc((void **)&G->red, 4 * sizeof(double)), "the sums over ranks");
         CU(cudaMallocHost((void **)&G->h_red, 4 * sizeof(double)), "the sums over ranks");
-        /* the world's collectives on the model's stream: after the backward, before the update */
+        /* the world's collectives on the model's stream (after the backward, before the update), but for the
+         * gradients' reductions, on a stream of their own as each unit completes */
         LASP_TRY(lasp_comm_set_stream(t->world, G->stream, err));
+        CU(cudaStreamCreateWithFlags(&G->cstream, cudaStreamNonBlocking), "the reductions' stream");
+        CU(cudaEventCreateWithFlags(&G->ev_unit, cudaEventDisableTiming), "an event");
+        CU(cudaEventCreate(&G->ev_bwd), "an event");
+        CU(cudaEventCreate(&G->ev_red), "an event");
+        lasp_gmodel_set_unit_done(G->m, unit_done, t);
     }
     /* the batch in pinned memory, so that its copy to the GPU does not wait */
     free(t->tok), free(t->tgt);
@@ -317,7 +351,12 @@ static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float gra
     if (*have) return lasp_trainer_chunks(t, G->carry, gpu_chunk, grad_scale, r);
     if (grad_scale > 0) lasp_gmodel_set_accumulate(G->m, 0);
     LASP_TRY(lasp_gmodel_forward(G->m, t->tok, t->tgt, grad_scale));
-    if (grad_scale > 0) LASP_TRY(lasp_gmodel_backward(G->m));
+    if (grad_scale > 0) {
+        G->reducing = t->W > 1;
+        const lasp_status s = lasp_gmodel_backward(G->m);
+        G->reducing = 0;
+        LASP_TRY(s);
+    }
     return LASP_OK;
 }
 
@@ -340,12 +379,10 @@ static lasp_status sum_over_ranks(lasp_trainer *t, double *x, int n) {
  * *have is 0) summed, the loss over the ranks' means: r then holds the batch's, and *have = 1 */
 static lasp_status reduce_step(lasp_trainer *t, int grads, double r[3], int *have) {
     lasp_trainer_gpu *G = t->gpu;
-    float *g = lasp_gmodel_grads(G->m);
-    if (grads && t->o.zero >= 2) {
-        LASP_TRY(reduce_scatter_all(t, g));
-    } else if (grads) {
-        LASP_TRY(lasp_comm_allreduce(t->world, g, g, t->P, LASP_F32, LASP_REDUCE_SUM, &t->ctx->err));
-        if (t->o.zero == 1) LASP_TRY(slice_all(t, g, G->gshard));
+    if (grads) { /* the units' reductions (enqueued by the backward) joined: the model's stream waits for them */
+        CU(cudaEventRecord(G->ev_bwd, G->stream), "the backward's end");
+        CU(cudaEventRecord(G->ev_red, G->cstream), "the reductions' end");
+        CU(cudaStreamWaitEvent(G->stream, G->ev_red, 0), "waiting for the reductions");
     }
     if (!*have) {
         int64_t c = 0, n = 0;
@@ -425,6 +462,10 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
         st->mfu = G->peak_flops > 0 ? G->flops_per_token * tokens / (st->ms / 1e3) / G->peak_flops : 0;
         size_t fr = 0, tot = 0;
         if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) st->mem_bytes = (double)(tot - fr);
+        /* over ranks: how long the update waited for the gradients' reductions after the backward's end */
+        float exposed = 0;
+        if (t->W > 1 && cudaEventElapsedTime(&exposed, G->ev_bwd, G->ev_red) == cudaSuccess && exposed > 0)
+            st->comm_ms = exposed;
     }
     return LASP_OK;
 }
