@@ -76,6 +76,29 @@ ok=1
 result $ok "a diverging run on the GPU stops naming the step; the last checkpoint still loads" dv.log
 grep '^error' dv.log | sed 's/^error: /# /'
 
+# the ranks' code on one GPU: under mpirun, even of one rank, the trainer runs over an NCCL world (the gradients
+# reduced unit by unit beside the backward, the sums over ranks, at ZeRO 1 and 2 the shards, their gathers and
+# the checkpoint's), and one rank must train what a plain run trains; its checkpoint resumes in a plain run
+args1="--device cuda --dtype f32 --model tiny --batch 4 --steps 10 --val-every 5 --val-batches 2 --quiet"
+"$lasp" train $args1 --out one >one.log 2>&1
+r1=$?
+loss() { sed -n 's/.*"step":\([0-9]*\),"loss":\([0-9.eE+-]*\).*/\1 \2/p' "$1/train.jsonl"; }
+for z in 0 1 2; do
+    timeout 300 mpirun --bind-to none -np 1 "$lasp" train $args1 --zero $z --out np1z$z --ckpt np1z$z/ck >np1z$z.log 2>&1
+    r2=$?
+    rargs=${args1/--steps 10/--steps 12}
+    "$lasp" train ${rargs/ --quiet/} --ckpt np1z$z/ck --resume --out np1z${z}r >np1z${z}r.log 2>&1
+    rr=$?
+    worst=$(paste <(loss one) <(loss np1z$z) | awk '{d = $2 - $4; d = d < 0 ? -d : d; r = d / $2; if (r > w) w = r; n++}
+        END {if (n != 10) print "none"; else printf "%.2e", w}')
+    echo "# mpirun -np 1, zero $z, against a plain run (f32, tiny): largest relative difference of the 10 losses $worst"
+    ok=1
+    [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ $rr -eq 0 ] && [ "$worst" != none ] && awk "BEGIN{exit !($worst <= 1e-6)}" &&
+        grep -q "resumed from np1z$z/ck at step 10" np1z${z}r.log && ok=0
+    result $ok "mpirun -np 1 lasp train --device cuda --zero $z: an NCCL world of one trains as a plain run; its checkpoint resumes" \
+        np1z$z.log
+done
+
 # data parallel over two GPUs: each rank half of the batch, the gradients summed over NCCL; in f32 the losses
 # are one GPU's with the whole batch (the sums in another order: 1e-4)
 if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
@@ -86,7 +109,6 @@ if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
     r2=$?
     "$lasp" generate --ckpt dp2/ck --prompt-ids 20,130 --tokens 1 --temperature 0 --ids >dpg.log 2>&1
     rg=$?
-    loss() { sed -n 's/.*"step":\([0-9]*\),"loss":\([0-9.eE+-]*\).*/\1 \2/p' "$1/train.jsonl"; }
     worst=$(paste <(loss dp1) <(loss dp2) | awk '{d = $2 - $4; d = d < 0 ? -d : d; r = d / $2; if (r > w) w = r; n++}
         END {if (n != 10) print "none"; else printf "%.2e", w}')
     echo "# dp 2 against one GPU (f32, tiny, batch 4): largest relative difference of the 10 losses $worst"

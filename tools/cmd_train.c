@@ -207,10 +207,10 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;
     }
-    /* several ranks on GPUs: the model's traffic (gradients, states) over NCCL, one GPU a rank; the host world
-     * still decides each step's stop and checkpoint, and aborts */
+    /* ranks on GPUs (under a launcher, even one): the model's traffic (gradients, states) over NCCL, one GPU a
+     * rank; the host world still decides each step's stop and checkpoint, and aborts */
     lasp_comm *gworld = NULL;
-    if (launched > 1 && !strcmp(a.device, "cuda") &&
+    if (launched > 0 && !strcmp(a.device, "cuda") &&
         lasp_comm_world(LASP_COMM_NCCL, NULL, NULL, &gworld, &err) != LASP_OK) {
         if (lasp_comm_rank(world) == 0) fprintf(stderr, "error: %s\n", err.msg);
         lasp_comm_free(world);

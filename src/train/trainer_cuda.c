@@ -40,14 +40,15 @@ struct lasp_trainer_gpu {
     uint8_t *decay;            /* device [P]: 1 where weight decay applies */
     double *sumsq, *work;      /* device: the gradient's Σ g², and its scratch */
     double *h_sumsq;           /* pinned host copy of *sumsq */
-    double *red, *h_red;       /* W > 1: device and pinned host [4], sums over the ranks of host values */
+    double *red, *h_red;       /* ranks: device and pinned host [4], sums over the ranks of host values */
     double peak_flops;         /* dense bf16 peak of this GPU (0: not known) */
     double flops_per_token;
     lasp_train_memory mem;
     lasp_gprof *prof;          /* where the time goes (NULL: not measured) */
     float *carry;              /* o.chunk: device [n_chunks + 2][carry floats], as trainer.c's host ones */
+    int ranks;                 /* the world is NCCL's (a launched job, one rank or more): the ranks' machinery on */
     float *pshard, *gshard;    /* ZeRO ≥ 1: device [S], this rank's chunks of the parameters and gradients */
-    cudaStream_t cstream;      /* W > 1: where the gradients' reductions run beside the backward */
+    cudaStream_t cstream;      /* ranks: where the gradients' reductions run beside the backward */
     cudaEvent_t ev_unit, ev_bwd, ev_red; /* a unit's gradients made; the backward's end; the reductions' end */
     int reducing;              /* this backward's units are reduced as they complete (unit_done) */
     float *scratch;            /* ZeRO ≥ 1: device [W × max chunk], a unit padded to W whole chunks */
@@ -163,12 +164,17 @@ void lasp_trainer_gpu_release(lasp_trainer *t) {
 lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     lasp_err *err = &t->ctx->err;
     const lasp_train_params *o = &t->o;
-    if (t->W > 1) { /* dp × sp over an NCCL world; sharding and the rest are still to come */
+    /* over an NCCL world (mpirun, even of one rank: the same code as over many), dp × sp; ZeRO 3 and the rest
+     * are still to come */
+    const int ranks = lasp_comm_backend_of(t->world) == LASP_COMM_NCCL;
+    if (t->W > 1 && !ranks)
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks needs them on an NCCL world (hint: "
+                         "a build with NCCL, one GPU a rank)", t->W);
+    if (ranks) {
         const int sp = t->sp->sp_size > 1;
         const char *why = o->zero > 2 ? "--zero 3 (sharded parameters) is not built yet"
                           : o->chunk ? "--chunk is not built yet"
                           : sp && o->recompute != LASP_RECOMPUTE_NONE ? "--recompute with --sp above 1 is not built yet"
-                          : lasp_comm_backend_of(t->world) != LASP_COMM_NCCL ? "the ranks do not share an NCCL world"
                                                                              : NULL;
         if (why)
             return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks trains dp × sp with --zero 0 to 2, "
@@ -181,9 +187,10 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     if (!G) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the GPU trainer");
     t->gpu = G;
     G->stream = (cudaStream_t)stream;
+    G->ranks = ranks;
     const size_t P = t->P = t->m.lay.n_params;
     t->S = P;
-    const int shard = t->W > 1 && o->zero >= 1;
+    const int shard = ranks && o->zero >= 1;
     if (shard) { /* trainer.c's chunks: unit u's chunk r is this rank's, at soff[u] in the shard */
         const lasp_layout *lay = &t->m.lay;
         const int U = lay->n_units;
@@ -251,7 +258,7 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     CU(cudaMalloc((void **)&G->sumsq, sizeof(double)), "the gradient norm");
     CU(cudaMalloc((void **)&G->work, LASP_SUMSQ_PARTS * sizeof(double)), "the gradient norm");
     CU(cudaMallocHost((void **)&G->h_sumsq, sizeof(double)), "the gradient norm");
-    if (t->W > 1) {
+    if (ranks) {
         CU(cudaMalloc((void **)&G->red, 4 * sizeof(double)), "the sums over ranks");
         CU(cudaMallocHost((void **)&G->h_red, 4 * sizeof(double)), "the sums over ranks");
         /* the world's collectives on the model's stream (after the backward, before the update), but for the
@@ -352,7 +359,7 @@ static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float gra
     if (grad_scale > 0) lasp_gmodel_set_accumulate(G->m, 0);
     LASP_TRY(lasp_gmodel_forward(G->m, t->tok, t->tgt, grad_scale));
     if (grad_scale > 0) {
-        G->reducing = t->W > 1;
+        G->reducing = G->ranks;
         const lasp_status s = lasp_gmodel_backward(G->m);
         G->reducing = 0;
         LASP_TRY(s);
@@ -360,7 +367,7 @@ static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float gra
     return LASP_OK;
 }
 
-/* W > 1: x[0 .. n) summed over the ranks, through device memory (the NCCL world moves device buffers); waits */
+/* Over ranks: x[0 .. n) summed over the ranks, through device memory (the NCCL world moves device buffers); waits */
 static lasp_status sum_over_ranks(lasp_trainer *t, double *x, int n) {
     lasp_trainer_gpu *G = t->gpu;
     memcpy(G->h_red, x, (size_t)n * sizeof *x);
@@ -374,7 +381,7 @@ static lasp_status sum_over_ranks(lasp_trainer *t, double *x, int n) {
     return LASP_OK;
 }
 
-/* W > 1, after the backward: every rank's gradients summed (each rank's loss was scaled by 1/W, so the sum is
+/* Over ranks, after the backward: every rank's gradients summed (each rank's loss was scaled by 1/W, so the sum is
  * the batch's mean) on the model's stream, and the loss, hits and count of r (this rank's, or read here when
  * *have is 0) summed, the loss over the ranks' means: r then holds the batch's, and *have = 1 */
 static lasp_status reduce_step(lasp_trainer *t, int grads, double r[3], int *have) {
@@ -405,7 +412,7 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
     int have = 0;
     lasp_status fs = forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f / (float)t->W, r, &have);
     if (fs != LASP_ERR_NONFINITE) LASP_TRY(fs); /* a non-finite chunk's loss: reported below, nothing updated */
-    if (t->W > 1) { /* the same gradients and loss on every rank before the update, which they all then skip or take */
+    if (G->ranks) { /* the same gradients and loss on every rank before the update, which they all then skip or take */
         LASP_TRY(reduce_step(t, 1, r, &have));
         if (!isfinite(r[0])) fs = LASP_ERR_NONFINITE;
     }
@@ -464,7 +471,7 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
         if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) st->mem_bytes = (double)(tot - fr);
         /* over ranks: how long the update waited for the gradients' reductions after the backward's end */
         float exposed = 0;
-        if (t->W > 1 && cudaEventElapsedTime(&exposed, G->ev_bwd, G->ev_red) == cudaSuccess && exposed > 0)
+        if (G->ranks && cudaEventElapsedTime(&exposed, G->ev_bwd, G->ev_red) == cudaSuccess && exposed > 0)
             st->comm_ms = exposed;
     }
     return LASP_OK;
@@ -480,7 +487,7 @@ lasp_status lasp_trainer_gpu_eval(lasp_trainer *t, int split, double *loss, doub
         int64_t c, m;
         int have = 0;
         s = forward(t, split, (uint64_t)(k * t->o.batch), 0, r, &have);
-        if (s == LASP_OK && t->W > 1) s = reduce_step(t, 0, r, &have);
+        if (s == LASP_OK && t->gpu->ranks) s = reduce_step(t, 0, r, &have);
         if (s == LASP_OK && have) l = r[0], c = (int64_t)r[1], m = (int64_t)r[2];
         else if (s == LASP_OK) s = lasp_gmodel_loss(t->gpu->m, t->mask, &l, &c, &m);
         if (s == LASP_OK) sum += l, hits += c, n += m;
@@ -496,7 +503,7 @@ lasp_status lasp_trainer_gpu_grad(lasp_trainer *t, double *loss, float *grad_out
     double r[3];
     int have = 0;
     LASP_TRY(forward(t, LASP_SPLIT_TRAIN, t->cursor, 1.0f / (float)t->W, r, &have));
-    if (t->W > 1) LASP_TRY(reduce_step(t, 1, r, &have));
+    if (t->gpu->ranks) LASP_TRY(reduce_step(t, 1, r, &have));
     if (have) *loss = r[0];
     else LASP_TRY(lasp_gmodel_loss(t->gpu->m, t->mask, loss, NULL, NULL));
     if (t->gpu->pshard && t->o.zero >= 2) { /* the summed gradients live in the ranks' chunks */
