@@ -76,76 +76,56 @@ ok=1
 result $ok "a diverging run on the GPU stops naming the step; the last checkpoint still loads" dv.log
 grep '^error' dv.log | sed 's/^error: /# /'
 
-# the ranks' code on one GPU: under mpirun, even of one rank, the trainer runs over an NCCL world (the gradients
-# reduced unit by unit beside the backward, the sums over ranks, at ZeRO 1 and 2 the shards, their gathers and
-# the checkpoint's), and one rank must train what a plain run trains; its checkpoint resumes in a plain run
+# Runs under mpirun against one plain run on one GPU (f32, the tiny model, batch 4, 10 steps): the largest
+# relative difference of the 10 losses, and a line. worst REF RUN prints it ("none" if a log lacks steps).
 args1="--device cuda --dtype f32 --model tiny --batch 4 --steps 10 --val-every 5 --val-batches 2 --quiet"
 "$lasp" train $args1 --out one >one.log 2>&1
 r1=$?
 loss() { sed -n 's/.*"step":\([0-9]*\),"loss":\([0-9.eE+-]*\).*/\1 \2/p' "$1/train.jsonl"; }
-for z in 0 1 2; do
-    timeout 300 mpirun --bind-to none -np 1 "$lasp" train $args1 --zero $z --out np1z$z --ckpt np1z$z/ck >np1z$z.log 2>&1
-    r2=$?
-    rargs=${args1/--steps 10/--steps 12}
-    "$lasp" train ${rargs/ --quiet/} --ckpt np1z$z/ck --resume --out np1z${z}r >np1z${z}r.log 2>&1
-    rr=$?
-    worst=$(paste <(loss one) <(loss np1z$z) | awk '{d = $2 - $4; d = d < 0 ? -d : d; r = d / $2; if (r > w) w = r; n++}
-        END {if (n != 10) print "none"; else printf "%.2e", w}')
-    echo "# mpirun -np 1, zero $z, against a plain run (f32, tiny): largest relative difference of the 10 losses $worst"
-    ok=1
-    [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ $rr -eq 0 ] && [ "$worst" != none ] && awk "BEGIN{exit !($worst <= 1e-6)}" &&
-        grep -q "resumed from np1z$z/ck at step 10" np1z${z}r.log && ok=0
-    result $ok "mpirun -np 1 lasp train --device cuda --zero $z: an NCCL world of one trains as a plain run; its checkpoint resumes" \
-        np1z$z.log
-done
-
-# data parallel over two GPUs: each rank half of the batch, the gradients summed over NCCL; in f32 the losses
-# are one GPU's with the whole batch (the sums in another order: 1e-4)
-if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
-    args="--device cuda --dtype f32 --model tiny --batch 4 --steps 10 --val-every 5 --val-batches 2 --quiet"
-    "$lasp" train $args --out dp1 >dp1.log 2>&1
-    r1=$?
-    timeout 300 mpirun --bind-to none -np 2 "$lasp" train $args --out dp2 --ckpt dp2/ck >dp2.log 2>&1
-    r2=$?
-    "$lasp" generate --ckpt dp2/ck --prompt-ids 20,130 --tokens 1 --temperature 0 --ids >dpg.log 2>&1
-    rg=$?
-    worst=$(paste <(loss dp1) <(loss dp2) | awk '{d = $2 - $4; d = d < 0 ? -d : d; r = d / $2; if (r > w) w = r; n++}
-        END {if (n != 10) print "none"; else printf "%.2e", w}')
-    echo "# dp 2 against one GPU (f32, tiny, batch 4): largest relative difference of the 10 losses $worst"
-    ok=1
-    [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ $rg -eq 0 ] && [ "$worst" != none ] && awk "BEGIN{exit !($worst <= 1e-4)}" &&
-        ok=0
-    result $ok "mpirun -np 2 lasp train --device cuda: data parallel, the losses of one GPU, a checkpoint that loads" dp2.log
-    # the sequence split over the two GPUs (--sp 2, both schedules): each rank half of every sequence, the states
-    # and the convolution's halo between them; in f32 the losses are one GPU's with the whole sequence
-    for mode in chain lasp2; do
-        timeout 300 mpirun --bind-to none -np 2 "$lasp" train $args --sp 2 --sp-mode $mode --out sp2$mode \
-            >sp2$mode.log 2>&1
-        r2=$?
-        worst=$(paste <(loss dp1) <(loss sp2$mode) | awk '{d = $2 - $4; d = d < 0 ? -d : d; r = d / $2; if (r > w) w = r; n++}
-            END {if (n != 10) print "none"; else printf "%.2e", w}')
-        echo "# sp 2 ($mode) against one GPU (f32, tiny, batch 4): largest relative difference of the 10 losses $worst"
-        ok=1
-        [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ "$worst" != none ] && awk "BEGIN{exit !($worst <= 1e-4)}" && ok=0
-        result $ok "mpirun -np 2 lasp train --device cuda --sp 2 --sp-mode $mode: the losses of one GPU" sp2$mode.log
-    done
-    # ZeRO 1 and 2 (the optimizer, and at 2 the gradients, sharded over the two ranks): the losses of one GPU, and
-    # the checkpoint the two ranks wrote (gathered from their shards) resumed on one GPU to step 12
-    for z in 1 2; do
-        timeout 300 mpirun --bind-to none -np 2 "$lasp" train $args --zero $z --out z$z --ckpt z$z/ck >z$z.log 2>&1
-        r2=$?
-        rargs=${args/--steps 10/--steps 12}
-        "$lasp" train ${rargs/ --quiet/} --ckpt z$z/ck --resume --out z${z}r >z${z}r.log 2>&1
+worst() {
+    paste <(loss "$1") <(loss "$2") | awk '{d = $2 - $4; d = d < 0 ? -d : d; r = d / $2; if (r > w) w = r; n++}
+        END {if (n != 10) print "none"; else printf "%.2e", w}'
+}
+# versus NP TOL NAME [OPTIONS...]: mpirun -np NP lasp train with args1 and OPTIONS into NAME; its losses within TOL
+# of the plain run's; with --ckpt among the options, its checkpoint resumed in a plain run to step 12
+versus() {
+    local np=$1 tol=$2 name=$3
+    shift 3
+    timeout 300 mpirun --bind-to none -np "$np" "$lasp" train $args1 "$@" --out "$name" >"$name.log" 2>&1
+    local r2=$? rr=0 ck="" resumed=1
+    case " $* " in *" --ckpt "*) ck=$(echo " $* " | sed 's/.* --ckpt \([^ ]*\) .*/\1/') ;; esac
+    if [ -n "$ck" ]; then
+        local rargs=${args1/--steps 10/--steps 12}
+        "$lasp" train ${rargs/ --quiet/} --ckpt "$ck" --resume --out "${name}r" >"${name}r.log" 2>&1
         rr=$?
-        worst=$(paste <(loss dp1) <(loss z$z) | awk '{d = $2 - $4; d = d < 0 ? -d : d; r = d / $2; if (r > w) w = r; n++}
-            END {if (n != 10) print "none"; else printf "%.2e", w}')
-        echo "# zero $z over 2 GPUs against one GPU (f32, tiny, batch 4): largest relative difference of the 10 losses $worst"
-        ok=1
-        [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ $rr -eq 0 ] && [ "$worst" != none ] && awk "BEGIN{exit !($worst <= 1e-4)}" &&
-            grep -q 'resumed from z'$z'/ck at step 10' z${z}r.log && ok=0
-        result $ok "mpirun -np 2 lasp train --device cuda --zero $z: the losses of one GPU; its checkpoint resumes on one" \
-            z$z.log
-    done
+        grep -q "resumed from $ck at step 10" "${name}r.log" && resumed=0
+    else
+        resumed=0
+    fi
+    local w
+    w=$(worst one "$name")
+    echo "# mpirun -np $np lasp train $* against one GPU's plain run: largest relative difference of the 10 losses $w"
+    local ok=1
+    [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ $rr -eq 0 ] && [ $resumed -eq 0 ] && [ "$w" != none ] &&
+        awk "BEGIN{exit !($w <= $tol)}" && ok=0
+    result $ok "mpirun -np $np lasp train --device cuda $*: the losses of one GPU${ck:+; its checkpoint resumes there}" \
+        "$name.log"
+}
+
+# the ranks' code on one GPU: under mpirun, even of one rank, the trainer runs over an NCCL world (the gradients
+# reduced unit by unit beside the backward, the sums over ranks, at ZeRO 1 and 2 the shards, their gathers and
+# the checkpoint's), and one rank must train what the plain run trains, to round-off (its sums are the same)
+for z in 0 1 2; do versus 1 1e-6 np1z$z --zero $z --ckpt np1z$z/ck; done
+
+# over two GPUs, in f32 the losses are one GPU's (the sums in another order: 1e-4): data parallel (each rank half
+# of the batch), the sequence split (--sp 2, both schedules: the states and the convolution's halo between the
+# ranks), ZeRO 1 and 2 (the checkpoint the two ranks wrote, gathered from their shards, resumed on one GPU)
+if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
+    versus 2 1e-4 dp2 --ckpt dp2/ck
+    "$lasp" generate --ckpt dp2/ck --prompt-ids 20,130 --tokens 1 --temperature 0 --ids >dpg.log 2>&1
+    result $? "lasp generate decodes the checkpoint of mpirun -np 2 lasp train --device cuda" dpg.log
+    for mode in chain lasp2; do versus 2 1e-4 sp2$mode --sp 2 --sp-mode $mode; done
+    for z in 1 2; do versus 2 1e-4 np2z$z --zero $z --ckpt np2z$z/ck; done
     # a rank killed mid-run (SIGKILL, in the middle of its steps) ends the whole job within seconds, never a hang
     timeout 300 mpirun --bind-to none -np 2 bash -c 'echo $$ >pid.$OMPI_COMM_WORLD_RANK; exec "$0" "$@"' "$lasp" \
         train --device cuda --model small --sp 2 --steps 100000 --out kill >kill.log 2>&1 &
