@@ -307,8 +307,7 @@ typedef struct lasp_sp lasp_sp;
 typedef enum lasp_sp_mode {
     LASP_SP_CHAIN = 0,     /* LASP: the state handed from piece to piece (docs/SP.md) */
     LASP_SP_LASP2 = 1,     /* LASP-2: every piece's state all-gathered */
-    /* the baselines LASP is compared against (docs/SP.md "The baselines"; the all-gather on host communicators
-     * only for now): */
+    /* the baselines LASP is compared against (docs/SP.md "The baselines"): */
     LASP_SP_ULYSSES = 2,   /* DeepSpeed-Ulysses: all-to-all to a head split and back (H divisible by sp) */
     LASP_SP_ALLGATHER = 3, /* Megatron-style: keys and values all-gathered, their gradients reduce-scattered */
 } lasp_sp_mode;

@@ -5,8 +5,8 @@
  *     mpirun -np N test_sp --device cuda          the GPU schedule (sp_cuda*.cu): device f32 and bf16 over
  *                                                 NCCL, one process per GPU
  *
- * What it proves, for every dp × sp layout the world fits, every mode (the chain, LASP-2, the Ulysses baseline;
- * on host communicators also the all-gather of keys and values), ragged pieces,
+ * What it proves, for every dp × sp layout the world fits, every mode (the chain, LASP-2, and the baselines
+ * Ulysses and the all-gather of keys and values), ragged pieces,
  * slopes from 0 to past underflow (λ^T = 0 in fp32), with and without kv_in / dkv_out:
  *   - every rank's o, dq, dk, dv and boundary states (kv_out on the last piece, dkv_in on the first; the other
  *     ranks' stay unwritten) equal the single-process op on the whole tensors: CPU 1e-6 relative, GPU f32
@@ -18,7 +18,7 @@
  *     before any message;
  *   - three forward+backward calls in a row on one cache (other inputs first) end right, and the trace
  *     (params.trace) reports ordered phases on GPUs (the chain and LASP-2) and nothing on host communicators
- *     or for Ulysses;
+ *     or for the baselines;
  *   - lasp_sp_create's parameter checks, lasp_sp_get_layout, lasp_sp_halo both ways, lasp_sp_cache_free(NULL),
  *     and a backward without a forward of its shape refused with a hint.
  * On GPUs every configuration the library keeps runs at sp = world: transfer auto (one-sided puts where the
@@ -341,7 +341,7 @@ static void check_msgs(const lasp_sp_layout *L, const problem *P, lasp_sp_mode m
     const uint64_t ft = gpu ? (uint64_t)lasp_dtype_size(P->t) : f;
     const uint64_t qkv = bt * Hl * (uint64_t)(2 * a->d + a->e) * ft, ob = bt * Hl * (uint64_t)a->e * ft;
     const uint64_t slice = (uint64_t)a->B * Hl * (uint64_t)(a->d * a->e) * f;
-    const uint64_t kv = bt * (uint64_t)a->H * (uint64_t)(a->d + a->e) * f;
+    const uint64_t kv = bt * (uint64_t)a->H * (uint64_t)(a->d + a->e) * ft;
     if (mode == LASP_SP_ULYSSES) {
         /* all-to-all of q | k | v (backward: dq | dk | dv) and of o (dO), a boundary state broadcast from the
          * first rank (backward: the last), the other's slices gathered */
@@ -464,7 +464,7 @@ static void repeat_cases(int size, const config *c, problem *probs, int n_probs)
         const lasp_sp_trace tr = lasp_sp_get_trace(sp);
         const double ph[7] = {tr.fwd_local_ms, tr.fwd_state_ms, tr.fwd_end_ms, tr.bwd_start_ms,
                               tr.bwd_local_ms, tr.bwd_state_ms, tr.bwd_end_ms};
-        if (gpu && c->mode != LASP_SP_ULYSSES) { /* Ulysses traces nothing: its phases are the collectives' */
+        if (gpu && c->mode <= LASP_SP_LASP2) { /* the baselines trace nothing: their phases are the collectives' */
             int ordered = ph[0] >= 0;
             for (int i = 1; i < 7; i++) ordered &= ph[i] >= ph[i - 1];
             CHECK(tr.layers == layers && ordered && isfinite(ph[6]),
@@ -474,13 +474,13 @@ static void repeat_cases(int size, const config *c, problem *probs, int n_probs)
         } else {
             int zero = tr.layers == 0;
             for (int i = 0; i < 7; i++) zero &= ph[i] == 0;
-            CHECK(zero, "rank %d: a host group (or Ulysses) traced %lld layers", L.world_rank, (long long)tr.layers);
+            CHECK(zero, "rank %d: a host group (or a baseline) traced %lld layers", L.world_rank, (long long)tr.layers);
         }
         char label[300];
         config_label(label, sizeof label, sp, c);
         mpi_case("sp %s, dp %d × sp %d, %s: 3 calls in a row on one cache, the last = single process (worst %.1e); "
                  "trace %s", label, L.dp_size, L.sp_size, P->sh->name, worst,
-                 gpu && c->mode != LASP_SP_ULYSSES ? "layers counted, phases ordered" : "empty");
+                 gpu && c->mode <= LASP_SP_LASP2 ? "layers counted, phases ordered" : "empty");
     }
     lasp_sp_cache_free(cache);
     lasp_sp_free(sp);
@@ -664,8 +664,7 @@ static void layout_cases(int size) {
     for (int si = 0; si < N_SHAPES; si++)
         for (int ti = 0; ti < n_dtypes(); ti++)
             if (gpu || !SHAPES[si].gpu_only) problem_make(&probs[n_probs++], &SHAPES[si], si, dtype_at(ti), &L);
-    /* the all-gather baseline: host communicators only for now */
-    const int whole = size == L.world_size, modes = gpu ? 3 : 4;
+    const int whole = size == L.world_size, modes = 4;
     if (!gpu) ulysses_refusal_case(size, probs, n_probs);
     for (int mode = 0; mode < modes; mode++)
         for (int tr = 0; tr < (gpu && whole ? 2 : 1); tr++)

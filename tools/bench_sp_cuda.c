@@ -184,6 +184,13 @@ static int find_longest(lasp_comm *hw, lasp_comm *world, const lasp_sp_params *s
 }
 
 /* --trace: each rank's phases of the last traced layer (rank 0 prints them all) */
+/* Whether --mode (opts_sp_mode's: a mode, both = the LASP two, all) times mode m; Ulysses only where the heads
+ * split over the ranks */
+static int runs_mode(int which, int m, long long H, int W) {
+    if (m == LASP_SP_ULYSSES && H % W) return 0;
+    return which == OPTS_SP_ALL || (which == OPTS_SP_BOTH && m < 2) || which == m;
+}
+
 static void print_trace(lasp_comm *hw, const lasp_sp *sp, const char *mode) {
     const lasp_sp_trace t = lasp_sp_get_trace(sp);
     const int W = lasp_comm_size(hw);
@@ -208,7 +215,8 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
     const opt opts[] = {
         {"--device", OPT_STR, &device, "cuda", "the GPU bench (cpu: see `lasp bench sp --device cpu --help`)", 0},
         {"--dtype", OPT_STR, &dtype, "bf16|f16|f32", "I/O type", 0},
-        {"--mode", OPT_STR, &mode, "chain|lasp2|both", "which SP form", 0},
+        {"--mode", OPT_STR, &mode, "MODE", "which SP form: chain, lasp2, ulysses, allgather, both (the first two) or "
+                                           "all", 0},
         {"--t-local", OPT_STR, &t_locals, "N[,N...]", "tokens per GPU for weak scaling", 0},
         {"--t-total", OPT_INT, &t_total, "N", "total tokens for strong scaling (0 = W × the first --t-local)", 0},
         {"--batch", OPT_INT, &B, "N", "sequences", 0},
@@ -224,7 +232,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         {"--trace", OPT_FLAG, &trace, NULL, "print each rank's phases of the last layer (ms from its start)", 0},
     };
     const cmd_spec spec = {
-        "mpirun -np W lasp bench sp --device cuda [--dtype bf16] [--t-local N,...] [--mode chain|lasp2|both] ...",
+        "mpirun -np W lasp bench sp --device cuda [--dtype bf16] [--t-local N,...] [--mode chain|lasp2|both|all] ...",
         "One attention layer forward+backward over W GPUs (one process each, NCCL), LASP chain and LASP-2, against\n"
         "the same op on one GPU at the same tokens per GPU: weak scaling (T_local fixed) and strong scaling (T\n"
         "fixed). exposed = SP time − one-GPU time at T_local. Keep NCCL_NVLS_ENABLE=0 on NVLink machines.",
@@ -242,11 +250,6 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
     }
     const int which = opts_sp_mode(mode, "--mode", 1);
     if (which < 0) return 2;
-    if (which == LASP_SP_ULYSSES || which == LASP_SP_ALLGATHER || which == OPTS_SP_ALL) {
-        fprintf(stderr, "error: --mode %s: the baselines run on the CPU for now (hint: chain, lasp2 or both on "
-                "GPUs; --device cpu for all)\n", mode);
-        return 2;
-    }
     if (strcmp(transfer, "auto") && strcmp(transfer, "send")) {
         fprintf(stderr, "error: --transfer '%s' (hint: auto or send)\n", transfer);
         return 2;
@@ -277,7 +280,7 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
     if (rank == 0) {
         printf("# lasp bench sp — device cuda (%d × %s), %s, B%lld H%lld D%lld, median of %lld (slowest rank)\n", W,
                prop.name, dtype, B, H, D, repeat);
-        printf("# %-7s %-6s %3s %8s %8s %10s %9s %7s %11s %12s\n", "scaling", "mode", "W", "T_local", "T_total",
+        printf("# %-7s %-9s %3s %8s %8s %10s %9s %7s %11s %12s\n", "scaling", "mode", "W", "T_local", "T_total",
                "1-GPU ms", "SP ms", "ratio", "exposed ms", "sent B/rank");
     }
     int failed = 0;
@@ -302,8 +305,8 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
             break;
         }
         const double one = time_layer(hw, ctx, NULL, &a, &L, (int)repeat, (int)warmup, &failed);
-        for (int m = 0; m < 2 && !failed; m++) {
-            if (which != OPTS_SP_BOTH && which != m) continue;
+        for (int m = 0; m < 4 && !failed; m++) {
+            if (!runs_mode(which, m, H, W)) continue;
             lasp_sp *sp = NULL;
             lasp_sp_params p = spp;
             p.size = W, p.mode = (lasp_sp_mode)m;
@@ -315,9 +318,9 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
             const double most = host_reduce(hw, (double)(st.p2p_bytes + st.coll_bytes) / (double)(repeat + warmup),
                                             LASP_REDUCE_MAX);
             if (rank == 0 && !failed)
-                printf("  %-7s %-6s %3d %8lld %8lld %10.3f %9.3f %7.3f %11.3f %12.0f\n", "weak", m ? "lasp2" : "chain",
-                       W, Tl, Tl * W, one, ms, ms / one, ms - one, most);
-            if (trace && !failed) print_trace(hw, sp, m ? "lasp2" : "chain");
+                printf("  %-7s %-9s %3d %8lld %8lld %10.3f %9.3f %7.3f %11.3f %12.0f\n", "weak",
+                       lasp_sp_mode_name((lasp_sp_mode)m), W, Tl, Tl * W, one, ms, ms / one, ms - one, most);
+            if (trace && !failed && m < 2) print_trace(hw, sp, lasp_sp_mode_name((lasp_sp_mode)m));
             lasp_sp_free(sp);
         }
         layer_free(&L);
@@ -335,16 +338,16 @@ int lasp_bench_sp_cuda(int argc, char **argv) {
         lasp_attn_desc a = a1;
         a.T = T / W;
         if (!failed && layer_alloc(&L, &a, 8 + (uint64_t)rank)) {
-            for (int m = 0; m < 2 && !failed; m++) {
-                if (which != OPTS_SP_BOTH && which != m) continue;
+            for (int m = 0; m < 4 && !failed; m++) {
+                if (!runs_mode(which, m, H, W)) continue;
                 lasp_sp *sp = NULL;
                 lasp_sp_params p = spp;
                 p.size = W, p.mode = (lasp_sp_mode)m;
                 if (lasp_sp_create(world, &p, &sp, &err) != LASP_OK) lasp_comm_abort(world, err.msg);
                 const double ms = time_layer(hw, ctx, sp, &a, &L, (int)repeat, (int)warmup, &failed);
                 if (rank == 0 && !failed)
-                    printf("  %-7s %-6s %3d %8lld %8lld %10.3f %9.3f %7.3f %11s %12s\n", "strong", m ? "lasp2" : "chain",
-                           W, T / W, T, one, ms, ms / one, "-", "-");
+                    printf("  %-7s %-9s %3d %8lld %8lld %10.3f %9.3f %7.3f %11s %12s\n", "strong",
+                           lasp_sp_mode_name((lasp_sp_mode)m), W, T / W, T, one, ms, ms / one, "-", "-");
                 lasp_sp_free(sp);
             }
         }

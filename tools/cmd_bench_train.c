@@ -23,7 +23,7 @@ int lasp_bench_train(int argc, char **argv) {
                                                                  "--help)", 0},
         {"--vocab", OPT_INT, &vocab, "N", "vocabulary (default: 256 on the CPU, 64000 on a GPU)", 0},
         {"--sp", OPT_INT, &sp_size, "N", "sequence-parallel ranks (0 = the whole world)", 0},
-        {"--sp-mode", OPT_STR, &sp_mode, "MODE", "chain, lasp2, ulysses or allgather (the last: CPU)", 0},
+        {"--sp-mode", OPT_STR, &sp_mode, "MODE", "chain, lasp2, ulysses or allgather", 0},
         {"--zero", OPT_INT, &zero, "N", "ZeRO stage", 0},
         {"--steps", OPT_INT, &steps, "N", "timed steps (after 2 warm-up steps); the median is reported", 0},
         {"--batch", OPT_INT, &batch, "N", "global batch (default: 8 on the CPU, 1 on a GPU)", 0},

@@ -51,9 +51,6 @@ lasp_status lasp_sp_create(lasp_comm *world, const lasp_sp_params *p, lasp_sp **
     const lasp_sp_params prm = p ? *p : lasp_sp_default_params();
     const int n = lasp_comm_size(world), r = lasp_comm_rank(world);
     LASP_TRY(check_params(&prm, n, err));
-    if (prm.mode == LASP_SP_ALLGATHER && lasp_comm_backend_of(world) == LASP_COMM_NCCL)
-        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--sp-mode %s runs on host communicators (MPI) in this version, "
-                         "not yet over NCCL (hint: chain, lasp2 or ulysses on GPUs)", lasp_sp_mode_name(prm.mode));
     lasp_sp *sp = calloc(1, sizeof *sp);
     if (!sp) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for an SP group");
     sp->world = world, sp->p = prm;

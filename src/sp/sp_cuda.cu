@@ -196,8 +196,8 @@ static lasp_status trace_done(lasp_ctx *ctx, lasp_sp *sp, const Sched *s) {
 extern "C" lasp_status lasp_sp_attn_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q,
                                              const void *k, const void *v, const float *slopes, const float *kv_in,
                                              void *o, float *kv_out, lasp_sp_cache *cache) {
-    if (sp->p.mode == LASP_SP_ULYSSES)
-        return lasp_sp_ulysses_fwd_cuda(ctx, sp, a, q, k, v, slopes, kv_in, o, kv_out, cache);
+    if (sp->p.mode == LASP_SP_ULYSSES || sp->p.mode == LASP_SP_ALLGATHER)
+        return lasp_sp_base_fwd_cuda(ctx, sp, a, q, k, v, slopes, kv_in, o, kv_out, cache);
     Sched s;
     LASP_TRY(prepare(ctx, sp, a, cache, FWD, &s));
     trace(&s, 0, s.S);
@@ -259,8 +259,8 @@ extern "C" lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const l
                                              const void *k, const void *v, const float *slopes,
                                              const lasp_sp_cache *cache, const void *do_, const float *dkv_out,
                                              void *dq, void *dk, void *dv, float *dkv_in) {
-    if (sp->p.mode == LASP_SP_ULYSSES)
-        return lasp_sp_ulysses_bwd_cuda(ctx, sp, a, slopes, cache, do_, dkv_out, dq, dk, dv, dkv_in);
+    if (sp->p.mode == LASP_SP_ULYSSES || sp->p.mode == LASP_SP_ALLGATHER)
+        return lasp_sp_base_bwd_cuda(ctx, sp, a, q, k, v, slopes, cache, do_, dkv_out, dq, dk, dv, dkv_in);
     Sched s;
     LASP_TRY(prepare(ctx, sp, a, (lasp_sp_cache *)cache, BWD, &s));
     trace(&s, 4, s.S);

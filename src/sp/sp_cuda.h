@@ -19,13 +19,13 @@ lasp_status lasp_sp_attn_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_de
 void lasp_sp_cache_free_cuda(lasp_sp_cache *c);
 /* *p (device) grown to at least want floats, zeroed when made */
 lasp_status lasp_sp_grow_device(lasp_ctx *ctx, float **p, size_t *have, size_t want);
-/* Ulysses on GPUs (sp_ulysses_cuda.c), which the two above hand that mode to */
-lasp_status lasp_sp_ulysses_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q,
-                                     const void *k, const void *v, const float *slopes, const float *kv_in, void *o,
-                                     float *kv_out, lasp_sp_cache *cache);
-lasp_status lasp_sp_ulysses_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *slopes,
-                                     const lasp_sp_cache *cache, const void *do_, const float *dkv_out, void *dq,
-                                     void *dk, void *dv, float *dkv_in);
+/* The baselines Ulysses and the all-gather on GPUs (sp_baselines_cuda.c), which the two above hand them to */
+lasp_status lasp_sp_base_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q, const void *k,
+                                  const void *v, const float *slopes, const float *kv_in, void *o, float *kv_out,
+                                  lasp_sp_cache *cache);
+lasp_status lasp_sp_base_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q, const void *k,
+                                  const void *v, const float *slopes, const lasp_sp_cache *cache, const void *do_,
+                                  const float *dkv_out, void *dq, void *dk, void *dv, float *dkv_in);
 /* the transport's state (collective: its one-sided window), and how the states travelled */
 void lasp_sp_gpu_free(lasp_sp *sp);
 const char *lasp_sp_gpu_transfer(const lasp_sp *sp);

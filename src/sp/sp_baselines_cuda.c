@@ -1,13 +1,23 @@
-/* sp_ulysses_cuda.c — Ulysses on GPUs: sp_baselines.c's schedule on device memory and an NCCL group, in the
- * tensors' dtype (states fp32), with the same collectives in the same order, so that the traffic counters
- * read as on host communicators:
+/* sp_baselines_cuda.c — the baselines on GPUs: sp_baselines.c's schedules on device memory and an NCCL group,
+ * in the tensors' dtype (states fp32), with the same collectives in the same order, so that the traffic
+ * counters read as on host communicators.
  *
+ * Ulysses
  *   forward   q | k | v all-to-all from the sequence split to the head split (each rank: the whole sequence
  *             of H/W heads), the sequence's kv_in broadcast from the first rank and this rank's heads of it
  *             kept, the op on the whole sequence for those heads, the output all-to-all back, and the
  *             heads' final states gathered to the last rank.
  *   backward  mirrored: dO to the head split, dkv_out from the last rank, the op's backward, dq | dk | dv back,
  *             the heads' dkv_in gathered to the first rank.
+ * All-gather of keys and values
+ *   forward   k | v all-gathered, the sequence's kv_in broadcast from the first rank; the state entering this
+ *             piece made by running the op over each earlier piece in turn from it (the op's final state is
+ *             the next piece's incoming one), then the op on this piece from that state.
+ *   backward  this piece's backward (its own dk | dv into its slot of a buffer of every piece's), then for
+ *             each earlier piece, from the last, the op's backward with a zero output gradient and the state's
+ *             gradient as dkv_out: its keys' and values' share into their slot, and the state's gradient one
+ *             piece further back; the buffer reduce-scattered (each rank gets its own piece's whole gradient)
+ *             and the gradients entering the sequence all-reduced for the first rank's dkv_in.
  *
  * The layouts change with strided copies (cudaMemcpy2DAsync: a row of a head group is contiguous), and
  * every copy, collective and kernel goes on the context's stream, which the group's collectives are put on
@@ -151,7 +161,7 @@ static lasp_status end(lasp_sp *sp, lasp_status s) {
     return s;
 }
 
-static lasp_status fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q, const void *k,
+static lasp_status ul_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q, const void *k,
                        const void *v, const float *slopes, const float *kv_in, void *o, float *kv_out,
                        lasp_sp_cache *c, cudaStream_t st) {
     const int W = sp->sp_size, r = sp->sp_rank;
@@ -184,7 +194,7 @@ static lasp_status fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, cons
     return state_gather(ctx, sp, a, kvo, W - 1, (float *)(w + L.all), kv_out, st);
 }
 
-static lasp_status bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *slopes,
+static lasp_status ul_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *slopes,
                        const lasp_sp_cache *c, const void *do_, const float *dkv_out, void *dq, void *dk, void *dv,
                        float *dkv_in, cudaStream_t st) {
     const int W = sp->sp_size, r = sp->sp_rank;
@@ -215,18 +225,117 @@ static lasp_status bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, cons
     return state_gather(ctx, sp, a, dkvi, 0, (float *)(w + L.all), dkv_in, st);
 }
 
-lasp_status lasp_sp_ulysses_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q,
-                                     const void *k, const void *v, const float *slopes, const float *kv_in, void *o,
-                                     float *kv_out, lasp_sp_cache *cache) {
-    cudaStream_t st;
-    LASP_TRY(begin(ctx, sp, a, &st));
-    return end(sp, fwd(ctx, sp, a, q, k, v, slopes, kv_in, o, kv_out, cache, st));
+/* ---- the all-gather of keys and values ---------------------------------------------------------------- */
+
+/* Byte offsets of the all-gather's scratch in the cache's work buffer */
+typedef struct glayout {
+    size_t mine, scratch_o, zero_do, scratch_dq, grads, st_a, st_b, din, total;
+} glayout;
+
+static glayout glayout_of(const lasp_sp *sp, const lasp_attn_desc *a) {
+    const size_t es = lasp_dtype_size(a->dtype), W = (size_t)sp->sp_size;
+    const size_t nk = (size_t)(a->B * a->T * a->H * a->d) * es, nv = (size_t)(a->B * a->T * a->H * a->e) * es;
+    const size_t ns = (size_t)(a->B * a->H * a->d * a->e) * 4;
+    glayout L;
+    size_t off = 0;
+    L.mine = off, off += up256(nk + nv);          /* this piece's k | v, and the reduce-scatter's result */
+    L.scratch_o = off, off += up256(nv);          /* an earlier piece's outputs, not wanted */
+    L.zero_do = off, off += up256(nv);            /* their gradient: zero */
+    L.scratch_dq = off, off += up256(nk);         /* their dq, not wanted */
+    L.grads = off, off += up256(W * (nk + nv));   /* every piece's dk | dv from this rank */
+    L.st_a = off, off += up256(ns);
+    L.st_b = off, off += up256(ns);
+    L.din = off, off += up256(ns);
+    L.total = off;
+    return L;
 }
 
-lasp_status lasp_sp_ulysses_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *slopes,
-                                     const lasp_sp_cache *cache, const void *do_, const float *dkv_out, void *dq,
-                                     void *dk, void *dv, float *dkv_in) {
+static lasp_status ag_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q, const void *k,
+                          const void *v, const float *slopes, const float *kv_in, void *o, float *kv_out,
+                          lasp_sp_cache *c, cudaStream_t st) {
+    const int W = sp->sp_size, r = sp->sp_rank;
+    const size_t es = lasp_dtype_size(a->dtype), W_ = (size_t)W;
+    const size_t nk = (size_t)(a->B * a->T * a->H * a->d) * es, nv = (size_t)(a->B * a->T * a->H * a->e) * es;
+    const size_t kv = nk + nv, ns = (size_t)(a->B * a->H * a->d * a->e);
+    const glayout L = glayout_of(sp, a);
+    /* the cache: every piece's k | v and the state entering this piece, for the backward; the scratch */
+    LASP_TRY(lasp_sp_grow_device(ctx, &c->base, &c->base_n, (W_ * kv + 3) / 4));
+    LASP_TRY(lasp_sp_grow_device(ctx, &c->kv_in, &c->n, ns));
+    LASP_TRY(lasp_sp_grow_device(ctx, &c->work, &c->work_n, L.total / 4));
+    c->on_device = 1, c->fwd = *a;
+    char *KV = (char *)c->base, *w = (char *)c->work;
+    CUDA_OR(cudaMemcpyAsync(w + L.mine, k, nk, cudaMemcpyDeviceToDevice, st), "this piece's keys");
+    CUDA_OR(cudaMemcpyAsync(w + L.mine + nk, v, nv, cudaMemcpyDeviceToDevice, st), "this piece's values");
+    LASP_TRY(lasp_comm_allgather(sp->sp, w + L.mine, KV, kv / es, a->dtype, &ctx->err));
+    /* the sequence's kv_in everywhere, then carried over the earlier pieces (ping-pong, ending in the cache) */
+    float *cur = r % 2 ? (float *)(w + L.st_a) : c->kv_in, *nxt = r % 2 ? c->kv_in : (float *)(w + L.st_a);
+    if (r == 0 && kv_in) CUDA_OR(cudaMemcpyAsync(cur, kv_in, ns * 4, cudaMemcpyDeviceToDevice, st), "kv_in");
+    else CUDA_OR(cudaMemsetAsync(cur, 0, ns * 4, st), "a zero state");
+    LASP_TRY(lasp_comm_bcast(sp->sp, cur, ns, LASP_F32, 0, &ctx->err));
+    for (int p = 0; p < r; p++) {
+        const char *Kp = KV + (size_t)p * kv, *Vp = Kp + nk;
+        LASP_TRY(lasp_attn_fwd(ctx, a, Kp, Kp, Vp, slopes, cur, w + L.scratch_o, nxt));
+        float *t = cur;
+        cur = nxt, nxt = t;
+    }
+    return lasp_attn_fwd(ctx, a, q, k, v, slopes, c->kv_in, o, r == W - 1 ? kv_out : NULL);
+}
+
+static lasp_status ag_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q, const void *k,
+                          const void *v, const float *slopes, const lasp_sp_cache *c, const void *do_,
+                          const float *dkv_out, void *dq, void *dk, void *dv, float *dkv_in, cudaStream_t st) {
+    const int W = sp->sp_size, r = sp->sp_rank;
+    const size_t es = lasp_dtype_size(a->dtype), W_ = (size_t)W;
+    const size_t nk = (size_t)(a->B * a->T * a->H * a->d) * es, nv = (size_t)(a->B * a->T * a->H * a->e) * es;
+    const size_t kv = nk + nv, ns = (size_t)(a->B * a->H * a->d * a->e);
+    const glayout L = glayout_of(sp, a);
+    if (!c || !c->on_device || !c->base || c->base_n * 4 < W_ * kv || !c->kv_in || c->work_n * 4 < L.total ||
+        !lasp_sp_cache_matches(c, a))
+        return lasp_fail(&ctx->err, LASP_ERR_ARG, "lasp_sp_attn_bwd: the cache does not hold a forward of this shape "
+                         "(hint: run lasp_sp_attn_fwd with the same desc and mode first)");
+    const char *KV = (const char *)c->base;
+    char *w = (char *)c->work, *G = w + L.grads;
+    CUDA_OR(cudaMemsetAsync(G, 0, W_ * kv, st), "the keys' and values' gradients");
+    CUDA_OR(cudaMemsetAsync(w + L.zero_do, 0, nv, st), "a zero output gradient");
+    float *cur = (float *)(w + L.st_a), *nxt = (float *)(w + L.st_b);
+    /* this piece from its incoming state: dq whole, its own dk | dv into its slot, and ∂/∂S */
+    char *Gr = G + (size_t)r * kv;
+    LASP_TRY(lasp_attn_bwd(ctx, a, q, k, v, slopes, c->kv_in, do_, r == W - 1 ? dkv_out : NULL, dq, Gr, Gr + nk,
+                           cur));
+    /* S = the earlier pieces carried from kv_in: each earlier piece's k | v get their share of ∂/∂S, which goes
+     * on to the piece before as the op's dkv_in */
+    for (int p = r - 1; p >= 0; p--) {
+        const char *Kp = KV + (size_t)p * kv, *Vp = Kp + nk;
+        char *Gp = G + (size_t)p * kv;
+        LASP_TRY(lasp_attn_bwd(ctx, a, Kp, Kp, Vp, slopes, NULL, w + L.zero_do, cur, w + L.scratch_dq, Gp, Gp + nk,
+                               nxt));
+        float *t = cur;
+        cur = nxt, nxt = t;
+    }
+    LASP_TRY(lasp_comm_reduce_scatter(sp->sp, G, w + L.mine, kv / es, a->dtype, LASP_REDUCE_SUM, &ctx->err));
+    CUDA_OR(cudaMemcpyAsync(dk, w + L.mine, nk, cudaMemcpyDeviceToDevice, st), "the keys' gradient");
+    CUDA_OR(cudaMemcpyAsync(dv, w + L.mine + nk, nv, cudaMemcpyDeviceToDevice, st), "the values' gradient");
+    float *din = (float *)(w + L.din);
+    LASP_TRY(lasp_comm_allreduce(sp->sp, cur, din, ns, LASP_F32, LASP_REDUCE_SUM, &ctx->err));
+    if (r == 0 && dkv_in) CUDA_OR(cudaMemcpyAsync(dkv_in, din, ns * 4, cudaMemcpyDeviceToDevice, st), "dkv_in");
+    return LASP_OK;
+}
+
+lasp_status lasp_sp_base_fwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q, const void *k,
+                                  const void *v, const float *slopes, const float *kv_in, void *o, float *kv_out,
+                                  lasp_sp_cache *cache) {
     cudaStream_t st;
     LASP_TRY(begin(ctx, sp, a, &st));
-    return end(sp, bwd(ctx, sp, a, slopes, cache, do_, dkv_out, dq, dk, dv, dkv_in, st));
+    if (sp->p.mode == LASP_SP_ULYSSES) return end(sp, ul_fwd(ctx, sp, a, q, k, v, slopes, kv_in, o, kv_out, cache, st));
+    return end(sp, ag_fwd(ctx, sp, a, q, k, v, slopes, kv_in, o, kv_out, cache, st));
+}
+
+lasp_status lasp_sp_base_bwd_cuda(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q, const void *k,
+                                  const void *v, const float *slopes, const lasp_sp_cache *cache, const void *do_,
+                                  const float *dkv_out, void *dq, void *dk, void *dv, float *dkv_in) {
+    cudaStream_t st;
+    LASP_TRY(begin(ctx, sp, a, &st));
+    if (sp->p.mode == LASP_SP_ULYSSES)
+        return end(sp, ul_bwd(ctx, sp, a, slopes, cache, do_, dkv_out, dq, dk, dv, dkv_in, st));
+    return end(sp, ag_bwd(ctx, sp, a, q, k, v, slopes, cache, do_, dkv_out, dq, dk, dv, dkv_in, st));
 }
