@@ -103,16 +103,18 @@ def _io_dtype(q):
     return q.dtype if q.is_cuda else torch.float32
 
 
-def _call(name, q, *args):
+def _call(name, q, *args, what=None):
     """The library call `name` on q's device; a GPU call goes on PyTorch's current stream there (the legacy
-    default stream, handle 0, passed as cudaStreamLegacy: the library's NULL means its own stream)."""
+    default stream, handle 0, passed as cudaStreamLegacy: the library's NULL means its own stream). what: the
+    caller's name in an error (default: lasp.linear_attention and the call)."""
     fn = getattr(_lib.lib, name)
+    what = what or "lasp.linear_attention " + name[10:]
     if not q.is_cuda:
-        return _lib.check(fn(_lib.ctx(), *args), "lasp.linear_attention " + name[10:])
+        return _lib.check(fn(_lib.ctx(), *args), what)
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream or 1
-        _lib.check(_lib.lib.lasp_ctx_set_cuda_stream(_lib.ctx(), ctypes.c_void_p(stream)), "lasp.linear_attention")
-        _lib.check(fn(_lib.ctx(), *args), "lasp.linear_attention " + name[10:])
+        _lib.check(_lib.lib.lasp_ctx_set_cuda_stream(_lib.ctx(), ctypes.c_void_p(stream)), what)
+        _lib.check(fn(_lib.ctx(), *args), what)
 
 
 def _desc(q, v):

@@ -155,14 +155,6 @@ class _Cache:
         self.release()
 
 
-def _dev_call(name, q, *args):
-    """A GPU SP call of the library on PyTorch's current stream of q's device"""
-    with torch.cuda.device(q.device):
-        stream = torch.cuda.current_stream(q.device).cuda_stream or 1
-        _lib.check(_lib.lib.lasp_ctx_set_cuda_stream(_lib.ctx(), ctypes.c_void_p(stream)), "lasp.sp_linear_attention")
-        _lib.check(getattr(_lib.lib, name)(_lib.ctx(), *args), "lasp.sp_linear_attention")
-
-
 class _SPDevice(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, group, mode):
@@ -173,8 +165,8 @@ class _SPDevice(torch.autograd.Function):
         B, T, H, d = qf.shape
         o = torch.empty((B, T, H, vf.shape[3]), dtype=t, device=q.device)
         cache = _Cache(grp)
-        _dev_call("lasp_sp_attn_fwd", q, sp, ops._desc(qf, vf), _lib.ptr(qf), _lib.ptr(kf), _lib.ptr(vf), _lib.ptr(sf),
-                  None, _lib.ptr(o), None, ctypes.byref(cache.ptr))
+        ops._call("lasp_sp_attn_fwd", q, sp, ops._desc(qf, vf), _lib.ptr(qf), _lib.ptr(kf), _lib.ptr(vf), _lib.ptr(sf),
+                  None, _lib.ptr(o), None, ctypes.byref(cache.ptr), what="lasp.sp_linear_attention")
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(qf, kf, vf, sf)
             ctx.grp, ctx.sp, ctx.cache = grp, sp, cache
@@ -187,8 +179,9 @@ class _SPDevice(torch.autograd.Function):
         qf, kf, vf, sf = ctx.saved_tensors
         do = ops._as(do, qf.dtype)
         dq, dk, dv = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
-        _dev_call("lasp_sp_attn_bwd", qf, ctx.sp, ops._desc(qf, vf), _lib.ptr(qf), _lib.ptr(kf), _lib.ptr(vf),
-                  _lib.ptr(sf), ctx.cache.ptr, _lib.ptr(do), None, _lib.ptr(dq), _lib.ptr(dk), _lib.ptr(dv), None)
+        ops._call("lasp_sp_attn_bwd", qf, ctx.sp, ops._desc(qf, vf), _lib.ptr(qf), _lib.ptr(kf), _lib.ptr(vf),
+                  _lib.ptr(sf), ctx.cache.ptr, _lib.ptr(do), None, _lib.ptr(dq), _lib.ptr(dk), _lib.ptr(dv), None,
+                  what="lasp.sp_linear_attention")
         ctx.cache.release()
         return dq, dk, dv, None, None, None
 

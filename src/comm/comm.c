@@ -171,6 +171,14 @@ int lasp_comm_launcher_size(void) {
     return 0;
 }
 
+#if !(defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI))
+/* The nccl backend's calls in a build that has none of it */
+static lasp_status no_nccl(lasp_err *err) {
+    return lasp_fail(err, LASP_ERR_UNSUPPORTED, "this lasp was built without NCCL or MPI (hint: install CUDA, NCCL "
+                     "and OpenMPI and rebuild; `lasp info` shows the build features)");
+}
+#endif
+
 lasp_status lasp_comm_world(lasp_comm_backend backend, int *argc, char ***argv, lasp_comm **out, lasp_err *err) {
     if (!out) return lasp_fail(err, LASP_ERR_ARG, "lasp_comm_world: out is NULL");
     *out = NULL;
@@ -199,9 +207,7 @@ lasp_status lasp_comm_world(lasp_comm_backend backend, int *argc, char ***argv, 
 #if defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
         s = lasp_comm_nccl_world(argc, argv, c, err);
 #else
-        s = lasp_fail(err, LASP_ERR_UNSUPPORTED,
-                      "this lasp was built without NCCL or MPI (hint: install CUDA, NCCL and OpenMPI and rebuild; "
-                      "`lasp info` shows the build features)");
+        s = no_nccl(err);
 #endif
         break;
     default:
@@ -222,8 +228,7 @@ lasp_status lasp_comm_nccl_id(unsigned char id[LASP_NCCL_ID_BYTES], lasp_err *er
 #if defined(LASP_HAVE_NCCL) && defined(LASP_HAVE_MPI)
     return lasp_comm_nccl_make_id(id, err);
 #else
-    return lasp_fail(err, LASP_ERR_UNSUPPORTED, "this lasp was built without NCCL (hint: install CUDA, NCCL and "
-                     "OpenMPI and rebuild; `lasp info` shows the build features)");
+    return no_nccl(err);
 #endif
 }
 
@@ -249,8 +254,7 @@ lasp_status lasp_comm_nccl_join(const unsigned char id[LASP_NCCL_ID_BYTES], int 
     *out = c;
     return LASP_OK;
 #else
-    return lasp_fail(err, LASP_ERR_UNSUPPORTED, "this lasp was built without NCCL (hint: install CUDA, NCCL and "
-                     "OpenMPI and rebuild; `lasp info` shows the build features)");
+    return no_nccl(err);
 #endif
 }
 

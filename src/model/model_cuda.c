@@ -483,14 +483,20 @@ static dims dims_of(const lasp_gmodel *m) {
     return d;
 }
 
+/* The projections before layer l's piece that its convolution reads: the previous chunk's, or the previous SP
+ * rank's (received in the forward), or none (the sequence's start, or no convolution) */
+static const float *halo_of(const lasp_gmodel *m, int64_t l) {
+    const dims d = dims_of(m);
+    return !d.K ? NULL : m->cin ? m->cin->halo + l * d.nh : split(m) ? m->sp_halo + l * d.nh : NULL;
+}
+
 /* Layer l's q, k, v (the convolution and SiLU) and the op's output o, from its projections; with `out` the
  * state handed to the next chunk too (a recompute in the backward leaves it) */
 static lasp_status layer_attn(lasp_gmodel *m, int64_t l, int out) {
     const dims d = dims_of(m);
     const gacts *A = &m->acts[l];
     const float *w = m->params + m->lay.unit_off[1 + l];
-    const float *halo = !d.K ? NULL : m->cin ? m->cin->halo + l * d.nh : split(m) ? m->sp_halo + l * d.nh : NULL;
-    const float *wc = d.K ? w + m->lay.blk.conv : NULL;
+    const float *halo = halo_of(m, l), *wc = d.K ? w + m->lay.blk.conv : NULL;
     PART(ELEMWISE);
     if (m->dtype == LASP_BF16)
         lasp_feat_fwd_bf16_cuda(A->q, A->k, A->v, A->pre, 4 * d.C, halo, wc, d.B, d.T, d.C, d.K, m->stream);
@@ -700,7 +706,7 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
         /* back through SiLU and the convolution into the projections' q | k | v columns; the halo came from the
          * chunk or the SP rank before (its gradient goes back there), and the next one's halo gradient comes in */
         PART(ELEMWISE);
-        const float *halo = !K ? NULL : m->cin ? m->cin->halo + l * nh : split(m) ? m->sp_halo + l * nh : NULL;
+        const float *halo = halo_of(m, l);
         float *dhalo = !K ? NULL : m->dcin ? m->dcin->halo + l * nh : split(m) ? m->halo_tx : NULL;
         const float *wc = K ? w + bo->conv : NULL, *dnext = K && m->dcout ? m->dcout->halo + l * nh : NULL;
         float *dwc = K ? g + bo->conv : NULL;

@@ -28,6 +28,7 @@
 
 #include "attn/attn.h"
 #include "comm/comm.h"
+#include "core/cuda_check.h"
 #include "sp/sp.h"
 #include "sp/sp_cuda.h"
 
@@ -56,12 +57,6 @@ static ulayout layout_of(const lasp_sp *sp, const lasp_attn_desc *a) {
     return L;
 }
 
-#define CUDA_OR(call, what)                                                                                 \
-    do {                                                                                                    \
-        const cudaError_t e_ = (call);                                                                      \
-        if (e_ != cudaSuccess)                                                                              \
-            return lasp_fail(&ctx->err, LASP_ERR_CUDA, "ulysses on the GPU: %s: %s", what, cudaGetErrorString(e_)); \
-    } while (0)
 
 /* One all-to-all of n tensors of one piece (x[i] columns a head; rows of stride H·x[i]): with to_heads the
  * sequence split becomes the head split (out[i]: [B, W·T, Hl, x[i]]), else the head split in in[i] becomes the
@@ -81,10 +76,10 @@ static lasp_status exchange(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a,
         for (size_t j = 0; j < W; j++) {
             char *dst = send + (j * blk + B * T * Hl * off) * es;
             if (to_heads) /* head group j of every row */
-                CUDA_OR(cudaMemcpy2DAsync(dst, row, (const char *)in[i] + j * row, H * xi * es, row, B * T,
+                LASP_CU(&ctx->err, cudaMemcpy2DAsync(dst, row, (const char *)in[i] + j * row, H * xi * es, row, B * T,
                                           cudaMemcpyDeviceToDevice, st), "packing for the all-to-all");
             else          /* piece j's tokens of every sequence of the head split */
-                CUDA_OR(cudaMemcpy2DAsync(dst, piece, (const char *)in[i] + j * piece, W * piece, piece, B,
+                LASP_CU(&ctx->err, cudaMemcpy2DAsync(dst, piece, (const char *)in[i] + j * piece, W * piece, piece, B,
                                           cudaMemcpyDeviceToDevice, st), "packing for the all-to-all");
         }
         off += xi;
@@ -96,14 +91,26 @@ static lasp_status exchange(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a,
         for (size_t j = 0; j < W; j++) {
             const char *src = recv + (j * blk + B * T * Hl * off) * es;
             if (to_heads) /* piece j's tokens, for every sequence */
-                CUDA_OR(cudaMemcpy2DAsync((char *)out[i] + j * piece, W * piece, src, piece, piece, B,
+                LASP_CU(&ctx->err, cudaMemcpy2DAsync((char *)out[i] + j * piece, W * piece, src, piece, piece, B,
                                           cudaMemcpyDeviceToDevice, st), "unpacking the all-to-all");
             else          /* head group j, into every row */
-                CUDA_OR(cudaMemcpy2DAsync((char *)out[i] + j * row, H * xi * es, src, row, row, B * T,
+                LASP_CU(&ctx->err, cudaMemcpy2DAsync((char *)out[i] + j * row, H * xi * es, src, row, row, B * T,
                                           cudaMemcpyDeviceToDevice, st), "unpacking the all-to-all");
         }
         off += xi;
     }
+    return LASP_OK;
+}
+
+/* The op's view of this rank's head group over the whole sequence (hd), and its heads' slopes copied into sl
+ * (aligned as the op reads them) */
+static lasp_status head_group(lasp_ctx *ctx, const lasp_sp *sp, const lasp_attn_desc *a, const float *slopes,
+                              float *sl, lasp_attn_desc *hd, cudaStream_t st) {
+    const int64_t Hl = a->H / sp->sp_size;
+    *hd = *a;
+    hd->T = a->T * sp->sp_size, hd->H = Hl;
+    LASP_CU(&ctx->err, cudaMemcpyAsync(sl, slopes + sp->sp_rank * Hl, (size_t)Hl * 4, cudaMemcpyDeviceToDevice, st),
+            "the heads' slopes");
     return LASP_OK;
 }
 
@@ -112,11 +119,11 @@ static lasp_status state_slice(lasp_ctx *ctx, float *dst, const float *src, cons
                                int64_t h0, int out, cudaStream_t st) {
     const size_t de = (size_t)(a->d * a->e) * 4, wide = (size_t)a->H * de, narrow = (size_t)Hl * de;
     if (out)
-        CUDA_OR(cudaMemcpy2DAsync(dst, narrow, (const char *)src + (size_t)h0 * de, wide, narrow, (size_t)a->B,
-                                  cudaMemcpyDeviceToDevice, st), "a state's heads");
+        LASP_CU(&ctx->err, cudaMemcpy2DAsync(dst, narrow, (const char *)src + (size_t)h0 * de, wide, narrow,
+                                             (size_t)a->B, cudaMemcpyDeviceToDevice, st), "a state's heads");
     else
-        CUDA_OR(cudaMemcpy2DAsync((char *)dst + (size_t)h0 * de, wide, src, narrow, narrow, (size_t)a->B,
-                                  cudaMemcpyDeviceToDevice, st), "a state's heads");
+        LASP_CU(&ctx->err, cudaMemcpy2DAsync((char *)dst + (size_t)h0 * de, wide, src, narrow, narrow, (size_t)a->B,
+                                             cudaMemcpyDeviceToDevice, st), "a state's heads");
     return LASP_OK;
 }
 
@@ -126,9 +133,9 @@ static lasp_status state_scatter(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_des
     const size_t ns = (size_t)(a->B * a->H * a->d * a->e);
     const int64_t Hl = a->H / sp->sp_size;
     if (sp->sp_rank == root && state)
-        CUDA_OR(cudaMemcpyAsync(full, state, ns * 4, cudaMemcpyDeviceToDevice, st), "a boundary state");
+        LASP_CU(&ctx->err, cudaMemcpyAsync(full, state, ns * 4, cudaMemcpyDeviceToDevice, st), "a boundary state");
     else
-        CUDA_OR(cudaMemsetAsync(full, 0, ns * 4, st), "a boundary state");
+        LASP_CU(&ctx->err, cudaMemsetAsync(full, 0, ns * 4, st), "a boundary state");
     LASP_TRY(lasp_comm_bcast(sp->sp, full, ns, LASP_F32, root, &ctx->err));
     return state_slice(ctx, mine, full, a, Hl, sp->sp_rank * Hl, 1, st);
 }
@@ -162,9 +169,9 @@ static lasp_status end(lasp_sp *sp, lasp_status s) {
 }
 
 static lasp_status ul_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const void *q, const void *k,
-                       const void *v, const float *slopes, const float *kv_in, void *o, float *kv_out,
-                       lasp_sp_cache *c, cudaStream_t st) {
-    const int W = sp->sp_size, r = sp->sp_rank;
+                          const void *v, const float *slopes, const float *kv_in, void *o, float *kv_out,
+                          lasp_sp_cache *c, cudaStream_t st) {
+    const int W = sp->sp_size;
     const int64_t Hl = a->H / W;
     const size_t es = lasp_dtype_size(a->dtype), rows = (size_t)(a->B * a->T * a->H);
     const size_t nq = rows * (size_t)a->d * es, nsl = (size_t)(a->B * Hl * a->d * a->e);
@@ -182,9 +189,8 @@ static lasp_status ul_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, c
     LASP_TRY(exchange(ctx, sp, a, in, x, 3, hs, 1, w + L.send, w + L.recv, st));
     LASP_TRY(state_scatter(ctx, sp, a, kv_in, 0, (float *)(w + L.full), c->kv_in, st));
     float *sl = (float *)(w + L.slopes), *kvo = (float *)(w + L.mine);
-    CUDA_OR(cudaMemcpyAsync(sl, slopes + r * Hl, (size_t)Hl * 4, cudaMemcpyDeviceToDevice, st), "the heads' slopes");
-    lasp_attn_desc hd = *a;
-    hd.T = a->T * W, hd.H = Hl;
+    lasp_attn_desc hd;
+    LASP_TRY(head_group(ctx, sp, a, slopes, sl, &hd, st));
     void *O = w + L.grads;
     LASP_TRY(lasp_attn_fwd(ctx, &hd, Q, K, V, sl, c->kv_in, O, kvo));
     const void *oin[1] = {O};
@@ -195,10 +201,9 @@ static lasp_status ul_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, c
 }
 
 static lasp_status ul_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, const float *slopes,
-                       const lasp_sp_cache *c, const void *do_, const float *dkv_out, void *dq, void *dk, void *dv,
-                       float *dkv_in, cudaStream_t st) {
-    const int W = sp->sp_size, r = sp->sp_rank;
-    const int64_t Hl = a->H / W;
+                          const lasp_sp_cache *c, const void *do_, const float *dkv_out, void *dq, void *dk, void *dv,
+                          float *dkv_in, cudaStream_t st) {
+    const int W = sp->sp_size;
     const size_t es = lasp_dtype_size(a->dtype), rows = (size_t)(a->B * a->T * a->H);
     const size_t nq = rows * (size_t)a->d * es, nv = rows * (size_t)a->e * es;
     const ulayout L = layout_of(sp, a);
@@ -214,9 +219,8 @@ static lasp_status ul_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, c
     LASP_TRY(exchange(ctx, sp, a, in, xo, 1, hs, 1, w + L.send, w + L.recv, st));
     float *dkvo = (float *)(w + L.other), *dkvi = (float *)(w + L.mine), *sl = (float *)(w + L.slopes);
     LASP_TRY(state_scatter(ctx, sp, a, dkv_out, W - 1, (float *)(w + L.full), dkvo, st));
-    CUDA_OR(cudaMemcpyAsync(sl, slopes + r * Hl, (size_t)Hl * 4, cudaMemcpyDeviceToDevice, st), "the heads' slopes");
-    lasp_attn_desc hd = *a;
-    hd.T = a->T * W, hd.H = Hl;
+    lasp_attn_desc hd;
+    LASP_TRY(head_group(ctx, sp, a, slopes, sl, &hd, st));
     LASP_TRY(lasp_attn_bwd(ctx, &hd, Q, K, V, sl, c->kv_in, dO, dkvo, dQ, dK, dV, dkvi));
     const void *gin[3] = {dQ, dK, dV};
     void *gout[3] = {dq, dk, dv};
@@ -264,13 +268,13 @@ static lasp_status ag_fwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, c
     LASP_TRY(lasp_sp_grow_device(ctx, &c->work, &c->work_n, L.total / 4));
     c->on_device = 1, c->fwd = *a;
     char *KV = (char *)c->base, *w = (char *)c->work;
-    CUDA_OR(cudaMemcpyAsync(w + L.mine, k, nk, cudaMemcpyDeviceToDevice, st), "this piece's keys");
-    CUDA_OR(cudaMemcpyAsync(w + L.mine + nk, v, nv, cudaMemcpyDeviceToDevice, st), "this piece's values");
+    LASP_CU(&ctx->err, cudaMemcpyAsync(w + L.mine, k, nk, cudaMemcpyDeviceToDevice, st), "this piece's keys");
+    LASP_CU(&ctx->err, cudaMemcpyAsync(w + L.mine + nk, v, nv, cudaMemcpyDeviceToDevice, st), "this piece's values");
     LASP_TRY(lasp_comm_allgather(sp->sp, w + L.mine, KV, kv / es, a->dtype, &ctx->err));
     /* the sequence's kv_in everywhere, then carried over the earlier pieces (ping-pong, ending in the cache) */
     float *cur = r % 2 ? (float *)(w + L.st_a) : c->kv_in, *nxt = r % 2 ? c->kv_in : (float *)(w + L.st_a);
-    if (r == 0 && kv_in) CUDA_OR(cudaMemcpyAsync(cur, kv_in, ns * 4, cudaMemcpyDeviceToDevice, st), "kv_in");
-    else CUDA_OR(cudaMemsetAsync(cur, 0, ns * 4, st), "a zero state");
+    if (r == 0 && kv_in) LASP_CU(&ctx->err, cudaMemcpyAsync(cur, kv_in, ns * 4, cudaMemcpyDeviceToDevice, st), "kv_in");
+    else LASP_CU(&ctx->err, cudaMemsetAsync(cur, 0, ns * 4, st), "a zero state");
     LASP_TRY(lasp_comm_bcast(sp->sp, cur, ns, LASP_F32, 0, &ctx->err));
     for (int p = 0; p < r; p++) {
         const char *Kp = KV + (size_t)p * kv, *Vp = Kp + nk;
@@ -295,8 +299,8 @@ static lasp_status ag_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, c
                          "(hint: run lasp_sp_attn_fwd with the same desc and mode first)");
     const char *KV = (const char *)c->base;
     char *w = (char *)c->work, *G = w + L.grads;
-    CUDA_OR(cudaMemsetAsync(G, 0, W_ * kv, st), "the keys' and values' gradients");
-    CUDA_OR(cudaMemsetAsync(w + L.zero_do, 0, nv, st), "a zero output gradient");
+    LASP_CU(&ctx->err, cudaMemsetAsync(G, 0, W_ * kv, st), "the keys' and values' gradients");
+    LASP_CU(&ctx->err, cudaMemsetAsync(w + L.zero_do, 0, nv, st), "a zero output gradient");
     float *cur = (float *)(w + L.st_a), *nxt = (float *)(w + L.st_b);
     /* this piece from its incoming state: dq whole, its own dk | dv into its slot, and ∂/∂S */
     char *Gr = G + (size_t)r * kv;
@@ -313,11 +317,12 @@ static lasp_status ag_bwd(lasp_ctx *ctx, lasp_sp *sp, const lasp_attn_desc *a, c
         cur = nxt, nxt = t;
     }
     LASP_TRY(lasp_comm_reduce_scatter(sp->sp, G, w + L.mine, kv / es, a->dtype, LASP_REDUCE_SUM, &ctx->err));
-    CUDA_OR(cudaMemcpyAsync(dk, w + L.mine, nk, cudaMemcpyDeviceToDevice, st), "the keys' gradient");
-    CUDA_OR(cudaMemcpyAsync(dv, w + L.mine + nk, nv, cudaMemcpyDeviceToDevice, st), "the values' gradient");
+    LASP_CU(&ctx->err, cudaMemcpyAsync(dk, w + L.mine, nk, cudaMemcpyDeviceToDevice, st), "the keys' gradient");
+    LASP_CU(&ctx->err, cudaMemcpyAsync(dv, w + L.mine + nk, nv, cudaMemcpyDeviceToDevice, st), "the values' gradient");
     float *din = (float *)(w + L.din);
     LASP_TRY(lasp_comm_allreduce(sp->sp, cur, din, ns, LASP_F32, LASP_REDUCE_SUM, &ctx->err));
-    if (r == 0 && dkv_in) CUDA_OR(cudaMemcpyAsync(dkv_in, din, ns * 4, cudaMemcpyDeviceToDevice, st), "dkv_in");
+    if (r == 0 && dkv_in)
+        LASP_CU(&ctx->err, cudaMemcpyAsync(dkv_in, din, ns * 4, cudaMemcpyDeviceToDevice, st), "dkv_in");
     return LASP_OK;
 }
 

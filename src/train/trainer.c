@@ -96,12 +96,43 @@ static lasp_status gather_unit(lasp_trainer *t, int u, const float *shard, float
     return s;
 }
 
+lasp_status lasp_trainer_shard_layout(lasp_trainer *t, lasp_err *err) {
+    const lasp_layout *lay = &t->m.lay;
+    const int U = lay->n_units;
+    t->chunk = malloc((size_t)U * sizeof(size_t)), t->soff = malloc((size_t)U * sizeof(size_t));
+    if (!t->chunk || !t->soff) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the shards' layout");
+    t->S = 0, t->max_chunk = 0;
+    for (int u = 0; u < U; u++) {
+        const size_t n = lay->unit_off[u + 1] - lay->unit_off[u];
+        t->chunk[u] = (n + (size_t)t->W - 1) / (size_t)t->W;
+        t->soff[u] = t->S;
+        t->S += t->chunk[u];
+        if (t->chunk[u] > t->max_chunk) t->max_chunk = t->chunk[u];
+    }
+    return LASP_OK;
+}
+
+void lasp_trainer_chunk_range(const lasp_trainer *t, int u, size_t *a, size_t *b) {
+    const size_t c = t->chunk[u], hi = t->m.lay.unit_off[u + 1];
+    *a = t->m.lay.unit_off[u] + (size_t)t->rank * c;
+    *b = *a + c < hi ? *a + c : hi;
+}
+
+void lasp_trainer_shard_decay(const lasp_trainer *t, uint8_t *mask) {
+    for (int u = 0; u < t->m.lay.n_units; u++) {
+        size_t a, b;
+        lasp_trainer_chunk_range(t, u, &a, &b);
+        for (size_t j = 0; j < t->chunk[u]; j++)
+            mask[t->soff[u] + j] = a + j < b && lasp_layout_decays(&t->m.lay, a + j);
+    }
+}
+
 /* This rank's chunk of unit u, copied out of a full array (zero padding past the unit's end). */
 static void slice_unit(const lasp_trainer *t, int u, const float *full, float *shard) {
-    const size_t lo = t->m.lay.unit_off[u], hi = t->m.lay.unit_off[u + 1], c = t->chunk[u];
-    const size_t a = lo + (size_t)t->rank * c, b = a + c < hi ? a + c : hi;
+    size_t a, b;
+    lasp_trainer_chunk_range(t, u, &a, &b);
     float *dst = shard + t->soff[u];
-    memset(dst, 0, c * sizeof(float));
+    memset(dst, 0, t->chunk[u] * sizeof(float));
     if (a < b) memcpy(dst, full + a, (b - a) * sizeof(float));
 }
 
@@ -246,15 +277,7 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
     const lasp_layout *lay = &t->m.lay;
     const int U = lay->n_units;
     t->P = lay->n_params;
-    t->chunk = malloc((size_t)U * sizeof(size_t)), t->soff = malloc((size_t)U * sizeof(size_t));
-    if (!t->chunk || !t->soff) goto nomem;
-    for (int u = 0; u < U; u++) {
-        const size_t n = lay->unit_off[u + 1] - lay->unit_off[u];
-        t->chunk[u] = (n + (size_t)t->W - 1) / (size_t)t->W;
-        t->soff[u] = t->S;
-        t->S += t->chunk[u];
-        if (t->chunk[u] > t->max_chunk) t->max_chunk = t->chunk[u];
-    }
+    if (lasp_trainer_shard_layout(t, err) != LASP_OK) goto nomem;
     const size_t N = (size_t)(t->Bl * t->Tl), scratch = (size_t)t->W * t->max_chunk;
     const size_t dom = o->zero == 0 ? t->P : t->S;
     t->tok = malloc(N * sizeof(int32_t)), t->tgt = malloc(N * sizeof(int32_t)), t->mask = malloc(N);
@@ -272,11 +295,7 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < t->P; i++) t->decay[i] = (uint8_t)lasp_layout_decays(lay, i);
     } else {
-        for (int u = 0; u < U; u++) {
-            const size_t a = lay->unit_off[u] + (size_t)t->rank * t->chunk[u];
-            for (size_t j = 0; j < t->chunk[u] && a + j < lay->unit_off[u + 1]; j++)
-                t->decay[t->soff[u] + j] = (uint8_t)lasp_layout_decays(lay, a + j);
-        }
+        lasp_trainer_shard_decay(t, t->decay);
     }
 
     t->m.params = t->params, t->m.grads = t->grads;

@@ -70,6 +70,14 @@ void lasp_trainer_release(lasp_trainer *t);
 
 double lasp_trainer_lr(const lasp_train_params *o, int64_t step);
 
+/* ZeRO's shards, one layout for both devices' trainers: per unit the chunk size and its offset in the shard,
+ * the shard's size S and the largest chunk, for t->W ranks. */
+lasp_status lasp_trainer_shard_layout(lasp_trainer *t, lasp_err *err);
+/* [*a, *b) of the full layout: the elements of unit u that this rank's chunk holds (a ≥ b: none, all padding) */
+void lasp_trainer_chunk_range(const lasp_trainer *t, int u, size_t *a, size_t *b);
+/* mask [S] = the weight-decay mask of this rank's shard (padding 0) */
+void lasp_trainer_shard_decay(const lasp_trainer *t, uint8_t *mask);
+
 /* --chunk: one chunk (t->ctok, ctgt, cmask) through a device's model with the carries given (NULL: none), its
  * backward too with scale > 0, and its loss read when loss is not NULL (mean, hits, count) */
 typedef lasp_status (*lasp_chunk_fn)(lasp_trainer *t, const lasp_model_carry *cin, lasp_model_carry *cout,

@@ -75,13 +75,13 @@ static double gib(double b) { return b / 1073741824.0; }
 
 /* ---- ZeRO 1 and 2: this rank's chunks of full device arrays, and full arrays from every rank's ---------- */
 
-/* dst's chunk of unit u = this rank's chunk of it in full [P] (zero past the unit's end), on stream st */
+/* dst's chunk of unit u = this rank's chunk of it in full [P] (device or host memory; zero past the unit's end),
+ * on stream st */
 static lasp_status slice_unit(lasp_trainer *t, int u, const float *full, float *dst, cudaStream_t st) {
-    const lasp_layout *lay = &t->m.lay;
-    const size_t lo = lay->unit_off[u], hi = lay->unit_off[u + 1], c = t->chunk[u];
-    const size_t a = lo + (size_t)t->rank * c, b = a + c < hi ? a + c : hi;
-    CU(cudaMemsetAsync(dst + t->soff[u], 0, c * 4, st), "a shard");
-    if (a < b) CU(cudaMemcpyAsync(dst + t->soff[u], full + a, (b - a) * 4, cudaMemcpyDeviceToDevice, st), "a shard");
+    size_t a, b;
+    lasp_trainer_chunk_range(t, u, &a, &b);
+    CU(cudaMemsetAsync(dst + t->soff[u], 0, t->chunk[u] * 4, st), "a shard");
+    if (a < b) CU(cudaMemcpyAsync(dst + t->soff[u], full + a, (b - a) * 4, cudaMemcpyDefault, st), "a shard");
     return LASP_OK;
 }
 
@@ -191,19 +191,7 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     const size_t P = t->P = t->m.lay.n_params;
     t->S = P;
     const int shard = ranks && o->zero >= 1;
-    if (shard) { /* trainer.c's chunks: unit u's chunk r is this rank's, at soff[u] in the shard */
-        const lasp_layout *lay = &t->m.lay;
-        const int U = lay->n_units;
-        t->chunk = malloc((size_t)U * sizeof(size_t)), t->soff = malloc((size_t)U * sizeof(size_t));
-        if (!t->chunk || !t->soff) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for the shards' layout");
-        t->S = 0;
-        for (int u = 0; u < U; u++) {
-            t->chunk[u] = (lay->unit_off[u + 1] - lay->unit_off[u] + (size_t)t->W - 1) / (size_t)t->W;
-            t->soff[u] = t->S;
-            t->S += t->chunk[u];
-            if (t->chunk[u] > t->max_chunk) t->max_chunk = t->chunk[u];
-        }
-    }
+    if (shard) LASP_TRY(lasp_trainer_shard_layout(t, err)); /* the CPU trainer's shards */
     const size_t S = t->S; /* the optimizer's domain: every parameter, or this rank's shard */
 
     /* what the run needs, against what the GPU has */
@@ -289,11 +277,7 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
 #pragma omp parallel for schedule(static)
             for (size_t i = 0; i < P; i++) decay[i] = (uint8_t)lasp_layout_decays(&t->m.lay, i);
         } else {
-            for (int u = 0; u < t->m.lay.n_units; u++)
-                for (size_t j = 0; j < t->chunk[u]; j++) {
-                    const size_t i = t->m.lay.unit_off[u] + (size_t)t->rank * t->chunk[u] + j;
-                    decay[t->soff[u] + j] = i < t->m.lay.unit_off[u + 1] && lasp_layout_decays(&t->m.lay, i);
-                }
+            lasp_trainer_shard_decay(t, decay);
         }
         lasp_model_init_params(&o->model, &t->m.lay, o->seed, init);
         const cudaError_t e = cudaMemcpy(G->decay, decay, S, cudaMemcpyHostToDevice);
@@ -423,24 +407,22 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
     double loss = fs == LASP_OK ? r[0] : NAN;
     int64_t correct = (int64_t)r[1], count = (int64_t)r[2];
     *G->h_sumsq = NAN;
-    if (fs == LASP_OK && G->pshard) {
-        /* ZeRO 1 and 2: the norm from the shards' sums of squares (padding adds nothing), the update of this
-         * rank's chunks, then every rank's chunks gathered into the parameters and their bf16 copy */
+    if (fs == LASP_OK) {
+        /* over the optimizer's domain [S]: every parameter, or (ZeRO 1 and 2) this rank's chunks, whose sums of
+         * squares (padding adds nothing) are summed over the world for the norm, and which are gathered into
+         * the parameters and their bf16 copy after the update */
+        float *dp = G->pshard ? G->pshard : p, *dg = G->pshard ? G->gshard : g;
         lasp_gprof_mark_at(G->prof, LASP_PART_OPTIM, __FILE__, __LINE__);
-        lasp_sumsq_cuda(G->gshard, t->S, G->sumsq, G->work, G->stream);
-        LASP_TRY(lasp_comm_allreduce(t->world, G->sumsq, G->sumsq, 1, LASP_F64, LASP_REDUCE_SUM, err));
+        lasp_sumsq_cuda(dg, t->S, G->sumsq, G->work, G->stream);
+        if (G->pshard) LASP_TRY(lasp_comm_allreduce(t->world, G->sumsq, G->sumsq, 1, LASP_F64, LASP_REDUCE_SUM, err));
         const lasp_adamw_step h = lasp_adamw_make(&t->o, t->step, lr);
-        lasp_adamw_cuda(G->pshard, NULL, G->gshard, G->mom, G->vel, G->decay, t->S, &h, G->sumsq, G->stream);
+        lasp_adamw_cuda(dp, G->pshard ? NULL : lasp_gmodel_params16(G->m), dg, G->mom, G->vel, G->decay, t->S, &h,
+                        G->sumsq, G->stream);
         CU(cudaGetLastError(), "the optimizer's kernels");
-        LASP_TRY(gather_all(t, G->pshard, p, 0));
-        if (lasp_gmodel_params16(G->m)) lasp_to_bf16_cuda(lasp_gmodel_params16(G->m), p, (int64_t)t->P, G->stream);
-        CU(cudaMemcpyAsync(G->h_sumsq, G->sumsq, sizeof(double), cudaMemcpyDeviceToHost, G->stream), "the norm");
-    } else if (fs == LASP_OK) {
-        lasp_gprof_mark_at(G->prof, LASP_PART_OPTIM, __FILE__, __LINE__);
-        lasp_sumsq_cuda(g, t->P, G->sumsq, G->work, G->stream);
-        const lasp_adamw_step h = lasp_adamw_make(&t->o, t->step, lr);
-        lasp_adamw_cuda(p, lasp_gmodel_params16(G->m), g, G->mom, G->vel, G->decay, t->P, &h, G->sumsq, G->stream);
-        CU(cudaGetLastError(), "the optimizer's kernels");
+        if (G->pshard) {
+            LASP_TRY(gather_all(t, G->pshard, p, 0));
+            if (lasp_gmodel_params16(G->m)) lasp_to_bf16_cuda(lasp_gmodel_params16(G->m), p, (int64_t)t->P, G->stream);
+        }
         CU(cudaMemcpyAsync(G->h_sumsq, G->sumsq, sizeof(double), cudaMemcpyDeviceToHost, G->stream), "the norm");
     }
     if (have) {
@@ -535,22 +517,14 @@ lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const
     if (G->pshard) LASP_TRY(slice_all(t, lasp_gmodel_params(G->m), G->pshard));
     float *dst[2] = {G->mom, G->vel};
     const float *src[2] = {mom, vel};
-    const lasp_layout *lay = &t->m.lay;
     for (int k = 0; k < 2; k++) {
         /* all on the model's stream, in order: the zeroing before the copies that land on it */
         if (!src[k]) {
             CU(cudaMemsetAsync(dst[k], 0, t->S * 4, G->stream), "zeroing the moments");
         } else if (!G->pshard) {
             CU(cudaMemcpyAsync(dst[k], src[k], t->P * 4, cudaMemcpyHostToDevice, G->stream), "copying the moments in");
-        } else { /* this rank's chunk of each unit (zero past its end) */
-            CU(cudaMemsetAsync(dst[k], 0, t->S * 4, G->stream), "zeroing the moments");
-            for (int u = 0; u < lay->n_units; u++) {
-                const size_t lo = lay->unit_off[u], hi = lay->unit_off[u + 1], c = t->chunk[u];
-                const size_t a = lo + (size_t)t->rank * c, b = a + c < hi ? a + c : hi;
-                if (a < b)
-                    CU(cudaMemcpyAsync(dst[k] + t->soff[u], src[k] + a, (b - a) * 4, cudaMemcpyHostToDevice, G->stream),
-                       "copying the moments in");
-            }
+        } else { /* this rank's chunk of each unit (zero past its end), from the host arrays */
+            for (int u = 0; u < t->m.lay.n_units; u++) LASP_TRY(slice_unit(t, u, src[k], dst[k], G->stream));
         }
     }
     CU(cudaStreamSynchronize(G->stream), "the shards");
