@@ -428,6 +428,7 @@ int main(void) {
     case_feat(1, 2000, 128, 4, 0, 0);
     case_feat(3, 37, 32, 0, 0, 0);  /* no convolution */
     case_feat(2, 100, 32, 5, 1, 1); /* taps kept 8 at a time, the last 3 zero */
+    case_feat(2, 37, 33, 4, 1, 1);  /* an odd width: a column a thread (else two) */
     case_feat(2, 90, 16, 16, 1, 1);
     case_feat(2, 20000, 16, 4, 1, 1); /* tiles longer than the shortest, so that the partial sums stay few */
     case_xent(1, 256, 1);

@@ -374,64 +374,90 @@ void glu_bwd(T *dh, const T *da, const T *h, int64_t N, int64_t F, cudaStream_t 
 
 /* ---- the short convolution and the SiLU features in one pass -------------------------------------- */
 
-/* A thread walks one column down a tile of rows, the last KM inputs in registers (KM ≥ K taps, the taps
- * beyond K zero), so each input is read once; the convolved projections are never stored. */
+/* A thread walks V adjacent columns down a tile of rows, the last KM inputs in registers (KM ≥ K taps, the
+ * taps beyond K zero), so each input is read once; the convolved projections are never stored. V = 2 where
+ * the rows are aligned for it: each load moves twice the bytes for the same count of instructions and
+ * threads in flight (the passes wait on memory). */
 constexpr int FEAT_ROWS = 64;    /* rows a tile has at least */
 constexpr int FEAT_PARTS = 1024; /* tiles, and so partial sums of the taps' gradient, about this many at most */
-/* Rows whose loads a thread issues together before it computes and stores them: its stores could alias the
- * next rows' inputs as far as the compiler knows, so without the batch each row's load would wait for the
- * last. The backward holds more per row, and is capped at the registers that let FEAT_BWD_BLOCKS blocks share
- * an SM (taps up to 4): more warps in flight pay more than a longer batch (bench/RESULTS.md). */
-constexpr int FEAT_FWD_BATCH = 8, FEAT_BWD_BATCH = 4, FEAT_BWD_BLOCKS = 4;
+/* Elements (rows × V) whose loads a thread issues together before it computes and stores them: its stores
+ * could alias the next rows' inputs as far as the compiler knows, so without the batch each row's load would
+ * wait for the last. The backward holds more per row; its registers are capped so that MINB blocks share an
+ * SM (taps up to 4): more warps in flight pay more than a longer batch (bench/RESULTS.md). */
+constexpr int FEAT_FWD_BATCH = 8, FEAT_BWD_BATCH = 4, FEAT_BWD_MINB = 4;
 
-/* projection row t of sequence b, column c; t < 0 reads the halo (the K1 rows before the piece); before the
- * halo, or without one, zeros */
-__device__ __forceinline__ float proj(const float *p, int64_t sp, const float *halo, int64_t b, int64_t t,
-                                      int64_t T, int K1, int W, int c) {
-    if (t >= 0) return p[(b * T + t) * sp + c];
-    return halo && t >= -K1 ? halo[(b * K1 + K1 + t) * W + c] : 0.0f;
-}
-
-template <int KM>
-__device__ __forceinline__ void load_taps(float (&w)[KM], const float *wc, int K, int W, int c) {
+template <int V>
+__device__ __forceinline__ vf<V> vzero() {
+    vf<V> z;
 #pragma unroll
-    for (int j = 0; j < KM; j++) w[j] = !wc ? (j == 0 ? 1.0f : 0.0f) : j < K ? wc[j * W + c] : 0.0f;
+    for (int i = 0; i < V; i++) z.v[i] = 0.0f;
+    return z;
 }
 
-template <int KM>
-__device__ __forceinline__ void shift_in(float (&x)[KM], float v) {
+/* V columns from c of projection row t of sequence b; t < 0 reads the halo (the K1 rows before the piece);
+ * before the halo, or without one, zeros */
+template <int V>
+__device__ __forceinline__ vf<V> proj(const float *p, int64_t sp, const float *halo, int64_t b, int64_t t, int64_t T,
+                                      int K1, int W, int c) {
+    if (t >= 0) return ld<V>(p + (b * T + t) * sp + c);
+    return halo && t >= -K1 ? ld<V>(halo + (b * K1 + K1 + t) * W + c) : vzero<V>();
+}
+
+template <int KM, int V>
+__device__ __forceinline__ void load_taps(float (&w)[KM][V], const float *wc, int K, int W, int c) {
 #pragma unroll
-    for (int j = KM - 1; j > 0; j--) x[j] = x[j - 1];
-    x[0] = v;
+    for (int j = 0; j < KM; j++)
+#pragma unroll
+        for (int i = 0; i < V; i++) w[j][i] = !wc ? (j == 0 ? 1.0f : 0.0f) : j < K ? wc[j * W + c + i] : 0.0f;
 }
 
-/* grid: x = B · tiles (tile i of sequence b covers rows s0 + i·rows ..), y = the 3C columns in blocks */
-template <int KM, typename T>
+template <int KM, int V>
+__device__ __forceinline__ void shift_in(float (&x)[KM][V], const float (&v)[V]) {
+#pragma unroll
+    for (int j = KM - 1; j > 0; j--)
+#pragma unroll
+        for (int i = 0; i < V; i++) x[j][i] = x[j - 1][i];
+#pragma unroll
+    for (int i = 0; i < V; i++) x[0][i] = v[i];
+}
+
+/* grid: x = B · tiles (tile i of sequence b covers rows s0 + i·rows ..), y = the 3C columns in blocks of
+ * THREADS · V */
+template <int KM, int V, typename T, int BATCH = FEAT_FWD_BATCH / V>
 __global__ void __launch_bounds__(THREADS) k_feat_fwd(T *q, T *k, T *v, const float *p, int64_t sp,
                                                       const float *halo, const float *wc, int64_t T_, int C, int K,
                                                       int64_t rows, int64_t tiles) {
-    const int W = 3 * C, c = blockIdx.y * THREADS + threadIdx.x;
+    const int W = 3 * C, c = (blockIdx.y * THREADS + threadIdx.x) * V;
     if (c >= W) return;
     const int64_t b = blockIdx.x / tiles, t0 = blockIdx.x % tiles * rows, t1 = t0 + rows < T_ ? t0 + rows : T_;
-    const int part = c / C, K1 = K ? K - 1 : 0;
+    const int part = c / C, K1 = K ? K - 1 : 0; /* C % V == 0: a thread's columns are of one part */
     T *dst = (part == 0 ? q : part == 1 ? k : v) + (c - part * C);
-    float w[KM], x[KM];
+    float w[KM][V], x[KM][V];
     load_taps(w, wc, K, W, c);
 #pragma unroll
-    for (int j = 0; j + 1 < KM; j++) x[j] = proj(p, sp, halo, b, t0 - 1 - j, T_, K1, W, c);
-    for (int64_t tb = t0; tb < t1; tb += FEAT_FWD_BATCH) {
-        float pv[FEAT_FWD_BATCH];
+    for (int j = 0; j + 1 < KM; j++) {
+        const vf<V> h = proj<V>(p, sp, halo, b, t0 - 1 - j, T_, K1, W, c);
 #pragma unroll
-        for (int u = 0; u < FEAT_FWD_BATCH; u++) pv[u] = tb + u < t1 ? p[(b * T_ + tb + u) * sp + c] : 0.0f;
+        for (int i = 0; i < V; i++) x[j][i] = h.v[i];
+    }
+    for (int64_t tb = t0; tb < t1; tb += BATCH) {
+        vf<V> pv[BATCH];
 #pragma unroll
-        for (int u = 0; u < FEAT_FWD_BATCH; u++) {
+        for (int u = 0; u < BATCH; u++) pv[u] = tb + u < t1 ? ld<V>(p + (b * T_ + tb + u) * sp + c) : vzero<V>();
+#pragma unroll
+        for (int u = 0; u < BATCH; u++) {
             const int64_t t = tb + u;
             if (t >= t1) break;
-            shift_in(x, pv[u]);
-            float s = 0;
+            shift_in(x, pv[u].v);
+            vf<V> o;
 #pragma unroll
-            for (int j = 0; j < KM; j++) s += w[j] * x[j];
-            put(dst + (b * T_ + t) * C, part < 2 ? s * sigmoid(s) : s);
+            for (int i = 0; i < V; i++) {
+                float s = 0;
+#pragma unroll
+                for (int j = 0; j < KM; j++) s += w[j][i] * x[j][i];
+                o.v[i] = part < 2 ? s * sigmoid(s) : s;
+            }
+            st<V>(dst + (b * T_ + t) * C, o);
         }
     }
 }
@@ -439,72 +465,98 @@ __global__ void __launch_bounds__(THREADS) k_feat_fwd(T *q, T *k, T *v, const fl
 /* The gradient of row t of the convolved projections, dc[t], from the features' (t inside the piece, and
  * < the tile's end + K1); ∂/∂p[s] = Σ_j w[j]·dc[s + j] is complete KM − 1 rows later, s < 0 going to the
  * halo's gradient; the taps' gradient Σ_t dc[t]·p[t − j] is summed over the tile's own rows into work. */
-template <int KM, typename T>
-__global__ void __launch_bounds__(THREADS, KM <= 4 ? FEAT_BWD_BLOCKS : 1)
+template <int KM, int V, typename T, int BATCH = FEAT_BWD_BATCH / V, int MINB = FEAT_BWD_MINB>
+__global__ void __launch_bounds__(THREADS, KM <= 4 ? MINB : 1)
     k_feat_bwd(T *dp, int64_t sdp, float *work, float *dhalo, const float *dnext, const T *dq, const T *dk, const T *dv,
                const float *p, int64_t sp, const float *halo, const float *wc, int64_t T_, int C, int K, int64_t s0,
                int64_t rows, int64_t tiles) {
-    const int W = 3 * C, c = blockIdx.y * THREADS + threadIdx.x;
+    const int W = 3 * C, c = (blockIdx.y * THREADS + threadIdx.x) * V;
     if (c >= W) return;
     const int64_t b = blockIdx.x / tiles, sa = s0 + blockIdx.x % tiles * rows;
     const int64_t sb = sa + rows < T_ ? sa + rows : T_;
     const int part = c / C, K1 = K ? K - 1 : 0;
     const int64_t tend = sb + K1 < T_ ? sb + K1 : T_;
     const T *g = (part == 0 ? dq : part == 1 ? dk : dv) + (c - part * C);
-    float w[KM], x[KM], d[KM], acc[KM];
+    float w[KM][V], x[KM][V], d[KM][V], acc[KM][V];
     load_taps(w, wc, K, W, c);
 #pragma unroll
-    for (int j = 0; j < KM; j++) d[j] = 0, acc[j] = 0;
+    for (int j = 0; j < KM; j++)
 #pragma unroll
-    for (int j = 0; j + 1 < KM; j++) x[j] = proj(p, sp, halo, b, sa - 1 - j, T_, K1, W, c);
+        for (int i = 0; i < V; i++) d[j][i] = 0, acc[j][i] = 0;
+#pragma unroll
+    for (int j = 0; j + 1 < KM; j++) {
+        const vf<V> h = proj<V>(p, sp, halo, b, sa - 1 - j, T_, K1, W, c);
+#pragma unroll
+        for (int i = 0; i < V; i++) x[j][i] = h.v[i];
+    }
     const int64_t tlast = sb + KM - 1;
-    for (int64_t tb = sa; tb < tlast; tb += FEAT_BWD_BATCH) {
-        float pv[FEAT_BWD_BATCH], gv[FEAT_BWD_BATCH];
+    for (int64_t tb = sa; tb < tlast; tb += BATCH) {
+        vf<V> pv[BATCH], gv[BATCH];
 #pragma unroll
-        for (int u = 0; u < FEAT_BWD_BATCH; u++) {
+        for (int u = 0; u < BATCH; u++) {
             const int64_t t = tb + u;
-            pv[u] = t < tend ? proj(p, sp, halo, b, t, T_, K1, W, c) : 0.0f;
-            gv[u] = t >= 0 && t < tend ? get(g + (b * T_ + t) * C) : 0.0f;
+            pv[u] = t < tend ? proj<V>(p, sp, halo, b, t, T_, K1, W, c) : vzero<V>();
+            gv[u] = t >= 0 && t < tend ? ld<V>(g + (b * T_ + t) * C) : vzero<V>();
         }
 #pragma unroll
-        for (int u = 0; u < FEAT_BWD_BATCH; u++) {
+        for (int u = 0; u < BATCH; u++) {
             const int64_t t = tb + u;
             if (t >= tlast) break;
-            shift_in(x, pv[u]);
-            float dc = 0;
-            if (t >= 0 && t < tend) {
-                float s = 0;
+            shift_in(x, pv[u].v);
+            float dc[V];
 #pragma unroll
-                for (int j = 0; j < KM; j++) s += w[j] * x[j];
-                if (part < 2) {
-                    const float sg = sigmoid(s);
-                    dc = gv[u] * sg * (1 + s * (1 - sg));
-                } else {
-                    dc = gv[u];
+            for (int i = 0; i < V; i++) dc[i] = 0;
+            if (t >= 0 && t < tend) {
+#pragma unroll
+                for (int i = 0; i < V; i++) {
+                    float s = 0;
+#pragma unroll
+                    for (int j = 0; j < KM; j++) s += w[j][i] * x[j][i];
+                    if (part < 2) {
+                        const float sg = sigmoid(s);
+                        dc[i] = gv[u].v[i] * sg * (1 + s * (1 - sg));
+                    } else {
+                        dc[i] = gv[u].v[i];
+                    }
                 }
                 if (t < sb) {
 #pragma unroll
-                    for (int j = 0; j < KM; j++) acc[j] += dc * x[j];
+                    for (int j = 0; j < KM; j++)
+#pragma unroll
+                        for (int i = 0; i < V; i++) acc[j][i] += dc[i] * x[j][i];
                 }
             }
             shift_in(d, dc);
             const int64_t s = t - (KM - 1);
             if (s < sa) continue;
-            float a = 0;
+            vf<V> a;
 #pragma unroll
-            for (int j = 0; j < KM; j++) a += w[j] * d[KM - 1 - j];
+            for (int i = 0; i < V; i++) {
+                a.v[i] = 0;
+#pragma unroll
+                for (int j = 0; j < KM; j++) a.v[i] += w[j][i] * d[KM - 1 - j][i];
+            }
             if (s >= 0) {
-                if (dnext && s >= T_ - K1) a += dnext[(b * K1 + s - (T_ - K1)) * W + c];
-                put(dp + (b * T_ + s) * sdp + c, a);
+                if (dnext && s >= T_ - K1) {
+                    const vf<V> n = ld<V>(dnext + (b * K1 + s - (T_ - K1)) * W + c);
+#pragma unroll
+                    for (int i = 0; i < V; i++) a.v[i] += n.v[i];
+                }
+                st<V>(dp + (b * T_ + s) * sdp + c, a);
             } else {
-                dhalo[(b * K1 + K1 + s) * W + c] = a;
+                st<V>(dhalo + (b * K1 + K1 + s) * W + c, a);
             }
         }
     }
     if (work)
 #pragma unroll
         for (int j = 0; j < KM; j++)
-            if (j < K) work[(int64_t)blockIdx.x * K * W + j * W + c] = acc[j];
+            if (j < K) {
+                vf<V> o;
+#pragma unroll
+                for (int i = 0; i < V; i++) o.v[i] = acc[j][i];
+                st<V>(work + (int64_t)blockIdx.x * K * W + j * W + c, o);
+            }
 }
 
 struct feat_tiling {
@@ -522,22 +574,34 @@ feat_tiling feat_tiles(int64_t B, int64_t T, int64_t s0) {
 /* the taps a thread keeps: K = 0 (no convolution) is one tap of 1 */
 int feat_km(int64_t K) { return K == 0 ? 1 : K <= 4 ? 4 : K <= 8 ? 8 : 16; }
 
+/* the columns a thread takes: 2 where every row a pass touches is aligned for two of its elements */
+int feat_v(int64_t C, int64_t sp, int64_t sdp, std::initializer_list<std::pair<const void *, size_t>> ps) {
+    return C % 2 == 0 && sp % 2 == 0 && sdp % 2 == 0 && aligned_for<2>(ps) ? 2 : 1;
+}
+
+dim3 feat_grid(int64_t B, const feat_tiling &f, int64_t C, int V) {
+    return dim3((unsigned)(B * f.tiles), (unsigned)((3 * C / V + THREADS - 1) / THREADS));
+}
+
 template <typename T>
 void feat_fwd(T *q, T *k, T *v, const float *p, int64_t sp, const float *halo, const float *wc, int64_t B, int64_t T_,
               int64_t C, int64_t K, cudaStream_t st) {
     if (B * T_ == 0) return;
+    if (!K) halo = wc = nullptr;
     const feat_tiling f = feat_tiles(B, T_, 0);
-    const dim3 grid((unsigned)(B * f.tiles), (unsigned)((3 * C + THREADS - 1) / THREADS));
-    const float *w = K ? wc : nullptr;
-#define FEAT_FWD(KM)                                                                                       \
-    k_feat_fwd<KM, T><<<grid, THREADS, 0, st>>>(q, k, v, p, sp, K ? halo : nullptr, w, T_, (int)C, (int)K, f.rows, \
-                                                f.tiles)
+    const int V = feat_v(C, sp, 0, {AL(q), AL(k), AL(v), AL(p), AL(halo), AL(wc)});
+    const dim3 grid = feat_grid(B, f, C, V);
+#define FEAT_FWD(KM, V) \
+    k_feat_fwd<KM, V, T><<<grid, THREADS, 0, st>>>(q, k, v, p, sp, halo, wc, T_, (int)C, (int)K, f.rows, f.tiles)
+#define FEAT_FWD_V(KM) \
+    if (V == 2) FEAT_FWD(KM, 2); else FEAT_FWD(KM, 1)
     switch (feat_km(K)) {
-    case 1: FEAT_FWD(1); break;
-    case 4: FEAT_FWD(4); break;
-    case 8: FEAT_FWD(8); break;
-    default: FEAT_FWD(16); break;
+    case 1: FEAT_FWD_V(1); break;
+    case 4: FEAT_FWD_V(4); break;
+    case 8: FEAT_FWD_V(8); break;
+    default: FEAT_FWD_V(16); break;
     }
+#undef FEAT_FWD_V
 #undef FEAT_FWD
 }
 
@@ -548,17 +612,22 @@ void feat_bwd(T *dp, int64_t sdp, float *dwc, int dwc_add, float *dhalo, const f
     if (B * T_ == 0) return;
     if (!K) dwc = dhalo = nullptr, dnext = halo = wc = nullptr;
     const feat_tiling f = feat_tiles(B, T_, dhalo ? -(K - 1) : 0);
-    const dim3 grid((unsigned)(B * f.tiles), (unsigned)((3 * C + THREADS - 1) / THREADS));
     float *wk = dwc ? work : nullptr;
-#define FEAT_BWD(KM)                                                                                            \
-    k_feat_bwd<KM, T><<<grid, THREADS, 0, st>>>(dp, sdp, wk, dhalo, dnext, dq, dk, dv, p, sp, halo, wc, T_, (int)C, \
-                                                (int)K, f.s0, f.rows, f.tiles)
+    const int V = feat_v(C, sp, sdp, {AL(dp), AL(wk), AL(dhalo), AL(dnext), AL(dq), AL(dk), AL(dv), AL(p), AL(halo),
+                                      AL(wc)});
+    const dim3 grid = feat_grid(B, f, C, V);
+#define FEAT_BWD(KM, V)                                                                                            \
+    k_feat_bwd<KM, V, T><<<grid, THREADS, 0, st>>>(dp, sdp, wk, dhalo, dnext, dq, dk, dv, p, sp, halo, wc, T_,      \
+                                                   (int)C, (int)K, f.s0, f.rows, f.tiles)
+#define FEAT_BWD_V(KM) \
+    if (V == 2) FEAT_BWD(KM, 2); else FEAT_BWD(KM, 1)
     switch (feat_km(K)) {
-    case 1: FEAT_BWD(1); break;
-    case 4: FEAT_BWD(4); break;
-    case 8: FEAT_BWD(8); break;
-    default: FEAT_BWD(16); break;
+    case 1: FEAT_BWD_V(1); break;
+    case 4: FEAT_BWD_V(4); break;
+    case 8: FEAT_BWD_V(8); break;
+    default: FEAT_BWD_V(16); break;
     }
+#undef FEAT_BWD_V
 #undef FEAT_BWD
     if (dwc) sum_parts(dwc, work, B * f.tiles, K * 3 * C, dwc_add, st);
 }
@@ -682,16 +751,26 @@ __global__ void k_embed_fwd(float *x, const float *wte, const int32_t *tokens, i
     ROWS(n, N) COLS(c, C) x[n * C + c] = wte[(int64_t)tokens[n] * C + c];
 }
 
-/* block u: the rows of token uniq[u], its positions summed in order */
+/* block (u, j): columns j·blockDim .. of token uniq[u]'s row, its positions summed in order; a batch of rows
+ * loaded before it is added, so that a frequent token's long run does not wait on each load in turn */
+constexpr int EMBED_BATCH = 8;
 __global__ void k_embed_bwd(float *dwte, const float *dx, const int32_t *order, const int32_t *starts,
                             const int32_t *uniq, int64_t C) {
-    const int64_t u = blockIdx.x;
+    const int64_t u = blockIdx.x, c = blockIdx.y * (int64_t)blockDim.x + threadIdx.x;
+    if (c >= C) return;
     float *g = dwte + (int64_t)uniq[u] * C;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-        float s = g[c];
-        for (int32_t p = starts[u]; p < starts[u + 1]; p++) s += dx[(int64_t)order[p] * C + c];
-        g[c] = s;
+    float s = g[c];
+    const int32_t p1 = starts[u + 1];
+    int32_t p = starts[u];
+    for (; p + EMBED_BATCH <= p1; p += EMBED_BATCH) {
+        float r[EMBED_BATCH];
+#pragma unroll
+        for (int j = 0; j < EMBED_BATCH; j++) r[j] = dx[(int64_t)order[p + j] * C + c];
+#pragma unroll
+        for (int j = 0; j < EMBED_BATCH; j++) s += r[j];
     }
+    for (; p < p1; p++) s += dx[(int64_t)order[p] * C + c];
+    g[c] = s;
 }
 
 }  // namespace
@@ -844,7 +923,8 @@ void lasp_embed_fwd_cuda(float *x, const float *wte, const int32_t *tokens, int6
 
 void lasp_embed_bwd_cuda(float *dwte, const float *dx, const int32_t *order, const int32_t *starts,
                          const int32_t *uniq, int64_t n_uniq, int64_t C, cudaStream_t st) {
-    if (n_uniq) k_embed_bwd<<<(unsigned)n_uniq, C < THREADS ? 32 * (unsigned)((C + 31) / 32) : THREADS, 0, st>>>(
+    const unsigned threads = C < THREADS ? 32 * (unsigned)((C + 31) / 32) : THREADS;
+    if (n_uniq) k_embed_bwd<<<dim3((unsigned)n_uniq, (unsigned)((C + threads - 1) / threads)), threads, 0, st>>>(
         dwte, dx, order, starts, uniq, C);
 }
 

@@ -24,6 +24,7 @@
 typedef struct gacts {
     float *x, *rstd1, *pre, *rstdo, *xm, *rstd2;
     void *xn1, *q, *k, *v, *o, *y, *xn2, *h, *a;
+    float *saved; /* the op's forward states, kept for its backward (lasp_attn_fwd_saving), or NULL */
 } gacts;
 
 struct lasp_gmodel {
@@ -162,7 +163,7 @@ static int64_t work_floats(const lasp_model_config *c, int64_t B, int64_t T) {
 
 /* The buffers of a layer's activations, in one list: those a gacts points to */
 #define GACTS_PTRS(g) {(g)->x, (g)->rstd1, (g)->xn1, (g)->pre, (g)->q, (g)->k, (g)->v, (g)->o, (g)->rstdo, (g)->y, \
-                       (g)->xm, (g)->rstd2, (g)->xn2, (g)->h, (g)->a}
+                       (g)->xm, (g)->rstd2, (g)->xn2, (g)->h, (g)->a, (g)->saved}
 
 static int is_shared(const lasp_gmodel *m, const void *p) {
     const void *s[] = GACTS_PTRS(&m->shared);
@@ -274,6 +275,12 @@ static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t 
     const int64_t chunk = logit_rows(c, (int64_t)N);
     double bytes = 0;
     gacts scratch;
+    /* the op's states from its forward, so that its backward need not make them again (a few dozen of d × e
+     * per head: the GPU's plan, not T, sets how many) */
+    size_t saved = 0;
+    const lasp_attn_desc ad = {.B = B, .T = T, .H = c->n_heads, .d = C / c->n_heads, .e = C / c->n_heads,
+                               .dtype = m->dtype};
+    if (lasp_attn_saved_bytes(m->ctx, &ad, &saved) != LASP_OK) saved = 0;
 #define BYTES(p, n)                                                                       \
     do {                                                                                  \
         bytes += (double)(n);                                                             \
@@ -288,7 +295,11 @@ static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t 
         OPD((g)->y, N * C); DEV((g)->xm, N * C); DEV((g)->rstd2, N); OPD((g)->xn2, N * C);                     \
         OPD((g)->h, N * 2 * F); OPD((g)->a, N * F);                                                            \
     } while (0)
-#define ATTN_ACTS(g) do { OPD((g)->q, N * C); OPD((g)->k, N * C); OPD((g)->v, N * C); OPD((g)->o, N * C); } while (0)
+#define ATTN_ACTS(g)                                                                                     \
+    do {                                                                                                 \
+        OPD((g)->q, N * C); OPD((g)->k, N * C); OPD((g)->v, N * C); OPD((g)->o, N * C);                  \
+        if (saved) BYTES((g)->saved, saved);                                                             \
+    } while (0)
     const int keep_block = m->recompute != LASP_RECOMPUTE_BLOCK, keep_attn = m->recompute == LASP_RECOMPUTE_NONE;
     for (int l = 0; l < c->n_layers; l++) {
         gacts *a = alloc ? &m->acts[l] : &scratch;
@@ -305,7 +316,7 @@ static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t 
             float *x = a->x;
             *a = m->shared, a->x = x;
         } else if (!keep_attn) {
-            a->q = sh->q, a->k = sh->k, a->v = sh->v, a->o = sh->o;
+            a->q = sh->q, a->k = sh->k, a->v = sh->v, a->o = sh->o, a->saved = sh->saved;
         }
     }
 #undef BLOCK_ACTS
@@ -328,11 +339,11 @@ static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t 
     return bytes;
 }
 
-double lasp_gmodel_activation_bytes(const lasp_model_config *c, lasp_dtype dtype, lasp_recompute r, int64_t B,
-                                    int64_t T) {
+double lasp_gmodel_activation_bytes(lasp_ctx *ctx, const lasp_model_config *c, lasp_dtype dtype, lasp_recompute r,
+                                    int64_t B, int64_t T) {
     lasp_gmodel m;
     memset(&m, 0, sizeof m);
-    m.cfg = *c, m.dtype = dtype, m.recompute = r;
+    m.ctx = ctx, m.cfg = *c, m.dtype = dtype, m.recompute = r;
     cudaError_t e = cudaSuccess;
     return plan(&m, B, T, 0, &e);
 }
@@ -508,8 +519,9 @@ static lasp_status layer_attn(lasp_gmodel *m, int64_t l, int out) {
     if (split(m))
         return lasp_sp_attn_fwd(m->ctx, m->sp, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride, NULL, A->o,
                                 NULL, &m->spc[l]);
-    return lasp_attn_fwd(m->ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride,
-                         m->cin ? m->cin->kv + l * d.ns : NULL, A->o, out && m->cout ? m->cout->kv + l * d.ns : NULL);
+    return lasp_attn_fwd_saving(m->ctx, &ad, A->q, A->k, A->v, m->slopes + l * m->slope_stride,
+                                m->cin ? m->cin->kv + l * d.ns : NULL, A->o,
+                                out && m->cout ? m->cout->kv + l * d.ns : NULL, A->saved);
 }
 
 /* Layer l's forward from its input acts[l].x: every activation its backward reads and, with `out`, its output
@@ -700,9 +712,11 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
             LASP_TRY(lasp_sp_attn_bwd(ctx, m->sp, &ad, A->q, A->k, A->v, slopes, m->spc[l], m->dob, NULL, m->dq, m->dk,
                                       m->dv, NULL));
         else if (bf16)
-            LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, kvi, dob16, dkvo, dq16, dk16, dv16, dkvi));
+            LASP_TRY(lasp_attn_bwd_saved(ctx, &ad, A->q, A->k, A->v, slopes, kvi, dob16, dkvo, dq16, dk16, dv16, dkvi,
+                                         A->saved));
         else
-            LASP_TRY(lasp_attn_bwd(ctx, &ad, A->q, A->k, A->v, slopes, kvi, m->dob, dkvo, m->dq, m->dk, m->dv, dkvi));
+            LASP_TRY(lasp_attn_bwd_saved(ctx, &ad, A->q, A->k, A->v, slopes, kvi, m->dob, dkvo, m->dq, m->dk, m->dv,
+                                         dkvi, A->saved));
         /* back through SiLU and the convolution into the projections' q | k | v columns; the halo came from the
          * chunk or the SP rank before (its gradient goes back there), and the next one's halo gradient comes in */
         PART(ELEMWISE);

@@ -30,9 +30,10 @@ lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T);
 /* What a layer keeps for the backward and what is made again there (lasp.h's lasp_recompute; default none);
  * the next lasp_gmodel_reserve lays the buffers out for it. */
 void lasp_gmodel_set_recompute(lasp_gmodel *m, lasp_recompute r);
-/* The device bytes lasp_gmodel_reserve allocates for B × T (a double: asked-for sizes may not fit). */
-double lasp_gmodel_activation_bytes(const lasp_model_config *c, lasp_dtype dtype, lasp_recompute r, int64_t B,
-                                    int64_t T);
+/* The device bytes lasp_gmodel_reserve allocates for B × T (a double: asked-for sizes may not fit); ctx's
+ * GPU plans the op's kept states. */
+double lasp_gmodel_activation_bytes(lasp_ctx *ctx, const lasp_model_config *c, lasp_dtype dtype, lasp_recompute r,
+                                    int64_t B, int64_t T);
 
 /* Copies between the device's buffers and host arrays of n_params floats (synchronous). */
 lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host);

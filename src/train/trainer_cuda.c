@@ -209,7 +209,7 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     if (shard) mem->params += 4.0 * (double)S + 4.0 * (double)(t->W * t->max_chunk), mem->grads += 4.0 * (double)S;
     const int64_t Tc = o->chunk ? o->chunk : t->Tl, nc = t->Tl / Tc;
     const size_t cf = lasp_model_carry_floats(&o->model, t->Bl);
-    mem->activations = lasp_gmodel_activation_bytes(&o->model, o->dtype, o->recompute, t->Bl, Tc) +
+    mem->activations = lasp_gmodel_activation_bytes(t->ctx, &o->model, o->dtype, o->recompute, t->Bl, Tc) +
                        (o->chunk ? 4.0 * (double)(nc + 2) * (double)cf : 0); /* the chunks' carried states */
     mem->device_total = (double)total_b, mem->device_free = (double)free_b;
     snprintf(mem->device, sizeof mem->device, "GPU %d: %s (sm_%d%d, %d SMs, %.0f GiB)", dev, prop.name, prop.major,
