@@ -438,6 +438,7 @@ int main(void) {
     case_embed(1, 256, 16);
     case_embed(500, 256, 32);
     case_embed(3000, 64000, 128);
+    case_embed(2000, 7, 300); /* long runs of each token, and a partial block of columns */
     case_bf16(37, 64, 96, 300);
     case_bf16(1000, 128, 256, 50304);
     case_last_rows(2, 37, 3, 96, 128);
