@@ -263,8 +263,9 @@ __global__ void k_onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dy, const 
  * warps each keep a row of sums in shared memory: a block takes `rows` consecutive rows, a warp one at a time,
  * each warp adding its rows' dy·x·rstd into its own row (no two warps touch one word: no atomics, the same bits
  * every run), and the block adds its warps' rows in order into work[block]. dy and x are read from memory
- * once, not again for the sums; longer rows would leave too little shared memory for blocks to overlap. */
-constexpr int FUSED_RMS_MAX_C = 1024, FUSED_RMS_ROWS = 64;
+ * once, not again for the sums; longer rows would leave too little shared memory for blocks to overlap.
+ * FUSED_RMS_ROWS rows a block at least: fewer blocks than a few an SM leave the pass waiting on memory. */
+constexpr int FUSED_RMS_MAX_C = 2048, FUSED_RMS_ROWS = 32;
 template <int V>
 __global__ void __launch_bounds__(THREADS) k_rms_bwd_fused(float *dx, __nv_bfloat16 *dx16, float *work,
                                                            const float *dy, const float *x, const float *rstd,
@@ -832,6 +833,8 @@ void lasp_rms_bwd_bf16_cuda(float *dx, void *dx16, float *dg, int dg_add, const 
         const int64_t want = (N + MAX_PARTS - 1) / MAX_PARTS, rows = want > FUSED_RMS_ROWS ? want : FUSED_RMS_ROWS;
         const int64_t blocks = (N + rows - 1) / rows;
         const size_t smem = (size_t)(THREADS / 32) * (size_t)C * sizeof(float);
+        if (smem > 48 * 1024) /* above what a launch may ask for by default; set each time: it is per device */
+            cudaFuncSetAttribute(k_rms_bwd_fused<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         k_rms_bwd_fused<4><<<(unsigned)blocks, THREADS, smem, st>>>(dx, d16, work, dy, x, rstd, g, N, C, rows);
         sum_parts(dg, work, blocks, C, dg_add, st);
         return;
