@@ -224,12 +224,13 @@ __global__ void k_rms_bwd_x(float *dx, __nv_bfloat16 *dx16, const float *dy, con
     rms_bwd_row<V>(dx, dx16, nullptr, dy, x, rstd, g, n, C, lane);
 }
 
-/* The output norm and gate's backward: du, dy ← ∂/∂ô = dy ⊙ σ(u) (kept for the gain's sums), and do through the
- * norm (written; each lane reads back only the dy it wrote) */
+/* Row n of the output norm and gate's backward by one warp: du, dy ← ∂/∂ô = dy ⊙ σ(u) (kept for the gain's
+ * sums), and do through the norm (written; each lane reads back only the dy it wrote); with sums, the row's
+ * ∂/∂ô·o·rstd added into sums[0, C) (the gain's gradient) */
 template <int V, typename TO, typename TD>
-__global__ void k_onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dy, const TO *o, const float *rstd,
-                                 const float *g, const float *u, int64_t su, int64_t N, int64_t C) {
-    ROW_OF_WARP(n, N);
+__device__ __forceinline__ void onorm_gate_bwd_row(TD *dox, TD *du, int64_t sdu, float *dy, float *sums,
+                                                   const TO *o, const float *rstd, const float *g, const float *u,
+                                                   int64_t su, int64_t n, int64_t C, int lane) {
     const float r = rstd[n];
     float dot = 0;
 #pragma unroll 4
@@ -243,6 +244,7 @@ __global__ void k_onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dy, const 
             dh.v[j] = d.v[j] * sg;
             dun.v[j] = d.v[j] * (x.v[j] * r * w.v[j]) * sg * (1 - sg);
             dot += dh.v[j] * w.v[j] * x.v[j] * r;
+            if (sums) sums[c + j] += dh.v[j] * x.v[j] * r;
         }
         st<V>(du + n * sdu + c, dun);
         st<V>(dy + i, dh);
@@ -259,26 +261,33 @@ __global__ void k_onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dy, const 
     }
 }
 
-/* k_rms_bwd_x and the gain's partial sums in one pass, for rows short enough (FUSED_RMS_MAX_C) that a block's
- * warps each keep a row of sums in shared memory: a block takes `rows` consecutive rows, a warp one at a time,
- * each warp adding its rows' dy·x·rstd into its own row (no two warps touch one word: no atomics, the same bits
- * every run), and the block adds its warps' rows in order into work[block]. dy and x are read from memory
- * once, not again for the sums; longer rows would leave too little shared memory for blocks to overlap.
+template <int V, typename TO, typename TD>
+__global__ void k_onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dy, const TO *o, const float *rstd,
+                                 const float *g, const float *u, int64_t su, int64_t N, int64_t C) {
+    ROW_OF_WARP(n, N);
+    onorm_gate_bwd_row<V>(dox, du, sdu, dy, nullptr, o, rstd, g, u, su, n, C, lane);
+}
+
+/* A norm's backward (k_rms_bwd_x, k_onorm_gate_bwd) and its gain's partial sums in one pass, for rows short
+ * enough (FUSED_RMS_MAX_C) that a block's warps each keep a row of sums in shared memory: a block takes `rows`
+ * consecutive rows, a warp one at a time, each warp adding its rows' terms into its own row (no two warps touch
+ * one word: no atomics, the same bits every run), and the block adds its warps' rows in order into
+ * work[block]. The rows are read from memory once, not again for the sums; longer rows would leave too little
+ * shared memory for blocks to overlap.
  * FUSED_RMS_ROWS rows a block at least: fewer blocks than a few an SM leave the pass waiting on memory. */
 constexpr int FUSED_RMS_MAX_C = 2048, FUSED_RMS_ROWS = 32;
-template <int V>
-__global__ void __launch_bounds__(THREADS) k_rms_bwd_fused(float *dx, __nv_bfloat16 *dx16, float *work,
-                                                           const float *dy, const float *x, const float *rstd,
-                                                           const float *g, int64_t N, int64_t C, int64_t rows) {
+
+/* A block's rows [blockIdx·rows, +rows), each warp's by `row(n, its row of sums, lane)`, then the warps' sums
+ * added in order into work[block] */
+template <typename Row>
+__device__ __forceinline__ void rows_with_sums(float *work, int64_t N, int64_t C, int64_t rows, Row row) {
     extern __shared__ float acc[]; /* [THREADS / 32][C] */
     const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
     float *mine = acc + (int64_t)w * C;
-    LANE_COLS(c, C, V) {
-#pragma unroll
-        for (int j = 0; j < V; j++) mine[c + j] = 0;
-    }
+    for (int64_t c = lane; c < C; c += 32) mine[c] = 0;
+    __syncwarp(); /* a lane's columns in the rows below are not the ones it zeroed */
     const int64_t n0 = blockIdx.x * rows, n1 = n0 + rows < N ? n0 + rows : N;
-    for (int64_t n = n0 + w; n < n1; n += THREADS / 32) rms_bwd_row<V>(dx, dx16, mine, dy, x, rstd, g, n, C, lane);
+    for (int64_t n = n0 + w; n < n1; n += THREADS / 32) row(n, mine, lane);
     __syncthreads();
     for (int64_t c = threadIdx.x; c < C; c += THREADS) {
         float s = 0;
@@ -286,6 +295,39 @@ __global__ void __launch_bounds__(THREADS) k_rms_bwd_fused(float *dx, __nv_bfloa
         for (int k = 0; k < THREADS / 32; k++) s += acc[(int64_t)k * C + c];
         work[blockIdx.x * C + c] = s;
     }
+}
+
+template <int V>
+__global__ void __launch_bounds__(THREADS) k_rms_bwd_fused(float *dx, __nv_bfloat16 *dx16, float *work,
+                                                           const float *dy, const float *x, const float *rstd,
+                                                           const float *g, int64_t N, int64_t C, int64_t rows) {
+    rows_with_sums(work, N, C, rows, [&](int64_t n, float *mine, int lane) {
+        rms_bwd_row<V>(dx, dx16, mine, dy, x, rstd, g, n, C, lane);
+    });
+}
+
+template <int V, typename TO, typename TD>
+__global__ void __launch_bounds__(THREADS)
+    k_onorm_gate_bwd_fused(TD *dox, TD *du, int64_t sdu, float *dy, float *work, const TO *o, const float *rstd,
+                           const float *g, const float *u, int64_t su, int64_t N, int64_t C, int64_t rows) {
+    rows_with_sums(work, N, C, rows, [&](int64_t n, float *mine, int lane) {
+        onorm_gate_bwd_row<V>(dox, du, sdu, dy, mine, o, rstd, g, u, su, n, C, lane);
+    });
+}
+
+/* The fused passes' blocks: at least FUSED_RMS_ROWS rows each, and no more blocks than work has partials for;
+ * a block's rows of sums in shared memory, above the default a launch may ask for where rows are long (set
+ * each time: the limit is the device's) */
+struct fused_plan {
+    int64_t rows, blocks;
+    size_t smem;
+};
+template <typename K>
+fused_plan fused_rows(K kernel, int64_t N, int64_t C) {
+    const int64_t want = (N + MAX_PARTS - 1) / MAX_PARTS, rows = want > FUSED_RMS_ROWS ? want : FUSED_RMS_ROWS;
+    const size_t smem = (size_t)(THREADS / 32) * (size_t)C * sizeof(float);
+    if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    return {rows, (N + rows - 1) / rows, smem};
 }
 
 /* work[p, c] = Σ over part p's rows of dy·x·rstd */
@@ -324,7 +366,16 @@ template <typename TO, typename TD>
 void onorm_gate_bwd(TD *dox, TD *du, int64_t sdu, float *dg, int dg_add, float *dy, const TO *o, const float *rstd,
                     const float *g, const float *u, int64_t su, int64_t N, int64_t C, float *work, cudaStream_t st) {
     if (!N) return;
-    if (C % 128 == 0 && su % 4 == 0 && sdu % 4 == 0 && aligned_for<4>({AL(dox), AL(du), AL(dy), AL(o), AL(g), AL(u)}))
+    const bool vec = C % 128 == 0 && su % 4 == 0 && sdu % 4 == 0 &&
+                     aligned_for<4>({AL(dox), AL(du), AL(dy), AL(o), AL(g), AL(u)});
+    if (vec && C <= FUSED_RMS_MAX_C) {
+        const fused_plan f = fused_rows(k_onorm_gate_bwd_fused<4, TO, TD>, N, C);
+        k_onorm_gate_bwd_fused<4><<<(unsigned)f.blocks, THREADS, f.smem, st>>>(dox, du, sdu, dy, work, o, rstd, g, u,
+                                                                               su, N, C, f.rows);
+        sum_parts(dg, work, f.blocks, C, dg_add, st);
+        return;
+    }
+    if (vec)
         k_onorm_gate_bwd<4><<<row_blocks(N), THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
     else
         k_onorm_gate_bwd<1><<<row_blocks(N), THREADS, 0, st>>>(dox, du, sdu, dy, o, rstd, g, u, su, N, C);
@@ -829,14 +880,9 @@ void lasp_rms_bwd_bf16_cuda(float *dx, void *dx16, float *dg, int dg_add, const 
     __nv_bfloat16 *d16 = (__nv_bfloat16 *)dx16;
     const bool vec = C % 128 == 0 && aligned_for<4>({AL(dx), AL(d16), AL(dy), AL(x), AL(g)});
     if (vec && C <= FUSED_RMS_MAX_C) {
-        /* at least FUSED_RMS_ROWS rows a block, and no more blocks than work has partials for */
-        const int64_t want = (N + MAX_PARTS - 1) / MAX_PARTS, rows = want > FUSED_RMS_ROWS ? want : FUSED_RMS_ROWS;
-        const int64_t blocks = (N + rows - 1) / rows;
-        const size_t smem = (size_t)(THREADS / 32) * (size_t)C * sizeof(float);
-        if (smem > 48 * 1024) /* above what a launch may ask for by default; set each time: it is per device */
-            cudaFuncSetAttribute(k_rms_bwd_fused<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        k_rms_bwd_fused<4><<<(unsigned)blocks, THREADS, smem, st>>>(dx, d16, work, dy, x, rstd, g, N, C, rows);
-        sum_parts(dg, work, blocks, C, dg_add, st);
+        const fused_plan f = fused_rows(k_rms_bwd_fused<4>, N, C);
+        k_rms_bwd_fused<4><<<(unsigned)f.blocks, THREADS, f.smem, st>>>(dx, d16, work, dy, x, rstd, g, N, C, f.rows);
+        sum_parts(dg, work, f.blocks, C, dg_add, st);
         return;
     }
     if (vec)
