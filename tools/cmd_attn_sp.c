@@ -15,6 +15,7 @@
 #include "clock.h"
 #include "lasp.h"
 #include "opts.h"
+#include "worlds.h"
 
 typedef struct layout {
     int n, rank;
@@ -102,16 +103,8 @@ int attn_sp(attn_args *o) {
     lasp_comm *world = NULL, *gworld = NULL;
     /* MPI only when a launcher started us: one process needs no MPI (the GPU path always uses it) */
     const lasp_comm_backend be = gpu || lasp_comm_launcher_size() > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
-    if (lasp_comm_world(be, NULL, NULL, &world, &err) != LASP_OK) {
-        fprintf(stderr, "error: %s\n", err.msg);
-        return 1;
-    }
     /* on GPUs the states travel over NCCL; the host world still agrees, gathers and aborts */
-    if (gpu && lasp_comm_world(LASP_COMM_NCCL, NULL, NULL, &gworld, &err) != LASP_OK) {
-        fprintf(stderr, "error: %s\n", err.msg);
-        lasp_comm_free(world);
-        return 1;
-    }
+    if (tools_open_worlds(be, NULL, NULL, gpu, &world, &gworld)) return 1;
     layout L = {.n = lasp_comm_size(world), .rank = lasp_comm_rank(world), .sp = o->sp ? (int)o->sp : 1};
     if (o->sp < 0 || o->sp > L.n || L.n % L.sp) {
         fprintf(stderr, "error: rank %d: --sp %lld does not divide the %d ranks of this job (world = dp × sp; hint: "

@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "lasp.h"
 #include "opts.h"
+#include "worlds.h"
 
 int lasp_bench_train(int argc, char **argv) {
     const char *device_name = "cpu", *models = NULL, *dtype = "bf16", *sp_mode = "chain", *recompute = "none";
@@ -65,18 +66,10 @@ int lasp_bench_train(int argc, char **argv) {
     lasp_comm *world;
     /* MPI only when a launcher started us: one process needs no MPI */
     const lasp_comm_backend be = lasp_comm_launcher_size() > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
-    if (lasp_comm_world(be, &argc, &argv, &world, &err) != LASP_OK) {
-        fprintf(stderr, "error: %s\n", err.msg);
-        return 1;
-    }
-    const int W = lasp_comm_size(world), rank = lasp_comm_rank(world);
     /* several ranks on GPUs: the model's traffic over an NCCL world beside the host one, as lasp train */
     lasp_comm *gworld = NULL;
-    if (gpu && W > 1 && lasp_comm_world(LASP_COMM_NCCL, NULL, NULL, &gworld, &err) != LASP_OK) {
-        if (rank == 0) fprintf(stderr, "error: %s\n", err.msg);
-        lasp_comm_free(world);
-        return 1;
-    }
+    if (tools_open_worlds(be, &argc, &argv, gpu && lasp_comm_launcher_size() > 1, &world, &gworld)) return 1;
+    const int W = lasp_comm_size(world), rank = lasp_comm_rank(world);
     lasp_ctx *ctx = NULL;
     lasp_sp *sp = NULL;
     lasp_data *data = NULL;

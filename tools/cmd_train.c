@@ -24,6 +24,7 @@
 #include "core/fs.h"
 #include "lasp.h"
 #include "opts.h"
+#include "worlds.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -203,19 +204,10 @@ int cmd_train(int argc, char **argv) {
     lasp_err err = {0};
     lasp_comm *world = NULL;
     const lasp_comm_backend be = launched > 0 ? LASP_COMM_MPI : LASP_COMM_SELF;
-    if (lasp_comm_world(be, &argc, &argv, &world, &err) != LASP_OK) {
-        fprintf(stderr, "error: %s\n", err.msg);
-        return 1;
-    }
     /* ranks on GPUs (under a launcher, even one): the model's traffic (gradients, states) over NCCL, one GPU a
      * rank; the host world still decides each step's stop and checkpoint, and aborts */
     lasp_comm *gworld = NULL;
-    if (launched > 0 && !strcmp(a.device, "cuda") &&
-        lasp_comm_world(LASP_COMM_NCCL, NULL, NULL, &gworld, &err) != LASP_OK) {
-        if (lasp_comm_rank(world) == 0) fprintf(stderr, "error: %s\n", err.msg);
-        lasp_comm_free(world);
-        return 1;
-    }
+    if (tools_open_worlds(be, &argc, &argv, launched > 0 && !strcmp(a.device, "cuda"), &world, &gworld)) return 1;
     const int rank = lasp_comm_rank(world), W = lasp_comm_size(world);
     int rc = 1;
     lasp_ctx *ctx = NULL;
