@@ -137,6 +137,14 @@ __device__ __forceinline__ void st(__nv_bfloat16 *p, const vf<V> &x) {
     }
 }
 
+template <int V>
+__device__ __forceinline__ vf<V> vzero() {
+    vf<V> z;
+#pragma unroll
+    for (int i = 0; i < V; i++) z.v[i] = 0.0f;
+    return z;
+}
+
 /* 1 if each pointer is aligned for V of its elements (NULL is) */
 template <int V>
 bool aligned_for(std::initializer_list<std::pair<const void *, size_t>> ps) {
@@ -179,6 +187,44 @@ __global__ void k_norm_fwd(TY *y, float *rstd, const TX *x, const float *g, cons
         vf<V> o;
 #pragma unroll
         for (int j = 0; j < V; j++) o.v[j] = a.v[j] * r * w.v[j];
+        if (u) {
+            const vf<V> uu = ld<V>(u + n * su + c);
+#pragma unroll
+            for (int j = 0; j < V; j++) o.v[j] *= sigmoid(uu.v[j]);
+        }
+        st<V>(y + n * C + c, o);
+    }
+}
+
+/* k_norm_fwd for rows of at most 32·V·IT columns, a lane's columns read once into registers: all of a row's
+ * loads are in flight together, and the normalising pass does not read the row again. The same columns a lane
+ * and the same order of sums as k_norm_fwd: the same bits. */
+template <int V, int IT, typename TX, typename TY>
+__global__ void k_norm_fwd_row(TY *y, float *rstd, const TX *x, const float *g, const float *u, int64_t su, int64_t N,
+                               int64_t C) {
+    ROW_OF_WARP(n, N);
+    const TX *xr = x + n * C;
+    vf<V> a[IT];
+    float ss = 0;
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+        const int64_t c = (int64_t)(i * 32 + lane) * V;
+        a[i] = c < C ? ld<V>(xr + c) : vzero<V>();
+    }
+#pragma unroll
+    for (int i = 0; i < IT; i++)
+#pragma unroll
+        for (int j = 0; j < V; j++) ss += a[i].v[j] * a[i].v[j];
+    const float r = rsqrtf(warp_sum(ss) / (float)C + LASP_RMS_EPS);
+    if (rstd && lane == 0) rstd[n] = r;
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+        const int64_t c = (int64_t)(i * 32 + lane) * V;
+        if (c >= C) break;
+        const vf<V> w = ld<V>(g + c);
+        vf<V> o;
+#pragma unroll
+        for (int j = 0; j < V; j++) o.v[j] = a[i].v[j] * r * w.v[j];
         if (u) {
             const vf<V> uu = ld<V>(u + n * su + c);
 #pragma unroll
@@ -356,7 +402,14 @@ template <typename TX, typename TY>
 void norm_fwd(TY *y, float *rstd, const TX *x, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
               cudaStream_t st) {
     if (!N) return;
-    if (C % 128 == 0 && su % 4 == 0 && aligned_for<4>({AL(y), AL(x), AL(g), AL(u)}))
+    const bool vec = C % 128 == 0 && su % 4 == 0 && aligned_for<4>({AL(y), AL(x), AL(g), AL(u)});
+    if (vec && C <= 512)
+        k_norm_fwd_row<4, 4><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
+    else if (vec && C <= 1024)
+        k_norm_fwd_row<4, 8><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
+    else if (vec && C <= 2048)
+        k_norm_fwd_row<4, 16><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
+    else if (vec)
         k_norm_fwd<4><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
     else
         k_norm_fwd<1><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
@@ -437,14 +490,6 @@ constexpr int FEAT_PARTS = 1024; /* tiles, and so partial sums of the taps' grad
  * wait for the last. The backward holds more per row; its registers are capped so that MINB blocks share an
  * SM (taps up to 4): more warps in flight pay more than a longer batch (bench/RESULTS.md). */
 constexpr int FEAT_FWD_BATCH = 8, FEAT_BWD_BATCH = 4, FEAT_BWD_MINB = 4;
-
-template <int V>
-__device__ __forceinline__ vf<V> vzero() {
-    vf<V> z;
-#pragma unroll
-    for (int i = 0; i < V; i++) z.v[i] = 0.0f;
-    return z;
-}
 
 /* V columns from c of projection row t of sequence b; t < 0 reads the halo (the K1 rows before the piece);
  * before the halo, or without one, zeros */
