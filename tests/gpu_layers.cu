@@ -435,6 +435,7 @@ int main(void) {
     case_xent(33, 256, 3);
     case_xent(40, 64000, 2);
     case_xent(7, 50304, 10);
+    case_xent(5, 1001, 2); /* a row not a multiple of four: one logit a thread */
     case_embed(1, 256, 16);
     case_embed(500, 256, 32);
     case_embed(3000, 64000, 128);

@@ -402,8 +402,12 @@ template <typename TX, typename TY>
 void norm_fwd(TY *y, float *rstd, const TX *x, const float *g, const float *u, int64_t su, int64_t N, int64_t C,
               cudaStream_t st) {
     if (!N) return;
+    /* the gated norm reads u after the row's sum: the register-held rows' fewer warps leave those loads exposed,
+     * so it keeps the kernel that reads the row twice */
     const bool vec = C % 128 == 0 && su % 4 == 0 && aligned_for<4>({AL(y), AL(x), AL(g), AL(u)});
-    if (vec && C <= 512)
+    if (vec && u)
+        k_norm_fwd<4><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
+    else if (vec && C <= 512)
         k_norm_fwd_row<4, 4><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
     else if (vec && C <= 1024)
         k_norm_fwd_row<4, 8><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
@@ -760,31 +764,60 @@ __device__ float block_sum(float s) {
     return t;
 }
 
-/* the gradient goes to dz (which may be z itself) */
-template <typename T>
+/* A thread's running max m (its first index in arg) and s = Σ exp(z − m) over the logits it has seen: a larger
+ * logit rescales the sum, so the row is read once for both (online softmax) */
+__device__ __forceinline__ void online_add(float &m, float &s, int64_t &arg, int64_t V, float z, int64_t v) {
+    if (z > m || arg == V) {
+        s = s * expf(m - z) + 1.0f;
+        m = z, arg = v;
+    } else {
+        s += expf(z - m);
+    }
+}
+
+/* A block per row: the loss, whether the argmax is the target, and with scale the gradient into dz (which may be
+ * z itself), in two reads of the row; VEC logits a thread at a time where the rows are aligned for it */
+template <int VEC, typename T>
 __global__ void __launch_bounds__(THREADS) k_xent(const float *z, T *dz, const int32_t *targets, int64_t V,
                                                   float scale, double *loss, int32_t *hit) {
     const int64_t n = blockIdx.x;
     const float *zr = z + n * V;
     T *dr = dz + n * V;
-    float mx = -INFINITY;
+    float m = -INFINITY, s = 0;
     int64_t arg = V;
-    for (int64_t v = threadIdx.x; v < V; v += THREADS)
-        if (zr[v] > mx || arg == V) mx = zr[v], arg = v;
+    for (int64_t v = VEC * (int64_t)threadIdx.x; v < V; v += VEC * THREADS) {
+        const vf<VEC> x = ld<VEC>(zr + v);
+#pragma unroll
+        for (int j = 0; j < VEC; j++) online_add(m, s, arg, V, x.v[j], v + j);
+    }
+    float mx = m;
     block_argmax(mx, arg);
-    float s = 0;
-    for (int64_t v = threadIdx.x; v < V; v += THREADS) s += expf(zr[v] - mx);
-    const float sum = block_sum(s);
+    const float sum = block_sum(s * expf(m - mx)); /* each thread's sum rescaled to the row's max */
     const int32_t t = targets[n];
     if (threadIdx.x == 0) {
         loss[n] = log((double)sum) - (double)(zr[t] - mx);
         hit[n] = arg == t;
     }
     if (scale > 0) {
-        __syncthreads();  /* zr[t] read above before it is overwritten */
+        __syncthreads(); /* zr[t] read above before it is overwritten */
         const float inv = 1.0f / sum;
-        for (int64_t v = threadIdx.x; v < V; v += THREADS) put(dr + v, expf(zr[v] - mx) * inv * scale - (v == t ? scale : 0));
+        for (int64_t v = VEC * (int64_t)threadIdx.x; v < V; v += VEC * THREADS) {
+            vf<VEC> x = ld<VEC>(zr + v);
+#pragma unroll
+            for (int j = 0; j < VEC; j++) x.v[j] = expf(x.v[j] - mx) * inv * scale - (v + j == t ? scale : 0);
+            st<VEC>(dr + v, x);
+        }
     }
+}
+
+template <typename T>
+void xent(const float *z, T *dz, const int32_t *targets, int64_t N, int64_t V, float scale, double *loss,
+          int32_t *hit, cudaStream_t st) {
+    if (!N) return;
+    if (V % 4 == 0 && aligned_for<4>({AL(z), AL(dz)}))
+        k_xent<4><<<(unsigned)N, THREADS, 0, st>>>(z, dz, targets, V, scale, loss, hit);
+    else
+        k_xent<1><<<(unsigned)N, THREADS, 0, st>>>(z, dz, targets, V, scale, loss, hit);
 }
 
 /* ---- the recurrent form, one token (the decoder) --------------------------------------------------- */
@@ -1003,12 +1036,12 @@ void lasp_glu_bwd_bf16_cuda(void *dh, const void *da, const void *h, int64_t N, 
 
 void lasp_xent_cuda(float *z, const int32_t *targets, int64_t N, int64_t V, float scale, double *loss, int32_t *hit,
                     cudaStream_t st) {
-    if (N) k_xent<<<(unsigned)N, THREADS, 0, st>>>(z, z, targets, V, scale, loss, hit);
+    xent(z, z, targets, N, V, scale, loss, hit, st);
 }
 
 void lasp_xent_bf16_cuda(const float *z, void *dz, const int32_t *targets, int64_t N, int64_t V, float scale,
                          double *loss, int32_t *hit, cudaStream_t st) {
-    if (N) k_xent<<<(unsigned)N, THREADS, 0, st>>>(z, (__nv_bfloat16 *)dz, targets, V, scale, loss, hit);
+    xent(z, (__nv_bfloat16 *)dz, targets, N, V, scale, loss, hit, st);
 }
 
 void lasp_embed_fwd_cuda(float *x, const float *wte, const int32_t *tokens, int64_t N, int64_t C, cudaStream_t st) {
