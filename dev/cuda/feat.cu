@@ -21,37 +21,11 @@ struct Shape {
     int64_t B, T, C;
 };
 
-static float rnd(uint64_t &s) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
-}
-
-template <typename F>
-static float median_ms(F run) {
-    cudaEvent_t a, b;
-    CU(cudaEventCreate(&a));
-    CU(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++) run();
-    std::vector<float> t;
-    for (int i = 0; i < 20; i++) {
-        CU(cudaEventRecord(a));
-        run();
-        CU(cudaEventRecord(b));
-        CU(cudaEventSynchronize(b));
-        float ms;
-        CU(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms);
-    }
-    std::sort(t.begin(), t.end());
-    cudaEventDestroy(a), cudaEventDestroy(b);
-    return t[t.size() / 2];
-}
-
 typedef __nv_bfloat16 bf;
 
 static void fill(float *d, size_t n, uint64_t seed) {
     std::vector<float> h(n);
-    for (size_t i = 0; i < n; i++) h[i] = rnd(seed);
+    for (size_t i = 0; i < n; i++) h[i] = dev_rnd(seed);
     CU(cudaMemcpy(d, h.data(), n * 4, cudaMemcpyHostToDevice));
 }
 
@@ -98,14 +72,14 @@ int main(void) {
         fill(wc, 4 * 3 * C, 2);
         uint64_t seed = 3;
         std::vector<bf> hb(N * 3 * C);
-        for (size_t i = 0; i < hb.size(); i++) hb[i] = __float2bfloat16(rnd(seed));
+        for (size_t i = 0; i < hb.size(); i++) hb[i] = __float2bfloat16(dev_rnd(seed));
         CU(cudaMemcpy(g, hb.data(), hb.size() * 2, cudaMemcpyHostToDevice));
         const double fbytes = N * 3 * C * (4.0 + 2.0), bbytes = N * 3 * C * (4.0 + 2.0 + 2.0);
         printf("# B %lld T %lld C %lld, K 4, bf16\n", (long long)s.B, (long long)s.T, (long long)C);
 #define FWD(V, BATCH, I)                                                                                          \
     do {                                                                                                          \
         bf *o = q[I];                                                                                             \
-        const float ms = median_ms([&] { fwd<V, BATCH>(o, o + N * C, o + 2 * N * C, p, wc, s); });              \
+        const float ms = dev_median_ms([&] { fwd<V, BATCH>(o, o + N * C, o + 2 * N * C, p, wc, s); });              \
         CU(cudaDeviceSynchronize());                                                                              \
         printf("  fwd  V %d batch %d          %.4f ms  %5.0f GB/s  %s\n", V, BATCH, ms, fbytes / ms * 1e-6,   \
                I ? (same(q[0], q[1], N * 3 * C * 2) ? "same bits" : "DIFFERENT") : "");                      \
@@ -119,7 +93,7 @@ int main(void) {
         bf *o = dp[I];                                                                                            \
         float *dw = dwc[I];                                                                                       \
         const float ms =                                                                                          \
-            median_ms([&] { bwd<V, BATCH, MINB>(o, dw, g, g + N * C, g + 2 * N * C, p, wc, work, s); });        \
+            dev_median_ms([&] { bwd<V, BATCH, MINB>(o, dw, g, g + N * C, g + 2 * N * C, p, wc, work, s); });        \
         CU(cudaDeviceSynchronize());                                                                              \
         printf("  bwd  V %d batch %d minb %d   %.4f ms  %5.0f GB/s  %s\n", V, BATCH, MINB, ms, bbytes / ms * 1e-6, \
                I ? (same(dwc[0], dwc[1], 4 * 3 * C * 4) && same(dp[0], dp[1], N * 4 * C * 2) ? "same bits"       \

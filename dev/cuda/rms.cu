@@ -19,35 +19,9 @@
 #include "../../src/model/layers_cuda.cu"
 #include "dev_check.h"
 
-static float rnd(uint64_t &s) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
-}
-
-template <typename F>
-static float median_ms(F run) {
-    cudaEvent_t a, b;
-    CU(cudaEventCreate(&a));
-    CU(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++) run();
-    std::vector<float> t;
-    for (int i = 0; i < 20; i++) {
-        CU(cudaEventRecord(a));
-        run();
-        CU(cudaEventRecord(b));
-        CU(cudaEventSynchronize(b));
-        float ms;
-        CU(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms);
-    }
-    std::sort(t.begin(), t.end());
-    cudaEventDestroy(a), cudaEventDestroy(b);
-    return t[t.size() / 2];
-}
-
 static float *dev_rand(size_t n, uint64_t seed, float lo) {
     std::vector<float> h(n);
-    for (size_t i = 0; i < n; i++) h[i] = lo + rnd(seed);
+    for (size_t i = 0; i < n; i++) h[i] = lo + dev_rnd(seed);
     float *d;
     CU(cudaMalloc(&d, n * 4));
     CU(cudaMemcpy(d, h.data(), n * 4, cudaMemcpyHostToDevice));
@@ -90,8 +64,8 @@ int main(void) {
                     sum_parts(dg, work, blocks, C, 0, 0);
                 }
             };
-            auto copy_ms = median_ms([&] { CU(cudaMemcpyAsync(dx, dx0, N * C * 4, cudaMemcpyDeviceToDevice)); });
-            const float ms = median_ms(run) - copy_ms;
+            auto copy_ms = dev_median_ms([&] { CU(cudaMemcpyAsync(dx, dx0, N * C * 4, cudaMemcpyDeviceToDevice)); });
+            const float ms = dev_median_ms(run) - copy_ms;
             run();
             CU(cudaDeviceSynchronize());
             std::vector<float> hdx = host(dx, N * C), hdg = host(dg, C);
