@@ -196,12 +196,11 @@ __global__ void k_norm_fwd(TY *y, float *rstd, const TX *x, const float *g, cons
     }
 }
 
-/* k_norm_fwd for rows of at most 32·V·IT columns, a lane's columns read once into registers: all of a row's
- * loads are in flight together, and the normalising pass does not read the row again. The same columns a lane
- * and the same order of sums as k_norm_fwd: the same bits. */
+/* k_norm_fwd without the gate, for rows of at most 32·V·IT columns, a lane's columns read once into registers:
+ * all of a row's loads are in flight together, and the normalising pass does not read the row again. The same
+ * columns a lane and the same order of sums as k_norm_fwd: the same bits. */
 template <int V, int IT, typename TX, typename TY>
-__global__ void k_norm_fwd_row(TY *y, float *rstd, const TX *x, const float *g, const float *u, int64_t su, int64_t N,
-                               int64_t C) {
+__global__ void k_norm_fwd_row(TY *y, float *rstd, const TX *x, const float *g, int64_t N, int64_t C) {
     ROW_OF_WARP(n, N);
     const TX *xr = x + n * C;
     vf<V> a[IT];
@@ -225,11 +224,6 @@ __global__ void k_norm_fwd_row(TY *y, float *rstd, const TX *x, const float *g, 
         vf<V> o;
 #pragma unroll
         for (int j = 0; j < V; j++) o.v[j] = a[i].v[j] * r * w.v[j];
-        if (u) {
-            const vf<V> uu = ld<V>(u + n * su + c);
-#pragma unroll
-            for (int j = 0; j < V; j++) o.v[j] *= sigmoid(uu.v[j]);
-        }
         st<V>(y + n * C + c, o);
     }
 }
@@ -408,11 +402,11 @@ void norm_fwd(TY *y, float *rstd, const TX *x, const float *g, const float *u, i
     if (vec && u)
         k_norm_fwd<4><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
     else if (vec && C <= 512)
-        k_norm_fwd_row<4, 4><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
+        k_norm_fwd_row<4, 4><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, N, C);
     else if (vec && C <= 1024)
-        k_norm_fwd_row<4, 8><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
+        k_norm_fwd_row<4, 8><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, N, C);
     else if (vec && C <= 2048)
-        k_norm_fwd_row<4, 16><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
+        k_norm_fwd_row<4, 16><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, N, C);
     else if (vec)
         k_norm_fwd<4><<<row_blocks(N), THREADS, 0, st>>>(y, rstd, x, g, u, su, N, C);
     else
