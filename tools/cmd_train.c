@@ -170,7 +170,7 @@ int cmd_train(int argc, char **argv) {
         {"--clip", OPT_DOUBLE, &a.clip, "X", "clip the global gradient norm to X (0 = off)", 0},
         {"--sp", OPT_INT, &a.sp, "N", "sequence-parallel ranks per sequence; dp = world / sp", 0},
         {"--sp-mode", OPT_STR, &a.sp_mode, "MODE", "chain (LASP), lasp2 (states all-gathered), or the baselines ulysses "
-                                                   "and allgather (CPU)", 0},
+                                                   "(all-to-all) and allgather (keys and values)", 0},
         {"--zero", OPT_INT, &a.zero, "N", "0 DDP, 1 sharded optimizer, 2 + sharded gradients, 3 + sharded params", 0},
         {"--seed", OPT_INT, &a.seed, "N", "seed of data, initialisation and everything random", 0},
         {"--val-every", OPT_INT, &a.val_every, "N", "validation (loss, recall accuracy) every N steps", 0},
