@@ -113,19 +113,20 @@ versus() {
 }
 
 # the ranks' code on one GPU: under mpirun, even of one rank, the trainer runs over an NCCL world (the gradients
-# reduced unit by unit beside the backward, the sums over ranks, at ZeRO 1 and 2 the shards, their gathers and
-# the checkpoint's), and one rank must train what the plain run trains, to round-off (its sums are the same)
-for z in 0 1 2; do versus 1 1e-6 np1z$z --zero $z --ckpt np1z$z/ck; done
+# reduced unit by unit beside the backward, the sums over ranks, at ZeRO 1 to 3 the shards, their gathers and
+# the checkpoint's, at 3 each unit's parameters gathered as the model comes to it), and one rank must train
+# what the plain run trains, to round-off (its sums are the same)
+for z in 0 1 2 3; do versus 1 1e-6 np1z$z --zero $z --ckpt np1z$z/ck; done
 
 # over two GPUs, in f32 the losses are one GPU's (the sums in another order: 1e-4): data parallel (each rank half
 # of the batch), the sequence split (--sp 2, both schedules: the states and the convolution's halo between the
-# ranks), ZeRO 1 and 2 (the checkpoint the two ranks wrote, gathered from their shards, resumed on one GPU)
+# ranks), ZeRO 1 to 3 (the checkpoint the two ranks wrote, gathered from their shards, resumed on one GPU)
 if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
     versus 2 1e-4 dp2 --ckpt dp2/ck
     "$lasp" generate --ckpt dp2/ck --prompt-ids 20,130 --tokens 1 --temperature 0 --ids >dpg.log 2>&1
     result $? "lasp generate decodes the checkpoint of mpirun -np 2 lasp train --device cuda" dpg.log
     for mode in chain lasp2; do versus 2 1e-4 sp2$mode --sp 2 --sp-mode $mode; done
-    for z in 1 2; do versus 2 1e-4 np2z$z --zero $z --ckpt np2z$z/ck; done
+    for z in 1 2 3; do versus 2 1e-4 np2z$z --zero $z --ckpt np2z$z/ck; done
     # a rank killed mid-run (SIGKILL, in the middle of its steps) ends the whole job within seconds, never a hang
     timeout 300 mpirun --bind-to none -np 2 bash -c 'echo $$ >pid.$OMPI_COMM_WORLD_RANK; exec "$0" "$@"' "$lasp" \
         train --device cuda --model small --sp 2 --steps 100000 --out kill >kill.log 2>&1 &
@@ -139,6 +140,6 @@ if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
     ok=1; [ $rk -ne 0 ] && [ $rk -ne 124 ] && [ $took -le 30 ] && ok=0
     result $ok "mpirun -np 2 lasp train --device cuda --sp 2: a rank killed mid-run ends the job within 30 s" kill.log
 else
-    echo "  skip  data parallel, --sp 2, --zero 1|2 and a killed rank over GPUs: one GPU here (mpirun -np 2 lasp train --device cuda needs two)"
+    echo "  skip  data parallel, --sp 2, --zero 1 to 3 and a killed rank over GPUs: one GPU here (mpirun -np 2 lasp train --device cuda needs two)"
 fi
 exit 0

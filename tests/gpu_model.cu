@@ -14,6 +14,30 @@
 static lasp_rng rng;
 static lasp_ctx *ctx;
 
+/* A fetch as ZeRO 3's (lasp_gmodel_set_fetch), from whole copies: unit u copied into one of two slots on the
+ * model's stream */
+typedef struct fetch_src {
+    const float *p32;
+    const uint16_t *p16;
+    float *s32[2];
+    uint16_t *s16[2];
+    const lasp_layout *lay;
+    cudaStream_t st;
+    int k, calls;
+} fetch_src;
+
+static lasp_status copy_unit(void *user, int u, int next, const float **p32, const uint16_t **p16) {
+    fetch_src *f = (fetch_src *)user;
+    (void)next;
+    const size_t a = f->lay->unit_off[u], n = f->lay->unit_off[u + 1] - a;
+    f->k ^= 1, f->calls++;
+    if (cudaMemcpyAsync(f->s32[f->k], f->p32 + a, n * 4, cudaMemcpyDeviceToDevice, f->st) != cudaSuccess ||
+        (f->p16 && cudaMemcpyAsync(f->s16[f->k], f->p16 + a, n * 2, cudaMemcpyDeviceToDevice, f->st) != cudaSuccess))
+        return LASP_ERR_CUDA;
+    *p32 = f->s32[f->k], *p16 = f->p16 ? f->s16[f->k] : NULL;
+    return LASP_OK;
+}
+
 /* tol: the gradients' bound; 1e-4 wherever a batch's rows average the f32 rounding out, looser for a single
  * token, whose gradient is one row per tensor (bench/RESULTS.md has the spread over seeds) */
 static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t B, int64_t T, double tol,
@@ -93,6 +117,41 @@ static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t 
         }
         lasp_gmodel_set_recompute(gm, LASP_RECOMPUTE_NONE);
         CHECK(lasp_gmodel_reserve(gm, B, T) == LASP_OK, "%s", lasp_ctx_error(ctx));
+        /* the parameters through a fetch, a unit at a time into two slots (ZeRO 3's way): the same bits */
+        lasp_gmodel *gf = NULL;
+        void *stream = NULL;
+        fetch_src fs = {lasp_gmodel_params(gm), (const uint16_t *)lasp_gmodel_params16(gm), {NULL, NULL}, {NULL, NULL},
+                        &cm.lay, NULL, 0, 0};
+        size_t umax = 0;
+        for (int u = 0; u < cm.lay.n_units; u++)
+            if (cm.lay.unit_off[u + 1] - cm.lay.unit_off[u] > umax) umax = cm.lay.unit_off[u + 1] - cm.lay.unit_off[u];
+        CHECK(lasp_ctx_cuda_stream(ctx, &stream) == LASP_OK, "%s", lasp_ctx_error(ctx));
+        fs.st = (cudaStream_t)stream;
+        for (int k = 0; k < 2; k++) {
+            CHECK(cudaMalloc((void **)&fs.s32[k], umax * 4) == cudaSuccess, "a slot");
+            CHECK(cudaMalloc((void **)&fs.s16[k], umax * 2) == cudaSuccess, "a slot");
+        }
+        double loss_f = NAN;
+        float *gfe = (float *)malloc(P * 4);
+        CHECK(lasp_gmodel_create(ctx, &c, dt, &gf) == LASP_OK, "%s", lasp_ctx_error(ctx));
+        if (gf) {
+            lasp_gmodel_set_fetch(gf, copy_unit, &fs);
+            CHECK(!lasp_gmodel_params(gf) && lasp_gmodel_set_params(gf, cm.params) == LASP_ERR_UNSUPPORTED,
+                  "a model with a fetch keeps no parameters of its own");
+            CHECK(lasp_gmodel_reserve(gf, B, T) == LASP_OK, "%s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_zero_grads(gf) == LASP_OK, "%s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_forward(gf, tok, tgt, 1.0f) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_backward(gf) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_loss(gf, NULL, &loss_f, NULL, NULL) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
+            CHECK(lasp_gmodel_get_grads(gf, gfe) == LASP_OK, "%s", lasp_ctx_error(ctx));
+            CHECK(loss_f == loss_g && !memcmp(gfe, g1, P * 4), "through a fetch: loss %.9g (own: %.9g) or gradients "
+                  "differ", loss_f, loss_g);
+            CHECK(fs.calls == 2 * cm.lay.n_units - 2, "%d fetches for %d units (each once a pass; the head once for "
+                  "both, the embedding's backward none)", fs.calls, cm.lay.n_units);
+        }
+        lasp_gmodel_free(gf);
+        for (int k = 0; k < 2; k++) cudaFree(fs.s32[k]), cudaFree(fs.s16[k]);
+        free(gfe);
         printf("# %s %s: activations %.0f bytes kept, %.0f with --recompute block; attn and block the same bits: %s\n",
                lasp_dtype_name(dt), preset, mem_none, mem_prev, recompute_same ? "yes" : "no");
         /* a token outside the vocab: refused, naming it, before anything runs */

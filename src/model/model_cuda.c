@@ -65,6 +65,11 @@ struct lasp_gmodel {
     cudaEvent_t sp_ev;                  /* orders the halo's exchange between the model's and the group's stream */
     lasp_gmodel_unit_fn unit_done;      /* told as each unit's gradients are enqueued whole (set_unit_done) */
     void *unit_user;
+    lasp_gmodel_fetch_fn fetch;         /* ZeRO 3: where a unit's parameters come from (set_fetch), or NULL */
+    void *fetch_user;
+    int cur;                            /* the unit whose parameters the passes now read (use_unit), or -1 */
+    const float *u32;                   /* its fp32 parameters, and (bf16) their bf16 copy */
+    const uint16_t *u16;
 };
 
 /* The sequence is split over SP ranks (more than one) */
@@ -143,9 +148,26 @@ static cublasStatus_t mm_bwd_w(const lasp_gmodel *m, float *dW, const void *in, 
 /* The beta of a gradient's product: 1 adds to the gradients (lasp_gmodel_set_accumulate), 0 writes them */
 static const float *grad_beta(const lasp_gmodel *m) { return m->accumulate ? &ONE : &ZERO; }
 
-/* A weight as the products take it: the fp32 parameter, or its bf16 copy at the same offset. */
+/* Unit u's parameters for the passes that follow (*w its fp32 ones): the model's own, or (ZeRO 3) where the
+ * fetch puts them, asked for once a pass; `next` the unit the pass goes on to (-1: none). */
+static lasp_status use_unit(lasp_gmodel *m, int u, int next, const float **w) {
+    if (m->cur != u) {
+        if (m->fetch) {
+            LASP_TRY(m->fetch(m->fetch_user, u, next, &m->u32, &m->u16));
+        } else {
+            m->u32 = m->params + m->lay.unit_off[u];
+            m->u16 = m->params16 ? m->params16 + m->lay.unit_off[u] : NULL;
+        }
+        m->cur = u;
+    }
+    *w = m->u32;
+    return LASP_OK;
+}
+
+/* A weight of the current unit as the products take it: the fp32 parameter, or its bf16 copy at the same
+ * offset. */
 static const void *weight(const lasp_gmodel *m, const float *w) {
-    return m->dtype == LASP_F32 ? (const void *)w : (const void *)(m->params16 + (w - m->params));
+    return m->dtype == LASP_F32 ? (const void *)w : (const void *)(m->u16 + (w - m->u32));
 }
 
 /* ---- sizes, create, reserve, free ----------------------------------------------------------------- */
@@ -227,7 +249,7 @@ lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_d
     LASP_TRY(lasp_ctx_cuda_stream(ctx, &stream));
     lasp_gmodel *m = calloc(1, sizeof *m);
     if (!m) return lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no memory for the GPU model");
-    m->ctx = ctx, m->cfg = *c, m->stream = (cudaStream_t)stream, m->dtype = dtype, m->accumulate = 1;
+    m->ctx = ctx, m->cfg = *c, m->stream = (cudaStream_t)stream, m->dtype = dtype, m->accumulate = 1, m->cur = -1;
     lasp_status s = lasp_layout_make(c, &m->lay, &ctx->err);
     if (s == LASP_OK && !(m->acts = calloc((size_t)c->n_layers, sizeof *m->acts)))
         s = lasp_fail(&ctx->err, LASP_ERR_NOMEM, "no memory for the GPU model");
@@ -380,7 +402,13 @@ lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T) {
     return m->sp ? sp_alloc(m) : LASP_OK; /* the halos are sized by the batch */
 }
 
+static lasp_status no_params(lasp_gmodel *m) {
+    return lasp_fail(&m->ctx->err, LASP_ERR_UNSUPPORTED, "the GPU model's parameters are kept by its fetch (ZeRO 3), "
+                     "not by the model");
+}
+
 lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host) {
+    if (m->fetch) return no_params(m);
     CU(cudaStreamSynchronize(m->stream), "the GPU's work");
     CU(cudaMemcpy(m->params, host, m->lay.n_params * 4, cudaMemcpyHostToDevice), "copying the parameters in");
     if (m->params16) lasp_to_bf16_cuda(m->params16, m->params, (int64_t)m->lay.n_params, m->stream);
@@ -389,6 +417,7 @@ lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host) {
 }
 
 lasp_status lasp_gmodel_get_params(lasp_gmodel *m, float *host) {
+    if (m->fetch) return no_params(m);
     CU(cudaStreamSynchronize(m->stream), "the GPU's work");
     CU(cudaMemcpy(host, m->params, m->lay.n_params * 4, cudaMemcpyDeviceToHost), "copying the parameters out");
     return LASP_OK;
@@ -411,6 +440,15 @@ lasp_status lasp_gmodel_zero_grads(lasp_gmodel *m) {
 }
 
 void lasp_gmodel_set_accumulate(lasp_gmodel *m, int accumulate) { m->accumulate = accumulate != 0; }
+
+void lasp_gmodel_set_fetch(lasp_gmodel *m, lasp_gmodel_fetch_fn fn, void *user) {
+    if (m->stream) cudaStreamSynchronize(m->stream); /* nothing still reads the model's own copies */
+    m->fetch = fn, m->fetch_user = user, m->cur = -1;
+    if (fn) {
+        cudaFree(m->params), cudaFree(m->params16);
+        m->params = NULL, m->params16 = NULL;
+    }
+}
 
 void lasp_gmodel_set_unit_done(lasp_gmodel *m, lasp_gmodel_unit_fn fn, void *user) {
     m->unit_done = fn, m->unit_user = user;
@@ -502,11 +540,11 @@ static const float *halo_of(const lasp_gmodel *m, int64_t l) {
 }
 
 /* Layer l's q, k, v (the convolution and SiLU) and the op's output o, from its projections; with `out` the
- * state handed to the next chunk too (a recompute in the backward leaves it) */
+ * state handed to the next chunk too (a recompute in the backward leaves it). Unit 1 + l is the current one. */
 static lasp_status layer_attn(lasp_gmodel *m, int64_t l, int out) {
     const dims d = dims_of(m);
     const gacts *A = &m->acts[l];
-    const float *w = m->params + m->lay.unit_off[1 + l];
+    const float *w = m->u32; /* unit 1 + l's (use_unit) */
     const float *halo = halo_of(m, l), *wc = d.K ? w + m->lay.blk.conv : NULL;
     PART(ELEMWISE);
     if (m->dtype == LASP_BF16)
@@ -526,7 +564,7 @@ static lasp_status layer_attn(lasp_gmodel *m, int64_t l, int out) {
 
 /* Layer l's forward from its input acts[l].x: every activation its backward reads and, with `out`, its output
  * (the next layer's input, or xL) and what the next chunk takes (the halo and the state). Without `out` it is
- * the backward's recompute (--recompute block): the activations alone. */
+ * the backward's recompute (--recompute block): the activations alone. Unit 1 + l is the current one. */
 static lasp_status layer_fwd(lasp_gmodel *m, int64_t l, int out) {
     const dims d = dims_of(m);
     const int64_t B = d.B, T = d.T, N = d.N, C = d.C, F = d.F, K = d.K;
@@ -534,7 +572,7 @@ static lasp_status layer_fwd(lasp_gmodel *m, int64_t l, int out) {
     cudaStream_t st = m->stream;
     const int bf16 = m->dtype == LASP_BF16;
     gacts *A = &m->acts[l];
-    const float *w = m->params + m->lay.unit_off[1 + l];
+    const float *w = m->u32; /* unit 1 + l's (use_unit) */
     /* attention branch: xn1 = RMSNorm(x); pre = xn1 · wqkvu; the convolution; SiLU features; the op */
     PART(ELEMWISE);
     if (bf16) lasp_rms_fwd_bf16_cuda(A->xn1, A->rstd1, A->x, w + bo->ln1, N, C, st);
@@ -595,15 +633,21 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
     if (split(m) && (m->cin || m->cout))
         return lasp_fail(err, LASP_ERR_UNSUPPORTED, "chunks (--chunk) of a sequence split over GPUs are not built "
                          "yet (hint: no --chunk, or --sp 1)");
+    m->cur = -1; /* the parameters may have changed since the last pass */
+    const float *w;
+    LASP_TRY(use_unit(m, 0, 1, &w));
     PART(ELEMWISE);
-    lasp_embed_fwd_cuda(m->acts[0].x, m->params, m->tok, N, C, st);
-    for (int64_t l = 0; l < L; l++) LASP_TRY(layer_fwd(m, l, 1));
+    lasp_embed_fwd_cuda(m->acts[0].x, w, m->tok, N, C, st);
+    for (int64_t l = 0; l < L; l++) {
+        LASP_TRY(use_unit(m, (int)(1 + l), (int)(2 + l), &w));
+        LASP_TRY(layer_fwd(m, l, 1));
+    }
     const int bf16 = m->dtype == LASP_BF16;
 
     /* head, a chunk of rows at a time: logits = xf · wh; their loss; with grad_scale their gradient (in place,
      * or rounded into out16), then ∂xf (into dbuf) and ∂wh at once: the first chunk's ∂wh written or added as the
      * gradients' passes are (set_accumulate), the later chunks' added to it */
-    const float *w = m->params + m->lay.unit_off[L + 1];
+    LASP_TRY(use_unit(m, (int)(L + 1), -1, &w));
     float *gh = m->grads + m->lay.unit_off[L + 1] + m->lay.head_w;
     PART(ELEMWISE);
     if (bf16) lasp_rms_fwd_bf16_cuda(m->xf, m->rstdf, m->xL, w + m->lay.head_lnf, N, C, st);
@@ -647,7 +691,8 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     cudaStream_t st = m->stream;
 
     /* the head's ∂xf is in dbuf (the forward did it); dres = ∂/∂xL through the final norm */
-    const float *w = m->params + m->lay.unit_off[L + 1];
+    const float *w;
+    LASP_TRY(use_unit(m, (int)(L + 1), (int)L, &w));
     float *g = m->grads + m->lay.unit_off[L + 1];
     const int bf16 = m->dtype == LASP_BF16;
     PART(ELEMWISE);
@@ -666,10 +711,11 @@ lasp_status lasp_gmodel_backward(lasp_gmodel *m) {
     for (int64_t l = L - 1; l >= 0; l--) {
         /* what the layer did not keep, made again into the buffers the layers share (the last layer's are still
          * there from the forward: the head touches none of them) */
+        LASP_TRY(use_unit(m, (int)(1 + l), l > 0 ? (int)l : -1, &w));
         if (l < L - 1 && m->recompute == LASP_RECOMPUTE_BLOCK) LASP_TRY(layer_fwd(m, l, 0));
         if (l < L - 1 && m->recompute == LASP_RECOMPUTE_ATTN) LASP_TRY(layer_attn(m, l, 0));
         const gacts *A = &m->acts[l];
-        w = m->params + m->lay.unit_off[1 + l], g = m->grads + m->lay.unit_off[1 + l];
+        g = m->grads + m->lay.unit_off[1 + l];
         /* FFN: da = dres · w3ᵀ (in the dtype); dh from the GLU (bf16: into out16); dbuf = dh · w12ᵀ; dres +=
          * through the norm → ∂/∂xm */
         float *da = m->dbig + N * 2 * F;

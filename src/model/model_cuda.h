@@ -52,6 +52,17 @@ float *lasp_gmodel_grads(lasp_gmodel *m);
 void *lasp_gmodel_params16(lasp_gmodel *m);
 lasp_dtype lasp_gmodel_dtype(const lasp_gmodel *m);
 
+/* Parameters kept elsewhere (ZeRO 3): before the model reads unit u's parameters it asks fn for them, and fn
+ * says where they are (device memory: fp32 in *p32 and, in the bf16 model, their bf16 copy in *p16), made or
+ * to be made on the model's stream before its next work. They must stay there until the model's stream has
+ * passed the work of the call after the next one (two units in use: the one computed and the one made for
+ * it). `next` is the unit the model expects to ask for after u in this pass (-1: none), so that fn can make
+ * it ahead. A pass asks once a unit; a new forward asks again. */
+typedef lasp_status (*lasp_gmodel_fetch_fn)(void *user, int unit, int next, const float **p32, const uint16_t **p16);
+/* From here on the model asks fn for its parameters and frees its own copies (lasp_gmodel_params and _params16
+ * give NULL; _set_params and _get_params refuse). */
+void lasp_gmodel_set_fetch(lasp_gmodel *m, lasp_gmodel_fetch_fn fn, void *user);
+
 /* Forward over host tokens and targets [B, T] (read before it returns), enqueued. With grad_scale > 0 the
  * head's backward is done in the same pass, a chunk of rows at a time (the logits never exist whole): its
  * weight gradient is added to the gradients or written (lasp_gmodel_set_accumulate), and lasp_gmodel_backward

@@ -10,6 +10,8 @@
  * time. ZeRO 1 and 2 shard the optimizer over the world as the CPU trainer does (each unit cut in W chunks,
  * this rank's chunk of every unit in its shard): stage 1 sums each unit whole and keeps its chunk, stage 2
  * reduce-scatters it; AdamW updates the shard and the parameters are all-gathered unit by unit after it.
+ * Stage 3 keeps no whole copy of the parameters: the model asks for each unit's as it comes to it (fetch_unit),
+ * which are all-gathered from the shards into one of two unit buffers while the unit before computes.
  *
  * Memory is checked before anything is allocated: parameters, gradients, the two AdamW moments and the
  * activations (lasp_gmodel_activation_bytes, the same list the model allocates) against what the GPU has
@@ -53,6 +55,12 @@ struct lasp_trainer_gpu {
     int reducing;              /* this backward's units are reduced as they complete (unit_done) */
     float *scratch;            /* ZeRO ≥ 1: device [W × max chunk], a unit padded to W whole chunks */
     int written;               /* this step's gradients hold a backward's (the next one of the step adds to them) */
+    /* ZeRO 3: two units' parameters gathered (fp32, and bf16 for the bf16 model), which unit each holds (-1:
+     * none), which the model reads now, and when each gather is done */
+    float *slot32[2];
+    uint16_t *slot16[2];
+    int slot_unit[2], cur_slot;
+    cudaEvent_t ev_slot[2], ev_free;
 };
 
 static double now_ms(void) {
@@ -105,6 +113,47 @@ static lasp_status gather_all(lasp_trainer *t, const float *shard, float *full, 
     return LASP_OK;
 }
 
+/* ---- ZeRO 3: a unit's parameters gathered from every rank's chunk as the model comes to it ---------------- */
+
+/* Unit u into slot k on the communication stream (where the gradients' reductions go too: one stream keeps the
+ * world's operations in the order every rank issues them), once the model's stream has passed what it has
+ * been given so far (the slot's last reader among it); ev_slot[k] marks it done. */
+static lasp_status gather_unit(lasp_trainer *t, int u, int k) {
+    lasp_trainer_gpu *G = t->gpu;
+    lasp_err *err = &t->ctx->err;
+    CU(cudaEventRecord(G->ev_free, G->stream), "ordering a unit's gather");
+    CU(cudaStreamWaitEvent(G->cstream, G->ev_free, 0), "ordering a unit's gather");
+    LASP_TRY(lasp_comm_set_stream(t->world, G->cstream, err));
+    const lasp_status s = lasp_comm_allgather(t->world, G->pshard + t->soff[u], G->slot32[k], t->chunk[u], LASP_F32,
+                                              err);
+    lasp_err e2 = {0};
+    lasp_comm_set_stream(t->world, G->stream, &e2); /* the world's other collectives stay on the model's stream */
+    LASP_TRY(s);
+    const size_t n = t->m.lay.unit_off[u + 1] - t->m.lay.unit_off[u];
+    if (G->slot16[k]) lasp_to_bf16_cuda(G->slot16[k], G->slot32[k], (int64_t)n, G->cstream);
+    CU(cudaEventRecord(G->ev_slot[k], G->cstream), "a unit's gather");
+    G->slot_unit[k] = u;
+    return LASP_OK;
+}
+
+/* lasp_gmodel_fetch_fn: unit u from the slot that holds it (made ahead by the last call), or gathered now into
+ * the slot the model does not read; then `next` into the other slot, whose unit the model has just left,
+ * while u computes */
+static lasp_status fetch_unit(void *user, int u, int next, const float **p32, const uint16_t **p16) {
+    lasp_trainer *t = (lasp_trainer *)user;
+    lasp_trainer_gpu *G = t->gpu;
+    int k = G->slot_unit[0] == u ? 0 : G->slot_unit[1] == u ? 1 : -1;
+    if (k < 0) LASP_TRY(gather_unit(t, u, k = 1 - G->cur_slot));
+    CU(cudaStreamWaitEvent(G->stream, G->ev_slot[k], 0), "waiting for a unit's parameters");
+    G->cur_slot = k;
+    if (next >= 0 && G->slot_unit[1 - k] != next) LASP_TRY(gather_unit(t, next, 1 - k));
+    *p32 = G->slot32[k], *p16 = G->slot16[k];
+    return LASP_OK;
+}
+
+/* The slots hold parameters from before an update, or none yet */
+static void slots_stale(lasp_trainer_gpu *G) { G->slot_unit[0] = G->slot_unit[1] = -1; }
+
 /* ---- the gradients' reduction over the world, unit by unit as the backward completes them ------------- */
 
 /* lasp_gmodel_unit_fn: unit u's gradients are enqueued whole on the model's stream. Its reduction goes on the
@@ -151,6 +200,11 @@ void lasp_trainer_gpu_release(lasp_trainer *t) {
     cudaFree(G->mom), cudaFree(G->vel), cudaFree(G->decay), cudaFree(G->sumsq), cudaFree(G->work), cudaFree(G->carry);
     cudaFree(G->red), cudaFreeHost(G->h_red);
     cudaFree(G->pshard), cudaFree(G->gshard), cudaFree(G->scratch);
+    for (int k = 0; k < 2; k++) {
+        cudaFree(G->slot32[k]), cudaFree(G->slot16[k]);
+        if (G->ev_slot[k]) cudaEventDestroy(G->ev_slot[k]);
+    }
+    if (G->ev_free) cudaEventDestroy(G->ev_free);
     if (G->ev_unit) cudaEventDestroy(G->ev_unit);
     if (G->ev_bwd) cudaEventDestroy(G->ev_bwd);
     if (G->ev_red) cudaEventDestroy(G->ev_red);
@@ -164,22 +218,21 @@ void lasp_trainer_gpu_release(lasp_trainer *t) {
 lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     lasp_err *err = &t->ctx->err;
     const lasp_train_params *o = &t->o;
-    /* over an NCCL world (mpirun, even of one rank: the same code as over many), dp × sp; ZeRO 3 and the rest
-     * are still to come */
+    /* over an NCCL world (mpirun, even of one rank: the same code as over many), dp × sp; chunks, and recompute
+     * with the sequence split, are still to come */
     const int ranks = lasp_comm_backend_of(t->world) == LASP_COMM_NCCL;
     if (t->W > 1 && !ranks)
         return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks needs them on an NCCL world (hint: "
                          "a build with NCCL, one GPU a rank)", t->W);
     if (ranks) {
         const int sp = t->sp->sp_size > 1;
-        const char *why = o->zero > 2 ? "--zero 3 (sharded parameters) is not built yet"
-                          : o->chunk ? "--chunk is not built yet"
+        const char *why = o->chunk ? "--chunk is not built yet"
                           : sp && o->recompute != LASP_RECOMPUTE_NONE ? "--recompute with --sp above 1 is not built yet"
                                                                              : NULL;
         if (why)
-            return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks trains dp × sp with --zero 0 to 2, "
-                             "no --chunk, and --recompute none where --sp > 1, in this version: %s (hint: those "
-                             "options, or --device cpu for ZeRO 3 over ranks)", t->W, why);
+            return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks trains dp × sp with no --chunk, "
+                             "and --recompute none where --sp > 1, in this version: %s (hint: those options, or "
+                             "--device cpu)", t->W, why);
     }
     void *stream = NULL;
     LASP_TRY(lasp_ctx_cuda_stream(t->ctx, &stream)); /* "no usable GPU" when there is none */
@@ -190,7 +243,7 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     G->ranks = ranks;
     const size_t P = t->P = t->m.lay.n_params;
     t->S = P;
-    const int shard = ranks && o->zero >= 1;
+    const int shard = ranks && o->zero >= 1, zero3 = shard && o->zero >= 3;
     if (shard) LASP_TRY(lasp_trainer_shard_layout(t, err)); /* the CPU trainer's shards */
     const size_t S = t->S; /* the optimizer's domain: every parameter, or this rank's shard */
 
@@ -204,9 +257,11 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     G->peak_flops = peak_bf16_flops(&prop);
     G->flops_per_token = lasp_model_flops_per_token(&o->model);
     lasp_train_memory *mem = &G->mem;
-    mem->params = (o->dtype == LASP_BF16 ? 6.0 : 4.0) * (double)P; /* fp32 master weights, and their bf16 copy */
+    const double per = o->dtype == LASP_BF16 ? 6.0 : 4.0; /* fp32 master weights, and their bf16 copy */
+    const double unit = (double)t->W * (double)t->max_chunk; /* ZeRO ≥ 1: a unit padded to W whole chunks */
+    mem->params = zero3 ? 2.0 * per * unit : per * (double)P; /* ZeRO 3: two units gathered, no whole copy */
     mem->grads = 4.0 * (double)P, mem->optimizer = 9.0 * (double)S;
-    if (shard) mem->params += 4.0 * (double)S + 4.0 * (double)(t->W * t->max_chunk), mem->grads += 4.0 * (double)S;
+    if (shard) mem->params += 4.0 * (double)S + 4.0 * unit, mem->grads += 4.0 * (double)S;
     const int64_t Tc = o->chunk ? o->chunk : t->Tl, nc = t->Tl / Tc;
     const size_t cf = lasp_model_carry_floats(&o->model, t->Bl);
     mem->activations = lasp_gmodel_activation_bytes(t->ctx, &o->model, o->dtype, o->recompute, t->Bl, Tc) +
@@ -224,6 +279,8 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
                          o->recompute == LASP_RECOMPUTE_BLOCK ? "" : "--recompute block, ");
 
     LASP_TRY(lasp_gmodel_create(t->ctx, &o->model, o->dtype, &G->m));
+    /* ZeRO 3: the model's parameters through fetch_unit, its own copies freed before the activations come */
+    if (zero3) lasp_gmodel_set_fetch(G->m, fetch_unit, t);
     lasp_gmodel_set_recompute(G->m, o->recompute);
     LASP_TRY(lasp_gmodel_reserve(G->m, t->Bl, Tc));
     LASP_TRY(lasp_gmodel_set_sp(G->m, t->sp));
@@ -265,6 +322,16 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     CU(cudaMallocHost((void **)&t->tgt, N * sizeof(int32_t)), "the batch's tokens");
     CU(cudaMemsetAsync(G->mom, 0, S * 4, G->stream), "zeroing the moments");
     CU(cudaMemsetAsync(G->vel, 0, S * 4, G->stream), "zeroing the moments");
+    if (zero3) { /* the two units' buffers fetch_unit gathers into */
+        for (int k = 0; k < 2; k++) {
+            CU(cudaMalloc((void **)&G->slot32[k], (size_t)unit * 4), "a gathered unit's parameters");
+            if (o->dtype == LASP_BF16)
+                CU(cudaMalloc((void **)&G->slot16[k], (size_t)unit * 2), "a gathered unit's parameters");
+            CU(cudaEventCreateWithFlags(&G->ev_slot[k], cudaEventDisableTiming), "an event");
+        }
+        CU(cudaEventCreateWithFlags(&G->ev_free, cudaEventDisableTiming), "an event");
+        slots_stale(G);
+    }
 
     /* the weight-decay mask and the initial parameters, made on the host as the CPU trainer makes them */
     uint8_t *decay = malloc(S);
@@ -281,9 +348,12 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
         }
         lasp_model_init_params(&o->model, &t->m.lay, o->seed, init);
         const cudaError_t e = cudaMemcpy(G->decay, decay, S, cudaMemcpyHostToDevice);
-        s = e == cudaSuccess ? lasp_gmodel_set_params(G->m, init) : lasp_cuda_fail(&t->ctx->err, e, "copying the mask in");
+        if (e != cudaSuccess) s = lasp_cuda_fail(&t->ctx->err, e, "copying the mask in");
+        else if (zero3) s = slice_all(t, init, G->pshard); /* the shard straight from the host */
+        else s = lasp_gmodel_set_params(G->m, init);
     }
-    if (s == LASP_OK && shard) s = slice_all(t, lasp_gmodel_params(G->m), G->pshard);
+    if (s == LASP_OK && shard && !zero3) s = slice_all(t, lasp_gmodel_params(G->m), G->pshard);
+    if (s == LASP_OK && zero3) CU(cudaStreamSynchronize(G->stream), "the shards"); /* init is freed below */
     free(decay), free(init);
     return s;
 }
@@ -419,7 +489,9 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
         lasp_adamw_cuda(dp, G->pshard ? NULL : lasp_gmodel_params16(G->m), dg, G->mom, G->vel, G->decay, t->S, &h,
                         G->sumsq, G->stream);
         CU(cudaGetLastError(), "the optimizer's kernels");
-        if (G->pshard) {
+        if (G->pshard && t->o.zero >= 3) {
+            slots_stale(G); /* the next pass gathers the updated units */
+        } else if (G->pshard) {
             LASP_TRY(gather_all(t, G->pshard, p, 0));
             if (lasp_gmodel_params16(G->m)) lasp_to_bf16_cuda(lasp_gmodel_params16(G->m), p, (int64_t)t->P, G->stream);
         }
@@ -498,7 +570,8 @@ lasp_status lasp_trainer_gpu_grad(lasp_trainer *t, double *loss, float *grad_out
 /* Sharded (ZeRO ≥ 1), the moments come from every rank's chunks: collective over the world then. */
 lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params, float *mom, float *vel) {
     lasp_trainer_gpu *G = t->gpu;
-    if (params) LASP_TRY(lasp_gmodel_get_params(G->m, params));
+    if (params && G->pshard && t->o.zero >= 3) LASP_TRY(gather_all(t, G->pshard, params, 1));
+    else if (params) LASP_TRY(lasp_gmodel_get_params(G->m, params));
     CU(cudaStreamSynchronize(G->stream), "the GPU's work");
     if (G->pshard) {
         if (mom) LASP_TRY(gather_all(t, G->mom, mom, 1));
@@ -513,8 +586,13 @@ lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params, float *mom, 
 
 lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const float *mom, const float *vel) {
     lasp_trainer_gpu *G = t->gpu;
-    LASP_TRY(lasp_gmodel_set_params(G->m, params));
-    if (G->pshard) LASP_TRY(slice_all(t, lasp_gmodel_params(G->m), G->pshard));
+    if (G->pshard && t->o.zero >= 3) { /* this rank's chunks from the host array; the units gathered again */
+        LASP_TRY(slice_all(t, params, G->pshard));
+        slots_stale(G);
+    } else {
+        LASP_TRY(lasp_gmodel_set_params(G->m, params));
+        if (G->pshard) LASP_TRY(slice_all(t, lasp_gmodel_params(G->m), G->pshard));
+    }
     float *dst[2] = {G->mom, G->vel};
     const float *src[2] = {mom, vel};
     for (int k = 0; k < 2; k++) {
