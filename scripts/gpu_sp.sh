@@ -2,7 +2,10 @@
 # scripts/gpu_sp.sh — LASP across GPUs in one call on a multi-GPU machine: build (sm_90a), the comm and SP
 # conformance suites under mpirun (one process per GPU), the CLI against one GPU, the GPU SP bench; a short
 # table last. Logs go to $OUT (the device tool's folder) or build/gpu-logs.
-#   usage: scripts/gpu_sp.sh [build] [test] [cli] [bench] [variants]   (default: the first four)
+#   usage: scripts/gpu_sp.sh [build] [test] [cli] [bench] [modes] [variants]   (default: the first four)
+#   modes:    the paper's comparison on GPUs: every SP mode (chain, LASP-2, Ulysses, the all-gather) per layer
+#             at several lengths (bytes, time, memory), and the trainer's tokens/s per mode (the 1B preset, each
+#             GPU a piece of 32768 tokens of one sequence)
 #   variants: the weak-scaling rows under each of $SP_VARIANTS (space-separated sets of `lasp bench sp` flags,
 #   commas for spaces, e.g. "--transfer,send --comm-sms,2"), and each one's --trace of the last layer;
 #   SP_VARIANT_MODES: the modes benched (default lasp; lasp2 or both)
@@ -58,6 +61,18 @@ fi
 if has bench; then
     timeout 300 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 2>&1 | tee "$OUT/bench_sp.txt"
 fi
+if has modes; then
+    t0=$SECONDS
+    timeout 300 mpirun --bind-to none -np "$ngpu" build/lasp bench sp --device cuda --dtype bf16 --mode all \
+        --t-local 8192,32768 >"$OUT/modes.txt" 2>&1
+    : >"$OUT/modes_train.txt"
+    for mode in chain lasp2 ulysses allgather; do
+        timeout 200 mpirun --bind-to none -np "$ngpu" build/lasp bench train --device cuda --models 1b --batch 1 \
+            --seq-len $((32768 * ngpu)) --sp "$ngpu" --sp-mode $mode --steps 5 2>&1 | grep -E '^  1b|error' |
+            sed "s|^|$mode |" >>"$OUT/modes_train.txt"
+    done
+    summary+=("modes            $((SECONDS - t0)) s")
+fi
 if has variants; then
     : >"$OUT/variants.txt"
     for var in ${SP_VARIANTS:---transfer,auto --transfer,send}; do
@@ -70,5 +85,7 @@ fi
 echo "# ---- summary ----"
 for s in "${summary[@]}"; do echo "$s"; done
 [ -f "$OUT/bench_sp.txt" ] && cat "$OUT/bench_sp.txt"
+[ -f "$OUT/modes.txt" ] && { echo "# every SP mode (lasp bench sp --mode all)"; grep -vE '^#' "$OUT/modes.txt" | head -40; }
+[ -f "$OUT/modes_train.txt" ] && { echo "# the trainer per SP mode (1B, T_local 32768)"; cat "$OUT/modes_train.txt"; }
 [ -f "$OUT/variants.txt" ] && { echo "# variants (weak scaling; trace: ms from the layer's start)"; cat "$OUT/variants.txt"; }
 exit 0
