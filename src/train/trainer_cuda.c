@@ -353,7 +353,10 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
         else s = lasp_gmodel_set_params(G->m, init);
     }
     if (s == LASP_OK && shard && !zero3) s = slice_all(t, lasp_gmodel_params(G->m), G->pshard);
-    if (s == LASP_OK && zero3) CU(cudaStreamSynchronize(G->stream), "the shards"); /* init is freed below */
+    if (s == LASP_OK && zero3) { /* the copies out of init, which is freed below, done */
+        const cudaError_t e = cudaStreamSynchronize(G->stream);
+        if (e != cudaSuccess) s = lasp_cuda_fail(&t->ctx->err, e, "the shards");
+    }
     free(decay), free(init);
     return s;
 }
