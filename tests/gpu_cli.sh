@@ -126,6 +126,9 @@ if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
     "$lasp" generate --ckpt dp2/ck --prompt-ids 20,130 --tokens 1 --temperature 0 --ids >dpg.log 2>&1
     result $? "lasp generate decodes the checkpoint of mpirun -np 2 lasp train --device cuda" dpg.log
     for mode in chain lasp2; do versus 2 1e-4 sp2$mode --sp 2 --sp-mode $mode; done
+    # each layer recomputed in the backward through the SP layer again (block: the chain; attn: LASP-2)
+    versus 2 1e-4 sp2block --sp 2 --recompute block
+    versus 2 1e-4 sp2attn --sp 2 --sp-mode lasp2 --recompute attn
     for z in 1 2 3; do versus 2 1e-4 np2z$z --zero $z --ckpt np2z$z/ck; done
     # a rank killed mid-run (SIGKILL, in the middle of its steps) ends the whole job within seconds, never a hang
     timeout 300 mpirun --bind-to none -np 2 bash -c 'echo $$ >pid.$OMPI_COMM_WORLD_RANK; exec "$0" "$@"' "$lasp" \

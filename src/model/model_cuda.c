@@ -495,9 +495,6 @@ lasp_status lasp_gmodel_set_sp(lasp_gmodel *m, lasp_sp *sp) {
     if (lasp_comm_backend_of(sp->sp) != LASP_COMM_NCCL)
         return lasp_fail(err, LASP_ERR_ARG, "the GPU model's sequence split needs NCCL communicators (hint: the "
                          "nccl backend, one GPU a rank)");
-    if (m->recompute != LASP_RECOMPUTE_NONE)
-        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--recompute %s with the sequence split over GPUs is not built "
-                         "yet (hint: --recompute none)", lasp_recompute_name(m->recompute));
     m->sp = sp;
     return m->B ? sp_alloc(m) : LASP_OK;
 }

@@ -83,7 +83,8 @@ void lasp_gmodel_set_carry(lasp_gmodel *m, const lasp_model_carry *cin, lasp_mod
 /* The sequence split over the GPUs of sp's SP group (NCCL communicators; borrowed, NULL or one rank: not
  * split): this rank holds piece sp_rank of each sequence, each layer's attention goes through the SP layer
  * (lasp_sp_attn_fwd and _bwd, the forward kept for the backward) and the short convolution's halo comes from
- * the previous rank (lasp_sp_halo, its gradient going back). Not with --recompute or chunks yet (refused). */
+ * the previous rank (lasp_sp_halo, its gradient going back). With --recompute the backward's recompute of a layer
+ * goes through the SP layer again (the halo kept from the forward); not with chunks yet (refused). */
 lasp_status lasp_gmodel_set_sp(lasp_gmodel *m, lasp_sp *sp);
 /* fn(user, u) is called on the host as the backward finishes enqueueing unit u's gradients (the units of
  * lasp_layout: the head L + 1 first, then the blocks L … 1, the embedding 0 last): once the model's stream

@@ -224,16 +224,10 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     if (t->W > 1 && !ranks)
         return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks needs them on an NCCL world (hint: "
                          "a build with NCCL, one GPU a rank)", t->W);
-    if (ranks) {
-        const int sp = t->sp->sp_size > 1;
-        const char *why = o->chunk ? "--chunk is not built yet"
-                          : sp && o->recompute != LASP_RECOMPUTE_NONE ? "--recompute with --sp above 1 is not built yet"
-                                                                             : NULL;
-        if (why)
-            return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks trains dp × sp with no --chunk, "
-                             "and --recompute none where --sp > 1, in this version: %s (hint: those options, or "
-                             "--device cpu)", t->W, why);
-    }
+    if (ranks && o->chunk)
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks trains dp × sp without --chunk in "
+                         "this version (hint: no --chunk, --recompute block for longer sequences, or --device cpu)",
+                         t->W);
     void *stream = NULL;
     LASP_TRY(lasp_ctx_cuda_stream(t->ctx, &stream)); /* "no usable GPU" when there is none */
     lasp_trainer_gpu *G = calloc(1, sizeof *G);
