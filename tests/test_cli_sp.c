@@ -209,6 +209,18 @@ int main(int argc, char **argv) {
     CHECK(rc == 0 && strstr(out, "sp 2 (ulysses)") && strstr(out, "  tiny "), "%s\n%s", ended(rc), out);
     test_case("mpirun -np 2 lasp bench train --sp 2 --sp-mode ulysses: the trainer in a baseline mode");
 
+    /* the training bench's longest sequence over a split: every rank doubles together; dp > 1 refused */
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe --bind-to none -np 2 '%s' bench train --device cpu --sp 2 "
+             "--models tiny --longest --seq-len 128 --max-seq 512", lasp);
+    rc = sh(cmd);
+    CHECK(rc == 0 && strstr(out, "on 2 ranks, the sequence split") && strstr(out, "# longest tiny at batch 1: 512 tokens"),
+          "%s\n%s", ended(rc), out);
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe --bind-to none -np 2 '%s' bench train --device cpu --sp 1 "
+             "--models tiny --longest --seq-len 128 --max-seq 512", lasp);
+    rc = sh(cmd);
+    CHECK(rc != 0 && strstr(out, "must be one SP group (hint: --sp 2)"), "--longest with dp 2: %s\n%s", ended(rc), out);
+    test_case("mpirun -np 2 lasp bench train --longest --sp 2: the longest sequence over the split; dp > 1 refused");
+
     /* --longest: doubles until the cap, names the longest that fit; one mode a process */
     snprintf(cmd, sizeof cmd, "mpirun --oversubscribe --bind-to none -np 2 '%s' bench sp --device cpu --longest --mode "
              "chain --mem-mib 260 --t-local 1024", lasp);

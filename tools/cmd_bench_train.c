@@ -122,8 +122,10 @@ int lasp_bench_train(int argc, char **argv) {
     base.dtype = gpu && strcmp(dtype, "f32") ? LASP_BF16 : LASP_F32;
     base.recompute = (lasp_recompute)rc_mode;
     if (longest) {
-        if (W > 1) {
-            if (rank == 0) fprintf(stderr, "error: --longest runs on one process\n");
+        if (lay.dp_size > 1) { /* batch 1: one sequence, split over every rank */
+            if (rank == 0)
+                fprintf(stderr, "error: --longest trains one sequence at batch 1: the %d ranks must be one SP group "
+                        "(hint: --sp %d)\n", W, W);
             rc = 2;
             goto done;
         }
@@ -136,28 +138,49 @@ int lasp_bench_train(int argc, char **argv) {
             }
             o.batch = 1, o.steps = 3;
             long long fit = 0;
-            printf("# lasp bench train --longest %s on %s, batch 1%s, %s: one warm-up and one timed step at each length, "
-                   "doubling from %lld\n# %-6s %10s %10s %12s %10s\n", name, gpu ? "one GPU" : "the CPU",
-                   chunk ? ", in chunks" : "", gpu && strcmp(dtype, "f32") ? "bf16" : "f32", seq, "model", "T",
-                   "step ms", "tokens/s", "GPU GiB");
+            char where[64];
+            if (W > 1) snprintf(where, sizeof where, "%d %s, the sequence split over them (%s)", W, gpu ? "GPUs" : "ranks",
+                                lasp_sp_mode_name(spp.mode));
+            else snprintf(where, sizeof where, "%s", gpu ? "one GPU" : "the CPU");
+            if (rank == 0)
+                printf("# lasp bench train --longest %s on %s, batch 1%s, %s: one warm-up and one timed step at each "
+                       "length, doubling from %lld\n# %-6s %10s %10s %12s %s\n", name, where,
+                       chunk ? ", in chunks" : "", gpu && strcmp(dtype, "f32") ? "bf16" : "f32", seq, "model", "T",
+                       "step ms", "tokens/s", gpu ? "   GPU GiB" : "");
             for (long long T = seq; T <= max_seq; T *= 2) {
                 o.seq_len = T;
                 lasp_trainer *t = NULL;
                 lasp_step_stats st = {0};
                 lasp_status s = lasp_trainer_create(ctx, sp, data, &o, &t);
-                for (int k = 0; k < 2 && s == LASP_OK; k++) s = lasp_trainer_step(t, &st);
+                /* over ranks every one goes on only if all can: a rank that cannot fit its piece stops them all
+                 * before a step's collectives (the worst status: NOMEM ends the search, others fail it) */
+                double worst = s == LASP_OK ? 0 : s == LASP_ERR_NOMEM ? 1 : 2;
+                if (W > 1 && lasp_comm_allreduce(world, &worst, &worst, 1, LASP_F64, LASP_REDUCE_MAX, &err) != LASP_OK)
+                    worst = 2;
+                for (int k = 0; k < 2 && worst == 0; k++) {
+                    s = lasp_trainer_step(t, &st);
+                    worst = s == LASP_OK ? 0 : s == LASP_ERR_NOMEM ? 1 : 2;
+                    if (W > 1 && lasp_comm_allreduce(world, &worst, &worst, 1, LASP_F64, LASP_REDUCE_MAX, &err) != LASP_OK)
+                        worst = 2;
+                }
                 lasp_trainer_free(t);
-                if (s != LASP_OK) {
-                    printf("  %-6s %10lld does not train: %s\n", name, T, lasp_ctx_error(ctx));
-                    if (s != LASP_ERR_NOMEM) rc = 1;
+                if (worst != 0) {
+                    if (rank == 0)
+                        printf("  %-6s %10lld does not train: %s\n", name, T,
+                               s != LASP_OK ? lasp_ctx_error(ctx) : "another rank could not (its error above)");
+                    if (s != LASP_OK && rank != 0) fprintf(stderr, "rank %d: %s\n", rank, lasp_ctx_error(ctx));
+                    if (worst > 1) rc = 1;
                     break;
                 }
-                printf("  %-6s %10lld %10.1f %12.0f %10.1f\n", name, T, st.ms, (double)T / (st.ms / 1e3),
-                       st.mem_bytes / 1073741824.0);
-                fflush(stdout);
+                if (rank == 0) {
+                    printf("  %-6s %10lld %10.1f %12.0f", name, T, st.ms, (double)T / (st.ms / 1e3));
+                    if (gpu) printf(" %10.1f", st.mem_bytes / 1073741824.0);
+                    printf("\n");
+                    fflush(stdout);
+                }
                 fit = T;
             }
-            printf("# longest %s at batch 1%s: %lld tokens\n", name, chunk ? " (chunks)" : "", fit);
+            if (rank == 0) printf("# longest %s at batch 1%s: %lld tokens\n", name, chunk ? " (chunks)" : "", fit);
         }
         goto done;
     }
