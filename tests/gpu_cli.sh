@@ -129,6 +129,8 @@ if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ]; then
     # each layer recomputed in the backward through the SP layer again (block: the chain; attn: LASP-2)
     versus 2 1e-4 sp2block --sp 2 --recompute block
     versus 2 1e-4 sp2attn --sp 2 --sp-mode lasp2 --recompute attn
+    # each piece in chunks, the carried state relayed from rank to rank (ZeRO 1: the chunks' gradients reduced once)
+    versus 2 1e-4 sp2chunk --sp 2 --chunk 32 --zero 1
     for z in 1 2 3; do versus 2 1e-4 np2z$z --zero $z --ckpt np2z$z/ck; done
     # a rank killed mid-run (SIGKILL, in the middle of its steps) ends the whole job within seconds, never a hang
     timeout 300 mpirun --bind-to none -np 2 bash -c 'echo $$ >pid.$OMPI_COMM_WORLD_RANK; exec "$0" "$@"' "$lasp" \

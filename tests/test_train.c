@@ -140,13 +140,16 @@ int main(int argc, char **argv) {
     for (int sp = 1; sp <= W; sp *= 2) {
         if (W % sp || (W / sp == 4)) continue;  /* the layouts of the issue: dp ≤ 2 */
         /* the chain with every ZeRO stage; over split sequences the other modes too, each with a stage (the
-         * tiny preset's 2 heads: Ulysses up to sp 2) */
-        const struct { lasp_sp_mode mode; int zero; } cfg[] = {
-            {LASP_SP_CHAIN, 0}, {LASP_SP_CHAIN, 1}, {LASP_SP_CHAIN, 2}, {LASP_SP_CHAIN, 3},
-            {LASP_SP_LASP2, 1}, {LASP_SP_ULYSSES, 0}, {LASP_SP_ALLGATHER, 2}};
+         * tiny preset's 2 heads: Ulysses up to sp 2); and each piece in two chunks, the state relayed from rank
+         * to rank (ZeRO 0 and 1, which chunks take) */
+        const struct { lasp_sp_mode mode; int zero, chunked; } cfg[] = {
+            {LASP_SP_CHAIN, 0, 0}, {LASP_SP_CHAIN, 1, 0}, {LASP_SP_CHAIN, 2, 0}, {LASP_SP_CHAIN, 3, 0},
+            {LASP_SP_LASP2, 1, 0}, {LASP_SP_ULYSSES, 0, 0}, {LASP_SP_ALLGATHER, 2, 0},
+            {LASP_SP_CHAIN, 0, 1}, {LASP_SP_CHAIN, 1, 1}};
         for (size_t ci = 0; ci < sizeof cfg / sizeof cfg[0]; ci++) {
             const lasp_sp_mode mode = cfg[ci].mode;
             const int zero = cfg[ci].zero;
+            chunk_tokens = cfg[ci].chunked ? o.seq_len / sp / 2 : 0;
             if (mode != LASP_SP_CHAIN && (sp == 1 || (mode == LASP_SP_ULYSSES && o.model.n_heads % sp))) continue;
             result r;
             if (run(world, sp, mode, zero, d, ctx, &r) == 0) {
@@ -185,8 +188,10 @@ int main(int argc, char **argv) {
                            cworst, cw, r.curve[19]);
                 free(r.grad);
             }
-            char lay_s[64];
-            snprintf(lay_s, sizeof lay_s, "dp %d × sp %d %s", W / sp, sp, lasp_sp_mode_name(mode));
+            char lay_s[96];
+            snprintf(lay_s, sizeof lay_s, "dp %d × sp %d %s%s", W / sp, sp, lasp_sp_mode_name(mode),
+                     !chunk_tokens ? "" : sp > 1 ? ", each piece in 2 chunks, the state relayed" : ", in 2 chunks");
+            chunk_tokens = 0;
             case_all("%s, ZeRO-%d: loss, gradients and 20-step curve match one process (%d ranks)", lay_s, zero, W);
         }
     }

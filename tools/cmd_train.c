@@ -191,7 +191,8 @@ int cmd_train(int argc, char **argv) {
         "built-in multi-query associative recall task, generated from --seed: no download needed. Under\n"
         "`mpirun -np W` the world is dp × sp ranks (dp = W / --sp); each sp group splits every sequence\n"
         "into pieces (LASP), and gradients are reduced over the whole world. With --device cuda each rank\n"
-        "takes one GPU and the ranks train dp × sp over NCCL (no --chunk for now).",
+        "takes one GPU and the ranks train dp × sp over NCCL. With --chunk and --sp > 1 the ranks relay the\n"
+        "carried state: the sequence goes through them one after the other, longer but not faster.",
         "mpirun -np 2 lasp train --model small --sp 2 --steps 300 --ckpt runs/demo/ckpt", opts, N_OPTS(opts)};
     int r = opts_parse(&spec, argc, argv);
     if (r) return r > 0 ? 0 : 2;

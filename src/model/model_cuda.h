@@ -84,7 +84,8 @@ void lasp_gmodel_set_carry(lasp_gmodel *m, const lasp_model_carry *cin, lasp_mod
  * split): this rank holds piece sp_rank of each sequence, each layer's attention goes through the SP layer
  * (lasp_sp_attn_fwd and _bwd, the forward kept for the backward) and the short convolution's halo comes from
  * the previous rank (lasp_sp_halo, its gradient going back). With --recompute the backward's recompute of a layer
- * goes through the SP layer again (the halo kept from the forward); not with chunks yet (refused). */
+ * goes through the SP layer again (the halo kept from the forward). Not with chunks (refused): in chunks the
+ * trainer relays the carried state between the ranks instead (lasp_trainer_chunks), the model unsplit. */
 lasp_status lasp_gmodel_set_sp(lasp_gmodel *m, lasp_sp *sp);
 /* fn(user, u) is called on the host as the backward finishes enqueueing unit u's gradients (the units of
  * lasp_layout: the head L + 1 first, then the blocks L … 1, the embedding 0 last): once the model's stream

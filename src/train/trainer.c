@@ -186,10 +186,8 @@ static lasp_status chunk_check(const lasp_trainer *t, const lasp_sp *sp, lasp_er
     const lasp_train_params *o = &t->o;
     if (!o->chunk) return LASP_OK;
     const int64_t K1 = o->model.conv ? o->model.conv - 1 : 0;
-    const char *why = sp->sp_size > 1 ? "runs with --sp 1 for now (chunks of every piece would wait on each other's "
-                                        "ranks)"
-                      : o->zero > 1   ? "needs ZeRO 0 or 1 for now (2 and 3 reduce each unit's gradients as its "
-                                        "backward ends, once a chunk)"
+    const char *why = o->zero > 1 ? "needs ZeRO 0 or 1 for now (2 and 3 reduce each unit's gradients as its "
+                                    "backward ends, once a chunk)"
                       : t->Tl % o->chunk ? "must divide the tokens a rank holds"
                       : o->chunk < K1    ? "is shorter than the short convolution reaches back"
                                          : NULL;
@@ -204,7 +202,7 @@ static double cpu_activation_bytes(const lasp_trainer *t) {
     const lasp_train_params *o = &t->o;
     if (!o->chunk) return lasp_model_activation_bytes(&o->model, t->Bl, t->Tl);
     return lasp_model_activation_bytes(&o->model, t->Bl, o->chunk) +
-           4.0 * (double)(t->Tl / o->chunk + 2) * (double)lasp_model_carry_floats(&o->model, t->Bl);
+           4.0 * (double)(t->Tl / o->chunk + LASP_CARRY_EXTRA) * (double)lasp_model_carry_floats(&o->model, t->Bl);
 }
 
 const char *lasp_recompute_name(lasp_recompute r) {
@@ -260,7 +258,7 @@ lasp_status lasp_trainer_init(lasp_trainer *t, lasp_ctx *ctx, lasp_sp *sp, const
     if (o->chunk) {
         const int64_t nc = t->Tl / o->chunk;
         const size_t cf = lasp_model_carry_floats(&o->model, t->Bl), N = (size_t)(t->Bl * o->chunk);
-        t->carry = malloc((size_t)(nc + 2) * cf * sizeof(float));
+        t->carry = malloc((size_t)(nc + LASP_CARRY_EXTRA) * cf * sizeof(float));
         t->ctok = malloc(N * sizeof(int32_t)), t->ctgt = malloc(N * sizeof(int32_t)), t->cmask = malloc(N);
         if (!t->carry || !t->ctok || !t->ctgt || !t->cmask) {
             lasp_trainer_release(t);
@@ -341,36 +339,59 @@ static void take_chunk(lasp_trainer *t, int64_t c) {
     }
 }
 
+/* Over an SP group (--sp > 1 with --chunk) the chunks of the whole sequence are relayed: rank r's first chunk
+ * starts from the state rank r − 1's last one left, and its last chunk's gradient comes from rank r + 1's
+ * first. The carried state crosses between neighbours (send to `dst`, receive from `src`, either -1: none);
+ * the device's pending work is waited for before a send, and a receive is complete when this returns. */
+static lasp_status relay(lasp_trainer *t, const float *send, int dst, float *recv, int src, size_t n) {
+    if (dst < 0 && src < 0) return LASP_OK;
+    lasp_err *err = &t->ctx->err;
+    if (send && t->gpu) LASP_TRY(lasp_trainer_gpu_wait(t));
+    LASP_TRY(lasp_comm_sendrecv(t->sp->sp, send, send ? n : 0, dst, recv, recv ? n : 0, src, LASP_F32, err));
+    return lasp_comm_sync(t->sp->sp, err);
+}
+
 /* The batch in t->tok chunk by chunk, on either device (`run` takes one chunk through its model): a forward
  * through the chunks, each starting from the state the one before left (kept in carry for the backward); then,
  * backward from the last chunk, each chunk's forward again from its kept state and its backward, the gradient
  * of the carried state handed to the chunk before. Training, the first pass only carries the state (no loss,
- * and not the last chunk, whose state nothing reads); without grad_scale it is the only pass and sums the
- * loss. carry: nc + 2 carries (lasp_model_carry_floats each) in the device's memory. out: mean loss, hits,
- * count, as one forward's. */
+ * and not the last chunk, whose state nothing reads but the next rank); without grad_scale it is the only pass
+ * and sums the loss. Over an SP group the ranks relay the state (relay above): every rank holds its piece's
+ * chunks, and the whole sequence goes through the ranks one after the other, which trades their parallelism
+ * for length. carry: nc + LASP_CARRY_EXTRA carries (lasp_model_carry_floats each) in the device's memory. out:
+ * mean loss, hits, count, as one forward's. */
 lasp_status lasp_trainer_chunks(lasp_trainer *t, float *carry, lasp_chunk_fn run, float grad_scale, double out[3]) {
     const int64_t nc = t->Tl / t->o.chunk;
     const size_t cf = lasp_model_carry_floats(&t->o.model, t->Bl);
 #define CARRY(i) lasp_model_carry_in(&t->o.model, t->Bl, carry + (size_t)(i) * cf)
     double loss_sum = 0, l;
     int64_t hits = 0, count = 0, h, n;
-    lasp_model_carry cin[2], dc[2];
+    lasp_model_carry cin[2], dc[2], out_carry = CARRY(nc + 2);
     lasp_status s = LASP_OK;
     const int train = grad_scale > 0;
-    for (int64_t c = 0; c < nc - train && s == LASP_OK; c++) {
+    /* the group's neighbours: the state comes in from prev and goes on to next (-1: none) */
+    const int r = t->sp->sp_rank, W = t->sp->sp_size, prev = r > 0 ? r - 1 : -1, next = r + 1 < W ? r + 1 : -1;
+    if (prev >= 0) s = relay(t, NULL, -1, carry, prev, cf); /* chunk 0's state: CARRY(0) */
+    for (int64_t c = 0; c < nc - (train && next < 0) && s == LASP_OK; c++) {
         take_chunk(t, c);
         cin[0] = CARRY(c), cin[1] = CARRY(c + 1);
-        s = run(t, c ? &cin[0] : NULL, c + 1 < nc ? &cin[1] : NULL, NULL, NULL, 0, train ? NULL : &l, &h, &n);
+        lasp_model_carry *cout = c + 1 < nc ? &cin[1] : next >= 0 ? &out_carry : NULL;
+        s = run(t, c || prev >= 0 ? &cin[0] : NULL, cout, NULL, NULL, 0, train ? NULL : &l, &h, &n);
         if (s == LASP_OK && !train) loss_sum += l, hits += h, count += n;
     }
-    for (int64_t c = nc - 1; train && c >= 0 && s == LASP_OK; c--) {
+    if (s == LASP_OK && next >= 0) s = relay(t, carry + (size_t)(nc + 2) * cf, next, NULL, -1, cf);
+    /* the gradient of the state leaving this piece, from the next rank's first chunk */
+    const int64_t last = nc - 1;
+    if (s == LASP_OK && train && next >= 0) s = relay(t, NULL, -1, carry + (size_t)(nc + (last + 1) % 2) * cf, next, cf);
+    for (int64_t c = last; train && c >= 0 && s == LASP_OK; c--) {
         take_chunk(t, c);
         cin[0] = CARRY(c), dc[c % 2] = CARRY(nc + c % 2), dc[(c + 1) % 2] = CARRY(nc + (c + 1) % 2);
         /* the loss is the mean over the whole sequence: each chunk's mean weighs 1/nc */
-        s = run(t, c ? &cin[0] : NULL, NULL, c + 1 < nc ? &dc[(c + 1) % 2] : NULL, c ? &dc[c % 2] : NULL,
-                grad_scale / (float)nc, &l, &h, &n);
+        s = run(t, c || prev >= 0 ? &cin[0] : NULL, NULL, c + 1 < nc || next >= 0 ? &dc[(c + 1) % 2] : NULL,
+                c || prev >= 0 ? &dc[c % 2] : NULL, grad_scale / (float)nc, &l, &h, &n);
         if (s == LASP_OK) loss_sum += l, hits += h, count += n;
     }
+    if (s == LASP_OK && train && prev >= 0) s = relay(t, carry + (size_t)nc * cf, prev, NULL, -1, cf);
 #undef CARRY
     out[0] = loss_sum / (double)nc, out[1] = (double)hits, out[2] = (double)count;
     return s;

@@ -83,7 +83,9 @@ void lasp_trainer_shard_decay(const lasp_trainer *t, uint8_t *mask);
 typedef lasp_status (*lasp_chunk_fn)(lasp_trainer *t, const lasp_model_carry *cin, lasp_model_carry *cout,
                                      const lasp_model_carry *dcout, lasp_model_carry *dcin, float scale, double *loss,
                                      int64_t *hits, int64_t *count);
-/* The chunk schedule both devices run, with their carries in `carry` (trainer.c) */
+/* The chunk schedule both devices run, with their carries in `carry` (trainer.c): nc + LASP_CARRY_EXTRA of them,
+ * the chunks' own, two for the gradient handed back, one for the state handed to the next SP rank */
+#define LASP_CARRY_EXTRA 3
 lasp_status lasp_trainer_chunks(lasp_trainer *t, float *carry, lasp_chunk_fn run, float grad_scale, double out[3]);
 
 /* Loss and every gradient of one batch, without an update (tests): the full gradient lands in
@@ -109,6 +111,8 @@ lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const
 lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t);
 lasp_status lasp_trainer_gpu_profile(lasp_trainer *t, int on);
 int lasp_trainer_gpu_sites(const lasp_trainer *t, lasp_profile_site *out, int max);
+/* Until the GPU has done the work enqueued so far (before its buffers are handed to a host-side transfer) */
+lasp_status lasp_trainer_gpu_wait(lasp_trainer *t);
 #else
 static inline lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     return lasp_fail(&t->ctx->err, LASP_ERR_UNSUPPORTED, "this lasp was built without CUDA, so it cannot train on a "
@@ -149,6 +153,10 @@ static inline lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t) {
     (void)t;
     lasp_train_memory m = {0};
     return m;
+}
+static inline lasp_status lasp_trainer_gpu_wait(lasp_trainer *t) {
+    (void)t;
+    return LASP_ERR_UNSUPPORTED;
 }
 #endif
 

@@ -218,16 +218,11 @@ void lasp_trainer_gpu_release(lasp_trainer *t) {
 lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     lasp_err *err = &t->ctx->err;
     const lasp_train_params *o = &t->o;
-    /* over an NCCL world (mpirun, even of one rank: the same code as over many), dp × sp; chunks, and recompute
-     * with the sequence split, are still to come */
+    /* over an NCCL world (mpirun, even of one rank: the same code as over many), dp × sp */
     const int ranks = lasp_comm_backend_of(t->world) == LASP_COMM_NCCL;
     if (t->W > 1 && !ranks)
         return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks needs them on an NCCL world (hint: "
                          "a build with NCCL, one GPU a rank)", t->W);
-    if (ranks && o->chunk)
-        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "--device cuda over %d ranks trains dp × sp without --chunk in "
-                         "this version (hint: no --chunk, --recompute block for longer sequences, or --device cpu)",
-                         t->W);
     void *stream = NULL;
     LASP_TRY(lasp_ctx_cuda_stream(t->ctx, &stream)); /* "no usable GPU" when there is none */
     lasp_trainer_gpu *G = calloc(1, sizeof *G);
@@ -259,7 +254,7 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     const int64_t Tc = o->chunk ? o->chunk : t->Tl, nc = t->Tl / Tc;
     const size_t cf = lasp_model_carry_floats(&o->model, t->Bl);
     mem->activations = lasp_gmodel_activation_bytes(t->ctx, &o->model, o->dtype, o->recompute, t->Bl, Tc) +
-                       (o->chunk ? 4.0 * (double)(nc + 2) * (double)cf : 0); /* the chunks' carried states */
+                       (o->chunk ? 4.0 * (double)(nc + LASP_CARRY_EXTRA) * (double)cf : 0); /* the carried states */
     mem->device_total = (double)total_b, mem->device_free = (double)free_b;
     snprintf(mem->device, sizeof mem->device, "GPU %d: %s (sm_%d%d, %d SMs, %.0f GiB)", dev, prop.name, prop.major,
              prop.minor, prop.multiProcessorCount, gib((double)total_b));
@@ -277,10 +272,12 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     if (zero3) lasp_gmodel_set_fetch(G->m, fetch_unit, t);
     lasp_gmodel_set_recompute(G->m, o->recompute);
     LASP_TRY(lasp_gmodel_reserve(G->m, t->Bl, Tc));
-    LASP_TRY(lasp_gmodel_set_sp(G->m, t->sp));
+    /* the sequence split through the model's SP layer; in chunks the trainer relays the state instead */
+    if (!o->chunk) LASP_TRY(lasp_gmodel_set_sp(G->m, t->sp));
     if (o->chunk) {
         const size_t Nc = (size_t)(t->Bl * Tc);
-        CU(cudaMalloc((void **)&G->carry, (size_t)(nc + 2) * cf * sizeof(float)), "the chunks' carried states");
+        CU(cudaMalloc((void **)&G->carry, (size_t)(nc + LASP_CARRY_EXTRA) * cf * sizeof(float)),
+           "the chunks' carried states");
         CU(cudaMallocHost((void **)&t->ctok, Nc * sizeof(int32_t)), "a chunk's tokens");
         CU(cudaMallocHost((void **)&t->ctgt, Nc * sizeof(int32_t)), "a chunk's tokens");
         if (!(t->cmask = malloc(Nc))) return lasp_fail(err, LASP_ERR_NOMEM, "no memory for a chunk's mask");
@@ -357,6 +354,11 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
 
 lasp_train_memory lasp_trainer_gpu_memory(const lasp_trainer *t) { return t->gpu->mem; }
 
+lasp_status lasp_trainer_gpu_wait(lasp_trainer *t) {
+    CU(cudaStreamSynchronize(t->gpu->stream), "the GPU's work");
+    return LASP_OK;
+}
+
 int lasp_trainer_gpu_sites(const lasp_trainer *t, lasp_profile_site *out, int max) {
     lasp_gprof_site s[64];
     const int n = lasp_gprof_sites(t->gpu->prof, s, max < 64 ? max : 64);
@@ -406,7 +408,17 @@ static lasp_status forward(lasp_trainer *t, int split, uint64_t first, float gra
                              t->sp->sp_rank, t->sp->sp_size, t->tok, t->tgt, t->mask, &t->ctx->err));
     G->written = 0;
     *have = t->o.chunk > 0;
-    if (*have) return lasp_trainer_chunks(t, G->carry, gpu_chunk, grad_scale, r);
+    if (*have) {
+        LASP_TRY(lasp_trainer_chunks(t, G->carry, gpu_chunk, grad_scale, r));
+        if (grad_scale > 0 && G->ranks) { /* every chunk's gradients in: the units reduced as a backward would */
+            G->reducing = 1;
+            lasp_status s = LASP_OK;
+            for (int u = t->m.lay.n_units - 1; u >= 0 && s == LASP_OK; u--) s = unit_done(t, u);
+            G->reducing = 0;
+            LASP_TRY(s);
+        }
+        return LASP_OK;
+    }
     if (grad_scale > 0) lasp_gmodel_set_accumulate(G->m, 0);
     LASP_TRY(lasp_gmodel_forward(G->m, t->tok, t->tgt, grad_scale));
     if (grad_scale > 0) {
