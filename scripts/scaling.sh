@@ -3,7 +3,7 @@
 # layout checked against one GPU on every rank, weak scaling at T_local 32768 and 65536 for the chain and
 # LASP-2 with the time split, the longest sequence one layer fwd+bwd fits, and the trainer's weak scaling:
 # the 1B preset at T_local 32768 (batch 1, --sp W) on 1, 2, 4, … GPUs, and its longest sequence over them all
-# (block recompute, ZeRO 3). A short table last.
+# (in chunks, the state relayed). A short table last.
 #   usage: scripts/scaling.sh            (one process per GPU of this machine)
 set -u
 OUT=${OUT:-build/gpu-logs}
@@ -36,9 +36,11 @@ for ((w = 1; w <= ngpu; w *= 2)); do
     [ -s "$OUT/train.txt" ] || grep '^# model' "$OUT/t.txt" | sed 's/^# model/# GPUs  model/' >>"$OUT/train.txt"
     grep -E '^  1b |error' "$OUT/t.txt" | sed "s/^/  $w   /" >>"$OUT/train.txt"
 done
-# the trainer's longest sequence of the 1B preset at batch 1 over every GPU, block recompute, ZeRO 3
+# the trainer's longest sequence of the 1B preset at batch 1 over every GPU: chunks of 16384, the state relayed
+# from GPU to GPU (the ranks run one after the other), up to 2M tokens a GPU
 timeout 600 mpirun --bind-to none -np "$ngpu" build/lasp bench train --device cuda --models 1b --sp "$ngpu" \
-    --zero 3 --recompute block --longest --seq-len $((131072 * ngpu)) >"$OUT/train_longest.txt" 2>&1
+    --chunk 16384 --zero 1 --longest --seq-len $((262144 * ngpu)) --max-seq $((2097152 * ngpu)) \
+    >"$OUT/train_longest.txt" 2>&1
 echo "# ---- summary ($ngpu GPUs) ----"
 cat "$OUT/summary.txt" "$OUT/weak.txt" "$OUT/longest.txt" "$OUT/train.txt"
 grep -E '^  1b|^# longest|error' "$OUT/train_longest.txt"

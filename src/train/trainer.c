@@ -202,7 +202,8 @@ static double cpu_activation_bytes(const lasp_trainer *t) {
     const lasp_train_params *o = &t->o;
     if (!o->chunk) return lasp_model_activation_bytes(&o->model, t->Bl, t->Tl);
     return lasp_model_activation_bytes(&o->model, t->Bl, o->chunk) +
-           4.0 * (double)(t->Tl / o->chunk + LASP_CARRY_EXTRA) * (double)lasp_model_carry_floats(&o->model, t->Bl);
+           4.0 * (double)(t->Tl / o->chunk + LASP_CARRY_EXTRA) *
+               (double)lasp_model_carry_floats(&o->model, t->Bl);
 }
 
 const char *lasp_recompute_name(lasp_recompute r) {
