@@ -139,8 +139,10 @@ int lasp_bench_train(int argc, char **argv) {
             o.batch = 1, o.steps = 3;
             long long fit = 0;
             char where[64];
-            if (W > 1) snprintf(where, sizeof where, "%d %s, the sequence split over them (%s)", W, gpu ? "GPUs" : "ranks",
-                                lasp_sp_mode_name(spp.mode));
+            if (W > 1 && chunk) snprintf(where, sizeof where, "%d %s, the chunks' state relayed through them", W,
+                                         gpu ? "GPUs" : "ranks");
+            else if (W > 1) snprintf(where, sizeof where, "%d %s, the sequence split over them (%s)", W,
+                                     gpu ? "GPUs" : "ranks", lasp_sp_mode_name(spp.mode));
             else snprintf(where, sizeof where, "%s", gpu ? "one GPU" : "the CPU");
             if (rank == 0)
                 printf("# lasp bench train --longest %s on %s, batch 1%s, %s: one warm-up and one timed step at each "
