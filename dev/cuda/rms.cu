@@ -71,7 +71,8 @@ int main(void) {
             std::vector<float> hdx = host(dx, N * C), hdg = host(dg, C);
             if (!rows) ref_dx = hdx, ref_dg = hdg;
             double num = 0, den = 0;
-            for (int64_t c = 0; c < C; c++) num += (hdg[c] - ref_dg[c]) * (double)(hdg[c] - ref_dg[c]), den += ref_dg[c] * (double)ref_dg[c];
+            for (int64_t c = 0; c < C; c++)
+                num += (hdg[c] - ref_dg[c]) * (double)(hdg[c] - ref_dg[c]), den += ref_dg[c] * (double)ref_dg[c];
             const int same = !memcmp(hdx.data(), ref_dx.data(), N * C * 4);
             if (!rows) printf("  two passes          %.4f ms  %5.0f GB/s\n", ms, bytes / ms * 1e-6);
             else printf("  fused, %2d rows a block  %.4f ms  %5.0f GB/s  dx %s, dg rel %.1e\n", rows, ms,
