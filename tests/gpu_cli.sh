@@ -117,6 +117,9 @@ versus() {
 # the checkpoint's, at 3 each unit's parameters gathered as the model comes to it), and one rank must train
 # what the plain run trains, to round-off (its sums are the same)
 for z in 0 1 2 3; do versus 1 1e-6 np1z$z --zero $z --ckpt np1z$z/ck; done
+# in chunks under the launcher: the chunks' gradients reduced once after the last (chunks round differently
+# from the whole sequence: 1e-3 over the curve, as gpu_train allows)
+versus 1 1e-3 np1chunk --chunk 32 --zero 1 --ckpt np1chunk/ck
 
 # over two GPUs, in f32 the losses are one GPU's (the sums in another order: 1e-4): data parallel (each rank half
 # of the batch), the sequence split (--sp 2, both schedules: the states and the convolution's halo between the
