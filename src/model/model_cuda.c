@@ -628,8 +628,9 @@ lasp_status lasp_gmodel_forward(lasp_gmodel *m, const int32_t *tokens, const int
                          "convolution reaches back (hint: a longer --seq-len or fewer --sp ranks)", (long long)T,
                          (long long)K - 1);
     if (split(m) && (m->cin || m->cout))
-        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "chunks (--chunk) of a sequence split over GPUs are not built "
-                         "yet (hint: no --chunk, or --sp 1)");
+        return lasp_fail(err, LASP_ERR_UNSUPPORTED, "the GPU model takes either carried chunks or a sequence split "
+                         "over GPUs, not both (hint: in chunks over ranks the trainer relays the carry, the model "
+                         "unsplit)");
     m->cur = -1; /* the parameters may have changed since the last pass */
     const float *w;
     LASP_TRY(use_unit(m, 0, 1, &w));

@@ -154,6 +154,9 @@ static lasp_status fetch_unit(void *user, int u, int next, const float **p32, co
 /* The slots hold parameters from before an update, or none yet */
 static void slots_stale(lasp_trainer_gpu *G) { G->slot_unit[0] = G->slot_unit[1] = -1; }
 
+/* ZeRO 3: the shards are the only copy of the parameters (the model fetches each unit's) */
+static int params_sharded(const lasp_trainer *t) { return t->gpu->pshard && t->o.zero >= 3; }
+
 /* ---- the gradients' reduction over the world, unit by unit as the backward completes them ------------- */
 
 /* lasp_gmodel_unit_fn: unit u's gradients are enqueued whole on the model's stream. Its reduction goes on the
@@ -498,7 +501,7 @@ lasp_status lasp_trainer_gpu_step(lasp_trainer *t, lasp_step_stats *st) {
         lasp_adamw_cuda(dp, G->pshard ? NULL : lasp_gmodel_params16(G->m), dg, G->mom, G->vel, G->decay, t->S, &h,
                         G->sumsq, G->stream);
         CU(cudaGetLastError(), "the optimizer's kernels");
-        if (G->pshard && t->o.zero >= 3) {
+        if (params_sharded(t)) {
             slots_stale(G); /* the next pass gathers the updated units */
         } else if (G->pshard) {
             LASP_TRY(gather_all(t, G->pshard, p, 0));
@@ -579,7 +582,7 @@ lasp_status lasp_trainer_gpu_grad(lasp_trainer *t, double *loss, float *grad_out
 /* Sharded (ZeRO ≥ 1), the moments come from every rank's chunks: collective over the world then. */
 lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params, float *mom, float *vel) {
     lasp_trainer_gpu *G = t->gpu;
-    if (params && G->pshard && t->o.zero >= 3) LASP_TRY(gather_all(t, G->pshard, params, 1));
+    if (params && params_sharded(t)) LASP_TRY(gather_all(t, G->pshard, params, 1));
     else if (params) LASP_TRY(lasp_gmodel_get_params(G->m, params));
     CU(cudaStreamSynchronize(G->stream), "the GPU's work");
     if (G->pshard) {
@@ -595,7 +598,7 @@ lasp_status lasp_trainer_gpu_gather(lasp_trainer *t, float *params, float *mom, 
 
 lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const float *mom, const float *vel) {
     lasp_trainer_gpu *G = t->gpu;
-    if (G->pshard && t->o.zero >= 3) { /* this rank's chunks from the host array; the units gathered again */
+    if (params_sharded(t)) { /* this rank's chunks from the host array; the units gathered again */
         LASP_TRY(slice_all(t, params, G->pshard));
         slots_stale(G);
     } else {
@@ -611,7 +614,7 @@ lasp_status lasp_trainer_gpu_scatter(lasp_trainer *t, const float *params, const
         } else if (!G->pshard) {
             CU(cudaMemcpyAsync(dst[k], src[k], t->P * 4, cudaMemcpyHostToDevice, G->stream), "copying the moments in");
         } else { /* this rank's chunk of each unit (zero past its end), from the host arrays */
-            for (int u = 0; u < t->m.lay.n_units; u++) LASP_TRY(slice_unit(t, u, src[k], dst[k], G->stream));
+            LASP_TRY(slice_all(t, src[k], dst[k]));
         }
     }
     CU(cudaStreamSynchronize(G->stream), "the shards");
