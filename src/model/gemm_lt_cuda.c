@@ -1,5 +1,8 @@
-/* gemm_lt_cuda.c — the products on cuBLASLt (gemm_lt_cuda.h): a plan per shape (descriptors, layouts and the
- * heuristic's algorithm), made on first use and kept. */
+/* gemm_lt_cuda.c — the products on cuBLASLt (gemm_lt_cuda.h): a plan per shape (descriptors, layouts and an
+ * algorithm), made on first use and kept. The heuristic's first algorithm is often not the fastest it offers
+ * (by up to a third for the head's weight gradient), so a new shape's candidates are timed on the call's own
+ * operands and the fastest kept; only those that split no sum over K are candidates, and they all give the
+ * same bits, so which one wins does not change a result. */
 #include "model/gemm_lt_cuda.h"
 
 #include <cublasLt.h>
@@ -7,6 +10,7 @@
 
 #define LT_WORKSPACE (32 << 20) /* bytes the heuristic may give an algorithm */
 #define LT_PLANS 64             /* distinct shapes of a model's step: a dozen or so */
+#define LT_CANDIDATES 8         /* algorithms the heuristic is asked for */
 
 typedef struct lt_plan {
     int ta, tb, d16, beta0;
@@ -15,12 +19,15 @@ typedef struct lt_plan {
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
+    int ncand; /* until the first call: the candidates, algo then the one kept */
+    cublasLtMatmulAlgo_t cand[LT_CANDIDATES];
 } lt_plan;
 
 struct lasp_lt {
     cublasLtHandle_t h;
     cudaStream_t stream;
     void *ws;
+    cudaEvent_t ev[2];
     int n;
     lt_plan plan[LT_PLANS];
 };
@@ -32,6 +39,11 @@ lasp_status lasp_lt_create(cudaStream_t stream, lasp_lt **out, lasp_err *err) {
     if (cublasLtCreate(&lt->h) != CUBLAS_STATUS_SUCCESS) {
         free(lt);
         return lasp_fail(err, LASP_ERR_CUDA, "cuBLASLt would not start");
+    }
+    if (cudaEventCreate(&lt->ev[0]) != cudaSuccess || cudaEventCreate(&lt->ev[1]) != cudaSuccess) {
+        cudaGetLastError();
+        lasp_lt_free(lt);
+        return lasp_fail(err, LASP_ERR_CUDA, "no CUDA events for timing the products");
     }
     if (cudaMalloc(&lt->ws, LT_WORKSPACE) != cudaSuccess) {
         cudaGetLastError();
@@ -50,6 +62,8 @@ void lasp_lt_free(lasp_lt *lt) {
         cublasLtMatmulDescDestroy(p->op);
     }
     cudaFree(lt->ws);
+    for (int i = 0; i < 2; i++)
+        if (lt->ev[i]) cudaEventDestroy(lt->ev[i]);
     if (lt->h) cublasLtDestroy(lt->h);
     free(lt);
 }
@@ -60,6 +74,8 @@ static unsigned alignment(const void *p) {
     while (al > 1 && a % al) al /= 2;
     return al;
 }
+
+static int whole_sums(const cublasLtMatmulAlgo_t *algo);
 
 static cublasStatus_t make_plan(lasp_lt *lt, lt_plan *p) {
     const cublasOperation_t ta = (cublasOperation_t)p->ta, tb = (cublasOperation_t)p->tb;
@@ -85,14 +101,74 @@ static cublasStatus_t make_plan(lasp_lt *lt, lt_plan *p) {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
     for (int i = 0; i < 4 && s == CUBLAS_STATUS_SUCCESS; i++)
         s = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &al, sizeof al);
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t res[LT_CANDIDATES];
     int found = 0;
     if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic(lt->h, p->op, p->a, p->b, p->c, p->c, pref, 1, &res, &found);
+        s = cublasLtMatmulAlgoGetHeuristic(lt->h, p->op, p->a, p->b, p->c, p->c, pref, LT_CANDIDATES, res, &found);
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
     if (s == CUBLAS_STATUS_SUCCESS && !found) s = CUBLAS_STATUS_NOT_SUPPORTED;
-    if (s == CUBLAS_STATUS_SUCCESS) p->algo = res.algo;
+    if (s != CUBLAS_STATUS_SUCCESS) return s;
+    p->algo = res[0].algo;
+    for (int i = 0; i < found; i++)
+        if (whole_sums(&res[i].algo)) p->cand[p->ncand++] = res[i].algo;
     return s;
+}
+
+/* Whether an algorithm sums each output over the whole of K in one place (no split of K, no reduction after),
+ * as the heuristic's usual first choice does: such algorithms add the products in the same order */
+static int whole_sums(const cublasLtMatmulAlgo_t *algo) {
+    int32_t split = 1;
+    uint32_t red = CUBLASLT_REDUCTION_SCHEME_NONE;
+    size_t w;
+    if (cublasLtMatmulAlgoConfigGetAttribute(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split, sizeof split, &w) !=
+        CUBLAS_STATUS_SUCCESS)
+        return 0;
+    if (cublasLtMatmulAlgoConfigGetAttribute(algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof red, &w) !=
+        CUBLAS_STATUS_SUCCESS)
+        return 0;
+    return split <= 1 && red == CUBLASLT_REDUCTION_SCHEME_NONE;
+}
+
+/* The plan's algorithm: the fastest candidate, each run once and then timed over two runs, where running the
+ * call more than once changes nothing (D does not add to itself); else that of the plan of the same shape that
+ * was timed, or the heuristic's first. The host waits for the timing: once a shape, in a run's first step. */
+static void pick(lasp_lt *lt, lt_plan *p, const void *A, const void *B, float beta, const void *C, void *D) {
+    const int n = p->ncand;
+    p->ncand = 0;
+    if (beta != 0 && C == D) {
+        for (int i = 0; i < lt->n; i++) {
+            const lt_plan *q = &lt->plan[i];
+            if (q != p && !q->ncand && q->ta == p->ta && q->tb == p->tb && q->d16 == p->d16 && q->M == p->M &&
+                q->N == p->N && q->K == p->K && q->lda == p->lda && q->ldb == p->ldb && q->ldc == p->ldc &&
+                q->align == p->align && whole_sums(&q->algo)) {
+                p->algo = q->algo;
+                return;
+            }
+        }
+        return;
+    }
+    if (n < 2) {
+        if (n == 1) p->algo = p->cand[0];
+        return;
+    }
+    const float one = 1.0f;
+    float best = 0;
+    int failed = 0;
+    for (int i = 0; i < n; i++) {
+        float ms = 0;
+        int ok = 1;
+        for (int r = 0; r < 3 && ok; r++) {
+            if (r == 1) ok = cudaEventRecord(lt->ev[0], lt->stream) == cudaSuccess;
+            ok = ok && cublasLtMatmul(lt->h, p->op, &one, A, p->a, B, p->b, &beta, C, p->c, D, p->c, &p->cand[i],
+                                      lt->ws, LT_WORKSPACE, lt->stream) == CUBLAS_STATUS_SUCCESS;
+        }
+        ok = ok && cudaEventRecord(lt->ev[1], lt->stream) == cudaSuccess &&
+             cudaEventSynchronize(lt->ev[1]) == cudaSuccess &&
+             cudaEventElapsedTime(&ms, lt->ev[0], lt->ev[1]) == cudaSuccess;
+        if (ok && (best == 0 || ms < best)) best = ms, p->algo = p->cand[i];
+        failed |= !ok;
+    }
+    if (failed) cudaGetLastError(); /* a candidate that would not run is not kept, and leaves no error behind */
 }
 
 cublasStatus_t lasp_lt_gemm(lasp_lt *lt, cublasOperation_t ta, cublasOperation_t tb, int64_t M, int64_t N, int64_t K,
@@ -124,6 +200,7 @@ cublasStatus_t lasp_lt_gemm(lasp_lt *lt, cublasOperation_t ta, cublasOperation_t
         }
         lt->n++;
     }
+    if (p->ncand) pick(lt, p, A, B, beta, C, D);
     const float one = 1.0f;
     return cublasLtMatmul(lt->h, p->op, &one, A, p->a, B, p->b, &beta, C, p->c, D, p->c, &p->algo, lt->ws,
                           LT_WORKSPACE, lt->stream);

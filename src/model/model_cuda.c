@@ -173,7 +173,8 @@ static const void *weight(const lasp_gmodel *m, const float *w) {
 /* ---- sizes, create, reserve, free ----------------------------------------------------------------- */
 
 static int64_t logit_rows(const lasp_model_config *c, int64_t N) {
-    const int64_t r = LOGIT_CHUNK_BYTES / (4 * (int64_t)c->vocab);
+    int64_t r = LOGIT_CHUNK_BYTES / (4 * (int64_t)c->vocab);
+    if (r >= 256) r -= r % 256; /* whole tiles of the head's products, and no short last chunk at T a power of 2 */
     return r < 1 ? 1 : r > N ? N : r;
 }
 
