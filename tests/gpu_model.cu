@@ -94,7 +94,7 @@ static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t 
         CHECK(lasp_gmodel_get_grads(gm, gw) == LASP_OK, "%s", lasp_ctx_error(ctx));
         lasp_gmodel_set_accumulate(gm, 1);
         written_same = !memcmp(gw, g1, P * 4);
-        const double mem_none = lasp_gmodel_activation_bytes(ctx, &c, dt, LASP_RECOMPUTE_NONE, B, T);
+        const double mem_none = lasp_gmodel_activation_bytes(ctx, &c, dt, LASP_RECOMPUTE_NONE, B, T, 0);
         double mem_prev = mem_none;
         for (int r = LASP_RECOMPUTE_ATTN; r <= LASP_RECOMPUTE_BLOCK; r++) {
             double loss_r = NAN;
@@ -107,7 +107,7 @@ static void case_model(const char *preset, int32_t vocab, int32_t conv, int64_t 
             CHECK(lasp_gmodel_backward(gm) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
             CHECK(lasp_gmodel_loss(gm, NULL, &loss_r, &h_r, &c_r) == LASP_OK, "GPU: %s", lasp_ctx_error(ctx));
             CHECK(lasp_gmodel_get_grads(gm, gr) == LASP_OK, "%s", lasp_ctx_error(ctx));
-            const double mem = lasp_gmodel_activation_bytes(ctx, &c, dt, (lasp_recompute)r, B, T);
+            const double mem = lasp_gmodel_activation_bytes(ctx, &c, dt, (lasp_recompute)r, B, T, 0);
             CHECK(mem < mem_prev, "--recompute %s: %.0f activation bytes, not fewer than %.0f",
                   lasp_recompute_name((lasp_recompute)r), mem, mem_prev);
             mem_prev = mem;

@@ -291,7 +291,7 @@ lasp_status lasp_gmodel_create(lasp_ctx *ctx, const lasp_model_config *c, lasp_d
 /* Every activation buffer with its size, in one list: lasp_gmodel_reserve allocates them (alloc = 1) and
  * lasp_gmodel_activation_bytes adds them up (alloc = 0, m only holds the config), so the estimate printed
  * before a run is what the run allocates. Returns the bytes; *e the first allocation's failure. */
-static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t *e) {
+static double plan(lasp_gmodel *m, int64_t B, int64_t T, int split_seq, int alloc, cudaError_t *e) {
     const lasp_model_config *c = &m->cfg;
     const size_t N = (size_t)(B * T), C = (size_t)c->d_model, F = (size_t)c->ffn_dim, V = (size_t)c->vocab;
     const size_t big = 4 * C > 3 * F ? 4 * C : 3 * F, es = m->dtype == LASP_BF16 ? 2 : 4;
@@ -299,11 +299,11 @@ static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t 
     double bytes = 0;
     gacts scratch;
     /* the op's states from its forward, so that its backward need not make them again (a few dozen of d × e
-     * per head: the GPU's plan, not T, sets how many) */
+     * per head: the GPU's plan, not T, sets how many); under a sequence split the SP layer keeps its own */
     size_t saved = 0;
     const lasp_attn_desc ad = {.B = B, .T = T, .H = c->n_heads, .d = C / c->n_heads, .e = C / c->n_heads,
                                .dtype = m->dtype};
-    if (lasp_attn_saved_bytes(m->ctx, &ad, &saved) != LASP_OK) saved = 0;
+    if (split_seq || lasp_attn_saved_bytes(m->ctx, &ad, &saved) != LASP_OK) saved = 0;
 #define BYTES(p, n)                                                                       \
     do {                                                                                  \
         bytes += (double)(n);                                                             \
@@ -363,12 +363,12 @@ static double plan(lasp_gmodel *m, int64_t B, int64_t T, int alloc, cudaError_t 
 }
 
 double lasp_gmodel_activation_bytes(lasp_ctx *ctx, const lasp_model_config *c, lasp_dtype dtype, lasp_recompute r,
-                                    int64_t B, int64_t T) {
+                                    int64_t B, int64_t T, int split_seq) {
     lasp_gmodel m;
     memset(&m, 0, sizeof m);
     m.ctx = ctx, m.cfg = *c, m.dtype = dtype, m.recompute = r;
     cudaError_t e = cudaSuccess;
-    return plan(&m, B, T, 0, &e);
+    return plan(&m, B, T, split_seq, 0, &e);
 }
 
 void lasp_gmodel_set_recompute(lasp_gmodel *m, lasp_recompute r) {
@@ -385,7 +385,7 @@ lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T) {
                          (long long)T);
     const size_t N = (size_t)(B * T), V = (size_t)m->cfg.vocab;
     cudaError_t e = cudaSuccess;
-    const double bytes = plan(m, B, T, 1, &e);
+    const double bytes = plan(m, B, T, split(m), 1, &e);
     /* pinned, so that the copies of a step's index and losses are asynchronous */
 #define PIN(p, n) \
     if (e == cudaSuccess) e = cudaMallocHost((void **)&(p), (n) * sizeof *(p))
@@ -490,14 +490,15 @@ static lasp_status sp_alloc(lasp_gmodel *m) {
 
 lasp_status lasp_gmodel_set_sp(lasp_gmodel *m, lasp_sp *sp) {
     lasp_err *err = &m->ctx->err;
+    const int was = split(m);
     sp_free(m);
     m->sp = NULL;
-    if (!sp || sp->sp_size == 1) return LASP_OK;
-    if (lasp_comm_backend_of(sp->sp) != LASP_COMM_NCCL)
+    if (sp && sp->sp_size > 1 && lasp_comm_backend_of(sp->sp) != LASP_COMM_NCCL)
         return lasp_fail(err, LASP_ERR_ARG, "the GPU model's sequence split needs NCCL communicators (hint: the "
                          "nccl backend, one GPU a rank)");
-    m->sp = sp;
-    return m->B ? sp_alloc(m) : LASP_OK;
+    if (sp && sp->sp_size > 1) m->sp = sp;
+    if (split(m) != was) acts_free(m); /* the op's kept states come and go with the split: reserve anew */
+    return m->B && split(m) ? sp_alloc(m) : LASP_OK;
 }
 
 /* The halo's exchange with the neighbouring SP ranks (lasp_sp_halo) on the group's stream, where the SP

@@ -31,9 +31,10 @@ lasp_status lasp_gmodel_reserve(lasp_gmodel *m, int64_t B, int64_t T);
  * the next lasp_gmodel_reserve lays the buffers out for it. */
 void lasp_gmodel_set_recompute(lasp_gmodel *m, lasp_recompute r);
 /* The device bytes lasp_gmodel_reserve allocates for B × T (a double: asked-for sizes may not fit); ctx's
- * GPU plans the op's kept states. */
+ * GPU plans the op's kept states, which a model whose sequence is split over GPUs (split_seq) leaves to the
+ * SP layer. */
 double lasp_gmodel_activation_bytes(lasp_ctx *ctx, const lasp_model_config *c, lasp_dtype dtype, lasp_recompute r,
-                                    int64_t B, int64_t T);
+                                    int64_t B, int64_t T, int split_seq);
 
 /* Copies between the device's buffers and host arrays of n_params floats (synchronous). */
 lasp_status lasp_gmodel_set_params(lasp_gmodel *m, const float *host);
@@ -85,7 +86,9 @@ void lasp_gmodel_set_carry(lasp_gmodel *m, const lasp_model_carry *cin, lasp_mod
  * (lasp_sp_attn_fwd and _bwd, the forward kept for the backward) and the short convolution's halo comes from
  * the previous rank (lasp_sp_halo, its gradient going back). With --recompute the backward's recompute of a layer
  * goes through the SP layer again (the halo kept from the forward). Not with chunks (refused): in chunks the
- * trainer relays the carried state between the ranks instead (lasp_trainer_chunks), the model unsplit. */
+ * trainer relays the carried state between the ranks instead (lasp_trainer_chunks), the model unsplit. Set it
+ * before lasp_gmodel_reserve: a change of split frees the activations (the op's kept states are the SP layer's
+ * under a split), and the next reserve lays them out again. */
 lasp_status lasp_gmodel_set_sp(lasp_gmodel *m, lasp_sp *sp);
 /* fn(user, u) is called on the host as the backward finishes enqueueing unit u's gradients (the units of
  * lasp_layout: the head L + 1 first, then the blocks L … 1, the embedding 0 last): once the model's stream

@@ -256,7 +256,8 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     if (shard) mem->params += 4.0 * (double)S + 4.0 * unit, mem->grads += 4.0 * (double)S;
     const int64_t Tc = o->chunk ? o->chunk : t->Tl, nc = t->Tl / Tc;
     const size_t cf = lasp_model_carry_floats(&o->model, t->Bl);
-    mem->activations = lasp_gmodel_activation_bytes(t->ctx, &o->model, o->dtype, o->recompute, t->Bl, Tc) +
+    const int split_seq = !o->chunk && t->sp->sp_size > 1; /* in chunks the model runs unsplit */
+    mem->activations = lasp_gmodel_activation_bytes(t->ctx, &o->model, o->dtype, o->recompute, t->Bl, Tc, split_seq) +
                        (o->chunk ? 4.0 * (double)(nc + LASP_CARRY_EXTRA) * (double)cf : 0); /* the carried states */
     mem->device_total = (double)total_b, mem->device_free = (double)free_b;
     snprintf(mem->device, sizeof mem->device, "GPU %d: %s (sm_%d%d, %d SMs, %.0f GiB)", dev, prop.name, prop.major,
@@ -274,9 +275,10 @@ lasp_status lasp_trainer_gpu_init(lasp_trainer *t) {
     /* ZeRO 3: the model's parameters through fetch_unit, its own copies freed before the activations come */
     if (zero3) lasp_gmodel_set_fetch(G->m, fetch_unit, t);
     lasp_gmodel_set_recompute(G->m, o->recompute);
+    /* the sequence split through the model's SP layer (before the activations: the op's kept states are the SP
+     * layer's then); in chunks the trainer relays the state instead */
+    if (split_seq) LASP_TRY(lasp_gmodel_set_sp(G->m, t->sp));
     LASP_TRY(lasp_gmodel_reserve(G->m, t->Bl, Tc));
-    /* the sequence split through the model's SP layer; in chunks the trainer relays the state instead */
-    if (!o->chunk) LASP_TRY(lasp_gmodel_set_sp(G->m, t->sp));
     if (o->chunk) {
         const size_t Nc = (size_t)(t->Bl * Tc);
         CU(cudaMalloc((void **)&G->carry, (size_t)(nc + LASP_CARRY_EXTRA) * cf * sizeof(float)),
