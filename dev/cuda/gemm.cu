@@ -6,7 +6,8 @@
  *
  *   build/dev/gemm [N ...]      (tokens a step; default 8192 32768)
  *
- * Median of 20 CUDA-event-timed runs after 3 warm-ups; TFLOP/s = 2·M·N·K / time. */
+ * Each algorithm's time: the best of three rounds (the algorithms interleaved in each) of the median of 20
+ * CUDA-event-timed runs after 3 warm-ups, on random bf16 operands; TFLOP/s = 2·M·N·K / time. */
 #include <cublasLt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,7 @@ struct prod {
 };
 
 static cublasLtHandle_t h;
+static void *ws;
 
 /* random bf16 in about [-1, 1): the products' power, and so the clocks, depend on the data */
 __global__ void k_fill(uint16_t *x, size_t n, uint32_t seed) {
@@ -44,7 +46,6 @@ __global__ void k_fill(uint16_t *x, size_t n, uint32_t seed) {
         x[i] = (uint16_t)(__float_as_uint(f) >> 16);
     }
 }
-static void *ws;
 
 /* one product: the heuristic's first TOP algorithms, each timed */
 static void run(const prod &p, void *A, void *B, void *C) {
@@ -99,7 +100,8 @@ static void run(const prod &p, void *A, void *B, void *C) {
             CU(cudaMemcpy(have_ref ? out.data() : ref.data(), C, cbytes, cudaMemcpyDeviceToHost));
             bits = !have_ref++ || !memcmp(ref.data(), out.data(), cbytes) ? "same bits" : "OTHER BITS";
         }
-        printf("    #%d %8.3f ms %5.0f TF/s  %5.2f x  tile %3d splitK %2d red %d stages %3d cluster %2d swz %d ws %7zu  %s\n",
+        printf("    #%d %8.3f ms %5.0f TF/s  %5.2f x  tile %3d splitK %2d red %d stages %3d cluster %2d swz %d "
+               "ws %7zu  %s\n",
                i, ms[i], flop / ms[i] / 1e9, ms[0] / ms[i], tile, splitk, red, stages, cluster, swz,
                res[i].workspaceSize, bits);
     }
@@ -141,8 +143,8 @@ int main(int argc, char **argv) {
         k_fill<<<1024, 256>>>((uint16_t *)A, big, 1);
         k_fill<<<1024, 256>>>((uint16_t *)B, big, 2);
         CU(cudaMemset(Cc, 0, big * 4));
-        printf("# N %ld (1B preset: C %ld F %ld V %ld; the head's chunk of rows %ld before, %ld now)\n", N, C, F, V, chunk,
-               chunk256);
+        printf("# N %ld (1B preset: C %ld F %ld V %ld; the head's chunk of rows %ld before, %ld now)\n", N, C, F,
+               V, chunk, chunk256);
         for (const prod &p : ps) run(p, A, B, Cc);
         cudaFree(A), cudaFree(B), cudaFree(Cc);
     }

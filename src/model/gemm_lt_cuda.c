@@ -1,8 +1,8 @@
 /* gemm_lt_cuda.c — the products on cuBLASLt (gemm_lt_cuda.h): a plan per shape (descriptors, layouts and an
  * algorithm), made on first use and kept. The heuristic's first algorithm is often not the fastest it offers
- * (by up to a third for the head's weight gradient), so a new shape's candidates are timed on the call's own
- * operands and the fastest kept; only those that split no sum over K are candidates, and they all give the
- * same bits, so which one wins does not change a result. */
+ * (bench/RESULTS.md, dev/cuda/gemm.cu), so a new shape's candidates are timed on the call's own operands and
+ * the fastest kept; only those that split no sum over K are candidates, which gave the same bits as one
+ * another wherever measured (dev/cuda/gemm.cu), so which one wins does not change a result. */
 #include "model/gemm_lt_cuda.h"
 
 #include <cublasLt.h>
@@ -19,7 +19,7 @@ typedef struct lt_plan {
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
-    int ncand; /* until the first call: the candidates, algo then the one kept */
+    int ncand; /* the candidates, until the first call times them (pick) and keeps one in algo */
     cublasLtMatmulAlgo_t cand[LT_CANDIDATES];
 } lt_plan;
 
@@ -77,6 +77,12 @@ static unsigned alignment(const void *p) {
 
 static int whole_sums(const cublasLtMatmulAlgo_t *algo);
 
+/* Whether two plans are of one shape (transposes, output type, sizes, strides, alignment), beta aside */
+static int same_shape(const lt_plan *a, const lt_plan *b) {
+    return a->ta == b->ta && a->tb == b->tb && a->d16 == b->d16 && a->M == b->M && a->N == b->N && a->K == b->K &&
+           a->lda == b->lda && a->ldb == b->ldb && a->ldc == b->ldc && a->align == b->align;
+}
+
 static cublasStatus_t make_plan(lasp_lt *lt, lt_plan *p) {
     const cublasOperation_t ta = (cublasOperation_t)p->ta, tb = (cublasOperation_t)p->tb;
     const cudaDataType_t ct = p->d16 ? CUDA_R_16BF : CUDA_R_32F;
@@ -115,7 +121,7 @@ static cublasStatus_t make_plan(lasp_lt *lt, lt_plan *p) {
 }
 
 /* Whether an algorithm sums each output over the whole of K in one place (no split of K, no reduction after),
- * as the heuristic's usual first choice does: such algorithms add the products in the same order */
+ * as the heuristic's usual first choice does: a split sums in another order, and so to other bits */
 static int whole_sums(const cublasLtMatmulAlgo_t *algo) {
     int32_t split = 1;
     uint32_t red = CUBLASLT_REDUCTION_SCHEME_NONE;
@@ -138,9 +144,7 @@ static void pick(lasp_lt *lt, lt_plan *p, const void *A, const void *B, float be
     if (beta != 0 && C == D) {
         for (int i = 0; i < lt->n; i++) {
             const lt_plan *q = &lt->plan[i];
-            if (q != p && !q->ncand && q->ta == p->ta && q->tb == p->tb && q->d16 == p->d16 && q->M == p->M &&
-                q->N == p->N && q->K == p->K && q->lda == p->lda && q->ldb == p->ldb && q->ldc == p->ldc &&
-                q->align == p->align && whole_sums(&q->algo)) {
+            if (q != p && !q->ncand && same_shape(q, p) && whole_sums(&q->algo)) {
                 p->algo = q->algo;
                 return;
             }
@@ -184,9 +188,7 @@ cublasStatus_t lasp_lt_gemm(lasp_lt *lt, cublasOperation_t ta, cublasOperation_t
     lt_plan *p = NULL;
     for (int i = 0; i < lt->n && !p; i++) {
         const lt_plan *q = &lt->plan[i];
-        if (q->ta == key.ta && q->tb == key.tb && q->d16 == key.d16 && q->beta0 == key.beta0 && q->M == M &&
-            q->N == N && q->K == K && q->lda == lda && q->ldb == ldb && q->ldc == ldc && q->align == al)
-            p = &lt->plan[i];
+        if (same_shape(q, &key) && q->beta0 == key.beta0) p = &lt->plan[i];
     }
     if (!p) {
         if (lt->n == LT_PLANS) return CUBLAS_STATUS_ALLOC_FAILED;

@@ -1,7 +1,9 @@
 /* gemm_lt_cuda.h — the GPU model's matrix products on cuBLASLt (bf16 operands, fp32 accumulation), each shape's
  * algorithm chosen on its first call (the fastest of the heuristic's candidates that sum over K in one
- * place, which all give the same bits) and kept, so that a step's products are the same bits every time. Unlike cublasGemmEx, the output D may be another buffer than
- * the added C: a residual add needs no copy first. The bf16 model's products all run here (f32: cublasSgemm). */
+ * place, which gave the same bits wherever measured) and kept, so that a step's products are the same bits
+ * every time.
+ * Unlike cublasGemmEx, the output D may be another buffer than the added C: a residual add needs no copy first.
+ * The bf16 model's products all run here (f32: cublasSgemm). */
 #ifndef LASP_MODEL_GEMM_LT_CUDA_H
 #define LASP_MODEL_GEMM_LT_CUDA_H
 
